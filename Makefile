@@ -1,0 +1,39 @@
+# Entry points for people and CI. Every target installs what is missing first
+# (scripts/install-deps.sh is a no-op when everything is present).
+BUILD_DIR ?= build
+ASAN_DIR  ?= build-asan
+JOBS      ?= $(shell nproc)
+
+.PHONY: all deps build run test test-release test-asan bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD_DIR) -j$(JOBS)
+
+# The product on an embedded default: see scripts/demo.sh.
+run: build
+	@bash scripts/demo.sh $(BUILD_DIR)
+
+# Every test on the release build, then the unit tests again under ASan+UBSan.
+test: test-release test-asan
+
+test-release: build
+	cd $(BUILD_DIR) && ctest --output-on-failure
+
+test-asan: deps
+	@cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNEARLINE_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_DIR) -j$(JOBS)
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -L unit
+
+bench: build
+	@bash scripts/install-deps.sh --bench
+	/usr/bin/python3 bench/bench_memory.py
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

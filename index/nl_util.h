@@ -1,0 +1,42 @@
+/*
+ * nl_util.h — small internal helpers shared by index/ and engine/: a parallel-for over
+ * task indices, a seeded PRNG, monotonic time and aligned allocation. Not part of the
+ * public API. nl_parallel_for hands out task indices through one atomic counter, so the
+ * work each task does must not depend on which thread runs it; that is what keeps
+ * k-means and graph builds reproducible for a given seed.
+ */
+#ifndef NL_UTIL_H
+#define NL_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* fn(ctx, task, thread_index) for every task in [0, ntasks); threads <= 1 runs inline.
+ * Returns 0, or the first negative value any fn returned (remaining tasks are skipped). */
+typedef int (*nl_task_fn)(void *ctx, size_t task, unsigned thread_index);
+int nl_parallel_for(size_t ntasks, unsigned threads, nl_task_fn fn, void *ctx);
+
+/* Online CPU count (>= 1). */
+unsigned nl_cpu_count(void);
+
+/* splitmix64-seeded xoshiro256**: fast, reproducible, not cryptographic. */
+typedef struct { uint64_t s[4]; } nl_rng;
+void nl_rng_seed(nl_rng *r, uint64_t seed);
+uint64_t nl_rng_next(nl_rng *r);
+/* Uniform in [0, bound) without modulo bias; bound > 0. */
+uint64_t nl_rng_below(nl_rng *r, uint64_t bound);
+/* Uniform double in [0, 1). */
+double nl_rng_double(nl_rng *r);
+/* Standard normal via Box-Muller. */
+double nl_rng_normal(nl_rng *r);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t nl_now_ns(void);
+
+/* Aligned allocation (alignment a power of two >= sizeof(void*)); free with free(). */
+void *nl_aligned_alloc(size_t alignment, size_t size);
+
+/* Peak resident set size of this process in bytes (from getrusage). */
+uint64_t nl_peak_rss_bytes(void);
+
+#endif

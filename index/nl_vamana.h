@@ -1,0 +1,80 @@
+/*
+ * nl_vamana.h — the Vamana graph of DiskANN, built and searched in memory.
+ *
+ * Build (Subramanya et al., NeurIPS'19, Algorithm 3): start from an empty graph and the
+ * medoid s; visit every point p in a random order, GreedySearch(s, x_p, L) from s, and
+ * set N_out(p) = RobustPrune(p, V, alpha, R) over the visited set V; then add p to
+ * each new neighbour's list, pruning that list when it overflows. Two passes: alpha = 1
+ * (a sparse, navigable graph), then the user's alpha (long-range edges). Threads take
+ * points from a shared cursor; each list is guarded by its own spin lock.
+ *
+ * Metrics: l2 and cosine build and search with their own distance; ip searches by
+ * negated inner product over a graph built with L2 geometry (the prune rule needs a
+ * non-negative distance).
+ *
+ * Lifecycle: nl_vamana_build (or nl_vamana_from_graph for a loaded graph) -> searches,
+ * each through its own nl_vamana_searcher (one per thread; searchers are not shared)
+ * -> destroy searchers -> nl_vamana_destroy. The index borrows the vectors: the caller
+ * keeps vs->data alive and unchanged until nl_vamana_destroy.
+ */
+#ifndef NL_VAMANA_H
+#define NL_VAMANA_H
+
+#include "nl_common.h"
+#include "nl_graph.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    uint32_t R;       /* max degree (default 64) */
+    uint32_t L;       /* build list size (default 100) */
+    float alpha;      /* second-pass prune factor (default 1.2) */
+    unsigned threads; /* 0 = all CPUs */
+    uint64_t seed;    /* insertion order */
+    int single_pass;  /* skip the alpha = 1 pass (faster, slightly worse graph) */
+} nl_vamana_params;
+
+void nl_vamana_params_default(nl_vamana_params *p);
+
+/* Progress: phase name, units done, units total. Called from build threads, at most a
+ * few times a second; must be thread-safe and must not call back into the index. */
+typedef void (*nl_progress_fn)(void *ctx, const char *phase, uint64_t done, uint64_t total);
+
+typedef struct nl_vamana nl_vamana;
+
+/* Builds over vs (borrowed). On success *out is owned by the caller. */
+int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_params *p,
+                    nl_progress_fn progress, void *progress_ctx, nl_vamana **out);
+/* Wraps an existing graph (ownership of g passes to the index, even on failure). */
+int nl_vamana_from_graph(const nl_vecset *vs, nl_metric metric, nl_graph *g, uint32_t medoid,
+                         nl_vamana **out);
+void nl_vamana_destroy(nl_vamana *ix);
+
+const nl_graph *nl_vamana_graph(const nl_vamana *ix);
+uint32_t nl_vamana_medoid(const nl_vamana *ix);
+const nl_vecset *nl_vamana_vectors(const nl_vamana *ix);
+nl_metric nl_vamana_metric(const nl_vamana *ix);
+
+typedef struct nl_vamana_searcher nl_vamana_searcher;
+
+/* Scratch for searches with list size up to max_L; *out owned by the caller. */
+int nl_vamana_searcher_create(const nl_vamana *ix, uint32_t max_L, nl_vamana_searcher **out);
+void nl_vamana_searcher_destroy(nl_vamana_searcher *s);
+
+typedef struct {
+    uint32_t hops;       /* nodes expanded */
+    uint32_t dist_comps; /* distances computed */
+} nl_search_stats;
+
+/* k nearest of q (dim floats) with list size L (k <= L <= max_L). Writes k ids and
+ * distances, nearest first; returns the number found (< k only when the graph holds
+ * fewer reachable points) or a negative code. */
+int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t L,
+                     uint32_t *ids, float *dists, nl_search_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,173 @@
+/*
+ * util.c — implementation of nl_util.h. The parallel-for creates threads per call; the
+ * callers run long phases (k-means iterations, graph passes), so thread start-up cost
+ * is noise next to the work and a persistent pool would only add shutdown hazards.
+ */
+#define _GNU_SOURCE
+#include "nl_util.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    nl_task_fn fn;
+    void *ctx;
+    size_t ntasks;
+    atomic_size_t next;
+    atomic_int err;
+} pf_shared;
+
+typedef struct {
+    pf_shared *sh;
+    unsigned index;
+} pf_arg;
+
+static void *pf_worker(void *p)
+{
+    pf_arg *a = p;
+    pf_shared *sh = a->sh;
+    for (;;) {
+        if (atomic_load_explicit(&sh->err, memory_order_relaxed) != 0)
+            break;
+        size_t t = atomic_fetch_add_explicit(&sh->next, 1, memory_order_relaxed);
+        if (t >= sh->ntasks)
+            break;
+        int rc = sh->fn(sh->ctx, t, a->index);
+        if (rc < 0) {
+            int zero = 0;
+            atomic_compare_exchange_strong(&sh->err, &zero, rc);
+        }
+    }
+    return NULL;
+}
+
+int nl_parallel_for(size_t ntasks, unsigned threads, nl_task_fn fn, void *ctx)
+{
+    if (ntasks == 0)
+        return 0;
+    if (threads > ntasks)
+        threads = (unsigned)ntasks;
+    pf_shared sh = {.fn = fn, .ctx = ctx, .ntasks = ntasks};
+    atomic_init(&sh.next, 0);
+    atomic_init(&sh.err, 0);
+    if (threads <= 1) {
+        pf_arg a = {&sh, 0};
+        pf_worker(&a);
+        return atomic_load(&sh.err);
+    }
+    pthread_t *tids = calloc(threads, sizeof *tids);
+    pf_arg *args = calloc(threads, sizeof *args);
+    if (!tids || !args) {
+        free(tids);
+        free(args);
+        return -12; /* -ENOMEM */
+    }
+    unsigned started = 0;
+    for (unsigned i = 1; i < threads; i++) {
+        args[i] = (pf_arg){&sh, i};
+        if (pthread_create(&tids[i], NULL, pf_worker, &args[i]) != 0)
+            break;
+        started = i;
+    }
+    args[0] = (pf_arg){&sh, 0};
+    pf_worker(&args[0]);
+    for (unsigned i = 1; i <= started; i++)
+        pthread_join(tids[i], NULL);
+    free(tids);
+    free(args);
+    return atomic_load(&sh.err);
+}
+
+unsigned nl_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1u;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void nl_rng_seed(nl_rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t nl_rng_next(nl_rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+uint64_t nl_rng_below(nl_rng *r, uint64_t bound)
+{
+    /* Lemire's method with rejection. */
+    uint64_t x = nl_rng_next(r);
+    __uint128_t m = (__uint128_t)x * bound;
+    uint64_t l = (uint64_t)m;
+    if (l < bound) {
+        uint64_t t = (0 - bound) % bound;
+        while (l < t) {
+            x = nl_rng_next(r);
+            m = (__uint128_t)x * bound;
+            l = (uint64_t)m;
+        }
+    }
+    return (uint64_t)(m >> 64);
+}
+
+double nl_rng_double(nl_rng *r) { return (double)(nl_rng_next(r) >> 11) * 0x1.0p-53; }
+
+double nl_rng_normal(nl_rng *r)
+{
+    double u1 = nl_rng_double(r), u2 = nl_rng_double(r);
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+uint64_t nl_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void *nl_aligned_alloc(size_t alignment, size_t size)
+{
+    void *p = NULL;
+    if (size == 0)
+        size = alignment;
+    if (posix_memalign(&p, alignment, size) != 0)
+        return NULL;
+    return p;
+}
+
+uint64_t nl_peak_rss_bytes(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (uint64_t)ru.ru_maxrss * 1024ull;
+}

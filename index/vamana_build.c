@@ -1,0 +1,618 @@
+/*
+ * vamana_build.c — the Vamana build (see nl_vamana.h for the algorithm and its source).
+ *
+ * Concurrency: every node has a one-byte spin lock; a thread holds at most one at a time
+ * and only while copying or replacing that node's list, never while computing distances,
+ * so there is no lock ordering to get wrong. Lists may overfill to `cap` = 1.3 R before a
+ * prune (DiskANN's slack), which cuts the number of prunes of popular nodes; a last
+ * parallel sweep prunes every list to R.
+ *
+ * Prune rule (RobustPrune): candidates sorted by distance to p; take the closest p*,
+ * then drop every p' with alpha * d(p*, p') <= d(p, p'). It is run with alpha growing
+ * from 1 to the target by factors of 1.2 so that the closest, non-occluded neighbours
+ * are always taken first. Distances are the metric's own (squared L2 for l2), as DiskANN
+ * does.
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nl_util.h"
+#include "vamana_impl.h"
+
+#define MAX_PRUNE_CANDIDATES 750
+#define TASK_POINTS 64
+
+void nl_vamana_params_default(nl_vamana_params *p)
+{
+    p->R = 64;
+    p->L = 100;
+    p->alpha = 1.2f;
+    p->threads = 0;
+    p->seed = 42;
+    p->single_pass = 0;
+}
+
+const nl_graph *nl_vamana_graph(const nl_vamana *ix) { return ix->g; }
+uint32_t nl_vamana_medoid(const nl_vamana *ix) { return ix->medoid; }
+const nl_vecset *nl_vamana_vectors(const nl_vamana *ix) { return &ix->vs; }
+nl_metric nl_vamana_metric(const nl_vamana *ix) { return ix->metric; }
+
+void nl_vamana_destroy(nl_vamana *ix)
+{
+    if (!ix)
+        return;
+    nl_graph_destroy(ix->g);
+    free(ix->ext);
+    free(ix);
+}
+
+static int vamana_init(nl_vamana *ix, const nl_vecset *vs, nl_metric metric)
+{
+    ix->vs = *vs;
+    ix->metric = metric;
+    ix->build_metric = metric == NL_METRIC_IP ? NL_METRIC_L2 : metric;
+    ix->dist = nl_distance_fn(metric, vs->dtype);
+    ix->build_dist = nl_distance_fn(ix->build_metric, vs->dtype);
+    if (!ix->dist || !ix->build_dist)
+        return nl_fail(NL_EINVAL, "vamana: no kernel for metric %s over %s", nl_metric_name(metric),
+                       nl_dtype_name(vs->dtype));
+    return 0;
+}
+
+int nl_vamana_from_graph(const nl_vecset *vs, nl_metric metric, nl_graph *g, uint32_t medoid,
+                         nl_vamana **out)
+{
+    *out = NULL;
+    if (!g || g->n != vs->n || medoid >= vs->n) {
+        nl_graph_destroy(g);
+        return nl_fail(NL_EINVAL, "vamana: graph of %zu nodes for %zu vectors, medoid %u",
+                       g ? g->n : 0, vs->n, medoid);
+    }
+    nl_vamana *ix = calloc(1, sizeof *ix);
+    if (!ix) {
+        nl_graph_destroy(g);
+        return -ENOMEM;
+    }
+    ix->g = g;
+    ix->medoid = medoid;
+    int rc = vamana_init(ix, vs, metric);
+    if (rc) {
+        nl_vamana_destroy(ix);
+        return rc;
+    }
+    *out = ix;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- build state */
+
+typedef struct {
+    nl_vamana *ix;
+    const nl_vamana_params *p;
+    atomic_uchar *locks;
+    uint32_t *order;
+    float alpha; /* of the current pass */
+    nl_vamana_searcher **searchers;
+    /* per-thread scratch */
+    nl_cand **cands;     /* MAX_PRUNE_CANDIDATES + cap + L */
+    float **occl;
+    float **qbuf;        /* 2 * dim floats: the point and the current p* */
+    uint32_t **lbuf;     /* cap + 1 */
+    nl_progress_fn progress;
+    void *progress_ctx;
+    atomic_size_t done;
+    size_t total;
+    uint64_t last_report_ns;
+    const char *phase;
+} build_ctx;
+
+static inline void lock_node(build_ctx *b, uint32_t u)
+{
+    while (atomic_exchange_explicit(&b->locks[u], 1, memory_order_acquire))
+        while (atomic_load_explicit(&b->locks[u], memory_order_relaxed))
+            __builtin_ia32_pause();
+}
+
+static inline void unlock_node(build_ctx *b, uint32_t u)
+{
+    atomic_store_explicit(&b->locks[u], 0, memory_order_release);
+}
+
+static inline const void *row_of(const nl_vamana *ix, uint32_t u)
+{
+    return nl_vecset_row(&ix->vs, u);
+}
+
+/* Build-time distance between q (the f32 copy of a point whose augmented coordinate is
+ * qext) and stored point v. */
+static inline float bdist(const nl_vamana *ix, const float *q, float qext, uint32_t v)
+{
+    float d = ix->build_dist(q, row_of(ix, v), ix->vs.dim);
+    if (ix->ext) {
+        float t = qext - ix->ext[v];
+        d += t * t;
+    }
+    return d;
+}
+
+/* GreedySearch from the medoid for point q during the build: lists are copied under
+ * their lock. The expanded nodes, with their distances, are appended to out. */
+static uint32_t build_search(build_ctx *b, nl_vamana_searcher *s, const float *q, float qext,
+                             uint32_t L, nl_cand *out, uint32_t out_cap)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    nl_searcher_new_epoch(s);
+    nl_pool *pool = &s->pool;
+    nl_pool_reset(pool, L);
+    s->visit[ix->medoid] = s->epoch;
+    nl_pool_insert(pool, ix->medoid, bdist(ix, q, qext, ix->medoid));
+    uint32_t nout = 0;
+    int i;
+    while ((i = nl_pool_pop(pool)) >= 0) {
+        uint32_t u = pool->c[i].id;
+        if (nout < out_cap)
+            out[nout++] = pool->c[i];
+        lock_node(b, u);
+        uint32_t deg = g->deg[u];
+        memcpy(s->nbuf, nl_graph_list(g, u), sizeof(uint32_t) * deg);
+        unlock_node(b, u);
+        uint32_t m = 0;
+        for (uint32_t j = 0; j < deg; j++) {
+            uint32_t v = s->nbuf[j];
+            if (s->visit[v] == s->epoch)
+                continue;
+            s->visit[v] = s->epoch;
+            s->nbuf[m++] = v;
+            __builtin_prefetch(row_of(ix, v));
+        }
+        for (uint32_t j = 0; j < m; j++) {
+            uint32_t v = s->nbuf[j];
+            nl_pool_insert(pool, v, bdist(ix, q, qext, v));
+        }
+    }
+    return nout;
+}
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const nl_cand *x = a, *y = b;
+    if (x->dist < y->dist) return -1;
+    if (x->dist > y->dist) return 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* RobustPrune(p, cands, alpha, R): writes at most R ids to out; returns how many.
+ * cands holds distances to p; it is sorted and deduplicated in place. */
+static uint32_t robust_prune(build_ctx *b, unsigned th, uint32_t p, nl_cand *cands, uint32_t nc,
+                             float alpha, uint32_t *out)
+{
+    nl_vamana *ix = b->ix;
+    uint32_t R = b->p->R;
+    qsort(cands, nc, sizeof *cands, cand_cmp);
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < nc; i++) {
+        /* Every distance to p is computed by the same kernel from the same f32 copy of
+         * p, so copies of one id sort next to each other. */
+        if (cands[i].id == p || (w > 0 && cands[w - 1].id == cands[i].id))
+            continue;
+        cands[w++] = cands[i];
+    }
+    nc = w < MAX_PRUNE_CANDIDATES ? w : MAX_PRUNE_CANDIDATES;
+    float *occl = b->occl[th];
+    float *pstar = b->qbuf[th] + ix->vs.dim;
+    for (uint32_t i = 0; i < nc; i++)
+        occl[i] = 0.0f;
+    uint32_t nout = 0;
+    for (float cur = 1.0f; cur <= alpha * 1.0001f && nout < R; cur *= 1.2f) {
+        if (cur > alpha)
+            cur = alpha;
+        for (uint32_t i = 0; i < nc && nout < R; i++) {
+            if (occl[i] > cur)
+                continue;
+            occl[i] = FLT_MAX; /* taken */
+            out[nout++] = cands[i].id;
+            nl_convert_to_f32(ix->vs.dtype, row_of(ix, cands[i].id), pstar, ix->vs.dim);
+            for (uint32_t j = i + 1; j < nc; j++) {
+                if (occl[j] > alpha)
+                    continue;
+                float djk = bdist(ix, pstar, ix->ext ? ix->ext[cands[i].id] : 0.0f, cands[j].id);
+                float ratio = djk > 0.0f ? cands[j].dist / djk : FLT_MAX;
+                if (ratio > occl[j])
+                    occl[j] = ratio;
+            }
+        }
+        if (cur >= alpha)
+            break;
+    }
+    return nout;
+}
+
+/* Adds p to u's list; prunes u when the list is full. */
+static void add_reverse_edge(build_ctx *b, unsigned th, uint32_t u, uint32_t p)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    lock_node(b, u);
+    uint32_t *l = nl_graph_list(g, u);
+    uint32_t deg = g->deg[u];
+    for (uint32_t i = 0; i < deg; i++)
+        if (l[i] == p) {
+            unlock_node(b, u);
+            return;
+        }
+    if (deg < g->cap) {
+        l[deg] = p;
+        g->deg[u] = deg + 1;
+        unlock_node(b, u);
+        return;
+    }
+    uint32_t *copy = b->lbuf[th];
+    memcpy(copy, l, sizeof(uint32_t) * deg);
+    unlock_node(b, u);
+    copy[deg++] = p;
+    float *qu = b->qbuf[th];
+    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
+    nl_cand *c = b->cands[th];
+    for (uint32_t i = 0; i < deg; i++)
+        c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
+    uint32_t nn = robust_prune(b, th, u, c, deg, b->alpha, copy);
+    lock_node(b, u);
+    memcpy(l, copy, sizeof(uint32_t) * nn);
+    g->deg[u] = nn;
+    unlock_node(b, u);
+}
+
+static void report(build_ctx *b, size_t add)
+{
+    size_t done = atomic_fetch_add(&b->done, add) + add;
+    if (!b->progress)
+        return;
+    uint64_t now = nl_now_ns();
+    if (done == b->total || now - b->last_report_ns > 250000000ull) {
+        b->last_report_ns = now; /* racy on purpose: only throttles reports */
+        b->progress(b->progress_ctx, b->phase, done, b->total);
+    }
+}
+
+static int insert_task(void *vctx, size_t task, unsigned th)
+{
+    build_ctx *b = vctx;
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    size_t n = ix->vs.n;
+    size_t i0 = task * TASK_POINTS, i1 = i0 + TASK_POINTS < n ? i0 + TASK_POINTS : n;
+    nl_cand *c = b->cands[th];
+    uint32_t *newl = b->lbuf[th];
+    float *q = b->qbuf[th];
+    uint32_t ccap = MAX_PRUNE_CANDIDATES + g->cap;
+    for (size_t i = i0; i < i1; i++) {
+        uint32_t p = b->order[i];
+        nl_convert_to_f32(ix->vs.dtype, row_of(ix, p), q, ix->vs.dim);
+        float qext = ix->ext ? ix->ext[p] : 0.0f;
+        uint32_t nc = build_search(b, b->searchers[th], q, qext, b->p->L, c, MAX_PRUNE_CANDIDATES);
+        /* Keep p's present neighbours in the running (they matter in the second pass). */
+        lock_node(b, p);
+        uint32_t deg = g->deg[p];
+        memcpy(newl, nl_graph_list(g, p), sizeof(uint32_t) * deg);
+        unlock_node(b, p);
+        for (uint32_t j = 0; j < deg && nc < ccap; j++)
+            c[nc++] = (nl_cand){newl[j], 0, bdist(ix, q, qext, newl[j])};
+        uint32_t nn = robust_prune(b, th, p, c, nc, b->alpha, newl);
+        lock_node(b, p);
+        memcpy(nl_graph_list(g, p), newl, sizeof(uint32_t) * nn);
+        g->deg[p] = nn;
+        unlock_node(b, p);
+        /* newl is reused by add_reverse_edge; keep the list in the candidate buffer. */
+        uint32_t *mine = (uint32_t *)(c + ccap);
+        memcpy(mine, newl, sizeof(uint32_t) * nn);
+        for (uint32_t j = 0; j < nn; j++)
+            add_reverse_edge(b, th, mine[j], p);
+    }
+    report(b, i1 - i0);
+    return 0;
+}
+
+static int final_prune_task(void *vctx, size_t task, unsigned th)
+{
+    build_ctx *b = vctx;
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    size_t n = ix->vs.n;
+    size_t u0 = task * 1024, u1 = u0 + 1024 < n ? u0 + 1024 : n;
+    for (size_t u = u0; u < u1; u++) {
+        uint32_t deg = g->deg[u];
+        if (deg <= b->p->R)
+            continue;
+        uint32_t *l = nl_graph_list(g, (uint32_t)u);
+        float *qu = b->qbuf[th];
+        nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)u), qu, ix->vs.dim);
+        nl_cand *c = b->cands[th];
+        for (uint32_t i = 0; i < deg; i++)
+            c[i] = (nl_cand){l[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, l[i])};
+        g->deg[u] = robust_prune(b, th, (uint32_t)u, c, deg, b->alpha, l);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- medoid */
+
+typedef struct {
+    const nl_vamana *ix;
+    const float *mean;
+    float *best_d;
+    uint32_t *best_i;
+    size_t block;
+} medoid_ctx;
+
+static int medoid_task(void *vctx, size_t task, unsigned th)
+{
+    (void)th;
+    medoid_ctx *m = vctx;
+    nl_dist_fn l2 = nl_distance_fn(NL_METRIC_L2, m->ix->vs.dtype);
+    size_t i0 = task * m->block, i1 = i0 + m->block < m->ix->vs.n ? i0 + m->block : m->ix->vs.n;
+    float bd = FLT_MAX;
+    uint32_t bi = (uint32_t)i0;
+    for (size_t i = i0; i < i1; i++) {
+        float d = l2(m->mean, row_of(m->ix, (uint32_t)i), m->ix->vs.dim);
+        if (d < bd) { bd = d; bi = (uint32_t)i; }
+    }
+    m->best_d[task] = bd;
+    m->best_i[task] = bi;
+    return 0;
+}
+
+static int find_medoid(nl_vamana *ix, unsigned threads)
+{
+    size_t n = ix->vs.n;
+    uint32_t d = ix->vs.dim;
+    double *acc = calloc(d, sizeof(double));
+    float *mean = malloc(sizeof(float) * d), *row = malloc(sizeof(float) * d);
+    size_t block = 4096, ntasks = (n + block - 1) / block;
+    float *bd = malloc(sizeof(float) * ntasks);
+    uint32_t *bi = malloc(sizeof(uint32_t) * ntasks);
+    int rc = 0;
+    if (!acc || !mean || !row || !bd || !bi) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)i), row, d);
+        for (uint32_t j = 0; j < d; j++)
+            acc[j] += row[j];
+    }
+    for (uint32_t j = 0; j < d; j++)
+        mean[j] = (float)(acc[j] / (double)n);
+    medoid_ctx m = {ix, mean, bd, bi, block};
+    rc = nl_parallel_for(ntasks, threads, medoid_task, &m);
+    ix->medoid = bi[0];
+    float best = bd[0];
+    for (size_t t = 1; t < ntasks; t++)
+        if (bd[t] < best) { best = bd[t]; ix->medoid = bi[t]; }
+out:
+    free(acc);
+    free(mean);
+    free(row);
+    free(bd);
+    free(bi);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- connectivity */
+
+/* Marks everything reachable from `from` that is not yet marked. */
+static void bfs_mark(const nl_graph *g, uint32_t from, uint8_t *seen, uint32_t *queue)
+{
+    if (seen[from])
+        return;
+    size_t head = 0, tail = 0;
+    queue[tail++] = from;
+    seen[from] = 1;
+    while (head < tail) {
+        uint32_t u = queue[head++];
+        const uint32_t *l = g->adj + (size_t)u * g->cap;
+        for (uint32_t i = 0; i < g->deg[u]; i++)
+            if (!seen[l[i]]) {
+                seen[l[i]] = 1;
+                queue[tail++] = l[i];
+            }
+    }
+}
+
+/* Pruning can leave a node with no in-edges, so no search could ever return it. For
+ * each such node u, search for u's own vector and link u from the closest reachable
+ * node that has room (or, if all are full, in place of that node's last, longest
+ * edge); repeat until the medoid reaches every node. Rarely touches more than a handful
+ * of nodes, and never exceeds R. */
+static int ensure_connected(build_ctx *b)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    size_t n = ix->vs.n;
+    uint8_t *seen = malloc(n);
+    uint32_t *queue = malloc(sizeof(uint32_t) * n);
+    float *q = malloc(sizeof(float) * ix->vs.dim);
+    nl_cand *c = b->cands[0];
+    int rc = 0;
+    if (!seen || !queue || !q) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (int round = 0; round < 8; round++) {
+        memset(seen, 0, n);
+        bfs_mark(g, ix->medoid, seen, queue);
+        size_t fixed = 0;
+        for (size_t u = 0; u < n; u++) {
+            if (seen[u])
+                continue;
+            nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)u), q, ix->vs.dim);
+            uint32_t nc = build_search(b, b->searchers[0], q, ix->ext ? ix->ext[u] : 0.0f, b->p->L, c,
+                                       MAX_PRUNE_CANDIDATES);
+            qsort(c, nc, sizeof *c, cand_cmp);
+            uint32_t pick = UINT32_MAX;
+            for (uint32_t i = 0; i < nc && pick == UINT32_MAX; i++)
+                if (c[i].id != u && seen[c[i].id] && g->deg[c[i].id] < g->R)
+                    pick = c[i].id;
+            if (pick == UINT32_MAX) {
+                for (uint32_t i = 0; i < nc && pick == UINT32_MAX; i++)
+                    if (c[i].id != u && seen[c[i].id])
+                        pick = c[i].id;
+                if (pick == UINT32_MAX)
+                    continue; /* nothing reachable found: try again next round */
+                g->deg[pick]--; /* drop the last (longest) edge */
+            }
+            uint32_t *l = nl_graph_list(g, pick);
+            l[g->deg[pick]++] = (uint32_t)u;
+            bfs_mark(g, (uint32_t)u, seen, queue);
+            fixed++;
+        }
+        if (fixed == 0)
+            break;
+    }
+out:
+    free(seen);
+    free(queue);
+    free(q);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- ip reduction */
+
+/* Bachrach et al.'s reduction: appending sqrt(M^2 - |x|^2) to every point (and 0 to the
+ * query) makes L2 in the augmented space rank like the negated inner product, so the
+ * prune rule sees a true metric. */
+static int mips_extension(nl_vamana *ix)
+{
+    size_t n = ix->vs.n;
+    ix->ext = malloc(sizeof(float) * n);
+    float *row = malloc(sizeof(float) * ix->vs.dim);
+    if (!ix->ext || !row) {
+        free(row);
+        return -ENOMEM;
+    }
+    double maxn = 0;
+    for (size_t i = 0; i < n; i++) {
+        nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)i), row, ix->vs.dim);
+        double s = 0;
+        for (uint32_t j = 0; j < ix->vs.dim; j++)
+            s += (double)row[j] * row[j];
+        ix->ext[i] = (float)s; /* squared norm for now */
+        if (s > maxn) maxn = s;
+    }
+    for (size_t i = 0; i < n; i++)
+        ix->ext[i] = (float)sqrt(maxn - ix->ext[i] > 0 ? maxn - ix->ext[i] : 0);
+    free(row);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- build */
+
+int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_params *p,
+                    nl_progress_fn progress, void *progress_ctx, nl_vamana **out)
+{
+    *out = NULL;
+    if (!vs || !vs->data || vs->n == 0 || vs->n > UINT32_MAX - 1 || vs->dim == 0 || !p)
+        return nl_fail(NL_EINVAL, "vamana: empty or oversized input");
+    if (p->R < 1 || p->R > 1024 || p->L < 1 || p->L > 100000 || !(p->alpha >= 1.0f) || p->alpha > 4.0f)
+        return nl_fail(NL_EINVAL, "vamana: R=%u L=%u alpha=%g out of range (R 1..1024, L >= 1, alpha 1..4)",
+                       p->R, p->L, (double)p->alpha);
+    nl_vamana *ix = calloc(1, sizeof *ix);
+    if (!ix)
+        return -ENOMEM;
+    int rc = vamana_init(ix, vs, metric);
+    if (rc) {
+        free(ix);
+        return rc;
+    }
+    if (metric == NL_METRIC_IP && (rc = mips_extension(ix)) != 0) {
+        nl_vamana_destroy(ix);
+        return rc;
+    }
+    uint32_t cap = p->R + (p->R * 3 + 9) / 10; /* 1.3 R slack */
+    if ((rc = nl_graph_create(vs->n, p->R, cap, &ix->g)) != 0) {
+        free(ix);
+        return rc;
+    }
+    unsigned threads = p->threads ? p->threads : nl_cpu_count();
+    build_ctx b;
+    memset(&b, 0, sizeof b);
+    b.ix = ix;
+    b.p = p;
+    b.progress = progress;
+    b.progress_ctx = progress_ctx;
+    b.total = vs->n;
+    b.locks = calloc(vs->n, sizeof(atomic_uchar));
+    b.order = malloc(sizeof(uint32_t) * vs->n);
+    b.searchers = calloc(threads, sizeof *b.searchers);
+    b.cands = calloc(threads, sizeof *b.cands);
+    b.occl = calloc(threads, sizeof *b.occl);
+    b.qbuf = calloc(threads, sizeof *b.qbuf);
+    b.lbuf = calloc(threads, sizeof *b.lbuf);
+    if (!b.locks || !b.order || !b.searchers || !b.cands || !b.occl || !b.qbuf || !b.lbuf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    uint32_t ccap = MAX_PRUNE_CANDIDATES + cap;
+    for (unsigned t = 0; t < threads; t++) {
+        if ((rc = nl_vamana_searcher_create(ix, p->L, &b.searchers[t])) != 0)
+            goto out;
+        /* candidates, then room for a copy of one list */
+        b.cands[t] = malloc(sizeof(nl_cand) * ccap + sizeof(uint32_t) * (cap + 1));
+        b.occl[t] = malloc(sizeof(float) * ccap);
+        b.qbuf[t] = malloc(sizeof(float) * 2 * vs->dim);
+        b.lbuf[t] = malloc(sizeof(uint32_t) * (cap + 1));
+        if (!b.cands[t] || !b.occl[t] || !b.qbuf[t] || !b.lbuf[t]) {
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
+    if ((rc = find_medoid(ix, threads)) != 0)
+        goto out;
+    nl_rng rng;
+    nl_rng_seed(&rng, p->seed);
+    for (size_t i = 0; i < vs->n; i++)
+        b.order[i] = (uint32_t)i;
+    for (size_t i = vs->n - 1; i > 0; i--) {
+        size_t j = nl_rng_below(&rng, i + 1);
+        uint32_t t = b.order[i];
+        b.order[i] = b.order[j];
+        b.order[j] = t;
+    }
+    size_t ntasks = (vs->n + TASK_POINTS - 1) / TASK_POINTS;
+    int passes = p->single_pass || p->alpha <= 1.0f ? 1 : 2;
+    for (int pass = 0; pass < passes; pass++) {
+        b.alpha = (passes == 2 && pass == 0) ? 1.0f : p->alpha;
+        b.phase = passes == 2 ? (pass == 0 ? "build pass 1/2" : "build pass 2/2") : "build";
+        atomic_store(&b.done, 0);
+        if ((rc = nl_parallel_for(ntasks, threads, insert_task, &b)) != 0)
+            goto out;
+    }
+    if ((rc = nl_parallel_for((vs->n + 1023) / 1024, threads, final_prune_task, &b)) != 0)
+        goto out;
+    rc = ensure_connected(&b);
+out:
+    for (unsigned t = 0; b.searchers && t < threads; t++) {
+        nl_vamana_searcher_destroy(b.searchers[t]);
+        free(b.cands ? b.cands[t] : NULL);
+        free(b.occl ? b.occl[t] : NULL);
+        free(b.qbuf ? b.qbuf[t] : NULL);
+        free(b.lbuf ? b.lbuf[t] : NULL);
+    }
+    free(b.searchers);
+    free(b.cands);
+    free(b.occl);
+    free(b.qbuf);
+    free(b.lbuf);
+    free(b.locks);
+    free(b.order);
+    if (rc) {
+        nl_vamana_destroy(ix);
+        return rc;
+    }
+    *out = ix;
+    return 0;
+}

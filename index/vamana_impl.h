@@ -1,0 +1,109 @@
+/*
+ * vamana_impl.h — what the Vamana build and search share inside index/: the index
+ * layout and the best-first candidate pool.
+ *
+ * The pool is DiskANN's "neighbour priority queue": an array sorted by (distance, id) of
+ * at most L candidates, each flagged once expanded, and a cursor at the first
+ * unexpanded one. Insertion is a binary search and a memmove, which for the L of a few
+ * hundred we use beats a heap because the array stays in cache.
+ */
+#ifndef NL_VAMANA_IMPL_H
+#define NL_VAMANA_IMPL_H
+
+#include <string.h>
+
+#include "graph_impl.h"
+#include "nl_distance.h"
+#include "nl_vamana.h"
+
+struct nl_vamana {
+    nl_graph *g;
+    nl_vecset vs;
+    nl_metric metric;       /* of searches */
+    nl_metric build_metric; /* of the prune rule */
+    nl_dist_fn dist;
+    nl_dist_fn build_dist;
+    uint32_t medoid;
+    /* ip only: the extra coordinate sqrt(M^2 - |x|^2) of the MIPS-to-L2 reduction, per
+     * point (M = the largest norm), so build distances are L2 in that augmented space. */
+    float *ext;
+};
+
+typedef struct {
+    uint32_t id;
+    uint32_t expanded;
+    float dist;
+} nl_cand;
+
+typedef struct {
+    nl_cand *c;
+    uint32_t size, cap, cursor;
+} nl_pool;
+
+static inline void nl_pool_reset(nl_pool *p, uint32_t cap)
+{
+    p->size = 0;
+    p->cap = cap;
+    p->cursor = 0;
+}
+
+static inline int nl_cand_less(float da, uint32_t ia, float db, uint32_t ib)
+{
+    return da < db || (da == db && ia < ib);
+}
+
+/* Inserts unless the pool is full and the candidate is no better than the worst.
+ * Returns 1 when inserted. Callers guarantee id is not already present. */
+static inline int nl_pool_insert(nl_pool *p, uint32_t id, float dist)
+{
+    if (p->size == p->cap && !nl_cand_less(dist, id, p->c[p->size - 1].dist, p->c[p->size - 1].id))
+        return 0;
+    uint32_t lo = 0, hi = p->size;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) >> 1;
+        if (nl_cand_less(p->c[mid].dist, p->c[mid].id, dist, id))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    uint32_t n = p->size < p->cap ? p->size : p->cap - 1;
+    if (lo < n)
+        memmove(&p->c[lo + 1], &p->c[lo], sizeof(nl_cand) * (n - lo));
+    p->c[lo] = (nl_cand){id, 0, dist};
+    if (p->size < p->cap)
+        p->size++;
+    if (lo < p->cursor)
+        p->cursor = lo;
+    return 1;
+}
+
+/* Index of the closest unexpanded candidate, marked expanded; -1 when none is left. */
+static inline int nl_pool_pop(nl_pool *p)
+{
+    while (p->cursor < p->size && p->c[p->cursor].expanded)
+        p->cursor++;
+    if (p->cursor >= p->size)
+        return -1;
+    p->c[p->cursor].expanded = 1;
+    return (int)p->cursor++;
+}
+
+struct nl_vamana_searcher {
+    const nl_vamana *ix;
+    nl_pool pool;
+    uint32_t max_L;
+    uint32_t *visit; /* stamp per node: == epoch when visited in this search */
+    uint32_t epoch;
+    uint32_t *nbuf;  /* a copy of one neighbour list */
+};
+
+/* Starts a new search: bumps the visit epoch (clearing stamps on wrap-around). */
+static inline void nl_searcher_new_epoch(nl_vamana_searcher *s)
+{
+    if (++s->epoch == 0) {
+        memset(s->visit, 0, sizeof(uint32_t) * s->ix->vs.n);
+        s->epoch = 1;
+    }
+}
+
+#endif

@@ -1,0 +1,96 @@
+/*
+ * vamana_search.c — GreedySearch over a finished in-memory Vamana graph (Algorithm 1 of
+ * the DiskANN paper): best-first from the medoid with a list of L candidates, expanding
+ * the closest unexpanded one until none is left. Each expansion prefetches the vectors
+ * of the unvisited neighbours before computing any distance, so the loads overlap.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "nl_util.h"
+#include "vamana_impl.h"
+
+int nl_vamana_searcher_create(const nl_vamana *ix, uint32_t max_L, nl_vamana_searcher **out)
+{
+    *out = NULL;
+    if (max_L == 0)
+        return nl_fail(NL_EINVAL, "searcher: max_L must be positive");
+    nl_vamana_searcher *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->ix = ix;
+    s->max_L = max_L;
+    s->pool.c = malloc(sizeof(nl_cand) * (max_L + 1));
+    s->visit = calloc(ix->vs.n, sizeof(uint32_t));
+    s->nbuf = malloc(sizeof(uint32_t) * ix->g->cap);
+    if (!s->pool.c || !s->visit || !s->nbuf) {
+        nl_vamana_searcher_destroy(s);
+        return -ENOMEM;
+    }
+    *out = s;
+    return 0;
+}
+
+void nl_vamana_searcher_destroy(nl_vamana_searcher *s)
+{
+    if (!s)
+        return;
+    free(s->pool.c);
+    free(s->visit);
+    free(s->nbuf);
+    free(s);
+}
+
+int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t L, uint32_t *ids,
+                     float *dists, nl_search_stats *stats)
+{
+    const nl_vamana *ix = s->ix;
+    if (k == 0 || L < k || L > s->max_L)
+        return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u (k=%u, L=%u)", s->max_L, k, L);
+    nl_searcher_new_epoch(s);
+    nl_pool *pool = &s->pool;
+    nl_pool_reset(pool, L);
+    const nl_graph *g = ix->g;
+    const nl_vecset *vs = &ix->vs;
+    const size_t row_bytes = (size_t)vs->dim * nl_dtype_size(vs->dtype);
+    const char *base = vs->data;
+    nl_dist_fn dist = ix->dist;
+    uint32_t hops = 0, comps = 1;
+    s->visit[ix->medoid] = s->epoch;
+    nl_pool_insert(pool, ix->medoid, dist(q, base + (size_t)ix->medoid * row_bytes, vs->dim));
+    int i;
+    while ((i = nl_pool_pop(pool)) >= 0) {
+        uint32_t u = pool->c[i].id;
+        hops++;
+        uint32_t deg = g->deg[u];
+        const uint32_t *nb = g->adj + (size_t)u * g->cap;
+        uint32_t m = 0;
+        for (uint32_t j = 0; j < deg; j++) {
+            uint32_t v = nb[j];
+            if (s->visit[v] == s->epoch)
+                continue;
+            s->visit[v] = s->epoch;
+            s->nbuf[m++] = v;
+            const char *row = base + (size_t)v * row_bytes;
+            __builtin_prefetch(row);
+            __builtin_prefetch(row + 64);
+        }
+        for (uint32_t j = 0; j < m; j++) {
+            uint32_t v = s->nbuf[j];
+            float d = dist(q, base + (size_t)v * row_bytes, vs->dim);
+            nl_pool_insert(pool, v, d);
+        }
+        comps += m;
+    }
+    uint32_t found = pool->size < k ? pool->size : k;
+    for (uint32_t j = 0; j < found; j++) {
+        ids[j] = pool->c[j].id;
+        if (dists)
+            dists[j] = pool->c[j].dist;
+    }
+    if (stats) {
+        stats->hops = hops;
+        stats->dist_comps = comps;
+    }
+    return (int)found;
+}
