@@ -1,0 +1,126 @@
+/*
+ * nl_segment.h — immutable on-disk segments: the writer that turns a built Vamana graph,
+ * its vectors and PQ codes into a segment file, and the reader that opens one (validating
+ * everything it keeps in RAM), searches it with a pipelined beam search over io_uring,
+ * and verifies it end to end.
+ *
+ * What stays in RAM after open: the PQ codebook and codes (pq_m bytes per point), the id
+ * map (8 bytes per point, absent when ids are ordinals), and the node cache: whole node
+ * records of the hot list, BFS order from the medoid, up to the cache budget. Everything
+ * else is read per query, 4 KiB sectors with O_DIRECT, so the page cache plays no part.
+ *
+ * Lifecycle: nl_segment_write (no handle) | nl_segment_open -> searchers (one per thread)
+ * -> destroy searchers -> nl_segment_close. An open segment is immutable and may be
+ * shared by any number of searchers on different threads.
+ */
+#ifndef NL_SEGMENT_H
+#define NL_SEGMENT_H
+
+#include "nl_common.h"
+#include "nl_io.h"
+#include "nl_pq.h"
+#include "nl_vamana.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- writing ---- */
+
+typedef struct {
+    const nl_vamana *index;  /* graph, medoid, vectors and metric */
+    const nl_pq *pq;
+    const uint8_t *codes;    /* n x pq_m */
+    const uint64_t *ids;     /* n external ids, or NULL for ids = ordinals */
+    uint32_t build_L;
+    float build_alpha;
+    uint32_t hot_max;        /* hot-list length cap; 0 = min(n, max(1024, n / 10)) */
+} nl_segment_source;
+
+/* Writes path atomically: a temporary name in the same directory, fsync, rename, fsync of
+ * the directory. On failure nothing is left at path or at the temporary name. */
+int nl_segment_write(const char *path, const nl_segment_source *src);
+
+/* ---- reading ---- */
+
+typedef struct nl_segment nl_segment;
+
+typedef struct {
+    uint64_t cache_budget; /* bytes of node records to keep in RAM */
+    nl_io_mode io;         /* AUTO: io_uring, else pread */
+    int buffered;          /* 1: do not use O_DIRECT (tests of the fallback) */
+} nl_segment_options;
+
+/* Opens and validates the header and every in-RAM section (checksums, bounds). Errors:
+ * NL_ECORRUPT (with a detail naming the section) or a negated errno. */
+int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment **out);
+void nl_segment_close(nl_segment *seg);
+
+typedef struct {
+    uint64_t count;
+    uint32_t dim, R, pq_m, medoid;
+    nl_dtype dtype;
+    nl_metric metric;
+    uint32_t node_bytes, nodes_per_sector, sectors_per_node;
+    uint32_t build_L;
+    float build_alpha;
+    uint64_t file_bytes;
+    uint64_t ram_bytes;      /* codes + codebook + id map + cache + bookkeeping */
+    uint64_t cached_nodes;
+    int direct_io;           /* O_DIRECT in effect */
+    int identity_ids;
+} nl_segment_info;
+
+void nl_segment_get_info(const nl_segment *seg, nl_segment_info *info);
+
+/* The external id of ordinal u. */
+uint64_t nl_segment_id(const nl_segment *seg, uint32_t u);
+
+/* ---- searching ---- */
+
+typedef struct {
+    uint32_t k;    /* results per query */
+    uint32_t L;    /* candidate list size, >= k */
+    uint32_t W;    /* beam width: sector reads in flight per query */
+} nl_seg_query_params;
+
+typedef struct {
+    uint64_t latency_ns;
+    uint32_t ios;        /* sector reads issued (a spanning node counts its sectors once per read) */
+    uint32_t cache_hits; /* nodes expanded from the cache */
+    uint32_t hops;       /* nodes expanded */
+} nl_query_stats;
+
+typedef struct nl_seg_searcher nl_seg_searcher;
+
+/* Scratch and a private io ring for one thread: up to `inflight` queries at once, each
+ * with list size <= max_L and beam <= max_W. *out owned by the caller. */
+int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint32_t inflight,
+                           nl_io_mode io, nl_seg_searcher **out);
+void nl_seg_searcher_destroy(nl_seg_searcher *s);
+nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s);
+
+/* Runs nq queries (f32, dim each), keeping up to `inflight` of them in flight on this
+ * thread's ring. Writes k ordinals (UINT32_MAX past the found ones) and exact distances
+ * per query, nearest first, and per-query stats (optional). */
+int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq,
+                        const nl_seg_query_params *p, uint32_t *ords, float *dists,
+                        nl_query_stats *stats);
+
+/* ---- verification ---- */
+
+typedef struct {
+    uint64_t sectors_checked;
+    uint64_t bad_sectors;
+    uint64_t bad_records; /* degree over R or neighbour out of range */
+    size_t unreachable;   /* from the medoid */
+} nl_segment_verify_report;
+
+/* Reads every sector (checksums, record bounds) and the whole graph (reachability).
+ * Returns 0 when sound, NL_ECORRUPT with a detail otherwise. */
+int nl_segment_verify(nl_segment *seg, nl_segment_verify_report *rep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,360 @@
+/*
+ * segment_search.c — the disk search. A best-first beam search that navigates by PQ
+ * distance (codes in RAM), reads node sectors from disk, and re-ranks by the exact
+ * distance of the full vector that arrives in each sector.
+ *
+ * Unlike DiskANN's lock-step rounds (issue W reads, wait for all W, expand, repeat), each
+ * query here keeps up to W reads in flight and expands a node the moment its read
+ * completes, then immediately tops its reads back up to W from the closest unrequested
+ * candidates (the PipeANN idea). On top of that one thread runs several queries at once
+ * on its own ring, so while one query computes, the others' reads are in the device.
+ *
+ * Per query: a candidate pool of L entries sorted by PQ distance, each new, requested or
+ * (implicitly) done; an open-addressing visited set; and the top-k by exact distance.
+ * A query ends when no new candidate remains among the L best and none of its reads is
+ * in flight. Cached nodes (the hot list) are expanded without I/O.
+ */
+#include <errno.h>
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nl_util.h"
+#include "segment_internal.h"
+
+enum { C_NEW = 0, C_REQUESTED = 1 };
+
+typedef struct {
+    uint32_t id;
+    uint32_t state;
+    float dist;
+} pcand;
+
+typedef struct {
+    int active;
+    size_t qi;
+    const float *q;
+    float *table;
+    pcand *pool;
+    uint32_t size, cursor, L, k, W;
+    uint32_t *vis;      /* keys: ordinal + 1 */
+    uint32_t *vis_used; /* slots to clear */
+    uint32_t vis_mask, vis_n, vis_cap_used;
+    uint32_t *res_id;
+    float *res_d;
+    uint32_t res_n;
+    uint32_t inflight;
+    unsigned char *bufs; /* max_W x spn sectors */
+    uint32_t *buf_node;
+    uint8_t *buf_busy;
+    nl_query_stats st;
+    uint64_t t0;
+} qstate;
+
+struct nl_seg_searcher {
+    nl_segment *seg;
+    nl_io *io;
+    uint32_t max_L, max_W, nslots;
+    qstate *slots;
+    nl_io_done *done;
+    unsigned char *scratch;
+};
+
+static void qstate_free(qstate *q)
+{
+    free(q->table);
+    free(q->pool);
+    free(q->vis);
+    free(q->vis_used);
+    free(q->res_id);
+    free(q->res_d);
+    free(q->bufs);
+    free(q->buf_node);
+    free(q->buf_busy);
+}
+
+void nl_seg_searcher_destroy(nl_seg_searcher *s)
+{
+    if (!s)
+        return;
+    nl_io_destroy(s->io); /* drains reads into our buffers before they are freed */
+    for (uint32_t i = 0; s->slots && i < s->nslots; i++)
+        qstate_free(&s->slots[i]);
+    free(s->slots);
+    free(s->done);
+    free(s->scratch);
+    free(s);
+}
+
+nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s) { return nl_io_engine(s->io); }
+
+int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint32_t inflight,
+                           nl_io_mode io, nl_seg_searcher **out)
+{
+    *out = NULL;
+    if (max_L == 0 || max_L > 100000 || max_W == 0 || max_W > 64 || inflight == 0 || inflight > 256)
+        return nl_fail(NL_EINVAL, "searcher: L=%u W=%u inflight=%u out of range", max_L, max_W, inflight);
+    nl_seg_searcher *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->seg = seg;
+    s->max_L = max_L;
+    s->max_W = max_W;
+    s->nslots = inflight;
+    s->slots = calloc(inflight, sizeof *s->slots);
+    s->done = malloc(sizeof(nl_io_done) * inflight * max_W);
+    s->scratch = malloc(seg->geo.node_bytes);
+    int rc = 0;
+    if (!s->slots || !s->done || !s->scratch) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* The visited set must hold every node a query can see: at most (expanded) x R. */
+    uint64_t vis_need = ((uint64_t)max_L * 2 + 64) * seg->R * 2;
+    uint32_t vis_cap = 1024;
+    while (vis_cap < vis_need && vis_cap < (1u << 26)) vis_cap <<= 1;
+    size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
+    for (uint32_t i = 0; i < inflight; i++) {
+        qstate *q = &s->slots[i];
+        q->table = malloc(sizeof(float) * 256 * seg->m);
+        q->pool = malloc(sizeof(pcand) * (max_L + 1));
+        q->vis = calloc(vis_cap, sizeof(uint32_t));
+        q->vis_used = malloc(sizeof(uint32_t) * vis_cap);
+        q->vis_mask = vis_cap - 1;
+        q->res_id = malloc(sizeof(uint32_t) * max_L);
+        q->res_d = malloc(sizeof(float) * max_L);
+        q->bufs = nl_aligned_alloc(SEG_SECTOR, sec_bytes * max_W);
+        q->buf_node = malloc(sizeof(uint32_t) * max_W);
+        q->buf_busy = calloc(max_W, 1);
+        if (!q->table || !q->pool || !q->vis || !q->vis_used || !q->res_id || !q->res_d || !q->bufs ||
+            !q->buf_node || !q->buf_busy) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    if ((rc = nl_io_create(inflight * max_W, io, &s->io)) != 0)
+        goto fail;
+    *out = s;
+    return 0;
+fail:
+    nl_seg_searcher_destroy(s);
+    return rc;
+}
+
+/* Adds u to the visited set; 1 if it was new. When the set is more than half full the
+ * query stops adding (it has looked at far more nodes than any sane L needs). */
+static inline int vis_add(qstate *q, uint32_t u)
+{
+    uint32_t h = (u * 2654435761u) & q->vis_mask;
+    for (;;) {
+        uint32_t k = q->vis[h];
+        if (k == u + 1)
+            return 0;
+        if (k == 0)
+            break;
+        h = (h + 1) & q->vis_mask;
+    }
+    if (q->vis_n * 2 > q->vis_mask)
+        return 0;
+    q->vis[h] = u + 1;
+    q->vis_used[q->vis_n++] = h;
+    return 1;
+}
+
+static inline void pool_insert(qstate *q, uint32_t id, float d)
+{
+    if (q->size == q->L && d >= q->pool[q->size - 1].dist)
+        return;
+    uint32_t lo = 0, hi = q->size;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) >> 1;
+        if (q->pool[mid].dist <= d) lo = mid + 1;
+        else hi = mid;
+    }
+    uint32_t n = q->size < q->L ? q->size : q->L - 1;
+    if (lo < n)
+        memmove(&q->pool[lo + 1], &q->pool[lo], sizeof(pcand) * (n - lo));
+    q->pool[lo] = (pcand){id, C_NEW, d};
+    if (q->size < q->L)
+        q->size++;
+    if (lo < q->cursor)
+        q->cursor = lo;
+}
+
+static inline void result_insert(qstate *q, uint32_t id, float d)
+{
+    if (q->res_n == q->k && d >= q->res_d[q->k - 1])
+        return;
+    uint32_t i = q->res_n < q->k ? q->res_n++ : q->k - 1;
+    while (i > 0 && q->res_d[i - 1] > d) {
+        q->res_d[i] = q->res_d[i - 1];
+        q->res_id[i] = q->res_id[i - 1];
+        i--;
+    }
+    q->res_d[i] = d;
+    q->res_id[i] = id;
+}
+
+/* Expands node u from its (validated) record. */
+static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned char *rec)
+{
+    q->st.hops++;
+    result_insert(q, u, seg->dist(q->q, rec, seg->dim));
+    uint32_t deg;
+    memcpy(&deg, rec + seg->vec_bytes, 4);
+    const unsigned char *nb = rec + seg->vec_bytes + 4;
+    const uint32_t m = seg->m;
+    for (uint32_t i = 0; i < deg; i++) {
+        uint32_t v;
+        memcpy(&v, nb + 4 * (size_t)i, 4);
+        __builtin_prefetch(seg->codes + (size_t)v * m);
+    }
+    for (uint32_t i = 0; i < deg; i++) {
+        uint32_t v;
+        memcpy(&v, nb + 4 * (size_t)i, 4);
+        if (!vis_add(q, v))
+            continue;
+        pool_insert(q, v, nl_pq_adc(q->table, seg->codes + (size_t)v * m, m));
+    }
+}
+
+/* Issues reads (or expands cached nodes) until W reads are in flight or no new candidate
+ * is left among the L best. */
+static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
+{
+    nl_segment *seg = s->seg;
+    while (q->inflight < q->W) {
+        while (q->cursor < q->size && q->pool[q->cursor].state != C_NEW)
+            q->cursor++;
+        if (q->cursor >= q->size)
+            return 0;
+        pcand *c = &q->pool[q->cursor];
+        c->state = C_REQUESTED;
+        uint32_t u = c->id;
+        const unsigned char *rec = seg_cache_get(seg, u);
+        if (rec) {
+            q->st.cache_hits++;
+            expand(seg, q, u, rec);
+            continue;
+        }
+        uint32_t b = 0;
+        while (q->buf_busy[b]) b++; /* one is free: inflight < W <= max_W */
+        size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
+        int rc = nl_io_read(s->io, seg->fd, q->bufs + b * sec_bytes, (uint32_t)sec_bytes,
+                            seg_node_sector(&seg->geo, u) * SEG_SECTOR, ((uint64_t)slot << 16) | b);
+        if (rc)
+            return rc;
+        q->buf_busy[b] = 1;
+        q->buf_node[b] = u;
+        q->inflight++;
+        q->st.ios += seg->geo.spn;
+    }
+    return 0;
+}
+
+static void start_query(nl_seg_searcher *s, qstate *q, size_t qi, const float *qv, const nl_seg_query_params *p)
+{
+    nl_segment *seg = s->seg;
+    q->active = 1;
+    q->qi = qi;
+    q->q = qv;
+    q->L = p->L;
+    q->k = p->k;
+    q->W = p->W;
+    q->size = q->cursor = 0;
+    q->res_n = 0;
+    q->inflight = 0;
+    for (uint32_t i = 0; i < q->vis_n; i++)
+        q->vis[q->vis_used[i]] = 0;
+    q->vis_n = 0;
+    memset(&q->st, 0, sizeof q->st);
+    q->t0 = nl_now_ns();
+    nl_pq_table(seg->pq, qv, q->table);
+    vis_add(q, seg->medoid);
+    pool_insert(q, seg->medoid, nl_pq_adc(q->table, seg->codes + (size_t)seg->medoid * seg->m, seg->m));
+}
+
+static void finish_query(qstate *q, uint32_t k, uint32_t *ords, float *dists, nl_query_stats *stats)
+{
+    uint32_t *o = ords + q->qi * k;
+    for (uint32_t j = 0; j < k; j++) {
+        o[j] = j < q->res_n ? q->res_id[j] : UINT32_MAX;
+        if (dists)
+            dists[q->qi * k + j] = j < q->res_n ? q->res_d[j] : FLT_MAX;
+    }
+    q->st.latency_ns = nl_now_ns() - q->t0;
+    if (stats)
+        stats[q->qi] = q->st;
+    q->active = 0;
+}
+
+int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, const nl_seg_query_params *p,
+                        uint32_t *ords, float *dists, nl_query_stats *stats)
+{
+    nl_segment *seg = s->seg;
+    if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->W == 0 || p->W > s->max_W)
+        return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u and 0 < W <= %u (k=%u L=%u W=%u)", s->max_L,
+                       s->max_W, p->k, p->L, p->W);
+    size_t next = 0;
+    uint32_t active = 0;
+    int rc = 0;
+    while (next < nq || active > 0) {
+        for (uint32_t i = 0; i < s->nslots && next < nq; i++) {
+            qstate *q = &s->slots[i];
+            if (q->active)
+                continue;
+            start_query(s, q, next, queries + next * seg->dim, p);
+            next++;
+            active++;
+            if ((rc = top_up(s, q, i)) != 0)
+                goto fail;
+            if (q->inflight == 0) {
+                finish_query(q, p->k, ords, dists, stats);
+                active--;
+            }
+        }
+        if (active == 0)
+            continue;
+        int got = nl_io_reap(s->io, 1, s->done, s->nslots * s->max_W);
+        if (got < 0) {
+            rc = nl_fail(got, "search: io failed: %s", nl_strerror(got));
+            goto fail;
+        }
+        for (int j = 0; j < got; j++) {
+            uint32_t slot = (uint32_t)(s->done[j].user >> 16), b = (uint32_t)(s->done[j].user & 0xffff);
+            qstate *q = &s->slots[slot];
+            q->buf_busy[b] = 0;
+            q->inflight--;
+            if (s->done[j].res < 0) {
+                rc = nl_fail(s->done[j].res, "%s: read of node %u failed: %s", seg->path, q->buf_node[b],
+                             nl_strerror(s->done[j].res));
+                goto fail;
+            }
+            const unsigned char *rec;
+            size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
+            if ((rc = seg_extract_record(seg, q->buf_node[b], q->bufs + b * sec_bytes, s->scratch, &rec)) != 0)
+                goto fail;
+            expand(seg, q, q->buf_node[b], rec);
+            if ((rc = top_up(s, q, slot)) != 0)
+                goto fail;
+            if (q->inflight == 0) {
+                finish_query(q, p->k, ords, dists, stats);
+                active--;
+            }
+        }
+    }
+    return 0;
+fail:
+    /* Leave the searcher reusable: wait out reads still in flight, drop every query. */
+    while (nl_io_inflight(s->io) > 0) {
+        int got = nl_io_reap(s->io, 1, s->done, s->nslots * s->max_W);
+        if (got <= 0)
+            break;
+    }
+    for (uint32_t i = 0; i < s->nslots; i++) {
+        s->slots[i].active = 0;
+        s->slots[i].inflight = 0;
+        memset(s->slots[i].buf_busy, 0, s->max_W);
+    }
+    return rc;
+}
