@@ -235,8 +235,24 @@ int nl_kmeans(const float *x, size_t n, uint32_t d, const nl_kmeans_params *p, f
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = kmeanspp(x, n, d, k, &rng, threads, centroids)) != 0)
-        goto out;
+    /* Seed on a strided subsample: k-means++ costs O(n k d), and beyond a few dozen
+     * points per cluster more rows do not improve the seeds, only the Lloyd steps. */
+    {
+        size_t ns = (size_t)k * 32 > 4096 ? (size_t)k * 32 : 4096;
+        if (ns >= n) {
+            rc = kmeanspp(x, n, d, k, &rng, threads, centroids);
+        } else {
+            float *sub = malloc(sizeof(float) * ns * d);
+            if (!sub) { rc = -ENOMEM; goto out; }
+            double stride = (double)n / (double)ns;
+            for (size_t i = 0; i < ns; i++)
+                memcpy(sub + i * d, x + (size_t)(i * stride) * d, sizeof(float) * d);
+            rc = kmeanspp(sub, ns, d, k, &rng, threads, centroids);
+            free(sub);
+        }
+        if (rc)
+            goto out;
+    }
     double prev = HUGE_VAL, inertia = 0;
     uint32_t iters = p->iters ? p->iters : 1;
     for (uint32_t it = 0; it < iters; it++) {

@@ -25,5 +25,9 @@ int cli_u32_list(const char *cmd, const char *flag, const char *s, uint32_t lo, 
 
 int cmd_gen(int argc, char **argv);
 int cmd_membench(int argc, char **argv);
+int cmd_import(int argc, char **argv);
+int cmd_search(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

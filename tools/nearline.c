@@ -112,6 +112,10 @@ static void usage(FILE *f)
             "usage: nearline COMMAND [options]\n"
             "\n"
             "commands:\n"
+            "  import     build a disk index (one segment) from a vector file into a new collection\n"
+            "  search     search a collection from disk; prints recall, QPS, latency and I/Os as JSON\n"
+            "  verify     check every segment end to end (checksums, records, graph)\n"
+            "  inspect    print collection and segment statistics as JSON\n"
             "  gen        generate a clustered synthetic dataset, queries and exact ground truth\n"
             "  mem-bench  build an in-memory Vamana index over a file and sweep search list sizes\n"
             "\n"
@@ -127,6 +131,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "gen")) return cmd_gen(argc - 1, argv + 1);
     if (!strcmp(cmd, "mem-bench")) return cmd_membench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "import")) return cmd_import(argc - 1, argv + 1);
+    if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
+    if (!strcmp(cmd, "verify")) return cmd_verify(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -1,0 +1,237 @@
+/*
+ * import.c — `nearline import` as a library call (see nl_import.h). Order of work: every
+ * check that can fail on the user's input (collection name and existence, the vector
+ * file, NaN/Inf, the id file) happens before any expensive phase, so a bad input fails in
+ * seconds. The collection is assembled in <db>/.tmp-import-<name>-<pid> and renamed into
+ * place only when its segment is durable.
+ */
+#define _GNU_SOURCE
+#include "nl_import.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nl_catalog.h"
+#include "nl_pq.h"
+#include "nl_segment.h"
+#include "nl_util.h"
+
+uint32_t nl_import_default_pq_m(uint32_t dim)
+{
+    /* 32 bytes for the common 96..256-d embeddings (DiskANN's usual choice), more for
+     * wide vectors where 32 chunks would each span many dimensions. */
+    uint32_t m = dim <= 256 ? 32 : dim <= 512 ? 64 : 96;
+    return m < dim ? m : dim;
+}
+
+static double secs_since(uint64_t t0) { return (double)(nl_now_ns() - t0) / 1e9; }
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One unsigned decimal id per line; blank lines are errors (they would shift rows). */
+static int read_ids(const char *path, size_t n, uint64_t **out)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return nl_fail(-errno, "ids file %s: %s", path, strerror(errno));
+    uint64_t *ids = malloc(sizeof(uint64_t) * (n ? n : 1));
+    if (!ids) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    char *line = NULL;
+    size_t cap = 0, lines = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lines++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if (lines > n) {
+            continue; /* count them all for the message */
+        }
+        char *end;
+        errno = 0;
+        if (len == 0 || line[0] == '-' || line[0] == '+' || line[0] == ' ') {
+            rc = nl_fail(NL_EFORMAT, "ids file %s line %zu: '%s' is not an unsigned 64-bit integer", path, lines, line);
+            break;
+        }
+        unsigned long long v = strtoull(line, &end, 10);
+        if (errno || *end) {
+            rc = nl_fail(NL_EFORMAT, "ids file %s line %zu: '%.40s' is not an unsigned 64-bit integer", path, lines, line);
+            break;
+        }
+        ids[lines - 1] = v;
+    }
+    free(line);
+    fclose(f);
+    if (!rc && lines != n)
+        rc = nl_fail(NL_EFORMAT, "ids file %s has %zu lines but the input has %zu vectors", path, lines, n);
+    if (!rc) {
+        uint64_t *sorted = malloc(sizeof(uint64_t) * n);
+        if (!sorted) {
+            rc = -ENOMEM;
+        } else {
+            memcpy(sorted, ids, sizeof(uint64_t) * n);
+            qsort(sorted, n, sizeof *sorted, cmp_u64);
+            for (size_t i = 1; i < n && !rc; i++)
+                if (sorted[i] == sorted[i - 1])
+                    rc = nl_fail(NL_EFORMAT, "ids file %s: id %llu appears more than once", path,
+                                 (unsigned long long)sorted[i]);
+            free(sorted);
+        }
+    }
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    *out = ids;
+    return 0;
+}
+
+static int fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+int nl_import(const nl_import_params *p, nl_import_result *r)
+{
+    memset(r, 0, sizeof *r);
+    uint64_t t_all = nl_now_ns();
+    int rc = nl_collection_name_check(p->collection);
+    if (rc)
+        return rc;
+    char final_dir[4096], tmp_dir[4096], shard_dir[4200], seg_path[4300];
+    snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
+    snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-import-%s-%d", p->db, p->collection, (int)getpid());
+    struct stat st;
+    if (mkdir(p->db, 0755) != 0 && errno != EEXIST)
+        return nl_fail(-errno, "cannot create database directory %s: %s", p->db, strerror(errno));
+    if (stat(p->db, &st) != 0 || !S_ISDIR(st.st_mode))
+        return nl_fail(NL_EINVAL, "%s is not a directory", p->db);
+    if (access(p->db, W_OK | X_OK) != 0)
+        return nl_fail(-errno, "database directory %s is not writable: %s", p->db, strerror(errno));
+    if (stat(final_dir, &st) == 0)
+        return nl_fail(NL_EEXISTS, "collection '%s' already exists in %s", p->collection, p->db);
+
+    /* Input, validated before any expensive work. */
+    uint64_t t0 = nl_now_ns();
+    void *data = NULL;
+    size_t n;
+    uint32_t dim;
+    nl_dtype dtype;
+    uint64_t *ids = NULL;
+    uint8_t *codes = NULL;
+    nl_pq *pq = NULL;
+    nl_vamana *ix = NULL;
+    if ((rc = nl_dataset_load(p->input, p->format, &data, &n, &dim, &dtype)) != 0)
+        return rc;
+    if (dtype == NL_DTYPE_I32) {
+        free(data);
+        return nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
+    }
+    size_t row_bytes = (size_t)dim * nl_dtype_size(dtype);
+    for (size_t i = 0; i < n; i++)
+        if (nl_check_finite(dtype, (const char *)data + i * row_bytes, dim) != 0) {
+            free(data);
+            return nl_fail(NL_EBADVALUE, "%s: row %zu holds NaN or Inf", p->input, i);
+        }
+    if (p->ids_path && (rc = read_ids(p->ids_path, n, &ids)) != 0) {
+        free(data);
+        return rc;
+    }
+    uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
+    if (pq_m > dim) {
+        rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", pq_m, dim);
+        goto out;
+    }
+    r->read_s = secs_since(t0);
+    if (p->progress)
+        p->progress(p->progress_ctx, "read", n, n);
+
+    nl_vecset vs = {data, n, dim, dtype};
+    unsigned threads = p->threads ? p->threads : nl_cpu_count();
+    t0 = nl_now_ns();
+    nl_pq_params pp = {.m = pq_m, .max_sample = 0, .iters = 0, .seed = p->seed, .threads = threads};
+    if ((rc = nl_pq_train(&vs, p->metric, &pp, &pq)) != 0)
+        goto out;
+    codes = malloc(n * pq_m);
+    if (!codes) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if ((rc = nl_pq_encode(pq, &vs, codes, threads)) != 0)
+        goto out;
+    r->pq_s = secs_since(t0);
+    if (p->progress)
+        p->progress(p->progress_ctx, "pq", n, n);
+
+    t0 = nl_now_ns();
+    nl_vamana_params vp;
+    nl_vamana_params_default(&vp);
+    if (p->R) vp.R = p->R;
+    if (p->L) vp.L = p->L;
+    if (p->alpha > 0) vp.alpha = p->alpha;
+    vp.threads = threads;
+    vp.seed = p->seed;
+    if ((rc = nl_vamana_build(&vs, p->metric, &vp, p->progress, p->progress_ctx, &ix)) != 0)
+        goto out;
+    if ((rc = nl_graph_validate(nl_vamana_graph(ix), nl_vamana_medoid(ix), NULL)) != 0)
+        goto out; /* a bug, not bad input: never publish a graph that fails validation */
+    r->build_s = secs_since(t0);
+
+    t0 = nl_now_ns();
+    nl_remove_tree(tmp_dir); /* a leftover of a crashed run with the same pid */
+    snprintf(shard_dir, sizeof shard_dir, "%s/0", tmp_dir);
+    if (mkdir(tmp_dir, 0755) != 0 || mkdir(shard_dir, 0755) != 0) {
+        rc = nl_fail(-errno, "cannot create %s: %s", shard_dir, strerror(errno));
+        goto out;
+    }
+    snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
+    nl_segment_source src = {ix, pq, codes, ids, vp.L, vp.alpha, 0};
+    if ((rc = nl_segment_write(seg_path, &src)) != 0)
+        goto out;
+    if ((rc = fsync_dir(shard_dir)) != 0 || (rc = fsync_dir(tmp_dir)) != 0)
+        goto out;
+    if (rename(tmp_dir, final_dir) != 0) {
+        rc = errno == ENOTEMPTY || errno == EEXIST
+                 ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", p->collection)
+                 : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
+        goto out;
+    }
+    fsync_dir(p->db);
+    r->write_s = secs_since(t0);
+    snprintf(r->segment_path, sizeof r->segment_path, "%s/0/seg-000001.nls", final_dir);
+    if (stat(r->segment_path, &st) == 0)
+        r->segment_bytes = (uint64_t)st.st_size;
+    r->points = n;
+    r->dim = dim;
+    r->dtype = dtype;
+    r->R = vp.R;
+    r->pq_m = pq_m;
+    r->total_s = secs_since(t_all);
+out:
+    if (rc)
+        nl_remove_tree(tmp_dir);
+    nl_vamana_destroy(ix);
+    nl_pq_destroy(pq);
+    free(codes);
+    free(ids);
+    free(data);
+    return rc;
+}

@@ -1,0 +1,120 @@
+/*
+ * cmd_import.c — `nearline import`: parses the contract's flags, runs nl_import, reports
+ * progress on stderr (a rewritten line on a terminal, a log line every few seconds
+ * otherwise; --quiet silences it) and prints a JSON summary on stdout.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "nl_import.h"
+#include "nl_util.h"
+
+typedef struct {
+    int tty, quiet;
+    uint64_t t0, last;
+    char phase[64];
+    uint64_t phase_t0;
+} progress_state;
+
+static void progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+    progress_state *ps = ctx;
+    if (ps->quiet)
+        return;
+    uint64_t now = nl_now_ns();
+    if (strcmp(ps->phase, phase) != 0) {
+        snprintf(ps->phase, sizeof ps->phase, "%s", phase);
+        ps->phase_t0 = now;
+    }
+    if (done != total && now - ps->last < (ps->tty ? 200000000ull : 5000000000ull))
+        return;
+    ps->last = now;
+    double el = (double)(now - ps->phase_t0) / 1e9;
+    double rate = el > 0 ? (double)done / el : 0;
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "%s%-16s %5.1f%%  %llu/%llu  %.0f/s  ETA %.0fs  (elapsed %.0fs)%s", ps->tty ? "\r" : "",
+            phase, total ? 100.0 * (double)done / (double)total : 100.0, (unsigned long long)done,
+            (unsigned long long)total, rate, eta, (double)(now - ps->t0) / 1e9,
+            ps->tty ? (done == total ? "\n" : "") : "\n");
+}
+
+static int help(FILE *f)
+{
+    fprintf(f,
+            "usage: nearline import --db DIR --collection NAME --input FILE [--format F]\n"
+            "         [--metric l2|ip|cosine] [--ids FILE] [--R N] [--L N] [--alpha X]\n"
+            "         [--pq-bytes N] [--threads N] [--seed S] [--quiet]\n");
+    return f == stdout ? 0 : 2;
+}
+
+int cmd_import(int argc, char **argv)
+{
+    const char *C = "import";
+    nl_import_params p;
+    memset(&p, 0, sizeof p);
+    p.metric = NL_METRIC_L2;
+    p.seed = 42;
+    const char *fmt = NULL, *metric = NULL;
+    uint32_t threads = 0;
+    int quiet = 0;
+    static const struct option opts[] = {
+        {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'},
+        {"metric", 1, 0, 'm'}, {"ids", 1, 0, 'I'}, {"R", 1, 0, 'R'}, {"L", 1, 0, 'L'}, {"alpha", 1, 0, 'a'},
+        {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
+        {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'd': p.db = optarg; break;
+        case 'c': p.collection = optarg; break;
+        case 'i': p.input = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'm': metric = optarg; break;
+        case 'I': p.ids_path = optarg; break;
+        case 'R': if (cli_u32(C, "--R", optarg, 1, 1024, &p.R)) return 2; break;
+        case 'L': if (cli_u32(C, "--L", optarg, 1, 100000, &p.L)) return 2; break;
+        case 'a': if (cli_float(C, "--alpha", optarg, 1.0f, 4.0f, &p.alpha)) return 2; break;
+        case 'p': if (cli_u32(C, "--pq-bytes", optarg, 1, 4096, &p.pq_m)) return 2; break;
+        case 't': if (cli_u32(C, "--threads", optarg, 0, 1024, &threads)) return 2; break;
+        case 's': if (cli_u64(C, "--seed", optarg, 0, UINT64_MAX, &p.seed)) return 2; break;
+        case 'q': quiet = 1; break;
+        case 'B': cli_error(C, 0, "--memory-budget is not supported yet (partitioned builds arrive with issue 5)"); return 2;
+        case 'M': cli_error(C, 0, "--metadata is not supported yet (metadata arrives with the engine)"); return 2;
+        case 'h': return help(stdout);
+        default: return help(stderr);
+        }
+    }
+    if (!p.db || !p.collection || !p.input) {
+        cli_error(C, 0, "--db, --collection and --input are required");
+        return 2;
+    }
+    int rc;
+    if (fmt && (rc = nl_format_parse(fmt, &p.format))) {
+        cli_error(C, rc, "--format");
+        return 2;
+    }
+    if (metric && (rc = nl_metric_parse(metric, &p.metric))) {
+        cli_error(C, rc, "--metric");
+        return 2;
+    }
+    p.threads = threads;
+    progress_state ps = {isatty(2), quiet, nl_now_ns(), 0, "", 0};
+    p.progress = progress_cb;
+    p.progress_ctx = &ps;
+    nl_import_result r;
+    if ((rc = nl_import(&p, &r)) != 0) {
+        cli_error(C, rc, "import of %s into '%s' failed", p.input, p.collection);
+        return 1;
+    }
+    printf("{\"collection\":\"%s\",\"points\":%llu,\"dim\":%u,\"dtype\":\"%s\",\"metric\":\"%s\",\"R\":%u,"
+           "\"pq_bytes\":%u,\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
+           "\"build\":%.2f,\"write\":%.2f,\"total\":%.2f},\"peak_rss_bytes\":%llu}\n",
+           p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
+           r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.build_s, r.write_s,
+           r.total_s, (unsigned long long)nl_peak_rss_bytes());
+    return 0;
+}
