@@ -1,0 +1,336 @@
+#define _GNU_SOURCE
+/* Segments: write -> open -> search from disk (io_uring and the pread fallback give the
+ * same answers), spanning records for wide vectors, verify, and corruption of every
+ * section giving an error (never a crash: this suite also runs under ASan). */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+
+#include "nl_crc32c.h"
+#include "nl_eval.h"
+#include "nl_io.h"
+#include "nl_pq.h"
+#include "nl_segment.h"
+#include "nl_vamana.h"
+#include "test_util.h"
+
+static char dir[512];
+static void setup(void)
+{
+    /* Under the build tree (a real filesystem, so O_DIRECT is exercised), not /tmp. */
+    snprintf(dir, sizeof dir, "%s/segtest.XXXXXX", getenv("NL_TEST_TMP") ? getenv("NL_TEST_TMP") : ".");
+    cr_assert_not_null(mkdtemp(dir));
+}
+static void teardown(void) { tu_rmtree(dir); }
+TestSuite(segment, .init = setup, .fini = teardown);
+
+typedef struct {
+    void *x;
+    float *q;
+    size_t n, nq;
+    uint32_t d;
+    nl_dtype t;
+    nl_metric metric;
+    nl_vamana *ix;
+    nl_pq *pq;
+    uint8_t *codes;
+    uint64_t *ids;
+    uint32_t *gt;
+} fixture;
+
+static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric, int with_ids)
+{
+    memset(f, 0, sizeof *f);
+    f->n = n;
+    f->nq = 40;
+    f->d = d;
+    f->t = t;
+    f->metric = metric;
+    nl_rng r;
+    nl_rng_seed(&r, 77);
+    float *cent = malloc(sizeof(float) * 16 * d);
+    tu_fill_f32(&r, cent, 16 * (size_t)d, 1.0f);
+    size_t esz = nl_dtype_size(t);
+    f->x = malloc(n * d * esz);
+    f->q = malloc(sizeof(float) * f->nq * d);
+    for (size_t i = 0; i < n + f->nq; i++) {
+        const float *c = cent + nl_rng_below(&r, 16) * d;
+        for (uint32_t j = 0; j < d; j++) {
+            float v = c[j] + 0.25f * (float)nl_rng_normal(&r);
+            if (t == NL_DTYPE_U8) v = fminf(255.0f, fmaxf(0.0f, roundf(v * 50 + 128)));
+            if (i < n) {
+                if (t == NL_DTYPE_U8) ((uint8_t *)f->x)[i * d + j] = (uint8_t)v;
+                else ((float *)f->x)[i * d + j] = v;
+            } else {
+                f->q[(i - n) * d + j] = v;
+            }
+        }
+    }
+    free(cent);
+    nl_vecset vs = {f->x, n, d, t};
+    nl_vamana_params p;
+    nl_vamana_params_default(&p);
+    p.R = 24;
+    p.L = 48;
+    p.threads = 2;
+    cr_assert_eq(nl_vamana_build(&vs, metric, &p, NULL, NULL, &f->ix), 0);
+    nl_pq_params pp = {.m = d < 16 ? d : 16, .iters = 6, .seed = 1, .threads = 2};
+    cr_assert_eq(nl_pq_train(&vs, metric, &pp, &f->pq), 0);
+    f->codes = malloc(n * pp.m);
+    cr_assert_eq(nl_pq_encode(f->pq, &vs, f->codes, 2), 0);
+    if (with_ids) {
+        f->ids = malloc(sizeof(uint64_t) * n);
+        for (size_t i = 0; i < n; i++) f->ids[i] = 1000000007ull * (i + 1);
+    }
+    f->gt = malloc(sizeof(uint32_t) * f->nq * 10);
+    cr_assert_eq(nl_groundtruth_exact(&vs, metric, f->q, f->nq, 10, 2, f->gt, NULL), 0);
+}
+
+static void unbuild(fixture *f)
+{
+    nl_vamana_destroy(f->ix);
+    nl_pq_destroy(f->pq);
+    free(f->x);
+    free(f->q);
+    free(f->codes);
+    free(f->ids);
+    free(f->gt);
+}
+
+static void write_seg(fixture *f, const char *path)
+{
+    nl_segment_source src = {f->ix, f->pq, f->codes, f->ids, 48, 1.2f, 0};
+    cr_assert_eq(nl_segment_write(path, &src), 0, "%s", nl_errdetail());
+}
+
+/* Searches all queries; returns the recall against f->gt (ordinals). */
+static double search_all(fixture *f, nl_segment *seg, nl_io_mode io, uint32_t *ords, int *rc_out)
+{
+    nl_seg_searcher *s;
+    cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 3, io, &s), 0);
+    nl_seg_query_params p = {10, 64, 4};
+    float *d = malloc(sizeof(float) * f->nq * 10);
+    nl_query_stats *st = malloc(sizeof(nl_query_stats) * f->nq);
+    int rc = nl_seg_search_batch(s, f->q, f->nq, &p, ords, d, st);
+    if (rc_out) *rc_out = rc;
+    double rec = rc ? 0 : nl_recall_at_k(ords, f->nq, 10, f->gt, 10, 10);
+    for (size_t i = 0; rc == 0 && i < f->nq; i++) {
+        cr_assert_gt(st[i].ios + st[i].cache_hits, 0);
+        for (int j = 1; j < 10; j++) cr_assert_leq(d[i * 10 + j - 1], d[i * 10 + j]);
+    }
+    free(d);
+    free(st);
+    nl_seg_searcher_destroy(s);
+    return rec;
+}
+
+static void round_trip(size_t n, uint32_t d, nl_dtype t, nl_metric metric, int with_ids, uint32_t expect_spn)
+{
+    fixture f;
+    build(&f, n, d, t, metric, with_ids);
+    char path[600];
+    snprintf(path, sizeof path, "%s/seg.nls", dir);
+    write_seg(&f, path);
+    for (int cache = 0; cache < 2; cache++) {
+        nl_segment_options o = {cache ? 64 * 1024 : 0, NL_IO_AUTO, 0};
+        nl_segment *seg;
+        cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
+        nl_segment_info in;
+        nl_segment_get_info(seg, &in);
+        cr_assert_eq(in.count, n);
+        cr_assert_eq(in.sectors_per_node, expect_spn);
+        cr_assert_eq(in.identity_ids, !with_ids);
+        cr_assert_eq(in.cached_nodes > 0, cache);
+        uint32_t *a = malloc(sizeof(uint32_t) * f.nq * 10), *b = malloc(sizeof(uint32_t) * f.nq * 10);
+        double r1 = search_all(&f, seg, NL_IO_AUTO, a, NULL);
+        double r2 = search_all(&f, seg, NL_IO_PREAD, b, NULL);
+        cr_assert_float_eq(r1, r2, 1e-12);
+        cr_assert_geq(r1, 0.9, "recall %.3f (d=%u type=%s metric=%s)", r1, d, nl_dtype_name(t), nl_metric_name(metric));
+        cr_assert_arr_eq(a, b, sizeof(uint32_t) * f.nq * 10, "io_uring and pread disagree");
+        cr_assert_eq(nl_segment_verify(seg, NULL), 0, "%s", nl_errdetail());
+        if (with_ids)
+            cr_assert_eq(nl_segment_id(seg, a[0]), 1000000007ull * (a[0] + 1));
+        free(a);
+        free(b);
+        nl_segment_close(seg);
+    }
+    /* The buffered fallback (as on tmpfs) answers the same. */
+    nl_segment_options ob = {0, NL_IO_AUTO, 1};
+    nl_segment *seg;
+    cr_assert_eq(nl_segment_open(path, &ob, &seg), 0);
+    nl_segment_info in;
+    nl_segment_get_info(seg, &in);
+    cr_assert_eq(in.direct_io, 0);
+    uint32_t *a = malloc(sizeof(uint32_t) * f.nq * 10);
+    cr_assert_geq(search_all(&f, seg, NL_IO_AUTO, a, NULL), 0.9);
+    free(a);
+    nl_segment_close(seg);
+    unbuild(&f);
+}
+
+Test(segment, packed_f32_l2_round_trip) { round_trip(3000, 48, NL_DTYPE_F32, NL_METRIC_L2, 0, 1); }
+Test(segment, packed_u8_cosine_with_ids) { round_trip(2000, 100, NL_DTYPE_U8, NL_METRIC_COSINE, 1, 1); }
+Test(segment, spanning_f32_ip_records) { round_trip(600, 1100, NL_DTYPE_F32, NL_METRIC_IP, 1, 2); }
+
+static void flip(const char *path, uint64_t off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char b;
+    cr_assert_eq(pread(fd, &b, 1, (off_t)off), 1);
+    b ^= 0x41;
+    cr_assert_eq(pwrite(fd, &b, 1, (off_t)off), 1);
+    close(fd);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* Opens, searches and verifies a damaged file: each step may fail, none may crash;
+ * returns 1 if any step reported the damage. */
+static int damaged_detected(fixture *f, const char *path, const uint32_t *good)
+{
+    nl_segment_options o = {16 * 1024, NL_IO_AUTO, 0};
+    nl_segment *seg;
+    int rc = nl_segment_open(path, &o, &seg);
+    if (rc) {
+        cr_assert(rc == NL_ECORRUPT || rc == NL_EUNSUPPORTED, "open: %d %s", rc, nl_strerror(rc));
+        return 1;
+    }
+    uint32_t *a = malloc(sizeof(uint32_t) * f->nq * 10);
+    int src = 0;
+    search_all(f, seg, NL_IO_AUTO, a, &src);
+    int vrc = nl_segment_verify(seg, NULL);
+    nl_segment_close(seg);
+    int same = src == 0 && memcmp(a, good, sizeof(uint32_t) * f->nq * 10) == 0;
+    free(a);
+    if (src)
+        cr_assert_eq(src, NL_ECORRUPT, "search: %d", src);
+    if (vrc)
+        cr_assert_eq(vrc, NL_ECORRUPT, "verify: %d", vrc);
+    /* undetected damage is allowed only where it changed nothing (section padding) */
+    if (!src && !vrc)
+        cr_assert(same, "damage neither detected nor harmless");
+    return src || vrc;
+}
+
+Test(segment, corruption_in_every_section_is_reported_never_crashes, .timeout = 600)
+{
+    fixture f;
+    build(&f, 2500, 40, NL_DTYPE_F32, NL_METRIC_L2, 1);
+    char good[600], bad[600];
+    snprintf(good, sizeof good, "%s/good.nls", dir);
+    snprintf(bad, sizeof bad, "%s/bad.nls", dir);
+    write_seg(&f, good);
+    nl_segment *seg;
+    nl_segment_options o = {0, NL_IO_AUTO, 0};
+    cr_assert_eq(nl_segment_open(good, &o, &seg), 0);
+    uint32_t *ref = malloc(sizeof(uint32_t) * f.nq * 10);
+    search_all(&f, seg, NL_IO_AUTO, ref, NULL);
+    nl_segment_close(seg);
+    /* Section starts from the header. */
+    int fd = open(good, O_RDONLY);
+    unsigned char h[4096];
+    cr_assert_eq(pread(fd, h, 4096, 0), 4096);
+    struct stat st;
+    fstat(fd, &st);
+    close(fd);
+    uint64_t targets[16];
+    int nt = 0;
+    targets[nt++] = 0;    /* magic */
+    targets[nt++] = 16;   /* count */
+    targets[nt++] = 36;   /* R */
+    targets[nt++] = 4092; /* header crc */
+    for (int s = 0; s < 5; s++) {
+        uint64_t off, len;
+        memcpy(&off, h + 80 + s * 24, 8);
+        memcpy(&len, h + 80 + s * 24 + 8, 8);
+        if (len == 0) continue;
+        targets[nt++] = off + len / 2;
+        targets[nt++] = off + 3;
+    }
+    for (int i = 0; i < nt; i++) {
+        copy_file(good, bad);
+        flip(bad, targets[i]);
+        cr_assert(damaged_detected(&f, bad, ref), "flip at %llu went unnoticed", (unsigned long long)targets[i]);
+    }
+    /* Random flips anywhere: never a crash, never a silently different answer. */
+    nl_rng r;
+    nl_rng_seed(&r, 1234);
+    for (int i = 0; i < 60; i++) {
+        copy_file(good, bad);
+        flip(bad, nl_rng_below(&r, (uint64_t)st.st_size));
+        damaged_detected(&f, bad, ref);
+    }
+    /* Truncation. */
+    copy_file(good, bad);
+    cr_assert_eq(truncate(bad, st.st_size - 4096), 0);
+    cr_assert_eq(nl_segment_open(bad, &o, &seg), NL_ECORRUPT);
+    cr_assert_eq(truncate(bad, 100), 0);
+    cr_assert_eq(nl_segment_open(bad, &o, &seg), NL_ECORRUPT);
+    free(ref);
+    unbuild(&f);
+}
+
+Test(segment, io_module_reads_match_pread_and_report_eof)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/blob", dir);
+    size_t len = 64 * 4096;
+    unsigned char *data = malloc(len);
+    for (size_t i = 0; i < len; i++) data[i] = (unsigned char)(i * 131 + (i >> 12));
+    FILE *fp = fopen(path, "wb");
+    fwrite(data, 1, len, fp);
+    fclose(fp);
+    for (int mode = NL_IO_AUTO; mode <= NL_IO_PREAD; mode++) {
+        nl_io *io;
+        int rc = nl_io_create(8, (nl_io_mode)mode, &io);
+        if (mode == NL_IO_URING && rc) {
+            cr_log_warn("io_uring unavailable here: %s", nl_errdetail());
+            continue;
+        }
+        cr_assert_eq(rc, 0);
+        int fd = open(path, O_RDONLY | O_DIRECT);
+        if (fd < 0) fd = open(path, O_RDONLY);
+        unsigned char *buf = nl_aligned_alloc(4096, 8 * 4096);
+        for (int round = 0; round < 20; round++) {
+            for (uint32_t j = 0; j < 8; j++)
+                cr_assert_eq(nl_io_read(io, fd, buf + j * 4096, 4096, (uint64_t)((round * 7 + j * 5) % 64) * 4096, j), 0);
+            cr_assert_eq(nl_io_read(io, fd, buf, 4096, 0, 99), -EBUSY);
+            unsigned seen = 0;
+            while (seen < 8) {
+                nl_io_done d[8];
+                int got = nl_io_reap(io, 1, d, 8);
+                cr_assert_gt(got, 0);
+                for (int i = 0; i < got; i++) {
+                    cr_assert_eq(d[i].res, 4096);
+                    uint64_t off = (uint64_t)((round * 7 + d[i].user * 5) % 64) * 4096;
+                    cr_assert_arr_eq(buf + d[i].user * 4096, data + off, 4096);
+                }
+                seen += (unsigned)got;
+            }
+        }
+        /* a read past the end completes with an error, not a hang or a short success */
+        cr_assert_eq(nl_io_read(io, fd, buf, 4096, len, 7), 0);
+        nl_io_done d;
+        cr_assert_eq(nl_io_reap(io, 1, &d, 1), 1);
+        cr_assert_lt(d.res, 0);
+        free(buf);
+        close(fd);
+        nl_io_destroy(io);
+    }
+    free(data);
+}
+
+Test(segment, crc32c_hardware_matches_portable_and_known_vector)
+{
+    extern uint32_t nl_crc32c_portable(uint32_t, const void *, size_t);
+    cr_assert_eq(nl_crc32c(0, "123456789", 9), 0xE3069283u);
+    unsigned char b[1000];
+    for (int i = 0; i < 1000; i++) b[i] = (unsigned char)(i * 7);
+    for (size_t l = 0; l < 1000; l += 37)
+        cr_assert_eq(nl_crc32c(0, b, l), nl_crc32c_portable(0, b, l));
+}
