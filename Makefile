@@ -34,6 +34,7 @@ test-asan: deps
 bench: build
 	@bash scripts/install-deps.sh --bench
 	/usr/bin/python3 bench/bench_memory.py
+	/usr/bin/python3 bench/bench_disk.py $(if $(GLOVE),--glove $(GLOVE))
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "nl_io.h"
+#include "nl_util.h"
 
 #include <errno.h>
 #include <liburing.h>
@@ -111,19 +112,9 @@ unsigned nl_io_inflight(const nl_io *io) { return io->inflight + io->nparked; }
 
 static int pread_full(int fd, char *buf, uint32_t len, uint64_t off)
 {
-    uint32_t done = 0;
-    while (done < len) {
-        ssize_t r = pread(fd, buf + done, len - done, (off_t)(off + done));
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return -EIO; /* past the end: the file is shorter than its header says */
-        done += (uint32_t)r;
-    }
-    return (int)len;
+    int rc = nl_pread_full(fd, buf, len, off);
+    /* Past the end: the file is shorter than its header says. */
+    return rc == 0 ? (int)len : rc == NL_ETRUNCATED ? -EIO : rc;
 }
 
 static int queue_sqe(nl_io *io, uint32_t s)

@@ -21,22 +21,13 @@
 
 #define CORRUPT(seg, ...) nl_fail(NL_ECORRUPT, __VA_ARGS__)
 
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
+/* A segment that ends early is corrupt, whatever the reason it is short. */
+static int read_all(int fd, void *buf, size_t len, uint64_t off)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return NL_ECORRUPT;
-        done += (size_t)r;
-    }
-    return 0;
+    int rc = nl_pread_full(fd, buf, len, off);
+    return rc == NL_ETRUNCATED ? NL_ECORRUPT : rc;
 }
+
 
 int seg_extract_record(const struct nl_segment *s, uint32_t u, const unsigned char *buf,
                        unsigned char *scratch, const unsigned char **rec)
@@ -71,7 +62,7 @@ static int load_section(nl_segment *s, const unsigned char *h, int sec, void *ds
     if (len != want_len)
         return CORRUPT(s, "%s: %s section is %llu bytes, expected %llu", s->path, names[sec],
                        (unsigned long long)len, (unsigned long long)want_len);
-    int rc = pread_all(s->fd_buf, dst, len, off);
+    int rc = read_all(s->fd_buf, dst, len, off);
     if (rc)
         return rc == NL_ECORRUPT ? CORRUPT(s, "%s: %s section runs past the end", s->path, names[sec]) : rc;
     if (nl_crc32c(0, dst, len) != crc)
@@ -151,7 +142,7 @@ static int load_cache(nl_segment *s, const uint32_t *hot, uint32_t hot_n, uint64
             rc = CORRUPT(s, "%s: hot list names node %u of %llu", s->path, u, (unsigned long long)s->n);
             goto out;
         }
-        if ((rc = pread_all(s->fd_buf, buf, (size_t)SEG_SECTOR * s->geo.spn,
+        if ((rc = read_all(s->fd_buf, buf, (size_t)SEG_SECTOR * s->geo.spn,
                             seg_node_sector(&s->geo, u) * SEG_SECTOR)) != 0)
             goto out;
         const unsigned char *rec;
@@ -214,7 +205,7 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
     }
     h = malloc(SEG_SECTOR);
     if (!h) { rc = -ENOMEM; goto fail; }
-    if ((rc = pread_all(s->fd_buf, h, SEG_SECTOR, 0)) != 0 || (rc = parse_header(s, h)) != 0)
+    if ((rc = read_all(s->fd_buf, h, SEG_SECTOR, 0)) != 0 || (rc = parse_header(s, h)) != 0)
         goto fail;
     uint64_t pqlen = seg_get64(h, H_SECTIONS + SEC_PQ_PIVOTS * H_SECTION_SIZE + 8);
     if (pqlen > (64ull << 20)) {
@@ -340,7 +331,7 @@ int nl_segment_verify(nl_segment *s, nl_segment_verify_report *rep)
     }
     for (uint64_t sec = 0; sec < s->geo.node_sectors; sec += chunk_sectors) {
         size_t cnt = s->geo.node_sectors - sec < chunk_sectors ? s->geo.node_sectors - sec : chunk_sectors;
-        if ((rc = pread_all(s->fd_buf, buf, cnt * SEG_SECTOR, (1 + sec) * SEG_SECTOR)) != 0) {
+        if ((rc = read_all(s->fd_buf, buf, cnt * SEG_SECTOR, (1 + sec) * SEG_SECTOR)) != 0) {
             if (rc == NL_ECORRUPT)
                 rc = CORRUPT(s, "%s: node sectors run past the end of the file", s->path);
             goto out;

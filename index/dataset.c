@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "nl_dataset.h"
+#include "nl_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -67,30 +68,13 @@ int nl_format_from_path(const char *path, nl_format *out)
     return 0;
 }
 
-static int read_exact(int fd, void *buf, size_t len, uint64_t off)
-{
-    size_t done = 0;
-    while (done < len) {
-        ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return NL_ETRUNCATED;
-        done += (size_t)r;
-    }
-    return 0;
-}
-
 /* Parses the NumPy header dictionary: descr, fortran_order, shape. */
 static int parse_npy(nl_dataset *ds, uint64_t file_size)
 {
     unsigned char pre[12];
     if (file_size < 10)
         return nl_fail(NL_ETRUNCATED, "%s: too short for a .npy header", ds->path);
-    int rc = read_exact(ds->fd, pre, file_size < 12 ? 10 : 12, 0);
+    int rc = nl_pread_full(ds->fd, pre, file_size < 12 ? 10 : 12, 0);
     if (rc)
         return nl_fail(rc, "%s: cannot read .npy preamble", ds->path);
     if (memcmp(pre, "\x93NUMPY", 6) != 0)
@@ -114,7 +98,7 @@ static int parse_npy(nl_dataset *ds, uint64_t file_size)
     char *h = malloc(hlen + 1);
     if (!h)
         return -ENOMEM;
-    rc = read_exact(ds->fd, h, hlen, hstart);
+    rc = nl_pread_full(ds->fd, h, hlen, hstart);
     if (rc) {
         free(h);
         return nl_fail(rc, "%s: cannot read .npy header", ds->path);
@@ -235,7 +219,7 @@ int nl_dataset_open(const char *path, nl_format fmt, nl_dataset **out)
             goto fail;
         }
         unsigned char b[4];
-        if ((rc = read_exact(ds->fd, b, 4, 0)) != 0) {
+        if ((rc = nl_pread_full(ds->fd, b, 4, 0)) != 0) {
             rc = nl_fail(rc, "%s: cannot read the first row header", path);
             goto fail;
         }
@@ -266,7 +250,7 @@ int nl_dataset_open(const char *path, nl_format fmt, nl_dataset **out)
             goto fail;
         }
         unsigned char b[8];
-        if ((rc = read_exact(ds->fd, b, 8, 0)) != 0) {
+        if ((rc = nl_pread_full(ds->fd, b, 8, 0)) != 0) {
             rc = nl_fail(rc, "%s: cannot read the header", path);
             goto fail;
         }
@@ -344,7 +328,7 @@ int nl_dataset_read(nl_dataset *ds, size_t first, size_t count, void *dst)
         return nl_fail(NL_EINVAL, "%s: rows %zu..%zu requested of %zu", ds->path, first,
                        first + count, ds->count);
     if (!ds->has_row_header) {
-        int rc = read_exact(ds->fd, dst, count * ds->row_bytes, ds->data_offset + first * ds->row_bytes);
+        int rc = nl_pread_full(ds->fd, dst, count * ds->row_bytes, ds->data_offset + first * ds->row_bytes);
         return rc ? nl_fail(rc, "%s: read failed at row %zu", ds->path, first) : 0;
     }
     size_t rows_per_chunk = READ_CHUNK / ds->row_bytes;
@@ -358,7 +342,7 @@ int nl_dataset_read(nl_dataset *ds, size_t first, size_t count, void *dst)
     while (done < count) {
         size_t m = count - done < rows_per_chunk ? count - done : rows_per_chunk;
         size_t row0 = first + done;
-        rc = read_exact(ds->fd, buf, m * ds->row_bytes, ds->data_offset + row0 * ds->row_bytes);
+        rc = nl_pread_full(ds->fd, buf, m * ds->row_bytes, ds->data_offset + row0 * ds->row_bytes);
         if (rc) {
             rc = nl_fail(rc, "%s: read failed at row %zu", ds->path, row0);
             break;

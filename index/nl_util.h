@@ -36,6 +36,10 @@ uint64_t nl_now_ns(void);
 /* Aligned allocation (alignment a power of two >= sizeof(void*)); free with free(). */
 void *nl_aligned_alloc(size_t alignment, size_t size);
 
+/* Reads exactly len bytes at off, retrying short reads and EINTR/EAGAIN. Returns 0,
+ * NL_ETRUNCATED when the file ends first, or a negated errno. */
+int nl_pread_full(int fd, void *buf, size_t len, uint64_t off);
+
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t nl_peak_rss_bytes(void);
 

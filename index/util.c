@@ -6,6 +6,9 @@
 #define _GNU_SOURCE
 #include "nl_util.h"
 
+#include "nl_common.h"
+
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -170,4 +173,21 @@ uint64_t nl_peak_rss_bytes(void)
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return 0;
     return (uint64_t)ru.ru_maxrss * 1024ull;
+}
+
+int nl_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            return NL_ETRUNCATED;
+        done += (size_t)r;
+    }
+    return 0;
 }
