@@ -74,6 +74,22 @@ typedef struct {
 int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t L,
                      uint32_t *ids, float *dists, nl_search_stats *stats);
 
+/* ---- dynamic indexes: grow by insertion, searchable while inserts run ----
+ *
+ * FreshDiskANN's insert: GreedySearch from the entry point (the first point inserted),
+ * RobustPrune with the given alpha, reverse edges pruned when a list is full. The index
+ * owns a copy of every vector, up to a capacity fixed at creation (the engine bounds its
+ * fresh index by the flush threshold, so it never needs to grow). Any number of threads
+ * may insert and search at once. Lists never exceed R, so the graph can be written to a
+ * segment as it is. */
+int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
+                             size_t capacity, nl_vamana **out);
+/* Copies vec (dim elements of the stored type) in and links it. *slot (optional) gets its
+ * ordinal, assigned in call order. NL_EINVAL when the index is full. */
+int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot);
+/* Points whose insert has completed. */
+size_t nl_vamana_size(const nl_vamana *ix);
+
 #ifdef __cplusplus
 }
 #endif

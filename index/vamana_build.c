@@ -45,6 +45,7 @@ void nl_vamana_destroy(nl_vamana *ix)
 {
     if (!ix)
         return;
+    nl_vam_dyn_free(ix);
     nl_graph_destroy(ix->g);
     free(ix->ext);
     free(ix);
@@ -90,18 +91,12 @@ int nl_vamana_from_graph(const nl_vecset *vs, nl_metric metric, nl_graph *g, uin
 
 /* ---------------------------------------------------------------- build state */
 
+/* The build's progress bookkeeping around the shared insert context. */
 typedef struct {
-    nl_vamana *ix;
+    nl_vam_ins ins;
     const nl_vamana_params *p;
-    atomic_uchar *locks;
     uint32_t *order;
-    float alpha; /* of the current pass */
-    nl_vamana_searcher **searchers;
-    /* per-thread scratch */
-    nl_cand **cands;     /* MAX_PRUNE_CANDIDATES + cap + L */
-    float **occl;
-    float **qbuf;        /* 2 * dim floats: the point and the current p* */
-    uint32_t **lbuf;     /* cap + 1 */
+    nl_vam_scratch **scr; /* one per thread */
     nl_progress_fn progress;
     void *progress_ctx;
     atomic_size_t done;
@@ -110,16 +105,50 @@ typedef struct {
     const char *phase;
 } build_ctx;
 
-static inline void lock_node(build_ctx *b, uint32_t u)
+static inline void lock_node(nl_vam_ins *b, uint32_t u)
 {
     while (atomic_exchange_explicit(&b->locks[u], 1, memory_order_acquire))
         while (atomic_load_explicit(&b->locks[u], memory_order_relaxed))
             __builtin_ia32_pause();
 }
 
-static inline void unlock_node(build_ctx *b, uint32_t u)
+static inline void unlock_node(nl_vam_ins *b, uint32_t u)
 {
     atomic_store_explicit(&b->locks[u], 0, memory_order_release);
+}
+
+int nl_vam_scratch_create(const nl_vamana *ix, uint32_t L, nl_vam_scratch **out)
+{
+    *out = NULL;
+    nl_vam_scratch *sc = calloc(1, sizeof *sc);
+    if (!sc)
+        return -ENOMEM;
+    uint32_t cap = ix->g->cap;
+    uint32_t ccap = MAX_PRUNE_CANDIDATES + cap;
+    int rc = nl_vamana_searcher_create(ix, L, &sc->s);
+    /* candidates, then room for a copy of one list */
+    sc->cands = malloc(sizeof(nl_cand) * ccap + sizeof(uint32_t) * (cap + 1));
+    sc->occl = malloc(sizeof(float) * ccap);
+    sc->qbuf = malloc(sizeof(float) * 2 * ix->vs.dim);
+    sc->lbuf = malloc(sizeof(uint32_t) * (cap + 1));
+    if (rc || !sc->cands || !sc->occl || !sc->qbuf || !sc->lbuf) {
+        nl_vam_scratch_destroy(sc);
+        return rc ? rc : -ENOMEM;
+    }
+    *out = sc;
+    return 0;
+}
+
+void nl_vam_scratch_destroy(nl_vam_scratch *sc)
+{
+    if (!sc)
+        return;
+    nl_vamana_searcher_destroy(sc->s);
+    free(sc->cands);
+    free(sc->occl);
+    free(sc->qbuf);
+    free(sc->lbuf);
+    free(sc);
 }
 
 static inline const void *row_of(const nl_vamana *ix, uint32_t u)
@@ -141,7 +170,7 @@ static inline float bdist(const nl_vamana *ix, const float *q, float qext, uint3
 
 /* GreedySearch from the medoid for point q during the build: lists are copied under
  * their lock. The expanded nodes, with their distances, are appended to out. */
-static uint32_t build_search(build_ctx *b, nl_vamana_searcher *s, const float *q, float qext,
+static uint32_t build_search(nl_vam_ins *b, nl_vamana_searcher *s, const float *q, float qext,
                              uint32_t L, nl_cand *out, uint32_t out_cap)
 {
     nl_vamana *ix = b->ix;
@@ -188,11 +217,11 @@ static int cand_cmp(const void *a, const void *b)
 
 /* RobustPrune(p, cands, alpha, R): writes at most R ids to out; returns how many.
  * cands holds distances to p; it is sorted and deduplicated in place. */
-static uint32_t robust_prune(build_ctx *b, unsigned th, uint32_t p, nl_cand *cands, uint32_t nc,
+static uint32_t robust_prune(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p, nl_cand *cands, uint32_t nc,
                              float alpha, uint32_t *out)
 {
     nl_vamana *ix = b->ix;
-    uint32_t R = b->p->R;
+    uint32_t R = b->R;
     qsort(cands, nc, sizeof *cands, cand_cmp);
     uint32_t w = 0;
     for (uint32_t i = 0; i < nc; i++) {
@@ -203,8 +232,8 @@ static uint32_t robust_prune(build_ctx *b, unsigned th, uint32_t p, nl_cand *can
         cands[w++] = cands[i];
     }
     nc = w < MAX_PRUNE_CANDIDATES ? w : MAX_PRUNE_CANDIDATES;
-    float *occl = b->occl[th];
-    float *pstar = b->qbuf[th] + ix->vs.dim;
+    float *occl = sc->occl;
+    float *pstar = sc->qbuf + ix->vs.dim;
     for (uint32_t i = 0; i < nc; i++)
         occl[i] = 0.0f;
     uint32_t nout = 0;
@@ -233,7 +262,7 @@ static uint32_t robust_prune(build_ctx *b, unsigned th, uint32_t p, nl_cand *can
 }
 
 /* Adds p to u's list; prunes u when the list is full. */
-static void add_reverse_edge(build_ctx *b, unsigned th, uint32_t u, uint32_t p)
+static void add_reverse_edge(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u, uint32_t p)
 {
     nl_vamana *ix = b->ix;
     nl_graph *g = ix->g;
@@ -251,16 +280,16 @@ static void add_reverse_edge(build_ctx *b, unsigned th, uint32_t u, uint32_t p)
         unlock_node(b, u);
         return;
     }
-    uint32_t *copy = b->lbuf[th];
+    uint32_t *copy = sc->lbuf;
     memcpy(copy, l, sizeof(uint32_t) * deg);
     unlock_node(b, u);
     copy[deg++] = p;
-    float *qu = b->qbuf[th];
+    float *qu = sc->qbuf;
     nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
-    nl_cand *c = b->cands[th];
+    nl_cand *c = sc->cands;
     for (uint32_t i = 0; i < deg; i++)
         c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
-    uint32_t nn = robust_prune(b, th, u, c, deg, b->alpha, copy);
+    uint32_t nn = robust_prune(b, sc, u, c, deg, b->alpha, copy);
     lock_node(b, u);
     memcpy(l, copy, sizeof(uint32_t) * nn);
     g->deg[u] = nn;
@@ -279,63 +308,71 @@ static void report(build_ctx *b, size_t add)
     }
 }
 
+void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    nl_cand *c = sc->cands;
+    uint32_t *newl = sc->lbuf;
+    float *q = sc->qbuf;
+    uint32_t ccap = MAX_PRUNE_CANDIDATES + g->cap;
+    nl_convert_to_f32(ix->vs.dtype, row_of(ix, p), q, ix->vs.dim);
+    float qext = ix->ext ? ix->ext[p] : 0.0f;
+    uint32_t nc = build_search(b, sc->s, q, qext, b->L, c, MAX_PRUNE_CANDIDATES);
+    /* Keep p's present neighbours in the running (they matter in the second pass). */
+    lock_node(b, p);
+    uint32_t deg = g->deg[p];
+    memcpy(newl, nl_graph_list(g, p), sizeof(uint32_t) * deg);
+    unlock_node(b, p);
+    for (uint32_t j = 0; j < deg && nc < ccap; j++)
+        c[nc++] = (nl_cand){newl[j], 0, bdist(ix, q, qext, newl[j])};
+    uint32_t nn = robust_prune(b, sc, p, c, nc, b->alpha, newl);
+    lock_node(b, p);
+    memcpy(nl_graph_list(g, p), newl, sizeof(uint32_t) * nn);
+    g->deg[p] = nn;
+    unlock_node(b, p);
+    /* newl is reused by add_reverse_edge; keep the list in the candidate buffer. */
+    uint32_t *mine = (uint32_t *)(c + ccap);
+    memcpy(mine, newl, sizeof(uint32_t) * nn);
+    for (uint32_t j = 0; j < nn; j++)
+        add_reverse_edge(b, sc, mine[j], p);
+}
+
 static int insert_task(void *vctx, size_t task, unsigned th)
 {
     build_ctx *b = vctx;
-    nl_vamana *ix = b->ix;
-    nl_graph *g = ix->g;
-    size_t n = ix->vs.n;
+    size_t n = b->ins.ix->vs.n;
     size_t i0 = task * TASK_POINTS, i1 = i0 + TASK_POINTS < n ? i0 + TASK_POINTS : n;
-    nl_cand *c = b->cands[th];
-    uint32_t *newl = b->lbuf[th];
-    float *q = b->qbuf[th];
-    uint32_t ccap = MAX_PRUNE_CANDIDATES + g->cap;
-    for (size_t i = i0; i < i1; i++) {
-        uint32_t p = b->order[i];
-        nl_convert_to_f32(ix->vs.dtype, row_of(ix, p), q, ix->vs.dim);
-        float qext = ix->ext ? ix->ext[p] : 0.0f;
-        uint32_t nc = build_search(b, b->searchers[th], q, qext, b->p->L, c, MAX_PRUNE_CANDIDATES);
-        /* Keep p's present neighbours in the running (they matter in the second pass). */
-        lock_node(b, p);
-        uint32_t deg = g->deg[p];
-        memcpy(newl, nl_graph_list(g, p), sizeof(uint32_t) * deg);
-        unlock_node(b, p);
-        for (uint32_t j = 0; j < deg && nc < ccap; j++)
-            c[nc++] = (nl_cand){newl[j], 0, bdist(ix, q, qext, newl[j])};
-        uint32_t nn = robust_prune(b, th, p, c, nc, b->alpha, newl);
-        lock_node(b, p);
-        memcpy(nl_graph_list(g, p), newl, sizeof(uint32_t) * nn);
-        g->deg[p] = nn;
-        unlock_node(b, p);
-        /* newl is reused by add_reverse_edge; keep the list in the candidate buffer. */
-        uint32_t *mine = (uint32_t *)(c + ccap);
-        memcpy(mine, newl, sizeof(uint32_t) * nn);
-        for (uint32_t j = 0; j < nn; j++)
-            add_reverse_edge(b, th, mine[j], p);
-    }
+    for (size_t i = i0; i < i1; i++)
+        nl_vam_insert_point(&b->ins, b->scr[th], b->order[i]);
     report(b, i1 - i0);
     return 0;
+}
+
+/* Prunes u's list to R if it overflowed (the slack of the build). */
+void nl_vam_prune_to_R(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    uint32_t deg = g->deg[u];
+    if (deg <= b->R)
+        return;
+    uint32_t *l = nl_graph_list(g, u);
+    float *qu = sc->qbuf;
+    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
+    nl_cand *c = sc->cands;
+    for (uint32_t i = 0; i < deg; i++)
+        c[i] = (nl_cand){l[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, l[i])};
+    g->deg[u] = robust_prune(b, sc, u, c, deg, b->alpha, l);
 }
 
 static int final_prune_task(void *vctx, size_t task, unsigned th)
 {
     build_ctx *b = vctx;
-    nl_vamana *ix = b->ix;
-    nl_graph *g = ix->g;
-    size_t n = ix->vs.n;
+    size_t n = b->ins.ix->vs.n;
     size_t u0 = task * 1024, u1 = u0 + 1024 < n ? u0 + 1024 : n;
-    for (size_t u = u0; u < u1; u++) {
-        uint32_t deg = g->deg[u];
-        if (deg <= b->p->R)
-            continue;
-        uint32_t *l = nl_graph_list(g, (uint32_t)u);
-        float *qu = b->qbuf[th];
-        nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)u), qu, ix->vs.dim);
-        nl_cand *c = b->cands[th];
-        for (uint32_t i = 0; i < deg; i++)
-            c[i] = (nl_cand){l[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, l[i])};
-        g->deg[u] = robust_prune(b, th, (uint32_t)u, c, deg, b->alpha, l);
-    }
+    for (size_t u = u0; u < u1; u++)
+        nl_vam_prune_to_R(&b->ins, b->scr[th], (uint32_t)u);
     return 0;
 }
 
@@ -428,15 +465,16 @@ static void bfs_mark(const nl_graph *g, uint32_t from, uint8_t *seen, uint32_t *
  * node that has room (or, if all are full, in place of that node's last, longest
  * edge); repeat until the medoid reaches every node. Rarely touches more than a handful
  * of nodes, and never exceeds R. */
-static int ensure_connected(build_ctx *b)
+static int ensure_connected(build_ctx *bc)
 {
+    nl_vam_ins *b = &bc->ins;
     nl_vamana *ix = b->ix;
     nl_graph *g = ix->g;
     size_t n = ix->vs.n;
     uint8_t *seen = malloc(n);
     uint32_t *queue = malloc(sizeof(uint32_t) * n);
     float *q = malloc(sizeof(float) * ix->vs.dim);
-    nl_cand *c = b->cands[0];
+    nl_cand *c = bc->scr[0]->cands;
     int rc = 0;
     if (!seen || !queue || !q) {
         rc = -ENOMEM;
@@ -450,7 +488,7 @@ static int ensure_connected(build_ctx *b)
             if (seen[u])
                 continue;
             nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)u), q, ix->vs.dim);
-            uint32_t nc = build_search(b, b->searchers[0], q, ix->ext ? ix->ext[u] : 0.0f, b->p->L, c,
+            uint32_t nc = build_search(b, bc->scr[0]->s, q, ix->ext ? ix->ext[u] : 0.0f, b->L, c,
                                        MAX_PRUNE_CANDIDATES);
             qsort(c, nc, sizeof *c, cand_cmp);
             uint32_t pick = UINT32_MAX;
@@ -540,36 +578,23 @@ int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_param
     unsigned threads = p->threads ? p->threads : nl_cpu_count();
     build_ctx b;
     memset(&b, 0, sizeof b);
-    b.ix = ix;
+    b.ins.ix = ix;
+    b.ins.R = p->R;
+    b.ins.L = p->L;
     b.p = p;
     b.progress = progress;
     b.progress_ctx = progress_ctx;
     b.total = vs->n;
-    b.locks = calloc(vs->n, sizeof(atomic_uchar));
+    b.ins.locks = calloc(vs->n, sizeof(atomic_uchar));
     b.order = malloc(sizeof(uint32_t) * vs->n);
-    b.searchers = calloc(threads, sizeof *b.searchers);
-    b.cands = calloc(threads, sizeof *b.cands);
-    b.occl = calloc(threads, sizeof *b.occl);
-    b.qbuf = calloc(threads, sizeof *b.qbuf);
-    b.lbuf = calloc(threads, sizeof *b.lbuf);
-    if (!b.locks || !b.order || !b.searchers || !b.cands || !b.occl || !b.qbuf || !b.lbuf) {
+    b.scr = calloc(threads, sizeof *b.scr);
+    if (!b.ins.locks || !b.order || !b.scr) {
         rc = -ENOMEM;
         goto out;
     }
-    uint32_t ccap = MAX_PRUNE_CANDIDATES + cap;
-    for (unsigned t = 0; t < threads; t++) {
-        if ((rc = nl_vamana_searcher_create(ix, p->L, &b.searchers[t])) != 0)
+    for (unsigned t = 0; t < threads; t++)
+        if ((rc = nl_vam_scratch_create(ix, p->L, &b.scr[t])) != 0)
             goto out;
-        /* candidates, then room for a copy of one list */
-        b.cands[t] = malloc(sizeof(nl_cand) * ccap + sizeof(uint32_t) * (cap + 1));
-        b.occl[t] = malloc(sizeof(float) * ccap);
-        b.qbuf[t] = malloc(sizeof(float) * 2 * vs->dim);
-        b.lbuf[t] = malloc(sizeof(uint32_t) * (cap + 1));
-        if (!b.cands[t] || !b.occl[t] || !b.qbuf[t] || !b.lbuf[t]) {
-            rc = -ENOMEM;
-            goto out;
-        }
-    }
     if ((rc = find_medoid(ix, threads)) != 0)
         goto out;
     nl_rng rng;
@@ -585,7 +610,7 @@ int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_param
     size_t ntasks = (vs->n + TASK_POINTS - 1) / TASK_POINTS;
     int passes = p->single_pass || p->alpha <= 1.0f ? 1 : 2;
     for (int pass = 0; pass < passes; pass++) {
-        b.alpha = (passes == 2 && pass == 0) ? 1.0f : p->alpha;
+        b.ins.alpha = (passes == 2 && pass == 0) ? 1.0f : p->alpha;
         b.phase = passes == 2 ? (pass == 0 ? "build pass 1/2" : "build pass 2/2") : "build";
         atomic_store(&b.done, 0);
         if ((rc = nl_parallel_for(ntasks, threads, insert_task, &b)) != 0)
@@ -595,19 +620,10 @@ int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_param
         goto out;
     rc = ensure_connected(&b);
 out:
-    for (unsigned t = 0; b.searchers && t < threads; t++) {
-        nl_vamana_searcher_destroy(b.searchers[t]);
-        free(b.cands ? b.cands[t] : NULL);
-        free(b.occl ? b.occl[t] : NULL);
-        free(b.qbuf ? b.qbuf[t] : NULL);
-        free(b.lbuf ? b.lbuf[t] : NULL);
-    }
-    free(b.searchers);
-    free(b.cands);
-    free(b.occl);
-    free(b.qbuf);
-    free(b.lbuf);
-    free(b.locks);
+    for (unsigned t = 0; b.scr && t < threads; t++)
+        nl_vam_scratch_destroy(b.scr[t]);
+    free(b.scr);
+    free(b.ins.locks);
     free(b.order);
     if (rc) {
         nl_vamana_destroy(ix);

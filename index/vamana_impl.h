@@ -10,6 +10,7 @@
 #ifndef NL_VAMANA_IMPL_H
 #define NL_VAMANA_IMPL_H
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "graph_impl.h"
@@ -27,6 +28,8 @@ struct nl_vamana {
     /* ip only: the extra coordinate sqrt(M^2 - |x|^2) of the MIPS-to-L2 reduction, per
      * point (M = the largest norm), so build distances are L2 in that augmented space. */
     float *ext;
+    /* Dynamic indexes only (vamana_dynamic.c): NULL for a built one. */
+    struct nl_vam_dyn *dyn;
 };
 
 typedef struct {
@@ -94,7 +97,8 @@ struct nl_vamana_searcher {
     uint32_t max_L;
     uint32_t *visit; /* stamp per node: == epoch when visited in this search */
     uint32_t epoch;
-    uint32_t *nbuf;  /* a copy of one neighbour list */
+    uint32_t *nbuf;  /* unvisited neighbours of the node being expanded */
+    uint32_t *lcopy; /* a locked copy of one list (dynamic indexes) */
 };
 
 /* Starts a new search: bumps the visit epoch (clearing stamps on wrap-around). */
@@ -105,5 +109,40 @@ static inline void nl_searcher_new_epoch(nl_vamana_searcher *s)
         s->epoch = 1;
     }
 }
+
+/* ---- insertion, shared by the bulk build and dynamic indexes (vamana_build.c) ---- */
+
+#include <stdatomic.h>
+
+/* What concurrent inserters share: the index, the degree bound, the list size, the prune
+ * factor and one spin lock per node. */
+typedef struct {
+    nl_vamana *ix;
+    uint32_t R, L;
+    float alpha;
+    atomic_uchar *locks;
+} nl_vam_ins;
+
+/* One inserter's scratch (one per thread). */
+typedef struct {
+    nl_vamana_searcher *s;
+    nl_cand *cands; /* MAX_PRUNE_CANDIDATES + cap candidates, then cap + 1 ids */
+    float *occl;
+    float *qbuf;    /* 2 * dim */
+    uint32_t *lbuf; /* cap + 1 */
+} nl_vam_scratch;
+
+/* Dynamic-index hooks (vamana_dynamic.c). */
+void nl_vam_dyn_free(nl_vamana *ix);
+atomic_uchar *nl_vam_dyn_locks(const nl_vamana *ix);
+
+int nl_vam_scratch_create(const nl_vamana *ix, uint32_t L, nl_vam_scratch **out);
+void nl_vam_scratch_destroy(nl_vam_scratch *sc);
+/* GreedySearch for point p from the medoid, RobustPrune, reverse edges. p's vector must be
+ * in place; other nodes' lists may change concurrently (per-node locks). */
+void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p);
+/* Prunes u's list to R when it has overflowed into the slack. Caller holds no lock and no
+ * other thread may modify u concurrently. */
+void nl_vam_prune_to_R(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u);
 
 #endif

@@ -23,7 +23,8 @@ int nl_vamana_searcher_create(const nl_vamana *ix, uint32_t max_L, nl_vamana_sea
     s->pool.c = malloc(sizeof(nl_cand) * (max_L + 1));
     s->visit = calloc(ix->vs.n, sizeof(uint32_t));
     s->nbuf = malloc(sizeof(uint32_t) * ix->g->cap);
-    if (!s->pool.c || !s->visit || !s->nbuf) {
+    s->lcopy = malloc(sizeof(uint32_t) * ix->g->cap);
+    if (!s->pool.c || !s->visit || !s->nbuf || !s->lcopy) {
         nl_vamana_searcher_destroy(s);
         return -ENOMEM;
     }
@@ -38,6 +39,7 @@ void nl_vamana_searcher_destroy(nl_vamana_searcher *s)
     free(s->pool.c);
     free(s->visit);
     free(s->nbuf);
+    free(s->lcopy);
     free(s);
 }
 
@@ -55,6 +57,9 @@ int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t
     const size_t row_bytes = (size_t)vs->dim * nl_dtype_size(vs->dtype);
     const char *base = vs->data;
     nl_dist_fn dist = ix->dist;
+    atomic_uchar *locks = nl_vam_dyn_locks(ix);
+    if (ix->dyn && nl_vamana_size(ix) == 0)
+        return 0; /* nothing inserted yet */
     uint32_t hops = 0, comps = 1;
     s->visit[ix->medoid] = s->epoch;
     nl_pool_insert(pool, ix->medoid, dist(q, base + (size_t)ix->medoid * row_bytes, vs->dim));
@@ -64,6 +69,15 @@ int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t
         hops++;
         uint32_t deg = g->deg[u];
         const uint32_t *nb = g->adj + (size_t)u * g->cap;
+        if (locks) {
+            /* A dynamic index may be rewriting this list: copy it under its lock. */
+            while (atomic_exchange_explicit(&locks[u], 1, memory_order_acquire))
+                __builtin_ia32_pause();
+            deg = g->deg[u];
+            memcpy(s->lcopy, nb, sizeof(uint32_t) * deg);
+            atomic_store_explicit(&locks[u], 0, memory_order_release);
+            nb = s->lcopy;
+        }
         uint32_t m = 0;
         for (uint32_t j = 0; j < deg; j++) {
             uint32_t v = nb[j];

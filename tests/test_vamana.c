@@ -2,6 +2,7 @@
  * passes on every built graph and catches each kind of fault, generated data works for
  * every metric and stored type, and builds are reproducible with one thread. */
 #include <math.h>
+#include <stdatomic.h>
 
 #include "graph_impl.h"
 #include "nl_dataset.h"
@@ -255,4 +256,147 @@ Test(eval, groundtruth_matches_shipped_truth_and_recall_counts)
     uint32_t res[4] = {1, 2, UINT32_MAX, 9}, truth[4] = {2, 1, 3, 4};
     cr_assert_float_eq(nl_recall_at_k(res, 1, 4, truth, 4, 4), 0.5, 1e-12);
     cr_assert_float_eq(nl_recall_at_k(res, 1, 4, truth, 4, 2), 1.0, 1e-12);
+}
+
+/* ---- dynamic (insert-built) indexes, the engine's fresh index ---- */
+
+typedef struct {
+    nl_vamana *ix;
+    const float *x;
+    uint32_t d;
+    size_t n;
+} dyn_ctx;
+
+static int dyn_insert_task(void *vctx, size_t i, unsigned th)
+{
+    (void)th;
+    dyn_ctx *c = vctx;
+    return nl_vamana_insert(c->ix, c->x + i * c->d, NULL);
+}
+
+Test(vamana, dynamic_inserts_from_threads_reach_recall_and_stay_within_R, .timeout = 600)
+{
+    size_t n = 6000, nq = 50;
+    uint32_t d = 32;
+    nl_rng r;
+    nl_rng_seed(&r, 21);
+    float *cent = malloc(sizeof(float) * 30 * d), *x = malloc(sizeof(float) * n * d), *q = malloc(sizeof(float) * nq * d);
+    tu_fill_f32(&r, cent, 30 * d, 1.0f);
+    for (size_t i = 0; i < n + nq; i++) {
+        const float *c = cent + nl_rng_below(&r, 30) * d;
+        float *dst = i < n ? x + i * d : q + (i - n) * d;
+        for (uint32_t j = 0; j < d; j++) dst[j] = c[j] + 0.3f * (float)nl_rng_normal(&r);
+    }
+    nl_vamana_params p;
+    nl_vamana_params_default(&p);
+    p.R = 32;
+    p.L = 64;
+    nl_vamana *ix;
+    cr_assert_eq(nl_vamana_create_dynamic(d, NL_DTYPE_F32, NL_METRIC_L2, &p, n, &ix), 0);
+    nl_vamana_searcher *s;
+    cr_assert_eq(nl_vamana_searcher_create(ix, 100, &s), 0);
+    uint32_t ids[10];
+    cr_assert_eq(nl_vamana_search(s, q, 10, 50, ids, NULL, NULL), 0, "empty index returns nothing");
+    /* Insert the first half on 3 threads, search meanwhile on this one, then the rest. */
+    dyn_ctx c = {ix, x, d, n};
+    cr_assert_eq(nl_parallel_for(n / 2, 3, dyn_insert_task, &c), 0);
+    cr_assert_eq(nl_vamana_size(ix), n / 2);
+    cr_assert_gt(nl_vamana_search(s, q, 10, 50, ids, NULL, NULL), 0);
+    dyn_ctx c2 = {ix, x + (n / 2) * d, d, n - n / 2};
+    cr_assert_eq(nl_parallel_for(n - n / 2, 3, dyn_insert_task, &c2), 0);
+    cr_assert_eq(nl_vamana_size(ix), n);
+    cr_assert_eq(nl_vamana_insert(ix, x, NULL), NL_EINVAL, "a full index refuses inserts");
+    nl_graph_report rep;
+    cr_assert_eq(nl_graph_validate(nl_vamana_graph(ix), nl_vamana_medoid(ix), &rep), 0, "%s", nl_errdetail());
+    cr_assert_leq(rep.max_degree, p.R);
+    /* Slots follow call order across threads, so compare by vector: map truth via a
+     * static copy of the inserted vectors in slot order. */
+    nl_vecset vs = *nl_vamana_vectors(ix);
+    uint32_t *gt = malloc(sizeof(uint32_t) * nq * 10), *res = malloc(sizeof(uint32_t) * nq * 10);
+    cr_assert_eq(nl_groundtruth_exact(&vs, NL_METRIC_L2, q, nq, 10, 2, gt, NULL), 0);
+    for (size_t i = 0; i < nq; i++)
+        cr_assert_eq(nl_vamana_search(s, q + i * d, 10, 80, res + i * 10, NULL, NULL), 10);
+    double rec = nl_recall_at_k(res, nq, 10, gt, 10, 10);
+    cr_assert_geq(rec, 0.95, "dynamic index recall %.3f", rec);
+    free(gt);
+    free(res);
+    nl_vamana_searcher_destroy(s);
+    nl_vamana_destroy(ix);
+    free(cent);
+    free(x);
+    free(q);
+}
+
+typedef struct {
+    nl_vamana *ix;
+    const float *q;
+    uint32_t d;
+    atomic_int stop;
+    int searches;
+} reader_ctx;
+
+static int reader_task(void *vctx, size_t t, unsigned th)
+{
+    (void)th;
+    reader_ctx *c = vctx;
+    if (t != 0) {
+        /* the other tasks insert */
+        return 0;
+    }
+    nl_vamana_searcher *s;
+    if (nl_vamana_searcher_create(c->ix, 64, &s) != 0)
+        return -1;
+    uint32_t ids[10];
+    while (!atomic_load(&c->stop)) {
+        int got = nl_vamana_search(s, c->q, 10, 64, ids, NULL, NULL);
+        if (got < 0)
+            return got;
+        for (int i = 0; i < got; i++)
+            if (ids[i] >= nl_vamana_vectors(c->ix)->n)
+                return -2;
+        c->searches++;
+    }
+    nl_vamana_searcher_destroy(s);
+    return 0;
+}
+
+typedef struct {
+    reader_ctx *rd;
+    dyn_ctx *ins;
+} mixed_ctx;
+
+static int mixed_task(void *vctx, size_t t, unsigned th)
+{
+    mixed_ctx *m = vctx;
+    if (t == 0)
+        return reader_task(m->rd, 0, th);
+    int rc = nl_parallel_for(m->ins->n, 2, dyn_insert_task, m->ins);
+    atomic_store(&m->rd->stop, 1);
+    return rc;
+}
+
+Test(vamana, dynamic_search_runs_safely_during_inserts, .timeout = 600)
+{
+    size_t n = 4000;
+    uint32_t d = 16;
+    nl_rng r;
+    nl_rng_seed(&r, 5);
+    float *x = malloc(sizeof(float) * n * d);
+    tu_fill_f32(&r, x, n * d, 1.0f);
+    nl_vamana_params p;
+    nl_vamana_params_default(&p);
+    p.R = 16;
+    p.L = 32;
+    nl_vamana *ix;
+    cr_assert_eq(nl_vamana_create_dynamic(d, NL_DTYPE_F32, NL_METRIC_L2, &p, n, &ix), 0);
+    cr_assert_eq(nl_vamana_insert(ix, x, NULL), 0);
+    reader_ctx rd = {ix, x, d, 0, 0};
+    atomic_init(&rd.stop, 0);
+    dyn_ctx ins = {ix, x + d, d, n - 1};
+    mixed_ctx m = {&rd, &ins};
+    cr_assert_eq(nl_parallel_for(2, 2, mixed_task, &m), 0);
+    cr_assert_gt(rd.searches, 0);
+    cr_assert_eq(nl_graph_validate(nl_vamana_graph(ix), 0, NULL), 0, "%s", nl_errdetail());
+    nl_vamana_destroy(ix);
+    free(x);
 }

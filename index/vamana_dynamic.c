@@ -1,0 +1,163 @@
+/*
+ * vamana_dynamic.c — a Vamana index that grows by insertion (see nl_vamana.h). It reuses
+ * the bulk build's insert (nl_vam_insert_point) with the graph's slack set to zero, so
+ * every list stays within R. Inserters take scratch from a small pool; the first point
+ * becomes the entry point and is published (vector in place) before any other insert may
+ * search from it. Searches copy each list under its node lock (vamana_search.c), so they
+ * never see a list mid-rewrite.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nl_util.h"
+#include "vamana_impl.h"
+
+struct nl_vam_dyn {
+    nl_vam_ins ins;
+    void *store;
+    size_t capacity;
+    size_t row_bytes;
+    atomic_size_t claimed;
+    atomic_size_t done;
+    atomic_int entry_ready;
+    pthread_mutex_t mu; /* guards the scratch pool */
+    nl_vam_scratch **pool;
+    size_t npool, pool_cap;
+};
+
+int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
+                             size_t capacity, nl_vamana **out)
+{
+    *out = NULL;
+    if (dim == 0 || dtype > NL_DTYPE_I8 || capacity == 0 || capacity > UINT32_MAX - 1 || !p || p->R < 1 ||
+        p->R > 1024 || p->L < 1 || !(p->alpha >= 1.0f))
+        return nl_fail(NL_EINVAL, "dynamic vamana: dim=%u capacity=%zu R=%u L=%u", dim, capacity, p ? p->R : 0,
+                       p ? p->L : 0);
+    nl_vamana *ix = calloc(1, sizeof *ix);
+    struct nl_vam_dyn *d = calloc(1, sizeof *d);
+    if (!ix || !d) {
+        free(ix);
+        free(d);
+        return -ENOMEM;
+    }
+    ix->dyn = d;
+    d->capacity = capacity;
+    d->row_bytes = (size_t)dim * nl_dtype_size(dtype);
+    d->store = malloc(d->row_bytes * capacity);
+    d->ins.locks = calloc(capacity, sizeof(atomic_uchar));
+    pthread_mutex_init(&d->mu, NULL);
+    int rc = 0;
+    if (!d->store || !d->ins.locks) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    nl_vecset vs = {d->store, capacity, dim, dtype};
+    ix->vs = vs;
+    ix->metric = metric;
+    /* ip: without a global norm bound known up front, build with L2 geometry. */
+    ix->build_metric = metric == NL_METRIC_IP ? NL_METRIC_L2 : metric;
+    ix->dist = nl_distance_fn(metric, dtype);
+    ix->build_dist = nl_distance_fn(ix->build_metric, dtype);
+    ix->medoid = 0;
+    if ((rc = nl_graph_create(capacity, p->R, p->R, &ix->g)) != 0)
+        goto fail;
+    d->ins.ix = ix;
+    d->ins.R = p->R;
+    d->ins.L = p->L;
+    d->ins.alpha = p->alpha;
+    *out = ix;
+    return 0;
+fail:
+    nl_vamana_destroy(ix);
+    return rc;
+}
+
+void nl_vam_dyn_free(nl_vamana *ix);
+void nl_vam_dyn_free(nl_vamana *ix)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->npool; i++)
+        nl_vam_scratch_destroy(d->pool[i]);
+    free(d->pool);
+    free(d->store);
+    free(d->ins.locks);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+    ix->dyn = NULL;
+}
+
+atomic_uchar *nl_vam_dyn_locks(const nl_vamana *ix);
+atomic_uchar *nl_vam_dyn_locks(const nl_vamana *ix) { return ix->dyn ? ix->dyn->ins.locks : NULL; }
+
+size_t nl_vamana_size(const nl_vamana *ix)
+{
+    return ix->dyn ? atomic_load(&ix->dyn->done) : ix->vs.n;
+}
+
+static nl_vam_scratch *take_scratch(nl_vamana *ix, int *rc)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    nl_vam_scratch *sc = NULL;
+    pthread_mutex_lock(&d->mu);
+    if (d->npool > 0)
+        sc = d->pool[--d->npool];
+    pthread_mutex_unlock(&d->mu);
+    if (!sc)
+        *rc = nl_vam_scratch_create(ix, d->ins.L, &sc);
+    return sc;
+}
+
+static void give_scratch(nl_vamana *ix, nl_vam_scratch *sc)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    pthread_mutex_lock(&d->mu);
+    if (d->npool == d->pool_cap) {
+        size_t nc = d->pool_cap ? d->pool_cap * 2 : 4;
+        nl_vam_scratch **np = realloc(d->pool, nc * sizeof *np);
+        if (!np) {
+            pthread_mutex_unlock(&d->mu);
+            nl_vam_scratch_destroy(sc);
+            return;
+        }
+        d->pool = np;
+        d->pool_cap = nc;
+    }
+    d->pool[d->npool++] = sc;
+    pthread_mutex_unlock(&d->mu);
+}
+
+int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    if (!d)
+        return nl_fail(NL_EINVAL, "vamana: insert into a built (static) index");
+    size_t s = atomic_fetch_add(&d->claimed, 1);
+    if (s >= d->capacity) {
+        atomic_fetch_sub(&d->claimed, 1);
+        return nl_fail(NL_EINVAL, "vamana: dynamic index is full (%zu points)", d->capacity);
+    }
+    memcpy((char *)d->store + s * d->row_bytes, vec, d->row_bytes);
+    if (slot)
+        *slot = (uint32_t)s;
+    if (s == 0) {
+        atomic_store_explicit(&d->entry_ready, 1, memory_order_release);
+        atomic_fetch_add(&d->done, 1);
+        return 0;
+    }
+    while (!atomic_load_explicit(&d->entry_ready, memory_order_acquire))
+        __builtin_ia32_pause(); /* the first insert is a memcpy away from done */
+    int rc = 0;
+    nl_vam_scratch *sc = take_scratch(ix, &rc);
+    if (!sc) {
+        /* The slot is claimed but unlinked: it stays unreachable, never returned. */
+        return rc ? rc : -ENOMEM;
+    }
+    nl_vam_insert_point(&d->ins, sc, (uint32_t)s);
+    give_scratch(ix, sc);
+    atomic_fetch_add(&d->done, 1);
+    return 0;
+}
