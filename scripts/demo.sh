@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: shows nearline on an embedded default. With ../shared/data present it
 # indexes sift-5k (real SIFT descriptors); without it, a generated clustered set. It
-# builds the in-memory Vamana index, checks the graph, and prints recall@10 and QPS for a
-# few list sizes. Safe to run repeatedly: generated data is reused.
+# imports the vectors into a local database (.demo/db) as a disk index and searches it
+# from disk, printing recall@10, QPS, latency and reads per query for a few list sizes.
+# Safe to run repeatedly: generated data is reused, the demo collection rebuilt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
@@ -11,7 +12,7 @@ DATA=${NEARLINE_DATA_DIR:-../shared/data}
 if [ -f "$DATA/sift-5k/base.bvecs" ]; then
   name="sift-5k (real SIFT descriptors from ../shared/data)"
   base="$DATA/sift-5k/base.bvecs"; queries="$DATA/sift-5k/query.bvecs"; gt="$DATA/sift-5k/groundtruth.ivecs"
-  sweep=40,80,150
+  sweep=50,100,150
 else
   mkdir -p .demo
   base=.demo/base.u8bin; queries=.demo/query.u8bin; gt=.demo/groundtruth.ivecs
@@ -23,18 +24,28 @@ else
   name="generated 20,000 x 128 u8 (nearline gen --seed 7)"
   sweep=20,40,80
 fi
-echo "nearline: building an in-memory Vamana index over $name"
-"$NL" mem-bench --base "$base" --queries "$queries" --groundtruth "$gt" --R 64 --L 100 \
-  --search-L "$sweep" --repeat 3 > .demo-result.json
-/usr/bin/python3 - .demo-result.json <<'PY'
+DB=.demo/db
+rm -rf "$DB/demo"   # a fresh collection each run, so running twice works
+echo "nearline: importing $name into $DB (a disk index: graph + vectors on disk, PQ codes in RAM)"
+"$NL" import --db "$DB" --collection demo --input "$base" --quiet > .demo-import.json
+echo "nearline: searching it from disk (O_DIRECT reads through io_uring), 1 thread, 1 query at a time"
+"$NL" search --db "$DB" --collection demo --queries "$queries" --groundtruth "$gt" --k 10 \
+  --L "$sweep" --beam 4 --threads 1 --inflight 1 --cache-budget 1M > .demo-result.json
+/usr/bin/python3 - .demo-import.json .demo-result.json <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
-print(f"  {d['n']:,} vectors, dim {d['dim']} ({d['dtype']}, {d['metric']}), kernels: {d['isa']}, threads: {d['threads']}")
-g = d["graph"]
-print(f"  build {d['build_s']:.2f} s; graph valid: {g['valid']}, mean degree {g['mean_degree']:.1f}, peak RSS {d['peak_rss_bytes']/2**20:.0f} MiB")
-print(f"  {'L':>5} {'recall@10':>10} {'QPS':>10} {'p50 us':>8} {'p99 us':>8}")
-for r in d["results"]:
+imp = json.load(open(sys.argv[1]))
+runs = [json.loads(l) for l in open(sys.argv[2])]
+print(f"  {imp['points']:,} vectors, dim {imp['dim']} ({imp['dtype']}, {imp['metric']}), R={imp['R']}, PQ {imp['pq_bytes']} bytes/vector")
+print(f"  import {imp['seconds']['total']:.1f} s; segment {imp['segment_bytes']/2**20:.1f} MiB on disk; "
+      f"RAM at open {runs[0]['ram_at_open_bytes']/2**20:.1f} MiB; io: {runs[0]['io']}, O_DIRECT: {runs[0]['direct_io']}")
+print(f"  {'L':>5} {'recall@10':>10} {'QPS':>8} {'p50 us':>8} {'p99 us':>8} {'reads/query':>12}")
+for r in runs:
     lat = r["latency_us"]
-    print(f"  {r['L']:>5} {r['recall_at_k']:>10.4f} {r['qps']:>10,.0f} {lat['p50']:>8.1f} {lat['p99']:>8.1f}")
+    print(f"  {r['L']:>5} {r['recall_at_k']:>10.4f} {r['qps']:>8,.0f} {lat['p50']:>8.0f} {lat['p99']:>8.0f} {r['mean_ios']:>12.1f}")
 PY
-rm -f .demo-result.json
+rm -f .demo-import.json .demo-result.json
+echo
+echo "Try it yourself:"
+echo "  $NL search --db $DB --collection demo --queries $queries --k 10 --L 50 --out /tmp/ids.ivecs"
+echo "  $NL inspect --db $DB"
+echo "  $NL verify --db $DB"

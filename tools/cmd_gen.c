@@ -1,8 +1,13 @@
 /*
- * cmd_gen.c — `nearline gen`: a deterministic clustered dataset (Gaussian blobs around
- * random centres), queries from the same distribution, and exact ground truth, so
- * anyone can reproduce a run at any scale without ../shared. Row i depends only on
- * (seed, i), so the output is the same however it is produced.
+ * cmd_gen.c — `nearline gen`: a deterministic clustered dataset, queries from the same
+ * distribution, and exact ground truth, so anyone can reproduce a run at any scale
+ * without ../shared. Row i depends only on (seed, i), so the output is the same however
+ * it is produced.
+ *
+ * Shape: like real embeddings, the data has a low intrinsic dimension. Each point is a
+ * random cluster centre plus a `latent`-dimensional Gaussian (16 by default) mapped into
+ * D dimensions by one fixed random matrix, plus a little isotropic noise. Isotropic
+ * blobs in all D dimensions would be far harder than any real corpus for quantisers.
  */
 #include <getopt.h>
 #include <math.h>
@@ -15,11 +20,13 @@
 #include "nl_util.h"
 
 typedef struct {
-    uint32_t dim, clusters;
+    uint32_t dim, clusters, latent;
     nl_dtype type;
     uint64_t seed;
     float *centres;
-    float sigma;
+    float *proj;   /* dim x latent, entries N(0, 1/latent) */
+    float sigma;   /* spread along the latent directions, per output dimension */
+    float noise;   /* isotropic noise */
 } gen_spec;
 
 static void gen_row(const gen_spec *g, uint64_t stream, uint64_t i, void *out)
@@ -27,8 +34,15 @@ static void gen_row(const gen_spec *g, uint64_t stream, uint64_t i, void *out)
     nl_rng r;
     nl_rng_seed(&r, g->seed ^ (stream * 0x9e3779b97f4a7c15ull) ^ (i * 0xd1b54a32d192ed03ull));
     const float *c = g->centres + (size_t)nl_rng_below(&r, g->clusters) * g->dim;
+    float z[256];
+    for (uint32_t l = 0; l < g->latent; l++)
+        z[l] = (float)nl_rng_normal(&r);
     for (uint32_t j = 0; j < g->dim; j++) {
-        float v = c[j] + g->sigma * (float)nl_rng_normal(&r);
+        const float *pj = g->proj + (size_t)j * g->latent;
+        float v = 0.0f;
+        for (uint32_t l = 0; l < g->latent; l++)
+            v += pj[l] * z[l];
+        v = c[j] + g->sigma * v + g->noise * (float)nl_rng_normal(&r);
         if (g->type == NL_DTYPE_U8) {
             v = roundf(v);
             ((uint8_t *)out)[j] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
@@ -43,7 +57,7 @@ static int gen_help(FILE *f)
     fprintf(f,
             "usage: nearline gen --n N --dim D --out FILE [--type u8|f32] [--clusters C] [--seed S]\n"
             "                    [--queries Q --queries-out FILE] [--groundtruth-out FILE.ivecs]\n"
-            "                    [--gt-k K] [--metric l2|ip|cosine] [--threads T]\n"
+            "                    [--gt-k K] [--metric l2|ip|cosine] [--latent L] [--threads T]\n"
             "Formats follow the extensions (fvecs, bvecs, fbin, u8bin).\n");
     return f == stdout ? 0 : 2;
 }
@@ -52,13 +66,13 @@ int cmd_gen(int argc, char **argv)
 {
     const char *C = "gen";
     uint64_t n = 0, seed = 1;
-    uint32_t dim = 0, clusters = 64, nq = 1000, gtk = 100, threads = 0;
+    uint32_t dim = 0, clusters = 64, nq = 1000, gtk = 100, threads = 0, latent = 16;
     const char *out = NULL, *qout = NULL, *gtout = NULL, *type = "u8", *metric_s = "l2";
     static const struct option opts[] = {
         {"n", 1, 0, 'n'}, {"dim", 1, 0, 'd'}, {"type", 1, 0, 't'}, {"clusters", 1, 0, 'c'},
         {"seed", 1, 0, 's'}, {"out", 1, 0, 'o'}, {"queries", 1, 0, 'q'}, {"queries-out", 1, 0, 'Q'},
         {"groundtruth-out", 1, 0, 'g'}, {"gt-k", 1, 0, 'k'}, {"metric", 1, 0, 'm'},
-        {"threads", 1, 0, 'T'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"threads", 1, 0, 'T'}, {"latent", 1, 0, 'l'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -75,6 +89,7 @@ int cmd_gen(int argc, char **argv)
         case 'k': if (cli_u32(C, "--gt-k", optarg, 1, 10000, &gtk)) return 2; break;
         case 'm': metric_s = optarg; break;
         case 'T': if (cli_u32(C, "--threads", optarg, 0, 1024, &threads)) return 2; break;
+        case 'l': if (cli_u32(C, "--latent", optarg, 1, 256, &latent)) return 2; break;
         case 'h': return gen_help(stdout);
         default: return gen_help(stderr);
         }
@@ -83,7 +98,9 @@ int cmd_gen(int argc, char **argv)
         cli_error(C, 0, "--n, --dim and --out are required");
         return 2;
     }
-    gen_spec g = {.dim = dim, .clusters = clusters, .seed = seed};
+    if (latent > dim)
+        latent = dim;
+    gen_spec g = {.dim = dim, .clusters = clusters, .latent = latent, .seed = seed};
     nl_metric metric;
     int rc;
     if ((rc = nl_dtype_parse(type, &g.type)) || (g.type != NL_DTYPE_U8 && g.type != NL_DTYPE_F32)) {
@@ -116,7 +133,16 @@ int cmd_gen(int argc, char **argv)
     nl_rng_seed(&r, seed);
     for (size_t i = 0; i < (size_t)clusters * dim; i++)
         g.centres[i] = g.type == NL_DTYPE_U8 ? (float)(40 + nl_rng_below(&r, 176)) : (float)nl_rng_normal(&r);
+    g.proj = malloc(sizeof(float) * dim * latent);
+    if (!g.proj) {
+        cli_error(C, -12, "out of memory");
+        free(g.centres);
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)dim * latent; i++)
+        g.proj[i] = (float)(nl_rng_normal(&r) / sqrt((double)latent));
     g.sigma = g.type == NL_DTYPE_U8 ? 18.0f : 0.35f;
+    g.noise = g.type == NL_DTYPE_U8 ? 2.0f : 0.04f;
 
     size_t esz = nl_dtype_size(g.type);
     size_t rowb = (size_t)dim * esz;
@@ -124,6 +150,7 @@ int cmd_gen(int argc, char **argv)
     if (!base) {
         cli_error(C, -12, "cannot hold %llu rows in memory", (unsigned long long)n);
         free(g.centres);
+        free(g.proj);
         return 1;
     }
     for (uint64_t i = 0; i < n; i++)
@@ -169,12 +196,13 @@ int cmd_gen(int argc, char **argv)
         free(qf);
     }
     if (!rc)
-        printf("{\"out\":\"%s\",\"n\":%llu,\"dim\":%u,\"type\":\"%s\",\"clusters\":%u,\"seed\":%llu,"
+        printf("{\"out\":\"%s\",\"n\":%llu,\"dim\":%u,\"type\":\"%s\",\"clusters\":%u,\"latent\":%u,\"seed\":%llu,"
                "\"queries\":%u}\n",
-               out, (unsigned long long)n, dim, nl_dtype_name(g.type), clusters,
+               out, (unsigned long long)n, dim, nl_dtype_name(g.type), clusters, latent,
                (unsigned long long)seed, qout ? nq : 0);
 done:
     free(base);
     free(g.centres);
+    free(g.proj);
     return rc ? 1 : 0;
 }
