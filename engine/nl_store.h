@@ -1,0 +1,69 @@
+/*
+ * nl_store.h — a shard's metadata store: one RocksDB database (RocksDB's C API) with a
+ * fixed set of column families, so the engine names them by enum and never by string:
+ *
+ *   manifest    live segments, their generation, collection config, counters
+ *   idmap       external id -> (segment, ordinal, sequence)
+ *   meta        metadata payloads (JSON) and, later, filter postings
+ *   tombstones  (segment, ordinal) of deleted or replaced points
+ *   fresh       vectors of the fresh (not yet flushed) index
+ *
+ * Writes go through batches: a batch is applied atomically, and with sync it is durable
+ * in RocksDB's WAL before nl_store_write returns (RocksDB groups concurrent synced
+ * writers into one fsync). Blocks are zstd-compressed.
+ *
+ * Lifecycle: nl_store_open -> batches / gets / iterators (thread-safe; an iterator or a
+ * batch belongs to one thread) -> destroy them -> nl_store_close.
+ */
+#ifndef NL_STORE_H
+#define NL_STORE_H
+
+#include <stddef.h>
+
+#include "nl_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_COUNT } nl_cf;
+
+typedef struct nl_store nl_store;
+typedef struct nl_store_batch nl_store_batch;
+typedef struct nl_store_iter nl_store_iter;
+
+/* Opens dir, creating the database and any missing column family when create is set.
+ * NL_ENOTFOUND when it does not exist and create is not set. *out owned by the caller. */
+int nl_store_open(const char *dir, int create, nl_store **out);
+void nl_store_close(nl_store *st);
+
+/* Batches: build, then nl_store_write to the store they were created for; clear to reuse.
+ * NULL only when out of memory. The store must outlive the batch. */
+nl_store_batch *nl_store_batch_create(nl_store *st);
+void nl_store_batch_destroy(nl_store_batch *b);
+void nl_store_batch_clear(nl_store_batch *b);
+void nl_store_batch_put(nl_store_batch *b, nl_cf cf, const void *key, size_t klen, const void *val, size_t vlen);
+void nl_store_batch_delete(nl_store_batch *b, nl_cf cf, const void *key, size_t klen);
+size_t nl_store_batch_count(const nl_store_batch *b);
+int nl_store_write(nl_store_batch *b, int sync);
+
+/* *val is malloc'd and owned by the caller (free()); NL_ENOTFOUND when absent. */
+int nl_store_get(nl_store *st, nl_cf cf, const void *key, size_t klen, void **val, size_t *vlen);
+
+/* Iterators see a consistent snapshot taken at creation. */
+int nl_store_iter_create(nl_store *st, nl_cf cf, nl_store_iter **out);
+void nl_store_iter_destroy(nl_store_iter *it);
+void nl_store_iter_seek(nl_store_iter *it, const void *key, size_t klen); /* first key >= key */
+void nl_store_iter_seek_first(nl_store_iter *it);
+int nl_store_iter_valid(const nl_store_iter *it);
+void nl_store_iter_next(nl_store_iter *it);
+/* Borrowed; valid until the iterator moves. */
+const void *nl_store_iter_key(const nl_store_iter *it, size_t *klen);
+const void *nl_store_iter_value(const nl_store_iter *it, size_t *vlen);
+/* 0, or the error that ended the iteration early (NL_ECORRUPT for bad blocks). */
+int nl_store_iter_status(const nl_store_iter *it);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
