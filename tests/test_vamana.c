@@ -96,20 +96,30 @@ Test(vamana, mnist10k_recall_at_least_098, .timeout = 600)
     shared_recall("mnist-10k", "mnist-10k/base.u8bin", "mnist-10k/query.u8bin", "mnist-10k/groundtruth.ivecs", 50);
 }
 
+/* n base and nq query rows of d floats around `centres` random centres, spread 0.3. */
+static void clustered(uint64_t seed, uint32_t centres, size_t n, size_t nq, uint32_t d, float **x, float **q)
+{
+    nl_rng r;
+    nl_rng_seed(&r, seed);
+    float *cent = malloc(sizeof(float) * centres * d);
+    *x = malloc(sizeof(float) * n * d);
+    *q = malloc(sizeof(float) * nq * d);
+    tu_fill_f32(&r, cent, (size_t)centres * d, 1.0f);
+    for (size_t i = 0; i < n + nq; i++) {
+        const float *c = cent + nl_rng_below(&r, centres) * d;
+        float *dst = i < n ? *x + i * d : *q + (i - n) * d;
+        for (uint32_t j = 0; j < d; j++) dst[j] = c[j] + 0.3f * (float)nl_rng_normal(&r);
+    }
+    free(cent);
+}
+
 /* Generated clustered data for every metric and stored type; truth by brute force. */
 Test(vamana, generated_data_every_metric_and_type, .timeout = 600)
 {
     size_t n = 4000, nq = 50;
     uint32_t d = 40;
-    nl_rng r;
-    nl_rng_seed(&r, 99);
-    float *cent = malloc(sizeof(float) * 20 * d), *xf = malloc(sizeof(float) * n * d), *q = malloc(sizeof(float) * nq * d);
-    tu_fill_f32(&r, cent, 20 * d, 1.0f);
-    for (size_t i = 0; i < n + nq; i++) {
-        const float *c = cent + nl_rng_below(&r, 20) * d;
-        float *dst = i < n ? xf + i * d : q + (i - n) * d;
-        for (uint32_t j = 0; j < d; j++) dst[j] = c[j] + 0.3f * (float)nl_rng_normal(&r);
-    }
+    float *xf, *q;
+    clustered(99, 20, n, nq, d, &xf, &q);
     for (int t = NL_DTYPE_F32; t <= NL_DTYPE_I8; t++) {
         size_t esz = nl_dtype_size((nl_dtype)t);
         void *x = malloc(n * d * esz);
@@ -146,7 +156,6 @@ Test(vamana, generated_data_every_metric_and_type, .timeout = 600)
         free(x);
         free(qq);
     }
-    free(cent);
     free(xf);
     free(q);
 }
@@ -278,15 +287,8 @@ Test(vamana, dynamic_inserts_from_threads_reach_recall_and_stay_within_R, .timeo
 {
     size_t n = 6000, nq = 50;
     uint32_t d = 32;
-    nl_rng r;
-    nl_rng_seed(&r, 21);
-    float *cent = malloc(sizeof(float) * 30 * d), *x = malloc(sizeof(float) * n * d), *q = malloc(sizeof(float) * nq * d);
-    tu_fill_f32(&r, cent, 30 * d, 1.0f);
-    for (size_t i = 0; i < n + nq; i++) {
-        const float *c = cent + nl_rng_below(&r, 30) * d;
-        float *dst = i < n ? x + i * d : q + (i - n) * d;
-        for (uint32_t j = 0; j < d; j++) dst[j] = c[j] + 0.3f * (float)nl_rng_normal(&r);
-    }
+    float *x, *q;
+    clustered(21, 30, n, nq, d, &x, &q);
     nl_vamana_params p;
     nl_vamana_params_default(&p);
     p.R = 32;
@@ -322,7 +324,6 @@ Test(vamana, dynamic_inserts_from_threads_reach_recall_and_stay_within_R, .timeo
     free(res);
     nl_vamana_searcher_destroy(s);
     nl_vamana_destroy(ix);
-    free(cent);
     free(x);
     free(q);
 }
