@@ -40,10 +40,10 @@ struct nl_shard {
     size_t tomb_cap, tomb_n;
     uint64_t next_pid;
     uint64_t live;
-    pthread_mutex_t smu;   /* the searcher pool */
-    nl_vamana_searcher **pool;
-    size_t npool, pool_cap;
+    nl_objpool searchers;  /* fresh-index searchers, reused across calls */
 };
+
+static void searcher_free(void *p) { nl_vamana_searcher_destroy(p); }
 
 /* ---------------------------------------------------------------- encodings */
 
@@ -253,7 +253,7 @@ static nl_shard *shard_new(void)
     if (!sh)
         return NULL;
     pthread_mutex_init(&sh->wmu, NULL);
-    pthread_mutex_init(&sh->smu, NULL);
+    nl_objpool_init(&sh->searchers, searcher_free);
     pthread_rwlock_init(&sh->tmu, NULL);
     return sh;
 }
@@ -367,15 +367,12 @@ void nl_shard_close(nl_shard *sh)
 {
     if (!sh)
         return;
-    for (size_t i = 0; i < sh->npool; i++)
-        nl_vamana_searcher_destroy(sh->pool[i]);
-    free(sh->pool);
+    nl_objpool_fini(&sh->searchers); /* before the index the searchers point into */
     nl_vamana_destroy(sh->fresh);
     nl_store_close(sh->st);
     free(sh->slot_pid);
     free(sh->tomb);
     pthread_mutex_destroy(&sh->wmu);
-    pthread_mutex_destroy(&sh->smu);
     pthread_rwlock_destroy(&sh->tmu);
     free(sh);
 }
@@ -628,36 +625,6 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
     return 0;
 }
 
-static nl_vamana_searcher *take_searcher(nl_shard *sh, int *rc)
-{
-    nl_vamana_searcher *s = NULL;
-    pthread_mutex_lock(&sh->smu);
-    if (sh->npool)
-        s = sh->pool[--sh->npool];
-    pthread_mutex_unlock(&sh->smu);
-    if (!s)
-        *rc = nl_vamana_searcher_create(sh->fresh, SEARCH_MAX_L, &s);
-    return s;
-}
-
-static void give_searcher(nl_shard *sh, nl_vamana_searcher *s)
-{
-    pthread_mutex_lock(&sh->smu);
-    if (sh->npool == sh->pool_cap) {
-        size_t nc = sh->pool_cap ? sh->pool_cap * 2 : 4;
-        nl_vamana_searcher **np = realloc(sh->pool, nc * sizeof *np);
-        if (!np) {
-            pthread_mutex_unlock(&sh->smu);
-            nl_vamana_searcher_destroy(s);
-            return;
-        }
-        sh->pool = np;
-        sh->pool_cap = nc;
-    }
-    sh->pool[sh->npool++] = s;
-    pthread_mutex_unlock(&sh->smu);
-}
-
 int nl_shard_search(nl_shard *sh, const float *q, uint32_t k, uint32_t L, nl_hit *hits)
 {
     if (k == 0 || k > SEARCH_MAX_L)
@@ -673,19 +640,24 @@ int nl_shard_search(nl_shard *sh, const float *q, uint32_t k, uint32_t L, nl_hit
     uint32_t kk = want > SEARCH_MAX_L ? SEARCH_MAX_L : (uint32_t)want;
     uint32_t LL = L < kk ? kk : L > SEARCH_MAX_L ? SEARCH_MAX_L : L;
     int rc = 0;
-    nl_vamana_searcher *s = take_searcher(sh, &rc);
-    if (!s)
-        return rc ? rc : -ENOMEM;
+    nl_vamana_searcher *s = nl_objpool_take(&sh->searchers);
+    if (!s && (rc = nl_vamana_searcher_create(sh->fresh, SEARCH_MAX_L, &s)) != 0)
+        return rc;
     uint32_t *slots = malloc(sizeof(uint32_t) * kk);
     float *d = malloc(sizeof(float) * kk);
     if (!slots || !d) {
         free(slots);
         free(d);
-        give_searcher(sh, s);
+        nl_objpool_give(&sh->searchers, s);
         return -ENOMEM;
     }
     int got = nl_vamana_search(s, q, kk, LL, slots, d, NULL);
-    give_searcher(sh, s);
+    nl_objpool_give(&sh->searchers, s);
+    if (got < 0) {
+        free(slots);
+        free(d);
+        return got;
+    }
     uint32_t out = 0;
     pthread_rwlock_rdlock(&sh->tmu);
     for (int i = 0; i < got && out < k; i++) {

@@ -8,6 +8,7 @@
 #ifndef NL_UTIL_H
 #define NL_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,6 +16,20 @@
  * Returns 0, or the first negative value any fn returned (remaining tasks are skipped). */
 typedef int (*nl_task_fn)(void *ctx, size_t task, unsigned thread_index);
 int nl_parallel_for(size_t ntasks, unsigned threads, nl_task_fn fn, void *ctx);
+
+/* A thread-safe stack of reusable objects (per-thread scratch that outlives one call).
+ * take returns NULL when empty (the caller makes a new one); give keeps the object, or
+ * destroys it with `destroy` if the stack cannot grow. */
+typedef struct {
+    pthread_mutex_t mu;
+    void **items;
+    size_t n, cap;
+    void (*destroy)(void *);
+} nl_objpool;
+void nl_objpool_init(nl_objpool *p, void (*destroy)(void *));
+void nl_objpool_fini(nl_objpool *p); /* destroys every object held */
+void *nl_objpool_take(nl_objpool *p);
+void nl_objpool_give(nl_objpool *p, void *obj);
 
 /* Online CPU count (>= 1). */
 unsigned nl_cpu_count(void);

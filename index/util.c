@@ -191,3 +191,49 @@ int nl_pread_full(int fd, void *buf, size_t len, uint64_t off)
     }
     return 0;
 }
+
+void nl_objpool_init(nl_objpool *p, void (*destroy)(void *))
+{
+    pthread_mutex_init(&p->mu, NULL);
+    p->items = NULL;
+    p->n = p->cap = 0;
+    p->destroy = destroy;
+}
+
+void nl_objpool_fini(nl_objpool *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        p->destroy(p->items[i]);
+    free(p->items);
+    p->items = NULL;
+    p->n = p->cap = 0;
+    pthread_mutex_destroy(&p->mu);
+}
+
+void *nl_objpool_take(nl_objpool *p)
+{
+    void *obj = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->n)
+        obj = p->items[--p->n];
+    pthread_mutex_unlock(&p->mu);
+    return obj;
+}
+
+void nl_objpool_give(nl_objpool *p, void *obj)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->n == p->cap) {
+        size_t nc = p->cap ? p->cap * 2 : 4;
+        void **ni = realloc(p->items, nc * sizeof *ni);
+        if (!ni) {
+            pthread_mutex_unlock(&p->mu);
+            p->destroy(obj);
+            return;
+        }
+        p->items = ni;
+        p->cap = nc;
+    }
+    p->items[p->n++] = obj;
+    pthread_mutex_unlock(&p->mu);
+}

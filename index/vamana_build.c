@@ -308,6 +308,35 @@ static void report(build_ctx *b, size_t add)
     }
 }
 
+/* Dynamic indexes get no connectivity repair at the end of a build, so an insert makes
+ * sure p kept at least one in-edge from its new neighbours (their prunes may all have
+ * dropped it); if not, p takes the place of the last, longest edge of its nearest
+ * neighbour. That edge's target can lose its only in-edge in turn, rarely; the flush to
+ * a segment repairs what remains. */
+static void ensure_in_edge(nl_vam_ins *b, const uint32_t *nbrs, uint32_t nn, uint32_t p)
+{
+    nl_graph *g = b->ix->g;
+    for (uint32_t j = 0; j < nn; j++) {
+        uint32_t u = nbrs[j];
+        lock_node(b, u);
+        const uint32_t *l = nl_graph_list(g, u);
+        for (uint32_t i = 0; i < g->deg[u]; i++)
+            if (l[i] == p) {
+                unlock_node(b, u);
+                return;
+            }
+        unlock_node(b, u);
+    }
+    uint32_t u = nbrs[0];
+    lock_node(b, u);
+    uint32_t *l = nl_graph_list(g, u);
+    if (g->deg[u] < g->cap)
+        l[g->deg[u]++] = p;
+    else
+        l[g->deg[u] - 1] = p;
+    unlock_node(b, u);
+}
+
 void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p)
 {
     nl_vamana *ix = b->ix;
@@ -336,6 +365,8 @@ void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p)
     memcpy(mine, newl, sizeof(uint32_t) * nn);
     for (uint32_t j = 0; j < nn; j++)
         add_reverse_edge(b, sc, mine[j], p);
+    if (b->keep_in_edge && nn > 0)
+        ensure_in_edge(b, mine, nn, p);
 }
 
 static int insert_task(void *vctx, size_t task, unsigned th)

@@ -1,7 +1,7 @@
 /*
  * vamana_dynamic.c — a Vamana index that grows by insertion (see nl_vamana.h). It reuses
  * the bulk build's insert (nl_vam_insert_point) with the graph's slack set to zero, so
- * every list stays within R. Inserters take scratch from a small pool; the first point
+ * every list stays within R. Inserters take scratch from a pool (nl_objpool); the first point
  * becomes the entry point and is published (vector in place) before any other insert may
  * search from it. Searches copy each list under its node lock (vamana_search.c), so they
  * never see a list mid-rewrite.
@@ -22,10 +22,10 @@ struct nl_vam_dyn {
     atomic_size_t claimed;
     atomic_size_t done;
     atomic_int entry_ready;
-    pthread_mutex_t mu; /* guards the scratch pool */
-    nl_vam_scratch **pool;
-    size_t npool, pool_cap;
+    nl_objpool scratch; /* nl_vam_scratch, one per concurrent inserter */
 };
+
+static void scratch_free(void *p) { nl_vam_scratch_destroy(p); }
 
 int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
                              size_t capacity, nl_vamana **out)
@@ -47,7 +47,7 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
     d->row_bytes = (size_t)dim * nl_dtype_size(dtype);
     d->store = malloc(d->row_bytes * capacity);
     d->ins.locks = calloc(capacity, sizeof(atomic_uchar));
-    pthread_mutex_init(&d->mu, NULL);
+    nl_objpool_init(&d->scratch, scratch_free);
     int rc = 0;
     if (!d->store || !d->ins.locks) {
         rc = -ENOMEM;
@@ -67,6 +67,7 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
     d->ins.R = p->R;
     d->ins.L = p->L;
     d->ins.alpha = p->alpha;
+    d->ins.keep_in_edge = 1;
     *out = ix;
     return 0;
 fail:
@@ -80,12 +81,9 @@ void nl_vam_dyn_free(nl_vamana *ix)
     struct nl_vam_dyn *d = ix->dyn;
     if (!d)
         return;
-    for (size_t i = 0; i < d->npool; i++)
-        nl_vam_scratch_destroy(d->pool[i]);
-    free(d->pool);
+    nl_objpool_fini(&d->scratch);
     free(d->store);
     free(d->ins.locks);
-    pthread_mutex_destroy(&d->mu);
     free(d);
     ix->dyn = NULL;
 }
@@ -96,38 +94,6 @@ atomic_uchar *nl_vam_dyn_locks(const nl_vamana *ix) { return ix->dyn ? ix->dyn->
 size_t nl_vamana_size(const nl_vamana *ix)
 {
     return ix->dyn ? atomic_load(&ix->dyn->done) : ix->vs.n;
-}
-
-static nl_vam_scratch *take_scratch(nl_vamana *ix, int *rc)
-{
-    struct nl_vam_dyn *d = ix->dyn;
-    nl_vam_scratch *sc = NULL;
-    pthread_mutex_lock(&d->mu);
-    if (d->npool > 0)
-        sc = d->pool[--d->npool];
-    pthread_mutex_unlock(&d->mu);
-    if (!sc)
-        *rc = nl_vam_scratch_create(ix, d->ins.L, &sc);
-    return sc;
-}
-
-static void give_scratch(nl_vamana *ix, nl_vam_scratch *sc)
-{
-    struct nl_vam_dyn *d = ix->dyn;
-    pthread_mutex_lock(&d->mu);
-    if (d->npool == d->pool_cap) {
-        size_t nc = d->pool_cap ? d->pool_cap * 2 : 4;
-        nl_vam_scratch **np = realloc(d->pool, nc * sizeof *np);
-        if (!np) {
-            pthread_mutex_unlock(&d->mu);
-            nl_vam_scratch_destroy(sc);
-            return;
-        }
-        d->pool = np;
-        d->pool_cap = nc;
-    }
-    d->pool[d->npool++] = sc;
-    pthread_mutex_unlock(&d->mu);
 }
 
 int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
@@ -150,14 +116,14 @@ int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
     }
     while (!atomic_load_explicit(&d->entry_ready, memory_order_acquire))
         __builtin_ia32_pause(); /* the first insert is a memcpy away from done */
-    int rc = 0;
-    nl_vam_scratch *sc = take_scratch(ix, &rc);
+    nl_vam_scratch *sc = nl_objpool_take(&d->scratch);
     if (!sc) {
-        /* The slot is claimed but unlinked: it stays unreachable, never returned. */
-        return rc ? rc : -ENOMEM;
+        int rc = nl_vam_scratch_create(ix, d->ins.L, &sc);
+        if (rc)
+            return rc; /* the slot is claimed but unlinked: unreachable, never returned */
     }
     nl_vam_insert_point(&d->ins, sc, (uint32_t)s);
-    give_scratch(ix, sc);
+    nl_objpool_give(&d->scratch, sc);
     atomic_fetch_add(&d->done, 1);
     return 0;
 }

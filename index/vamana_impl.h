@@ -121,6 +121,7 @@ typedef struct {
     uint32_t R, L;
     float alpha;
     atomic_uchar *locks;
+    int keep_in_edge; /* dynamic indexes: every insert leaves p an in-edge */
 } nl_vam_ins;
 
 /* One inserter's scratch (one per thread). */
