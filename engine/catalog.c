@@ -1,10 +1,12 @@
 /*
- * catalog.c — collection and segment discovery on disk (see nl_catalog.h). Everything
- * here is directory listing; leftovers of crashed imports (.tmp-import-*) are never
- * listed as collections, and are removed by the next import of the same name.
+ * catalog.c — collections on disk (see nl_catalog.h): directory listing and the
+ * collection.json configuration. A directory without collection.json is never listed
+ * as a collection.
  */
 #define _GNU_SOURCE
 #include "nl_catalog.h"
+
+#include <jansson.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -70,6 +72,12 @@ int nl_catalog_list_collections(const char *db, char ***names, size_t *count)
         struct stat st;
         snprintf(p, sizeof p, "%s/%s", db, e->d_name);
         if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        snprintf(p, sizeof p, "%s/%s/collection.json", db, e->d_name);
+        if (stat(p, &st) != 0)
+            continue; /* not a collection (or not yet one) */
+        snprintf(p, sizeof p, "%s/%s/DROPPED", db, e->d_name);
+        if (stat(p, &st) == 0)
             continue;
         if ((rc = push(names, count, &cap, e->d_name)) != 0)
             break;
@@ -144,4 +152,80 @@ int nl_remove_tree(const char *path)
     if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT)
         return -errno;
     return 0;
+}
+
+/* ---------------------------------------------------------------- collection.json */
+
+int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *c)
+{
+    json_t *j = json_pack("{s:i, s:i, s:s, s:s, s:i, s:i, s:i, s:f, s:i, s:i, s:i}", "version", 1, "dim", (json_int_t)c->dim,
+                          "metric", nl_metric_name(c->metric), "dtype", nl_dtype_name(c->dtype), "shards",
+                          (json_int_t)c->shards, "R", (json_int_t)c->R, "L", (json_int_t)c->L, "alpha", (double)c->alpha,
+                          "pq_bytes", (json_int_t)c->pq_bytes, "fresh_capacity", (json_int_t)c->fresh_capacity,
+                          "replicas", 1);
+    if (!j)
+        return -ENOMEM;
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/collection.json", coll_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = 0;
+    FILE *f = fopen(tmp, "w");
+    if (!f || json_dumpf(j, f, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || fputc('\n', f) == EOF || fflush(f) != 0 ||
+        fsync(fileno(f)) != 0)
+        rc = nl_fail(errno ? -errno : -EIO, "cannot write %s: %s", tmp, strerror(errno ? errno : EIO));
+    if (f && fclose(f) != 0 && !rc)
+        rc = nl_fail(-errno, "cannot write %s: %s", tmp, strerror(errno));
+    json_decref(j);
+    if (!rc && rename(tmp, path) != 0)
+        rc = nl_fail(-errno, "cannot rename %s: %s", tmp, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    return rc;
+}
+
+static int get_u32(json_t *j, const char *key, uint32_t lo, uint32_t hi, uint32_t *out, const char *path)
+{
+    json_t *v = json_object_get(j, key);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return nl_fail(NL_ECORRUPT, "%s: \"%s\" must be an integer in %u..%u", path, key, lo, hi);
+    *out = (uint32_t)json_integer_value(v);
+    return 0;
+}
+
+int nl_catalog_read_config(const char *coll_dir, nl_collection_config *c)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/collection.json", coll_dir);
+    json_error_t err;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    if (!j) {
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return nl_fail(NL_ENOTFOUND, "%s: collection not found", coll_dir);
+        return nl_fail(NL_ECORRUPT, "%s: %s (line %d)", path, err.text, err.line);
+    }
+    memset(c, 0, sizeof *c);
+    uint32_t version = 0;
+    int rc = 0;
+    json_t *m = json_object_get(j, "metric"), *t = json_object_get(j, "dtype"), *a = json_object_get(j, "alpha");
+    if (!json_is_object(j))
+        rc = nl_fail(NL_ECORRUPT, "%s: not a JSON object", path);
+    if (!rc) rc = get_u32(j, "version", 1, 1, &version, path);
+    if (!rc) rc = get_u32(j, "dim", 1, 65536, &c->dim, path);
+    if (!rc) rc = get_u32(j, "shards", 1, NL_MAX_SHARDS, &c->shards, path);
+    if (!rc) rc = get_u32(j, "R", 1, 1024, &c->R, path);
+    if (!rc) rc = get_u32(j, "L", 1, 100000, &c->L, path);
+    if (!rc) rc = get_u32(j, "pq_bytes", 1, 65536, &c->pq_bytes, path);
+    if (!rc) rc = get_u32(j, "fresh_capacity", 1, 1000000000, &c->fresh_capacity, path);
+    if (!rc && (!json_is_string(m) || nl_metric_parse(json_string_value(m), &c->metric) != 0))
+        rc = nl_fail(NL_ECORRUPT, "%s: \"metric\" must be l2, ip or cosine", path);
+    if (!rc && (!json_is_string(t) || nl_dtype_parse(json_string_value(t), &c->dtype) != 0 ||
+                c->dtype > NL_DTYPE_I8))
+        rc = nl_fail(NL_ECORRUPT, "%s: \"dtype\" must be f32, f16, u8 or i8", path);
+    if (!rc && (!json_is_number(a) || !(json_number_value(a) >= 1.0 && json_number_value(a) <= 4.0)))
+        rc = nl_fail(NL_ECORRUPT, "%s: \"alpha\" must be a number in 1..4", path);
+    if (!rc)
+        c->alpha = (float)json_number_value(a);
+    json_decref(j);
+    return rc;
 }

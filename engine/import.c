@@ -2,8 +2,9 @@
  * import.c — `nearline import` as a library call (see nl_import.h). Order of work: every
  * check that can fail on the user's input (collection name and existence, the vector
  * file, NaN/Inf, the id file) happens before any expensive phase, so a bad input fails in
- * seconds. The collection is assembled in <db>/.tmp-import-<name>-<pid> and renamed into
- * place only when its segment is durable.
+ * seconds. The collection is assembled in <db>/.tmp-import-<name>-<pid> (segment, shard
+ * store with the id map, collection.json) and renamed into place only when all of it
+ * is durable.
  */
 #define _GNU_SOURCE
 #include "nl_import.h"
@@ -19,6 +20,7 @@
 #include "nl_catalog.h"
 #include "nl_pq.h"
 #include "nl_segment.h"
+#include "nl_shard.h"
 #include "nl_util.h"
 
 uint32_t nl_import_default_pq_m(uint32_t dim)
@@ -203,8 +205,18 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         goto out;
     }
     snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
-    nl_segment_source src = {ix, pq, codes, ids, vp.L, vp.alpha, 0};
+    /* The segment holds versions (pids) 0..n-1, the rows, so its id map is the identity
+     * and costs nothing; the external ids go to the shard's id map. */
+    nl_segment_source src = {ix, pq, codes, NULL, vp.L, vp.alpha, 0};
     if ((rc = nl_segment_write(seg_path, &src)) != 0)
+        goto out;
+    nl_collection_config cc = {dim, p->metric, dtype, 1, vp.R, vp.L, vp.alpha, pq_m, 0};
+    nl_shard_config sc = {dim, dtype, p->metric, vp.R, vp.L, vp.alpha, pq_m, 0};
+    if ((rc = nl_shard_config_check(&sc)) != 0)
+        goto out;
+    cc.fresh_capacity = sc.fresh_capacity;
+    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids)) != 0 ||
+        (rc = nl_catalog_write_config(tmp_dir, &cc)) != 0)
         goto out;
     if ((rc = fsync_dir(shard_dir)) != 0 || (rc = fsync_dir(tmp_dir)) != 0)
         goto out;

@@ -1,11 +1,12 @@
 /*
- * nl_catalog.h — where collections and segments live on disk, until the RocksDB manifest
- * of the engine takes over (issue 4):
+ * nl_catalog.h — where collections live on disk:
  *
- *   <db>/<collection>/<shard>/seg-<n>.nls
+ *   <db>/<collection>/collection.json    the configuration (shards, dim, metric, ...)
+ *   <db>/<collection>/<shard>/           one shard (nl_shard.h): meta/ and seg-<n>.nls
  *
- * A collection directory appears only complete: import builds it under
- * <db>/.tmp-import-<name>-<pid>/ and renames it into place. Names are
+ * A collection directory appears only complete: create and import assemble it under
+ * <db>/.tmp-*-<name>-<pid>/ and rename it into place; drop renames it to <db>/.trash-*
+ * before removing it. nl_db_open removes leftovers of both. Names are
  * [A-Za-z0-9_-]{1,64}, so a name can never be a path.
  */
 #ifndef NL_CATALOG_H
@@ -13,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "nearline.h"
 #include "nl_common.h"
 
 #ifdef __cplusplus
@@ -31,6 +33,10 @@ int nl_catalog_list_collections(const char *db, char ***names, size_t *count);
 int nl_catalog_list_segments(const char *db, const char *name, char ***paths, size_t *count);
 
 void nl_string_list_free(char **list, size_t count);
+/* <coll_dir>/collection.json: the collection's configuration, written atomically (temp
+ * file, fsync, rename) and read as untrusted (NL_ECORRUPT naming the bad field). */
+int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *cfg);
+int nl_catalog_read_config(const char *coll_dir, nl_collection_config *cfg);
 
 /* Removes a directory tree (used to clean up failed imports). */
 int nl_remove_tree(const char *path);

@@ -16,6 +16,7 @@
 #ifndef NL_SEGMENT_H
 #define NL_SEGMENT_H
 
+#include "nearline.h"
 #include "nl_common.h"
 #include "nl_io.h"
 #include "nl_pq.h"
@@ -75,6 +76,14 @@ void nl_segment_get_info(const nl_segment *seg, nl_segment_info *info);
 
 /* The external id of ordinal u. */
 uint64_t nl_segment_id(const nl_segment *seg, uint32_t u);
+/* The ordinal holding id, by binary search (the engine writes ids in ascending order);
+ * NL_ENOTFOUND when absent. */
+int nl_segment_find(const nl_segment *seg, uint64_t id, uint32_t *ord);
+/* 1 when the id map is strictly ascending (or absent), which nl_segment_find needs. */
+int nl_segment_ids_ascending(const nl_segment *seg);
+/* Copies the stored vectors of ordinals first..first+count-1 (dim elements of the stored
+ * type each) into out, checking every sector read. */
+int nl_segment_read_vectors(nl_segment *seg, uint32_t first, uint32_t count, void *out);
 
 /* ---- searching ---- */
 
@@ -84,12 +93,7 @@ typedef struct {
     uint32_t W;    /* beam width: sector reads in flight per query */
 } nl_seg_query_params;
 
-typedef struct {
-    uint64_t latency_ns;
-    uint32_t ios;        /* sector reads issued (a spanning node counts its sectors once per read) */
-    uint32_t cache_hits; /* nodes expanded from the cache */
-    uint32_t hops;       /* nodes expanded */
-} nl_query_stats;
+/* nl_query_stats (nearline.h): per-query latency, sector reads, cache hits, hops. */
 
 typedef struct nl_seg_searcher nl_seg_searcher;
 

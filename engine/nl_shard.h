@@ -1,94 +1,73 @@
 /*
- * nl_shard.h — one shard of a collection on one node: the RocksDB store (nl_store.h), the
- * fresh in-memory index (a dynamic Vamana graph) and, later, the immutable segments
- * flushed from it. This first part of the engine (issue 4) covers the write path:
+ * nl_shard.h — one shard of a collection on one node (internal to the engine; the public
+ * API is nearline.h). A shard is a directory:
  *
- *   upsert   a batch is validated whole (ids, dimension, finite values, metadata a JSON
- *            object within the size limit) before anything is written; then one synced
- *            RocksDB batch records the new versions, tombstones the versions they
- *            replace, and stores metadata; then the vectors go into the fresh index.
- *            When the call returns the points are durable and searchable.
- *   delete   one synced batch removes the ids and tombstones their versions.
- *   open     rebuilds the fresh index and the tombstone set from RocksDB.
+ *   <shard>/meta/        RocksDB (nl_store.h): manifest, idmap, meta, tombstones, fresh, pids
+ *   <shard>/seg-N.nls    immutable segments listed in the manifest
  *
- * Each upserted version gets a pid (a per-shard sequence); the schema is in
- * docs/decisions.md. Flush, compaction, segments in search and backpressure with a
- * waiting writer are still to come: until then an upsert that would overfill the fresh
- * index fails with -EBUSY.
+ * In memory: a view (the active fresh index, the one being flushed if any, the open
+ * segments) that searches take a reference on, so a flush or compaction can publish a
+ * new view while searches finish on the old one; files of replaced segments are unlinked
+ * when the last view holding them goes. Key schema and ordering arguments:
+ * docs/decisions.md.
  *
- * Lifecycle: nl_shard_create or nl_shard_open -> calls from any threads (writes are
- * serialised inside; searches run alongside them) -> nl_shard_close.
+ * Lifecycle: nl_shard_create | nl_shard_open -> calls from any threads -> nl_shard_close
+ * (stops the maintenance thread first).
  */
 #ifndef NL_SHARD_H
 #define NL_SHARD_H
 
-#include "nl_common.h"
+#include "nearline.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define NL_MAX_ID_BYTES 256
-#define NL_MAX_METADATA_BYTES 65536
-
 typedef struct {
     uint32_t dim;
-    nl_dtype dtype;          /* how vectors are stored */
+    nl_dtype dtype;
     nl_metric metric;
     uint32_t R, L;           /* 0 = 64, 100 */
     float alpha;             /* 0 = 1.2 */
     uint32_t pq_m;           /* 0 = default for the dimension */
-    uint32_t fresh_capacity; /* fresh-index points before a flush is needed; 0 = 100000 */
+    uint32_t fresh_capacity; /* 0 = 100000 */
 } nl_shard_config;
-
-/* An external id: an unsigned 64-bit number or a string of 1..256 bytes. */
-typedef struct {
-    int is_str;
-    uint64_t num;
-    const char *str;
-    size_t len;
-} nl_id;
-
-typedef struct {
-    nl_id id;
-    const float *vector;  /* dim floats, converted to the stored type */
-    uint32_t dim;         /* must equal the shard's */
-    const char *metadata; /* a JSON object, or NULL */
-    size_t metadata_len;
-} nl_point;
 
 typedef struct nl_shard nl_shard;
 
-/* Creates dir (NL_EEXISTS if it exists) holding an empty shard. *out owned by the caller. */
-int nl_shard_create(const char *dir, const nl_shard_config *cfg, nl_shard **out);
-/* Opens an existing shard and recovers its in-memory state. */
-int nl_shard_open(const char *dir, nl_shard **out);
+/* Fills defaults in cfg. NL_EINVAL when a field is out of range. */
+int nl_shard_config_check(nl_shard_config *cfg);
+/* Creates dir (NL_EEXISTS if it exists) holding an empty shard. opt may be NULL. */
+int nl_shard_create(const char *dir, const nl_shard_config *cfg, const nl_db_options *opt, nl_shard **out);
+/* Creates the store of a shard whose first segment, seg-<seg_number>.nls with pids
+ * 0..n-1, is already in dir: points row -> id ids[row] (row when ids is NULL). Used by
+ * bulk import before the collection is published. */
+int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg, uint32_t seg_number, uint64_t n,
+                           const uint64_t *ids);
+/* Opens and recovers: removes orphaned files, reopens the segments of the manifest,
+ * rebuilds the fresh index and the tombstone set. */
+int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out);
 void nl_shard_close(nl_shard *sh);
 
 void nl_shard_get_config(const nl_shard *sh, nl_shard_config *cfg);
-/* Live points (upserted and not deleted). */
-uint64_t nl_shard_count(nl_shard *sh);
 
-/* All or nothing; NL_EINVAL/NL_EDIM/NL_EBADVALUE with a detail naming the point index. */
+/* Validation alone (what upsert checks first), so a collection can check a batch for
+ * all its shards before any shard writes. */
+int nl_shard_validate(const nl_shard *sh, const nl_point *pts, size_t n);
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n);
-/* Ids that do not exist are skipped; *deleted (optional) counts the others. */
 int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted);
-
-/* vec (dim floats, optional) and *meta (malloc'd JSON, optional, NULL when the point has
- * none; caller frees). NL_ENOTFOUND when the id is absent. */
 int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t *meta_len);
+/* Queries already validated by the caller (finite, dim floats each). */
+int nl_shard_search_batch(nl_shard *sh, const float *queries, size_t nq, const nl_search_params *p,
+                          nl_hit *hits, uint32_t *counts, nl_query_stats *stats);
+int nl_shard_flush(nl_shard *sh);
+int nl_shard_compact(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep);
+void nl_shard_stats(nl_shard *sh, nl_collection_stats *st);
+int nl_shard_verify(nl_shard *sh, nl_verify_report *rep);
 
-typedef struct {
-    int is_str;
-    uint64_t num;
-    char str[NL_MAX_ID_BYTES + 1]; /* NUL-terminated copy when is_str */
-    size_t len;
-    float dist;
-} nl_hit;
-
-/* Up to k live points nearest to q (dim floats), nearest first, with list size L.
- * Returns how many were found, or a negative code. */
-int nl_shard_search(nl_shard *sh, const float *q, uint32_t k, uint32_t L, nl_hit *hits);
+/* External id <-> the key the store uses (one type byte, then the id). */
+#define NL_EKEY_MAX (1 + NL_MAX_ID_BYTES)
+size_t nl_ekey_encode(const nl_id *id, unsigned char *out);
 
 #ifdef __cplusplus
 }

@@ -3,10 +3,11 @@
  * fixed set of column families, so the engine names them by enum and never by string:
  *
  *   manifest    live segments, their generation, collection config, counters
- *   idmap       external id -> (segment, ordinal, sequence)
+ *   idmap       external id -> its live version (pid); segments map pids to ordinals
  *   meta        metadata payloads (JSON) and, later, filter postings
- *   tombstones  (segment, ordinal) of deleted or replaced points
+ *   tombstones  pids of deleted or replaced versions not yet purged by compaction
  *   fresh       vectors of the fresh (not yet flushed) index
+ *   pids        version (pid) -> external id, for every live version
  *
  * Writes go through batches: a batch is applied atomically, and with sync it is durable
  * in RocksDB's WAL before nl_store_write returns (RocksDB groups concurrent synced
@@ -26,7 +27,7 @@
 extern "C" {
 #endif
 
-typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_COUNT } nl_cf;
+typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_PIDS, NL_CF_COUNT } nl_cf;
 
 typedef struct nl_store nl_store;
 typedef struct nl_store_batch nl_store_batch;
@@ -44,6 +45,9 @@ void nl_store_batch_destroy(nl_store_batch *b);
 void nl_store_batch_clear(nl_store_batch *b);
 void nl_store_batch_put(nl_store_batch *b, nl_cf cf, const void *key, size_t klen, const void *val, size_t vlen);
 void nl_store_batch_delete(nl_store_batch *b, nl_cf cf, const void *key, size_t klen);
+/* Deletes every key in [from, to). */
+void nl_store_batch_delete_range(nl_store_batch *b, nl_cf cf, const void *from, size_t flen, const void *to,
+                                 size_t tlen);
 size_t nl_store_batch_count(const nl_store_batch *b);
 int nl_store_write(nl_store_batch *b, int sync);
 

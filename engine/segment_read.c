@@ -383,3 +383,73 @@ out:
         *rep = r;
     return rc;
 }
+
+int nl_segment_find(const nl_segment *s, uint64_t id, uint32_t *ord)
+{
+    if (!s->ids) {
+        if (id >= s->n)
+            return NL_ENOTFOUND;
+        *ord = (uint32_t)id;
+        return 0;
+    }
+    uint64_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi) / 2;
+        if (s->ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->n && s->ids[lo] == id) {
+        *ord = (uint32_t)lo;
+        return 0;
+    }
+    return NL_ENOTFOUND;
+}
+
+int nl_segment_ids_ascending(const nl_segment *s)
+{
+    for (uint64_t i = 1; s->ids && i < s->n; i++)
+        if (s->ids[i] <= s->ids[i - 1])
+            return 0;
+    return 1;
+}
+
+int nl_segment_read_vectors(nl_segment *s, uint32_t first, uint32_t count, void *out)
+{
+    if ((uint64_t)first + count > s->n)
+        return nl_fail(NL_EINVAL, "%s: vectors %u..%u of %llu", s->path, first, first + count,
+                       (unsigned long long)s->n);
+    if (count == 0)
+        return 0;
+    /* Whole sectors, a bounded chunk at a time, through the buffered descriptor: this is
+     * the sequential scan of compaction, where the page cache's read-ahead helps. */
+    uint64_t s0 = seg_node_sector(&s->geo, first);
+    uint64_t s1 = seg_node_sector(&s->geo, (uint64_t)first + count - 1) + s->geo.spn; /* exclusive */
+    size_t chunk = 256 > s->geo.spn ? 256 - 256 % s->geo.spn : s->geo.spn;
+    unsigned char *buf = malloc(chunk * SEG_SECTOR), *scratch = malloc(s->geo.node_bytes);
+    if (!buf || !scratch) {
+        free(buf);
+        free(scratch);
+        return -ENOMEM;
+    }
+    int rc = 0;
+    uint32_t u = first;
+    for (uint64_t sec = s0; sec < s1 && !rc; sec += chunk) {
+        size_t cnt = s1 - sec < chunk ? (size_t)(s1 - sec) : chunk;
+        if ((rc = read_all(s->fd_buf, buf, cnt * SEG_SECTOR, sec * SEG_SECTOR)) != 0)
+            break;
+        /* Every node whose sectors lie wholly inside this chunk. */
+        while (u < first + count && seg_node_sector(&s->geo, u) + s->geo.spn <= sec + cnt) {
+            const unsigned char *rec;
+            const unsigned char *sp = buf + (seg_node_sector(&s->geo, u) - sec) * SEG_SECTOR;
+            if ((rc = seg_extract_record(s, u, sp, scratch, &rec)) != 0)
+                break;
+            memcpy((char *)out + (size_t)(u - first) * s->vec_bytes, rec, s->vec_bytes);
+            u++;
+        }
+    }
+    free(buf);
+    free(scratch);
+    return rc;
+}

@@ -1,53 +1,42 @@
 /*
- * shard.c — the write path of a shard (see nl_shard.h; key schema in docs/decisions.md).
+ * shard.c — a shard: open and recovery, the view that searches hold, the write path,
+ * reads, and the maintenance thread. Flush and compaction are in shard_maint.c; the
+ * state both files share is in shard_internal.h.
  *
- * Ordering that keeps readers correct without blocking them: an upsert's batch is durable
- * first; then the versions it replaces are tombstoned in memory; only then are the new
- * vectors inserted into the fresh index. A concurrent search can therefore miss a point
- * being replaced for an instant, but never sees two versions of one id, and every
- * acknowledged write is visible once the call returns.
+ * Ordering that keeps readers correct without blocking them:
+ *  - An upsert's batch is durable first; then the versions it replaces are tombstoned in
+ *    memory; then slots are reserved in the active fresh index (their pids recorded
+ *    before any is reachable); then the vectors are linked, outside the writer lock, so
+ *    concurrent upserts build the graph in parallel. A concurrent search may miss a point
+ *    being replaced for an instant but never sees two versions of one id.
+ *  - Every search result is resolved through the pids column family (pid -> external id),
+ *    whose record a delete or replace removes in its batch: the final word on liveness,
+ *    so a search on an old view never returns a deleted point even after compaction has
+ *    dropped its in-memory tombstone.
+ * Lock order: mmu (maintenance) -> wmu (writers) -> vmu (view pointer); tmu (tombstone
+ * set) is taken alone.
  */
 #define _GNU_SOURCE
-#include "nl_shard.h"
+#include "shard_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "nl_import.h"
-#include "nl_store.h"
-#include "nl_util.h"
-#include "nl_vamana.h"
 
-#define CONFIG_VERSION 1u
-#define EKEY_MAX (1 + NL_MAX_ID_BYTES)
-#define SEARCH_MAX_L 1024u
-
-struct nl_shard {
-    nl_store *st;
-    nl_shard_config cfg;
-    size_t row_bytes;
-    nl_vamana *fresh;
-    uint64_t *slot_pid;
-    pthread_mutex_t wmu;   /* writers, one at a time */
-    pthread_rwlock_t tmu;  /* the tombstone set */
-    uint64_t *tomb;        /* open addressing, 0 = empty (pids start at 1) */
-    size_t tomb_cap, tomb_n;
-    uint64_t next_pid;
-    uint64_t live;
-    nl_objpool searchers;  /* fresh-index searchers, reused across calls */
-};
-
-static void searcher_free(void *p) { nl_vamana_searcher_destroy(p); }
+#define CONFIG_VERSION 2u
 
 /* ---------------------------------------------------------------- encodings */
 
-static size_t ekey_encode(const nl_id *id, unsigned char *out)
+size_t nl_ekey_encode(const nl_id *id, unsigned char *out)
 {
     if (!id->is_str) {
         out[0] = 1;
@@ -60,26 +49,32 @@ static size_t ekey_encode(const nl_id *id, unsigned char *out)
     return 1 + id->len;
 }
 
-static void hit_from_ekey(const unsigned char *k, size_t len, nl_hit *h)
+int sh_hit_from_ekey(const unsigned char *k, size_t len, nl_hit *h)
 {
+    float d = h->dist;
     memset(h, 0, sizeof *h);
+    h->dist = d;
     if (len == 9 && k[0] == 1) {
         for (int i = 0; i < 8; i++)
             h->num = (h->num << 8) | k[1 + i];
-    } else if (len >= 2 && len <= EKEY_MAX && k[0] == 2) {
+        return 0;
+    }
+    if (len >= 2 && len <= NL_EKEY_MAX && k[0] == 2) {
         h->is_str = 1;
         h->len = len - 1;
         memcpy(h->str, k + 1, h->len);
+        return 0;
     }
+    return nl_fail(NL_ECORRUPT, "stored external id of %zu bytes is malformed", len);
 }
 
-static void pid_key(uint64_t pid, unsigned char out[8])
+void sh_pid_key(uint64_t pid, unsigned char out[8])
 {
     for (int i = 0; i < 8; i++)
         out[i] = (unsigned char)(pid >> (56 - 8 * i));
 }
 
-static uint64_t pid_from_key(const unsigned char k[8])
+uint64_t sh_pid_from_key(const unsigned char k[8])
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
@@ -87,21 +82,23 @@ static uint64_t pid_from_key(const unsigned char k[8])
     return v;
 }
 
-/* idmap value: u64 pid, u32 segment (0 = fresh), u32 ordinal; little-endian. */
-static void idmap_value(uint64_t pid, unsigned char out[16])
+void sh_seg_key(uint32_t number, unsigned char out[8])
 {
-    memset(out, 0, 16);
-    memcpy(out, &pid, 8);
+    memcpy(out, "seg/", 4);
+    for (int i = 0; i < 4; i++)
+        out[4 + i] = (unsigned char)(number >> (24 - 8 * i));
 }
 
 /* ---------------------------------------------------------------- tombstones */
 
-static int tomb_has_locked(const nl_shard *sh, uint64_t pid)
+static inline size_t tomb_hash(uint64_t pid, size_t cap) { return (size_t)(pid * 0x9e3779b97f4a7c15ull) & (cap - 1); }
+
+int sh_tomb_has_locked(const nl_shard *sh, uint64_t pid)
 {
     if (!sh->tomb_cap)
         return 0;
-    size_t h = (size_t)(pid * 0x9e3779b97f4a7c15ull) & (sh->tomb_cap - 1);
-    while (sh->tomb[h]) {
+    size_t h = tomb_hash(pid, sh->tomb_cap);
+    while (sh->tomb[h] != TOMB_EMPTY) {
         if (sh->tomb[h] == pid)
             return 1;
         h = (h + 1) & (sh->tomb_cap - 1);
@@ -109,26 +106,55 @@ static int tomb_has_locked(const nl_shard *sh, uint64_t pid)
     return 0;
 }
 
-static int tomb_add_locked(nl_shard *sh, uint64_t pid)
+int sh_tomb_has(nl_shard *sh, uint64_t pid)
+{
+    pthread_rwlock_rdlock(&sh->tmu);
+    int r = sh_tomb_has_locked(sh, pid);
+    pthread_rwlock_unlock(&sh->tmu);
+    return r;
+}
+
+static int tomb_rehash(nl_shard *sh, size_t nc, const uint64_t *drop, size_t ndrop)
+{
+    uint64_t *nt = malloc(nc * sizeof *nt);
+    if (!nt)
+        return -ENOMEM;
+    memset(nt, 0xff, nc * sizeof *nt);
+    size_t kept = 0;
+    for (size_t i = 0; i < sh->tomb_cap; i++) {
+        uint64_t p = sh->tomb[i];
+        if (p == TOMB_EMPTY)
+            continue;
+        if (ndrop) { /* drop is sorted */
+            size_t lo = 0, hi = ndrop;
+            while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+                if (drop[mid] < p) lo = mid + 1; else hi = mid;
+            }
+            if (lo < ndrop && drop[lo] == p)
+                continue;
+        }
+        size_t h = tomb_hash(p, nc);
+        while (nt[h] != TOMB_EMPTY) h = (h + 1) & (nc - 1);
+        nt[h] = p;
+        kept++;
+    }
+    free(sh->tomb);
+    sh->tomb = nt;
+    sh->tomb_cap = nc;
+    sh->tomb_n = kept;
+    return 0;
+}
+
+int sh_tomb_add_locked(nl_shard *sh, uint64_t pid)
 {
     if ((sh->tomb_n + 1) * 2 > sh->tomb_cap) {
-        size_t nc = sh->tomb_cap ? sh->tomb_cap * 2 : 1024;
-        uint64_t *nt = calloc(nc, sizeof *nt);
-        if (!nt)
-            return -ENOMEM;
-        for (size_t i = 0; i < sh->tomb_cap; i++) {
-            uint64_t p = sh->tomb[i];
-            if (!p) continue;
-            size_t h = (size_t)(p * 0x9e3779b97f4a7c15ull) & (nc - 1);
-            while (nt[h]) h = (h + 1) & (nc - 1);
-            nt[h] = p;
-        }
-        free(sh->tomb);
-        sh->tomb = nt;
-        sh->tomb_cap = nc;
+        int rc = tomb_rehash(sh, sh->tomb_cap ? sh->tomb_cap * 2 : 1024, NULL, 0);
+        if (rc)
+            return rc;
     }
-    size_t h = (size_t)(pid * 0x9e3779b97f4a7c15ull) & (sh->tomb_cap - 1);
-    while (sh->tomb[h]) {
+    size_t h = tomb_hash(pid, sh->tomb_cap);
+    while (sh->tomb[h] != TOMB_EMPTY) {
         if (sh->tomb[h] == pid)
             return 0;
         h = (h + 1) & (sh->tomb_cap - 1);
@@ -136,6 +162,174 @@ static int tomb_add_locked(nl_shard *sh, uint64_t pid)
     sh->tomb[h] = pid;
     sh->tomb_n++;
     return 0;
+}
+
+int sh_tomb_remove_sorted(nl_shard *sh, const uint64_t *pids, size_t n)
+{
+    if (!n)
+        return 0;
+    pthread_rwlock_wrlock(&sh->tmu);
+    int rc = tomb_rehash(sh, sh->tomb_cap, pids, n);
+    pthread_rwlock_unlock(&sh->tmu);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- components and views */
+
+static void searcher_free(void *p) { nl_vamana_searcher_destroy(p); }
+static void seg_searcher_free(void *p) { nl_seg_searcher_destroy(p); }
+
+int sh_memidx_create(const nl_shard *sh, uint32_t capacity, sh_memidx **out)
+{
+    *out = NULL;
+    sh_memidx *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    atomic_init(&m->refs, 1);
+    nl_vamana_params vp;
+    nl_vamana_params_default(&vp);
+    vp.R = sh->cfg.R;
+    vp.L = sh->cfg.L;
+    vp.alpha = sh->cfg.alpha;
+    int rc = nl_vamana_create_dynamic(sh->cfg.dim, sh->cfg.dtype, sh->cfg.metric, &vp, capacity, &m->ix);
+    m->slot_pid = malloc(sizeof(uint64_t) * capacity);
+    if (rc || !m->slot_pid) {
+        nl_vamana_destroy(m->ix);
+        free(m->slot_pid);
+        free(m);
+        return rc ? rc : -ENOMEM;
+    }
+    m->cap = capacity;
+    pthread_rwlock_init(&m->ins, NULL);
+    nl_objpool_init(&m->searchers, searcher_free);
+    *out = m;
+    return 0;
+}
+
+void sh_memidx_unref(sh_memidx *m)
+{
+    if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
+        return;
+    nl_objpool_fini(&m->searchers);
+    nl_vamana_destroy(m->ix);
+    pthread_rwlock_destroy(&m->ins);
+    free(m->slot_pid);
+    free(m);
+}
+
+/* The slot of pid in m (slot pids ascend), or -1. Only filled slots count. */
+long sh_memidx_find(const sh_memidx *m, uint64_t pid)
+{
+    size_t n = nl_vamana_reserved(m->ix);
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (m->slot_pid[mid] < pid) lo = mid + 1; else hi = mid;
+    }
+    return lo < n && m->slot_pid[lo] == pid ? (long)lo : -1;
+}
+
+int sh_segref_open(nl_shard *sh, uint32_t number, uint64_t cache_budget, sh_segref **out)
+{
+    *out = NULL;
+    sh_segref *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    atomic_init(&r->refs, 1);
+    r->number = number;
+    snprintf(r->path, sizeof r->path, "%s/seg-%06u.nls", sh->dir, number);
+    nl_segment_options so = {cache_budget, sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, sh->opt.buffered_io};
+    int rc = nl_segment_open(r->path, &so, &r->seg);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    nl_segment_info info;
+    nl_segment_get_info(r->seg, &info);
+    if (info.dim != sh->cfg.dim || info.dtype != sh->cfg.dtype || info.metric != sh->cfg.metric ||
+        !nl_segment_ids_ascending(r->seg) || info.count == 0) {
+        nl_segment_close(r->seg);
+        free(r);
+        return nl_fail(NL_ECORRUPT, "segment %u does not match its shard (dimension, type, metric or id order)",
+                       number);
+    }
+    r->count = info.count;
+    r->file_bytes = info.file_bytes;
+    r->ram_bytes = info.ram_bytes;
+    r->cached_nodes = info.cached_nodes;
+    r->direct_io = info.direct_io;
+    nl_objpool_init(&r->searchers, seg_searcher_free);
+    *out = r;
+    return 0;
+}
+
+void sh_segref_unref(sh_segref *r)
+{
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    nl_objpool_fini(&r->searchers);
+    nl_segment_close(r->seg);
+    if (atomic_load(&r->obsolete))
+        unlink(r->path); /* replaced by a compaction and no longer read by anyone */
+    free(r);
+}
+
+sh_view *sh_view_acquire(nl_shard *sh)
+{
+    pthread_mutex_lock(&sh->vmu);
+    sh_view *v = sh->view;
+    atomic_fetch_add(&v->refs, 1);
+    pthread_mutex_unlock(&sh->vmu);
+    return v;
+}
+
+void sh_view_release(sh_view *v)
+{
+    if (!v || atomic_fetch_sub(&v->refs, 1) != 1)
+        return;
+    sh_memidx_unref(v->active);
+    sh_memidx_unref(v->frozen);
+    for (uint32_t i = 0; i < v->nseg; i++)
+        sh_segref_unref(v->segs[i]);
+    free(v);
+}
+
+/* A new view referencing its parts (each gains a reference). */
+sh_view *sh_view_make(sh_memidx *active, sh_memidx *frozen, sh_segref *const *segs, uint32_t nseg)
+{
+    sh_view *v = calloc(1, sizeof *v + sizeof(sh_segref *) * (nseg ? nseg : 1));
+    if (!v)
+        return NULL;
+    atomic_init(&v->refs, 1);
+    v->active = active;
+    v->frozen = frozen;
+    atomic_fetch_add(&active->refs, 1);
+    if (frozen)
+        atomic_fetch_add(&frozen->refs, 1);
+    v->nseg = nseg;
+    for (uint32_t i = 0; i < nseg; i++) {
+        v->segs[i] = segs[i];
+        atomic_fetch_add(&segs[i]->refs, 1);
+    }
+    return v;
+}
+
+void sh_view_install(nl_shard *sh, sh_view *v)
+{
+    pthread_mutex_lock(&sh->vmu);
+    sh_view *old = sh->view;
+    sh->view = v;
+    pthread_mutex_unlock(&sh->vmu);
+    sh_view_release(old);
+}
+
+/* The segment of v holding pid, and its ordinal; NULL when none does. */
+sh_segref *sh_view_find_segment(const sh_view *v, uint64_t pid, uint32_t *ord)
+{
+    for (uint32_t i = 0; i < v->nseg; i++)
+        if (nl_segment_find(v->segs[i]->seg, pid, ord) == 0)
+            return v->segs[i];
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- validation */
@@ -156,23 +350,23 @@ static int convert_vector(const nl_shard *sh, const float *v, void *out, size_t 
         if (!isfinite(x))
             return nl_fail(NL_EBADVALUE, "point %zu: value %u is NaN or Inf", i, j);
         switch (sh->cfg.dtype) {
-        case NL_DTYPE_F32: ((float *)out)[j] = x; break;
+        case NL_DTYPE_F32: if (out) ((float *)out)[j] = x; break;
         case NL_DTYPE_F16: {
             uint16_t h = nl_f32_to_f16(x);
             if ((h & 0x7c00u) == 0x7c00u)
                 return nl_fail(NL_EBADVALUE, "point %zu: value %u (%g) overflows f16", i, j, (double)x);
-            ((uint16_t *)out)[j] = h;
+            if (out) ((uint16_t *)out)[j] = h;
             break;
         }
         case NL_DTYPE_U8:
             if (x != floorf(x) || x < 0 || x > 255)
                 return nl_fail(NL_EBADVALUE, "point %zu: value %u (%g) is not an integer in 0..255", i, j, (double)x);
-            ((uint8_t *)out)[j] = (uint8_t)x;
+            if (out) ((uint8_t *)out)[j] = (uint8_t)x;
             break;
         case NL_DTYPE_I8:
             if (x != floorf(x) || x < -128 || x > 127)
                 return nl_fail(NL_EBADVALUE, "point %zu: value %u (%g) is not an integer in -128..127", i, j, (double)x);
-            ((int8_t *)out)[j] = (int8_t)x;
+            if (out) ((int8_t *)out)[j] = (int8_t)x;
             break;
         default: return nl_fail(NL_EINVAL, "bad stored type");
         }
@@ -196,7 +390,54 @@ static int check_metadata(const nl_point *p, size_t i)
     return ok ? 0 : nl_fail(NL_EINVAL, "point %zu: metadata must be a JSON object", i);
 }
 
-/* ---------------------------------------------------------------- open / create */
+static int check_point(const nl_shard *sh, const nl_point *p, size_t i, void *converted)
+{
+    if (p->dim != sh->cfg.dim)
+        return nl_fail(NL_EDIM, "point %zu: dimension %u, the collection has %u", i, p->dim, sh->cfg.dim);
+    if (!p->vector)
+        return nl_fail(NL_EINVAL, "point %zu: no vector", i);
+    int rc;
+    if ((rc = check_id(&p->id, i)) || (rc = convert_vector(sh, p->vector, converted, i)) || (rc = check_metadata(p, i)))
+        return rc;
+    return 0;
+}
+
+int nl_shard_validate(const nl_shard *sh, const nl_point *pts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_point(sh, &pts[i], i, NULL);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- config */
+
+int nl_shard_config_check(nl_shard_config *c)
+{
+    if (c->dim == 0 || c->dim > 65536 || c->dtype > NL_DTYPE_I8 || c->metric > NL_METRIC_COSINE)
+        return nl_fail(NL_EINVAL, "collection config: dim 1..65536, a stored type (f32, f16, u8, i8) and a metric "
+                                  "(l2, ip, cosine) are required");
+    if (!c->R) c->R = 64;
+    if (!c->L) c->L = 100;
+    if (!(c->alpha > 0)) c->alpha = 1.2f;
+    if (!c->pq_m) c->pq_m = nl_import_default_pq_m(c->dim);
+    if (!c->fresh_capacity) c->fresh_capacity = 100000;
+    if (c->R > 1024 || c->L > 100000 || !(c->alpha >= 1.0f && c->alpha <= 4.0f) ||
+        c->pq_m > c->dim || c->fresh_capacity < 16 || c->fresh_capacity > 100000000)
+        return nl_fail(NL_EINVAL, "collection config out of range: R 1..1024, L 1..100000, alpha 1..4, "
+                                  "pq bytes <= dim, fresh capacity 16..1e8");
+    return 0;
+}
+
+static void config_encode(const nl_shard_config *c, uint32_t f[10])
+{
+    uint32_t a;
+    memcpy(&a, &c->alpha, 4);
+    uint32_t v[10] = {CONFIG_VERSION, c->dim, c->dtype, c->metric, c->R, c->L, a, c->pq_m, c->fresh_capacity, 0};
+    memcpy(f, v, sizeof v);
+}
 
 static int load_config(nl_shard *sh)
 {
@@ -212,87 +453,124 @@ static int load_config(nl_shard *sh)
     }
     memcpy(f, v, sizeof f);
     free(v);
-    if (f[0] != CONFIG_VERSION || f[1] == 0 || f[1] > 65536 || f[2] > NL_DTYPE_I8 || f[3] > NL_METRIC_COSINE ||
-        f[4] == 0 || f[4] > 1024 || f[5] == 0 || f[8] == 0)
+    if (f[0] != CONFIG_VERSION)
+        return nl_fail(NL_ECORRUPT, "shard config version %u (this build reads %u)", f[0], CONFIG_VERSION);
+    nl_shard_config c = {f[1], (nl_dtype)f[2], (nl_metric)f[3], f[4], f[5], 0, f[7], f[8]};
+    memcpy(&c.alpha, &f[6], 4);
+    if (c.dim == 0 || c.R == 0 || c.L == 0 || c.pq_m == 0 || c.fresh_capacity == 0 || nl_shard_config_check(&c) != 0)
         return nl_fail(NL_ECORRUPT, "shard config fields out of range");
-    sh->cfg.dim = f[1];
-    sh->cfg.dtype = (nl_dtype)f[2];
-    sh->cfg.metric = (nl_metric)f[3];
-    sh->cfg.R = f[4];
-    sh->cfg.L = f[5];
-    memcpy(&sh->cfg.alpha, &f[6], 4);
-    sh->cfg.pq_m = f[7];
-    sh->cfg.fresh_capacity = f[8];
-    if (nl_store_get(sh->st, NL_CF_MANIFEST, "next_pid", 8, &v, &vl) != 0 || vl != 8) {
+    sh->cfg = c;
+    uint64_t u[2];
+    const char *keys[2] = {"next_pid", "next_seg"};
+    for (int i = 0; i < 2; i++) {
+        if ((rc = nl_store_get(sh->st, NL_CF_MANIFEST, keys[i], 8, &v, &vl)) != 0 || vl != 8) {
+            if (!rc)
+                free(v);
+            return nl_fail(NL_ECORRUPT, "shard manifest lacks %s", keys[i]);
+        }
+        memcpy(&u[i], v, 8);
         free(v);
-        return nl_fail(NL_ECORRUPT, "shard manifest lacks next_pid");
     }
-    memcpy(&sh->next_pid, v, 8);
-    free(v);
+    if (u[1] == 0 || u[1] > 99999999)
+        return nl_fail(NL_ECORRUPT, "shard manifest: next segment number %llu", (unsigned long long)u[1]);
+    sh->next_pid = u[0];
+    sh->next_seg = (uint32_t)u[1];
     return 0;
 }
 
-static int shard_alloc(nl_shard *sh)
+static void options_fill(nl_db_options *o, const nl_db_options *in, const nl_shard_config *c)
 {
-    sh->row_bytes = (size_t)sh->cfg.dim * nl_dtype_size(sh->cfg.dtype);
-    nl_vamana_params vp;
-    nl_vamana_params_default(&vp);
-    vp.R = sh->cfg.R;
-    vp.L = sh->cfg.L;
-    vp.alpha = sh->cfg.alpha;
-    int rc = nl_vamana_create_dynamic(sh->cfg.dim, sh->cfg.dtype, sh->cfg.metric, &vp, sh->cfg.fresh_capacity, &sh->fresh);
-    if (rc)
-        return rc;
-    sh->slot_pid = malloc(sizeof(uint64_t) * sh->cfg.fresh_capacity);
-    return sh->slot_pid ? 0 : -ENOMEM;
+    if (in)
+        *o = *in;
+    else
+        memset(o, 0, sizeof *o);
+    if (!o->flush_points || o->flush_points > c->fresh_capacity) o->flush_points = c->fresh_capacity / 2;
+    if (!o->flush_points) o->flush_points = 1;
+    if (!o->flush_age_ms) o->flush_age_ms = 60000;
+    if (!o->write_timeout_ms) o->write_timeout_ms = 30000;
+    if (!(o->compact_dead_ratio > 0)) o->compact_dead_ratio = 0.2f;
+    if (!o->compact_max_segments) o->compact_max_segments = 8;
+    if (!o->cache_budget) o->cache_budget = 32ull << 20;
+    if (!o->threads) o->threads = nl_cpu_count();
+    if (!o->search_inflight) o->search_inflight = 16;
 }
 
-static nl_shard *shard_new(void)
+/* ---------------------------------------------------------------- open / create */
+
+static nl_shard *shard_new(const char *dir)
 {
     nl_shard *sh = calloc(1, sizeof *sh);
     if (!sh)
         return NULL;
+    snprintf(sh->dir, sizeof sh->dir, "%s", dir);
     pthread_mutex_init(&sh->wmu, NULL);
-    nl_objpool_init(&sh->searchers, searcher_free);
+    pthread_cond_init(&sh->space, NULL);
+    pthread_mutex_init(&sh->vmu, NULL);
+    pthread_mutex_init(&sh->mmu, NULL);
     pthread_rwlock_init(&sh->tmu, NULL);
+    pthread_mutex_init(&sh->bgmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sh->bgcv, &ca);
+    pthread_cond_destroy(&sh->space);
+    pthread_cond_init(&sh->space, &ca);
+    pthread_condattr_destroy(&ca);
     return sh;
 }
 
-int nl_shard_create(const char *dir, const nl_shard_config *cfg, nl_shard **out)
+static int write_initial_manifest(nl_store *st, const nl_shard_config *cfg, uint64_t next_pid, uint64_t next_seg,
+                                  nl_store_batch *b)
+{
+    uint32_t f[10];
+    config_encode(cfg, f);
+    nl_store_batch_put(b, NL_CF_MANIFEST, "config", 6, f, sizeof f);
+    nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &next_pid, 8);
+    nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
+    (void)st;
+    return nl_store_write(b, 1);
+}
+
+static int start_background(nl_shard *sh);
+
+int nl_shard_create(const char *dir, const nl_shard_config *cfg_in, const nl_db_options *opt, nl_shard **out)
 {
     *out = NULL;
-    if (!cfg || cfg->dim == 0 || cfg->dim > 65536 || cfg->dtype > NL_DTYPE_I8 || cfg->metric > NL_METRIC_COSINE)
-        return nl_fail(NL_EINVAL, "shard config: dim 1..65536, a stored type and a metric are required");
+    nl_shard_config cfg = *cfg_in;
+    int rc = nl_shard_config_check(&cfg);
+    if (rc)
+        return rc;
     if (mkdir(dir, 0755) != 0)
         return errno == EEXIST ? nl_fail(NL_EEXISTS, "%s exists", dir) : nl_fail(-errno, "%s: %s", dir, strerror(errno));
-    nl_shard *sh = shard_new();
+    nl_shard *sh = shard_new(dir);
     if (!sh)
         return -ENOMEM;
-    sh->cfg = *cfg;
-    if (!sh->cfg.R) sh->cfg.R = 64;
-    if (!sh->cfg.L) sh->cfg.L = 100;
-    if (!(sh->cfg.alpha >= 1.0f)) sh->cfg.alpha = 1.2f;
-    if (!sh->cfg.pq_m) sh->cfg.pq_m = nl_import_default_pq_m(cfg->dim);
-    if (!sh->cfg.fresh_capacity) sh->cfg.fresh_capacity = 100000;
+    sh->cfg = cfg;
+    options_fill(&sh->opt, opt, &cfg);
+    sh->row_bytes = (size_t)cfg.dim * nl_dtype_size(cfg.dtype);
     char meta[4200];
     snprintf(meta, sizeof meta, "%s/meta", dir);
-    int rc = nl_store_open(meta, 1, &sh->st);
-    if (rc)
+    if ((rc = nl_store_open(meta, 1, &sh->st)) != 0)
         goto fail;
-    sh->next_pid = 1;
-    uint32_t f[10] = {CONFIG_VERSION, sh->cfg.dim, sh->cfg.dtype, sh->cfg.metric, sh->cfg.R, sh->cfg.L, 0,
-                      sh->cfg.pq_m, sh->cfg.fresh_capacity, 0};
-    memcpy(&f[6], &sh->cfg.alpha, 4);
+    sh->next_pid = 0;
+    sh->next_seg = 1;
     nl_store_batch *b = nl_store_batch_create(sh->st);
     if (!b) {
         rc = -ENOMEM;
         goto fail;
     }
-    nl_store_batch_put(b, NL_CF_MANIFEST, "config", 6, f, sizeof f);
-    nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &sh->next_pid, 8);
-    rc = nl_store_write(b, 1);
+    rc = write_initial_manifest(sh->st, &cfg, 0, 1, b);
     nl_store_batch_destroy(b);
-    if (rc || (rc = shard_alloc(sh)) != 0)
+    sh_memidx *m = NULL;
+    if (rc || (rc = sh_memidx_create(sh, cfg.fresh_capacity, &m)) != 0)
+        goto fail;
+    sh->view = sh_view_make(m, NULL, NULL, 0);
+    sh_memidx_unref(m);
+    if (!sh->view) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if ((rc = start_background(sh)) != 0)
         goto fail;
     *out = sh;
     return 0;
@@ -301,20 +579,197 @@ fail:
     return rc;
 }
 
-int nl_shard_open(const char *dir, nl_shard **out)
+int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint32_t seg_number, uint64_t n,
+                           const uint64_t *ids)
+{
+    nl_shard_config cfg = *cfg_in;
+    int rc = nl_shard_config_check(&cfg);
+    if (rc)
+        return rc;
+    char meta[4200];
+    snprintf(meta, sizeof meta, "%s/meta", dir);
+    nl_store *st;
+    if ((rc = nl_store_open(meta, 1, &st)) != 0)
+        return rc;
+    nl_store_batch *b = nl_store_batch_create(st);
+    if (!b) {
+        nl_store_close(st);
+        return -ENOMEM;
+    }
+    /* The id map and its inverse, in unsynced batches; the final manifest batch is synced
+     * and RocksDB's WAL is ordered, so a crash leaves an import that is never published
+     * (the collection directory is renamed into place only after this returns). */
+    for (uint64_t row = 0; row < n && !rc; row++) {
+        nl_id id = {0, ids ? ids[row] : row, NULL, 0};
+        unsigned char ek[NL_EKEY_MAX], pk[8];
+        size_t ekl = nl_ekey_encode(&id, ek);
+        sh_pid_key(row, pk);
+        nl_store_batch_put(b, NL_CF_IDMAP, ek, ekl, pk, 8);
+        nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, ekl);
+        if (nl_store_batch_count(b) >= 20000) {
+            rc = nl_store_write(b, 0);
+            nl_store_batch_clear(b);
+        }
+    }
+    if (!rc) {
+        unsigned char sk[8];
+        sh_seg_key(seg_number, sk);
+        uint64_t rec[3] = {n, 0, n ? n - 1 : 0};
+        nl_store_batch_put(b, NL_CF_MANIFEST, sk, 8, rec, sizeof rec);
+        rc = write_initial_manifest(st, &cfg, n, (uint64_t)seg_number + 1, b);
+    }
+    nl_store_batch_destroy(b);
+    nl_store_close(st);
+    return rc;
+}
+
+/* Removes segment files the manifest does not list (a flush or compaction that died
+ * before its manifest batch, or after it but before unlinking what it replaced) and
+ * temporary files of interrupted writes. */
+static int remove_orphans(nl_shard *sh, const uint32_t *live, size_t nlive)
+{
+    DIR *d = opendir(sh->dir);
+    if (!d)
+        return nl_fail(-errno, "%s: %s", sh->dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        unsigned num;
+        char tail[8];
+        int orphan = 0;
+        if (strncmp(e->d_name, "seg-", 4) != 0)
+            continue;
+        if (strstr(e->d_name, ".tmp"))
+            orphan = 1;
+        else if (sscanf(e->d_name, "seg-%u.nl%1[s]", &num, tail) == 2) {
+            orphan = 1;
+            for (size_t i = 0; i < nlive; i++)
+                if (live[i] == num)
+                    orphan = 0;
+        }
+        if (orphan) {
+            char p[4400];
+            snprintf(p, sizeof p, "%s/%s", sh->dir, e->d_name);
+            if (unlink(p) != 0 && errno != ENOENT)
+                rc = nl_fail(-errno, "cannot remove orphaned %s: %s", p, strerror(errno));
+            else
+                sh->orphans_removed++;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int recover_segments(nl_shard *sh, sh_segref ***segs_out, uint32_t *nseg_out)
+{
+    *segs_out = NULL;
+    *nseg_out = 0;
+    nl_store_iter *it;
+    int rc = nl_store_iter_create(sh->st, NL_CF_MANIFEST, &it);
+    if (rc)
+        return rc;
+    uint32_t *nums = NULL;
+    uint64_t (*recs)[3] = NULL;
+    size_t n = 0, cap = 0;
+    for (nl_store_iter_seek(it, "seg/", 4); nl_store_iter_valid(it); nl_store_iter_next(it)) {
+        size_t kl, vl;
+        const unsigned char *k = nl_store_iter_key(it, &kl);
+        const void *v = nl_store_iter_value(it, &vl);
+        if (kl < 4 || memcmp(k, "seg/", 4) != 0)
+            break;
+        if (kl != 8 || vl != 24) {
+            rc = nl_fail(NL_ECORRUPT, "manifest segment record of %zu/%zu bytes", kl, vl);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            uint32_t *nn = realloc(nums, cap * sizeof *nn);
+            if (nn) nums = nn;
+            uint64_t(*nr)[3] = realloc(recs, cap * sizeof *nr);
+            if (nr) recs = nr;
+            if (!nn || !nr) {
+                rc = -ENOMEM;
+                break;
+            }
+        }
+        nums[n] = (uint32_t)sh_pid_from_key((const unsigned char[8]){0, 0, 0, 0, k[4], k[5], k[6], k[7]});
+        memcpy(recs[n], v, 24);
+        n++;
+    }
+    if (!rc)
+        rc = nl_store_iter_status(it);
+    nl_store_iter_destroy(it);
+    if (!rc)
+        rc = remove_orphans(sh, nums, n);
+    sh_segref **segs = NULL;
+    if (!rc && n) {
+        segs = calloc(n, sizeof *segs);
+        if (!segs)
+            rc = -ENOMEM;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        total += recs[i][0];
+    for (size_t i = 0; i < n && !rc; i++) {
+        /* The cache budget is shared in proportion to the points a segment holds. */
+        uint64_t budget = total ? (uint64_t)((double)sh->opt.cache_budget * (double)recs[i][0] / (double)total) : 0;
+        if ((rc = sh_segref_open(sh, nums[i], budget, &segs[i])) != 0)
+            break;
+        if (segs[i]->count != recs[i][0])
+            rc = nl_fail(NL_ECORRUPT, "segment %u holds %llu points, the manifest says %llu", nums[i],
+                         (unsigned long long)segs[i]->count, (unsigned long long)recs[i][0]);
+    }
+    if (rc) {
+        for (size_t i = 0; segs && i < n; i++)
+            sh_segref_unref(segs[i]);
+        free(segs);
+        segs = NULL;
+        n = 0;
+    }
+    free(nums);
+    free(recs);
+    *segs_out = segs;
+    *nseg_out = (uint32_t)n;
+    return rc;
+}
+
+typedef struct {
+    sh_memidx *m;
+    const unsigned char *vecs;
+    size_t row_bytes;
+    uint32_t first;
+} reinsert_ctx;
+
+static int reinsert_task(void *vctx, size_t task, unsigned th)
+{
+    (void)th;
+    reinsert_ctx *c = vctx;
+    return nl_vamana_insert_at(c->m->ix, c->first + (uint32_t)task, c->vecs + task * c->row_bytes);
+}
+
+int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
 {
     *out = NULL;
-    nl_shard *sh = shard_new();
+    nl_shard *sh = shard_new(dir);
     if (!sh)
         return -ENOMEM;
     char meta[4200];
     snprintf(meta, sizeof meta, "%s/meta", dir);
+    sh_segref **segs = NULL;
+    uint32_t nseg = 0;
+    unsigned char *vecs = NULL;
+    uint64_t *pids = NULL;
+    sh_memidx *m = NULL;
+    nl_store_iter *it = NULL;
     int rc = nl_store_open(meta, 0, &sh->st);
-    if (rc || (rc = load_config(sh)) != 0 || (rc = shard_alloc(sh)) != 0)
+    if (rc || (rc = load_config(sh)) != 0)
         goto fail;
-    /* Tombstones, then the fresh vectors in pid order: the same graph-building order as
-     * the original inserts. */
-    nl_store_iter *it;
+    options_fill(&sh->opt, opt, &sh->cfg);
+    sh->row_bytes = (size_t)sh->cfg.dim * nl_dtype_size(sh->cfg.dtype);
+    if ((rc = recover_segments(sh, &segs, &nseg)) != 0)
+        goto fail;
+
+    /* Tombstones: the in-memory set, and each segment's count of deleted points. */
     if ((rc = nl_store_iter_create(sh->st, NL_CF_TOMBSTONES, &it)) != 0)
         goto fail;
     for (nl_store_iter_seek_first(it); nl_store_iter_valid(it); nl_store_iter_next(it)) {
@@ -324,90 +779,298 @@ int nl_shard_open(const char *dir, nl_shard **out)
             rc = nl_fail(NL_ECORRUPT, "tombstone key of %zu bytes", kl);
             break;
         }
-        if ((rc = tomb_add_locked(sh, pid_from_key(k))) != 0)
+        uint64_t pid = sh_pid_from_key(k);
+        if ((rc = sh_tomb_add_locked(sh, pid)) != 0)
             break;
+        uint32_t ord;
+        for (uint32_t i = 0; i < nseg; i++)
+            if (nl_segment_find(segs[i]->seg, pid, &ord) == 0) {
+                atomic_fetch_add(&segs[i]->dead, 1);
+                break;
+            }
     }
     if (!rc)
         rc = nl_store_iter_status(it);
     nl_store_iter_destroy(it);
+    it = NULL;
     if (rc)
         goto fail;
+
+    /* The fresh vectors, in pid order, into one fresh index (it may hold up to twice the
+     * capacity when a crash interrupted a flush; the maintenance thread flushes it). */
+    size_t nf = 0, capf = 0;
     if ((rc = nl_store_iter_create(sh->st, NL_CF_FRESH, &it)) != 0)
         goto fail;
     for (nl_store_iter_seek_first(it); nl_store_iter_valid(it); nl_store_iter_next(it)) {
         size_t kl, vl;
         const unsigned char *k = nl_store_iter_key(it, &kl);
-        const unsigned char *v = nl_store_iter_value(it, &vl);
-        uint16_t ekl = 0;
-        if (kl != 8 || vl < 2 || (memcpy(&ekl, v, 2), (size_t)2 + ekl + sh->row_bytes != vl) || ekl > EKEY_MAX) {
-            rc = nl_fail(NL_ECORRUPT, "fresh vector record of %zu bytes is malformed", vl);
+        const void *v = nl_store_iter_value(it, &vl);
+        if (kl != 8 || vl != sh->row_bytes) {
+            rc = nl_fail(NL_ECORRUPT, "fresh vector record of %zu bytes (expected %zu)", vl, sh->row_bytes);
             break;
         }
-        uint64_t pid = pid_from_key(k);
-        uint32_t slot;
-        if ((rc = nl_vamana_insert(sh->fresh, v + 2 + ekl, &slot)) != 0)
+        if (nf == capf) {
+            capf = capf ? capf * 2 : 1024;
+            unsigned char *nv = realloc(vecs, capf * sh->row_bytes);
+            if (nv) vecs = nv;
+            uint64_t *np = realloc(pids, capf * sizeof *np);
+            if (np) pids = np;
+            if (!nv || !np) {
+                rc = -ENOMEM;
+                break;
+            }
+        }
+        pids[nf] = sh_pid_from_key(k);
+        if (pids[nf] >= sh->next_pid) {
+            rc = nl_fail(NL_ECORRUPT, "fresh vector of version %llu beyond the next version %llu",
+                         (unsigned long long)pids[nf], (unsigned long long)sh->next_pid);
             break;
-        sh->slot_pid[slot] = pid;
-        if (!tomb_has_locked(sh, pid))
-            sh->live++;
+        }
+        memcpy(vecs + nf * sh->row_bytes, v, sh->row_bytes);
+        nf++;
     }
     if (!rc)
         rc = nl_store_iter_status(it);
     nl_store_iter_destroy(it);
+    it = NULL;
     if (rc)
+        goto fail;
+    uint32_t mcap = nf > sh->cfg.fresh_capacity ? (uint32_t)nf : sh->cfg.fresh_capacity;
+    if ((rc = sh_memidx_create(sh, mcap, &m)) != 0)
+        goto fail;
+    uint32_t first = 0;
+    if (nf) {
+        if ((rc = nl_vamana_reserve(m->ix, nf, &first)) != 0)
+            goto fail;
+        memcpy(m->slot_pid, pids, nf * sizeof *pids);
+        m->born_ns = nl_now_ns();
+        reinsert_ctx rc_ctx = {m, vecs, sh->row_bytes, first};
+        /* Slot 0 first (the entry point), then the rest in parallel. */
+        if ((rc = reinsert_task(&rc_ctx, 0, 0)) != 0)
+            goto fail;
+        rc_ctx.first = 1;
+        rc_ctx.vecs = vecs + sh->row_bytes;
+        if (nf > 1 && (rc = nl_parallel_for(nf - 1, sh->opt.threads, reinsert_task, &rc_ctx)) != 0)
+            goto fail;
+    }
+    /* Live points: fresh versions and segment versions, less the deleted. */
+    uint64_t live = 0;
+    for (size_t i = 0; i < nf; i++)
+        live += !sh_tomb_has_locked(sh, pids[i]);
+    for (uint32_t i = 0; i < nseg; i++)
+        live += segs[i]->count - atomic_load(&segs[i]->dead);
+    sh->live = live;
+    sh->view = sh_view_make(m, NULL, segs, nseg);
+    if (!sh->view) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    sh_memidx_unref(m);
+    m = NULL;
+    for (uint32_t i = 0; i < nseg; i++)
+        sh_segref_unref(segs[i]);
+    free(segs);
+    segs = NULL;
+    free(vecs);
+    free(pids);
+    vecs = NULL;
+    pids = NULL;
+    if ((rc = start_background(sh)) != 0)
         goto fail;
     *out = sh;
     return 0;
 fail:
+    nl_store_iter_destroy(it);
+    sh_memidx_unref(m);
+    for (uint32_t i = 0; i < nseg; i++)
+        sh_segref_unref(segs[i]);
+    free(segs);
+    free(vecs);
+    free(pids);
     nl_shard_close(sh);
     return rc;
+}
+
+/* ---------------------------------------------------------------- maintenance thread */
+
+static void *bg_main(void *arg)
+{
+    nl_shard *sh = arg;
+    pthread_mutex_lock(&sh->bgmu);
+    while (!sh->bg_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (!sh->bg_kick)
+            pthread_cond_timedwait(&sh->bgcv, &sh->bgmu, &ts);
+        sh->bg_kick = 0;
+        if (sh->bg_stop)
+            break;
+        pthread_mutex_unlock(&sh->bgmu);
+        int rc = 0;
+        if (sh_flush_due(sh))
+            rc = nl_shard_flush(sh);
+        if (!rc && sh_compaction_due(sh))
+            rc = nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL);
+        if (rc) {
+            atomic_store(&sh->bg_error, rc);
+            /* Do not spin on a persistent error (a full disk): back off. */
+            struct timespec pause = {1, 0};
+            nanosleep(&pause, NULL);
+        }
+        pthread_mutex_lock(&sh->bgmu);
+    }
+    pthread_mutex_unlock(&sh->bgmu);
+    return NULL;
+}
+
+void sh_kick_background(nl_shard *sh)
+{
+    if (!sh->bg_running)
+        return;
+    pthread_mutex_lock(&sh->bgmu);
+    sh->bg_kick = 1;
+    pthread_cond_signal(&sh->bgcv);
+    pthread_mutex_unlock(&sh->bgmu);
+}
+
+static int start_background(nl_shard *sh)
+{
+    if (sh->opt.no_background)
+        return 0;
+    int rc = pthread_create(&sh->bg, NULL, bg_main, sh);
+    if (rc)
+        return nl_fail(-rc, "cannot start the maintenance thread: %s", strerror(rc));
+    sh->bg_running = 1;
+    return 0;
 }
 
 void nl_shard_close(nl_shard *sh)
 {
     if (!sh)
         return;
-    nl_objpool_fini(&sh->searchers); /* before the index the searchers point into */
-    nl_vamana_destroy(sh->fresh);
+    if (sh->bg_running) {
+        pthread_mutex_lock(&sh->bgmu);
+        sh->bg_stop = 1;
+        pthread_cond_signal(&sh->bgcv);
+        pthread_mutex_unlock(&sh->bgmu);
+        pthread_join(sh->bg, NULL);
+    }
+    sh_view_release(sh->view);
     nl_store_close(sh->st);
-    free(sh->slot_pid);
     free(sh->tomb);
     pthread_mutex_destroy(&sh->wmu);
+    pthread_cond_destroy(&sh->space);
+    pthread_mutex_destroy(&sh->vmu);
+    pthread_mutex_destroy(&sh->mmu);
     pthread_rwlock_destroy(&sh->tmu);
+    pthread_mutex_destroy(&sh->bgmu);
+    pthread_cond_destroy(&sh->bgcv);
     free(sh);
 }
 
 void nl_shard_get_config(const nl_shard *sh, nl_shard_config *cfg) { *cfg = sh->cfg; }
 
-uint64_t nl_shard_count(nl_shard *sh)
-{
-    pthread_mutex_lock(&sh->wmu);
-    uint64_t n = sh->live;
-    pthread_mutex_unlock(&sh->wmu);
-    return n;
-}
-
 /* ---------------------------------------------------------------- writes */
 
-/* The pid currently mapped to ekey, 0 when none. */
-static int lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *pid)
+/* The pid currently mapped to ekey; *found 0 when none. */
+int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *pid, int *found)
 {
     void *v;
     size_t vl;
-    *pid = 0;
+    *found = 0;
     int rc = nl_store_get(sh->st, NL_CF_IDMAP, ek, ekl, &v, &vl);
     if (rc == NL_ENOTFOUND)
         return 0;
     if (rc)
         return rc;
-    if (vl != 16) {
+    if (vl != 8) {
         free(v);
         return nl_fail(NL_ECORRUPT, "id map entry of %zu bytes", vl);
     }
-    memcpy(pid, v, 8);
+    *pid = sh_pid_from_key(v);
+    *found = 1;
     free(v);
     return 0;
 }
+
+/* Counts a newly deleted version against the segment that holds it (wmu held). */
+static void count_dead_locked(nl_shard *sh, uint64_t pid)
+{
+    uint32_t ord;
+    sh_view *v = sh->view; /* wmu held: flush and compaction install views under it */
+    sh_segref *r = sh_view_find_segment(v, pid, &ord);
+    if (r)
+        atomic_fetch_add(&r->dead, 1);
+}
+
+static int add_tombstones_locked(nl_shard *sh, const uint64_t *pids, const unsigned char *valid, size_t n)
+{
+    int rc = 0;
+    pthread_rwlock_wrlock(&sh->tmu);
+    for (size_t i = 0; i < n && !rc; i++)
+        if (valid[i])
+            rc = sh_tomb_add_locked(sh, pids[i]);
+    pthread_rwlock_unlock(&sh->tmu);
+    for (size_t i = 0; i < n; i++)
+        if (valid[i])
+            count_dead_locked(sh, pids[i]);
+    return rc;
+}
+
+/* Waits (wmu held) until the active fresh index has room for n more points. */
+static int wait_for_room(nl_shard *sh, size_t n)
+{
+    if (n > sh->cfg.fresh_capacity)
+        return nl_fail(NL_EINVAL, "a batch of %zu points exceeds the fresh capacity of %u: split it", n,
+                       sh->cfg.fresh_capacity);
+    uint64_t deadline = nl_now_ns() + (uint64_t)sh->opt.write_timeout_ms * 1000000ull;
+    int waited = 0;
+    for (;;) {
+        sh_memidx *a = sh->view->active;
+        if (nl_vamana_reserved(a->ix) + n <= a->cap)
+            return 0;
+        if (!waited) {
+            waited = 1;
+            atomic_fetch_add(&sh->write_waits, 1);
+        }
+        if (!sh->bg_running) {
+            /* No maintenance thread: this writer flushes. */
+            pthread_mutex_unlock(&sh->wmu);
+            int rc = nl_shard_flush(sh);
+            pthread_mutex_lock(&sh->wmu);
+            if (rc)
+                return rc;
+            continue;
+        }
+        sh_kick_background(sh);
+        uint64_t now = nl_now_ns();
+        if (now >= deadline)
+            return nl_fail(-ETIMEDOUT, "the fresh index stayed full for %u ms (flushes are behind); retry later",
+                           sh->opt.write_timeout_ms);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t wait_ns = deadline - now < 100000000ull ? deadline - now : 100000000ull;
+        ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
+        ts.tv_nsec += (long)(wait_ns % 1000000000ull);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&sh->space, &sh->wmu, &ts);
+    }
+}
+
+typedef struct {
+    sh_memidx *m;
+    uint32_t first;
+    const unsigned char *vecs;
+    size_t row_bytes;
+} link_ctx;
 
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
 {
@@ -415,35 +1078,25 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         return 0;
     /* Validate everything and convert the vectors before touching any state. */
     unsigned char *vecs = malloc(sh->row_bytes * n);
-    unsigned char *ekeys = malloc((size_t)EKEY_MAX * n);
+    unsigned char *ekeys = malloc((size_t)NL_EKEY_MAX * n);
     size_t *eklen = malloc(sizeof(size_t) * n);
     uint64_t *old = calloc(n, sizeof(uint64_t));
+    unsigned char *has_old = calloc(n, 1);
     int rc = 0;
-    if (!vecs || !ekeys || !eklen || !old) {
+    if (!vecs || !ekeys || !eklen || !old || !has_old) {
         rc = -ENOMEM;
         goto out;
     }
     for (size_t i = 0; i < n && !rc; i++) {
-        if (pts[i].dim != sh->cfg.dim) {
-            rc = nl_fail(NL_EDIM, "point %zu: dimension %u, the collection has %u", i, pts[i].dim, sh->cfg.dim);
+        if ((rc = check_point(sh, &pts[i], i, vecs + i * sh->row_bytes)) != 0)
             break;
-        }
-        if (!pts[i].vector) {
-            rc = nl_fail(NL_EINVAL, "point %zu: no vector", i);
-            break;
-        }
-        if ((rc = check_id(&pts[i].id, i)) || (rc = convert_vector(sh, pts[i].vector, vecs + i * sh->row_bytes, i)) ||
-            (rc = check_metadata(&pts[i], i)))
-            break;
-        eklen[i] = ekey_encode(&pts[i].id, ekeys + i * EKEY_MAX);
+        eklen[i] = nl_ekey_encode(&pts[i].id, ekeys + i * NL_EKEY_MAX);
     }
     if (rc)
         goto out;
     pthread_mutex_lock(&sh->wmu);
-    if (nl_vamana_size(sh->fresh) + n > sh->cfg.fresh_capacity) {
+    if ((rc = wait_for_room(sh, n)) != 0) {
         pthread_mutex_unlock(&sh->wmu);
-        rc = nl_fail(-EBUSY, "the fresh index is full (%u points) and flushing is not implemented yet",
-                     sh->cfg.fresh_capacity);
         goto out;
     }
     nl_store_batch *b = nl_store_batch_create(sh->st);
@@ -453,37 +1106,36 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         goto out;
     }
     uint64_t first_pid = sh->next_pid;
-    size_t new_live = sh->live;
-    unsigned char *rec = malloc(2 + EKEY_MAX + sh->row_bytes);
-    if (!rec)
-        rc = -ENOMEM;
+    uint64_t new_live = sh->live;
     for (size_t i = 0; i < n && !rc; i++) {
-        const unsigned char *ek = ekeys + i * EKEY_MAX;
+        const unsigned char *ek = ekeys + i * NL_EKEY_MAX;
         uint64_t pid = first_pid + i;
         /* The version this one replaces: an earlier point of this batch, else the store. */
         for (size_t j = i; j-- > 0;)
-            if (eklen[j] == eklen[i] && memcmp(ekeys + j * EKEY_MAX, ek, eklen[i]) == 0) {
+            if (eklen[j] == eklen[i] && memcmp(ekeys + j * NL_EKEY_MAX, ek, eklen[i]) == 0) {
                 old[i] = first_pid + j;
+                has_old[i] = 1;
                 break;
             }
-        if (!old[i] && (rc = lookup_pid(sh, ek, eklen[i], &old[i])) != 0)
-            break;
-        unsigned char pk[8], iv[16];
-        if (old[i]) {
-            pid_key(old[i], pk);
+        int found = 0;
+        if (!has_old[i]) {
+            if ((rc = sh_lookup_pid(sh, ek, eklen[i], &old[i], &found)) != 0)
+                break;
+            has_old[i] = (unsigned char)found;
+        }
+        unsigned char pk[8];
+        if (has_old[i]) {
+            sh_pid_key(old[i], pk);
             nl_store_batch_put(b, NL_CF_TOMBSTONES, pk, 8, "", 0);
             nl_store_batch_delete(b, NL_CF_FRESH, pk, 8);
+            nl_store_batch_delete(b, NL_CF_PIDS, pk, 8);
         } else {
             new_live++;
         }
-        pid_key(pid, pk);
-        idmap_value(pid, iv);
-        nl_store_batch_put(b, NL_CF_IDMAP, ek, eklen[i], iv, 16);
-        uint16_t e16 = (uint16_t)eklen[i];
-        memcpy(rec, &e16, 2);
-        memcpy(rec + 2, ek, eklen[i]);
-        memcpy(rec + 2 + eklen[i], vecs + i * sh->row_bytes, sh->row_bytes);
-        nl_store_batch_put(b, NL_CF_FRESH, pk, 8, rec, 2 + eklen[i] + sh->row_bytes);
+        sh_pid_key(pid, pk);
+        nl_store_batch_put(b, NL_CF_IDMAP, ek, eklen[i], pk, 8);
+        nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, eklen[i]);
+        nl_store_batch_put(b, NL_CF_FRESH, pk, 8, vecs + i * sh->row_bytes, sh->row_bytes);
         if (pts[i].metadata)
             nl_store_batch_put(b, NL_CF_META, ek, eklen[i], pts[i].metadata, pts[i].metadata_len);
         else
@@ -494,7 +1146,6 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &next, 8);
         rc = nl_store_write(b, 1);
     }
-    free(rec);
     nl_store_batch_destroy(b);
     if (rc) {
         pthread_mutex_unlock(&sh->wmu);
@@ -502,23 +1153,42 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
     }
     sh->next_pid = next;
     sh->live = new_live;
-    /* Durable. Hide the replaced versions, then make the new ones searchable. */
-    pthread_rwlock_wrlock(&sh->tmu);
-    for (size_t i = 0; i < n && !rc; i++)
-        if (old[i])
-            rc = tomb_add_locked(sh, old[i]);
-    pthread_rwlock_unlock(&sh->tmu);
-    for (size_t i = 0; i < n && !rc; i++) {
-        uint32_t slot;
-        if ((rc = nl_vamana_insert(sh->fresh, vecs + i * sh->row_bytes, &slot)) == 0)
-            sh->slot_pid[slot] = first_pid + i;
+    atomic_fetch_add(&sh->upserted, n);
+    /* Durable. Hide the replaced versions, then reserve slots for the new ones (their
+     * pids in place before any becomes reachable). The reservation cannot fail:
+     * wait_for_room checked the room and only writers, serialised here, reserve. */
+    rc = add_tombstones_locked(sh, old, has_old, n);
+    sh_memidx *m = sh->view->active;
+    uint32_t first = 0;
+    if (!rc)
+        rc = nl_vamana_reserve(m->ix, n, &first);
+    if (rc) {
+        pthread_mutex_unlock(&sh->wmu);
+        goto out; /* durable but not yet searchable: recovery at the next open links it */
     }
+    if (first == 0)
+        m->born_ns = nl_now_ns();
+    for (size_t i = 0; i < n; i++)
+        m->slot_pid[first + i] = first_pid + i;
+    atomic_fetch_add(&m->refs, 1);
+    pthread_rwlock_rdlock(&m->ins); /* a flush of m waits for this insert to finish */
+    int due = nl_vamana_reserved(m->ix) >= sh->opt.flush_points;
     pthread_mutex_unlock(&sh->wmu);
+    for (size_t i = 0; i < n; i++) {
+        int r = nl_vamana_insert_at(m->ix, first + (uint32_t)i, vecs + i * sh->row_bytes);
+        if (r && !rc)
+            rc = r; /* only scratch allocation can fail; the flush's seal links the slot */
+    }
+    pthread_rwlock_unlock(&m->ins);
+    sh_memidx_unref(m);
+    if (due)
+        sh_kick_background(sh);
 out:
     free(vecs);
     free(ekeys);
     free(eklen);
     free(old);
+    free(has_old);
     return rc;
 }
 
@@ -531,10 +1201,14 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
         if (rc)
             return rc;
     }
-    uint64_t *pids = calloc(n ? n : 1, sizeof(uint64_t));
+    if (n == 0)
+        return 0;
+    uint64_t *pids = calloc(n, sizeof(uint64_t));
+    unsigned char *valid = calloc(n, 1);
     nl_store_batch *b = nl_store_batch_create(sh->st);
-    if (!pids || !b) {
+    if (!pids || !valid || !b) {
         free(pids);
+        free(valid);
         nl_store_batch_destroy(b);
         return -ENOMEM;
     }
@@ -542,17 +1216,20 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
     size_t count = 0;
     pthread_mutex_lock(&sh->wmu);
     for (size_t i = 0; i < n && !rc; i++) {
-        unsigned char ek[EKEY_MAX], pk[8];
-        size_t ekl = ekey_encode(&ids[i], ek);
-        if ((rc = lookup_pid(sh, ek, ekl, &pids[i])) != 0 || !pids[i])
+        unsigned char ek[NL_EKEY_MAX], pk[8];
+        size_t ekl = nl_ekey_encode(&ids[i], ek);
+        int found;
+        if ((rc = sh_lookup_pid(sh, ek, ekl, &pids[i], &found)) != 0 || !found)
             continue;
+        valid[i] = 1;
         for (size_t j = 0; j < i; j++)
-            if (pids[j] == pids[i]) { pids[i] = 0; break; } /* the same id twice */
-        if (!pids[i])
+            if (valid[j] && pids[j] == pids[i]) { valid[i] = 0; break; } /* the same id twice */
+        if (!valid[i])
             continue;
-        pid_key(pids[i], pk);
+        sh_pid_key(pids[i], pk);
         nl_store_batch_delete(b, NL_CF_IDMAP, ek, ekl);
         nl_store_batch_delete(b, NL_CF_META, ek, ekl);
+        nl_store_batch_delete(b, NL_CF_PIDS, pk, 8);
         nl_store_batch_put(b, NL_CF_TOMBSTONES, pk, 8, "", 0);
         nl_store_batch_delete(b, NL_CF_FRESH, pk, 8);
         count++;
@@ -560,22 +1237,52 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
     if (!rc && count)
         rc = nl_store_write(b, 1);
     if (!rc && count) {
-        pthread_rwlock_wrlock(&sh->tmu);
-        for (size_t i = 0; i < n && !rc; i++)
-            if (pids[i])
-                rc = tomb_add_locked(sh, pids[i]);
-        pthread_rwlock_unlock(&sh->tmu);
+        rc = add_tombstones_locked(sh, pids, valid, n);
         sh->live -= count;
+        atomic_fetch_add(&sh->deleted, count);
     }
     pthread_mutex_unlock(&sh->wmu);
     nl_store_batch_destroy(b);
     free(pids);
+    free(valid);
     if (!rc && deleted)
         *deleted = count;
     return rc;
 }
 
 /* ---------------------------------------------------------------- reads */
+
+/* The stored vector of version pid, looked up in the fresh column family, then the
+ * view's segments, then the frozen index (a flush may have dropped the fresh record
+ * after the view was taken; the frozen index is complete by then). */
+static int read_version(nl_shard *sh, uint64_t pid, void *row)
+{
+    sh_view *v = sh_view_acquire(sh);
+    unsigned char pk[8];
+    sh_pid_key(pid, pk);
+    void *val;
+    size_t vl;
+    int rc = nl_store_get(sh->st, NL_CF_FRESH, pk, 8, &val, &vl);
+    if (rc == 0) {
+        if (vl == sh->row_bytes)
+            memcpy(row, val, vl);
+        else
+            rc = nl_fail(NL_ECORRUPT, "fresh vector record of %zu bytes", vl);
+        free(val);
+    } else if (rc == NL_ENOTFOUND) {
+        uint32_t ord;
+        sh_segref *r = sh_view_find_segment(v, pid, &ord);
+        long slot;
+        if (r)
+            rc = nl_segment_read_vectors(r->seg, ord, 1, row);
+        else if (v->frozen && (slot = sh_memidx_find(v->frozen, pid)) >= 0)
+            rc = (memcpy(row, nl_vecset_row(nl_vamana_vectors(v->frozen->ix), (size_t)slot), sh->row_bytes), 0);
+        else
+            rc = nl_fail(NL_ENOTFOUND, "no point with that id"); /* deleted meanwhile */
+    }
+    sh_view_release(v);
+    return rc;
+}
 
 int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t *meta_len)
 {
@@ -584,25 +1291,24 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
     int rc = check_id(id, 0);
     if (rc)
         return rc;
-    unsigned char ek[EKEY_MAX], pk[8];
-    size_t ekl = ekey_encode(id, ek);
+    unsigned char ek[NL_EKEY_MAX];
+    size_t ekl = nl_ekey_encode(id, ek);
     uint64_t pid;
-    if ((rc = lookup_pid(sh, ek, ekl, &pid)) != 0)
+    int found;
+    if ((rc = sh_lookup_pid(sh, ek, ekl, &pid, &found)) != 0)
         return rc;
-    if (!pid)
+    if (!found)
         return nl_fail(NL_ENOTFOUND, "no point with that id");
     if (vec) {
-        void *v;
-        size_t vl;
-        pid_key(pid, pk);
-        if ((rc = nl_store_get(sh->st, NL_CF_FRESH, pk, 8, &v, &vl)) != 0)
-            return rc == NL_ENOTFOUND ? nl_fail(NL_ECORRUPT, "id map names a version with no vector") : rc;
-        if (vl != 2 + ekl + sh->row_bytes) {
-            free(v);
-            return nl_fail(NL_ECORRUPT, "fresh vector record of %zu bytes", vl);
-        }
-        nl_convert_to_f32(sh->cfg.dtype, (unsigned char *)v + 2 + ekl, vec, sh->cfg.dim);
-        free(v);
+        unsigned char *row = malloc(sh->row_bytes);
+        if (!row)
+            return -ENOMEM;
+        rc = read_version(sh, pid, row);
+        if (!rc)
+            nl_convert_to_f32(sh->cfg.dtype, row, vec, sh->cfg.dim);
+        free(row);
+        if (rc)
+            return rc;
     }
     if (meta) {
         void *m;
@@ -625,80 +1331,204 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
     return 0;
 }
 
-int nl_shard_search(nl_shard *sh, const float *q, uint32_t k, uint32_t L, nl_hit *hits)
+/* ---------------------------------------------------------------- search */
+
+typedef struct {
+    uint64_t pid;
+    float dist;
+} cand;
+
+static int cand_cmp(const void *a, const void *b)
 {
-    if (k == 0 || k > SEARCH_MAX_L)
-        return nl_fail(NL_EINVAL, "k must be 1..%u", SEARCH_MAX_L);
-    for (uint32_t j = 0; j < sh->cfg.dim; j++)
-        if (!isfinite(q[j]))
-            return nl_fail(NL_EBADVALUE, "query value %u is NaN or Inf", j);
-    /* Tombstoned versions still sit in the fresh graph: widen the list by them. */
-    pthread_rwlock_rdlock(&sh->tmu);
-    size_t dead = sh->tomb_n;
-    pthread_rwlock_unlock(&sh->tmu);
-    uint64_t want = (uint64_t)k + dead;
-    uint32_t kk = want > SEARCH_MAX_L ? SEARCH_MAX_L : (uint32_t)want;
-    uint32_t LL = L < kk ? kk : L > SEARCH_MAX_L ? SEARCH_MAX_L : L;
+    const cand *x = a, *y = b;
+    if (x->dist != y->dist)
+        return x->dist < y->dist ? -1 : 1;
+    return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+/* Results wanted from one index: k plus the deleted versions it may return instead. */
+static uint32_t widened_k(uint32_t k, uint64_t dead, uint32_t L)
+{
+    uint64_t w = (uint64_t)k + (dead < L ? dead : L);
+    return w > NL_MAX_K ? NL_MAX_K : (uint32_t)w;
+}
+
+static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq, uint32_t k, uint32_t L,
+                         uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    if (nl_vamana_size(m->ix) == 0)
+        return 0;
+    nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
     int rc = 0;
-    nl_vamana_searcher *s = nl_objpool_take(&sh->searchers);
-    if (!s && (rc = nl_vamana_searcher_create(sh->fresh, SEARCH_MAX_L, &s)) != 0)
+    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
         return rc;
+    uint32_t kk = widened_k(k, dead, L);
+    uint32_t LL = L < kk ? kk : L;
     uint32_t *slots = malloc(sizeof(uint32_t) * kk);
     float *d = malloc(sizeof(float) * kk);
-    if (!slots || !d) {
-        free(slots);
-        free(d);
-        nl_objpool_give(&sh->searchers, s);
-        return -ENOMEM;
-    }
-    int got = nl_vamana_search(s, q, kk, LL, slots, d, NULL);
-    nl_objpool_give(&sh->searchers, s);
-    if (got < 0) {
-        free(slots);
-        free(d);
-        return got;
-    }
-    uint32_t out = 0;
-    pthread_rwlock_rdlock(&sh->tmu);
-    for (int i = 0; i < got && out < k; i++) {
-        uint64_t pid = sh->slot_pid[slots[i]];
-        if (tomb_has_locked(sh, pid))
-            continue;
-        hits[out].dist = d[i];
-        hits[out].num = pid; /* resolved to the external id below */
-        out++;
-    }
-    pthread_rwlock_unlock(&sh->tmu);
-    for (uint32_t i = 0; i < out && rc == 0; i++) {
-        unsigned char pk[8];
-        void *v;
-        size_t vl;
-        float dist = hits[i].dist;
-        pid_key(hits[i].num, pk);
-        rc = nl_store_get(sh->st, NL_CF_FRESH, pk, 8, &v, &vl);
-        if (rc == NL_ENOTFOUND) {
-            /* Replaced or deleted after we looked: drop it. */
-            memmove(&hits[i], &hits[i + 1], sizeof(nl_hit) * (out - i - 1));
-            out--;
-            i--;
-            rc = 0;
-            continue;
-        }
-        if (rc)
-            break;
-        uint16_t ekl = 0;
-        if (vl >= 2)
-            memcpy(&ekl, v, 2);
-        if (vl < 2 || (size_t)2 + ekl > vl) {
-            free(v);
-            rc = nl_fail(NL_ECORRUPT, "fresh vector record of %zu bytes", vl);
+    if (!slots || !d)
+        rc = -ENOMEM;
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        uint64_t t0 = nl_now_ns();
+        nl_search_stats ss = {0, 0};
+        int got = nl_vamana_search(s, qs + qi * sh->cfg.dim, kk, LL, slots, d, &ss);
+        if (got < 0) {
+            rc = got;
             break;
         }
-        hit_from_ekey((unsigned char *)v + 2, ekl, &hits[i]);
-        hits[i].dist = dist;
-        free(v);
+        cand *c = cands + qi * stride;
+        for (int i = 0; i < got; i++)
+            c[nc[qi]++] = (cand){m->slot_pid[slots[i]], d[i]};
+        if (stats) {
+            stats[qi].hops += ss.hops;
+            stats[qi].latency_ns += nl_now_ns() - t0;
+        }
     }
     free(slots);
     free(d);
-    return rc ? rc : (int)out;
+    nl_objpool_give(&m->searchers, s);
+    return rc;
+}
+
+static int search_segment(nl_shard *sh, sh_segref *r, const float *qs, size_t nq, const nl_search_params *p,
+                          uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    nl_seg_searcher *s = nl_objpool_take(&r->searchers);
+    int rc = 0;
+    if (!s && (rc = nl_seg_searcher_create(r->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
+        return rc;
+    uint32_t kk = widened_k(p->k, atomic_load(&r->dead), L);
+    uint32_t LL = L < kk ? kk : L;
+    uint32_t W = p->W ? p->W : 4;
+    if (W > SH_MAX_W)
+        W = SH_MAX_W;
+    uint32_t *ords = malloc(sizeof(uint32_t) * kk * nq);
+    float *d = malloc(sizeof(float) * kk * nq);
+    nl_query_stats *qs_stats = calloc(nq, sizeof *qs_stats);
+    if (!ords || !d || !qs_stats)
+        rc = -ENOMEM;
+    if (!rc) {
+        nl_seg_query_params sp = {kk, LL, W};
+        rc = nl_seg_search_batch(s, qs, nq, &sp, ords, d, qs_stats);
+    }
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        cand *c = cands + qi * stride;
+        for (uint32_t i = 0; i < kk; i++) {
+            uint32_t o = ords[qi * kk + i];
+            if (o == UINT32_MAX)
+                break;
+            c[nc[qi]++] = (cand){nl_segment_id(r->seg, o), d[qi * kk + i]};
+        }
+        if (stats) {
+            stats[qi].latency_ns += qs_stats[qi].latency_ns;
+            stats[qi].ios += qs_stats[qi].ios;
+            stats[qi].cache_hits += qs_stats[qi].cache_hits;
+            stats[qi].hops += qs_stats[qi].hops;
+        }
+    }
+    free(ords);
+    free(d);
+    free(qs_stats);
+    nl_objpool_give(&r->searchers, s);
+    return rc;
+}
+
+int nl_shard_search_batch(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
+                          uint32_t *counts, nl_query_stats *stats)
+{
+    uint32_t k = p->k;
+    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
+    if (L < k) L = k;
+    if (L > NL_MAX_K) L = NL_MAX_K;
+    if (stats)
+        memset(stats, 0, sizeof *stats * nq);
+    sh_view *v = sh_view_acquire(sh);
+    uint32_t nidx = 2 + v->nseg;
+    uint32_t stride = nidx * widened_k(k, UINT64_MAX, L); /* room for every index's share */
+    pthread_rwlock_rdlock(&sh->tmu);
+    uint64_t dead_total = sh->tomb_n;
+    pthread_rwlock_unlock(&sh->tmu);
+    cand *cands = malloc(sizeof(cand) * stride * (nq ? nq : 1));
+    uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
+    int rc = cands && nc ? 0 : -ENOMEM;
+    if (!rc)
+        rc = search_memidx(sh, v->active, qs, nq, k, L, dead_total, cands, nc, stride, stats);
+    if (!rc && v->frozen)
+        rc = search_memidx(sh, v->frozen, qs, nq, k, L, dead_total, cands, nc, stride, stats);
+    for (uint32_t i = 0; i < v->nseg && !rc; i++)
+        rc = search_segment(sh, v->segs[i], qs, nq, p, L, cands, nc, stride, stats);
+    /* Merge: nearest first, each version once (a point can sit in the frozen index and
+     * its new segment at once), deleted versions dropped, then resolved to ids. */
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        uint64_t t0 = nl_now_ns();
+        cand *c = cands + qi * stride;
+        qsort(c, nc[qi], sizeof *c, cand_cmp);
+        nl_hit *out = hits + qi * k;
+        uint32_t got = 0;
+        for (uint32_t i = 0; i < nc[qi] && got < k && !rc; i++) {
+            if (i > 0 && c[i].pid == c[i - 1].pid)
+                continue;
+            if (sh_tomb_has(sh, c[i].pid))
+                continue;
+            unsigned char pk[8];
+            void *ek;
+            size_t ekl;
+            sh_pid_key(c[i].pid, pk);
+            int g = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
+            if (g == NL_ENOTFOUND)
+                continue; /* deleted or replaced after the view was taken */
+            if (g) {
+                rc = g;
+                break;
+            }
+            out[got].dist = c[i].dist;
+            rc = sh_hit_from_ekey(ek, ekl, &out[got]);
+            free(ek);
+            if (rc)
+                break;
+            if (p->accept && !p->accept(p->accept_ctx, &out[got]))
+                continue;
+            got++;
+        }
+        counts[qi] = got;
+        if (stats)
+            stats[qi].latency_ns += nl_now_ns() - t0;
+    }
+    free(cands);
+    free(nc);
+    sh_view_release(v);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- stats */
+
+void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&sh->wmu);
+    st->points = sh->live;
+    sh_view *v = sh_view_acquire(sh);
+    pthread_mutex_unlock(&sh->wmu);
+    st->fresh_points = nl_vamana_reserved(v->active->ix) + (v->frozen ? nl_vamana_reserved(v->frozen->ix) : 0);
+    st->ram_bytes = st->fresh_points * (sh->row_bytes + 4ull * sh->cfg.R + 8);
+    st->segments = v->nseg;
+    st->direct_io = 1;
+    for (uint32_t i = 0; i < v->nseg; i++) {
+        st->cached_nodes += v->segs[i]->cached_nodes;
+        st->direct_io &= v->segs[i]->direct_io;
+        st->segment_points += v->segs[i]->count;
+        st->disk_bytes += v->segs[i]->file_bytes;
+        st->ram_bytes += v->segs[i]->ram_bytes;
+    }
+    sh_view_release(v);
+    pthread_rwlock_rdlock(&sh->tmu);
+    st->tombstones = sh->tomb_n;
+    pthread_rwlock_unlock(&sh->tmu);
+    st->flushes = atomic_load(&sh->flushes);
+    st->compactions = atomic_load(&sh->compactions);
+    st->flush_seconds = (double)atomic_load(&sh->flush_ns) / 1e9;
+    st->compaction_seconds = (double)atomic_load(&sh->compact_ns) / 1e9;
+    st->write_waits = atomic_load(&sh->write_waits);
+    st->background_error = atomic_load(&sh->bg_error);
 }

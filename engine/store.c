@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh"};
+static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids"};
 
 struct nl_store {
     rocksdb_t *db;
@@ -132,6 +132,12 @@ void nl_store_batch_put(nl_store_batch *b, nl_cf cf, const void *key, size_t kle
 void nl_store_batch_delete(nl_store_batch *b, nl_cf cf, const void *key, size_t klen)
 {
     rocksdb_writebatch_delete_cf(b->wb, b->st->cf[cf + 1], key, klen);
+}
+
+void nl_store_batch_delete_range(nl_store_batch *b, nl_cf cf, const void *from, size_t flen, const void *to,
+                                 size_t tlen)
+{
+    rocksdb_writebatch_delete_range_cf(b->wb, b->st->cf[cf + 1], from, flen, to, tlen);
 }
 
 int nl_store_write(nl_store_batch *b, int sync)

@@ -87,8 +87,19 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
 /* Copies vec (dim elements of the stored type) in and links it. *slot (optional) gets its
  * ordinal, assigned in call order. NL_EINVAL when the index is full. */
 int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot);
-/* Points whose insert has completed. */
+/* Two-step insert for callers that must know a point's slot before it becomes
+ * reachable (the engine maps slots to versions): reserve n consecutive slots, then fill
+ * each with nl_vamana_insert_at, from any threads. Every reserved slot must be filled. */
+int nl_vamana_reserve(nl_vamana *ix, size_t n, uint32_t *first);
+int nl_vamana_insert_at(nl_vamana *ix, uint32_t slot, const void *vec);
+/* Points whose insert has completed, and slots reserved. */
 size_t nl_vamana_size(const nl_vamana *ix);
+size_t nl_vamana_reserved(const nl_vamana *ix);
+/* Ends insertion: once every reserved slot is filled, shrinks the index to them and
+ * repairs connectivity (nodes a later prune left with no in-edge get one), so the graph
+ * can be written as a segment. Searches may run during and after the seal; inserts
+ * fail afterwards. */
+int nl_vamana_seal(nl_vamana *ix);
 
 #ifdef __cplusplus
 }

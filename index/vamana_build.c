@@ -496,16 +496,15 @@ static void bfs_mark(const nl_graph *g, uint32_t from, uint8_t *seen, uint32_t *
  * node that has room (or, if all are full, in place of that node's last, longest
  * edge); repeat until the medoid reaches every node. Rarely touches more than a handful
  * of nodes, and never exceeds R. */
-static int ensure_connected(build_ctx *bc)
+int nl_vam_ensure_connected(nl_vam_ins *b, nl_vam_scratch *sc)
 {
-    nl_vam_ins *b = &bc->ins;
     nl_vamana *ix = b->ix;
     nl_graph *g = ix->g;
     size_t n = ix->vs.n;
     uint8_t *seen = malloc(n);
     uint32_t *queue = malloc(sizeof(uint32_t) * n);
     float *q = malloc(sizeof(float) * ix->vs.dim);
-    nl_cand *c = bc->scr[0]->cands;
+    nl_cand *c = sc->cands;
     int rc = 0;
     if (!seen || !queue || !q) {
         rc = -ENOMEM;
@@ -519,7 +518,7 @@ static int ensure_connected(build_ctx *bc)
             if (seen[u])
                 continue;
             nl_convert_to_f32(ix->vs.dtype, row_of(ix, (uint32_t)u), q, ix->vs.dim);
-            uint32_t nc = build_search(b, bc->scr[0]->s, q, ix->ext ? ix->ext[u] : 0.0f, b->L, c,
+            uint32_t nc = build_search(b, sc->s, q, ix->ext ? ix->ext[u] : 0.0f, b->L, c,
                                        MAX_PRUNE_CANDIDATES);
             qsort(c, nc, sizeof *c, cand_cmp);
             uint32_t pick = UINT32_MAX;
@@ -532,10 +531,15 @@ static int ensure_connected(build_ctx *bc)
                         pick = c[i].id;
                 if (pick == UINT32_MAX)
                     continue; /* nothing reachable found: try again next round */
+                lock_node(b, pick);
                 g->deg[pick]--; /* drop the last (longest) edge */
+                unlock_node(b, pick);
             }
+            /* Locked: a sealed dynamic index is searched while it is repaired. */
+            lock_node(b, pick);
             uint32_t *l = nl_graph_list(g, pick);
             l[g->deg[pick]++] = (uint32_t)u;
+            unlock_node(b, pick);
             bfs_mark(g, (uint32_t)u, seen, queue);
             fixed++;
         }
@@ -649,7 +653,7 @@ int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_param
     }
     if ((rc = nl_parallel_for((vs->n + 1023) / 1024, threads, final_prune_task, &b)) != 0)
         goto out;
-    rc = ensure_connected(&b);
+    rc = nl_vam_ensure_connected(&b.ins, b.scr[0]);
 out:
     for (unsigned t = 0; b.scr && t < threads; t++)
         nl_vam_scratch_destroy(b.scr[t]);

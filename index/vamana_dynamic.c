@@ -22,6 +22,7 @@ struct nl_vam_dyn {
     atomic_size_t claimed;
     atomic_size_t done;
     atomic_int entry_ready;
+    atomic_int sealed;
     nl_objpool scratch; /* nl_vam_scratch, one per concurrent inserter */
 };
 
@@ -96,19 +97,33 @@ size_t nl_vamana_size(const nl_vamana *ix)
     return ix->dyn ? atomic_load(&ix->dyn->done) : ix->vs.n;
 }
 
-int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
+size_t nl_vamana_reserved(const nl_vamana *ix)
+{
+    return ix->dyn ? atomic_load(&ix->dyn->claimed) : ix->vs.n;
+}
+
+int nl_vamana_reserve(nl_vamana *ix, size_t n, uint32_t *first)
 {
     struct nl_vam_dyn *d = ix->dyn;
     if (!d)
         return nl_fail(NL_EINVAL, "vamana: insert into a built (static) index");
-    size_t s = atomic_fetch_add(&d->claimed, 1);
-    if (s >= d->capacity) {
-        atomic_fetch_sub(&d->claimed, 1);
+    if (atomic_load(&d->sealed))
+        return nl_fail(NL_EINVAL, "vamana: the index is sealed");
+    size_t s = atomic_fetch_add(&d->claimed, n);
+    if (s + n > d->capacity) {
+        atomic_fetch_sub(&d->claimed, n);
         return nl_fail(NL_EINVAL, "vamana: dynamic index is full (%zu points)", d->capacity);
     }
-    memcpy((char *)d->store + s * d->row_bytes, vec, d->row_bytes);
-    if (slot)
-        *slot = (uint32_t)s;
+    *first = (uint32_t)s;
+    return 0;
+}
+
+int nl_vamana_insert_at(nl_vamana *ix, uint32_t s, const void *vec)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    if (!d || s >= atomic_load(&d->claimed))
+        return nl_fail(NL_EINVAL, "vamana: slot %u was not reserved", s);
+    memcpy((char *)d->store + (size_t)s * d->row_bytes, vec, d->row_bytes);
     if (s == 0) {
         atomic_store_explicit(&d->entry_ready, 1, memory_order_release);
         atomic_fetch_add(&d->done, 1);
@@ -117,13 +132,48 @@ int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
     while (!atomic_load_explicit(&d->entry_ready, memory_order_acquire))
         __builtin_ia32_pause(); /* the first insert is a memcpy away from done */
     nl_vam_scratch *sc = nl_objpool_take(&d->scratch);
-    if (!sc) {
-        int rc = nl_vam_scratch_create(ix, d->ins.L, &sc);
-        if (rc)
-            return rc; /* the slot is claimed but unlinked: unreachable, never returned */
+    int rc = 0;
+    if (!sc && (rc = nl_vam_scratch_create(ix, d->ins.L, &sc)) != 0) {
+        atomic_fetch_add(&d->done, 1); /* unlinked: the seal's repair links it */
+        return rc;
     }
-    nl_vam_insert_point(&d->ins, sc, (uint32_t)s);
+    nl_vam_insert_point(&d->ins, sc, s);
     nl_objpool_give(&d->scratch, sc);
     atomic_fetch_add(&d->done, 1);
     return 0;
+}
+
+int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot)
+{
+    uint32_t s = 0;
+    int rc = nl_vamana_reserve(ix, 1, &s);
+    if (rc)
+        return rc;
+    if (slot)
+        *slot = s;
+    return nl_vamana_insert_at(ix, s, vec);
+}
+
+int nl_vamana_seal(nl_vamana *ix)
+{
+    struct nl_vam_dyn *d = ix->dyn;
+    if (!d)
+        return 0;
+    size_t n = atomic_load(&d->claimed);
+    if (atomic_load(&d->done) != n)
+        return nl_fail(NL_EINVAL, "vamana: seal with %zu of %zu inserts still running", n - atomic_load(&d->done), n);
+    if (n == 0)
+        return nl_fail(NL_EINVAL, "vamana: seal of an empty index");
+    atomic_store(&d->sealed, 1);
+    /* Shrinking n is safe for running searches: they only follow edges, and every edge
+     * points below n. */
+    ix->vs.n = n;
+    ix->g->n = n;
+    nl_vam_scratch *sc = nl_objpool_take(&d->scratch);
+    int rc = 0;
+    if (!sc && (rc = nl_vam_scratch_create(ix, d->ins.L, &sc)) != 0)
+        return rc;
+    rc = nl_vam_ensure_connected(&d->ins, sc);
+    nl_objpool_give(&d->scratch, sc);
+    return rc;
 }

@@ -146,4 +146,7 @@ void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p);
  * other thread may modify u concurrently. */
 void nl_vam_prune_to_R(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u);
 
+/* Links every node the medoid cannot reach from a close reachable node (within R),
+ * until all are reachable. Takes node locks for its writes, so searches may run. */
+int nl_vam_ensure_connected(nl_vam_ins *b, nl_vam_scratch *sc);
 #endif

@@ -29,6 +29,7 @@ int cmd_import(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
 int cmd_groundtruth(int argc, char **argv);
 
 #endif

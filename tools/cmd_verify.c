@@ -1,144 +1,237 @@
 /*
- * cmd_verify.c — `nearline verify` (every segment read end to end: header, in-RAM
- * sections, every node sector's checksum and record, graph reachability) and
- * `nearline inspect` (JSON stats per collection). Both take --db and an optional
- * --collection; verify exits 1 if anything is corrupt.
+ * cmd_verify.c — the commands that look after collections through the engine:
+ *   `nearline verify`  every segment read end to end (header, in-RAM sections, each node
+ *                      sector's checksum and record, reachability) and the id map
+ *                      checked against segments and fresh vectors; exit 1 on a problem;
+ *   `nearline inspect` configuration and statistics per collection, as JSON;
+ *   `nearline compact` merges segments and purges deleted points (or, with --dry-run,
+ *                      says what it would do).
+ * Opening a collection runs recovery (orphaned files removed, fresh index rebuilt), so
+ * verify after a crash checks the state a restarted server would serve.
  */
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-#include "nl_catalog.h"
-#include "nl_segment.h"
+#include "nearline.h"
 
-static int parse(const char *C, int argc, char **argv, const char **db, const char **coll)
+typedef struct {
+    const char *db, *coll;
+    int dry_run, policy;
+} args;
+
+static int parse(const char *C, int argc, char **argv, args *a, int compact)
 {
-    static const struct option opts[] = {{"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"db", 1, 0, 'd'},      {"collection", 1, 0, 'c'}, {"dry-run", 0, 0, 'n'},
+                                         {"policy", 0, 0, 'p'},  {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+    const char *usage = compact ? "usage: nearline compact --db DIR --collection NAME [--dry-run] [--policy]\n"
+                                  "  merges every segment of each shard into one and purges deleted points;\n"
+                                  "  --policy does only what the background policy would (segments over the\n"
+                                  "  deleted ratio, the smallest when there are too many)\n"
+                                : "usage: nearline %s --db DIR [--collection NAME]\n";
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
-        case 'd': *db = optarg; break;
-        case 'c': *coll = optarg; break;
-        case 'h': fprintf(stdout, "usage: nearline %s --db DIR [--collection NAME]\n", C); return 1;
-        default: fprintf(stderr, "usage: nearline %s --db DIR [--collection NAME]\n", C); return 2;
+        case 'd': a->db = optarg; break;
+        case 'c': a->coll = optarg; break;
+        case 'n': if (!compact) goto bad; a->dry_run = 1; break;
+        case 'p': if (!compact) goto bad; a->policy = 1; break;
+        case 'h': fprintf(stdout, usage, C); return 1;
+        default: goto bad;
         }
     }
-    if (!*db) {
-        cli_error(C, 0, "--db is required");
+    if (!a->db || (compact && !a->coll)) {
+        cli_error(C, 0, compact ? "--db and --collection are required" : "--db is required");
         return 2;
     }
     return 0;
+bad:
+    fprintf(stderr, usage, C);
+    return 2;
 }
 
-static int collections(const char *C, const char *db, const char *coll, char ***names, size_t *n)
+/* Opens the database (no background work: these commands are one-shot) and lists the
+ * collections to visit. */
+static int prepare(const char *C, const args *a, nl_db **db, char ***names, size_t *n)
 {
-    int rc;
-    if (coll) {
-        char **p;
-        size_t np;
-        if ((rc = nl_catalog_list_segments(db, coll, &p, &np)) != 0) {
-            cli_error(C, rc, "collection '%s'", coll);
+    nl_db_options o;
+    memset(&o, 0, sizeof o);
+    o.no_background = 1;
+    int rc = nl_db_open(a->db, &o, db);
+    if (rc) {
+        cli_error(C, rc, "cannot open database %s", a->db);
+        return -1;
+    }
+    if (a->coll) {
+        nl_collection *c;
+        if ((rc = nl_collection_open(*db, a->coll, &c)) != 0) {
+            cli_error(C, rc, "collection '%s'", a->coll);
+            nl_db_close(*db);
             return -1;
         }
-        nl_string_list_free(p, np);
+        nl_collection_close(c);
         *names = malloc(sizeof(char *));
-        (*names)[0] = strdup(coll);
+        (*names)[0] = strdup(a->coll);
         *n = 1;
         return 0;
     }
-    if ((rc = nl_catalog_list_collections(db, names, n)) != 0) {
-        cli_error(C, rc, "cannot list %s", db);
+    if ((rc = nl_collection_list(*db, names, n)) != 0) {
+        cli_error(C, rc, "cannot list %s", a->db);
+        nl_db_close(*db);
         return -1;
     }
     return 0;
 }
 
-/* Per-collection totals for inspect. */
-typedef struct {
-    int verify;
-    int bad;
-    uint64_t points, bytes, ram;
-    nl_segment_info first;
-} walk_state;
-
-static void visit_segment(walk_state *w, const char *cmd, size_t index, const char *path)
+static void json_str(const char *s)
 {
-    nl_segment *seg;
-    nl_segment_options so = {0, NL_IO_PREAD, 1};
-    int rc = nl_segment_open(path, &so, &seg);
-    nl_segment_verify_report rep = {0};
-    nl_segment_info in;
-    memset(&in, 0, sizeof in);
-    if (rc == 0) {
-        nl_segment_get_info(seg, &in);
-        if (w->verify)
-            rc = nl_segment_verify(seg, &rep);
-        nl_segment_close(seg);
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') printf("\\%c", ch);
+        else if (ch < 0x20) printf("\\u%04x", ch);
+        else putchar(ch);
     }
-    if (rc) {
-        w->bad = 1;
-        fprintf(stderr, "nearline %s: %s: %s\n", cmd, path, nl_errdetail()[0] ? nl_errdetail() : nl_strerror(rc));
-    }
-    if (w->verify) {
-        printf("%s{\"file\":\"%s\",\"ok\":%s,\"sectors_checked\":%llu,\"bad_sectors\":%llu,\"bad_records\":%llu,"
-               "\"unreachable\":%zu}",
-               index ? "," : "", path, rc ? "false" : "true", (unsigned long long)rep.sectors_checked,
-               (unsigned long long)rep.bad_sectors, (unsigned long long)rep.bad_records, rep.unreachable);
-        return;
-    }
-    if (rc)
-        return;
-    if (w->points == 0)
-        w->first = in;
-    w->points += in.count;
-    w->bytes += in.file_bytes;
-    w->ram += in.ram_bytes;
-    printf("%s{\"file\":\"%s\",\"points\":%llu,\"bytes\":%llu,\"ram_at_open_bytes\":%llu,\"medoid\":%u,"
-           "\"node_bytes\":%u,\"nodes_per_sector\":%u,\"sectors_per_node\":%u,\"build_L\":%u,"
-           "\"build_alpha\":%.2f,\"identity_ids\":%s}",
-           index ? "," : "", path, (unsigned long long)in.count, (unsigned long long)in.file_bytes,
-           (unsigned long long)in.ram_bytes, in.medoid, in.node_bytes, in.nodes_per_sector, in.sectors_per_node,
-           in.build_L, (double)in.build_alpha, in.identity_ids ? "true" : "false");
+    putchar('"');
 }
 
-static int walk(const char *C, int verify, int argc, char **argv)
+int cmd_verify(int argc, char **argv)
 {
-    const char *db = NULL, *coll = NULL;
-    int prc = parse(C, argc, argv, &db, &coll);
+    const char *C = "verify";
+    args a = {0};
+    int prc = parse(C, argc, argv, &a, 0);
     if (prc)
         return prc == 1 ? 0 : prc;
+    nl_db *db;
     char **names;
-    size_t nn;
-    if (collections(C, db, coll, &names, &nn))
+    size_t n;
+    if (prepare(C, &a, &db, &names, &n))
         return 1;
-    walk_state w = {.verify = verify};
-    printf("{\"db\":\"%s\",\"collections\":[", db);
-    for (size_t i = 0; i < nn; i++) {
-        char **paths = NULL;
-        size_t np = 0;
-        nl_catalog_list_segments(db, names[i], &paths, &np);
-        w.points = w.bytes = w.ram = 0;
-        printf("%s{\"name\":\"%s\",\"segments\":[", i ? "," : "", names[i]);
-        for (size_t s = 0; s < np; s++)
-            visit_segment(&w, C, s, paths[s]);
-        printf("]");
-        if (!verify)
-            printf(",\"points\":%llu,\"bytes_on_disk\":%llu,\"ram_at_open_bytes\":%llu,\"dim\":%u,\"dtype\":\"%s\","
-                   "\"metric\":\"%s\",\"R\":%u,\"pq_bytes\":%u",
-                   (unsigned long long)w.points, (unsigned long long)w.bytes, (unsigned long long)w.ram, w.first.dim,
-                   nl_dtype_name(w.first.dtype), nl_metric_name(w.first.metric), w.first.R, w.first.pq_m);
+    int bad = 0;
+    printf("{\"db\":");
+    json_str(a.db);
+    printf(",\"collections\":[");
+    for (size_t i = 0; i < n; i++) {
+        nl_collection *c;
+        nl_verify_report r = {0};
+        int rc = nl_collection_open(db, names[i], &c);
+        if (!rc) {
+            rc = nl_collection_verify(c, &r);
+            nl_collection_close(c);
+        }
+        printf("%s{\"name\":\"%s\",\"ok\":%s,\"segments_checked\":%llu,\"sectors_checked\":%llu,\"ids_checked\":%llu,"
+               "\"problems\":%llu",
+               i ? "," : "", names[i], rc ? "false" : "true", (unsigned long long)r.segments_checked,
+               (unsigned long long)r.sectors_checked, (unsigned long long)r.ids_checked,
+               (unsigned long long)r.problems);
+        if (rc) {
+            bad = 1;
+            printf(",\"error\":");
+            json_str(nl_errdetail()[0] ? nl_errdetail() : nl_strerror(rc));
+            fprintf(stderr, "nearline verify: %s: %s\n", names[i], nl_errdetail()[0] ? nl_errdetail() : nl_strerror(rc));
+        }
         printf("}");
-        nl_string_list_free(paths, np);
     }
-    printf("]");
-    if (verify)
-        printf(",\"ok\":%s", w.bad ? "false" : "true");
-    printf("}\n");
-    nl_string_list_free(names, nn);
-    return w.bad ? 1 : 0;
+    printf("],\"ok\":%s}\n", bad ? "false" : "true");
+    nl_names_free(names, n);
+    nl_db_close(db);
+    return bad ? 1 : 0;
 }
 
-int cmd_verify(int argc, char **argv) { return walk("verify", 1, argc, argv); }
-int cmd_inspect(int argc, char **argv) { return walk("inspect", 0, argc, argv); }
+int cmd_inspect(int argc, char **argv)
+{
+    const char *C = "inspect";
+    args a = {0};
+    int prc = parse(C, argc, argv, &a, 0);
+    if (prc)
+        return prc == 1 ? 0 : prc;
+    nl_db *db;
+    char **names;
+    size_t n;
+    if (prepare(C, &a, &db, &names, &n))
+        return 1;
+    int bad = 0;
+    printf("{\"db\":");
+    json_str(a.db);
+    printf(",\"collections\":[");
+    for (size_t i = 0, shown = 0; i < n; i++) {
+        nl_collection *c;
+        int rc = nl_collection_open(db, names[i], &c);
+        if (rc) {
+            bad = 1;
+            cli_error(C, rc, "collection '%s'", names[i]);
+            continue;
+        }
+        nl_collection_config g;
+        nl_collection_stats s;
+        nl_collection_describe(c, &g);
+        nl_collection_stats_get(c, &s);
+        nl_collection_close(c);
+        printf("%s{\"name\":\"%s\",\"dim\":%u,\"metric\":\"%s\",\"dtype\":\"%s\",\"shards\":%u,\"R\":%u,\"L\":%u,"
+               "\"alpha\":%.2f,\"pq_bytes\":%u,\"fresh_capacity\":%u,\"points\":%llu,\"fresh_points\":%llu,"
+               "\"segments\":%llu,\"segment_points\":%llu,\"tombstones\":%llu,\"bytes_on_disk\":%llu,"
+               "\"ram_at_open_bytes\":%llu,\"cached_nodes\":%llu}",
+               shown++ ? "," : "", names[i], g.dim, nl_metric_name(g.metric), nl_dtype_name(g.dtype), g.shards, g.R,
+               g.L, (double)g.alpha, g.pq_bytes, g.fresh_capacity, (unsigned long long)s.points,
+               (unsigned long long)s.fresh_points, (unsigned long long)s.segments,
+               (unsigned long long)s.segment_points, (unsigned long long)s.tombstones,
+               (unsigned long long)s.disk_bytes, (unsigned long long)s.ram_bytes, (unsigned long long)s.cached_nodes);
+    }
+    printf("]}\n");
+    nl_names_free(names, n);
+    nl_db_close(db);
+    return bad ? 1 : 0;
+}
+
+int cmd_compact(int argc, char **argv)
+{
+    const char *C = "compact";
+    args a = {0};
+    int prc = parse(C, argc, argv, &a, 1);
+    if (prc)
+        return prc == 1 ? 0 : prc;
+    nl_db *db;
+    char **names;
+    size_t n;
+    if (prepare(C, &a, &db, &names, &n))
+        return 1;
+    nl_names_free(names, n);
+    nl_collection *c;
+    int rc = nl_collection_open(db, a.coll, &c);
+    nl_compact_report r;
+    nl_collection_stats before, after;
+    memset(&r, 0, sizeof r);
+    if (!rc) {
+        nl_collection_stats_get(c, &before);
+        /* Fresh points first: compaction works on segments. */
+        if (!a.dry_run)
+            rc = nl_collection_flush(c);
+        if (!rc)
+            rc = nl_collection_compact(c, a.policy ? NL_COMPACT_POLICY : NL_COMPACT_FULL, a.dry_run, &r);
+        nl_collection_stats_get(c, &after);
+        nl_collection_close(c);
+    }
+    if (rc) {
+        cli_error(C, rc, "compaction of '%s' failed", a.coll);
+        nl_db_close(db);
+        return 1;
+    }
+    if (r.segments_in == 0)
+        fprintf(stderr, "nearline compact: '%s' has nothing to compact\n", a.coll);
+    else
+        fprintf(stderr, "nearline compact: %s %u segment(s) holding %llu points into %u, purging %llu deleted\n",
+                a.dry_run ? "would merge" : "merged", r.segments_in, (unsigned long long)r.points_in, r.segments_out,
+                (unsigned long long)r.purged);
+    printf("{\"collection\":\"%s\",\"dry_run\":%s,\"mode\":\"%s\",\"segments_in\":%u,\"segments_out\":%u,"
+           "\"points_in\":%llu,\"points_out\":%llu,\"purged\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+           "\"seconds\":%.3f,\"disk_bytes_before\":%llu,\"disk_bytes_after\":%llu,\"points\":%llu}\n",
+           a.coll, a.dry_run ? "true" : "false", a.policy ? "policy" : "full", r.segments_in, r.segments_out,
+           (unsigned long long)r.points_in, (unsigned long long)r.points_out, (unsigned long long)r.purged,
+           (unsigned long long)r.bytes_in, (unsigned long long)r.bytes_out, r.seconds,
+           (unsigned long long)before.disk_bytes, (unsigned long long)after.disk_bytes,
+           (unsigned long long)after.points);
+    nl_db_close(db);
+    return 0;
+}

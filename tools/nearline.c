@@ -114,8 +114,9 @@ static void usage(FILE *f)
             "commands:\n"
             "  import     build a disk index (one segment) from a vector file into a new collection\n"
             "  search     search a collection from disk; prints recall, QPS, latency and I/Os as JSON\n"
-            "  verify     check every segment end to end (checksums, records, graph)\n"
-            "  inspect    print collection and segment statistics as JSON\n"
+            "  verify     check every segment end to end and the id map against them\n"
+            "  inspect    print collection configuration and statistics as JSON\n"
+            "  compact    merge segments and purge deleted points (--dry-run: just say)\n"
             "  groundtruth  exact k-NN of a query file by brute force, written as ivecs\n"
             "  gen        generate a clustered synthetic dataset, queries and exact ground truth\n"
             "  mem-bench  build an in-memory Vamana index over a file and sweep search list sizes\n"
@@ -136,6 +137,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
     if (!strcmp(cmd, "verify")) return cmd_verify(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "compact")) return cmd_compact(argc - 1, argv + 1);
     if (!strcmp(cmd, "groundtruth")) return cmd_groundtruth(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);

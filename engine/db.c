@@ -1,0 +1,557 @@
+/*
+ * db.c — the database and its collections (nearline.h) over shards (nl_shard.h).
+ *
+ * A collection spreads its points over its shards by a hash of the external id (FNV-1a
+ * 64 of the id's store key, modulo the shard count), so every operation on one id goes
+ * to one shard and a search fans out to all of them and merges by distance.
+ *
+ * Open collections are cached in the database: the cache holds one reference and every
+ * handle another, so shards stay open between requests. A drop marks the collection,
+ * releases the cache's reference, and the last reference closes the shards and removes
+ * the files (renamed to .trash-* first, so a crash midway leaves nothing that looks
+ * like a collection). Until then the name is busy.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nearline.h"
+#include "nl_catalog.h"
+#include "nl_shard.h"
+#include "nl_util.h"
+
+struct nl_collection {
+    nl_db *db;
+    char name[72];
+    char dir[4200];
+    int refs;    /* under db->mu */
+    int dropped; /* under db->mu */
+    nl_collection_config cfg;
+    nl_shard **shards;
+    struct nl_collection *next;
+};
+
+struct nl_db {
+    char dir[4096];
+    nl_db_options opt;
+    pthread_mutex_t mu;
+    nl_collection *open;
+    unsigned long trash_seq;
+};
+
+static int fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- database */
+
+int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
+{
+    *out = NULL;
+    if (!dir || !*dir || strlen(dir) >= 3000)
+        return nl_fail(NL_EINVAL, "database directory name is empty or too long");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return nl_fail(-errno, "cannot create database directory %s: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return nl_fail(NL_EINVAL, "%s is not a directory", dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return nl_fail(-errno, "database directory %s is not writable: %s", dir, strerror(errno));
+    nl_db *db = calloc(1, sizeof *db);
+    if (!db)
+        return -ENOMEM;
+    snprintf(db->dir, sizeof db->dir, "%s", dir);
+    if (opt)
+        db->opt = *opt;
+    pthread_mutex_init(&db->mu, NULL);
+    /* Leftovers of creates, imports and drops that a crash interrupted. */
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        char p[8200];
+        snprintf(p, sizeof p, "%s/%s/DROPPED", dir, e->d_name);
+        int dropped = nl_collection_name_check(e->d_name) == 0 && stat(p, &st) == 0;
+        nl_clear_errdetail();
+        if (dropped || !strncmp(e->d_name, ".tmp-", 5) || !strncmp(e->d_name, ".trash-", 7)) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            nl_remove_tree(p);
+        }
+    }
+    if (d)
+        closedir(d);
+    *out = db;
+    return 0;
+}
+
+static void collection_free(nl_collection *c)
+{
+    for (uint32_t i = 0; c->shards && i < c->cfg.shards; i++)
+        nl_shard_close(c->shards[i]);
+    free(c->shards);
+    free(c);
+}
+
+/* Drops a reference (db->mu held); the last one closes, and removes a dropped
+ * collection's files. */
+static void collection_unref_locked(nl_collection *c)
+{
+    if (--c->refs > 0)
+        return;
+    nl_db *db = c->db;
+    for (nl_collection **pp = &db->open; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    int dropped = c->dropped;
+    char dir[4200], trash[4400];
+    snprintf(dir, sizeof dir, "%s", c->dir);
+    snprintf(trash, sizeof trash, "%s/.trash-%s-%d-%lu", db->dir, c->name, (int)getpid(), ++db->trash_seq);
+    collection_free(c);
+    if (dropped) /* renamed first, so a crash midway leaves nothing named like a collection */
+        nl_remove_tree(rename(dir, trash) == 0 ? trash : dir);
+}
+
+void nl_db_close(nl_db *db)
+{
+    if (!db)
+        return;
+    pthread_mutex_lock(&db->mu);
+    while (db->open) {
+        nl_collection *c = db->open;
+        c->refs = 1; /* the caller promised no handle is open */
+        collection_unref_locked(c);
+    }
+    pthread_mutex_unlock(&db->mu);
+    pthread_mutex_destroy(&db->mu);
+    free(db);
+}
+
+/* ---------------------------------------------------------------- collections */
+
+static nl_collection *find_locked(nl_db *db, const char *name)
+{
+    for (nl_collection *c = db->open; c; c = c->next)
+        if (!strcmp(c->name, name))
+            return c;
+    return NULL;
+}
+
+static void to_shard_config(const nl_collection_config *c, nl_shard_config *s)
+{
+    *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity};
+}
+
+int nl_collection_create(nl_db *db, const char *name, const nl_collection_config *cfg_in)
+{
+    int rc = nl_collection_name_check(name);
+    if (rc)
+        return rc;
+    if (!cfg_in)
+        return nl_fail(NL_EINVAL, "no collection config");
+    nl_collection_config cfg = *cfg_in;
+    if (!cfg.shards)
+        cfg.shards = 1;
+    if (cfg.shards > NL_MAX_SHARDS)
+        return nl_fail(NL_EINVAL, "shards must be 1..%d", NL_MAX_SHARDS);
+    nl_shard_config sc;
+    to_shard_config(&cfg, &sc);
+    if ((rc = nl_shard_config_check(&sc)) != 0)
+        return rc;
+    cfg.R = sc.R;
+    cfg.L = sc.L;
+    cfg.alpha = sc.alpha;
+    cfg.pq_bytes = sc.pq_m;
+    cfg.fresh_capacity = sc.fresh_capacity;
+
+    char final_dir[4200], tmp[4300], sdir[4400];
+    snprintf(final_dir, sizeof final_dir, "%s/%s", db->dir, name);
+    pthread_mutex_lock(&db->mu);
+    nl_collection *busy = find_locked(db, name);
+    struct stat st;
+    if (busy && busy->dropped)
+        rc = nl_fail(-EBUSY, "collection '%s' is being dropped; retry when its last handle is closed", name);
+    else if (busy || stat(final_dir, &st) == 0)
+        rc = nl_fail(NL_EEXISTS, "collection '%s' already exists", name);
+    if (rc) {
+        pthread_mutex_unlock(&db->mu);
+        return rc;
+    }
+    snprintf(tmp, sizeof tmp, "%s/.tmp-create-%s-%d", db->dir, name, (int)getpid());
+    nl_remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0)
+        rc = nl_fail(-errno, "cannot create %s: %s", tmp, strerror(errno));
+    for (uint32_t i = 0; i < cfg.shards && !rc; i++) {
+        nl_db_options o = db->opt;
+        o.no_background = 1;
+        nl_shard *sh;
+        snprintf(sdir, sizeof sdir, "%s/%u", tmp, i);
+        if ((rc = nl_shard_create(sdir, &sc, &o, &sh)) == 0)
+            nl_shard_close(sh);
+    }
+    if (!rc)
+        rc = nl_catalog_write_config(tmp, &cfg);
+    if (!rc && (rc = fsync_dir(tmp)) != 0)
+        nl_fail(rc, "cannot sync %s", tmp);
+    if (!rc && rename(tmp, final_dir) != 0)
+        rc = errno == EEXIST || errno == ENOTEMPTY
+                 ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", name)
+                 : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
+    if (rc)
+        nl_remove_tree(tmp);
+    else
+        fsync_dir(db->dir);
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+static int open_locked(nl_db *db, const char *name, nl_collection **out)
+{
+    nl_collection *c = find_locked(db, name);
+    if (c) {
+        if (c->dropped)
+            return nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", name);
+        *out = c;
+        return 0;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->db = db;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->dir, sizeof c->dir, "%s/%s", db->dir, name);
+    int rc = nl_catalog_read_config(c->dir, &c->cfg);
+    if (!rc) {
+        c->shards = calloc(c->cfg.shards, sizeof *c->shards);
+        if (!c->shards)
+            rc = -ENOMEM;
+    }
+    for (uint32_t i = 0; i < c->cfg.shards && !rc; i++) {
+        char sdir[4400];
+        snprintf(sdir, sizeof sdir, "%s/%u", c->dir, i);
+        if ((rc = nl_shard_open(sdir, &db->opt, &c->shards[i])) != 0)
+            break;
+        nl_shard_config sc;
+        nl_shard_get_config(c->shards[i], &sc);
+        if (sc.dim != c->cfg.dim || sc.metric != c->cfg.metric || sc.dtype != c->cfg.dtype)
+            rc = nl_fail(NL_ECORRUPT, "shard %u of '%s' disagrees with collection.json", i, name);
+    }
+    if (rc) {
+        collection_free(c);
+        return rc;
+    }
+    c->refs = 1; /* the cache's */
+    c->next = db->open;
+    db->open = c;
+    *out = c;
+    return 0;
+}
+
+int nl_collection_open(nl_db *db, const char *name, nl_collection **out)
+{
+    *out = NULL;
+    int rc = nl_collection_name_check(name);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&db->mu);
+    nl_collection *c;
+    if ((rc = open_locked(db, name, &c)) == 0) {
+        c->refs++;
+        *out = c;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
+}
+
+void nl_collection_close(nl_collection *c)
+{
+    if (!c)
+        return;
+    nl_db *db = c->db;
+    pthread_mutex_lock(&db->mu);
+    collection_unref_locked(c);
+    pthread_mutex_unlock(&db->mu);
+}
+
+int nl_collection_drop(nl_db *db, const char *name)
+{
+    int rc = nl_collection_name_check(name);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&db->mu);
+    nl_collection *c;
+    if ((rc = open_locked(db, name, &c)) != 0) {
+        pthread_mutex_unlock(&db->mu);
+        return rc;
+    }
+    /* Durable at once: a marker that opening and listing honour, and that nl_db_open
+     * clears up after a crash. The files go with the last handle (calls in flight on
+     * other threads finish on the shards first). */
+    char marker[4400];
+    snprintf(marker, sizeof marker, "%s/DROPPED", c->dir);
+    int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || fsync(fd) != 0) {
+        rc = nl_fail(-errno, "cannot drop %s: %s", c->dir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        pthread_mutex_unlock(&db->mu);
+        return rc;
+    }
+    close(fd);
+    fsync_dir(c->dir);
+    c->dropped = 1;
+    collection_unref_locked(c); /* the cache's reference */
+    pthread_mutex_unlock(&db->mu);
+    return 0;
+}
+
+int nl_collection_list(nl_db *db, char ***names, size_t *count)
+{
+    return nl_catalog_list_collections(db->dir, names, count);
+}
+
+void nl_names_free(char **names, size_t count) { nl_string_list_free(names, count); }
+
+void nl_collection_describe(const nl_collection *c, nl_collection_config *cfg) { *cfg = c->cfg; }
+const char *nl_collection_name(const nl_collection *c) { return c->name; }
+
+/* ---------------------------------------------------------------- routing */
+
+static uint32_t shard_of(const nl_collection *c, const nl_id *id)
+{
+    if (c->cfg.shards == 1)
+        return 0;
+    unsigned char ek[NL_EKEY_MAX];
+    size_t n = nl_ekey_encode(id, ek);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= ek[i];
+        h *= 1099511628211ull;
+    }
+    return (uint32_t)(h % c->cfg.shards);
+}
+
+/* Calls on a dropped collection fail; shards are NULL once the drop closed them. */
+static int live(const nl_collection *c)
+{
+    pthread_mutex_lock(&c->db->mu);
+    int ok = !c->dropped;
+    pthread_mutex_unlock(&c->db->mu);
+    return ok ? 0 : nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", c->name);
+}
+
+int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
+{
+    int rc = live(c);
+    if (rc || n == 0)
+        return rc;
+    if (!pts)
+        return nl_fail(NL_EINVAL, "no points");
+    if (c->cfg.shards == 1)
+        return nl_shard_upsert(c->shards[0], pts, n);
+    /* The whole batch is checked before any shard writes. */
+    if ((rc = nl_shard_validate(c->shards[0], pts, n)) != 0)
+        return rc;
+    nl_point *part = malloc(sizeof *part * n);
+    if (!part)
+        return -ENOMEM;
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++)
+            if (shard_of(c, &pts[i].id) == s)
+                part[m++] = pts[i];
+        if (m)
+            rc = nl_shard_upsert(c->shards[s], part, m);
+    }
+    free(part);
+    return rc;
+}
+
+int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    int rc = live(c);
+    if (rc || n == 0)
+        return rc;
+    if (c->cfg.shards == 1)
+        return nl_shard_delete(c->shards[0], ids, n, deleted);
+    nl_id *part = malloc(sizeof *part * n);
+    if (!part)
+        return -ENOMEM;
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        size_t m = 0, d = 0;
+        for (size_t i = 0; i < n; i++)
+            if (shard_of(c, &ids[i]) == s)
+                part[m++] = ids[i];
+        if (m && (rc = nl_shard_delete(c->shards[s], part, m, &d)) == 0 && deleted)
+            *deleted += d;
+    }
+    free(part);
+    return rc;
+}
+
+int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
+{
+    int rc = live(c);
+    if (rc)
+        return rc;
+    return nl_shard_get(c->shards[shard_of(c, id)], id, vec, meta, meta_len);
+}
+
+static int hit_cmp(const void *a, const void *b)
+{
+    const nl_hit *x = a, *y = b;
+    return x->dist < y->dist ? -1 : x->dist > y->dist;
+}
+
+int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
+                               nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
+{
+    int rc = live(c);
+    if (rc)
+        return rc;
+    if (!p || p->k == 0 || p->k > NL_MAX_K)
+        return nl_fail(NL_EINVAL, "k must be 1..%d", NL_MAX_K);
+    if (p->L > NL_MAX_K)
+        return nl_fail(NL_EINVAL, "L must be at most %d", NL_MAX_K);
+    for (size_t i = 0; i < nq * c->cfg.dim; i++)
+        if (!isfinite(qs[i]))
+            return nl_fail(NL_EBADVALUE, "query %zu: value %zu is NaN or Inf", i / c->cfg.dim, i % c->cfg.dim);
+    if (c->cfg.shards == 1)
+        return nl_shard_search_batch(c->shards[0], qs, nq, p, hits, counts, stats);
+    uint32_t k = p->k, S = c->cfg.shards;
+    nl_hit *all = malloc(sizeof *all * k * S * (nq ? nq : 1));
+    uint32_t *cnt = malloc(sizeof *cnt * S * (nq ? nq : 1));
+    nl_query_stats *st = stats ? calloc(nq ? nq : 1, sizeof *st) : NULL;
+    if (!all || !cnt || (stats && !st)) {
+        free(all);
+        free(cnt);
+        free(st);
+        return -ENOMEM;
+    }
+    if (stats)
+        memset(stats, 0, sizeof *stats * nq);
+    nl_hit *tmp = malloc(sizeof *tmp * k * (nq ? nq : 1));
+    for (uint32_t s = 0; s < S && !rc; s++) {
+        if (!tmp) {
+            rc = -ENOMEM;
+            break;
+        }
+        if ((rc = nl_shard_search_batch(c->shards[s], qs, nq, p, tmp, cnt + (size_t)s * nq, st)) != 0)
+            break;
+        for (size_t q = 0; q < nq; q++) {
+            memcpy(all + (q * S + s) * k, tmp + q * k, sizeof *tmp * cnt[(size_t)s * nq + q]);
+            if (stats) {
+                stats[q].latency_ns += st[q].latency_ns;
+                stats[q].ios += st[q].ios;
+                stats[q].cache_hits += st[q].cache_hits;
+                stats[q].hops += st[q].hops;
+            }
+        }
+    }
+    for (size_t q = 0; q < nq && !rc; q++) {
+        /* Compact this query's shard results, sort, keep k. */
+        size_t m = 0;
+        for (uint32_t s = 0; s < S; s++) {
+            memmove(all + q * S * k + m, all + (q * S + s) * k, sizeof *all * cnt[(size_t)s * nq + q]);
+            m += cnt[(size_t)s * nq + q];
+        }
+        qsort(all + q * S * k, m, sizeof *all, hit_cmp);
+        counts[q] = (uint32_t)(m < k ? m : k);
+        memcpy(hits + q * k, all + q * S * k, sizeof *hits * counts[q]);
+    }
+    free(tmp);
+    free(all);
+    free(cnt);
+    free(st);
+    return rc;
+}
+
+int nl_collection_search(nl_collection *c, const float *q, const nl_search_params *p, nl_hit *hits,
+                         nl_query_stats *stats)
+{
+    uint32_t n = 0;
+    int rc = nl_collection_search_batch(c, q, 1, p, hits, &n, stats);
+    return rc ? rc : (int)n;
+}
+
+/* ---------------------------------------------------------------- maintenance */
+
+int nl_collection_flush(nl_collection *c)
+{
+    int rc = live(c);
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++)
+        rc = nl_shard_flush(c->shards[s]);
+    return rc;
+}
+
+int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
+{
+    nl_compact_report r;
+    memset(&r, 0, sizeof r);
+    uint64_t t0 = nl_now_ns();
+    int rc = live(c);
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++)
+        rc = nl_shard_compact(c->shards[s], mode, dry_run, &r);
+    r.seconds = (double)(nl_now_ns() - t0) / 1e9;
+    if (rep)
+        *rep = r;
+    return rc;
+}
+
+int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    int rc = live(c);
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        nl_collection_stats x;
+        nl_shard_stats(c->shards[s], &x);
+        st->points += x.points;
+        st->fresh_points += x.fresh_points;
+        st->segments += x.segments;
+        st->segment_points += x.segment_points;
+        st->tombstones += x.tombstones;
+        st->disk_bytes += x.disk_bytes;
+        st->ram_bytes += x.ram_bytes;
+        st->flushes += x.flushes;
+        st->compactions += x.compactions;
+        st->flush_seconds += x.flush_seconds;
+        st->compaction_seconds += x.compaction_seconds;
+        st->write_waits += x.write_waits;
+        st->cached_nodes += x.cached_nodes;
+        st->direct_io = s == 0 ? x.direct_io : st->direct_io && x.direct_io;
+        if (x.background_error)
+            st->background_error = x.background_error;
+    }
+    return rc;
+}
+
+int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
+{
+    nl_verify_report r;
+    memset(&r, 0, sizeof r);
+    int rc = live(c);
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        rc = nl_shard_verify(c->shards[s], &r);
+        if (rc == NL_ECORRUPT)
+            nl_fail(rc, "shard %u: %s", s, nl_errdetail());
+    }
+    if (rep)
+        *rep = r;
+    return rc;
+}

@@ -1,0 +1,217 @@
+/*
+ * nearline.h — the embedded database: the one public header of the engine.
+ *
+ * A database is a directory holding collections; a collection is a set of points (an
+ * external id, a vector, optional JSON metadata) split over shards by a hash of the id.
+ * Each shard keeps its acknowledged writes in RocksDB and in a fresh in-memory graph, and
+ * flushes that graph to immutable disk segments in the background; compaction merges
+ * segments and purges deleted points. See docs/architecture.md and docs/decisions.md.
+ *
+ * Lifecycle
+ *   nl_db_open -> nl_collection_create / nl_collection_open -> upsert, delete, get,
+ *   search, flush, compact, stats (from any threads) -> nl_collection_close ->
+ *   nl_db_close. A collection handle is reference-counted: dropping a collection makes
+ *   further calls on open handles fail with NL_ENOTFOUND, and its files go when the last
+ *   handle closes. nl_db_close must come after every handle is closed.
+ *
+ * Errors: every call returns 0 (or a count) on success and a negative code on failure:
+ * a negated errno, or an NL_E* code of nl_common.h. nl_strerror names the code and
+ * nl_errdetail() says what went wrong (per thread, until the next failing call).
+ *
+ * Durability: when upsert or delete returns 0 the batch is synced to RocksDB's write-
+ * ahead log (concurrent writers share one fsync) and visible to every later search.
+ * A batch is validated whole before anything is written: bad input applies nothing.
+ */
+#ifndef NEARLINE_H
+#define NEARLINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nl_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NL_MAX_ID_BYTES 256
+#define NL_MAX_METADATA_BYTES 65536
+#define NL_MAX_K 1024    /* also the largest list size L */
+#define NL_MAX_SHARDS 256
+
+typedef struct nl_db nl_db;
+typedef struct nl_collection nl_collection;
+
+/* ---------------------------------------------------------------- options */
+
+typedef struct {
+    uint32_t flush_points;         /* fresh points that trigger a flush; 0 = fresh_capacity / 2 */
+    uint32_t flush_age_ms;         /* flush anything older than this; 0 = 60000 */
+    uint32_t write_timeout_ms;     /* how long a writer waits for a full fresh index; 0 = 30000 */
+    int no_background;             /* 1: no maintenance threads; flush and compact on request
+                                    * (a writer that finds the fresh index full flushes itself) */
+    float compact_dead_ratio;      /* rewrite a segment whose deleted share reaches this; 0 = 0.2 */
+    uint32_t compact_max_segments; /* merge the smallest when a shard has more; 0 = 8 */
+    uint64_t cache_budget;         /* node-cache bytes per shard for segments; 0 = 32 MiB */
+    unsigned threads;              /* threads of a flush or compaction; 0 = all CPUs */
+    uint32_t search_inflight;      /* queries of one batch whose reads overlap; 0 = 16 */
+    int io_pread;                  /* 1: segment reads by pread instead of io_uring */
+    int buffered_io;               /* 1: no O_DIRECT (through the page cache) */
+} nl_db_options;
+
+/* Opens (creating when missing) the database directory. Leftovers of interrupted
+ * creates, drops and imports are removed. *out owned by the caller: nl_db_close. */
+int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out);
+void nl_db_close(nl_db *db);
+
+/* ---------------------------------------------------------------- collections */
+
+typedef struct {
+    uint32_t dim;
+    nl_metric metric;
+    nl_dtype dtype;          /* how vectors are stored: f32, f16, u8, i8 */
+    uint32_t shards;         /* 0 = 1 */
+    uint32_t R, L;           /* graph degree and build list size; 0 = 64, 100 */
+    float alpha;             /* prune factor; 0 = 1.2 */
+    uint32_t pq_bytes;       /* PQ code bytes per point; 0 = default for the dimension */
+    uint32_t fresh_capacity; /* unflushed points per shard before writers wait; 0 = 100000 */
+} nl_collection_config;
+
+/* Names are [A-Za-z0-9_-]{1,64}. NL_EEXISTS when the name is taken. */
+int nl_collection_create(nl_db *db, const char *name, const nl_collection_config *cfg);
+/* NL_ENOTFOUND when there is no such collection. */
+int nl_collection_drop(nl_db *db, const char *name);
+/* Sorted names; *names and each entry malloc'd: free with nl_names_free. */
+int nl_collection_list(nl_db *db, char ***names, size_t *count);
+void nl_names_free(char **names, size_t count);
+
+/* A counted handle: close it with nl_collection_close. */
+int nl_collection_open(nl_db *db, const char *name, nl_collection **out);
+void nl_collection_close(nl_collection *c);
+/* The configuration with defaults filled in. */
+void nl_collection_describe(const nl_collection *c, nl_collection_config *cfg);
+const char *nl_collection_name(const nl_collection *c);
+
+/* ---------------------------------------------------------------- points */
+
+/* An external id: an unsigned 64-bit number, or a string of 1..256 bytes (any bytes). */
+typedef struct {
+    int is_str;
+    uint64_t num;
+    const char *str;
+    size_t len;
+} nl_id;
+
+typedef struct {
+    nl_id id;
+    const float *vector;  /* dim floats; must be finite and fit the stored type */
+    uint32_t dim;         /* must equal the collection's */
+    const char *metadata; /* a JSON object of at most NL_MAX_METADATA_BYTES, or NULL */
+    size_t metadata_len;
+} nl_point;
+
+/* Inserts or replaces. All or nothing for bad input: NL_EINVAL, NL_EDIM or NL_EBADVALUE
+ * with a detail naming the point; -ETIMEDOUT when the fresh index stayed full for the
+ * write timeout (flushes behind: retry later). */
+int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n);
+/* Ids that do not exist are skipped; *deleted (optional) counts the others. */
+int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted);
+/* vec (dim floats, optional) and *meta (malloc'd, NUL-terminated JSON, optional; NULL
+ * when the point has none; caller frees). NL_ENOTFOUND when the id is absent. */
+int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len);
+
+/* ---------------------------------------------------------------- search */
+
+typedef struct {
+    int is_str;
+    uint64_t num;
+    char str[NL_MAX_ID_BYTES + 1]; /* NUL-terminated copy when is_str */
+    size_t len;
+    float dist;                    /* exact distance: l2 squared, -ip, or 1 - cosine */
+} nl_hit;
+
+/* Return 1 to keep a candidate, 0 to skip it. Called from the searching thread. */
+typedef int (*nl_accept_fn)(void *ctx, const nl_hit *candidate);
+
+typedef struct {
+    uint32_t k;         /* results per query, 1..NL_MAX_K */
+    uint32_t L;         /* list size; 0 = max(k, 64); raised to k */
+    uint32_t W;         /* beam width (reads in flight per query); 0 = 4 */
+    nl_accept_fn accept; /* optional post-filter on candidates */
+    void *accept_ctx;
+} nl_search_params;
+
+typedef struct {
+    uint64_t latency_ns; /* time spent on this query */
+    uint32_t ios;        /* sector reads */
+    uint32_t cache_hits; /* nodes served by the node cache */
+    uint32_t hops;       /* nodes expanded (all indexes) */
+} nl_query_stats;
+
+/* k nearest live points to q (dim floats), nearest first. Returns how many (< k only
+ * when fewer exist) or a negative code. stats optional. */
+int nl_collection_search(nl_collection *c, const float *q, const nl_search_params *p, nl_hit *hits,
+                         nl_query_stats *stats);
+/* nq queries at once (row-major), k hits per query into hits[qi * k ...]; counts[qi]
+ * gets how many were found. Segment reads of different queries overlap, so a batch is
+ * the way to throughput. stats (optional, nq entries). */
+int nl_collection_search_batch(nl_collection *c, const float *queries, size_t nq, const nl_search_params *p,
+                               nl_hit *hits, uint32_t *counts, nl_query_stats *stats);
+
+/* ---------------------------------------------------------------- maintenance */
+
+/* Writes every acknowledged fresh point to segments now (waits for it). */
+int nl_collection_flush(nl_collection *c);
+
+typedef enum {
+    NL_COMPACT_POLICY = 0, /* what the background would do: segments over the deleted ratio,
+                            * and the smallest when there are too many */
+    NL_COMPACT_FULL = 1    /* merge every segment of each shard into one, purging all deletes */
+} nl_compact_mode;
+
+typedef struct {
+    uint32_t segments_in;   /* segments rewritten (or that would be) */
+    uint32_t segments_out;
+    uint64_t points_in;     /* points they hold, deleted included */
+    uint64_t points_out;    /* live points written */
+    uint64_t purged;        /* deleted or replaced versions dropped */
+    uint64_t bytes_in, bytes_out;
+    double seconds;
+} nl_compact_report;
+
+/* Compacts every shard; with dry_run, only reports what it would do. */
+int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, nl_compact_report *rep);
+
+typedef struct {
+    uint64_t points;          /* live points */
+    uint64_t fresh_points;    /* versions not yet flushed (active + being flushed) */
+    uint64_t segments;
+    uint64_t segment_points;  /* versions in segments, deleted included */
+    uint64_t tombstones;      /* deleted versions not yet purged */
+    uint64_t disk_bytes;      /* segment files */
+    uint64_t ram_bytes;       /* segments' resident part and fresh vectors */
+    uint64_t flushes, compactions;
+    double flush_seconds, compaction_seconds; /* totals since open */
+    uint64_t write_waits;     /* writers that waited for a flush */
+    int background_error;     /* last error of a background flush or compaction, or 0 */
+    uint64_t cached_nodes;    /* segment nodes held by the node cache */
+    int direct_io;            /* 1 when every segment is read with O_DIRECT */
+} nl_collection_stats;
+
+int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st);
+
+typedef struct {
+    uint64_t segments_checked;
+    uint64_t sectors_checked;
+    uint64_t ids_checked;
+    uint64_t problems;
+} nl_verify_report;
+
+/* Checks every segment end to end and the id map against the segments and the fresh
+ * vectors. 0 when sound; NL_ECORRUPT with a detail naming the first problem. */
+int nl_collection_verify(nl_collection *c, nl_verify_report *rep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

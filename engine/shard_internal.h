@@ -1,0 +1,111 @@
+/* shard_internal.h — the state shard.c (open, writes, reads, search) and shard_maint.c
+ * (flush, compaction, verify) share. Invariants:
+ *  - slot_pid of a fresh index ascends with the slot (writers reserve under wmu in pid
+ *    order), and every segment's id map ascends, so both are searched by bisection;
+ *  - a pid lives in at most one of: the active index, the frozen index, the segments,
+ *    except while a flush publishes (frozen and its new segment both hold it: searches
+ *    merge by pid);
+ *  - sh->view changes only under wmu and vmu together; segref.dead under wmu. */
+#ifndef NL_SHARD_INTERNAL_H
+#define NL_SHARD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "nl_segment.h"
+#include "nl_shard.h"
+#include "nl_store.h"
+#include "nl_util.h"
+#include "nl_vamana.h"
+
+#define TOMB_EMPTY UINT64_MAX
+#define SH_MAX_W 16u
+
+typedef struct sh_memidx {
+    atomic_int refs;
+    nl_vamana *ix;
+    uint64_t *slot_pid;
+    uint32_t cap;
+    pthread_rwlock_t ins;  /* inserters hold it shared; a flush takes it to wait for them */
+    nl_objpool searchers;
+    uint64_t born_ns;      /* when its first point arrived */
+} sh_memidx;
+
+typedef struct sh_segref {
+    atomic_int refs;
+    uint32_t number;
+    nl_segment *seg;
+    uint64_t count, file_bytes, ram_bytes, cached_nodes;
+    int direct_io;
+    atomic_uint_fast64_t dead; /* deleted versions it holds */
+    atomic_int obsolete;       /* unlink the file when the last reference goes */
+    nl_objpool searchers;
+    char path[4400];
+} sh_segref;
+
+typedef struct sh_view {
+    atomic_int refs;
+    sh_memidx *active, *frozen;
+    uint32_t nseg;
+    sh_segref *segs[];
+} sh_view;
+
+struct nl_shard {
+    char dir[4096];
+    nl_store *st;
+    nl_shard_config cfg;
+    nl_db_options opt;
+    size_t row_bytes;
+    pthread_mutex_t wmu;   /* writers, one at a time */
+    pthread_cond_t space;  /* a flush made room in the fresh index */
+    pthread_mutex_t vmu;   /* the view pointer */
+    sh_view *view;
+    pthread_mutex_t mmu;   /* one flush or compaction at a time */
+    pthread_rwlock_t tmu;  /* the tombstone set */
+    uint64_t *tomb;        /* open addressing, TOMB_EMPTY = free */
+    size_t tomb_cap, tomb_n;
+    uint64_t next_pid;
+    uint32_t next_seg;
+    uint64_t live;
+    /* maintenance thread */
+    pthread_t bg;
+    int bg_running, bg_stop, bg_kick;
+    pthread_mutex_t bgmu;
+    pthread_cond_t bgcv;
+    /* counters */
+    atomic_uint_fast64_t flushes, compactions, flush_ns, compact_ns, write_waits, upserted, deleted;
+    atomic_int bg_error;
+    uint64_t orphans_removed;
+};
+
+/* encodings */
+void sh_pid_key(uint64_t pid, unsigned char out[8]);
+uint64_t sh_pid_from_key(const unsigned char k[8]);
+void sh_seg_key(uint32_t number, unsigned char out[8]);
+int sh_hit_from_ekey(const unsigned char *k, size_t len, nl_hit *h);
+int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *pid, int *found);
+
+/* tombstones */
+int sh_tomb_has_locked(const nl_shard *sh, uint64_t pid);
+int sh_tomb_has(nl_shard *sh, uint64_t pid);
+int sh_tomb_add_locked(nl_shard *sh, uint64_t pid);
+int sh_tomb_remove_sorted(nl_shard *sh, const uint64_t *pids, size_t n);
+
+/* parts and views */
+int sh_memidx_create(const nl_shard *sh, uint32_t capacity, sh_memidx **out);
+void sh_memidx_unref(sh_memidx *m);
+long sh_memidx_find(const sh_memidx *m, uint64_t pid);
+int sh_segref_open(nl_shard *sh, uint32_t number, uint64_t cache_budget, sh_segref **out);
+void sh_segref_unref(sh_segref *r);
+sh_view *sh_view_acquire(nl_shard *sh);
+void sh_view_release(sh_view *v);
+sh_view *sh_view_make(sh_memidx *active, sh_memidx *frozen, sh_segref *const *segs, uint32_t nseg);
+void sh_view_install(nl_shard *sh, sh_view *v);
+sh_segref *sh_view_find_segment(const sh_view *v, uint64_t pid, uint32_t *ord);
+
+/* maintenance (shard_maint.c) */
+int sh_flush_due(nl_shard *sh);
+int sh_compaction_due(nl_shard *sh);
+void sh_kick_background(nl_shard *sh);
+
+#endif

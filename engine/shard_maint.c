@@ -1,0 +1,588 @@
+/*
+ * shard_maint.c — a shard's maintenance: flush (fresh index -> segment), compaction
+ * (segments -> one segment without deleted versions), the policies that decide when
+ * the maintenance thread runs them, and verification.
+ *
+ * Both publish with the same three steps: write and fsync the new segment file under a
+ * number the manifest does not list yet; one synced RocksDB batch that changes the
+ * manifest (and drops what the new file makes redundant: fresh vectors, tombstones);
+ * then a new view. A crash before the batch leaves an orphan file that the next open
+ * deletes; after it, the files the manifest no longer lists are deleted at open too.
+ * Either way the state is the old one or the new one, never a mix.
+ *
+ * Flush: the active fresh index is frozen (a new one takes writes at once), the flush
+ * waits for inserts still linking into it, seals it (connectivity repair) and writes
+ * its graph as it is, with a PQ codebook trained on its points: no rebuild, so a flush
+ * costs about a PQ training and a sequential write. Its pids are the fresh index's slot
+ * pids, ascending, and every fresh version below the last one is dropped with one range
+ * delete (later versions are all in the new active index).
+ *
+ * Compaction rebuilds: live vectors of the chosen segments are read sequentially, the
+ * Vamana graph is built over them in memory, and written as one segment in pid order.
+ * Rebuilding rather than patching costs more CPU but gives a graph as good as a bulk
+ * import's, whatever fraction was deleted.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nl_pq.h"
+#include "shard_internal.h"
+
+#define FLUSH_PQ_SAMPLE 25000u
+
+/* ---------------------------------------------------------------- policies */
+
+int sh_flush_due(nl_shard *sh)
+{
+    sh_view *v = sh_view_acquire(sh);
+    size_t n = nl_vamana_reserved(v->active->ix);
+    int due = v->frozen != NULL || n >= sh->opt.flush_points ||
+              (n > 0 && nl_now_ns() - v->active->born_ns >= (uint64_t)sh->opt.flush_age_ms * 1000000ull);
+    sh_view_release(v);
+    return due;
+}
+
+static int cmp_count(const void *a, const void *b)
+{
+    const sh_segref *x = *(sh_segref *const *)a, *y = *(sh_segref *const *)b;
+    return x->count < y->count ? -1 : x->count > y->count;
+}
+
+/* Chooses the segments of v to rewrite into *pick (room for v->nseg). */
+static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode, sh_segref **pick)
+{
+    uint32_t np = 0;
+    if (mode == NL_COMPACT_FULL) {
+        uint64_t dead = 0;
+        for (uint32_t i = 0; i < v->nseg; i++)
+            dead += atomic_load(&v->segs[i]->dead);
+        if (v->nseg > 1 || dead > 0)
+            for (uint32_t i = 0; i < v->nseg; i++)
+                pick[np++] = v->segs[i];
+        return np;
+    }
+    sh_segref **rest = malloc(sizeof *rest * (v->nseg ? v->nseg : 1));
+    if (!rest)
+        return 0;
+    uint32_t nr = 0;
+    for (uint32_t i = 0; i < v->nseg; i++) {
+        sh_segref *r = v->segs[i];
+        if ((double)atomic_load(&r->dead) >= (double)sh->opt.compact_dead_ratio * (double)r->count)
+            pick[np++] = r;
+        else
+            rest[nr++] = r;
+    }
+    /* Too many segments: add the smallest until the result is within the limit. */
+    qsort(rest, nr, sizeof *rest, cmp_count);
+    uint32_t j = 0;
+    while (nr - j + (np ? 1u : 0u) > sh->opt.compact_max_segments && j < nr)
+        pick[np++] = rest[j++];
+    if (np == 1 && j == 1 && atomic_load(&pick[0]->dead) == 0)
+        pick[np++] = rest[j++]; /* merging one clean segment alone would change nothing */
+    free(rest);
+    return np;
+}
+
+int sh_compaction_due(nl_shard *sh)
+{
+    sh_view *v = sh_view_acquire(sh);
+    sh_segref **pick = malloc(sizeof *pick * (v->nseg ? v->nseg : 1));
+    int due = pick && plan(sh, v, NL_COMPACT_POLICY, pick) > 0;
+    free(pick);
+    sh_view_release(v);
+    return due;
+}
+
+/* ---------------------------------------------------------------- writing a segment */
+
+/* PQ-encodes ix's vectors and writes them with their graph as segment `number`, then
+ * opens it. pids: the version of each ordinal, ascending. */
+static int write_and_open(nl_shard *sh, const nl_vamana *ix, const uint64_t *pids, uint32_t number,
+                          uint64_t cache_budget, sh_segref **out)
+{
+    *out = NULL;
+    const nl_vecset *vs = nl_vamana_vectors(ix);
+    nl_pq *pq = NULL;
+    nl_pq_params pp = {.m = sh->cfg.pq_m, .max_sample = FLUSH_PQ_SAMPLE, .iters = 0, .seed = number,
+                       .threads = sh->opt.threads};
+    uint8_t *codes = malloc(vs->n * sh->cfg.pq_m);
+    int rc = codes ? nl_pq_train(vs, sh->cfg.metric, &pp, &pq) : -ENOMEM;
+    if (!rc)
+        rc = nl_pq_encode(pq, vs, codes, sh->opt.threads);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/seg-%06u.nls", sh->dir, number);
+    if (!rc) {
+        nl_segment_source src = {ix, pq, codes, pids, sh->cfg.L, sh->cfg.alpha, 0};
+        rc = nl_segment_write(path, &src);
+    }
+    nl_pq_destroy(pq);
+    free(codes);
+    if (!rc && (rc = sh_segref_open(sh, number, cache_budget, out)) != 0)
+        unlink(path);
+    return rc;
+}
+
+/* The cache share of a new segment of n points. */
+static uint64_t cache_share(nl_shard *sh, const sh_view *v, uint64_t n)
+{
+    uint64_t total = n;
+    for (uint32_t i = 0; i < v->nseg; i++)
+        total += v->segs[i]->count;
+    return (uint64_t)((double)sh->opt.cache_budget * (double)n / (double)total);
+}
+
+static uint64_t count_dead(nl_shard *sh, const uint64_t *pids, size_t n)
+{
+    uint64_t dead = 0;
+    pthread_rwlock_rdlock(&sh->tmu);
+    for (size_t i = 0; i < n; i++)
+        dead += sh_tomb_has_locked(sh, pids[i]);
+    pthread_rwlock_unlock(&sh->tmu);
+    return dead;
+}
+
+/* ---------------------------------------------------------------- flush */
+
+static int flush_locked(nl_shard *sh)
+{
+    uint64_t t0 = nl_now_ns();
+    pthread_mutex_lock(&sh->wmu);
+    sh_view *v = sh->view;
+    sh_memidx *fz = v->frozen; /* a flush that failed before is retried */
+    if (!fz) {
+        if (nl_vamana_reserved(v->active->ix) == 0) {
+            pthread_mutex_unlock(&sh->wmu);
+            return 0;
+        }
+        sh_memidx *na;
+        int rc = sh_memidx_create(sh, sh->cfg.fresh_capacity, &na);
+        if (rc) {
+            pthread_mutex_unlock(&sh->wmu);
+            return rc;
+        }
+        sh_view *nv = sh_view_make(na, v->active, v->segs, v->nseg);
+        sh_memidx_unref(na);
+        if (!nv) {
+            pthread_mutex_unlock(&sh->wmu);
+            return -ENOMEM;
+        }
+        fz = v->active;
+        sh_view_install(sh, nv);
+    }
+    atomic_fetch_add(&fz->refs, 1);
+    pthread_mutex_unlock(&sh->wmu);
+
+    /* Inserts that reserved slots in fz before the swap finish linking them. */
+    pthread_rwlock_wrlock(&fz->ins);
+    pthread_rwlock_unlock(&fz->ins);
+    int rc = nl_vamana_seal(fz->ix);
+    size_t n = nl_vamana_reserved(fz->ix);
+    sh_segref *r = NULL;
+    uint32_t number = sh->next_seg; /* only maintenance (mmu held) allocates numbers */
+    if (!rc) {
+        sh_view *cur = sh_view_acquire(sh);
+        uint64_t budget = cache_share(sh, cur, n);
+        sh_view_release(cur);
+        rc = write_and_open(sh, fz->ix, fz->slot_pid, number, budget, &r);
+    }
+    if (rc) {
+        sh_memidx_unref(fz);
+        return rc; /* fz stays frozen in the view, searchable; the next flush retries */
+    }
+    pthread_mutex_lock(&sh->wmu);
+    nl_store_batch *b = nl_store_batch_create(sh->st);
+    if (!b) {
+        rc = -ENOMEM;
+    } else {
+        unsigned char sk[8], from[8], to[8];
+        uint64_t rec[3] = {n, fz->slot_pid[0], fz->slot_pid[n - 1]};
+        uint64_t next_seg = (uint64_t)number + 1;
+        sh_seg_key(number, sk);
+        sh_pid_key(0, from);
+        sh_pid_key(fz->slot_pid[n - 1] + 1, to);
+        nl_store_batch_put(b, NL_CF_MANIFEST, sk, 8, rec, sizeof rec);
+        nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
+        nl_store_batch_delete_range(b, NL_CF_FRESH, from, 8, to, 8);
+        rc = nl_store_write(b, 1);
+        nl_store_batch_destroy(b);
+    }
+    if (rc) {
+        pthread_mutex_unlock(&sh->wmu);
+        atomic_store(&r->obsolete, 1); /* never listed: its file goes with it */
+        sh_segref_unref(r);
+        sh_memidx_unref(fz);
+        return rc;
+    }
+    sh->next_seg = number + 1;
+    atomic_store(&r->dead, count_dead(sh, fz->slot_pid, n));
+    v = sh->view;
+    sh_segref **segs = malloc(sizeof *segs * (v->nseg + 1));
+    sh_view *nv = NULL;
+    if (segs) {
+        memcpy(segs, v->segs, sizeof *segs * v->nseg);
+        segs[v->nseg] = r;
+        nv = sh_view_make(v->active, NULL, segs, v->nseg + 1);
+        free(segs);
+    }
+    if (nv) {
+        sh_view_install(sh, nv);
+    } else {
+        /* Out of memory after the manifest changed: keep serving the old view (the frozen
+         * index still answers for these points); the next open picks up the segment. */
+        rc = -ENOMEM;
+    }
+    pthread_cond_broadcast(&sh->space);
+    pthread_mutex_unlock(&sh->wmu);
+    sh_segref_unref(r);
+    sh_memidx_unref(fz);
+    if (!rc) {
+        atomic_fetch_add(&sh->flushes, 1);
+        atomic_fetch_add(&sh->flush_ns, nl_now_ns() - t0);
+    }
+    return rc;
+}
+
+int nl_shard_flush(nl_shard *sh)
+{
+    pthread_mutex_lock(&sh->mmu);
+    int rc = flush_locked(sh);
+    /* What was active when the call began may now be frozen: flush it too, so every
+     * point acknowledged before the call is in a segment when it returns. */
+    if (!rc) {
+        sh_view *v = sh_view_acquire(sh);
+        int more = v->frozen != NULL;
+        sh_view_release(v);
+        if (more)
+            rc = flush_locked(sh);
+    }
+    pthread_mutex_unlock(&sh->mmu);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- compaction */
+
+typedef struct {
+    uint64_t pid;
+    uint32_t seg; /* index into pick */
+    uint32_t ord;
+} live_entry;
+
+static int cmp_live(const void *a, const void *b)
+{
+    const live_entry *x = a, *y = b;
+    return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define READ_CHUNK 16384u
+
+static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
+{
+    uint64_t t0 = nl_now_ns();
+    sh_view *v = sh_view_acquire(sh);
+    sh_segref **pick = malloc(sizeof *pick * (v->nseg ? v->nseg : 1));
+    if (!pick) {
+        sh_view_release(v);
+        return -ENOMEM;
+    }
+    uint32_t np = plan(sh, v, mode, pick);
+    uint64_t points_in = 0, dead_in = 0, bytes_in = 0;
+    for (uint32_t i = 0; i < np; i++) {
+        points_in += pick[i]->count;
+        dead_in += atomic_load(&pick[i]->dead);
+        bytes_in += pick[i]->file_bytes;
+    }
+    if (rep) {
+        rep->segments_in += np;
+        rep->points_in += points_in;
+        rep->bytes_in += bytes_in;
+    }
+    if (np == 0 || dry_run) {
+        if (rep && np) {
+            rep->segments_out += points_in > dead_in;
+            rep->points_out += points_in - dead_in;
+            rep->purged += dead_in;
+        }
+        free(pick);
+        sh_view_release(v);
+        return 0;
+    }
+
+    /* Which versions survive, by the tombstones as they are now (a delete that lands
+     * later is counted against the new segment). */
+    live_entry *live = malloc(sizeof *live * points_in);
+    uint64_t *purged = malloc(sizeof *purged * (points_in ? points_in : 1));
+    size_t nl = 0, npurged = 0;
+    int rc = live && purged ? 0 : -ENOMEM;
+    pthread_rwlock_rdlock(&sh->tmu);
+    for (uint32_t s = 0; s < np && !rc; s++)
+        for (uint32_t o = 0; o < pick[s]->count; o++) {
+            uint64_t pid = nl_segment_id(pick[s]->seg, o);
+            if (sh_tomb_has_locked(sh, pid))
+                purged[npurged++] = pid;
+            else
+                live[nl++] = (live_entry){pid, s, o};
+        }
+    pthread_rwlock_unlock(&sh->tmu);
+    sh_segref *r = NULL;
+    uint32_t number = sh->next_seg;
+    unsigned char *vecs = NULL, *buf = NULL;
+    uint64_t *pids = NULL;
+    nl_vamana *ix = NULL;
+    if (!rc && nl) {
+        qsort(live, nl, sizeof *live, cmp_live);
+        vecs = malloc(nl * sh->row_bytes);
+        buf = malloc((size_t)READ_CHUNK * sh->row_bytes);
+        pids = malloc(nl * sizeof *pids);
+        uint32_t **rank = calloc(np, sizeof *rank);
+        if (!vecs || !buf || !pids || !rank)
+            rc = -ENOMEM;
+        for (uint32_t s = 0; s < np && !rc; s++) {
+            rank[s] = malloc(sizeof(uint32_t) * pick[s]->count);
+            if (!rank[s])
+                rc = -ENOMEM;
+            else
+                memset(rank[s], 0xff, sizeof(uint32_t) * pick[s]->count);
+        }
+        for (size_t i = 0; i < nl && !rc; i++) {
+            rank[live[i].seg][live[i].ord] = (uint32_t)i;
+            pids[i] = live[i].pid;
+        }
+        /* Sequential reads of each segment; live rows land at their rank. */
+        for (uint32_t s = 0; s < np && !rc; s++)
+            for (uint32_t o = 0; o < pick[s]->count && !rc; o += READ_CHUNK) {
+                uint32_t cnt = pick[s]->count - o < READ_CHUNK ? (uint32_t)(pick[s]->count - o) : READ_CHUNK;
+                if ((rc = nl_segment_read_vectors(pick[s]->seg, o, cnt, buf)) != 0)
+                    break;
+                for (uint32_t j = 0; j < cnt; j++)
+                    if (rank[s][o + j] != UINT32_MAX)
+                        memcpy(vecs + (size_t)rank[s][o + j] * sh->row_bytes, buf + (size_t)j * sh->row_bytes,
+                               sh->row_bytes);
+            }
+        for (uint32_t s = 0; rank && s < np; s++)
+            free(rank[s]);
+        free(rank);
+        free(buf);
+        if (!rc) {
+            nl_vecset vs = {vecs, nl, sh->cfg.dim, sh->cfg.dtype};
+            nl_vamana_params vp;
+            nl_vamana_params_default(&vp);
+            vp.R = sh->cfg.R;
+            vp.L = sh->cfg.L;
+            vp.alpha = sh->cfg.alpha;
+            vp.threads = sh->opt.threads;
+            vp.seed = number;
+            rc = nl_vamana_build(&vs, sh->cfg.metric, &vp, NULL, NULL, &ix);
+        }
+        if (!rc)
+            rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nl), &r);
+    }
+    free(live);
+    if (rc)
+        goto out;
+
+    qsort(purged, npurged, sizeof *purged, cmp_u64);
+    pthread_mutex_lock(&sh->wmu);
+    nl_store_batch *b = nl_store_batch_create(sh->st);
+    if (!b) {
+        rc = -ENOMEM;
+    } else {
+        unsigned char key[8];
+        for (uint32_t s = 0; s < np; s++) {
+            sh_seg_key(pick[s]->number, key);
+            nl_store_batch_delete(b, NL_CF_MANIFEST, key, 8);
+        }
+        if (r) {
+            uint64_t rec[3] = {nl, pids[0], pids[nl - 1]};
+            uint64_t next_seg = (uint64_t)number + 1;
+            sh_seg_key(number, key);
+            nl_store_batch_put(b, NL_CF_MANIFEST, key, 8, rec, sizeof rec);
+            nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
+        }
+        for (size_t i = 0; i < npurged; i++) {
+            sh_pid_key(purged[i], key);
+            nl_store_batch_delete(b, NL_CF_TOMBSTONES, key, 8);
+        }
+        rc = nl_store_write(b, 1);
+        nl_store_batch_destroy(b);
+    }
+    if (rc) {
+        pthread_mutex_unlock(&sh->wmu);
+        if (r)
+            atomic_store(&r->obsolete, 1);
+        goto out;
+    }
+    if (r) {
+        sh->next_seg = number + 1;
+        atomic_store(&r->dead, count_dead(sh, pids, nl));
+    }
+    sh_view *cur = sh->view;
+    sh_segref **segs = malloc(sizeof *segs * (cur->nseg + 1));
+    uint32_t ns = 0;
+    if (segs) {
+        for (uint32_t i = 0; i < cur->nseg; i++) {
+            int picked = 0;
+            for (uint32_t s = 0; s < np; s++)
+                picked |= cur->segs[i] == pick[s];
+            if (!picked)
+                segs[ns++] = cur->segs[i];
+        }
+        if (r)
+            segs[ns++] = r;
+    }
+    sh_view *nv = segs ? sh_view_make(cur->active, cur->frozen, segs, ns) : NULL;
+    free(segs);
+    if (nv) {
+        for (uint32_t s = 0; s < np; s++)
+            atomic_store(&pick[s]->obsolete, 1); /* unlinked when the last search lets go */
+        sh_view_install(sh, nv);
+    } else {
+        rc = -ENOMEM; /* the manifest changed: the next open serves the new state */
+    }
+    pthread_mutex_unlock(&sh->wmu);
+    if (!rc)
+        rc = sh_tomb_remove_sorted(sh, purged, npurged);
+    if (!rc) {
+        atomic_fetch_add(&sh->compactions, 1);
+        atomic_fetch_add(&sh->compact_ns, nl_now_ns() - t0);
+        if (rep) {
+            rep->segments_out += r != NULL;
+            rep->points_out += nl;
+            rep->purged += npurged;
+            rep->bytes_out += r ? r->file_bytes : 0;
+        }
+    }
+out:
+    sh_segref_unref(r);
+    nl_vamana_destroy(ix);
+    free(vecs);
+    free(pids);
+    free(purged);
+    free(pick);
+    sh_view_release(v);
+    return rc;
+}
+
+int nl_shard_compact(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
+{
+    pthread_mutex_lock(&sh->mmu);
+    int rc = compact_locked(sh, mode, dry_run, rep);
+    pthread_mutex_unlock(&sh->mmu);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- verify */
+
+#define PROBLEM(...)                                                                                                   \
+    do {                                                                                                               \
+        r.problems++;                                                                                                  \
+        if (!rc)                                                                                                       \
+            rc = nl_fail(NL_ECORRUPT, __VA_ARGS__);                                                                    \
+    } while (0)
+
+int nl_shard_verify(nl_shard *sh, nl_verify_report *out)
+{
+    nl_verify_report r = {0};
+    int rc = 0;
+    pthread_mutex_lock(&sh->mmu); /* no flush or compaction changes the segments meanwhile */
+    sh_view *v = sh_view_acquire(sh);
+    for (uint32_t i = 0; i < v->nseg; i++) {
+        nl_segment_verify_report sr;
+        int s = nl_segment_verify(v->segs[i]->seg, &sr);
+        r.segments_checked++;
+        r.sectors_checked += sr.sectors_checked;
+        if (s == NL_ECORRUPT)
+            PROBLEM("segment %u: %s", v->segs[i]->number, nl_errdetail());
+        else if (s && !rc)
+            rc = s;
+    }
+    /* Every id maps to a live version whose inverse record names it back and whose vector
+     * is somewhere: the fresh vectors or a segment. */
+    nl_store_iter *it = NULL;
+    int s = nl_store_iter_create(sh->st, NL_CF_IDMAP, &it);
+    if (s && !rc)
+        rc = s;
+    if (it)
+        nl_store_iter_seek_first(it);
+    for (; it && nl_store_iter_valid(it) && r.problems < 100; nl_store_iter_next(it)) {
+        size_t kl, vl;
+        const unsigned char *k = nl_store_iter_key(it, &kl);
+        const unsigned char *val = nl_store_iter_value(it, &vl);
+        r.ids_checked++;
+        if (vl != 8 || kl < 2 || kl > NL_EKEY_MAX) {
+            PROBLEM("id map entry of %zu/%zu bytes", kl, vl);
+            continue;
+        }
+        uint64_t pid = sh_pid_from_key(val);
+        void *back;
+        size_t bl;
+        int g = nl_store_get(sh->st, NL_CF_PIDS, val, 8, &back, &bl);
+        if (g == 0) {
+            if (bl != kl || memcmp(back, k, kl) != 0)
+                PROBLEM("version %llu names a different id than the id map", (unsigned long long)pid);
+            free(back);
+        } else {
+            PROBLEM("version %llu of the id map has no inverse record", (unsigned long long)pid);
+        }
+        if (sh_tomb_has(sh, pid))
+            PROBLEM("version %llu is in the id map and deleted", (unsigned long long)pid);
+        uint32_t ord;
+        void *fv;
+        size_t fl;
+        if (!sh_view_find_segment(v, pid, &ord)) {
+            g = nl_store_get(sh->st, NL_CF_FRESH, val, 8, &fv, &fl);
+            if (g == 0)
+                free(fv);
+            else
+                PROBLEM("version %llu is neither in a segment nor among the fresh vectors", (unsigned long long)pid);
+        }
+    }
+    if (it && (s = nl_store_iter_status(it)) != 0 && !rc)
+        rc = s;
+    nl_store_iter_destroy(it);
+    /* And the other way: every inverse record is the id map's current version. */
+    uint64_t pid_records = 0;
+    if ((s = nl_store_iter_create(sh->st, NL_CF_PIDS, &it)) != 0 && !rc)
+        rc = s;
+    if (!s)
+        for (nl_store_iter_seek_first(it); nl_store_iter_valid(it); nl_store_iter_next(it))
+            pid_records++;
+    nl_store_iter_destroy(it);
+    if (!s && pid_records != r.ids_checked)
+        PROBLEM("%llu ids but %llu live versions", (unsigned long long)r.ids_checked,
+                (unsigned long long)pid_records);
+    /* No segment file outside the manifest. */
+    DIR *d = opendir(sh->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        unsigned num;
+        if (sscanf(e->d_name, "seg-%u.nls", &num) != 1)
+            continue;
+        int listed = 0;
+        for (uint32_t i = 0; i < v->nseg; i++)
+            listed |= v->segs[i]->number == num && !atomic_load(&v->segs[i]->obsolete);
+        if (!listed)
+            PROBLEM("%s/%s is not in the manifest", sh->dir, e->d_name);
+    }
+    if (d)
+        closedir(d);
+    sh_view_release(v);
+    pthread_mutex_unlock(&sh->mmu);
+    if (out) {
+        out->segments_checked += r.segments_checked;
+        out->sectors_checked += r.sectors_checked;
+        out->ids_checked += r.ids_checked;
+        out->problems += r.problems;
+    }
+    return rc;
+}
