@@ -94,51 +94,6 @@ int nl_catalog_list_collections(const char *db, char ***names, size_t *count)
     return 0;
 }
 
-int nl_catalog_list_segments(const char *db, const char *name, char ***paths, size_t *count)
-{
-    *paths = NULL;
-    *count = 0;
-    int rc = nl_collection_name_check(name);
-    if (rc)
-        return rc;
-    char cdir[4096];
-    snprintf(cdir, sizeof cdir, "%s/%s", db, name);
-    DIR *d = opendir(cdir);
-    if (!d)
-        return errno == ENOENT ? nl_fail(NL_ENOTFOUND, "collection '%s' not found in %s", name, db)
-                               : nl_fail(-errno, "%s: %s", cdir, strerror(errno));
-    size_t cap = 0;
-    struct dirent *e;
-    while (rc == 0 && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char sdir[4096 + 256];
-        snprintf(sdir, sizeof sdir, "%s/%s", cdir, e->d_name);
-        DIR *sd = opendir(sdir);
-        if (!sd)
-            continue;
-        struct dirent *f;
-        while (rc == 0 && (f = readdir(sd)) != NULL) {
-            size_t l = strlen(f->d_name);
-            if (l < 9 || strncmp(f->d_name, "seg-", 4) != 0 || strcmp(f->d_name + l - 4, ".nls") != 0)
-                continue;
-            char p[4096 + 512];
-            snprintf(p, sizeof p, "%s/%s", sdir, f->d_name);
-            rc = push(paths, count, &cap, p);
-        }
-        closedir(sd);
-    }
-    closedir(d);
-    if (rc) {
-        nl_string_list_free(*paths, *count);
-        *paths = NULL;
-        *count = 0;
-        return rc;
-    }
-    qsort(*paths, *count, sizeof **paths, cmp_str);
-    return 0;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;

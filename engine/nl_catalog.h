@@ -27,11 +27,6 @@ int nl_collection_name_check(const char *name);
 /* Sorted collection names under db. *names is malloc'd (and each entry); free with
  * nl_string_list_free. */
 int nl_catalog_list_collections(const char *db, char ***names, size_t *count);
-
-/* Sorted paths of the segment files of collection `name` (every shard). NL_ENOTFOUND
- * when the collection does not exist. Free with nl_string_list_free. */
-int nl_catalog_list_segments(const char *db, const char *name, char ***paths, size_t *count);
-
 void nl_string_list_free(char **list, size_t count);
 /* <coll_dir>/collection.json: the collection's configuration, written atomically (temp
  * file, fsync, rename) and read as untrusted (NL_ECORRUPT naming the bad field). */
