@@ -35,6 +35,7 @@ bench: build
 	@bash scripts/install-deps.sh --bench
 	/usr/bin/python3 bench/bench_memory.py
 	/usr/bin/python3 bench/bench_disk.py $(if $(GLOVE),--glove $(GLOVE))
+	/usr/bin/python3 bench/bench_ingest.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -207,7 +207,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
     /* The segment holds versions (pids) 0..n-1, the rows, so its id map is the identity
      * and costs nothing; the external ids go to the shard's id map. */
-    nl_segment_source src = {ix, pq, codes, NULL, vp.L, vp.alpha, 0};
+    nl_segment_source src = {ix, pq, codes, NULL, vp.L, vp.alpha, 0, NULL};
     if ((rc = nl_segment_write(seg_path, &src)) != 0)
         goto out;
     nl_collection_config cc = {dim, p->metric, dtype, 1, vp.R, vp.L, vp.alpha, pq_m, 0};

@@ -53,7 +53,8 @@ typedef struct {
     float compact_dead_ratio;      /* rewrite a segment whose deleted share reaches this; 0 = 0.2 */
     uint32_t compact_max_segments; /* merge the smallest when a shard has more; 0 = 8 */
     uint64_t cache_budget;         /* node-cache bytes per shard for segments; 0 = 32 MiB */
-    unsigned threads;              /* threads of a flush or compaction; 0 = all CPUs */
+    unsigned threads;              /* threads of a flush, a compaction, or the graph links of
+                                    * one upsert batch; 0 = all CPUs */
     uint32_t search_inflight;      /* queries of one batch whose reads overlap; 0 = 16 */
     int io_pread;                  /* 1: segment reads by pread instead of io_uring */
     int buffered_io;               /* 1: no O_DIRECT (through the page cache) */
@@ -142,7 +143,8 @@ typedef struct {
 } nl_search_params;
 
 typedef struct {
-    uint64_t latency_ns; /* time spent on this query */
+    uint64_t start_ns;   /* when the engine started on it (the monotonic nanosecond clock) */
+    uint64_t latency_ns; /* from then until its results were complete */
     uint32_t ios;        /* sector reads */
     uint32_t cache_hits; /* nodes served by the node cache */
     uint32_t hops;       /* nodes expanded (all indexes) */

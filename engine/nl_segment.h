@@ -36,6 +36,8 @@ typedef struct {
     uint32_t build_L;
     float build_alpha;
     uint32_t hot_max;        /* hot-list length cap; 0 = min(n, max(1024, n / 10)) */
+    const uint32_t *order;   /* optional permutation: file ordinal u holds index node order[u]
+                              * (codes and ids stay indexed by index node); NULL = identity */
 } nl_segment_source;
 
 /* Writes path atomically: a temporary name in the same directory, fsync, rename, fsync of
@@ -84,6 +86,12 @@ int nl_segment_ids_ascending(const nl_segment *seg);
 /* Copies the stored vectors of ordinals first..first+count-1 (dim elements of the stored
  * type each) into out, checking every sector read. */
 int nl_segment_read_vectors(nl_segment *seg, uint32_t first, uint32_t count, void *out);
+/* The same, plus each node's neighbour list: adj gets count x R ordinals (row i holds
+ * deg[i] of them), deg count entries. adj and deg may both be NULL. */
+int nl_segment_read_nodes(nl_segment *seg, uint32_t first, uint32_t count, void *out, uint32_t *adj, uint32_t *deg);
+/* The segment's codebook and codes (count x pq_m), owned by the segment. */
+const nl_pq *nl_segment_pq(const nl_segment *seg);
+const uint8_t *nl_segment_codes(const nl_segment *seg);
 
 /* ---- searching ---- */
 
@@ -109,6 +117,16 @@ nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s);
  * per query, nearest first, and per-query stats (optional). */
 int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq,
                         const nl_seg_query_params *p, uint32_t *ords, float *dists,
+                        nl_query_stats *stats);
+
+/* The same over several segments of one geometry (dimension, PQ bytes, node layout; the
+ * segments of one shard): every query on every segment, all in flight together on this
+ * thread's ring, so a query's segments are searched side by side rather than one after
+ * another. p[i] applies to segs[i]; results of segment i, query q go to row
+ * (i * nq + q) of ords/dists (kstride entries, >= every p[i].k) and stats. The searcher
+ * must have been created on one of segs (or a segment of the same geometry). */
+int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,
+                        const nl_seg_query_params *p, uint32_t kstride, uint32_t *ords, float *dists,
                         nl_query_stats *stats);
 
 /* ---- verification ---- */

@@ -417,6 +417,14 @@ int nl_segment_ids_ascending(const nl_segment *s)
 
 int nl_segment_read_vectors(nl_segment *s, uint32_t first, uint32_t count, void *out)
 {
+    return nl_segment_read_nodes(s, first, count, out, NULL, NULL);
+}
+
+const nl_pq *nl_segment_pq(const nl_segment *s) { return s->pq; }
+const uint8_t *nl_segment_codes(const nl_segment *s) { return s->codes; }
+
+int nl_segment_read_nodes(nl_segment *s, uint32_t first, uint32_t count, void *out, uint32_t *adj, uint32_t *deg)
+{
     if ((uint64_t)first + count > s->n)
         return nl_fail(NL_EINVAL, "%s: vectors %u..%u of %llu", s->path, first, first + count,
                        (unsigned long long)s->n);
@@ -446,6 +454,12 @@ int nl_segment_read_vectors(nl_segment *s, uint32_t first, uint32_t count, void 
             if ((rc = seg_extract_record(s, u, sp, scratch, &rec)) != 0)
                 break;
             memcpy((char *)out + (size_t)(u - first) * s->vec_bytes, rec, s->vec_bytes);
+            if (adj) {
+                uint32_t d;
+                memcpy(&d, rec + s->vec_bytes, 4); /* <= R: seg_extract_record checked it */
+                deg[u - first] = d;
+                memcpy(adj + (size_t)(u - first) * s->R, rec + s->vec_bytes + 4, 4 * (size_t)d);
+            }
             u++;
         }
     }

@@ -32,6 +32,8 @@ typedef struct {
 
 typedef struct {
     int active;
+    const nl_segment *seg; /* the segment this query runs on (one of the batch's) */
+    size_t out;            /* where its results go: (segment index * nq + query) */
     size_t qi;
     const float *q;
     float *table;
@@ -222,7 +224,7 @@ static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned 
  * is left among the L best. */
 static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
 {
-    nl_segment *seg = s->seg;
+    const nl_segment *seg = q->seg;
     while (q->inflight < q->W) {
         while (q->cursor < q->size && q->pool[q->cursor].state != C_NEW)
             q->cursor++;
@@ -252,11 +254,12 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
     return 0;
 }
 
-static void start_query(nl_seg_searcher *s, qstate *q, size_t qi, const float *qv, const nl_seg_query_params *p)
+static void start_query(qstate *q, const nl_segment *seg, size_t out, const float *qv,
+                        const nl_seg_query_params *p)
 {
-    nl_segment *seg = s->seg;
     q->active = 1;
-    q->qi = qi;
+    q->seg = seg;
+    q->out = out;
     q->q = qv;
     q->L = p->L;
     q->k = p->k;
@@ -274,42 +277,54 @@ static void start_query(nl_seg_searcher *s, qstate *q, size_t qi, const float *q
     pool_insert(q, seg->medoid, nl_pq_adc(q->table, seg->codes + (size_t)seg->medoid * seg->m, seg->m));
 }
 
-static void finish_query(qstate *q, uint32_t k, uint32_t *ords, float *dists, nl_query_stats *stats)
+static void finish_query(qstate *q, uint32_t kstride, uint32_t *ords, float *dists, nl_query_stats *stats)
 {
-    uint32_t *o = ords + q->qi * k;
-    for (uint32_t j = 0; j < k; j++) {
+    uint32_t *o = ords + q->out * kstride;
+    for (uint32_t j = 0; j < q->k; j++) {
         o[j] = j < q->res_n ? q->res_id[j] : UINT32_MAX;
         if (dists)
-            dists[q->qi * k + j] = j < q->res_n ? q->res_d[j] : FLT_MAX;
+            dists[q->out * kstride + j] = j < q->res_n ? q->res_d[j] : FLT_MAX;
     }
+    q->st.start_ns = q->t0;
     q->st.latency_ns = nl_now_ns() - q->t0;
     if (stats)
-        stats[q->qi] = q->st;
+        stats[q->out] = q->st;
     q->active = 0;
 }
 
-int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, const nl_seg_query_params *p,
-                        uint32_t *ords, float *dists, nl_query_stats *stats)
+int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,
+                        const nl_seg_query_params *p, uint32_t kstride, uint32_t *ords, float *dists,
+                        nl_query_stats *stats)
 {
-    nl_segment *seg = s->seg;
-    if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->W == 0 || p->W > s->max_W)
-        return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u and 0 < W <= %u (k=%u L=%u W=%u)", s->max_L,
-                       s->max_W, p->k, p->L, p->W);
-    size_t next = 0;
+    const nl_segment *own = s->seg;
+    for (size_t i = 0; i < nseg; i++) {
+        const nl_segment *g = segs[i];
+        if (p[i].k == 0 || p[i].L < p[i].k || p[i].L > s->max_L || p[i].W == 0 || p[i].W > s->max_W ||
+            p[i].k > kstride)
+            return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u, k <= %u and 0 < W <= %u (k=%u L=%u W=%u)",
+                           s->max_L, kstride, s->max_W, p[i].k, p[i].L, p[i].W);
+        /* The searcher's buffers were sized for its own segment. */
+        if (g->dim != own->dim || g->m != own->m || g->geo.node_bytes != own->geo.node_bytes ||
+            g->geo.spn != own->geo.spn || g->R > own->R)
+            return nl_fail(NL_EINVAL, "search: segments of different geometry in one batch");
+    }
+    /* Jobs in query-major order, so the segments of one query run side by side. */
+    size_t njobs = nq * nseg, next = 0;
     uint32_t active = 0;
     int rc = 0;
-    while (next < nq || active > 0) {
-        for (uint32_t i = 0; i < s->nslots && next < nq; i++) {
+    while (next < njobs || active > 0) {
+        for (uint32_t i = 0; i < s->nslots && next < njobs; i++) {
             qstate *q = &s->slots[i];
             if (q->active)
                 continue;
-            start_query(s, q, next, queries + next * seg->dim, p);
+            size_t qi = next / nseg, si = next % nseg;
+            start_query(q, segs[si], si * nq + qi, queries + qi * own->dim, &p[si]);
             next++;
             active++;
             if ((rc = top_up(s, q, i)) != 0)
                 goto fail;
             if (q->inflight == 0) {
-                finish_query(q, p->k, ords, dists, stats);
+                finish_query(q, kstride, ords, dists, stats);
                 active--;
             }
         }
@@ -323,6 +338,7 @@ int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, con
         for (int j = 0; j < got; j++) {
             uint32_t slot = (uint32_t)(s->done[j].user >> 16), b = (uint32_t)(s->done[j].user & 0xffff);
             qstate *q = &s->slots[slot];
+            const nl_segment *seg = q->seg;
             q->buf_busy[b] = 0;
             q->inflight--;
             if (s->done[j].res < 0) {
@@ -338,7 +354,7 @@ int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, con
             if ((rc = top_up(s, q, slot)) != 0)
                 goto fail;
             if (q->inflight == 0) {
-                finish_query(q, p->k, ords, dists, stats);
+                finish_query(q, kstride, ords, dists, stats);
                 active--;
             }
         }
@@ -357,4 +373,10 @@ fail:
         memset(s->slots[i].buf_busy, 0, s->max_W);
     }
     return rc;
+}
+
+int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, const nl_seg_query_params *p,
+                        uint32_t *ords, float *dists, nl_query_stats *stats)
+{
+    return nl_seg_search_multi(s, &s->seg, 1, queries, nq, p, p->k, ords, dists, stats);
 }

@@ -103,10 +103,26 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     }
     uint32_t *hot = hot_list(g, nl_vamana_medoid(ix), hot_max, &hot_n);
     unsigned char *pqbuf = malloc(nl_pq_serialized_size(src->pq));
+    /* With an order, file ordinal u holds index node order[u]: inv maps node -> ordinal. */
+    const uint32_t *order = src->order;
+    uint32_t *inv = order ? malloc(sizeof(uint32_t) * (n ? n : 1)) : NULL;
+    uint32_t *nbuf = malloc(sizeof(uint32_t) * (R ? R : 1));
     int rc = 0;
-    if (!sector || !rec || !hot || !pqbuf) {
+    if (!sector || !rec || !hot || !pqbuf || (order && !inv) || !nbuf) {
         rc = -ENOMEM;
         goto fail;
+    }
+    if (order) {
+        memset(inv, 0xff, sizeof(uint32_t) * n);
+        for (uint64_t u = 0; u < n; u++) {
+            if (order[u] >= n || inv[order[u]] != UINT32_MAX) {
+                rc = nl_fail(NL_EINVAL, "segment: order is not a permutation");
+                goto fail;
+            }
+            inv[order[u]] = (uint32_t)u;
+        }
+        for (uint32_t i = 0; i < hot_n; i++)
+            hot[i] = inv[hot[i]];
     }
     uint64_t sec_off[SEC_COUNT] = {0}, sec_len[SEC_COUNT] = {0};
     uint32_t sec_crc[SEC_COUNT] = {0};
@@ -121,9 +137,15 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
         uint64_t first = u, last = geo.nps ? u + geo.nps : u + 1;
         if (last > n) last = n;
         for (; u < last; u++) {
-            memcpy(rec, nl_vecset_row(vs, u), vec_bytes);
+            uint32_t node = order ? order[u] : (uint32_t)u;
+            memcpy(rec, nl_vecset_row(vs, node), vec_bytes);
             uint32_t deg;
-            const uint32_t *l = nl_graph_neighbors(g, (uint32_t)u, &deg);
+            const uint32_t *l = nl_graph_neighbors(g, node, &deg);
+            if (order) {
+                for (uint32_t i = 0; i < deg; i++)
+                    nbuf[i] = inv[l[i]];
+                l = nbuf;
+            }
             memset(rec + vec_bytes, 0, geo.node_bytes - vec_bytes);
             memcpy(rec + vec_bytes, &deg, 4);
             memcpy(rec + vec_bytes + 4, l, 4 * (size_t)deg);
@@ -154,7 +176,11 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
 
     /* PQ codes. */
     sec_off[SEC_PQ_CODES] = o.pos;
-    put(&o, src->codes, (size_t)n * m, &sec_crc[SEC_PQ_CODES]);
+    if (order)
+        for (uint64_t u = 0; u < n; u++)
+            put(&o, src->codes + (size_t)order[u] * m, m, &sec_crc[SEC_PQ_CODES]);
+    else
+        put(&o, src->codes, (size_t)n * m, &sec_crc[SEC_PQ_CODES]);
     sec_len[SEC_PQ_CODES] = (uint64_t)n * m;
     pad_to_sector(&o);
 
@@ -163,10 +189,15 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     int identity = 1;
     if (src->ids)
         for (uint64_t u = 0; u < n && identity; u++)
-            identity = src->ids[u] == u;
+            identity = src->ids[order ? order[u] : u] == u;
     sec_off[SEC_IDMAP] = o.pos;
     if (identity) {
         flags |= SEG_FLAG_IDENTITY_IDS;
+    } else if (order) {
+        for (uint64_t u = 0; u < n; u++)
+            put(&o, &src->ids[order[u]], 8, &sec_crc[SEC_IDMAP]);
+        sec_len[SEC_IDMAP] = (uint64_t)n * 8;
+        pad_to_sector(&o);
     } else {
         put(&o, src->ids, (size_t)n * 8, &sec_crc[SEC_IDMAP]);
         sec_len[SEC_IDMAP] = (uint64_t)n * 8;
@@ -194,7 +225,7 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     seg_put32(h, H_NODE_BYTES, geo.node_bytes);
     seg_put32(h, H_NODES_PER_SECTOR, geo.nps);
     seg_put32(h, H_SECTORS_PER_NODE, geo.spn);
-    seg_put32(h, H_MEDOID, nl_vamana_medoid(ix));
+    seg_put32(h, H_MEDOID, order ? inv[nl_vamana_medoid(ix)] : nl_vamana_medoid(ix));
     seg_put32(h, H_PQ_M, m);
     seg_put32(h, H_FLAGS, flags);
     seg_put32(h, H_BUILD_L, src->build_L);
@@ -236,6 +267,8 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     free(rec);
     free(hot);
     free(pqbuf);
+    free(inv);
+    free(nbuf);
     return 0;
 fail:
     if (o.f)
@@ -245,5 +278,7 @@ fail:
     free(rec);
     free(hot);
     free(pqbuf);
+    free(inv);
+    free(nbuf);
     return rc;
 }

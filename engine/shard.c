@@ -13,8 +13,8 @@
  *    whose record a delete or replace removes in its batch: the final word on liveness,
  *    so a search on an old view never returns a deleted point even after compaction has
  *    dropped its in-memory tombstone.
- * Lock order: mmu (maintenance) -> wmu (writers) -> vmu (view pointer); tmu (tombstone
- * set) is taken alone.
+ * Lock order: cmu (compaction) -> fmu (flush) -> wmu (writers) -> vmu (view pointer);
+ * tmu (tombstone set) is taken alone.
  */
 #define _GNU_SOURCE
 #include "shard_internal.h"
@@ -26,11 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "nl_import.h"
+#include "nl_pq.h"
 
 #define CONFIG_VERSION 2u
 
@@ -475,6 +478,7 @@ static int load_config(nl_shard *sh)
         return nl_fail(NL_ECORRUPT, "shard manifest: next segment number %llu", (unsigned long long)u[1]);
     sh->next_pid = u[0];
     sh->next_seg = (uint32_t)u[1];
+    atomic_store(&sh->seg_alloc, sh->next_seg);
     return 0;
 }
 
@@ -506,7 +510,8 @@ static nl_shard *shard_new(const char *dir)
     pthread_mutex_init(&sh->wmu, NULL);
     pthread_cond_init(&sh->space, NULL);
     pthread_mutex_init(&sh->vmu, NULL);
-    pthread_mutex_init(&sh->mmu, NULL);
+    pthread_mutex_init(&sh->fmu, NULL);
+    pthread_mutex_init(&sh->cmu, NULL);
     pthread_rwlock_init(&sh->tmu, NULL);
     pthread_mutex_init(&sh->bgmu, NULL);
     pthread_condattr_t ca;
@@ -554,6 +559,7 @@ int nl_shard_create(const char *dir, const nl_shard_config *cfg_in, const nl_db_
         goto fail;
     sh->next_pid = 0;
     sh->next_seg = 1;
+    atomic_store(&sh->seg_alloc, 1);
     nl_store_batch *b = nl_store_batch_create(sh->st);
     if (!b) {
         rc = -ENOMEM;
@@ -893,11 +899,11 @@ fail:
 
 /* ---------------------------------------------------------------- maintenance thread */
 
-static void *bg_main(void *arg)
+/* Waits up to 200 ms for a kick or the stop flag; 0 when stopping. */
+static int bg_wait(nl_shard *sh)
 {
-    nl_shard *sh = arg;
     pthread_mutex_lock(&sh->bgmu);
-    while (!sh->bg_stop) {
+    if (!sh->bg_stop && !sh->bg_kick) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_nsec += 200 * 1000000L;
@@ -905,26 +911,47 @@ static void *bg_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
         }
-        if (!sh->bg_kick)
-            pthread_cond_timedwait(&sh->bgcv, &sh->bgmu, &ts);
-        sh->bg_kick = 0;
-        if (sh->bg_stop)
-            break;
-        pthread_mutex_unlock(&sh->bgmu);
-        int rc = 0;
-        if (sh_flush_due(sh))
-            rc = nl_shard_flush(sh);
-        if (!rc && sh_compaction_due(sh))
-            rc = nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL);
-        if (rc) {
-            atomic_store(&sh->bg_error, rc);
-            /* Do not spin on a persistent error (a full disk): back off. */
-            struct timespec pause = {1, 0};
-            nanosleep(&pause, NULL);
-        }
-        pthread_mutex_lock(&sh->bgmu);
+        pthread_cond_timedwait(&sh->bgcv, &sh->bgmu, &ts);
     }
+    sh->bg_kick = 0;
+    int go = !sh->bg_stop;
     pthread_mutex_unlock(&sh->bgmu);
+    return go;
+}
+
+static void bg_failed(nl_shard *sh, int rc)
+{
+    atomic_store(&sh->bg_error, rc);
+    /* Do not spin on a persistent error (a full disk): back off. */
+    struct timespec pause = {1, 0};
+    nanosleep(&pause, NULL);
+}
+
+/* Flushes keep writers moving: they run at normal priority on their own thread. */
+static void *bg_flush_main(void *arg)
+{
+    nl_shard *sh = arg;
+    while (bg_wait(sh)) {
+        int rc = sh_flush_due(sh) ? nl_shard_flush(sh) : 0;
+        if (rc)
+            bg_failed(sh, rc);
+    }
+    return NULL;
+}
+
+/* Compaction is deferrable work: it runs at a lower CPU priority (nice 10, inherited by
+ * its build threads), so under sustained ingest it takes the cycles writers and searches
+ * leave, and catches up when they pause (the LSM trade: reads pay for more segments
+ * meanwhile). */
+static void *bg_compact_main(void *arg)
+{
+    nl_shard *sh = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) { /* best effort */ }
+    while (bg_wait(sh)) {
+        int rc = sh_compaction_due(sh) ? nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL) : 0;
+        if (rc)
+            bg_failed(sh, rc);
+    }
     return NULL;
 }
 
@@ -934,7 +961,7 @@ void sh_kick_background(nl_shard *sh)
         return;
     pthread_mutex_lock(&sh->bgmu);
     sh->bg_kick = 1;
-    pthread_cond_signal(&sh->bgcv);
+    pthread_cond_broadcast(&sh->bgcv);
     pthread_mutex_unlock(&sh->bgmu);
 }
 
@@ -942,9 +969,17 @@ static int start_background(nl_shard *sh)
 {
     if (sh->opt.no_background)
         return 0;
-    int rc = pthread_create(&sh->bg, NULL, bg_main, sh);
+    int rc = pthread_create(&sh->bg_flush, NULL, bg_flush_main, sh);
     if (rc)
-        return nl_fail(-rc, "cannot start the maintenance thread: %s", strerror(rc));
+        return nl_fail(-rc, "cannot start the flush thread: %s", strerror(rc));
+    if ((rc = pthread_create(&sh->bg_compact, NULL, bg_compact_main, sh)) != 0) {
+        pthread_mutex_lock(&sh->bgmu);
+        sh->bg_stop = 1;
+        pthread_cond_broadcast(&sh->bgcv);
+        pthread_mutex_unlock(&sh->bgmu);
+        pthread_join(sh->bg_flush, NULL);
+        return nl_fail(-rc, "cannot start the compaction thread: %s", strerror(rc));
+    }
     sh->bg_running = 1;
     return 0;
 }
@@ -956,17 +991,20 @@ void nl_shard_close(nl_shard *sh)
     if (sh->bg_running) {
         pthread_mutex_lock(&sh->bgmu);
         sh->bg_stop = 1;
-        pthread_cond_signal(&sh->bgcv);
+        pthread_cond_broadcast(&sh->bgcv);
         pthread_mutex_unlock(&sh->bgmu);
-        pthread_join(sh->bg, NULL);
+        pthread_join(sh->bg_flush, NULL);
+        pthread_join(sh->bg_compact, NULL);
     }
     sh_view_release(sh->view);
+    nl_pq_destroy(sh->flush_pq);
     nl_store_close(sh->st);
     free(sh->tomb);
     pthread_mutex_destroy(&sh->wmu);
     pthread_cond_destroy(&sh->space);
     pthread_mutex_destroy(&sh->vmu);
-    pthread_mutex_destroy(&sh->mmu);
+    pthread_mutex_destroy(&sh->fmu);
+    pthread_mutex_destroy(&sh->cmu);
     pthread_rwlock_destroy(&sh->tmu);
     pthread_mutex_destroy(&sh->bgmu);
     pthread_cond_destroy(&sh->bgcv);
@@ -1072,6 +1110,13 @@ typedef struct {
     size_t row_bytes;
 } link_ctx;
 
+static int link_task(void *vctx, size_t i, unsigned th)
+{
+    (void)th;
+    link_ctx *c = vctx;
+    return nl_vamana_insert_at(c->m->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
+}
+
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
 {
     if (n == 0)
@@ -1174,11 +1219,12 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
     pthread_rwlock_rdlock(&m->ins); /* a flush of m waits for this insert to finish */
     int due = nl_vamana_reserved(m->ix) >= sh->opt.flush_points;
     pthread_mutex_unlock(&sh->wmu);
-    for (size_t i = 0; i < n; i++) {
-        int r = nl_vamana_insert_at(m->ix, first + (uint32_t)i, vecs + i * sh->row_bytes);
-        if (r && !rc)
-            rc = r; /* only scratch allocation can fail; the flush's seal links the slot */
-    }
+    /* The batch's links are built on several threads: the batch is acknowledged in
+     * about its work divided by the cores, not its work. Only scratch allocation can
+     * fail here; the point is durable and the flush's seal links its slot. */
+    link_ctx lc = {m, first, vecs, sh->row_bytes};
+    unsigned threads = n >= 8 ? sh->opt.threads : 1;
+    rc = nl_parallel_for(n, threads, link_task, &lc);
     pthread_rwlock_unlock(&m->ins);
     sh_memidx_unref(m);
     if (due)
@@ -1390,47 +1436,76 @@ static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq,
     return rc;
 }
 
-static int search_segment(nl_shard *sh, sh_segref *r, const float *qs, size_t nq, const nl_search_params *p,
-                          uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+/* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from
+ * the first segment's pool, runs all (query, segment) pairs with their reads in flight
+ * together, so a query costs about its slowest segment, not the sum of them. */
+static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size_t nq, const nl_search_params *p,
+                           uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
 {
-    nl_seg_searcher *s = nl_objpool_take(&r->searchers);
+    uint32_t ns = v->nseg;
+    if (ns == 0)
+        return 0;
+    sh_segref *r0 = v->segs[0];
+    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
     int rc = 0;
-    if (!s && (rc = nl_seg_searcher_create(r->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
                                            sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
         return rc;
-    uint32_t kk = widened_k(p->k, atomic_load(&r->dead), L);
-    uint32_t LL = L < kk ? kk : L;
     uint32_t W = p->W ? p->W : 4;
     if (W > SH_MAX_W)
         W = SH_MAX_W;
-    uint32_t *ords = malloc(sizeof(uint32_t) * kk * nq);
-    float *d = malloc(sizeof(float) * kk * nq);
-    nl_query_stats *qs_stats = calloc(nq, sizeof *qs_stats);
-    if (!ords || !d || !qs_stats)
+    nl_seg_query_params *sp = malloc(sizeof *sp * ns);
+    nl_segment **segs = malloc(sizeof *segs * ns);
+    uint32_t kstride = 0;
+    for (uint32_t i = 0; sp && segs && i < ns; i++) {
+        uint32_t kk = widened_k(p->k, atomic_load(&v->segs[i]->dead), L);
+        sp[i] = (nl_seg_query_params){kk, L < kk ? kk : L, W};
+        segs[i] = v->segs[i]->seg;
+        if (kk > kstride)
+            kstride = kk;
+    }
+    size_t rows = (size_t)ns * nq;
+    uint32_t *ords = malloc(sizeof(uint32_t) * kstride * rows);
+    float *d = malloc(sizeof(float) * kstride * rows);
+    nl_query_stats *qst = calloc(rows, sizeof *qst);
+    if (!sp || !segs || !ords || !d || !qst)
         rc = -ENOMEM;
-    if (!rc) {
-        nl_seg_query_params sp = {kk, LL, W};
-        rc = nl_seg_search_batch(s, qs, nq, &sp, ords, d, qs_stats);
-    }
-    for (size_t qi = 0; qi < nq && !rc; qi++) {
-        cand *c = cands + qi * stride;
-        for (uint32_t i = 0; i < kk; i++) {
-            uint32_t o = ords[qi * kk + i];
-            if (o == UINT32_MAX)
-                break;
-            c[nc[qi]++] = (cand){nl_segment_id(r->seg, o), d[qi * kk + i]};
+    if (!rc)
+        rc = nl_seg_search_multi(s, segs, ns, qs, nq, sp, kstride, ords, d, qst);
+    for (uint32_t si = 0; si < ns && !rc; si++)
+        for (size_t qi = 0; qi < nq; qi++) {
+            size_t row = (size_t)si * nq + qi;
+            cand *c = cands + qi * stride;
+            for (uint32_t i = 0; i < sp[si].k; i++) {
+                uint32_t o = ords[row * kstride + i];
+                if (o == UINT32_MAX)
+                    break;
+                c[nc[qi]++] = (cand){nl_segment_id(segs[si], o), d[row * kstride + i]};
+            }
+            if (stats) {
+                stats[qi].ios += qst[row].ios;
+                stats[qi].cache_hits += qst[row].cache_hits;
+                stats[qi].hops += qst[row].hops;
+            }
         }
-        if (stats) {
-            stats[qi].latency_ns += qs_stats[qi].latency_ns;
-            stats[qi].ios += qs_stats[qi].ios;
-            stats[qi].cache_hits += qs_stats[qi].cache_hits;
-            stats[qi].hops += qs_stats[qi].hops;
+    /* The segments of a query ran side by side (or one after another when the batch
+     * has more jobs than slots): it took from its first start to its last finish. */
+    if (stats && !rc)
+        for (size_t qi = 0; qi < nq; qi++) {
+            uint64_t first = UINT64_MAX, last = 0;
+            for (uint32_t si = 0; si < ns; si++) {
+                const nl_query_stats *x = &qst[(size_t)si * nq + qi];
+                if (x->start_ns < first) first = x->start_ns;
+                if (x->start_ns + x->latency_ns > last) last = x->start_ns + x->latency_ns;
+            }
+            stats[qi].latency_ns += last - first;
         }
-    }
+    free(sp);
+    free(segs);
     free(ords);
     free(d);
-    free(qs_stats);
-    nl_objpool_give(&r->searchers, s);
+    free(qst);
+    nl_objpool_give(&r0->searchers, s);
     return rc;
 }
 
@@ -1456,8 +1531,8 @@ int nl_shard_search_batch(nl_shard *sh, const float *qs, size_t nq, const nl_sea
         rc = search_memidx(sh, v->active, qs, nq, k, L, dead_total, cands, nc, stride, stats);
     if (!rc && v->frozen)
         rc = search_memidx(sh, v->frozen, qs, nq, k, L, dead_total, cands, nc, stride, stats);
-    for (uint32_t i = 0; i < v->nseg && !rc; i++)
-        rc = search_segment(sh, v->segs[i], qs, nq, p, L, cands, nc, stride, stats);
+    if (!rc)
+        rc = search_segments(sh, v, qs, nq, p, L, cands, nc, stride, stats);
     /* Merge: nearest first, each version once (a point can sit in the frozen index and
      * its new segment at once), deleted versions dropped, then resolved to ids. */
     for (size_t qi = 0; qi < nq && !rc; qi++) {

@@ -5,7 +5,9 @@
  *  - a pid lives in at most one of: the active index, the frozen index, the segments,
  *    except while a flush publishes (frozen and its new segment both hold it: searches
  *    merge by pid);
- *  - sh->view changes only under wmu and vmu together; segref.dead under wmu. */
+ *  - sh->view changes only under wmu and vmu together; segref.dead under wmu;
+ *  - a flush and a compaction may run at once: each installs its result against the
+ *    view current at that moment, under wmu. */
 #ifndef NL_SHARD_INTERNAL_H
 #define NL_SHARD_INTERNAL_H
 
@@ -60,15 +62,17 @@ struct nl_shard {
     pthread_cond_t space;  /* a flush made room in the fresh index */
     pthread_mutex_t vmu;   /* the view pointer */
     sh_view *view;
-    pthread_mutex_t mmu;   /* one flush or compaction at a time */
+    pthread_mutex_t fmu;   /* one flush at a time */
+    pthread_mutex_t cmu;   /* one compaction at a time (flushes run alongside) */
     pthread_rwlock_t tmu;  /* the tombstone set */
     uint64_t *tomb;        /* open addressing, TOMB_EMPTY = free */
     size_t tomb_cap, tomb_n;
     uint64_t next_pid;
-    uint32_t next_seg;
+    atomic_uint seg_alloc; /* segment numbers handed out */
+    uint32_t next_seg;     /* the manifest's next_seg: above every listed number (wmu) */
     uint64_t live;
     /* maintenance thread */
-    pthread_t bg;
+    pthread_t bg_flush, bg_compact;
     int bg_running, bg_stop, bg_kick;
     pthread_mutex_t bgmu;
     pthread_cond_t bgcv;
@@ -76,6 +80,9 @@ struct nl_shard {
     atomic_uint_fast64_t flushes, compactions, flush_ns, compact_ns, write_waits, upserted, deleted;
     atomic_int bg_error;
     uint64_t orphans_removed;
+    /* the codebook flushes reuse (fmu held), and how many points trained it */
+    struct nl_pq *flush_pq;
+    uint64_t flush_pq_points;
 };
 
 /* encodings */

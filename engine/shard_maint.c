@@ -33,7 +33,7 @@
 #include "nl_pq.h"
 #include "shard_internal.h"
 
-#define FLUSH_PQ_SAMPLE 25000u
+#define FLUSH_PQ_SAMPLE 10000u
 
 /* ---------------------------------------------------------------- policies */
 
@@ -47,16 +47,17 @@ int sh_flush_due(nl_shard *sh)
     return due;
 }
 
-static int cmp_count(const void *a, const void *b)
-{
-    const sh_segref *x = *(sh_segref *const *)a, *y = *(sh_segref *const *)b;
-    return x->count < y->count ? -1 : x->count > y->count;
-}
-
-/* Chooses the segments of v to rewrite into *pick (room for v->nseg). */
-static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode, sh_segref **pick)
+/* Chooses the segments of v to rewrite into *pick (room for v->nseg) and how:
+ *  - full mode: all of them, rebuilt (every deleted version purged);
+ *  - segments whose deleted share reaches the ratio: rebuilt, purging them;
+ *  - otherwise, more segments than the limit: all of them merged into the largest by
+ *    inserting the others' live points into its graph (*base = its index in pick): work
+ *    in proportion to the small segments, not to everything.
+ * Returns how many were picked; *base is -1 for a rebuild. */
+static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode, sh_segref **pick, int *base)
 {
     uint32_t np = 0;
+    *base = -1;
     if (mode == NL_COMPACT_FULL) {
         uint64_t dead = 0;
         for (uint32_t i = 0; i < v->nseg; i++)
@@ -66,25 +67,20 @@ static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode,
                 pick[np++] = v->segs[i];
         return np;
     }
-    sh_segref **rest = malloc(sizeof *rest * (v->nseg ? v->nseg : 1));
-    if (!rest)
-        return 0;
-    uint32_t nr = 0;
     for (uint32_t i = 0; i < v->nseg; i++) {
         sh_segref *r = v->segs[i];
         if ((double)atomic_load(&r->dead) >= (double)sh->opt.compact_dead_ratio * (double)r->count)
             pick[np++] = r;
-        else
-            rest[nr++] = r;
     }
-    /* Too many segments: add the smallest until the result is within the limit. */
-    qsort(rest, nr, sizeof *rest, cmp_count);
-    uint32_t j = 0;
-    while (nr - j + (np ? 1u : 0u) > sh->opt.compact_max_segments && j < nr)
-        pick[np++] = rest[j++];
-    if (np == 1 && j == 1 && atomic_load(&pick[0]->dead) == 0)
-        pick[np++] = rest[j++]; /* merging one clean segment alone would change nothing */
-    free(rest);
+    if (np > 0 || v->nseg <= sh->opt.compact_max_segments)
+        return np;
+    uint32_t big = 0;
+    for (uint32_t i = 0; i < v->nseg; i++) {
+        pick[np++] = v->segs[i];
+        if (v->segs[i]->count > v->segs[big]->count)
+            big = i;
+    }
+    *base = (int)big;
     return np;
 }
 
@@ -92,7 +88,8 @@ int sh_compaction_due(nl_shard *sh)
 {
     sh_view *v = sh_view_acquire(sh);
     sh_segref **pick = malloc(sizeof *pick * (v->nseg ? v->nseg : 1));
-    int due = pick && plan(sh, v, NL_COMPACT_POLICY, pick) > 0;
+    int base;
+    int due = pick && plan(sh, v, NL_COMPACT_POLICY, pick, &base) > 0;
     free(pick);
     sh_view_release(v);
     return due;
@@ -101,27 +98,53 @@ int sh_compaction_due(nl_shard *sh)
 /* ---------------------------------------------------------------- writing a segment */
 
 /* PQ-encodes ix's vectors and writes them with their graph as segment `number`, then
- * opens it. pids: the version of each ordinal, ascending. */
+ * opens it. pids: the version of each ordinal, ascending. A flush reuses the codebook
+ * of an earlier flush when that one saw at least as many points or REUSE_PQ_POINTS
+ * (training is most of a flush's CPU; a compaction, which rebuilds anyway, always
+ * trains on what it merges and hands its codebook to later flushes). */
+#define REUSE_PQ_POINTS 20000u
+
 static int write_and_open(nl_shard *sh, const nl_vamana *ix, const uint64_t *pids, uint32_t number,
-                          uint64_t cache_budget, sh_segref **out)
+                          uint64_t cache_budget, int may_reuse_pq, const nl_pq *given_pq, const uint8_t *given_codes,
+                          const uint32_t *order, sh_segref **out)
 {
     *out = NULL;
     const nl_vecset *vs = nl_vamana_vectors(ix);
     nl_pq *pq = NULL;
-    nl_pq_params pp = {.m = sh->cfg.pq_m, .max_sample = FLUSH_PQ_SAMPLE, .iters = 0, .seed = number,
-                       .threads = sh->opt.threads};
-    uint8_t *codes = malloc(vs->n * sh->cfg.pq_m);
-    int rc = codes ? nl_pq_train(vs, sh->cfg.metric, &pp, &pq) : -ENOMEM;
-    if (!rc)
-        rc = nl_pq_encode(pq, vs, codes, sh->opt.threads);
+    int own = 1, rc = 0;
+    if (given_pq) {
+        pq = (nl_pq *)given_pq; /* not freed: own = 0 */
+        own = 0;
+    } else if (may_reuse_pq && sh->flush_pq &&
+        (sh->flush_pq_points >= REUSE_PQ_POINTS || sh->flush_pq_points >= vs->n)) {
+        pq = sh->flush_pq;
+        own = 0;
+    } else {
+        nl_pq_params pp = {.m = sh->cfg.pq_m, .max_sample = FLUSH_PQ_SAMPLE, .iters = 0, .seed = number,
+                           .threads = sh->opt.threads};
+        rc = nl_pq_train(vs, sh->cfg.metric, &pp, &pq);
+    }
+    uint8_t *codes = NULL;
+    if (!rc && !given_codes) {
+        codes = malloc(vs->n * sh->cfg.pq_m);
+        rc = codes ? nl_pq_encode(pq, vs, codes, sh->opt.threads) : -ENOMEM;
+    }
     char path[4400];
     snprintf(path, sizeof path, "%s/seg-%06u.nls", sh->dir, number);
     if (!rc) {
-        nl_segment_source src = {ix, pq, codes, pids, sh->cfg.L, sh->cfg.alpha, 0};
+        nl_segment_source src = {ix, pq, given_codes ? given_codes : codes, pids, sh->cfg.L, sh->cfg.alpha, 0, order};
         rc = nl_segment_write(path, &src);
     }
-    nl_pq_destroy(pq);
     free(codes);
+    if (own && !given_pq) {
+        if (!rc && may_reuse_pq && vs->n >= sh->flush_pq_points) { /* flushes only: fmu held */
+            nl_pq_destroy(sh->flush_pq);
+            sh->flush_pq = pq;
+            sh->flush_pq_points = vs->n;
+        } else {
+            nl_pq_destroy(pq);
+        }
+    }
     if (!rc && (rc = sh_segref_open(sh, number, cache_budget, out)) != 0)
         unlink(path);
     return rc;
@@ -183,12 +206,12 @@ static int flush_locked(nl_shard *sh)
     int rc = nl_vamana_seal(fz->ix);
     size_t n = nl_vamana_reserved(fz->ix);
     sh_segref *r = NULL;
-    uint32_t number = sh->next_seg; /* only maintenance (mmu held) allocates numbers */
+    uint32_t number = atomic_fetch_add(&sh->seg_alloc, 1);
     if (!rc) {
         sh_view *cur = sh_view_acquire(sh);
         uint64_t budget = cache_share(sh, cur, n);
         sh_view_release(cur);
-        rc = write_and_open(sh, fz->ix, fz->slot_pid, number, budget, &r);
+        rc = write_and_open(sh, fz->ix, fz->slot_pid, number, budget, 1, NULL, NULL, NULL, &r);
     }
     if (rc) {
         sh_memidx_unref(fz);
@@ -201,7 +224,7 @@ static int flush_locked(nl_shard *sh)
     } else {
         unsigned char sk[8], from[8], to[8];
         uint64_t rec[3] = {n, fz->slot_pid[0], fz->slot_pid[n - 1]};
-        uint64_t next_seg = (uint64_t)number + 1;
+        uint64_t next_seg = number + 1 > sh->next_seg ? (uint64_t)number + 1 : sh->next_seg;
         sh_seg_key(number, sk);
         sh_pid_key(0, from);
         sh_pid_key(fz->slot_pid[n - 1] + 1, to);
@@ -218,7 +241,8 @@ static int flush_locked(nl_shard *sh)
         sh_memidx_unref(fz);
         return rc;
     }
-    sh->next_seg = number + 1;
+    if (number + 1 > sh->next_seg)
+        sh->next_seg = number + 1;
     atomic_store(&r->dead, count_dead(sh, fz->slot_pid, n));
     v = sh->view;
     sh_segref **segs = malloc(sizeof *segs * (v->nseg + 1));
@@ -249,7 +273,7 @@ static int flush_locked(nl_shard *sh)
 
 int nl_shard_flush(nl_shard *sh)
 {
-    pthread_mutex_lock(&sh->mmu);
+    pthread_mutex_lock(&sh->fmu);
     int rc = flush_locked(sh);
     /* What was active when the call began may now be frozen: flush it too, so every
      * point acknowledged before the call is in a segment when it returns. */
@@ -260,7 +284,7 @@ int nl_shard_flush(nl_shard *sh)
         if (more)
             rc = flush_locked(sh);
     }
-    pthread_mutex_unlock(&sh->mmu);
+    pthread_mutex_unlock(&sh->fmu);
     return rc;
 }
 
@@ -286,6 +310,95 @@ static int cmp_u64(const void *a, const void *b)
 
 #define READ_CHUNK 16384u
 
+typedef struct {
+    const nl_vamana *ix;
+    const unsigned char *vecs;
+    size_t row_bytes;
+    uint32_t first;
+} add_ctx;
+
+static int add_task(void *vctx, size_t i, unsigned th)
+{
+    (void)th;
+    add_ctx *c = vctx;
+    return nl_vamana_insert_at((nl_vamana *)c->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
+}
+
+/* The insertion merge: base's graph, vectors and codes are loaded as they are (its
+ * deleted versions included: they stay as routing nodes, tombstoned, until a rewrite
+ * purges them), the na added points (vecs, pids ascending) are inserted into that graph
+ * as FreshDiskANN's merge does, and the result is laid out in pid order. Out: the index,
+ * per-slot pids, the file order and the codes (base codebook; only added points are
+ * encoded). */
+static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, const uint64_t *add_pids, size_t na,
+                      nl_vamana **ix_out, uint64_t **pids_out, uint32_t **order_out, uint8_t **codes_out)
+{
+    *ix_out = NULL;
+    *pids_out = NULL;
+    *order_out = NULL;
+    *codes_out = NULL;
+    nl_segment_info info;
+    nl_segment_get_info(base->seg, &info);
+    size_t nb = info.count, n = nb + na, m = sh->cfg.pq_m;
+    unsigned char *bv = malloc(nb * sh->row_bytes);
+    uint32_t *adj = malloc(sizeof(uint32_t) * nb * info.R), *deg = malloc(sizeof(uint32_t) * nb);
+    uint64_t *pids = malloc(sizeof *pids * n);
+    uint32_t *order = malloc(sizeof *order * n);
+    uint8_t *codes = malloc(n * m);
+    nl_vamana *ix = NULL;
+    int rc = bv && adj && deg && pids && order && codes ? 0 : -ENOMEM;
+    if (!rc && info.pq_m != m)
+        rc = nl_fail(NL_ECORRUPT, "segment %u has %u-byte codes, the shard %zu", base->number, info.pq_m, m);
+    for (uint32_t o = 0; o < nb && !rc; o += READ_CHUNK) {
+        uint32_t cnt = nb - o < READ_CHUNK ? (uint32_t)(nb - o) : READ_CHUNK;
+        rc = nl_segment_read_nodes(base->seg, o, cnt, bv + (size_t)o * sh->row_bytes, adj + (size_t)o * info.R, deg + o);
+    }
+    if (!rc) {
+        nl_vamana_params vp;
+        nl_vamana_params_default(&vp);
+        vp.R = sh->cfg.R;
+        vp.L = sh->cfg.L;
+        vp.alpha = sh->cfg.alpha;
+        rc = nl_vamana_create_dynamic_seeded(sh->cfg.dim, sh->cfg.dtype, sh->cfg.metric, &vp, n, bv, nb, adj, info.R,
+                                             deg, info.medoid, &ix);
+    }
+    free(bv);
+    free(adj);
+    free(deg);
+    uint32_t first = 0;
+    if (!rc && na && (rc = nl_vamana_reserve(ix, na, &first)) == 0) {
+        add_ctx ac = {ix, vecs, sh->row_bytes, first};
+        rc = nl_parallel_for(na, sh->opt.threads, add_task, &ac);
+    }
+    if (!rc)
+        rc = nl_vamana_seal(ix);
+    if (!rc) {
+        for (size_t u = 0; u < nb; u++)
+            pids[u] = nl_segment_id(base->seg, (uint32_t)u);
+        memcpy(pids + nb, add_pids, sizeof *pids * na);
+        /* Two ascending runs, merged into the file order. */
+        size_t i = 0, j = nb;
+        for (size_t o = 0; o < n; o++)
+            order[o] = (uint32_t)(j >= n || (i < nb && pids[i] < pids[j]) ? i++ : j++);
+        memcpy(codes, nl_segment_codes(base->seg), nb * m);
+        nl_vecset added = {(void *)vecs, na, sh->cfg.dim, sh->cfg.dtype};
+        if (na)
+            rc = nl_pq_encode(nl_segment_pq(base->seg), &added, codes + nb * m, sh->opt.threads);
+    }
+    if (rc) {
+        nl_vamana_destroy(ix);
+        free(pids);
+        free(order);
+        free(codes);
+        return rc;
+    }
+    *ix_out = ix;
+    *pids_out = pids;
+    *order_out = order;
+    *codes_out = codes;
+    return 0;
+}
+
 static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
 {
     uint64_t t0 = nl_now_ns();
@@ -295,11 +408,15 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         sh_view_release(v);
         return -ENOMEM;
     }
-    uint32_t np = plan(sh, v, mode, pick);
-    uint64_t points_in = 0, dead_in = 0, bytes_in = 0;
+    int base;
+    uint32_t np = plan(sh, v, mode, pick, &base);
+    uint64_t points_in = 0, dead_in = 0, bytes_in = 0, dead_kept = 0;
     for (uint32_t i = 0; i < np; i++) {
         points_in += pick[i]->count;
-        dead_in += atomic_load(&pick[i]->dead);
+        if ((int)i == base)
+            dead_kept = atomic_load(&pick[i]->dead);
+        else
+            dead_in += atomic_load(&pick[i]->dead);
         bytes_in += pick[i]->file_bytes;
     }
     if (rep) {
@@ -309,8 +426,8 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
     }
     if (np == 0 || dry_run) {
         if (rep && np) {
-            rep->segments_out += points_in > dead_in;
-            rep->points_out += points_in - dead_in;
+            rep->segments_out += points_in > dead_in + dead_kept;
+            rep->points_out += points_in - dead_in - dead_kept;
             rep->purged += dead_in;
         }
         free(pick);
@@ -326,7 +443,7 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
     int rc = live && purged ? 0 : -ENOMEM;
     pthread_rwlock_rdlock(&sh->tmu);
     for (uint32_t s = 0; s < np && !rc; s++)
-        for (uint32_t o = 0; o < pick[s]->count; o++) {
+        for (uint32_t o = 0; (int)s != base && o < pick[s]->count; o++) {
             uint64_t pid = nl_segment_id(pick[s]->seg, o);
             if (sh_tomb_has_locked(sh, pid))
                 purged[npurged++] = pid;
@@ -335,11 +452,14 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         }
     pthread_rwlock_unlock(&sh->tmu);
     sh_segref *r = NULL;
-    uint32_t number = sh->next_seg;
+    uint32_t number = atomic_fetch_add(&sh->seg_alloc, 1);
     unsigned char *vecs = NULL, *buf = NULL;
     uint64_t *pids = NULL;
     nl_vamana *ix = NULL;
-    if (!rc && nl) {
+    uint32_t *order = NULL;
+    uint8_t *mcodes = NULL;
+    size_t nout = nl; /* points in the new segment */
+    if (!rc && (nl || base >= 0)) {
         qsort(live, nl, sizeof *live, cmp_live);
         vecs = malloc(nl * sh->row_bytes);
         buf = malloc((size_t)READ_CHUNK * sh->row_bytes);
@@ -347,7 +467,17 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         uint32_t **rank = calloc(np, sizeof *rank);
         if (!vecs || !buf || !pids || !rank)
             rc = -ENOMEM;
+        if (!rc && nl == 0) { /* an insertion merge with nothing to add: keep going */
+            free(vecs);
+            free(pids);
+            vecs = malloc(1);
+            pids = malloc(sizeof *pids);
+            if (!vecs || !pids)
+                rc = -ENOMEM;
+        }
         for (uint32_t s = 0; s < np && !rc; s++) {
+            if ((int)s == base)
+                continue;
             rank[s] = malloc(sizeof(uint32_t) * pick[s]->count);
             if (!rank[s])
                 rc = -ENOMEM;
@@ -360,7 +490,7 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         }
         /* Sequential reads of each segment; live rows land at their rank. */
         for (uint32_t s = 0; s < np && !rc; s++)
-            for (uint32_t o = 0; o < pick[s]->count && !rc; o += READ_CHUNK) {
+            for (uint32_t o = 0; (int)s != base && o < pick[s]->count && !rc; o += READ_CHUNK) {
                 uint32_t cnt = pick[s]->count - o < READ_CHUNK ? (uint32_t)(pick[s]->count - o) : READ_CHUNK;
                 if ((rc = nl_segment_read_vectors(pick[s]->seg, o, cnt, buf)) != 0)
                     break;
@@ -373,7 +503,17 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
             free(rank[s]);
         free(rank);
         free(buf);
-        if (!rc) {
+        if (!rc && base >= 0) {
+            uint64_t *slot_pids;
+            rc = merge_into(sh, pick[base], vecs, pids, nl, &ix, &slot_pids, &order, &mcodes);
+            if (!rc) {
+                free(pids);
+                pids = slot_pids;
+                nout = nl_vamana_vectors(ix)->n;
+                rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nout), 0, nl_segment_pq(pick[base]->seg),
+                                    mcodes, order, &r);
+            }
+        } else if (!rc) {
             nl_vecset vs = {vecs, nl, sh->cfg.dim, sh->cfg.dtype};
             nl_vamana_params vp;
             nl_vamana_params_default(&vp);
@@ -383,9 +523,9 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
             vp.threads = sh->opt.threads;
             vp.seed = number;
             rc = nl_vamana_build(&vs, sh->cfg.metric, &vp, NULL, NULL, &ix);
+            if (!rc)
+                rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nl), 0, NULL, NULL, NULL, &r);
         }
-        if (!rc)
-            rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nl), &r);
     }
     free(live);
     if (rc)
@@ -403,8 +543,8 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
             nl_store_batch_delete(b, NL_CF_MANIFEST, key, 8);
         }
         if (r) {
-            uint64_t rec[3] = {nl, pids[0], pids[nl - 1]};
-            uint64_t next_seg = (uint64_t)number + 1;
+            uint64_t rec[3] = {nout, pids[order ? order[0] : 0], pids[order ? order[nout - 1] : nout - 1]};
+            uint64_t next_seg = number + 1 > sh->next_seg ? (uint64_t)number + 1 : sh->next_seg;
             sh_seg_key(number, key);
             nl_store_batch_put(b, NL_CF_MANIFEST, key, 8, rec, sizeof rec);
             nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
@@ -423,8 +563,9 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         goto out;
     }
     if (r) {
-        sh->next_seg = number + 1;
-        atomic_store(&r->dead, count_dead(sh, pids, nl));
+        if (number + 1 > sh->next_seg)
+            sh->next_seg = number + 1;
+        atomic_store(&r->dead, count_dead(sh, pids, nout));
     }
     sh_view *cur = sh->view;
     sh_segref **segs = malloc(sizeof *segs * (cur->nseg + 1));
@@ -457,7 +598,7 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         atomic_fetch_add(&sh->compact_ns, nl_now_ns() - t0);
         if (rep) {
             rep->segments_out += r != NULL;
-            rep->points_out += nl;
+            rep->points_out += nout - (r ? atomic_load(&r->dead) : 0);
             rep->purged += npurged;
             rep->bytes_out += r ? r->file_bytes : 0;
         }
@@ -467,6 +608,8 @@ out:
     nl_vamana_destroy(ix);
     free(vecs);
     free(pids);
+    free(order);
+    free(mcodes);
     free(purged);
     free(pick);
     sh_view_release(v);
@@ -475,9 +618,9 @@ out:
 
 int nl_shard_compact(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
 {
-    pthread_mutex_lock(&sh->mmu);
+    pthread_mutex_lock(&sh->cmu);
     int rc = compact_locked(sh, mode, dry_run, rep);
-    pthread_mutex_unlock(&sh->mmu);
+    pthread_mutex_unlock(&sh->cmu);
     return rc;
 }
 
@@ -494,7 +637,8 @@ int nl_shard_verify(nl_shard *sh, nl_verify_report *out)
 {
     nl_verify_report r = {0};
     int rc = 0;
-    pthread_mutex_lock(&sh->mmu); /* no flush or compaction changes the segments meanwhile */
+    pthread_mutex_lock(&sh->cmu); /* no flush or compaction changes the segments meanwhile */
+    pthread_mutex_lock(&sh->fmu);
     sh_view *v = sh_view_acquire(sh);
     for (uint32_t i = 0; i < v->nseg; i++) {
         nl_segment_verify_report sr;
@@ -577,7 +721,8 @@ int nl_shard_verify(nl_shard *sh, nl_verify_report *out)
     if (d)
         closedir(d);
     sh_view_release(v);
-    pthread_mutex_unlock(&sh->mmu);
+    pthread_mutex_unlock(&sh->fmu);
+    pthread_mutex_unlock(&sh->cmu);
     if (out) {
         out->segments_checked += r.segments_checked;
         out->sectors_checked += r.sectors_checked;

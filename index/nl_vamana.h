@@ -80,10 +80,16 @@ int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t
  * RobustPrune with the given alpha, reverse edges pruned when a list is full. The index
  * owns a copy of every vector, up to a capacity fixed at creation (the engine bounds its
  * fresh index by the flush threshold, so it never needs to grow). Any number of threads
- * may insert and search at once. Lists never exceed R, so the graph can be written to a
- * segment as it is. */
+ * may insert and search at once. Lists may hold up to 1.3 R while inserts run;
+ * nl_vamana_seal prunes them to R, so a sealed graph can be written to a segment. */
 int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
                              size_t capacity, nl_vamana **out);
+/* A dynamic index that starts from an existing graph (a segment being merged into):
+ * n vectors (stored type) and their lists (row u of adj, adj_stride apart, deg[u] <= R
+ * ids < n), entered at medoid. Later inserts link into it as into any dynamic index. */
+int nl_vamana_create_dynamic_seeded(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
+                                    size_t capacity, const void *vecs, size_t n, const uint32_t *adj,
+                                    uint32_t adj_stride, const uint32_t *deg, uint32_t medoid, nl_vamana **out);
 /* Copies vec (dim elements of the stored type) in and links it. *slot (optional) gets its
  * ordinal, assigned in call order. NL_EINVAL when the index is full. */
 int nl_vamana_insert(nl_vamana *ix, const void *vec, uint32_t *slot);

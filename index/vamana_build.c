@@ -397,6 +397,31 @@ void nl_vam_prune_to_R(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u)
     g->deg[u] = robust_prune(b, sc, u, c, deg, b->alpha, l);
 }
 
+void nl_vam_prune_to_R_locked(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u)
+{
+    nl_vamana *ix = b->ix;
+    nl_graph *g = ix->g;
+    lock_node(b, u);
+    uint32_t deg = g->deg[u];
+    if (deg <= b->R) {
+        unlock_node(b, u);
+        return;
+    }
+    uint32_t *copy = sc->lbuf;
+    memcpy(copy, nl_graph_list(g, u), sizeof(uint32_t) * deg);
+    unlock_node(b, u);
+    float *qu = sc->qbuf;
+    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
+    nl_cand *c = sc->cands;
+    for (uint32_t i = 0; i < deg; i++)
+        c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
+    uint32_t nn = robust_prune(b, sc, u, c, deg, b->alpha, copy);
+    lock_node(b, u);
+    memcpy(nl_graph_list(g, u), copy, sizeof(uint32_t) * nn);
+    g->deg[u] = nn;
+    unlock_node(b, u);
+}
+
 static int final_prune_task(void *vctx, size_t task, unsigned th)
 {
     build_ctx *b = vctx;

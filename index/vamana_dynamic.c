@@ -1,7 +1,7 @@
 /*
  * vamana_dynamic.c — a Vamana index that grows by insertion (see nl_vamana.h). It reuses
- * the bulk build's insert (nl_vam_insert_point) with the graph's slack set to zero, so
- * every list stays within R. Inserters take scratch from a pool (nl_objpool); the first point
+ * the bulk build's insert (nl_vam_insert_point) and its 1.3 R list slack; sealing prunes
+ * every list back to R. Inserters take scratch from a pool (nl_objpool); the first point
  * becomes the entry point and is published (vector in place) before any other insert may
  * search from it. Searches copy each list under its node lock (vamana_search.c), so they
  * never see a list mid-rewrite.
@@ -62,7 +62,10 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
     ix->dist = nl_distance_fn(metric, dtype);
     ix->build_dist = nl_distance_fn(ix->build_metric, dtype);
     ix->medoid = 0;
-    if ((rc = nl_graph_create(capacity, p->R, p->R, &ix->g)) != 0)
+    /* The bulk build's 1.3 R slack: a full list is pruned only every 0.3 R reverse
+     * edges instead of at each one, which is most of an insert's cost. The seal prunes
+     * every list back to R before the graph becomes a segment. */
+    if ((rc = nl_graph_create(capacity, p->R, p->R + (p->R * 3 + 9) / 10, &ix->g)) != 0)
         goto fail;
     d->ins.ix = ix;
     d->ins.R = p->R;
@@ -74,6 +77,42 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
 fail:
     nl_vamana_destroy(ix);
     return rc;
+}
+
+int nl_vamana_create_dynamic_seeded(uint32_t dim, nl_dtype dtype, nl_metric metric, const nl_vamana_params *p,
+                                    size_t capacity, const void *vecs, size_t n, const uint32_t *adj,
+                                    uint32_t adj_stride, const uint32_t *deg, uint32_t medoid, nl_vamana **out)
+{
+    *out = NULL;
+    if (n == 0 || n > capacity || medoid >= n || !vecs || !adj || !deg)
+        return nl_fail(NL_EINVAL, "dynamic vamana: seed of %zu points (capacity %zu, medoid %u)", n, capacity, medoid);
+    nl_vamana *ix;
+    int rc = nl_vamana_create_dynamic(dim, dtype, metric, p, capacity, &ix);
+    if (rc)
+        return rc;
+    struct nl_vam_dyn *d = ix->dyn;
+    memcpy(d->store, vecs, d->row_bytes * n);
+    nl_graph *g = ix->g;
+    for (size_t u = 0; u < n; u++) {
+        const uint32_t *l = adj + u * adj_stride;
+        if (deg[u] > g->R) {
+            nl_vamana_destroy(ix);
+            return nl_fail(NL_EINVAL, "dynamic vamana: seed node %zu has degree %u over R=%u", u, deg[u], g->R);
+        }
+        for (uint32_t i = 0; i < deg[u]; i++)
+            if (l[i] >= n) {
+                nl_vamana_destroy(ix);
+                return nl_fail(NL_EINVAL, "dynamic vamana: seed node %zu links to %u of %zu", u, l[i], n);
+            }
+        memcpy(nl_graph_list(g, (uint32_t)u), l, sizeof(uint32_t) * deg[u]);
+        g->deg[u] = deg[u];
+    }
+    ix->medoid = medoid;
+    atomic_store(&d->claimed, n);
+    atomic_store(&d->done, n);
+    atomic_store(&d->entry_ready, 1);
+    *out = ix;
+    return 0;
 }
 
 void nl_vam_dyn_free(nl_vamana *ix);
@@ -173,6 +212,8 @@ int nl_vamana_seal(nl_vamana *ix)
     int rc = 0;
     if (!sc && (rc = nl_vam_scratch_create(ix, d->ins.L, &sc)) != 0)
         return rc;
+    for (size_t u = 0; u < n; u++)
+        nl_vam_prune_to_R_locked(&d->ins, sc, (uint32_t)u);
     rc = nl_vam_ensure_connected(&d->ins, sc);
     nl_objpool_give(&d->scratch, sc);
     return rc;

@@ -145,6 +145,8 @@ void nl_vam_insert_point(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p);
 /* Prunes u's list to R when it has overflowed into the slack. Caller holds no lock and no
  * other thread may modify u concurrently. */
 void nl_vam_prune_to_R(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u);
+/* The same, for a list that searches may be reading: written under its node lock. */
+void nl_vam_prune_to_R_locked(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u);
 
 /* Links every node the medoid cannot reach from a close reachable node (within R),
  * until all are reachable. Takes node locks for its writes, so searches may run. */

@@ -412,6 +412,75 @@ Test(engine, compaction_purges_deletes_and_keeps_results)
     nl_db_close(db);
 }
 
+static int merged_deleted(uint64_t id)
+{
+    return (id < 2000 && id % 97 == 0 && id / 97 < 20) || (id >= 2000 && (id - 2000) % 53 == 0 && (id - 2000) / 53 < 20);
+}
+
+Test(engine, policy_merges_many_segments_into_the_largest_by_insertion)
+{
+    nl_db *db;
+    nl_db_options o = {.no_background = 1, .threads = 2, .compact_max_segments = 3};
+    cr_assert_eq(nl_db_open(dir, &o, &db), 0);
+    nl_collection_config cc = {.dim = D, .metric = NL_METRIC_L2, .dtype = NL_DTYPE_F32, .R = 24, .L = 48,
+                               .pq_bytes = 8, .fresh_capacity = 4000};
+    nl_collection *c;
+    cr_assert_eq(nl_collection_create(db, "c", &cc), 0);
+    cr_assert_eq(nl_collection_open(db, "c", &c), 0);
+    upsert_range(c, 0, 2000); /* the biggest segment */
+    cr_assert_eq(nl_collection_flush(c), 0);
+    for (int b = 0; b < 4; b++) {
+        upsert_range(c, 2000 + (uint64_t)b * 300, 2300 + (uint64_t)b * 300);
+        cr_assert_eq(nl_collection_flush(c), 0);
+    }
+    nl_collection_stats s0, s1;
+    nl_collection_stats_get(c, &s0);
+    cr_assert_geq(s0.segments, 5);
+    /* a few deletes in the big segment (kept as tombstones) and in the small ones (purged) */
+    nl_id del[40];
+    for (int i = 0; i < 20; i++) del[i] = (nl_id){.num = (uint64_t)i * 97};
+    for (int i = 0; i < 20; i++) del[20 + i] = (nl_id){.num = 2000 + (uint64_t)i * 53};
+    cr_assert_eq(nl_collection_delete(c, del, 40, NULL), 0);
+    nl_compact_report r;
+    cr_assert_eq(nl_collection_compact(c, NL_COMPACT_POLICY, 0, &r), 0, "%s", nl_errdetail());
+    cr_assert_eq(r.segments_in, s0.segments);
+    cr_assert_eq(r.segments_out, 1);
+    cr_assert_eq(r.purged, 20, "the small segments' deletes are purged: %llu", (unsigned long long)r.purged);
+    nl_collection_stats_get(c, &s1);
+    cr_assert_eq(s1.segments, 1);
+    cr_assert_eq(s1.points, 3200 - 40);
+    cr_assert_eq(s1.tombstones, 20, "the big segment's deletes stay tombstoned until a rewrite");
+    float v[D];
+    nl_hit h[10];
+    for (uint64_t id = 0; id < 3200; id += 3) {
+        vec_for(id, v);
+        int got = search(c, v, 10, h);
+        if (merged_deleted(id))
+            for (int j = 0; j < got; j++) cr_assert_neq(h[j].num, id, "deleted %llu returned", (unsigned long long)id);
+        else
+            cr_assert_eq(h[0].num, id, "id %llu: found %llu first", (unsigned long long)id, (unsigned long long)h[0].num);
+    }
+    nl_id one = {.num = 2999};
+    float back[D];
+    vec_for(2999, v);
+    cr_assert_eq(nl_collection_get(c, &one, back, NULL, NULL), 0);
+    cr_assert_arr_eq(back, v, sizeof v);
+    nl_verify_report vr;
+    cr_assert_eq(nl_collection_verify(c, &vr), 0, "%s", nl_errdetail());
+    /* a full compaction then purges the rest */
+    cr_assert_eq(nl_collection_compact(c, NL_COMPACT_FULL, 0, &r), 0);
+    cr_assert_eq(r.purged, 20);
+    nl_collection_stats_get(c, &s1);
+    cr_assert_eq(s1.tombstones, 0);
+    c = reopen(&db, c, 1);
+    cr_assert_eq(points(c), 3200 - 40);
+    for (uint64_t id = 1; id < 3200; id += 41)
+        if (!merged_deleted(id))
+            all_findable(c, id, id + 1, 1);
+    nl_collection_close(c);
+    nl_db_close(db);
+}
+
 /* ---- concurrency: searches stay consistent while writes, flushes and compactions run */
 
 typedef struct {

@@ -99,7 +99,7 @@ static void unbuild(fixture *f)
 
 static void write_seg(fixture *f, const char *path)
 {
-    nl_segment_source src = {f->ix, f->pq, f->codes, f->ids, 48, 1.2f, 0};
+    nl_segment_source src = {f->ix, f->pq, f->codes, f->ids, 48, 1.2f, 0, NULL};
     cr_assert_eq(nl_segment_write(path, &src), 0, "%s", nl_errdetail());
 }
 
