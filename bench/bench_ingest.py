@@ -181,6 +181,15 @@ def main():
                   f"{h['search_idle']['p99_us']:,.0f} | {ratio:.2f} | {h['recall_at_10']:.4f} | "
                   f"{h['peak_rss_mib']:.0f} ({h['peak_rss_mib'] - r['input_mib']:.0f}) | - | - | - |")
             print(f"|   | ratio nearline/hnswlib | {r['points_per_s'] / h['points_per_s']:.2f} | | | | | | | | | |")
+    print("\n| writers | segments after ingest | search p50/p99 µs idle, uncompacted | compaction after ingest "
+          "| segments after | search p50/p99 µs idle, compacted | recall@10 compacted |")
+    print("|---|---|---|---|---|---|---|")
+    for w, r, h in rows:
+        ca, sc, si = r["compaction_after"], r["search_compacted"], r["search_idle"]
+        rate = ca["points_in"] / ca["seconds"] if ca["seconds"] > 0 else 0
+        print(f"| {w} | {r['segments']} | {si['p50_us']:,.0f} / {si['p99_us']:,.0f} | {ca['seconds']:.1f} s "
+              f"({ca['points_in']:,} points in, {rate:,.0f}/s) | {ca['segments']} | {sc['p50_us']:,.0f} / "
+              f"{sc['p99_us']:,.0f} | {r['recall_at_10']:.4f} |")
     for w, r, h in rows:
         tl = r["timeline"]
         step = max(1, len(tl) // 10)

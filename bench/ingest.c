@@ -110,6 +110,24 @@ static double pct(uint64_t *v, size_t n, double p)
     return (double)v[i] / 1e3;
 }
 
+/* Ten seconds of the steady-rate searcher with nothing else running. */
+static size_t idle_search(ctx *c, double *qps, double *p50, double *p99)
+{
+    pthread_t st;
+    c->nsearch = 0;
+    atomic_store(&c->stop_search, 0);
+    uint64_t t = nl_now_ns();
+    pthread_create(&st, NULL, searcher, c);
+    sleep(10);
+    atomic_store(&c->stop_search, 1);
+    pthread_join(st, NULL);
+    size_t n = c->nsearch;
+    *qps = (double)n / ((double)(nl_now_ns() - t) / 1e9);
+    *p50 = pct(c->search_lat, n, 0.5);
+    *p99 = pct(c->search_lat, n, 0.99);
+    return n;
+}
+
 static uint64_t rss_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -220,16 +238,27 @@ int main(int argc, char **argv)
     nl_collection_stats_get(c.c, &s);
     uint64_t r = rss_bytes();
     if (r > peak) peak = r;
-    c.nsearch = 0;
-    atomic_store(&c.stop_search, 0);
-    uint64_t t2 = nl_now_ns();
-    pthread_create(&st, NULL, searcher, &c);
-    sleep(10);
-    atomic_store(&c.stop_search, 1);
-    pthread_join(st, NULL);
-    double idle_s = (double)(nl_now_ns() - t2) / 1e9;
-    size_t idle_n = c.nsearch;
-    double idle_p50 = pct(c.search_lat, idle_n, 0.5), idle_p99 = pct(c.search_lat, idle_n, 0.99);
+    double idle_qps, idle_p50, idle_p99;
+    size_t idle_n = idle_search(&c, &idle_qps, &idle_p50, &idle_p99);
+    /* Then the compaction the ingest deferred, in the foreground, until the policy has
+     * nothing left to do; and the idle search again on the compacted collection. */
+    uint64_t t3 = nl_now_ns();
+    uint64_t merged = 0;
+    for (int round = 0; round < 16; round++) {
+        nl_compact_report cr;
+        if (nl_collection_compact(c.c, NL_COMPACT_POLICY, 0, &cr) != 0) {
+            fprintf(stderr, "nl_bench_ingest: compact: %s\n", nl_errdetail());
+            return 1;
+        }
+        if (cr.segments_in == 0)
+            break;
+        merged += cr.points_in;
+    }
+    double compact_s = (double)(nl_now_ns() - t3) / 1e9;
+    nl_collection_stats s2;
+    nl_collection_stats_get(c.c, &s2);
+    double comp_qps, comp_p50, comp_p99;
+    size_t comp_n = idle_search(&c, &comp_qps, &comp_p50, &comp_p99);
     size_t nb = atomic_load(&c.nbatch);
     double b50 = pct(c.batch_lat, nb, 0.5), b99 = pct(c.batch_lat, nb, 0.99), bmax = pct(c.batch_lat, nb, 1.0);
     /* Recall@10 of the final collection at the search L. */
@@ -260,12 +289,15 @@ int main(int argc, char **argv)
            "\"batch_latency_ms\":{\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
            "\"search_during_ingest\":{\"n\":%zu,\"p50_us\":%.1f,\"p99_us\":%.1f},"
            "\"search_idle\":{\"n\":%zu,\"qps\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f},\"p99_ratio\":%.2f,"
+           "\"compaction_after\":{\"seconds\":%.2f,\"points_in\":%llu,\"segments\":%llu},"
+           "\"search_compacted\":{\"n\":%zu,\"qps\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f},"
            "\"drain_flush_seconds\":%.2f,\"flushes\":%llu,\"flush_seconds\":%.2f,\"flush_points_per_s\":%.0f,"
            "\"compactions\":%llu,\"compaction_seconds\":%.2f,\"segments\":%llu,\"write_waits\":%llu,"
            "\"disk_bytes\":%llu,\"peak_rss_mib\":%.1f,\"input_mib\":%.1f,\"recall_at_10\":%.4f,\"search_L\":%u,\"search_qps\":%u}\n",
            c.n, c.dim, writers, batch, R, L, fresh, ingest_s, (double)c.n / ingest_s,
            min_window > 1e17 ? (double)c.n / ingest_s : min_window, b50 / 1e3, b99 / 1e3, bmax / 1e3, busy_n, busy_p50,
-           busy_p99, idle_n, (double)idle_n / idle_s, idle_p50, idle_p99, idle_p99 > 0 ? busy_p99 / idle_p99 : 0,
+           busy_p99, idle_n, idle_qps, idle_p50, idle_p99, idle_p99 > 0 ? busy_p99 / idle_p99 : 0, compact_s,
+           (unsigned long long)merged, (unsigned long long)s2.segments, comp_n, comp_qps, comp_p50, comp_p99,
            drain_s, (unsigned long long)s.flushes, s.flush_seconds,
            s.flush_seconds > 0 ? (double)(c.n - s.fresh_points) / s.flush_seconds : 0, (unsigned long long)s.compactions,
            s.compaction_seconds, (unsigned long long)s.segments, (unsigned long long)s.write_waits,

@@ -47,12 +47,18 @@ int sh_flush_due(nl_shard *sh)
     return due;
 }
 
+static int cmp_count(const void *a, const void *b)
+{
+    const sh_segref *x = *(sh_segref *const *)a, *y = *(sh_segref *const *)b;
+    return x->count < y->count ? -1 : x->count > y->count;
+}
+
 /* Chooses the segments of v to rewrite into *pick (room for v->nseg) and how:
  *  - full mode: all of them, rebuilt (every deleted version purged);
  *  - segments whose deleted share reaches the ratio: rebuilt, purging them;
- *  - otherwise, more segments than the limit: all of them merged into the largest by
- *    inserting the others' live points into its graph (*base = its index in pick): work
- *    in proportion to the small segments, not to everything.
+ *  - otherwise, more segments than the limit: the smallest merged into the largest by
+ *    inserting their live points into its graph (*base = its index in pick), until half
+ *    the limit is left: work in proportion to the small segments, not to everything.
  * Returns how many were picked; *base is -1 for a rebuild. */
 static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode, sh_segref **pick, int *base)
 {
@@ -74,13 +80,20 @@ static uint32_t plan(const nl_shard *sh, const sh_view *v, nl_compact_mode mode,
     }
     if (np > 0 || v->nseg <= sh->opt.compact_max_segments)
         return np;
-    uint32_t big = 0;
-    for (uint32_t i = 0; i < v->nseg; i++) {
-        pick[np++] = v->segs[i];
-        if (v->segs[i]->count > v->segs[big]->count)
-            big = i;
-    }
-    *base = (int)big;
+    /* The largest takes in the smallest until half the limit is left: each point is
+     * inserted into a bigger graph about once per size tier, and merges come in rounds
+     * rather than after every flush. */
+    sh_segref **bys = malloc(sizeof *bys * v->nseg);
+    if (!bys)
+        return 0;
+    memcpy(bys, v->segs, sizeof *bys * v->nseg);
+    qsort(bys, v->nseg, sizeof *bys, cmp_count);
+    pick[np++] = bys[v->nseg - 1];
+    uint32_t keep = sh->opt.compact_max_segments / 2 ? sh->opt.compact_max_segments / 2 : 1;
+    for (uint32_t i = 0; v->nseg - i > keep && i < v->nseg - 1; i++)
+        pick[np++] = bys[i];
+    free(bys);
+    *base = 0;
     return np;
 }
 
