@@ -718,6 +718,25 @@ int nl_shard_verify(nl_shard *sh, nl_verify_report *out)
     if (!s && pid_records != r.ids_checked)
         PROBLEM("%llu ids but %llu live versions", (unsigned long long)r.ids_checked,
                 (unsigned long long)pid_records);
+    /* Every tombstone names a version some index still holds (compaction purges the
+     * others, and open drops those of versions deleted while fresh). */
+    if ((s = nl_store_iter_create(sh->st, NL_CF_TOMBSTONES, &it)) != 0 && !rc)
+        rc = s;
+    if (!s)
+        for (nl_store_iter_seek_first(it); nl_store_iter_valid(it) && r.problems < 100; nl_store_iter_next(it)) {
+            size_t kl;
+            const unsigned char *k = nl_store_iter_key(it, &kl);
+            uint32_t ord;
+            if (kl != 8) {
+                PROBLEM("tombstone key of %zu bytes", kl);
+                continue;
+            }
+            uint64_t pid = sh_pid_from_key(k);
+            if (!sh_view_find_segment(v, pid, &ord) && sh_memidx_find(v->active, pid) < 0 &&
+                (!v->frozen || sh_memidx_find(v->frozen, pid) < 0))
+                PROBLEM("tombstone of version %llu, which no index holds", (unsigned long long)pid);
+        }
+    nl_store_iter_destroy(it);
     /* No segment file outside the manifest. */
     DIR *d = opendir(sh->dir);
     struct dirent *e;
