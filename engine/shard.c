@@ -974,10 +974,14 @@ static void bg_failed(nl_shard *sh, int rc)
     nanosleep(&pause, NULL);
 }
 
-/* Flushes keep writers moving: they run at normal priority on their own thread. */
+/* Flushes run on their own thread at nice 5: below the writers and searches, whose
+ * latency is what clients see (a flush's CPU otherwise lands in their p99; measured in
+ * docs/benchmarks.md), above compaction, since writers wait for a flush when the fresh
+ * index fills. */
 static void *bg_flush_main(void *arg)
 {
     nl_shard *sh = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 5) != 0) { /* best effort */ }
     while (bg_wait(sh)) {
         int rc = sh_flush_due(sh) ? nl_shard_flush(sh) : 0;
         if (rc)
