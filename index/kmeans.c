@@ -12,18 +12,20 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nl_util.h"
 
+/* Our threads split the work; OpenBLAS's own pool would only oversubscribe the cores.
+ * Once per process, from whichever thread gets here first. */
+static void blas_set_one_thread(void) { openblas_set_num_threads(1); }
+
 static void blas_single_thread(void)
 {
-    static int done;
-    if (!done) {
-        openblas_set_num_threads(1);
-        done = 1;
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, blas_set_one_thread);
 }
 
 typedef struct {

@@ -67,9 +67,11 @@ int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t
     while ((i = nl_pool_pop(pool)) >= 0) {
         uint32_t u = pool->c[i].id;
         hops++;
-        uint32_t deg = g->deg[u];
+        uint32_t deg;
         const uint32_t *nb = g->adj + (size_t)u * g->cap;
-        if (locks) {
+        if (!locks) {
+            deg = g->deg[u];
+        } else {
             /* A dynamic index may be rewriting this list: copy it under its lock. */
             while (atomic_exchange_explicit(&locks[u], 1, memory_order_acquire))
                 __builtin_ia32_pause();
