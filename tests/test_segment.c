@@ -334,3 +334,68 @@ Test(segment, crc32c_hardware_matches_portable_and_known_vector)
     for (size_t l = 0; l < 1000; l += 37)
         cr_assert_eq(nl_crc32c(0, b, l), nl_crc32c_portable(0, b, l));
 }
+
+/* A segment written through a permutation (how compaction lays out a merged graph in
+ * pid order) holds the same graph: node u of the index at file ordinal inv[u], with its
+ * vector, neighbours renumbered, code and id; searches answer the same. Also
+ * nl_segment_read_nodes, nl_segment_find and the search over several segments at once. */
+Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
+{
+    fixture f;
+    size_t n = 1500;
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 1);
+    uint32_t *order = malloc(sizeof(uint32_t) * n), *inv = malloc(sizeof(uint32_t) * n);
+    for (size_t i = 0; i < n; i++) order[i] = (uint32_t)((i * 7 + 3) % n); /* 7 is prime to 1500 */
+    for (size_t i = 0; i < n; i++) inv[order[i]] = (uint32_t)i;
+    uint64_t *ids = malloc(sizeof(uint64_t) * n);
+    for (size_t u = 0; u < n; u++) ids[u] = 10 + 2 * (uint64_t)inv[u]; /* ascending in file order */
+    char p1[600], p2[600];
+    snprintf(p1, sizeof p1, "%s/plain.nls", dir);
+    snprintf(p2, sizeof p2, "%s/perm.nls", dir);
+    write_seg(&f, p1);
+    nl_segment_source src = {f.ix, f.pq, f.codes, ids, 48, 1.2f, 0, order};
+    cr_assert_eq(nl_segment_write(p2, &src), 0, "%s", nl_errdetail());
+    nl_segment_options o = {0, NL_IO_AUTO, 1};
+    nl_segment *a, *b;
+    cr_assert_eq(nl_segment_open(p1, &o, &a), 0);
+    cr_assert_eq(nl_segment_open(p2, &o, &b), 0, "%s", nl_errdetail());
+    cr_assert(nl_segment_ids_ascending(b));
+    nl_segment_info ia, ib;
+    nl_segment_get_info(a, &ia);
+    nl_segment_get_info(b, &ib);
+    cr_assert_eq(ib.medoid, inv[ia.medoid]);
+    float *va = malloc(sizeof(float) * n * 32), *vb = malloc(sizeof(float) * n * 32);
+    uint32_t *adja = malloc(sizeof(uint32_t) * n * ia.R), *adjb = malloc(sizeof(uint32_t) * n * ib.R);
+    uint32_t *dega = malloc(sizeof(uint32_t) * n), *degb = malloc(sizeof(uint32_t) * n);
+    cr_assert_eq(nl_segment_read_nodes(a, 0, (uint32_t)n, va, adja, dega), 0);
+    cr_assert_eq(nl_segment_read_nodes(b, 0, (uint32_t)n, vb, adjb, degb), 0);
+    for (size_t u = 0; u < n; u++) {
+        uint32_t w = inv[u];
+        cr_assert_arr_eq(va + u * 32, vb + (size_t)w * 32, sizeof(float) * 32);
+        cr_assert_eq(dega[u], degb[w]);
+        for (uint32_t j = 0; j < dega[u]; j++) cr_assert_eq(inv[adja[u * ia.R + j]], adjb[(size_t)w * ib.R + j]);
+        cr_assert_eq(memcmp(nl_segment_codes(a) + u * ia.pq_m, nl_segment_codes(b) + (size_t)w * ib.pq_m, ia.pq_m), 0);
+        uint32_t ord;
+        cr_assert_eq(nl_segment_find(b, ids[u], &ord), 0);
+        cr_assert_eq(ord, w);
+    }
+    uint32_t ord;
+    cr_assert_eq(nl_segment_find(b, 11, &ord), NL_ENOTFOUND);
+    /* Both segments at once: each query's results on each are those of a lone search. */
+    nl_seg_searcher *s;
+    cr_assert_eq(nl_seg_searcher_create(a, 64, 4, 4, NL_IO_AUTO, &s), 0);
+    nl_seg_query_params p[2] = {{10, 48, 4}, {10, 48, 4}};
+    nl_segment *both[2] = {a, b};
+    uint32_t *multi = malloc(sizeof(uint32_t) * 2 * f.nq * 10), *alone = malloc(sizeof(uint32_t) * f.nq * 10);
+    cr_assert_eq(nl_seg_search_multi(s, both, 2, f.q, f.nq, p, 10, multi, NULL, NULL), 0, "%s", nl_errdetail());
+    cr_assert_eq(nl_seg_search_batch(s, f.q, f.nq, &p[0], alone, NULL, NULL), 0);
+    cr_assert_arr_eq(multi, alone, sizeof(uint32_t) * f.nq * 10, "segment 0's rows differ from a lone search");
+    for (size_t i = 0; i < f.nq * 10; i++)
+        if (multi[i] != UINT32_MAX) cr_assert_eq(multi[f.nq * 10 + i], inv[multi[i]], "row %zu", i);
+    nl_seg_searcher_destroy(s);
+    nl_segment_close(a);
+    nl_segment_close(b);
+    free(order); free(inv); free(ids); free(va); free(vb); free(adja); free(adjb); free(dega); free(degb);
+    free(multi); free(alone);
+    unbuild(&f);
+}
