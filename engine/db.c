@@ -64,8 +64,9 @@ int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
     *out = NULL;
     if (!dir || !*dir || strlen(dir) >= 3000)
         return nl_fail(NL_EINVAL, "database directory name is empty or too long");
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return nl_fail(-errno, "cannot create database directory %s: %s", dir, strerror(errno));
+    int mk = nl_mkdirs(dir);
+    if (mk)
+        return nl_fail(mk, "cannot create database directory %s: %s", dir, strerror(-mk));
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return nl_fail(NL_EINVAL, "%s is not a directory", dir);

@@ -122,8 +122,9 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
     snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-import-%s-%d", p->db, p->collection, (int)getpid());
     struct stat st;
-    if (mkdir(p->db, 0755) != 0 && errno != EEXIST)
-        return nl_fail(-errno, "cannot create database directory %s: %s", p->db, strerror(errno));
+    int mk = nl_mkdirs(p->db);
+    if (mk)
+        return nl_fail(mk, "cannot create database directory %s: %s", p->db, strerror(-mk));
     if (stat(p->db, &st) != 0 || !S_ISDIR(st.st_mode))
         return nl_fail(NL_EINVAL, "%s is not a directory", p->db);
     if (access(p->db, W_OK | X_OK) != 0)

@@ -24,6 +24,7 @@ else
   name="generated 20,000 x 128 u8 (nearline gen --seed 7)"
   sweep=20,40,80
 fi
+mkdir -p .demo
 DB=.demo/db
 rm -rf "$DB/demo"   # a fresh collection each run, so running twice works
 echo "nearline: importing $name into $DB (a disk index: graph + vectors on disk, PQ codes in RAM)"
