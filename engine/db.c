@@ -47,16 +47,6 @@ struct nl_db {
     unsigned long trash_seq;
 };
 
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 /* ---------------------------------------------------------------- database */
 
 int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
@@ -206,7 +196,7 @@ int nl_collection_create(nl_db *db, const char *name, const nl_collection_config
     }
     if (!rc)
         rc = nl_catalog_write_config(tmp, &cfg);
-    if (!rc && (rc = fsync_dir(tmp)) != 0)
+    if (!rc && (rc = nl_fsync_dir(tmp)) != 0)
         nl_fail(rc, "cannot sync %s", tmp);
     if (!rc && rename(tmp, final_dir) != 0)
         rc = errno == EEXIST || errno == ENOTEMPTY
@@ -215,7 +205,7 @@ int nl_collection_create(nl_db *db, const char *name, const nl_collection_config
     if (rc)
         nl_remove_tree(tmp);
     else
-        fsync_dir(db->dir);
+        nl_fsync_dir(db->dir);
     pthread_mutex_unlock(&db->mu);
     return rc;
 }
@@ -313,7 +303,7 @@ int nl_collection_drop(nl_db *db, const char *name)
         return rc;
     }
     close(fd);
-    fsync_dir(c->dir);
+    nl_fsync_dir(c->dir);
     c->dropped = 1;
     collection_unref_locked(c); /* the cache's reference */
     pthread_mutex_unlock(&db->mu);

@@ -101,16 +101,6 @@ static int read_ids(const char *path, size_t n, uint64_t **out)
     return 0;
 }
 
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 int nl_import(const nl_import_params *p, nl_import_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -219,7 +209,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids)) != 0 ||
         (rc = nl_catalog_write_config(tmp_dir, &cc)) != 0)
         goto out;
-    if ((rc = fsync_dir(shard_dir)) != 0 || (rc = fsync_dir(tmp_dir)) != 0)
+    if ((rc = nl_fsync_dir(shard_dir)) != 0 || (rc = nl_fsync_dir(tmp_dir)) != 0)
         goto out;
     if (rename(tmp_dir, final_dir) != 0) {
         rc = errno == ENOTEMPTY || errno == EEXIST
@@ -227,7 +217,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
                  : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
         goto out;
     }
-    fsync_dir(p->db);
+    nl_fsync_dir(p->db);
     r->write_s = secs_since(t0);
     snprintf(r->segment_path, sizeof r->segment_path, "%s/0/seg-000001.nls", final_dir);
     if (stat(r->segment_path, &st) == 0)

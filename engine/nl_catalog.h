@@ -33,6 +33,8 @@ void nl_string_list_free(char **list, size_t count);
 int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *cfg);
 int nl_catalog_read_config(const char *coll_dir, nl_collection_config *cfg);
 
+/* fsync of a directory (after creating, renaming or removing entries in it). */
+int nl_fsync_dir(const char *path);
 /* mkdir -p: creates path and any missing parent; 0 or a negated errno. */
 int nl_mkdirs(const char *path);
 

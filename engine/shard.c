@@ -739,18 +739,11 @@ static int recover_segments(nl_shard *sh, sh_segref ***segs_out, uint32_t *nseg_
     return rc;
 }
 
-typedef struct {
-    sh_memidx *m;
-    const unsigned char *vecs;
-    size_t row_bytes;
-    uint32_t first;
-} reinsert_ctx;
-
-static int reinsert_task(void *vctx, size_t task, unsigned th)
+int sh_fill_task(void *vctx, size_t i, unsigned th)
 {
     (void)th;
-    reinsert_ctx *c = vctx;
-    return nl_vamana_insert_at(c->m->ix, c->first + (uint32_t)task, c->vecs + task * c->row_bytes);
+    sh_fill *c = vctx;
+    return nl_vamana_insert_at(c->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
 }
 
 int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
@@ -894,13 +887,13 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
             goto fail;
         memcpy(m->slot_pid, pids, nf * sizeof *pids);
         m->born_ns = nl_now_ns();
-        reinsert_ctx rc_ctx = {m, vecs, sh->row_bytes, first};
+        sh_fill fill = {m->ix, vecs, sh->row_bytes, first};
         /* Slot 0 first (the entry point), then the rest in parallel. */
-        if ((rc = reinsert_task(&rc_ctx, 0, 0)) != 0)
+        if ((rc = sh_fill_task(&fill, 0, 0)) != 0)
             goto fail;
-        rc_ctx.first = 1;
-        rc_ctx.vecs = vecs + sh->row_bytes;
-        if (nf > 1 && (rc = nl_parallel_for(nf - 1, sh->opt.threads, reinsert_task, &rc_ctx)) != 0)
+        fill.first = 1;
+        fill.vecs = vecs + sh->row_bytes;
+        if (nf > 1 && (rc = nl_parallel_for(nf - 1, sh->opt.threads, sh_fill_task, &fill)) != 0)
             goto fail;
     }
     /* Live points: fresh versions and segment versions, less the deleted. */
@@ -1154,19 +1147,6 @@ static int wait_for_room(nl_shard *sh, size_t n)
     }
 }
 
-typedef struct {
-    sh_memidx *m;
-    uint32_t first;
-    const unsigned char *vecs;
-    size_t row_bytes;
-} link_ctx;
-
-static int link_task(void *vctx, size_t i, unsigned th)
-{
-    (void)th;
-    link_ctx *c = vctx;
-    return nl_vamana_insert_at(c->m->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
-}
 
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
 {
@@ -1273,9 +1253,9 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
     /* The batch's links are built on several threads: the batch is acknowledged in
      * about its work divided by the cores, not its work. Only scratch allocation can
      * fail here; the point is durable and the flush's seal links its slot. */
-    link_ctx lc = {m, first, vecs, sh->row_bytes};
+    sh_fill fill = {m->ix, vecs, sh->row_bytes, first};
     unsigned threads = n >= 8 ? sh->opt.threads : 1;
-    rc = nl_parallel_for(n, threads, link_task, &lc);
+    rc = nl_parallel_for(n, threads, sh_fill_task, &fill);
     pthread_rwlock_unlock(&m->ins);
     sh_memidx_unref(m);
     if (due)

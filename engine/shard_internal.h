@@ -110,6 +110,16 @@ sh_view *sh_view_make(sh_memidx *active, sh_memidx *frozen, sh_segref *const *se
 void sh_view_install(nl_shard *sh, sh_view *v);
 sh_segref *sh_view_find_segment(const sh_view *v, uint64_t pid, uint32_t *ord);
 
+/* Fills slots first.. of ix with consecutive rows of vecs, one task per row (for
+ * nl_parallel_for; ctx is an sh_fill). */
+typedef struct {
+    nl_vamana *ix;
+    const unsigned char *vecs;
+    size_t row_bytes;
+    uint32_t first;
+} sh_fill;
+int sh_fill_task(void *ctx, size_t i, unsigned thread);
+
 /* maintenance (shard_maint.c) */
 int sh_flush_due(nl_shard *sh);
 int sh_compaction_due(nl_shard *sh);

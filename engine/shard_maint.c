@@ -323,20 +323,6 @@ static int cmp_u64(const void *a, const void *b)
 
 #define READ_CHUNK 16384u
 
-typedef struct {
-    const nl_vamana *ix;
-    const unsigned char *vecs;
-    size_t row_bytes;
-    uint32_t first;
-} add_ctx;
-
-static int add_task(void *vctx, size_t i, unsigned th)
-{
-    (void)th;
-    add_ctx *c = vctx;
-    return nl_vamana_insert_at((nl_vamana *)c->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
-}
-
 /* The insertion merge: base's graph, vectors and codes are loaded as they are (its
  * deleted versions included: they stay as routing nodes, tombstoned, until a rewrite
  * purges them), the na added points (vecs, pids ascending) are inserted into that graph
@@ -380,8 +366,8 @@ static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, 
     free(deg);
     uint32_t first = 0;
     if (!rc && na && (rc = nl_vamana_reserve(ix, na, &first)) == 0) {
-        add_ctx ac = {ix, vecs, sh->row_bytes, first};
-        rc = nl_parallel_for(na, sh->opt.threads, add_task, &ac);
+        sh_fill fill = {ix, vecs, sh->row_bytes, first};
+        rc = nl_parallel_for(na, sh->opt.threads, sh_fill_task, &fill);
     }
     if (!rc)
         rc = nl_vamana_seal(ix);

@@ -261,6 +261,23 @@ static uint32_t robust_prune(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p, nl_c
     return nout;
 }
 
+/* RobustPrune of u over the deg candidates in copy (a private copy of its list, plus
+ * whatever joins it), then the result written back under u's lock. */
+static void prune_and_store(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u, uint32_t *copy, uint32_t deg)
+{
+    nl_vamana *ix = b->ix;
+    float *qu = sc->qbuf;
+    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
+    nl_cand *c = sc->cands;
+    for (uint32_t i = 0; i < deg; i++)
+        c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
+    uint32_t nn = robust_prune(b, sc, u, c, deg, b->alpha, copy);
+    lock_node(b, u);
+    memcpy(nl_graph_list(ix->g, u), copy, sizeof(uint32_t) * nn);
+    ix->g->deg[u] = nn;
+    unlock_node(b, u);
+}
+
 /* Adds p to u's list; prunes u when the list is full. */
 static void add_reverse_edge(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u, uint32_t p)
 {
@@ -284,16 +301,7 @@ static void add_reverse_edge(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u, uint
     memcpy(copy, l, sizeof(uint32_t) * deg);
     unlock_node(b, u);
     copy[deg++] = p;
-    float *qu = sc->qbuf;
-    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
-    nl_cand *c = sc->cands;
-    for (uint32_t i = 0; i < deg; i++)
-        c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
-    uint32_t nn = robust_prune(b, sc, u, c, deg, b->alpha, copy);
-    lock_node(b, u);
-    memcpy(l, copy, sizeof(uint32_t) * nn);
-    g->deg[u] = nn;
-    unlock_node(b, u);
+    prune_and_store(b, sc, u, copy, deg);
 }
 
 static void report(build_ctx *b, size_t add)
@@ -410,16 +418,7 @@ void nl_vam_prune_to_R_locked(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t u)
     uint32_t *copy = sc->lbuf;
     memcpy(copy, nl_graph_list(g, u), sizeof(uint32_t) * deg);
     unlock_node(b, u);
-    float *qu = sc->qbuf;
-    nl_convert_to_f32(ix->vs.dtype, row_of(ix, u), qu, ix->vs.dim);
-    nl_cand *c = sc->cands;
-    for (uint32_t i = 0; i < deg; i++)
-        c[i] = (nl_cand){copy[i], 0, bdist(ix, qu, ix->ext ? ix->ext[u] : 0.0f, copy[i])};
-    uint32_t nn = robust_prune(b, sc, u, c, deg, b->alpha, copy);
-    lock_node(b, u);
-    memcpy(nl_graph_list(g, u), copy, sizeof(uint32_t) * nn);
-    g->deg[u] = nn;
-    unlock_node(b, u);
+    prune_and_store(b, sc, u, copy, deg);
 }
 
 static int final_prune_task(void *vctx, size_t task, unsigned th)
