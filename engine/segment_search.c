@@ -90,6 +90,37 @@ void nl_seg_searcher_destroy(nl_seg_searcher *s)
 
 nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s) { return nl_io_engine(s->io); }
 
+/* A visited set holding every node a query with list size L can see, at most about
+ * (expanded nodes) x R, at most half full. */
+static uint32_t vis_capacity(uint32_t L, uint32_t R)
+{
+    uint64_t need = ((uint64_t)L * 2 + 64) * R * 2;
+    uint32_t cap = 1024;
+    while (cap < need && cap < (1u << 26)) cap <<= 1;
+    return cap;
+}
+
+/* Grows q's visited set (empty between queries) for list size L on a graph of degree R. */
+static int vis_reserve(qstate *q, uint32_t L, uint32_t R)
+{
+    uint32_t cap = vis_capacity(L, R);
+    if (cap <= q->vis_mask + 1)
+        return 0;
+    uint32_t *v = calloc(cap, sizeof(uint32_t)), *u = malloc(sizeof(uint32_t) * cap);
+    if (!v || !u) {
+        free(v);
+        free(u);
+        return -ENOMEM;
+    }
+    free(q->vis);
+    free(q->vis_used);
+    q->vis = v;
+    q->vis_used = u;
+    q->vis_mask = cap - 1;
+    q->vis_n = 0;
+    return 0;
+}
+
 int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint32_t inflight,
                            nl_io_mode io, nl_seg_searcher **out)
 {
@@ -111,10 +142,9 @@ int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint
         rc = -ENOMEM;
         goto fail;
     }
-    /* The visited set must hold every node a query can see: at most (expanded) x R. */
-    uint64_t vis_need = ((uint64_t)max_L * 2 + 64) * seg->R * 2;
-    uint32_t vis_cap = 1024;
-    while (vis_cap < vis_need && vis_cap < (1u << 26)) vis_cap <<= 1;
+    /* Visited sets start sized for L = 64 and grow with the largest L a query asks for
+     * (vis_reserve), so a searcher allowed L up to 1024 costs what its queries use. */
+    uint32_t vis_cap = vis_capacity(max_L < 64 ? max_L : 64, seg->R);
     size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
     for (uint32_t i = 0; i < inflight; i++) {
         qstate *q = &s->slots[i];
@@ -254,9 +284,15 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
     return 0;
 }
 
-static void start_query(qstate *q, const nl_segment *seg, size_t out, const float *qv,
-                        const nl_seg_query_params *p)
+static int start_query(qstate *q, const nl_segment *seg, size_t out, const float *qv,
+                       const nl_seg_query_params *p)
 {
+    for (uint32_t i = 0; i < q->vis_n; i++)
+        q->vis[q->vis_used[i]] = 0;
+    q->vis_n = 0;
+    int rc = vis_reserve(q, p->L, seg->R);
+    if (rc)
+        return rc;
     q->active = 1;
     q->seg = seg;
     q->out = out;
@@ -267,14 +303,12 @@ static void start_query(qstate *q, const nl_segment *seg, size_t out, const floa
     q->size = q->cursor = 0;
     q->res_n = 0;
     q->inflight = 0;
-    for (uint32_t i = 0; i < q->vis_n; i++)
-        q->vis[q->vis_used[i]] = 0;
-    q->vis_n = 0;
     memset(&q->st, 0, sizeof q->st);
     q->t0 = nl_now_ns();
     nl_pq_table(seg->pq, qv, q->table);
     vis_add(q, seg->medoid);
     pool_insert(q, seg->medoid, nl_pq_adc(q->table, seg->codes + (size_t)seg->medoid * seg->m, seg->m));
+    return 0;
 }
 
 static void finish_query(qstate *q, uint32_t kstride, uint32_t *ords, float *dists, nl_query_stats *stats)
@@ -318,7 +352,8 @@ int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg
             if (q->active)
                 continue;
             size_t qi = next / nseg, si = next % nseg;
-            start_query(q, segs[si], si * nq + qi, queries + qi * own->dim, &p[si]);
+            if ((rc = start_query(q, segs[si], si * nq + qi, queries + qi * own->dim, &p[si])) != 0)
+                goto fail;
             next++;
             active++;
             if ((rc = top_up(s, q, i)) != 0)

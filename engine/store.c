@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define NL_STORE_BLOCK_CACHE (8u << 20)
+
 static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids"};
 
 struct nl_store {
@@ -18,6 +20,8 @@ struct nl_store {
     rocksdb_writeoptions_t *wsync, *wnosync;
     rocksdb_readoptions_t *ropts;
     rocksdb_column_family_handle_t *cf[NL_CF_COUNT + 1]; /* [0] is "default" */
+    rocksdb_cache_t *cache;
+    rocksdb_block_based_table_options_t *table;
 };
 
 struct nl_store_batch {
@@ -59,6 +63,14 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     rocksdb_options_set_compression(st->opts, rocksdb_zstd_compression);
     rocksdb_options_set_max_open_files(st->opts, 256);
     rocksdb_options_set_keep_log_file_num(st->opts, 4);
+    /* A small, bounded block cache: a shard's hot metadata is the id map and pid records
+     * of search hits; the vectors' RAM budget belongs to the segments' node caches. */
+    st->cache = rocksdb_cache_create_lru(NL_STORE_BLOCK_CACHE);
+    st->table = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(st->table, st->cache);
+    rocksdb_options_set_block_based_table_factory(st->opts, st->table);
+    /* Memtables of 16 MiB rather than 64: seven column families each keep one. */
+    rocksdb_options_set_write_buffer_size(st->opts, 16u << 20);
     st->wsync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(st->wsync, 1);
     st->wnosync = rocksdb_writeoptions_create();
@@ -100,6 +112,8 @@ void nl_store_close(nl_store *st)
     if (st->wnosync) rocksdb_writeoptions_destroy(st->wnosync);
     if (st->ropts) rocksdb_readoptions_destroy(st->ropts);
     if (st->opts) rocksdb_options_destroy(st->opts);
+    if (st->table) rocksdb_block_based_options_destroy(st->table);
+    if (st->cache) rocksdb_cache_destroy(st->cache);
     free(st);
 }
 

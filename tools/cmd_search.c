@@ -22,19 +22,40 @@ typedef struct {
     const float *q;
     size_t nq;
     nl_search_params p;
-    nl_hit *hits;     /* nq * k */
-    uint32_t *counts; /* nq */
+    uint64_t *ids;    /* nq * k result ids; UINT64_MAX past the found ones, or for a string id */
+    int *has_str;     /* set when a result had a string id (not representable in ivecs) */
     nl_query_stats *st;
     size_t chunk;
 } run_ctx;
 
+/* nl_hit carries a 256-byte string id: results are searched a chunk at a time into
+ * scratch and kept as u64 ids, so memory stays proportional to the chunk. */
 static int run_chunk(void *vctx, size_t task, unsigned th)
 {
     (void)th;
     run_ctx *c = vctx;
     size_t q0 = task * c->chunk, cnt = q0 + c->chunk <= c->nq ? c->chunk : c->nq - q0;
-    return nl_collection_search_batch(c->coll, c->q + q0 * c->dim, cnt, &c->p, c->hits + q0 * c->p.k,
-                                      c->counts + q0, c->st + q0);
+    uint32_t k = c->p.k;
+    nl_hit *hits = malloc(sizeof *hits * cnt * k);
+    uint32_t *counts = malloc(sizeof *counts * cnt);
+    int rc = hits && counts ? nl_collection_search_batch(c->coll, c->q + q0 * c->dim, cnt, &c->p, hits, counts,
+                                                         c->st + q0)
+                            : -12;
+    for (size_t i = 0; rc == 0 && i < cnt; i++)
+        for (uint32_t j = 0; j < k; j++) {
+            const nl_hit *h = &hits[i * k + j];
+            uint64_t id = UINT64_MAX;
+            if (j < counts[i]) {
+                if (h->is_str)
+                    *c->has_str = 1;
+                else
+                    id = h->num;
+            }
+            c->ids[(q0 + i) * k + j] = id;
+        }
+    free(hits);
+    free(counts);
+    return rc;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -184,11 +205,12 @@ int cmd_search(int argc, char **argv)
     c.dim = cfg.dim;
     c.q = queries;
     c.nq = nq;
-    c.hits = malloc(sizeof(nl_hit) * nq * k);
-    c.counts = malloc(sizeof(uint32_t) * nq);
+    int has_str = 0;
+    c.has_str = &has_str;
+    c.ids = malloc(sizeof(uint64_t) * nq * k);
     c.st = malloc(sizeof(nl_query_stats) * nq);
     lat = malloc(sizeof(uint64_t) * nq);
-    if (!c.hits || !c.counts || !c.st || !lat) {
+    if (!c.ids || !c.st || !lat) {
         cli_error(C, -12, "out of memory");
         goto out;
     }
@@ -221,11 +243,11 @@ int cmd_search(int argc, char **argv)
         if (gt) {
             size_t hit = 0;
             for (size_t i = 0; i < nq; i++)
-                for (uint32_t j = 0; j < c.counts[i]; j++) {
-                    const nl_hit *h = &c.hits[i * k + j];
-                    if (h->is_str) continue;
+                for (uint32_t j = 0; j < k; j++) {
+                    uint64_t id = c.ids[i * k + j];
+                    if (id == UINT64_MAX) continue;
                     for (uint32_t g = 0; g < k; g++)
-                        if ((uint64_t)gt[i * gtk + g] == h->num) { hit++; break; }
+                        if ((uint64_t)gt[i * gtk + g] == id) { hit++; break; }
                 }
             printf(",\"recall_at_k\":%.4f", (double)hit / ((double)nq * k));
         }
@@ -240,20 +262,19 @@ int cmd_search(int argc, char **argv)
     }
     if (out) {
         int32_t *rows = malloc(sizeof(int32_t) * nq * k);
-        for (size_t i = 0; rows && i < nq; i++)
-            for (uint32_t j = 0; j < k; j++) {
-                const nl_hit *h = &c.hits[i * k + j];
-                if (j >= c.counts[i]) {
-                    rows[i * k + j] = -1;
-                    continue;
-                }
-                if (h->is_str || h->num > INT32_MAX) {
-                    cli_error(C, 0, "--out: id %s does not fit an ivecs file", h->is_str ? h->str : "over 2^31");
-                    free(rows);
-                    goto out;
-                }
-                rows[i * k + j] = (int32_t)h->num;
+        if (has_str) {
+            cli_error(C, 0, "--out: the collection has string ids, which do not fit an ivecs file");
+            free(rows);
+            goto out;
+        }
+        for (size_t i = 0; rows && i < nq * k; i++) {
+            if (c.ids[i] != UINT64_MAX && c.ids[i] > INT32_MAX) {
+                cli_error(C, 0, "--out: id %llu does not fit an ivecs file", (unsigned long long)c.ids[i]);
+                free(rows);
+                goto out;
             }
+            rows[i] = c.ids[i] == UINT64_MAX ? -1 : (int32_t)c.ids[i];
+        }
         rc = rows ? nl_dataset_write(out, NL_FORMAT_IVECS, rows, nq, k) : -12;
         free(rows);
         if (rc) {
@@ -264,8 +285,7 @@ int cmd_search(int argc, char **argv)
     status = 0;
 out:
     free(lat);
-    free(c.hits);
-    free(c.counts);
+    free(c.ids);
     free(c.st);
     nl_collection_close(c.coll);
     nl_db_close(dbh);
