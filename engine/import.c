@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,42 @@ static int read_ids(const char *path, size_t n, uint64_t **out)
     return 0;
 }
 
+/* Checks a JSON Lines metadata file before any expensive work: one JSON object of at
+ * most NL_MAX_METADATA_BYTES per line, exactly n lines. Errors name the line. */
+static int check_metadata_file(const char *path, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return nl_fail(-errno, "metadata file %s: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0, lines = 0;
+    ssize_t len;
+    int rc = 0;
+    while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+        lines++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if ((size_t)len > NL_MAX_METADATA_BYTES) {
+            rc = nl_fail(NL_EFORMAT, "metadata file %s line %zu: %zd bytes exceed the %d-byte limit", path, lines, len,
+                         NL_MAX_METADATA_BYTES);
+            break;
+        }
+        json_error_t err;
+        json_t *j = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, &err);
+        if (!j)
+            rc = nl_fail(NL_EFORMAT, "metadata file %s line %zu: not valid JSON: %s (column %d)", path, lines, err.text,
+                         err.column);
+        else if (!json_is_object(j))
+            rc = nl_fail(NL_EFORMAT, "metadata file %s line %zu: not a JSON object", path, lines);
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    if (!rc && lines != n)
+        rc = nl_fail(NL_EFORMAT, "metadata file %s has %zu lines but the input has %zu vectors", path, lines, n);
+    return rc;
+}
+
 int nl_import(const nl_import_params *p, nl_import_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -148,6 +185,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         free(data);
         return rc;
     }
+    if (p->metadata_path && (rc = check_metadata_file(p->metadata_path, n)) != 0)
+        goto out;
     uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
     if (pq_m > dim) {
         rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", pq_m, dim);
@@ -206,7 +245,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     if ((rc = nl_shard_config_check(&sc)) != 0)
         goto out;
     cc.fresh_capacity = sc.fresh_capacity;
-    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids)) != 0 ||
+    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids, p->metadata_path)) != 0 ||
         (rc = nl_catalog_write_config(tmp_dir, &cc)) != 0)
         goto out;
     if ((rc = nl_fsync_dir(shard_dir)) != 0 || (rc = nl_fsync_dir(tmp_dir)) != 0)

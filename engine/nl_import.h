@@ -22,6 +22,7 @@ typedef struct {
     nl_format format;     /* NL_FORMAT_AUTO: from the extension */
     nl_metric metric;
     const char *ids_path; /* optional: one unsigned 64-bit id per line */
+    const char *metadata_path; /* optional: JSON Lines, one object per vector, same order */
     uint32_t R, L;        /* 0 = 64, 100 */
     float alpha;          /* 0 = 1.2 */
     uint32_t pq_m;        /* 0 = default (docs/decisions.md) */

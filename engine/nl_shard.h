@@ -40,10 +40,11 @@ int nl_shard_config_check(nl_shard_config *cfg);
 /* Creates dir (NL_EEXISTS if it exists) holding an empty shard. opt may be NULL. */
 int nl_shard_create(const char *dir, const nl_shard_config *cfg, const nl_db_options *opt, nl_shard **out);
 /* Creates the store of a shard whose first segment, seg-<seg_number>.nls with pids
- * 0..n-1, is already in dir: points row -> id ids[row] (row when ids is NULL). Used by
- * bulk import before the collection is published. */
+ * 0..n-1, is already in dir: points row -> id ids[row] (row when ids is NULL), with the
+ * metadata of line row of metadata_path (JSON Lines, already validated; optional). Used
+ * by bulk import before the collection is published. */
 int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg, uint32_t seg_number, uint64_t n,
-                           const uint64_t *ids);
+                           const uint64_t *ids, const char *metadata_path);
 /* Opens and recovers: removes orphaned files, reopens the segments of the manifest,
  * rebuilds the fresh index and the tombstone set. */
 int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out);

@@ -586,7 +586,7 @@ fail:
 }
 
 int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint32_t seg_number, uint64_t n,
-                           const uint64_t *ids)
+                           const uint64_t *ids, const char *metadata_path)
 {
     nl_shard_config cfg = *cfg_in;
     int rc = nl_shard_config_check(&cfg);
@@ -602,9 +602,15 @@ int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint3
         nl_store_close(st);
         return -ENOMEM;
     }
-    /* The id map and its inverse, in unsynced batches; the final manifest batch is synced
-     * and RocksDB's WAL is ordered, so a crash leaves an import that is never published
-     * (the collection directory is renamed into place only after this returns). */
+    /* The id map, its inverse and the metadata, in unsynced batches; the final manifest
+     * batch is synced and RocksDB's WAL is ordered, so a crash leaves an import that is
+     * never published (the collection directory is renamed into place only after this
+     * returns). */
+    FILE *mf = NULL;
+    char *line = NULL;
+    size_t lcap = 0;
+    if (metadata_path && !(mf = fopen(metadata_path, "r")))
+        rc = nl_fail(-errno, "metadata file %s: %s", metadata_path, strerror(errno));
     for (uint64_t row = 0; row < n && !rc; row++) {
         nl_id id = {0, ids ? ids[row] : row, NULL, 0};
         unsigned char ek[NL_EKEY_MAX], pk[8];
@@ -612,6 +618,17 @@ int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint3
         sh_pid_key(row, pk);
         nl_store_batch_put(b, NL_CF_IDMAP, ek, ekl, pk, 8);
         nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, ekl);
+        if (mf) {
+            ssize_t len = getline(&line, &lcap, mf);
+            if (len < 0) {
+                rc = nl_fail(NL_EFORMAT, "metadata file %s ends at line %llu", metadata_path,
+                             (unsigned long long)row);
+                break;
+            }
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                len--;
+            nl_store_batch_put(b, NL_CF_META, ek, ekl, line, (size_t)len);
+        }
         if (nl_store_batch_count(b) >= 20000) {
             rc = nl_store_write(b, 0);
             nl_store_batch_clear(b);
@@ -624,6 +641,9 @@ int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint3
         nl_store_batch_put(b, NL_CF_MANIFEST, sk, 8, rec, sizeof rec);
         rc = write_initial_manifest(st, &cfg, n, (uint64_t)seg_number + 1, b);
     }
+    free(line);
+    if (mf)
+        fclose(mf);
     nl_store_batch_destroy(b);
     nl_store_close(st);
     return rc;

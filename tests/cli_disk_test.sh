@@ -69,7 +69,15 @@ expect_error "malformed ids file" "line 3" "$NL" import --db "$DB" --collection 
 seq 0 2998 > "$W/short.txt"
 expect_error "ids count mismatch" "2999 lines" "$NL" import --db "$DB" --collection ids --input "$W/g.fvecs" --ids "$W/short.txt" --quiet
 expect_error "unknown flag value" "--k" "$NL" search --db "$DB" --collection gen --queries "$W/gq.fvecs" --k 0
-for c in wd nan ids miss; do [ -e "$DB/$c" ] && bad "half-written collection $c left behind"; done
+# Metadata (JSON Lines): malformed lines, non-objects and count mismatches name the line.
+for i in $(seq 0 2999); do echo "{\"row\":$i,\"tag\":\"t$((i % 10))\"}"; done > "$W/meta.jsonl"
+sed '5s/.*/{"row": 4,/' "$W/meta.jsonl" > "$W/badmeta.jsonl"
+expect_error "malformed metadata line" "line 5" "$NL" import --db "$DB" --collection md --input "$W/g.fvecs" --metadata "$W/badmeta.jsonl" --quiet
+sed '9s/.*/[1,2]/' "$W/meta.jsonl" > "$W/arrmeta.jsonl"
+expect_error "metadata that is not an object" "line 9: not a JSON object" "$NL" import --db "$DB" --collection md --input "$W/g.fvecs" --metadata "$W/arrmeta.jsonl" --quiet
+head -n 2999 "$W/meta.jsonl" > "$W/shortmeta.jsonl"
+expect_error "metadata count mismatch" "2999 lines" "$NL" import --db "$DB" --collection md --input "$W/g.fvecs" --metadata "$W/shortmeta.jsonl" --quiet
+for c in wd nan ids miss md; do [ -e "$DB/$c" ] && bad "half-written collection $c left behind"; done
 no_leftovers "$DB" && ok "no temporary import directories left behind" || bad "temporary import directory left behind"
 
 # Ids from a file are what search returns.

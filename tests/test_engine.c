@@ -13,6 +13,7 @@
 #include "nearline.h"
 #include "nl_dataset.h"
 #include "nl_eval.h"
+#include "nl_import.h"
 #include "test_util.h"
 
 static char dir[256];
@@ -679,4 +680,67 @@ Test(engine, fashion_mnist_compaction_keeps_recall)
     nl_db_close(db);
     free(data); free(qdata); free(row); free(p); free(del); free(gone); free(rest); free(map); free(qf);
     free(gt); free(res); free(h); free(cnt);
+}
+
+/* A bulk import lands in the engine's layout: its ids (from a file) and JSON Lines
+ * metadata are what get and search return, and the collection takes upserts and
+ * deletes on top of its imported segment. */
+Test(engine, imported_collection_with_ids_and_metadata_takes_writes)
+{
+    size_t n = 1200;
+    float *x = malloc(sizeof(float) * n * D);
+    for (size_t i = 0; i < n; i++) vec_for(i, x + i * D);
+    char vpath[512], ipath[512], mpath[512], db[512];
+    snprintf(vpath, sizeof vpath, "%s/x.fvecs", dir);
+    snprintf(ipath, sizeof ipath, "%s/ids.txt", dir);
+    snprintf(mpath, sizeof mpath, "%s/meta.jsonl", dir);
+    snprintf(db, sizeof db, "%s/db", dir);
+    cr_assert_eq(nl_dataset_write(vpath, NL_FORMAT_FVECS, x, n, D), 0, "%s", nl_errdetail());
+    FILE *fi = fopen(ipath, "w"), *fm = fopen(mpath, "w");
+    for (size_t i = 0; i < n; i++) {
+        fprintf(fi, "%zu\n", 1000000 + i);
+        fprintf(fm, "{\"row\":%zu,\"lang\":\"%s\"}\n", i, i % 2 ? "en" : "fr");
+    }
+    fclose(fi);
+    fclose(fm);
+    nl_import_params ip = {.db = db, .collection = "imp", .input = vpath, .metric = NL_METRIC_L2, .ids_path = ipath,
+                           .metadata_path = mpath, .R = 24, .L = 48, .pq_m = 8, .threads = 2};
+    nl_import_result ir;
+    cr_assert_eq(nl_import(&ip, &ir), 0, "%s", nl_errdetail());
+    nl_db *h;
+    nl_db_options o = {.no_background = 1};
+    cr_assert_eq(nl_db_open(db, &o, &h), 0);
+    nl_collection *c;
+    cr_assert_eq(nl_collection_open(h, "imp", &c), 0, "%s", nl_errdetail());
+    cr_assert_eq(points(c), n);
+    char *m;
+    size_t ml;
+    float v[D];
+    nl_id id = {.num = 1000000 + 7};
+    cr_assert_eq(nl_collection_get(c, &id, v, &m, &ml), 0, "%s", nl_errdetail());
+    cr_assert_str_eq(m, "{\"row\":7,\"lang\":\"en\"}");
+    cr_assert_arr_eq(v, x + 7 * D, sizeof v);
+    free(m);
+    nl_hit hits[10];
+    cr_assert_gt(search(c, x + 7 * D, 10, hits), 0);
+    cr_assert_eq(hits[0].num, 1000007);
+    /* writes on top of the imported segment: replace, delete, new ids */
+    float nv[D];
+    vec_for(777777, nv);
+    nl_point p = {.id = {.num = 1000007}, .vector = nv, .dim = D};
+    cr_assert_eq(nl_collection_upsert(c, &p, 1), 0);
+    nl_id del = {.num = 1000008};
+    cr_assert_eq(nl_collection_delete(c, &del, 1, NULL), 0);
+    cr_assert_eq(points(c), n - 1);
+    cr_assert_gt(search(c, nv, 10, hits), 0);
+    cr_assert_eq(hits[0].num, 1000007);
+    int got = search(c, x + 8 * D, 10, hits);
+    for (int i = 0; i < got; i++) cr_assert_neq(hits[i].num, 1000008);
+    cr_assert_eq(nl_collection_get(c, &id, NULL, &m, &ml), 0);
+    cr_assert_null(m, "the replacement carried no metadata");
+    nl_verify_report vr;
+    cr_assert_eq(nl_collection_verify(c, &vr), 0, "%s", nl_errdetail());
+    nl_collection_close(c);
+    nl_db_close(h);
+    free(x);
 }

@@ -45,7 +45,7 @@ static int help(FILE *f)
 {
     fprintf(f,
             "usage: nearline import --db DIR --collection NAME --input FILE [--format F]\n"
-            "         [--metric l2|ip|cosine] [--ids FILE] [--R N] [--L N] [--alpha X]\n"
+            "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
             "         [--pq-bytes N] [--threads N] [--seed S] [--quiet]\n");
     return f == stdout ? 0 : 2;
 }
@@ -83,7 +83,7 @@ int cmd_import(int argc, char **argv)
         case 's': if (cli_u64(C, "--seed", optarg, 0, UINT64_MAX, &p.seed)) return 2; break;
         case 'q': quiet = 1; break;
         case 'B': cli_error(C, 0, "--memory-budget is not supported yet (partitioned builds arrive with issue 5)"); return 2;
-        case 'M': cli_error(C, 0, "--metadata is not supported yet (metadata arrives with the engine)"); return 2;
+        case 'M': p.metadata_path = optarg; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
