@@ -1,10 +1,12 @@
 /*
- * import.c — `nearline import` as a library call (see nl_import.h). Order of work: every
+ * import.c — `nearline import` as a library call (see nl_import.h): the checks both paths
+ * share, the choice between the in-memory build and the partitioned one by the memory
+ * the in-memory build would need, and the in-memory path itself. Order of work: every
  * check that can fail on the user's input (collection name and existence, the vector
- * file, NaN/Inf, the id file) happens before any expensive phase, so a bad input fails in
- * seconds. The collection is assembled in <db>/.tmp-import-<name>-<pid> (segment, shard
- * store with the id map, collection.json) and renamed into place only when all of it
- * is durable.
+ * file, NaN/Inf, the id file, the metadata file) happens before any expensive phase, so a
+ * bad input fails in seconds. The collection is assembled in a private directory
+ * (segment, shard store with the id map, collection.json) and renamed into place only
+ * when all of it is durable.
  */
 #define _GNU_SOURCE
 #include "nl_import.h"
@@ -18,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "import_internal.h"
 #include "nl_catalog.h"
 #include "nl_pq.h"
 #include "nl_segment.h"
@@ -41,7 +44,7 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* One unsigned decimal id per line; blank lines are errors (they would shift rows). */
-static int read_ids(const char *path, size_t n, uint64_t **out)
+int nl_import_read_ids(const char *path, size_t n, uint64_t **out)
 {
     *out = NULL;
     FILE *f = fopen(path, "r");
@@ -104,7 +107,7 @@ static int read_ids(const char *path, size_t n, uint64_t **out)
 
 /* Checks a JSON Lines metadata file before any expensive work: one JSON object of at
  * most NL_MAX_METADATA_BYTES per line, exactly n lines. Errors name the line. */
-static int check_metadata_file(const char *path, size_t n)
+int nl_import_check_metadata(const char *path, size_t n)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -138,6 +141,48 @@ static int check_metadata_file(const char *path, size_t n)
     return rc;
 }
 
+uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t pq_m, int has_ids)
+{
+    uint64_t cap = R + (R * 3 + 9) / 10;
+    uint64_t per_point = (uint64_t)dim * nl_dtype_size(dtype) /* vectors */ + 4 * cap + 4 /* lists */ +
+                         9 /* lock, order, ext */ + pq_m + (has_ids ? 16 : 0);
+    uint64_t sample = 2ull * 100000 * dim * sizeof(float); /* PQ training rows, widened */
+    return NL_IMPORT_FIXED_BYTES + n * per_point + sample;
+}
+
+static uint64_t physical_ram(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 4ull << 30;
+}
+
+int nl_import_publish(const nl_import_params *p, const char *coll_dir, uint64_t n, uint32_t dim, nl_dtype dtype,
+                      uint32_t R, uint32_t L, float alpha, uint32_t pq_m, const uint64_t *ids)
+{
+    char shard_dir[4200], final_dir[4096];
+    snprintf(shard_dir, sizeof shard_dir, "%s/0", coll_dir);
+    snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
+    nl_collection_config cc = {dim, p->metric, dtype, 1, R, L, alpha, pq_m, 0};
+    nl_shard_config sc = {dim, dtype, p->metric, R, L, alpha, pq_m, 0};
+    int rc;
+    if ((rc = nl_shard_config_check(&sc)) != 0)
+        return rc;
+    cc.fresh_capacity = sc.fresh_capacity;
+    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids, p->metadata_path)) != 0 ||
+        (rc = nl_catalog_write_config(coll_dir, &cc)) != 0)
+        return rc;
+    if ((rc = nl_fsync_dir(shard_dir)) != 0 || (rc = nl_fsync_dir(coll_dir)) != 0)
+        return rc;
+    if (rename(coll_dir, final_dir) != 0)
+        return errno == ENOTEMPTY || errno == EEXIST
+                   ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", p->collection)
+                   : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
+    nl_fsync_dir(p->db);
+    return 0;
+}
+
+static int import_in_memory(const nl_import_params *p, nl_import_result *r);
+
 int nl_import(const nl_import_params *p, nl_import_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -145,9 +190,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     int rc = nl_collection_name_check(p->collection);
     if (rc)
         return rc;
-    char final_dir[4096], tmp_dir[4096], shard_dir[4200], seg_path[4300];
+    char final_dir[4096];
     snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
-    snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-import-%s-%d", p->db, p->collection, (int)getpid());
     struct stat st;
     int mk = nl_mkdirs(p->db);
     if (mk)
@@ -158,6 +202,39 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         return nl_fail(-errno, "database directory %s is not writable: %s", p->db, strerror(errno));
     if (stat(final_dir, &st) == 0)
         return nl_fail(NL_EEXISTS, "collection '%s' already exists in %s", p->collection, p->db);
+
+    nl_dataset *ds;
+    if ((rc = nl_dataset_open(p->input, p->format, &ds)) != 0)
+        return rc;
+    size_t n = nl_dataset_count(ds);
+    uint32_t dim = nl_dataset_dim(ds);
+    nl_dtype dtype = nl_dataset_dtype(ds);
+    if (dtype == NL_DTYPE_I32) {
+        nl_dataset_close(ds);
+        return nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
+    }
+    uint64_t budget = p->memory_budget ? p->memory_budget : physical_ram() / 2;
+    uint32_t R = p->R ? p->R : 64;
+    uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
+    uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, R, pq_m, p->ids_path != NULL);
+    if (need <= budget && !p->force_partitioned) {
+        nl_dataset_close(ds);
+        rc = import_in_memory(p, r);
+    } else {
+        rc = nl_import_partitioned(p, ds, budget, r);
+        nl_dataset_close(ds);
+    }
+    r->budget = budget;
+    r->total_s = secs_since(t_all);
+    return rc;
+}
+
+static int import_in_memory(const nl_import_params *p, nl_import_result *r)
+{
+    char tmp_dir[4096], shard_dir[4200], seg_path[4300];
+    snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-import-%s-%d", p->db, p->collection, (int)getpid());
+    struct stat st;
+    int rc;
 
     /* Input, validated before any expensive work. */
     uint64_t t0 = nl_now_ns();
@@ -171,21 +248,17 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     nl_vamana *ix = NULL;
     if ((rc = nl_dataset_load(p->input, p->format, &data, &n, &dim, &dtype)) != 0)
         return rc;
-    if (dtype == NL_DTYPE_I32) {
-        free(data);
-        return nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
-    }
     size_t row_bytes = (size_t)dim * nl_dtype_size(dtype);
     for (size_t i = 0; i < n; i++)
         if (nl_check_finite(dtype, (const char *)data + i * row_bytes, dim) != 0) {
             free(data);
             return nl_fail(NL_EBADVALUE, "%s: row %zu holds NaN or Inf", p->input, i);
         }
-    if (p->ids_path && (rc = read_ids(p->ids_path, n, &ids)) != 0) {
+    if (p->ids_path && (rc = nl_import_read_ids(p->ids_path, n, &ids)) != 0) {
         free(data);
         return rc;
     }
-    if (p->metadata_path && (rc = check_metadata_file(p->metadata_path, n)) != 0)
+    if (p->metadata_path && (rc = nl_import_check_metadata(p->metadata_path, n)) != 0)
         goto out;
     uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
     if (pq_m > dim) {
@@ -221,6 +294,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     if (p->alpha > 0) vp.alpha = p->alpha;
     vp.threads = threads;
     vp.seed = p->seed;
+    vp.single_pass = p->single_pass;
     if ((rc = nl_vamana_build(&vs, p->metric, &vp, p->progress, p->progress_ctx, &ix)) != 0)
         goto out;
     if ((rc = nl_graph_validate(nl_vamana_graph(ix), nl_vamana_medoid(ix), NULL)) != 0)
@@ -240,25 +314,10 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     nl_segment_source src = {ix, pq, codes, NULL, vp.L, vp.alpha, 0, NULL};
     if ((rc = nl_segment_write(seg_path, &src)) != 0)
         goto out;
-    nl_collection_config cc = {dim, p->metric, dtype, 1, vp.R, vp.L, vp.alpha, pq_m, 0};
-    nl_shard_config sc = {dim, dtype, p->metric, vp.R, vp.L, vp.alpha, pq_m, 0};
-    if ((rc = nl_shard_config_check(&sc)) != 0)
+    if ((rc = nl_import_publish(p, tmp_dir, n, dim, dtype, vp.R, vp.L, vp.alpha, pq_m, ids)) != 0)
         goto out;
-    cc.fresh_capacity = sc.fresh_capacity;
-    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids, p->metadata_path)) != 0 ||
-        (rc = nl_catalog_write_config(tmp_dir, &cc)) != 0)
-        goto out;
-    if ((rc = nl_fsync_dir(shard_dir)) != 0 || (rc = nl_fsync_dir(tmp_dir)) != 0)
-        goto out;
-    if (rename(tmp_dir, final_dir) != 0) {
-        rc = errno == ENOTEMPTY || errno == EEXIST
-                 ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", p->collection)
-                 : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
-        goto out;
-    }
-    nl_fsync_dir(p->db);
     r->write_s = secs_since(t0);
-    snprintf(r->segment_path, sizeof r->segment_path, "%s/0/seg-000001.nls", final_dir);
+    snprintf(r->segment_path, sizeof r->segment_path, "%s/%s/0/seg-000001.nls", p->db, p->collection);
     if (stat(r->segment_path, &st) == 0)
         r->segment_bytes = (uint64_t)st.st_size;
     r->points = n;
@@ -266,7 +325,6 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     r->dtype = dtype;
     r->R = vp.R;
     r->pq_m = pq_m;
-    r->total_s = secs_since(t_all);
 out:
     if (rc)
         nl_remove_tree(tmp_dir);

@@ -1,8 +1,13 @@
 /*
- * nl_import.h — bulk import of a vector file into a new collection: read and validate the
- * input, train PQ, build the Vamana graph in memory, write one segment, and publish the
- * collection directory atomically (a crash or error leaves no collection behind).
- * The memory-bounded partitioned build is a later step (issue 5).
+ * nl_import.h — bulk import of a vector file into a new collection: validate the input,
+ * train PQ, build the Vamana graph, write one segment, and publish the collection
+ * directory atomically (a crash or error leaves no collection behind).
+ *
+ * Two build paths, chosen by memory: when the whole build fits in the memory budget it
+ * runs in memory; otherwise the data is cut into overlapping k-means partitions, each
+ * built on its own and merged on the way to the segment file (import_partitioned.c), with
+ * every finished phase and partition checkpointed under <db>/.import-<collection>/ so the
+ * same call after a crash resumes where it stopped. Peak RSS stays under the budget.
  */
 #ifndef NL_IMPORT_H
 #define NL_IMPORT_H
@@ -28,7 +33,11 @@ typedef struct {
     uint32_t pq_m;        /* 0 = default (docs/decisions.md) */
     unsigned threads;     /* 0 = all CPUs */
     uint64_t seed;
-    nl_progress_fn progress; /* optional; phase names: read, pq, build pass 1/2, ... */
+    uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
+    int single_pass;      /* one build pass (alpha only): faster, slightly worse graph */
+    int force_partitioned; /* testing: the partitioned path even when the data fits */
+    nl_progress_fn progress; /* optional; phase names: read, sample, pq, partition,
+                              * build, build pass 1/2, build part i/P, merge, write */
     void *progress_ctx;
 } nl_import_params;
 
@@ -36,8 +45,12 @@ typedef struct {
     uint64_t points;
     uint32_t dim, R, pq_m;
     nl_dtype dtype;
-    double read_s, pq_s, build_s, write_s, total_s;
+    double read_s, pq_s, partition_s, build_s, merge_s, write_s, total_s;
     uint64_t segment_bytes;
+    uint64_t budget;          /* the budget applied */
+    uint32_t partitions;      /* 0: built in memory */
+    uint32_t resumed_phases;  /* phases and partitions taken from checkpoints */
+    int exact_merge;          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
     char segment_path[4400];
 } nl_import_result;
 

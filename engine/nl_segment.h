@@ -44,6 +44,40 @@ typedef struct {
  * the directory. On failure nothing is left at path or at the temporary name. */
 int nl_segment_write(const char *path, const nl_segment_source *src);
 
+/* Streaming writer: nodes added one at a time in ordinal order, then codes and ids
+ * pulled through callbacks, so a segment of any size is written with O(1) memory.
+ * Lifecycle: create -> add x count -> finish (always consumes the writer) | abort. */
+typedef struct {
+    uint64_t count;
+    uint32_t dim;
+    nl_dtype dtype;
+    nl_metric metric;
+    uint32_t R;
+    uint32_t build_L;
+    float build_alpha;
+    const nl_pq *pq;         /* borrowed until finish/abort */
+} nl_segment_writer_params;
+
+typedef struct nl_segment_writer nl_segment_writer;
+
+/* Fills rows [first, first+count) of codes (pq_m bytes each) or ids (u64 each). */
+typedef int (*nl_segment_fill_fn)(void *ctx, uint64_t first, uint64_t count, void *dst);
+
+int nl_segment_writer_create(const char *path, const nl_segment_writer_params *p, nl_segment_writer **out);
+/* The next ordinal's vector (dim elements of the stored type) and neighbour list. */
+int nl_segment_writer_add(nl_segment_writer *w, const void *vec, const uint32_t *nbrs, uint32_t deg);
+/* Writes the sections and the header and publishes the file atomically. ids NULL =
+ * ordinals. hot: a precomputed hot list (ordinals), or NULL to take up to hot_max nodes
+ * (0 = default) breadth-first from the medoid out of the sectors already written. */
+int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_fill_fn codes, nl_segment_fill_fn ids,
+                             void *ctx, const uint32_t *hot, uint32_t hot_n, uint32_t hot_max);
+/* After the last add: makes every node reachable from medoid, giving each node a
+ * breadth-first walk misses an in-edge from a reached node (a merged graph can lose some).
+ * *added counts the edges added. */
+int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *added);
+/* Drops an unfinished writer and its temporary file. */
+void nl_segment_writer_abort(nl_segment_writer *w);
+
 /* ---- reading ---- */
 
 typedef struct nl_segment nl_segment;

@@ -19,26 +19,61 @@ typedef struct {
     uint64_t phase_t0;
 } progress_state;
 
+static void fmt_count(char *out, size_t cap, double v)
+{
+    if (v >= 1e9) snprintf(out, cap, "%.2fG", v / 1e9);
+    else if (v >= 1e6) snprintf(out, cap, "%.2fM", v / 1e6);
+    else if (v >= 1e4) snprintf(out, cap, "%.1fK", v / 1e3);
+    else snprintf(out, cap, "%.0f", v);
+}
+
+static void fmt_secs(char *out, size_t cap, double s)
+{
+    if (s >= 3600) snprintf(out, cap, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else if (s >= 60) snprintf(out, cap, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(out, cap, "%.0fs", s);
+}
+
+/* One phase per line: on a terminal a bar redrawn in place (at most 5 times a second),
+ * ended when the phase completes; elsewhere a log line every 5 seconds and one at the
+ * end of each phase. */
 static void progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total)
 {
     progress_state *ps = ctx;
     if (ps->quiet)
         return;
     uint64_t now = nl_now_ns();
-    if (strcmp(ps->phase, phase) != 0) {
+    int new_phase = strcmp(ps->phase, phase) != 0;
+    if (new_phase) {
         snprintf(ps->phase, sizeof ps->phase, "%s", phase);
         ps->phase_t0 = now;
+        ps->last = ps->tty ? 0 : now;
     }
-    if (done != total && now - ps->last < (ps->tty ? 200000000ull : 5000000000ull))
+    int end = done >= total;
+    if (!end && ps->last && now - ps->last < (ps->tty ? 200000000ull : 5000000000ull))
         return;
     ps->last = now;
     double el = (double)(now - ps->phase_t0) / 1e9;
     double rate = el > 0 ? (double)done / el : 0;
-    double eta = rate > 0 ? (double)(total - done) / rate : 0;
-    fprintf(stderr, "%s%-16s %5.1f%%  %llu/%llu  %.0f/s  ETA %.0fs  (elapsed %.0fs)%s", ps->tty ? "\r" : "",
-            phase, total ? 100.0 * (double)done / (double)total : 100.0, (unsigned long long)done,
-            (unsigned long long)total, rate, eta, (double)(now - ps->t0) / 1e9,
-            ps->tty ? (done == total ? "\n" : "") : "\n");
+    double frac = total ? (double)done / (double)total : 1.0;
+    char d[16], t[16], r[16], eta[16], tot[16];
+    fmt_count(d, sizeof d, (double)done);
+    fmt_count(t, sizeof t, (double)total);
+    fmt_count(r, sizeof r, rate);
+    fmt_secs(eta, sizeof eta, rate > 0 ? (double)(total - done) / rate : 0);
+    fmt_secs(tot, sizeof tot, (double)(now - ps->t0) / 1e9);
+    if (ps->tty) {
+        char bar[31];
+        int fill = (int)(frac * 30 + 0.5);
+        for (int i = 0; i < 30; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[30] = '\0';
+        fprintf(stderr, "\r%-30.30s [%s] %5.1f%% %7s/%-7s %7s/s ETA %-6s total %s\033[K%s", phase, bar, 100 * frac, d, t,
+                r, end ? "0s" : eta, tot, end ? "\n" : "");
+    } else {
+        fprintf(stderr, "import: %s %.1f%% %s/%s %s/s ETA %s (elapsed %s)\n", phase, 100 * frac, d, t, r,
+                end ? "0s" : eta, tot);
+    }
 }
 
 static int help(FILE *f)
@@ -46,7 +81,13 @@ static int help(FILE *f)
     fprintf(f,
             "usage: nearline import --db DIR --collection NAME --input FILE [--format F]\n"
             "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
-            "         [--pq-bytes N] [--threads N] [--seed S] [--quiet]\n");
+            "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--threads N] [--seed S] [--quiet]\n"
+            "\n"
+            "  --memory-budget SIZE  peak memory the import may use (default: half of RAM). Data whose\n"
+            "                        in-memory build would not fit is built in overlapping partitions\n"
+            "                        and merged; rerunning the same command after a crash resumes from\n"
+            "                        the checkpoints in DIR/.import-NAME/.\n"
+            "  --single-pass         one build pass instead of two (about twice as fast, lower recall per L)\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -64,7 +105,8 @@ int cmd_import(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"input", 1, 0, 'i'}, {"format", 1, 0, 'f'},
         {"metric", 1, 0, 'm'}, {"ids", 1, 0, 'I'}, {"R", 1, 0, 'R'}, {"L", 1, 0, 'L'}, {"alpha", 1, 0, 'a'},
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
-        {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
+        {"partitioned", 0, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -82,7 +124,11 @@ int cmd_import(int argc, char **argv)
         case 't': if (cli_u32(C, "--threads", optarg, 0, 1024, &threads)) return 2; break;
         case 's': if (cli_u64(C, "--seed", optarg, 0, UINT64_MAX, &p.seed)) return 2; break;
         case 'q': quiet = 1; break;
-        case 'B': cli_error(C, 0, "--memory-budget is not supported yet (partitioned builds arrive with issue 5)"); return 2;
+        case 'B': if (cli_size(C, "--memory-budget", optarg, &p.memory_budget)) return 2;
+                  if (p.memory_budget < (64ull << 20)) { cli_error(C, 0, "--memory-budget must be at least 64M"); return 2; }
+                  break;
+        case '1': p.single_pass = 1; break;
+        case 'P': p.force_partitioned = 1; break;
         case 'M': p.metadata_path = optarg; break;
         case 'h': return help(stdout);
         default: return help(stderr);
@@ -112,9 +158,12 @@ int cmd_import(int argc, char **argv)
     }
     printf("{\"collection\":\"%s\",\"points\":%llu,\"dim\":%u,\"dtype\":\"%s\",\"metric\":\"%s\",\"R\":%u,"
            "\"pq_bytes\":%u,\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
-           "\"build\":%.2f,\"write\":%.2f,\"total\":%.2f},\"peak_rss_bytes\":%llu}\n",
+           "\"partition\":%.2f,\"build\":%.2f,\"merge\":%.2f,\"write\":%.2f,\"total\":%.2f},\"memory_budget_bytes\":%llu,"
+           "\"partitions\":%u,\"exact_merge\":%s,\"resumed_checkpoints\":%u,\"peak_rss_bytes\":%llu}\n",
            p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
-           r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.build_s, r.write_s,
-           r.total_s, (unsigned long long)nl_peak_rss_bytes());
+           r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
+           r.merge_s, r.write_s, r.total_s, (unsigned long long)r.budget, r.partitions,
+           r.partitions ? (r.exact_merge ? "true" : "false") : "null", r.resumed_phases,
+           (unsigned long long)nl_peak_rss_bytes());
     return 0;
 }

@@ -1,0 +1,1212 @@
+/*
+ * import_partitioned.c — the memory-bounded, resumable bulk import (DiskANN's sharded
+ * build, with an exact merge where memory allows it).
+ *
+ * Phases, each reading the input in fixed-size chunks (never whole):
+ *   sample     one pass: every row checked (NaN/Inf, named by row), a strided sample of
+ *              up to 100,000 rows kept, the mean taken
+ *   pq         PQ codebook trained on the sample; k-means on the sample gives P partition
+ *              centroids, P chosen so that one partition's in-memory build fits the budget
+ *   partition  one pass: each row goes to its 2 nearest partitions that still have room
+ *              (a hard cap per partition, so an unlucky clustering cannot blow the budget),
+ *              gets its PQ code, and the row nearest the mean becomes the medoid
+ *   build      per partition: its rows gathered from the input, a Vamana graph built in
+ *              memory, and the lists written with global ids, sorted by id
+ *   merge      the partition files are walked together in id order: each point's lists
+ *              (one per partition it is in) are united and RobustPrune'd back to R with
+ *              exact distances when every vector fits the budget, else the union is
+ *              capped at R by interleaving the lists (DiskANN's merge); nodes stream into
+ *              the segment writer; a reachability pass from the medoid gives any node
+ *              the merge cut off an in-edge
+ *   write      codes and hot list into the segment, the shard store, the collection
+ *
+ * Checkpoints: everything lives in <db>/.import-<collection>/. job.json fingerprints the
+ * command (input path, size and mtime, every build parameter); a later run with the same
+ * fingerprint reuses every file a finished phase or partition left, a different one starts
+ * over. Files are written under a temporary name, fsynced and renamed, so a file that
+ * exists is complete; small ones carry a CRC-32C and are redone when it fails. Each phase
+ * is a function of the files before it and the seed, so a resumed run builds the same
+ * index as an uninterrupted one — bit for bit with one thread; with several, the
+ * partition builds order their inserts by thread timing, as any parallel Vamana build.
+ *
+ * Memory: every large allocation is sized from the budget before it is made; RSS is the
+ * largest phase (a partition build, or the merge holding all vectors for exact pruning).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "import_internal.h"
+#include "nl_catalog.h"
+#include "nl_crc32c.h"
+#include "nl_distance.h"
+#include "nl_kmeans.h"
+#include "nl_pq.h"
+#include "nl_segment.h"
+#include "nl_util.h"
+
+#define SAMPLE_MAX 100000u
+#define TOP_T 8u            /* partition candidates kept per row before the capacity check */
+#define MERGE_BLOCK 8192u   /* nodes merged per parallel step */
+#define CHUNK_BYTES (16u << 20)
+
+static const char PQ_MAGIC[8] = "NLIPQ01";
+static const char PARTS_MAGIC[8] = "NLIPRT1";
+static const char DONE_MAGIC[8] = "NLIPDN1";
+static const char GRAPH_MAGIC[8] = "NLIPGR1";
+
+typedef struct {
+    const nl_import_params *p;
+    nl_import_result *r;
+    nl_dataset *ds;
+    uint64_t n;
+    uint32_t dim;
+    nl_dtype dtype;
+    size_t vb; /* bytes per stored row */
+    uint32_t R, L, pq_m;
+    float alpha;
+    unsigned threads;
+    uint64_t budget;
+    char work[4096];
+    /* sizing */
+    uint32_t P;
+    uint64_t cap; /* points per partition at most */
+    /* products of the phases */
+    nl_pq *pq;
+    float *centroids; /* P x dim */
+    float *mean;      /* dim */
+    uint64_t *counts; /* P */
+    uint32_t medoid;
+    uint64_t *ids;    /* --ids, validated up front */
+} job;
+
+/* Fault injection for the resume tests: NEARLINE_IMPORT_KILL_AT=<point> makes the
+ * process SIGKILL itself there (points: pq, partition, build:<k>, merge). Off unless set. */
+static void kill_point(const char *point)
+{
+    const char *at = getenv("NEARLINE_IMPORT_KILL_AT");
+    if (at && strcmp(at, point) == 0)
+        raise(SIGKILL);
+}
+
+static double secs_since(uint64_t t0) { return (double)(nl_now_ns() - t0) / 1e9; }
+
+static void progress(const job *j, const char *phase, uint64_t done, uint64_t total)
+{
+    if (j->p->progress)
+        j->p->progress(j->p->progress_ctx, phase, done, total);
+}
+
+static void work_path(const job *j, char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", j->work, name);
+}
+
+/* ---------------------------------------------------------------- small files */
+
+/* magic, payload, CRC-32C of the payload; written atomically. */
+static int write_small(const char *path, const char magic[8], const void *a, size_t alen, const void *b, size_t blen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return nl_fail(-errno, "%s: %s", tmp, strerror(errno));
+    uint32_t crc = nl_crc32c(0, a, alen);
+    crc = nl_crc32c(crc, b, blen);
+    uint64_t len = alen + blen;
+    int ok = fwrite(magic, 1, 8, f) == 8 && fwrite(&len, 8, 1, f) == 1 && fwrite(a, 1, alen, f) == alen &&
+             (blen == 0 || fwrite(b, 1, blen, f) == blen) && fwrite(&crc, 4, 1, f) == 1 && fflush(f) == 0 &&
+             fsync(fileno(f)) == 0;
+    int err = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        err = errno;
+    }
+    if (!ok || rename(tmp, path) != 0) {
+        err = ok ? errno : err;
+        unlink(tmp);
+        return nl_fail(-(err ? err : EIO), "%s: write failed: %s", path, strerror(err ? err : EIO));
+    }
+    return 0;
+}
+
+/* The payload of a small file, or NULL when absent or damaged (the phase is redone). */
+static void *read_small(const char *path, const char magic[8], size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char m[8];
+    uint64_t l;
+    void *buf = NULL;
+    uint32_t crc;
+    if (fread(m, 1, 8, f) == 8 && memcmp(m, magic, 8) == 0 && fread(&l, 8, 1, f) == 1 && l < (1ull << 34) &&
+        (buf = malloc(l ? l : 1)) && fread(buf, 1, l, f) == l && fread(&crc, 4, 1, f) == 1 &&
+        crc == nl_crc32c(0, buf, l)) {
+        fclose(f);
+        *len = l;
+        return buf;
+    }
+    free(buf);
+    fclose(f);
+    return NULL;
+}
+
+static int sync_close(FILE *f, const char *path)
+{
+    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int err = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        err = errno;
+    }
+    return ok ? 0 : nl_fail(-(err ? err : EIO), "%s: write failed: %s", path, strerror(err ? err : EIO));
+}
+
+/* ---------------------------------------------------------------- the job */
+
+static int fingerprint(const job *j, json_t **out)
+{
+    const nl_import_params *p = j->p;
+    char real[4096];
+    struct stat st;
+    if (!realpath(p->input, real) || stat(real, &st) != 0)
+        return nl_fail(-errno, "%s: %s", p->input, strerror(errno));
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s, s:i, s:i, s:f, s:i, s:I, s:I, s:i, s:s?, s:s?}", "input", real,
+                          "input_bytes", (json_int_t)st.st_size, "input_mtime", (json_int_t)st.st_mtime, "rows",
+                          (json_int_t)j->n, "metric", nl_metric_name(p->metric), "R", (int)j->R, "L", (int)j->L,
+                          "alpha", (double)j->alpha, "pq_m", (int)j->pq_m, "seed", (json_int_t)p->seed, "budget",
+                          (json_int_t)j->budget, "single_pass", p->single_pass, "ids", p->ids_path, "metadata",
+                          p->metadata_path);
+    if (!o)
+        return -ENOMEM;
+    *out = o;
+    return 0;
+}
+
+/* Creates or reopens the work directory; returns 1 in *resumed when it holds
+ * checkpoints of this very command. The lock file keeps two imports apart. */
+static int open_work(job *j, int *lock_fd)
+{
+    *lock_fd = -1;
+    int rc = nl_mkdirs(j->work);
+    if (rc)
+        return nl_fail(rc, "cannot create %s: %s", j->work, strerror(-rc));
+    char path[4200];
+    work_path(j, path, sizeof path, "lock");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return nl_fail(-errno, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return nl_fail(-EBUSY, "another import of '%s' is running (it holds %s)", j->p->collection, path);
+    }
+    json_t *want = NULL;
+    if ((rc = fingerprint(j, &want)) != 0) {
+        close(fd);
+        return rc;
+    }
+    work_path(j, path, sizeof path, "job.json");
+    json_t *have = json_load_file(path, 0, NULL);
+    if (!have || !json_equal(have, want)) {
+        /* Checkpoints of another command (or none): start clean, keeping the lock. */
+        char lock[4200];
+        work_path(j, lock, sizeof lock, "lock");
+        DIR *d = opendir(j->work);
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "lock"))
+                continue;
+            char q[4400];
+            snprintf(q, sizeof q, "%s/%s", j->work, e->d_name);
+            nl_remove_tree(q);
+        }
+        if (d)
+            closedir(d);
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        if (json_dump_file(want, tmp, JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0)
+            rc = nl_fail(-EIO, "cannot write %s", path);
+        else
+            nl_fsync_dir(j->work);
+    }
+    json_decref(have);
+    json_decref(want);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    *lock_fd = fd;
+    return 0;
+}
+
+/* Chunked pass over the input: fn gets rows [first, first+count) in the stored type. */
+typedef int (*scan_fn)(job *j, void *ctx, uint64_t first, uint64_t count, const void *rows);
+
+static int scan_input(job *j, const char *phase, scan_fn fn, void *ctx)
+{
+    uint64_t chunk = CHUNK_BYTES / j->vb;
+    if (chunk == 0)
+        chunk = 1;
+    void *buf = malloc(chunk * j->vb);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    for (uint64_t first = 0; first < j->n && !rc; first += chunk) {
+        uint64_t cnt = j->n - first < chunk ? j->n - first : chunk;
+        if ((rc = nl_dataset_read(j->ds, first, cnt, buf)) != 0)
+            break;
+        rc = fn(j, ctx, first, cnt, buf);
+        if (phase)
+            progress(j, phase, first + cnt, j->n);
+    }
+    free(buf);
+    return rc;
+}
+
+/* f32 view of a row for partitioning: cosine rows are normalised, so partitions follow
+ * angles. */
+static void row_f32(const job *j, const void *row, float *out)
+{
+    nl_convert_to_f32(j->dtype, row, out, j->dim);
+    if (j->p->metric == NL_METRIC_COSINE) {
+        double s = 0;
+        for (uint32_t d = 0; d < j->dim; d++)
+            s += (double)out[d] * out[d];
+        if (s > 0) {
+            float inv = (float)(1.0 / sqrt(s));
+            for (uint32_t d = 0; d < j->dim; d++)
+                out[d] *= inv;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- sample + pq */
+
+typedef struct {
+    uint64_t S, next; /* sample size, index of the next sample row */
+    char *sample;
+    double *sum;
+    float *tmp;
+} sample_ctx;
+
+static uint64_t sample_row(uint64_t jx, uint64_t n, uint64_t S) { return (uint64_t)((unsigned __int128)jx * n / S); }
+
+static int sample_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
+{
+    sample_ctx *c = vctx;
+    for (uint64_t i = 0; i < count; i++) {
+        const char *row = (const char *)rows + i * j->vb;
+        if (nl_check_finite(j->dtype, row, j->dim) != 0)
+            return nl_fail(NL_EBADVALUE, "%s: row %llu holds NaN or Inf", j->p->input,
+                           (unsigned long long)(first + i));
+        row_f32(j, row, c->tmp);
+        for (uint32_t d = 0; d < j->dim; d++)
+            c->sum[d] += c->tmp[d];
+        while (c->next < c->S && sample_row(c->next, j->n, c->S) == first + i) {
+            memcpy(c->sample + c->next * j->vb, row, j->vb);
+            c->next++;
+        }
+    }
+    return 0;
+}
+
+static int phase_sample_pq(job *j)
+{
+    char pq_path[4200], parts_path[4200];
+    work_path(j, pq_path, sizeof pq_path, "pq.bin");
+    work_path(j, parts_path, sizeof parts_path, "parts.bin");
+    size_t l1 = 0, l2 = 0;
+    void *pqb = read_small(pq_path, PQ_MAGIC, &l1);
+    void *pb = read_small(parts_path, PARTS_MAGIC, &l2);
+    size_t want = 8 + sizeof(float) * ((size_t)j->dim + (size_t)j->P * j->dim);
+    if (pqb && pb && l2 == want && nl_pq_deserialize(pqb, l1, &j->pq) == 0) {
+        uint32_t hdr[2];
+        memcpy(hdr, pb, 8);
+        if (hdr[0] == j->P && hdr[1] == j->dim && nl_pq_m(j->pq) == j->pq_m) {
+            memcpy(j->mean, (char *)pb + 8, sizeof(float) * j->dim);
+            memcpy(j->centroids, (char *)pb + 8 + sizeof(float) * j->dim, sizeof(float) * j->P * j->dim);
+            free(pqb);
+            free(pb);
+            progress(j, "sample (checkpoint)", j->n, j->n);
+            progress(j, "pq (checkpoint)", 1, 1);
+            j->r->resumed_phases += 2;
+            return 0;
+        }
+        nl_pq_destroy(j->pq);
+        j->pq = NULL;
+    }
+    free(pqb);
+    free(pb);
+
+    uint64_t t0 = nl_now_ns();
+    /* The sample, its f32 copy and PQ training's own copy must fit a third of the budget. */
+    uint64_t S = j->n < SAMPLE_MAX ? j->n : SAMPLE_MAX;
+    uint64_t s_fit = j->budget / 3 / (j->vb + 8ull * j->dim);
+    if (S > s_fit)
+        S = s_fit > 1024 ? s_fit : 1024;
+    sample_ctx c = {S, 0, NULL, NULL, NULL};
+    c.sample = malloc(c.S * j->vb);
+    c.sum = calloc(j->dim, sizeof(double));
+    c.tmp = malloc(sizeof(float) * j->dim);
+    float *xf = NULL;
+    void *ser = NULL;
+    int rc = 0;
+    if (!c.sample || !c.sum || !c.tmp) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if ((rc = scan_input(j, "sample", sample_chunk, &c)) != 0)
+        goto out;
+    for (uint32_t d = 0; d < j->dim; d++)
+        j->mean[d] = (float)(c.sum[d] / (double)j->n);
+    j->r->read_s = secs_since(t0);
+
+    t0 = nl_now_ns();
+    progress(j, "pq", 0, 2);
+    nl_vecset vs = {c.sample, c.S, j->dim, j->dtype};
+    nl_pq_params pp = {.m = j->pq_m, .max_sample = (uint32_t)c.S, .iters = 0, .seed = j->p->seed, .threads = j->threads};
+    if ((rc = nl_pq_train(&vs, j->p->metric, &pp, &j->pq)) != 0)
+        goto out;
+    progress(j, "pq", 1, 2);
+    xf = malloc(sizeof(float) * c.S * j->dim);
+    if (!xf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (uint64_t i = 0; i < c.S; i++)
+        row_f32(j, c.sample + i * j->vb, xf + i * j->dim);
+    nl_kmeans_params kp = {j->P, 12, j->p->seed ^ 0x9e3779b97f4a7c15ull, j->threads};
+    if ((rc = nl_kmeans(xf, c.S, j->dim, &kp, j->centroids, NULL, NULL)) != 0)
+        goto out;
+    progress(j, "pq", 2, 2);
+    size_t sl = nl_pq_serialized_size(j->pq);
+    ser = malloc(sl);
+    if (!ser) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    nl_pq_serialize(j->pq, ser, sl);
+    uint32_t hdr[2] = {j->P, j->dim};
+    size_t body = sizeof(float) * ((size_t)j->dim + (size_t)j->P * j->dim);
+    char *pbuf = malloc(body);
+    if (!pbuf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    memcpy(pbuf, j->mean, sizeof(float) * j->dim);
+    memcpy(pbuf + sizeof(float) * j->dim, j->centroids, sizeof(float) * j->P * j->dim);
+    if ((rc = write_small(pq_path, PQ_MAGIC, ser, sl, NULL, 0)) == 0)
+        rc = write_small(parts_path, PARTS_MAGIC, hdr, 8, pbuf, body);
+    free(pbuf);
+    if (!rc)
+        kill_point("pq");
+    j->r->pq_s = secs_since(t0);
+out:
+    free(c.sample);
+    free(c.sum);
+    free(c.tmp);
+    free(xf);
+    free(ser);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- partition */
+
+typedef struct {
+    job *j;
+    FILE *codes;
+    FILE **parts;
+    float *xf;      /* chunk rows, f32 */
+    uint32_t *top;  /* chunk x T nearest partitions */
+    float *dmean;   /* chunk: distance to the mean */
+    uint8_t *cbuf;  /* chunk codes */
+    uint32_t T;
+    uint64_t count; /* rows in the current chunk */
+    float best;     /* medoid search */
+    nl_dist_fn l2;
+} part_ctx;
+
+static int part_task(void *vctx, size_t task, unsigned thread)
+{
+    (void)thread;
+    part_ctx *c = vctx;
+    job *j = c->j;
+    uint64_t lo = (uint64_t)task * 1024, hi = lo + 1024 < c->count ? lo + 1024 : c->count;
+    float d[TOP_T];
+    for (uint64_t i = lo; i < hi; i++) {
+        const float *x = c->xf + i * j->dim;
+        uint32_t *t = c->top + i * c->T;
+        uint32_t have = 0;
+        for (uint32_t k = 0; k < j->P; k++) {
+            float dk = c->l2(x, j->centroids + (size_t)k * j->dim, j->dim);
+            if (have == c->T && !(dk < d[have - 1]))
+                continue;
+            uint32_t pos = have < c->T ? have++ : c->T - 1;
+            while (pos > 0 && dk < d[pos - 1]) {
+                d[pos] = d[pos - 1];
+                t[pos] = t[pos - 1];
+                pos--;
+            }
+            d[pos] = dk;
+            t[pos] = k;
+        }
+        c->dmean[i] = c->l2(x, j->mean, j->dim);
+    }
+    return 0;
+}
+
+static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
+{
+    part_ctx *c = vctx;
+    if (first >= j->n / 2)
+        kill_point("partition"); /* half the lists written, no checkpoint yet */
+    c->count = count;
+    for (uint64_t i = 0; i < count; i++)
+        row_f32(j, (const char *)rows + i * j->vb, c->xf + i * j->dim);
+    int rc = nl_parallel_for((count + 1023) / 1024, j->threads, part_task, c);
+    if (rc)
+        return rc;
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t row = (uint32_t)(first + i);
+        uint32_t chosen[2], nch = 0;
+        for (uint32_t k = 0; k < c->T && nch < 2; k++)
+            if (j->counts[c->top[i * c->T + k]] < j->cap)
+                chosen[nch++] = c->top[i * c->T + k];
+        if (nch < 2) {
+            /* Every near partition is full: the nearest ones with room, by a full scan. */
+            const float *x = c->xf + i * j->dim;
+            while (nch < 2) {
+                float bd = INFINITY;
+                uint32_t bk = UINT32_MAX;
+                for (uint32_t k = 0; k < j->P; k++) {
+                    if (j->counts[k] >= j->cap || (nch == 1 && chosen[0] == k))
+                        continue;
+                    float dk = c->l2(x, j->centroids + (size_t)k * j->dim, j->dim);
+                    if (dk < bd || bk == UINT32_MAX) {
+                        bd = dk;
+                        bk = k;
+                    }
+                }
+                if (bk == UINT32_MAX)
+                    return nl_fail(NL_EINVAL, "import: partitions are full at row %u (a sizing bug)", row);
+                chosen[nch++] = bk;
+            }
+        }
+        for (uint32_t k = 0; k < 2; k++) {
+            if (fwrite(&row, 4, 1, c->parts[chosen[k]]) != 1)
+                return nl_fail(-(errno ? errno : EIO), "import: cannot write a partition list: %s",
+                               strerror(errno ? errno : EIO));
+            j->counts[chosen[k]]++;
+        }
+        if (c->dmean[i] < c->best) {
+            c->best = c->dmean[i];
+            j->medoid = row;
+        }
+    }
+    nl_vecset vs = {rows, count, j->dim, j->dtype};
+    if ((rc = nl_pq_encode(j->pq, &vs, c->cbuf, j->threads)) != 0)
+        return rc;
+    if (fwrite(c->cbuf, j->pq_m, count, c->codes) != count)
+        return nl_fail(-(errno ? errno : EIO), "import: cannot write codes: %s", strerror(errno ? errno : EIO));
+    return 0;
+}
+
+static int phase_partition(job *j)
+{
+    char done_path[4200];
+    work_path(j, done_path, sizeof done_path, "partition.done");
+    size_t len = 0;
+    void *d = read_small(done_path, DONE_MAGIC, &len);
+    if (d && len == 8 + 8 * (size_t)j->P) {
+        uint32_t hdr[2];
+        memcpy(hdr, d, 8);
+        if (hdr[0] == j->P && hdr[1] < j->n) {
+            j->medoid = hdr[1];
+            memcpy(j->counts, (char *)d + 8, 8 * (size_t)j->P);
+            free(d);
+            progress(j, "partition (checkpoint)", j->n, j->n);
+            j->r->resumed_phases++;
+            return 0;
+        }
+    }
+    free(d);
+
+    uint64_t t0 = nl_now_ns();
+    memset(j->counts, 0, 8 * (size_t)j->P);
+    part_ctx c;
+    memset(&c, 0, sizeof c);
+    c.j = j;
+    c.T = j->P < TOP_T ? j->P : TOP_T;
+    c.best = INFINITY;
+    c.l2 = nl_distance_fn(NL_METRIC_L2, NL_DTYPE_F32);
+    uint64_t chunk = CHUNK_BYTES / j->vb ? CHUNK_BYTES / j->vb : 1;
+    c.xf = malloc(sizeof(float) * chunk * j->dim);
+    c.top = malloc(sizeof(uint32_t) * chunk * c.T);
+    c.dmean = malloc(sizeof(float) * chunk);
+    c.cbuf = malloc((size_t)chunk * j->pq_m);
+    c.parts = calloc(j->P, sizeof(FILE *));
+    char path[4200];
+    int rc = 0;
+    if (!c.xf || !c.top || !c.dmean || !c.cbuf || !c.parts) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    work_path(j, path, sizeof path, "codes.bin");
+    if (!(c.codes = fopen(path, "wb"))) {
+        rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    for (uint32_t k = 0; k < j->P; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "part-%05u.ids", k);
+        work_path(j, path, sizeof path, name);
+        if (!(c.parts[k] = fopen(path, "wb"))) {
+            rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
+            goto out;
+        }
+        setvbuf(c.parts[k], NULL, _IOFBF, 64 << 10);
+    }
+    rc = scan_input(j, "partition", partition_chunk, &c);
+out:
+    if (c.codes) {
+        work_path(j, path, sizeof path, "codes.bin");
+        int r2 = sync_close(c.codes, path);
+        rc = rc ? rc : r2;
+    }
+    for (uint32_t k = 0; c.parts && k < j->P; k++)
+        if (c.parts[k]) {
+            int r2 = sync_close(c.parts[k], "partition list");
+            rc = rc ? rc : r2;
+        }
+    free(c.xf);
+    free(c.top);
+    free(c.dmean);
+    free(c.cbuf);
+    free(c.parts);
+    if (!rc) {
+        uint32_t hdr[2] = {j->P, j->medoid};
+        nl_fsync_dir(j->work);
+        rc = write_small(done_path, DONE_MAGIC, hdr, 8, j->counts, 8 * (size_t)j->P);
+    }
+    j->r->partition_s = secs_since(t0);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- build */
+
+typedef struct {
+    const uint32_t *members;
+    uint64_t count, next;
+    char *vecs;
+} gather_ctx;
+
+static int gather_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
+{
+    gather_ctx *g = vctx;
+    while (g->next < g->count && g->members[g->next] < first + count) {
+        memcpy(g->vecs + g->next * j->vb, (const char *)rows + (g->members[g->next] - first) * j->vb, j->vb);
+        g->next++;
+    }
+    return 0;
+}
+
+typedef struct {
+    const job *j;
+    uint32_t part;
+    char phase[96];
+} build_progress;
+
+static void build_progress_cb(void *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+    build_progress *b = ctx;
+    snprintf(b->phase, sizeof b->phase, "build part %u/%u%s%s", b->part + 1, b->j->P,
+             strcmp(phase, "build") ? ", " : "", strcmp(phase, "build") ? phase + 6 : "");
+    progress(b->j, b->phase, done, total);
+}
+
+/* A finished partition graph: header + records, each {global id, degree, R ids}. */
+static int graph_file_ok(const job *j, const char *path, uint64_t count)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    char m[8];
+    uint64_t c;
+    uint32_t r[2];
+    int ok = fread(m, 1, 8, f) == 8 && !memcmp(m, GRAPH_MAGIC, 8) && fread(&c, 8, 1, f) == 1 && c == count &&
+             fread(r, 4, 2, f) == 2 && r[0] == j->R;
+    struct stat st;
+    ok = ok && fstat(fileno(f), &st) == 0 &&
+         (uint64_t)st.st_size == 24 + count * (2ull + j->R) * 4 + 4; /* the CRC is checked by the merge */
+    fclose(f);
+    return ok;
+}
+
+static int build_partition(job *j, uint32_t k)
+{
+    char ids_path[4200], graph_path[4200], name[64];
+    snprintf(name, sizeof name, "part-%05u.ids", k);
+    work_path(j, ids_path, sizeof ids_path, name);
+    snprintf(name, sizeof name, "part-%05u.graph", k);
+    work_path(j, graph_path, sizeof graph_path, name);
+    uint64_t s = j->counts[k];
+    if (graph_file_ok(j, graph_path, s)) {
+        char ph[96];
+        snprintf(ph, sizeof ph, "build part %u/%u (checkpoint)", k + 1, j->P);
+        progress(j, ph, s, s);
+        j->r->resumed_phases++;
+        return 0;
+    }
+    if (s == 0) /* an empty partition (k-means left it no rows): nothing to build or merge */
+        return 0;
+    uint32_t *members = malloc(sizeof(uint32_t) * s);
+    char *vecs = malloc(s * j->vb);
+    nl_vamana *ix = NULL;
+    FILE *f = NULL;
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", graph_path);
+    int rc = 0;
+    if (!members || !vecs) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    int fd = open(ids_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || nl_pread_full(fd, members, sizeof(uint32_t) * s, 0) != 0) {
+        rc = nl_fail(fd < 0 ? -errno : NL_ECORRUPT, "%s: cannot read %llu ids", ids_path, (unsigned long long)s);
+        if (fd >= 0)
+            close(fd);
+        goto out;
+    }
+    close(fd);
+    for (uint64_t i = 0; i < s; i++)
+        if (members[i] >= j->n || (i && members[i] <= members[i - 1])) {
+            rc = nl_fail(NL_ECORRUPT, "%s: ids not ascending at %llu", ids_path, (unsigned long long)i);
+            goto out;
+        }
+    gather_ctx g = {members, s, 0, vecs};
+    if ((rc = scan_input(j, NULL, gather_chunk, &g)) != 0)
+        goto out;
+    nl_vecset vs = {vecs, s, j->dim, j->dtype};
+    nl_vamana_params vp;
+    nl_vamana_params_default(&vp);
+    vp.R = j->R;
+    vp.L = j->L;
+    vp.alpha = j->alpha;
+    vp.threads = j->threads;
+    vp.seed = j->p->seed + k;
+    vp.single_pass = j->p->single_pass;
+    build_progress bp = {j, k, ""};
+    if ((rc = nl_vamana_build(&vs, j->p->metric, &vp, j->p->progress ? build_progress_cb : NULL, &bp, &ix)) != 0)
+        goto out;
+    free(vecs);
+    vecs = NULL;
+    if (!(f = fopen(tmp, "wb"))) {
+        rc = nl_fail(-errno, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    uint32_t hdr[2] = {j->R, 0};
+    int ok = fwrite(GRAPH_MAGIC, 1, 8, f) == 8 && fwrite(&s, 8, 1, f) == 1 && fwrite(hdr, 4, 2, f) == 2;
+    const nl_graph *gr = nl_vamana_graph(ix);
+    uint32_t *rec = calloc(2 + j->R, sizeof(uint32_t));
+    uint32_t crc = 0;
+    if (!rec)
+        ok = 0;
+    for (uint64_t i = 0; i < s && ok; i++) {
+        uint32_t deg;
+        const uint32_t *l = nl_graph_neighbors(gr, (uint32_t)i, &deg);
+        memset(rec, 0, sizeof(uint32_t) * (2 + j->R));
+        rec[0] = members[i];
+        rec[1] = deg;
+        for (uint32_t e = 0; e < deg; e++)
+            rec[2 + e] = members[l[e]];
+        crc = nl_crc32c(crc, rec, sizeof(uint32_t) * (2 + j->R));
+        ok = fwrite(rec, sizeof(uint32_t), 2 + j->R, f) == 2 + j->R;
+    }
+    free(rec);
+    ok = ok && fwrite(&crc, 4, 1, f) == 1;
+    if (!ok) {
+        rc = nl_fail(-(errno ? errno : EIO), "%s: write failed", tmp);
+        fclose(f);
+        f = NULL;
+        goto out;
+    }
+    rc = sync_close(f, tmp);
+    f = NULL;
+    if (!rc && rename(tmp, graph_path) != 0)
+        rc = nl_fail(-errno, "%s: %s", graph_path, strerror(errno));
+    if (!rc) {
+        nl_fsync_dir(j->work);
+        char point[32];
+        snprintf(point, sizeof point, "build:%u", k);
+        kill_point(point);
+    }
+out:
+    if (f)
+        fclose(f);
+    if (rc)
+        unlink(tmp);
+    nl_vamana_destroy(ix);
+    free(members);
+    free(vecs);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- merge */
+
+typedef struct {
+    FILE *f;
+    uint64_t left;
+    uint32_t crc;
+    uint32_t *rec; /* the record read next, valid while has */
+    int has;
+    char path[4200];
+} part_reader;
+
+static int reader_advance(const job *j, part_reader *pr)
+{
+    pr->has = 0;
+    if (pr->left == 0)
+        return 0;
+    size_t w = 2 + j->R;
+    if (fread(pr->rec, sizeof(uint32_t), w, pr->f) != w)
+        return nl_fail(NL_ECORRUPT, "%s: ends early", pr->path);
+    pr->crc = nl_crc32c(pr->crc, pr->rec, sizeof(uint32_t) * w);
+    pr->left--;
+    if (pr->rec[0] >= j->n || pr->rec[1] > j->R)
+        return nl_fail(NL_ECORRUPT, "%s: record of node %u with degree %u", pr->path, pr->rec[0], pr->rec[1]);
+    for (uint32_t e = 0; e < pr->rec[1]; e++)
+        if (pr->rec[2 + e] >= j->n)
+            return nl_fail(NL_ECORRUPT, "%s: node %u links to %u", pr->path, pr->rec[0], pr->rec[2 + e]);
+    pr->has = 1;
+    if (pr->left == 0) {
+        uint32_t crc;
+        if (fread(&crc, 4, 1, pr->f) != 1 || crc != pr->crc)
+            return nl_fail(NL_ECORRUPT, "%s: checksum mismatch", pr->path);
+    }
+    return 0;
+}
+
+typedef struct {
+    job *j;
+    int exact;
+    const char *vecs;      /* exact: all rows; else NULL */
+    uint64_t first;        /* block start */
+    uint32_t count;
+    uint32_t *cand;        /* block x 2R candidate lists */
+    uint32_t *ncand;
+    uint32_t *out;         /* block x R merged lists */
+    uint32_t *nout;
+    nl_dist_fn dist;
+    /* per-thread scratch */
+    float *qf;             /* threads x (R + 1) x dim */
+    float *cd;             /* threads x 2R distances */
+    uint32_t *ord;         /* threads x 2R */
+} merge_ctx;
+
+static int merge_task(void *vctx, size_t task, unsigned thread)
+{
+    merge_ctx *c = vctx;
+    const job *j = c->j;
+    uint32_t R = j->R, w = 2 * R;
+    uint64_t lo = (uint64_t)task * 256, hi = lo + 256 < c->count ? lo + 256 : c->count;
+    float *qf = c->qf + (size_t)thread * (R + 1) * j->dim;
+    float *cd = c->cd + (size_t)thread * w;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint32_t *cand = c->cand + i * w, nc = c->ncand[i];
+        uint32_t *out = c->out + i * R;
+        uint32_t self = (uint32_t)(c->first + i);
+        if (!c->exact || nc <= R) {
+            /* The lists arrive interleaved (see below); drop duplicates and self, cap at R. */
+            uint32_t k = 0;
+            for (uint32_t a = 0; a < nc && k < R; a++) {
+                uint32_t v = cand[a];
+                int dup = v == self;
+                for (uint32_t b = 0; b < k && !dup; b++)
+                    dup = out[b] == v;
+                if (!dup)
+                    out[k++] = v;
+            }
+            if (!c->exact || k <= R) {
+                c->nout[i] = k;
+                continue;
+            }
+        }
+        /* RobustPrune(p, union, alpha, R) with exact distances. */
+        nl_convert_to_f32(j->dtype, c->vecs + (size_t)self * j->vb, qf, j->dim);
+        uint32_t m = 0;
+        for (uint32_t a = 0; a < nc; a++) {
+            uint32_t v = cand[a];
+            int dup = v == self;
+            for (uint32_t b = 0; b < m && !dup; b++)
+                dup = cand[b] == v;
+            if (dup)
+                continue;
+            cand[m] = v;
+            cd[m] = c->dist(qf, c->vecs + (size_t)v * j->vb, j->dim);
+            m++;
+        }
+        for (uint32_t a = 1; a < m; a++) { /* insertion sort by (distance, id): m <= 2R */
+            float d = cd[a];
+            uint32_t v = cand[a], b = a;
+            while (b > 0 && (cd[b - 1] > d || (cd[b - 1] == d && cand[b - 1] > v))) {
+                cd[b] = cd[b - 1];
+                cand[b] = cand[b - 1];
+                b--;
+            }
+            cd[b] = d;
+            cand[b] = v;
+        }
+        uint32_t k = 0;
+        for (uint32_t a = 0; a < m && k < R; a++) {
+            const void *x = c->vecs + (size_t)cand[a] * j->vb;
+            int occluded = 0;
+            for (uint32_t b = 0; b < k && !occluded; b++)
+                occluded = j->alpha * c->dist(qf + (size_t)(b + 1) * j->dim, x, j->dim) <= cd[a];
+            if (occluded)
+                continue;
+            nl_convert_to_f32(j->dtype, x, qf + (size_t)(k + 1) * j->dim, j->dim);
+            out[k++] = cand[a];
+        }
+        c->nout[i] = k;
+    }
+    return 0;
+}
+
+typedef struct {
+    int fd;
+    uint32_t m;
+    const char *path;
+} codes_src;
+
+static int fill_codes(void *ctx, uint64_t first, uint64_t count, void *dst)
+{
+    codes_src *cs = ctx;
+    if (nl_pread_full(cs->fd, dst, (size_t)count * cs->m, first * cs->m) != 0)
+        return nl_fail(NL_ECORRUPT, "%s: cannot read codes %llu..%llu", cs->path, (unsigned long long)first,
+                       (unsigned long long)(first + count));
+    return 0;
+}
+
+typedef struct {
+    char *vecs;
+} load_ctx;
+
+static int load_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
+{
+    load_ctx *l = vctx;
+    memcpy(l->vecs + first * j->vb, rows, count * j->vb);
+    return 0;
+}
+
+/* Bytes the exact merge needs beyond the fixed part. */
+static uint64_t merge_bytes(const job *j, int exact)
+{
+    uint64_t blocks = (uint64_t)MERGE_BLOCK * (3ull * j->R + 2) * 4 + (uint64_t)j->threads * (j->R + 1) * j->dim * 4 +
+                      (uint64_t)j->P * (64 << 10) + (uint64_t)MERGE_BLOCK * j->vb;
+    uint64_t reach = j->n / 8 + j->n * 4; /* reachability: bitmap and queue */
+    return blocks + reach + (exact ? j->n * j->vb : 0) + (j->ids ? j->n * 8 : 0);
+}
+
+static int phase_merge_write(job *j, const char *coll_dir)
+{
+    uint64_t t0 = nl_now_ns();
+    int exact = NL_IMPORT_FIXED_BYTES + merge_bytes(j, 1) <= j->budget;
+    j->r->exact_merge = exact;
+    merge_ctx c;
+    memset(&c, 0, sizeof c);
+    c.j = j;
+    c.exact = exact;
+    c.dist = nl_distance_fn(j->p->metric == NL_METRIC_COSINE ? NL_METRIC_COSINE : NL_METRIC_L2, j->dtype);
+    part_reader *rd = calloc(j->P, sizeof *rd);
+    char *vecs = NULL, *blockvec = NULL;
+    nl_segment_writer *w = NULL;
+    codes_src cs = {-1, j->pq_m, NULL};
+    char codes_path[4200], shard_dir[4300], seg_path[4400];
+    int rc = 0;
+    uint32_t R = j->R;
+    c.cand = malloc(sizeof(uint32_t) * MERGE_BLOCK * 2 * R);
+    c.ncand = malloc(sizeof(uint32_t) * MERGE_BLOCK);
+    c.out = malloc(sizeof(uint32_t) * MERGE_BLOCK * R);
+    c.nout = malloc(sizeof(uint32_t) * MERGE_BLOCK);
+    c.qf = malloc(sizeof(float) * j->threads * (R + 1) * j->dim);
+    c.cd = malloc(sizeof(float) * j->threads * 2 * R);
+    blockvec = exact ? NULL : malloc((size_t)MERGE_BLOCK * j->vb);
+    if (!rd || !c.cand || !c.ncand || !c.out || !c.nout || !c.qf || !c.cd || (!exact && !blockvec)) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (exact) {
+        if (!(vecs = malloc(j->n * j->vb))) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        load_ctx l = {vecs};
+        if ((rc = scan_input(j, "merge: load", load_chunk, &l)) != 0)
+            goto out;
+        c.vecs = vecs;
+    }
+    for (uint32_t k = 0; k < j->P; k++) {
+        part_reader *pr = &rd[k];
+        char name[64];
+        snprintf(name, sizeof name, "part-%05u.graph", k);
+        work_path(j, pr->path, sizeof pr->path, name);
+        pr->rec = malloc(sizeof(uint32_t) * (2 + R));
+        if (!pr->rec) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        if (j->counts[k] == 0)
+            continue;
+        if (!(pr->f = fopen(pr->path, "rb"))) {
+            rc = nl_fail(-errno, "%s: %s", pr->path, strerror(errno));
+            goto out;
+        }
+        setvbuf(pr->f, NULL, _IOFBF, 64 << 10);
+        char m[8];
+        uint64_t cnt;
+        uint32_t hdr[2];
+        if (fread(m, 1, 8, pr->f) != 8 || memcmp(m, GRAPH_MAGIC, 8) || fread(&cnt, 8, 1, pr->f) != 1 ||
+            cnt != j->counts[k] || fread(hdr, 4, 2, pr->f) != 2 || hdr[0] != R) {
+            rc = nl_fail(NL_ECORRUPT, "%s: bad header", pr->path);
+            goto out;
+        }
+        pr->left = cnt;
+        if ((rc = reader_advance(j, pr)) != 0)
+            goto out;
+    }
+    snprintf(shard_dir, sizeof shard_dir, "%s/0", coll_dir);
+    snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
+    nl_remove_tree(coll_dir);
+    if ((rc = nl_mkdirs(shard_dir)) != 0) {
+        rc = nl_fail(rc, "cannot create %s", shard_dir);
+        goto out;
+    }
+    nl_segment_writer_params wp = {j->n, j->dim, j->dtype, j->p->metric, R, j->L, j->alpha, j->pq};
+    if ((rc = nl_segment_writer_create(seg_path, &wp, &w)) != 0)
+        goto out;
+    for (uint64_t first = 0; first < j->n && !rc; first += MERGE_BLOCK) {
+        uint32_t cnt = (uint32_t)(j->n - first < MERGE_BLOCK ? j->n - first : MERGE_BLOCK);
+        c.first = first;
+        c.count = cnt;
+        memset(c.ncand, 0, sizeof(uint32_t) * cnt);
+        /* Gather each node's lists, interleaved entry by entry, so the capped union of
+         * the non-exact merge takes the nearest few of every partition's list. */
+        uint32_t *srcs = c.nout; /* reused as a per-node list counter */
+        memset(srcs, 0, sizeof(uint32_t) * cnt);
+        for (uint32_t k = 0; k < j->P && !rc; k++) {
+            part_reader *pr = &rd[k];
+            uint64_t prev = UINT64_MAX;
+            while (pr->has && pr->rec[0] < first + cnt) {
+                uint32_t i = (uint32_t)(pr->rec[0] - first);
+                if (pr->rec[0] < first || (prev != UINT64_MAX && pr->rec[0] <= prev)) {
+                    rc = nl_fail(NL_ECORRUPT, "%s: node %u out of order", pr->path, pr->rec[0]);
+                    break;
+                }
+                prev = pr->rec[0];
+                uint32_t *cand = c.cand + (size_t)i * 2 * R;
+                uint32_t have = c.ncand[i], deg = pr->rec[1], s = srcs[i];
+                if (s >= 2) {
+                    rc = nl_fail(NL_ECORRUPT, "%s: node %u is in more than two partitions", pr->path, pr->rec[0]);
+                    break;
+                }
+                if (s == 0) {
+                    memcpy(cand, pr->rec + 2, sizeof(uint32_t) * deg);
+                } else { /* interleave with the first list */
+                    uint32_t tmp[2048], t = 0, a = 0, b = 0;
+                    while ((a < have || b < deg) && t < 2 * R) {
+                        if (a < have)
+                            tmp[t++] = cand[a++];
+                        if (b < deg && t < 2 * R)
+                            tmp[t++] = pr->rec[2 + b++];
+                    }
+                    memcpy(cand, tmp, sizeof(uint32_t) * t);
+                    deg = t - have;
+                }
+                c.ncand[i] = have + deg;
+                srcs[i] = s + 1;
+                rc = reader_advance(j, pr);
+            }
+        }
+        for (uint32_t i = 0; i < cnt && !rc; i++)
+            if (srcs[i] == 0)
+                rc = nl_fail(NL_ECORRUPT, "import: node %llu is in no partition", (unsigned long long)(first + i));
+        if (rc)
+            break;
+        if ((rc = nl_parallel_for((cnt + 255) / 256, j->threads, merge_task, &c)) != 0)
+            break;
+        if (!exact && (rc = nl_dataset_read(j->ds, first, cnt, blockvec)) != 0)
+            break;
+        for (uint32_t i = 0; i < cnt && !rc; i++) {
+            const void *vec = exact ? vecs + (first + i) * j->vb : blockvec + (size_t)i * j->vb;
+            rc = nl_segment_writer_add(w, vec, c.out + (size_t)i * R, c.nout[i]);
+        }
+        progress(j, "merge", first + cnt, j->n);
+        if (first + cnt >= j->n / 2)
+            kill_point("merge"); /* the segment half written */
+    }
+    for (uint32_t k = 0; k < j->P && !rc; k++)
+        if (rd[k].has || rd[k].left)
+            rc = nl_fail(NL_ECORRUPT, "%s: records past the last node", rd[k].path);
+    free(vecs);
+    vecs = NULL;
+    if (rc)
+        goto out;
+    j->r->merge_s = secs_since(t0);
+
+    t0 = nl_now_ns();
+    progress(j, "write", 0, 3);
+    uint64_t repaired = 0;
+    if ((rc = nl_segment_writer_connect(w, j->medoid, &repaired)) != 0)
+        goto out;
+    progress(j, "write", 1, 3);
+    work_path(j, codes_path, sizeof codes_path, "codes.bin");
+    cs.path = codes_path;
+    if ((cs.fd = open(codes_path, O_RDONLY | O_CLOEXEC)) < 0) {
+        rc = nl_fail(-errno, "%s: %s", codes_path, strerror(errno));
+        goto out;
+    }
+    rc = nl_segment_writer_finish(w, j->medoid, fill_codes, NULL, &cs, NULL, 0, 0);
+    w = NULL;
+    if (rc)
+        goto out;
+    progress(j, "write", 2, 3);
+    j->r->write_s = secs_since(t0);
+out:
+    if (cs.fd >= 0)
+        close(cs.fd);
+    nl_segment_writer_abort(w);
+    for (uint32_t k = 0; rd && k < j->P; k++) {
+        if (rd[k].f)
+            fclose(rd[k].f);
+        free(rd[k].rec);
+    }
+    free(rd);
+    free(vecs);
+    free(blockvec);
+    free(c.cand);
+    free(c.ncand);
+    free(c.out);
+    free(c.nout);
+    free(c.qf);
+    free(c.cd);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- entry */
+
+int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t budget, nl_import_result *r)
+{
+    job j;
+    memset(&j, 0, sizeof j);
+    j.p = p;
+    j.r = r;
+    j.ds = ds;
+    j.n = nl_dataset_count(ds);
+    j.dim = nl_dataset_dim(ds);
+    j.dtype = nl_dataset_dtype(ds);
+    j.vb = (size_t)j.dim * nl_dtype_size(j.dtype);
+    j.R = p->R ? p->R : 64;
+    j.L = p->L ? p->L : 100;
+    j.alpha = p->alpha > 0 ? p->alpha : 1.2f;
+    j.pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(j.dim);
+    j.threads = p->threads ? p->threads : nl_cpu_count();
+    j.budget = budget;
+    snprintf(j.work, sizeof j.work, "%s/.import-%s", p->db, p->collection);
+    if (j.pq_m > j.dim)
+        return nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", j.pq_m, j.dim);
+    if (j.n < 3)
+        return nl_fail(NL_EINVAL, "a partitioned import needs at least 3 rows");
+    if (j.R < 2 || j.R > 1024 || j.L < 1 || !(j.alpha >= 1.0f && j.alpha <= 4.0f))
+        return nl_fail(NL_EINVAL, "R=%u L=%u alpha=%g out of range", j.R, j.L, (double)j.alpha);
+
+    /* Sizing: one partition's in-memory build (vectors, lists with 1.3 R slack, lock,
+     * order, member id, norm) must fit what the fixed part and the ids leave. */
+    uint64_t slack = j.R + (j.R * 3 + 9) / 10;
+    uint64_t per_point = j.vb + 4 * slack + 4 + 13;
+    uint64_t fixed = NL_IMPORT_FIXED_BYTES + (p->ids_path ? 16 * j.n : 0) + CHUNK_BYTES +
+                     (uint64_t)j.threads * (16ull << 20) /* build scratch per thread */;
+    if (budget <= fixed + per_point * 1024)
+        return nl_fail(NL_EINVAL, "--memory-budget %llu MiB is too small for %llu rows of %zu bytes (need more than %llu MiB)",
+                       (unsigned long long)(budget >> 20), (unsigned long long)j.n, j.vb,
+                       (unsigned long long)((fixed + per_point * 1024) >> 20) + 1);
+    uint64_t cap = (budget - fixed) / per_point;
+    uint64_t P = (2 * j.n * 5 + cap * 4 - 1) / (cap * 4); /* 2n points at 80% fill */
+    if (P < 3)
+        P = 3;
+    if (P > 65536)
+        return nl_fail(NL_EINVAL, "--memory-budget %llu MiB would need %llu partitions; raise it",
+                       (unsigned long long)(budget >> 20), (unsigned long long)P);
+    j.P = (uint32_t)P;
+    j.cap = cap < j.n ? cap : j.n;
+    if ((uint64_t)j.P * j.cap < 2 * j.n + j.cap)
+        j.cap = (2 * j.n + j.P - 1) / j.P + 1;
+    r->partitions = j.P;
+
+    /* Inputs that can fail on the user, before any expensive phase. */
+    int rc = 0, lock_fd = -1;
+    if (p->ids_path && (rc = nl_import_read_ids(p->ids_path, j.n, &j.ids)) != 0)
+        return rc;
+    if (p->metadata_path && (rc = nl_import_check_metadata(p->metadata_path, j.n)) != 0)
+        goto out;
+    j.centroids = malloc(sizeof(float) * j.P * j.dim);
+    j.mean = malloc(sizeof(float) * j.dim);
+    j.counts = calloc(j.P, sizeof(uint64_t));
+    if (!j.centroids || !j.mean || !j.counts) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if ((rc = open_work(&j, &lock_fd)) != 0)
+        goto out;
+    if ((rc = phase_sample_pq(&j)) != 0 || (rc = phase_partition(&j)) != 0)
+        goto out;
+    uint64_t t0 = nl_now_ns();
+    for (uint32_t k = 0; k < j.P && !rc; k++)
+        rc = build_partition(&j, k);
+    r->build_s = secs_since(t0);
+    if (rc)
+        goto out;
+    char coll_dir[4200];
+    work_path(&j, coll_dir, sizeof coll_dir, "collection");
+    if ((rc = phase_merge_write(&j, coll_dir)) != 0)
+        goto out;
+    t0 = nl_now_ns();
+    if ((rc = nl_import_publish(p, coll_dir, j.n, j.dim, j.dtype, j.R, j.L, j.alpha, j.pq_m, j.ids)) != 0)
+        goto out;
+    progress(&j, "write", 3, 3);
+    r->write_s += secs_since(t0);
+    snprintf(r->segment_path, sizeof r->segment_path, "%s/%s/0/seg-000001.nls", p->db, p->collection);
+    struct stat st;
+    if (stat(r->segment_path, &st) == 0)
+        r->segment_bytes = (uint64_t)st.st_size;
+    r->points = j.n;
+    r->dim = j.dim;
+    r->dtype = j.dtype;
+    r->R = j.R;
+    r->pq_m = j.pq_m;
+    /* Published: the checkpoints have served their purpose. */
+    nl_remove_tree(j.work);
+out:
+    if (rc == NL_EBADVALUE || rc == NL_EFORMAT || rc == NL_ETRUNCATED || rc == NL_EDIM)
+        nl_remove_tree(j.work); /* bad input: nothing worth resuming */
+    if (lock_fd >= 0)
+        close(lock_fd);
+    nl_pq_destroy(j.pq);
+    free(j.centroids);
+    free(j.mean);
+    free(j.counts);
+    free(j.ids);
+    return rc;
+}
