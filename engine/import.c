@@ -16,6 +16,8 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -145,7 +147,7 @@ uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint
 {
     uint64_t cap = R + (R * 3 + 9) / 10;
     uint64_t per_point = (uint64_t)dim * nl_dtype_size(dtype) /* vectors */ + 4 * cap + 4 /* lists */ +
-                         9 /* lock, order, ext */ + pq_m + (has_ids ? 16 : 0);
+                         9 /* lock, order, ext */ + pq_m + (has_ids ? 16 : 0) + 8 /* segment ids */;
     uint64_t sample = 2ull * 100000 * dim * sizeof(float); /* PQ training rows, widened */
     return NL_IMPORT_FIXED_BYTES + n * per_point + sample;
 }
@@ -156,32 +158,83 @@ static uint64_t physical_ram(void)
     return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 4ull << 30;
 }
 
-int nl_import_publish(const nl_import_params *p, const char *coll_dir, uint64_t n, uint32_t dim, nl_dtype dtype,
-                      uint32_t R, uint32_t L, float alpha, uint32_t pq_m, const uint64_t *ids)
+/* ---------------------------------------------------------------- the work directory */
+
+static int fingerprint(const nl_import_params *p, const nl_import_target *t, uint64_t n, json_t **out)
 {
-    char shard_dir[4200], final_dir[4096];
-    snprintf(shard_dir, sizeof shard_dir, "%s/0", coll_dir);
-    snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
-    nl_collection_config cc = {dim, p->metric, dtype, 1, R, L, alpha, pq_m, 0};
-    nl_shard_config sc = {dim, dtype, p->metric, R, L, alpha, pq_m, 0};
-    int rc;
-    if ((rc = nl_shard_config_check(&sc)) != 0)
-        return rc;
-    cc.fresh_capacity = sc.fresh_capacity;
-    if ((rc = nl_shard_init_imported(shard_dir, &sc, 1, n, ids, p->metadata_path)) != 0 ||
-        (rc = nl_catalog_write_config(coll_dir, &cc)) != 0)
-        return rc;
-    if ((rc = nl_fsync_dir(shard_dir)) != 0 || (rc = nl_fsync_dir(coll_dir)) != 0)
-        return rc;
-    if (rename(coll_dir, final_dir) != 0)
-        return errno == ENOTEMPTY || errno == EEXIST
-                   ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", p->collection)
-                   : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
-    nl_fsync_dir(p->db);
+    char real[4096];
+    struct stat st;
+    if (!realpath(p->input, real) || stat(real, &st) != 0)
+        return nl_fail(-errno, "%s: %s", p->input, strerror(errno));
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s, s:i, s:i, s:f, s:i, s:I, s:I, s:i, s:s?, s:s?, s:I, s:i}",
+                          "input", real, "input_bytes", (json_int_t)st.st_size, "input_mtime",
+                          (json_int_t)st.st_mtime, "rows", (json_int_t)n, "metric", nl_metric_name(t->metric), "R",
+                          (int)t->R, "L", (int)t->L, "alpha", (double)t->alpha, "pq_m", (int)t->pq_m, "seed",
+                          (json_int_t)p->seed, "budget", (json_int_t)t->budget, "single_pass", p->single_pass, "ids",
+                          p->ids_path, "metadata", p->metadata_path, "pid_base", (json_int_t)t->pid_base, "append",
+                          p->append);
+    if (!o)
+        return -ENOMEM;
+    *out = o;
     return 0;
 }
 
-static int import_in_memory(const nl_import_params *p, nl_import_result *r);
+/* Creates or reopens <db>/.import-<name>, locked against a second import of the same
+ * name. Checkpoints of another command (another fingerprint) are removed. */
+static int open_work(const nl_import_params *p, const nl_import_target *t, uint64_t n, int *lock_fd)
+{
+    *lock_fd = -1;
+    int rc = nl_mkdirs(t->work);
+    if (rc)
+        return nl_fail(rc, "cannot create %s: %s", t->work, strerror(-rc));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/lock", t->work);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return nl_fail(-errno, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return nl_fail(-EBUSY, "another import of '%s' is running (it holds %s)", p->collection, path);
+    }
+    json_t *want = NULL;
+    if ((rc = fingerprint(p, t, n, &want)) != 0) {
+        close(fd);
+        return rc;
+    }
+    snprintf(path, sizeof path, "%s/job.json", t->work);
+    json_t *have = json_load_file(path, 0, NULL);
+    if (!have || !json_equal(have, want)) {
+        DIR *d = opendir(t->work);
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "lock"))
+                continue;
+            char q[4400];
+            snprintf(q, sizeof q, "%s/%s", t->work, e->d_name);
+            nl_remove_tree(q);
+        }
+        if (d)
+            closedir(d);
+        char tmp[4300];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        if (json_dump_file(want, tmp, JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0)
+            rc = nl_fail(-EIO, "cannot write %s", path);
+        else
+            nl_fsync_dir(t->work);
+    }
+    json_decref(have);
+    json_decref(want);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    *lock_fd = fd;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- entry */
+
+static int import_in_memory(const nl_import_params *p, const nl_import_target *t, nl_import_result *r);
 
 int nl_import(const nl_import_params *p, nl_import_result *r)
 {
@@ -190,8 +243,9 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     int rc = nl_collection_name_check(p->collection);
     if (rc)
         return rc;
-    char final_dir[4096];
+    char final_dir[4096], work[4200], coll_dir[4300], shard_dir[4400], seg_path[4500];
     snprintf(final_dir, sizeof final_dir, "%s/%s", p->db, p->collection);
+    snprintf(work, sizeof work, "%s/.import-%s", p->db, p->collection);
     struct stat st;
     int mk = nl_mkdirs(p->db);
     if (mk)
@@ -200,8 +254,21 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         return nl_fail(NL_EINVAL, "%s is not a directory", p->db);
     if (access(p->db, W_OK | X_OK) != 0)
         return nl_fail(-errno, "database directory %s is not writable: %s", p->db, strerror(errno));
-    if (stat(final_dir, &st) == 0)
-        return nl_fail(NL_EEXISTS, "collection '%s' already exists in %s", p->collection, p->db);
+    nl_collection_config cc;
+    memset(&cc, 0, sizeof cc);
+    if (!p->append && stat(final_dir, &st) == 0)
+        return nl_fail(NL_EEXISTS, "collection '%s' already exists in %s (--append adds to it)", p->collection, p->db);
+    if (p->append) {
+        if (stat(final_dir, &st) != 0)
+            return nl_fail(NL_ENOTFOUND, "collection '%s' does not exist in %s (import without --append creates it)",
+                           p->collection, p->db);
+        if ((rc = nl_catalog_read_config(final_dir, &cc)) != 0)
+            return rc;
+        if (cc.shards != 1)
+            return nl_fail(NL_EUNSUPPORTED,
+                           "collection '%s' has %u shards: bulk append supports single-shard collections; "
+                           "upsert into it instead", p->collection, cc.shards);
+    }
 
     nl_dataset *ds;
     if ((rc = nl_dataset_open(p->input, p->format, &ds)) != 0)
@@ -209,43 +276,174 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     size_t n = nl_dataset_count(ds);
     uint32_t dim = nl_dataset_dim(ds);
     nl_dtype dtype = nl_dataset_dtype(ds);
+    uint64_t *ids = NULL;
+    nl_shard_import *h = NULL;
+    int lock_fd = -1, publish_new = 0;
     if (dtype == NL_DTYPE_I32) {
-        nl_dataset_close(ds);
-        return nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
+        rc = nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
+        goto out;
     }
-    uint64_t budget = p->memory_budget ? p->memory_budget : physical_ram() / 2;
-    uint32_t R = p->R ? p->R : 64;
-    uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
-    uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, R, pq_m, p->ids_path != NULL);
-    if (need <= budget && !p->force_partitioned) {
-        nl_dataset_close(ds);
-        rc = import_in_memory(p, r);
+    nl_import_target t;
+    memset(&t, 0, sizeof t);
+    if (p->append) {
+        if (dim != cc.dim || dtype != cc.dtype) {
+            rc = nl_fail(NL_EDIM, "%s holds %u-dimensional %s rows; collection '%s' stores %u-dimensional %s", p->input,
+                         dim, nl_dtype_name(dtype), p->collection, cc.dim, nl_dtype_name(cc.dtype));
+            goto out;
+        }
+        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, cc.R, cc.L, cc.alpha, cc.pq_bytes, cc.fresh_capacity};
+        if ((rc = nl_shard_config_check(&sc)) != 0)
+            goto out;
+        t.R = sc.R;
+        t.L = sc.L;
+        t.alpha = sc.alpha;
+        t.pq_m = sc.pq_m;
+        t.metric = sc.metric;
     } else {
-        rc = nl_import_partitioned(p, ds, budget, r);
-        nl_dataset_close(ds);
+        t.R = p->R ? p->R : 64;
+        t.L = p->L ? p->L : 100;
+        t.alpha = p->alpha > 0 ? p->alpha : 1.2f;
+        t.pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
+        t.metric = p->metric;
     }
-    r->budget = budget;
+    if (t.pq_m > dim) {
+        rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", t.pq_m, dim);
+        goto out;
+    }
+    t.budget = p->memory_budget ? p->memory_budget : physical_ram() / 2;
+    t.work = work;
+    t.seg_path = seg_path;
+    /* Inputs that can fail on the user, before any expensive work. */
+    if (n == 0) {
+        rc = nl_fail(NL_EEMPTY, "%s holds no vectors", p->input);
+        goto out;
+    }
+    if (p->ids_path && (rc = nl_import_read_ids(p->ids_path, n, &ids)) != 0)
+        goto out;
+    if (p->metadata_path && (rc = nl_import_check_metadata(p->metadata_path, n)) != 0)
+        goto out;
+    uint64_t id_first = 0;
+    uint32_t seg_number = 1;
+    if (p->append) {
+        snprintf(shard_dir, sizeof shard_dir, "%s/0", final_dir);
+        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, t.R, t.L, t.alpha, t.pq_m, cc.fresh_capacity};
+        if ((rc = nl_shard_import_begin(shard_dir, &sc, 0, &h)) != 0)
+            goto out;
+        int any = 0;
+        uint64_t maxid = 0, ncoll = 0, first_row = 0;
+        if (!ids) {
+            /* Rows continue the numbering after the largest numeric id present. */
+            if ((rc = nl_shard_import_max_id(h, &maxid, &any)) != 0)
+                goto out;
+            id_first = any ? maxid + 1 : 0;
+            if (any && maxid > UINT64_MAX - n) {
+                rc = nl_fail(NL_EINVAL, "ids after %llu would overflow; give --ids", (unsigned long long)maxid);
+                goto out;
+            }
+        }
+        if ((rc = nl_shard_import_collisions(h, ids, id_first, n, &ncoll, &first_row)) != 0)
+            goto out;
+        if (ncoll) {
+            rc = nl_fail(NL_EEXISTS, "%llu of the %zu ids exist in collection '%s' already (the first: id %llu, %s line %llu)",
+                         (unsigned long long)ncoll, n, p->collection,
+                         (unsigned long long)(ids ? ids[first_row] : id_first + first_row),
+                         p->ids_path ? p->ids_path : "row", (unsigned long long)first_row + 1);
+            goto out;
+        }
+        t.pid_base = nl_shard_import_next_pid(h);
+        seg_number = nl_shard_import_next_seg(h);
+        snprintf(seg_path, sizeof seg_path, "%s/seg-%06u.nls", shard_dir, seg_number);
+        r->first_id = id_first;
+    } else {
+        snprintf(coll_dir, sizeof coll_dir, "%s/collection", work);
+        snprintf(shard_dir, sizeof shard_dir, "%s/0", coll_dir);
+        snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
+    }
+    if ((rc = open_work(p, &t, n, &lock_fd)) != 0)
+        goto out;
+    if (!p->append) {
+        nl_remove_tree(coll_dir); /* a collection half assembled by a crashed run */
+        if ((rc = nl_mkdirs(shard_dir)) != 0) {
+            rc = nl_fail(rc, "cannot create %s: %s", shard_dir, strerror(-rc));
+            goto out;
+        }
+    }
+    uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, t.R, t.pq_m, p->ids_path != NULL);
+    if (need <= t.budget && !p->force_partitioned)
+        rc = import_in_memory(p, &t, r);
+    else
+        rc = nl_import_partitioned(p, ds, &t, r);
+    if (rc)
+        goto out;
+
+    /* The store entries, then (new collections) the directory rename that publishes. */
+    uint64_t t0 = nl_now_ns();
+    if (p->append) {
+        rc = nl_shard_import_commit(h, seg_number, n, ids, id_first, p->metadata_path);
+    } else {
+        nl_collection_config ncc = {dim, t.metric, dtype, 1, t.R, t.L, t.alpha, t.pq_m, 0};
+        nl_shard_config sc = {dim, dtype, t.metric, t.R, t.L, t.alpha, t.pq_m, 0};
+        if ((rc = nl_shard_config_check(&sc)) != 0)
+            goto out;
+        ncc.fresh_capacity = sc.fresh_capacity;
+        if ((rc = nl_shard_import_begin(shard_dir, &sc, 1, &h)) != 0 ||
+            (rc = nl_shard_import_commit(h, 1, n, ids, 0, p->metadata_path)) != 0)
+            goto out;
+        nl_shard_import_end(h);
+        h = NULL;
+        if ((rc = nl_catalog_write_config(coll_dir, &ncc)) != 0 || (rc = nl_fsync_dir(shard_dir)) != 0 ||
+            (rc = nl_fsync_dir(coll_dir)) != 0)
+            goto out;
+        if (rename(coll_dir, final_dir) != 0) {
+            rc = errno == ENOTEMPTY || errno == EEXIST
+                     ? nl_fail(NL_EEXISTS, "collection '%s' was created by someone else meanwhile", p->collection)
+                     : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
+            goto out;
+        }
+        nl_fsync_dir(p->db);
+        publish_new = 1;
+    }
+    if (rc)
+        goto out;
+    r->write_s += secs_since(t0);
+    snprintf(r->segment_path, sizeof r->segment_path, "%s/0/seg-%06u.nls", final_dir, seg_number);
+    if (stat(r->segment_path, &st) == 0)
+        r->segment_bytes = (uint64_t)st.st_size;
+    r->points = n;
+    r->dim = dim;
+    r->dtype = dtype;
+    r->R = t.R;
+    r->pq_m = t.pq_m;
+    r->budget = t.budget;
+    r->appended = p->append;
+    (void)publish_new;
+    nl_remove_tree(work); /* published: the checkpoints have served their purpose */
+out:
+    nl_shard_import_end(h);
+    if (rc && lock_fd >= 0 &&
+        (rc == NL_EBADVALUE || rc == NL_EFORMAT || rc == NL_ETRUNCATED || rc == NL_EDIM || !r->partitions))
+        nl_remove_tree(work); /* bad input or an in-memory build: nothing worth resuming */
+    if (lock_fd >= 0)
+        close(lock_fd);
+    nl_dataset_close(ds);
+    free(ids);
     r->total_s = secs_since(t_all);
     return rc;
 }
 
-static int import_in_memory(const nl_import_params *p, nl_import_result *r)
+/* The whole build in memory: load, PQ, Vamana, one segment write. */
+static int import_in_memory(const nl_import_params *p, const nl_import_target *t, nl_import_result *r)
 {
-    char tmp_dir[4096], shard_dir[4200], seg_path[4300];
-    snprintf(tmp_dir, sizeof tmp_dir, "%s/.tmp-import-%s-%d", p->db, p->collection, (int)getpid());
-    struct stat st;
-    int rc;
-
-    /* Input, validated before any expensive work. */
     uint64_t t0 = nl_now_ns();
     void *data = NULL;
     size_t n;
     uint32_t dim;
     nl_dtype dtype;
-    uint64_t *ids = NULL;
     uint8_t *codes = NULL;
+    uint64_t *pids = NULL;
     nl_pq *pq = NULL;
     nl_vamana *ix = NULL;
+    int rc;
     if ((rc = nl_dataset_load(p->input, p->format, &data, &n, &dim, &dtype)) != 0)
         return rc;
     size_t row_bytes = (size_t)dim * nl_dtype_size(dtype);
@@ -254,17 +452,6 @@ static int import_in_memory(const nl_import_params *p, nl_import_result *r)
             free(data);
             return nl_fail(NL_EBADVALUE, "%s: row %zu holds NaN or Inf", p->input, i);
         }
-    if (p->ids_path && (rc = nl_import_read_ids(p->ids_path, n, &ids)) != 0) {
-        free(data);
-        return rc;
-    }
-    if (p->metadata_path && (rc = nl_import_check_metadata(p->metadata_path, n)) != 0)
-        goto out;
-    uint32_t pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
-    if (pq_m > dim) {
-        rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", pq_m, dim);
-        goto out;
-    }
     r->read_s = secs_since(t0);
     if (p->progress)
         p->progress(p->progress_ctx, "read", n, n);
@@ -272,10 +459,10 @@ static int import_in_memory(const nl_import_params *p, nl_import_result *r)
     nl_vecset vs = {data, n, dim, dtype};
     unsigned threads = p->threads ? p->threads : nl_cpu_count();
     t0 = nl_now_ns();
-    nl_pq_params pp = {.m = pq_m, .max_sample = 0, .iters = 0, .seed = p->seed, .threads = threads};
-    if ((rc = nl_pq_train(&vs, p->metric, &pp, &pq)) != 0)
+    nl_pq_params pp = {.m = t->pq_m, .max_sample = 0, .iters = 0, .seed = p->seed, .threads = threads};
+    if ((rc = nl_pq_train(&vs, t->metric, &pp, &pq)) != 0)
         goto out;
-    codes = malloc(n * pq_m);
+    codes = malloc(n * t->pq_m);
     if (!codes) {
         rc = -ENOMEM;
         goto out;
@@ -289,49 +476,39 @@ static int import_in_memory(const nl_import_params *p, nl_import_result *r)
     t0 = nl_now_ns();
     nl_vamana_params vp;
     nl_vamana_params_default(&vp);
-    if (p->R) vp.R = p->R;
-    if (p->L) vp.L = p->L;
-    if (p->alpha > 0) vp.alpha = p->alpha;
+    vp.R = t->R;
+    vp.L = t->L;
+    vp.alpha = t->alpha;
     vp.threads = threads;
     vp.seed = p->seed;
     vp.single_pass = p->single_pass;
-    if ((rc = nl_vamana_build(&vs, p->metric, &vp, p->progress, p->progress_ctx, &ix)) != 0)
+    if ((rc = nl_vamana_build(&vs, t->metric, &vp, p->progress, p->progress_ctx, &ix)) != 0)
         goto out;
     if ((rc = nl_graph_validate(nl_vamana_graph(ix), nl_vamana_medoid(ix), NULL)) != 0)
         goto out; /* a bug, not bad input: never publish a graph that fails validation */
     r->build_s = secs_since(t0);
 
     t0 = nl_now_ns();
-    nl_remove_tree(tmp_dir); /* a leftover of a crashed run with the same pid */
-    snprintf(shard_dir, sizeof shard_dir, "%s/0", tmp_dir);
-    if (mkdir(tmp_dir, 0755) != 0 || mkdir(shard_dir, 0755) != 0) {
-        rc = nl_fail(-errno, "cannot create %s: %s", shard_dir, strerror(errno));
-        goto out;
+    /* The segment holds versions (pids) pid_base.., the rows in order; for a new
+     * collection that is the identity and its id map costs nothing. The external ids go
+     * to the shard's id map. */
+    if (t->pid_base) {
+        if (!(pids = malloc(sizeof(uint64_t) * n))) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+            pids[i] = t->pid_base + i;
     }
-    snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
-    /* The segment holds versions (pids) 0..n-1, the rows, so its id map is the identity
-     * and costs nothing; the external ids go to the shard's id map. */
-    nl_segment_source src = {ix, pq, codes, NULL, vp.L, vp.alpha, 0, NULL};
-    if ((rc = nl_segment_write(seg_path, &src)) != 0)
-        goto out;
-    if ((rc = nl_import_publish(p, tmp_dir, n, dim, dtype, vp.R, vp.L, vp.alpha, pq_m, ids)) != 0)
+    nl_segment_source src = {ix, pq, codes, pids, vp.L, vp.alpha, 0, NULL};
+    if ((rc = nl_segment_write(t->seg_path, &src)) != 0)
         goto out;
     r->write_s = secs_since(t0);
-    snprintf(r->segment_path, sizeof r->segment_path, "%s/%s/0/seg-000001.nls", p->db, p->collection);
-    if (stat(r->segment_path, &st) == 0)
-        r->segment_bytes = (uint64_t)st.st_size;
-    r->points = n;
-    r->dim = dim;
-    r->dtype = dtype;
-    r->R = vp.R;
-    r->pq_m = pq_m;
 out:
-    if (rc)
-        nl_remove_tree(tmp_dir);
     nl_vamana_destroy(ix);
     nl_pq_destroy(pq);
     free(codes);
-    free(ids);
+    free(pids);
     free(data);
     return rc;
 }

@@ -14,17 +14,24 @@ int nl_import_read_ids(const char *path, size_t n, uint64_t **out);
 /* A JSON Lines metadata file: one object per line, exactly n lines. */
 int nl_import_check_metadata(const char *path, size_t n);
 
-/* Creates the shard store for the segment <coll_dir>/0/seg-000001.nls (pids 0..n-1),
- * writes collection.json, and renames coll_dir to <db>/<collection>. */
-int nl_import_publish(const nl_import_params *p, const char *coll_dir, uint64_t n, uint32_t dim, nl_dtype dtype,
-                      uint32_t R, uint32_t L, float alpha, uint32_t pq_m, const uint64_t *ids);
+/* Where and how one segment is built: the resolved parameters (a new collection's, or an
+ * existing collection's for --append), the locked work directory for checkpoints, the
+ * segment's path, and the first version (pid) its rows get. */
+typedef struct {
+    uint32_t R, L, pq_m;
+    float alpha;
+    nl_metric metric;
+    uint64_t budget;
+    const char *work;
+    const char *seg_path;
+    uint64_t pid_base;
+} nl_import_target;
 
 /* Bytes the in-memory build needs for n points (data, graph, codes, build scratch). */
 uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t pq_m, int has_ids);
 
-/* The partitioned path; the caller has checked the names and that the collection does
- * not exist. ds is borrowed. */
-int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t budget, nl_import_result *r);
+/* The partitioned path: writes t->seg_path, checkpointing in t->work. ds is borrowed. */
+int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_import_target *t, nl_import_result *r);
 
 #define NL_IMPORT_FIXED_BYTES (96ull << 20) /* process, libraries, RocksDB, I/O buffers */
 

@@ -7,11 +7,14 @@
  *              up to 100,000 rows kept, the mean taken
  *   pq         PQ codebook trained on the sample; k-means on the sample gives P partition
  *              centroids, P chosen so that one partition's in-memory build fits the budget
- *   partition  one pass: each row goes to its 2 nearest partitions that still have room
- *              (a hard cap per partition, so an unlucky clustering cannot blow the budget),
- *              gets its PQ code, and the row nearest the mean becomes the medoid
- *   build      per partition: its rows gathered from the input, a Vamana graph built in
- *              memory, and the lists written with global ids, sorted by id
+ *   partition  one pass: each row (number and vector) goes to its 2 nearest partitions
+ *              that still have room (a hard cap per partition, so an unlucky clustering
+ *              cannot blow the budget), gets its PQ code, and the row nearest the mean
+ *              becomes the medoid
+ *   build      per partition: its rows (which the partition pass copied into one file
+ *              per partition, so a build reads its rows front to back instead of the
+ *              whole input) loaded, a Vamana graph built in memory, and the lists
+ *              written with global ids, sorted by id; its row files are then deleted
  *   merge      the partition files are walked together in id order: each point's lists
  *              (one per partition it is in) are united and RobustPrune'd back to R with
  *              exact distances when every vector fits the budget, else the union is
@@ -33,16 +36,12 @@
  * largest phase (a partition build, or the merge holding all vectors for exact pruning).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <jansson.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -77,7 +76,8 @@ typedef struct {
     float alpha;
     unsigned threads;
     uint64_t budget;
-    char work[4096];
+    const nl_import_target *t;
+    const char *work;
     /* sizing */
     uint32_t P;
     uint64_t cap; /* points per partition at most */
@@ -87,17 +87,7 @@ typedef struct {
     float *mean;      /* dim */
     uint64_t *counts; /* P */
     uint32_t medoid;
-    uint64_t *ids;    /* --ids, validated up front */
 } job;
-
-/* Fault injection for the resume tests: NEARLINE_IMPORT_KILL_AT=<point> makes the
- * process SIGKILL itself there (points: pq, partition, build:<k>, merge). Off unless set. */
-static void kill_point(const char *point)
-{
-    const char *at = getenv("NEARLINE_IMPORT_KILL_AT");
-    if (at && strcmp(at, point) == 0)
-        raise(SIGKILL);
-}
 
 static double secs_since(uint64_t t0) { return (double)(nl_now_ns() - t0) / 1e9; }
 
@@ -176,81 +166,6 @@ static int sync_close(FILE *f, const char *path)
 
 /* ---------------------------------------------------------------- the job */
 
-static int fingerprint(const job *j, json_t **out)
-{
-    const nl_import_params *p = j->p;
-    char real[4096];
-    struct stat st;
-    if (!realpath(p->input, real) || stat(real, &st) != 0)
-        return nl_fail(-errno, "%s: %s", p->input, strerror(errno));
-    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s, s:i, s:i, s:f, s:i, s:I, s:I, s:i, s:s?, s:s?}", "input", real,
-                          "input_bytes", (json_int_t)st.st_size, "input_mtime", (json_int_t)st.st_mtime, "rows",
-                          (json_int_t)j->n, "metric", nl_metric_name(p->metric), "R", (int)j->R, "L", (int)j->L,
-                          "alpha", (double)j->alpha, "pq_m", (int)j->pq_m, "seed", (json_int_t)p->seed, "budget",
-                          (json_int_t)j->budget, "single_pass", p->single_pass, "ids", p->ids_path, "metadata",
-                          p->metadata_path);
-    if (!o)
-        return -ENOMEM;
-    *out = o;
-    return 0;
-}
-
-/* Creates or reopens the work directory; returns 1 in *resumed when it holds
- * checkpoints of this very command. The lock file keeps two imports apart. */
-static int open_work(job *j, int *lock_fd)
-{
-    *lock_fd = -1;
-    int rc = nl_mkdirs(j->work);
-    if (rc)
-        return nl_fail(rc, "cannot create %s: %s", j->work, strerror(-rc));
-    char path[4200];
-    work_path(j, path, sizeof path, "lock");
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return nl_fail(-errno, "%s: %s", path, strerror(errno));
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        close(fd);
-        return nl_fail(-EBUSY, "another import of '%s' is running (it holds %s)", j->p->collection, path);
-    }
-    json_t *want = NULL;
-    if ((rc = fingerprint(j, &want)) != 0) {
-        close(fd);
-        return rc;
-    }
-    work_path(j, path, sizeof path, "job.json");
-    json_t *have = json_load_file(path, 0, NULL);
-    if (!have || !json_equal(have, want)) {
-        /* Checkpoints of another command (or none): start clean, keeping the lock. */
-        char lock[4200];
-        work_path(j, lock, sizeof lock, "lock");
-        DIR *d = opendir(j->work);
-        struct dirent *e;
-        while (d && (e = readdir(d)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "lock"))
-                continue;
-            char q[4400];
-            snprintf(q, sizeof q, "%s/%s", j->work, e->d_name);
-            nl_remove_tree(q);
-        }
-        if (d)
-            closedir(d);
-        char tmp[4300];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        if (json_dump_file(want, tmp, JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0)
-            rc = nl_fail(-EIO, "cannot write %s", path);
-        else
-            nl_fsync_dir(j->work);
-    }
-    json_decref(have);
-    json_decref(want);
-    if (rc) {
-        close(fd);
-        return rc;
-    }
-    *lock_fd = fd;
-    return 0;
-}
-
 /* Chunked pass over the input: fn gets rows [first, first+count) in the stored type. */
 typedef int (*scan_fn)(job *j, void *ctx, uint64_t first, uint64_t count, const void *rows);
 
@@ -280,7 +195,7 @@ static int scan_input(job *j, const char *phase, scan_fn fn, void *ctx)
 static void row_f32(const job *j, const void *row, float *out)
 {
     nl_convert_to_f32(j->dtype, row, out, j->dim);
-    if (j->p->metric == NL_METRIC_COSINE) {
+    if (j->t->metric == NL_METRIC_COSINE) {
         double s = 0;
         for (uint32_t d = 0; d < j->dim; d++)
             s += (double)out[d] * out[d];
@@ -377,7 +292,7 @@ static int phase_sample_pq(job *j)
     progress(j, "pq", 0, 2);
     nl_vecset vs = {c.sample, c.S, j->dim, j->dtype};
     nl_pq_params pp = {.m = j->pq_m, .max_sample = (uint32_t)c.S, .iters = 0, .seed = j->p->seed, .threads = j->threads};
-    if ((rc = nl_pq_train(&vs, j->p->metric, &pp, &j->pq)) != 0)
+    if ((rc = nl_pq_train(&vs, j->t->metric, &pp, &j->pq)) != 0)
         goto out;
     progress(j, "pq", 1, 2);
     xf = malloc(sizeof(float) * c.S * j->dim);
@@ -411,7 +326,7 @@ static int phase_sample_pq(job *j)
         rc = write_small(parts_path, PARTS_MAGIC, hdr, 8, pbuf, body);
     free(pbuf);
     if (!rc)
-        kill_point("pq");
+        nl_kill_point("pq");
     j->r->pq_s = secs_since(t0);
 out:
     free(c.sample);
@@ -427,7 +342,8 @@ out:
 typedef struct {
     job *j;
     FILE *codes;
-    FILE **parts;
+    FILE **parts;   /* per partition: its row numbers */
+    FILE **pvecs;   /* and its rows, so its build reads one file front to back */
     float *xf;      /* chunk rows, f32 */
     uint32_t *top;  /* chunk x T nearest partitions */
     float *dmean;   /* chunk: distance to the mean */
@@ -470,8 +386,6 @@ static int part_task(void *vctx, size_t task, unsigned thread)
 static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
 {
     part_ctx *c = vctx;
-    if (first >= j->n / 2)
-        kill_point("partition"); /* half the lists written, no checkpoint yet */
     c->count = count;
     for (uint64_t i = 0; i < count; i++)
         row_f32(j, (const char *)rows + i * j->vb, c->xf + i * j->dim);
@@ -480,6 +394,8 @@ static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, c
         return rc;
     for (uint64_t i = 0; i < count; i++) {
         uint32_t row = (uint32_t)(first + i);
+        if (row == j->n / 2)
+            nl_kill_point("partition"); /* half the lists written, no checkpoint yet */
         uint32_t chosen[2], nch = 0;
         for (uint32_t k = 0; k < c->T && nch < 2; k++)
             if (j->counts[c->top[i * c->T + k]] < j->cap)
@@ -505,8 +421,9 @@ static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, c
             }
         }
         for (uint32_t k = 0; k < 2; k++) {
-            if (fwrite(&row, 4, 1, c->parts[chosen[k]]) != 1)
-                return nl_fail(-(errno ? errno : EIO), "import: cannot write a partition list: %s",
+            if (fwrite(&row, 4, 1, c->parts[chosen[k]]) != 1 ||
+                fwrite((const char *)rows + i * j->vb, j->vb, 1, c->pvecs[chosen[k]]) != 1)
+                return nl_fail(-(errno ? errno : EIO), "import: cannot write a partition: %s",
                                strerror(errno ? errno : EIO));
             j->counts[chosen[k]]++;
         }
@@ -557,9 +474,10 @@ static int phase_partition(job *j)
     c.dmean = malloc(sizeof(float) * chunk);
     c.cbuf = malloc((size_t)chunk * j->pq_m);
     c.parts = calloc(j->P, sizeof(FILE *));
+    c.pvecs = calloc(j->P, sizeof(FILE *));
     char path[4200];
     int rc = 0;
-    if (!c.xf || !c.top || !c.dmean || !c.cbuf || !c.parts) {
+    if (!c.xf || !c.top || !c.dmean || !c.cbuf || !c.parts || !c.pvecs) {
         rc = -ENOMEM;
         goto out;
     }
@@ -577,6 +495,13 @@ static int phase_partition(job *j)
             goto out;
         }
         setvbuf(c.parts[k], NULL, _IOFBF, 64 << 10);
+        snprintf(name, sizeof name, "part-%05u.vecs", k);
+        work_path(j, path, sizeof path, name);
+        if (!(c.pvecs[k] = fopen(path, "wb"))) {
+            rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
+            goto out;
+        }
+        setvbuf(c.pvecs[k], NULL, _IOFBF, 256 << 10);
     }
     rc = scan_input(j, "partition", partition_chunk, &c);
 out:
@@ -590,6 +515,12 @@ out:
             int r2 = sync_close(c.parts[k], "partition list");
             rc = rc ? rc : r2;
         }
+    for (uint32_t k = 0; c.pvecs && k < j->P; k++)
+        if (c.pvecs[k]) {
+            int r2 = sync_close(c.pvecs[k], "partition rows");
+            rc = rc ? rc : r2;
+        }
+    free(c.pvecs);
     free(c.xf);
     free(c.top);
     free(c.dmean);
@@ -605,22 +536,6 @@ out:
 }
 
 /* ---------------------------------------------------------------- build */
-
-typedef struct {
-    const uint32_t *members;
-    uint64_t count, next;
-    char *vecs;
-} gather_ctx;
-
-static int gather_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const void *rows)
-{
-    gather_ctx *g = vctx;
-    while (g->next < g->count && g->members[g->next] < first + count) {
-        memcpy(g->vecs + g->next * j->vb, (const char *)rows + (g->members[g->next] - first) * j->vb, j->vb);
-        g->next++;
-    }
-    return 0;
-}
 
 typedef struct {
     const job *j;
@@ -656,9 +571,11 @@ static int graph_file_ok(const job *j, const char *path, uint64_t count)
 
 static int build_partition(job *j, uint32_t k)
 {
-    char ids_path[4200], graph_path[4200], name[64];
+    char ids_path[4200], vecs_path[4200], graph_path[4200], name[64];
     snprintf(name, sizeof name, "part-%05u.ids", k);
     work_path(j, ids_path, sizeof ids_path, name);
+    snprintf(name, sizeof name, "part-%05u.vecs", k);
+    work_path(j, vecs_path, sizeof vecs_path, name);
     snprintf(name, sizeof name, "part-%05u.graph", k);
     work_path(j, graph_path, sizeof graph_path, name);
     uint64_t s = j->counts[k];
@@ -695,9 +612,13 @@ static int build_partition(job *j, uint32_t k)
             rc = nl_fail(NL_ECORRUPT, "%s: ids not ascending at %llu", ids_path, (unsigned long long)i);
             goto out;
         }
-    gather_ctx g = {members, s, 0, vecs};
-    if ((rc = scan_input(j, NULL, gather_chunk, &g)) != 0)
+    if ((fd = open(vecs_path, O_RDONLY | O_CLOEXEC)) < 0 || nl_pread_full(fd, vecs, s * j->vb, 0) != 0) {
+        rc = nl_fail(fd < 0 ? -errno : NL_ECORRUPT, "%s: cannot read %llu rows", vecs_path, (unsigned long long)s);
+        if (fd >= 0)
+            close(fd);
         goto out;
+    }
+    close(fd);
     nl_vecset vs = {vecs, s, j->dim, j->dtype};
     nl_vamana_params vp;
     nl_vamana_params_default(&vp);
@@ -708,7 +629,7 @@ static int build_partition(job *j, uint32_t k)
     vp.seed = j->p->seed + k;
     vp.single_pass = j->p->single_pass;
     build_progress bp = {j, k, ""};
-    if ((rc = nl_vamana_build(&vs, j->p->metric, &vp, j->p->progress ? build_progress_cb : NULL, &bp, &ix)) != 0)
+    if ((rc = nl_vamana_build(&vs, j->t->metric, &vp, j->p->progress ? build_progress_cb : NULL, &bp, &ix)) != 0)
         goto out;
     free(vecs);
     vecs = NULL;
@@ -749,9 +670,11 @@ static int build_partition(job *j, uint32_t k)
         rc = nl_fail(-errno, "%s: %s", graph_path, strerror(errno));
     if (!rc) {
         nl_fsync_dir(j->work);
+        unlink(ids_path); /* the graph holds the row numbers; the rows are in the input */
+        unlink(vecs_path);
         char point[32];
         snprintf(point, sizeof point, "build:%u", k);
-        kill_point(point);
+        nl_kill_point(point);
     }
 out:
     if (f)
@@ -889,7 +812,17 @@ typedef struct {
     int fd;
     uint32_t m;
     const char *path;
+    uint64_t pid_base;
 } codes_src;
+
+static int fill_pids(void *ctx, uint64_t first, uint64_t count, void *dst)
+{
+    const codes_src *cs = ctx;
+    uint64_t *out = dst;
+    for (uint64_t i = 0; i < count; i++)
+        out[i] = cs->pid_base + first + i;
+    return 0;
+}
 
 static int fill_codes(void *ctx, uint64_t first, uint64_t count, void *dst)
 {
@@ -917,10 +850,10 @@ static uint64_t merge_bytes(const job *j, int exact)
     uint64_t blocks = (uint64_t)MERGE_BLOCK * (3ull * j->R + 2) * 4 + (uint64_t)j->threads * (j->R + 1) * j->dim * 4 +
                       (uint64_t)j->P * (64 << 10) + (uint64_t)MERGE_BLOCK * j->vb;
     uint64_t reach = j->n / 8 + j->n * 4; /* reachability: bitmap and queue */
-    return blocks + reach + (exact ? j->n * j->vb : 0) + (j->ids ? j->n * 8 : 0);
+    return blocks + reach + (exact ? j->n * j->vb : 0) + (j->p->ids_path ? j->n * 16 : 0);
 }
 
-static int phase_merge_write(job *j, const char *coll_dir)
+static int phase_merge_write(job *j)
 {
     uint64_t t0 = nl_now_ns();
     int exact = NL_IMPORT_FIXED_BYTES + merge_bytes(j, 1) <= j->budget;
@@ -929,12 +862,12 @@ static int phase_merge_write(job *j, const char *coll_dir)
     memset(&c, 0, sizeof c);
     c.j = j;
     c.exact = exact;
-    c.dist = nl_distance_fn(j->p->metric == NL_METRIC_COSINE ? NL_METRIC_COSINE : NL_METRIC_L2, j->dtype);
+    c.dist = nl_distance_fn(j->t->metric == NL_METRIC_COSINE ? NL_METRIC_COSINE : NL_METRIC_L2, j->dtype);
     part_reader *rd = calloc(j->P, sizeof *rd);
     char *vecs = NULL, *blockvec = NULL;
     nl_segment_writer *w = NULL;
-    codes_src cs = {-1, j->pq_m, NULL};
-    char codes_path[4200], shard_dir[4300], seg_path[4400];
+    codes_src cs = {-1, j->pq_m, NULL, 0};
+    char codes_path[4200];
     int rc = 0;
     uint32_t R = j->R;
     c.cand = malloc(sizeof(uint32_t) * MERGE_BLOCK * 2 * R);
@@ -987,15 +920,8 @@ static int phase_merge_write(job *j, const char *coll_dir)
         if ((rc = reader_advance(j, pr)) != 0)
             goto out;
     }
-    snprintf(shard_dir, sizeof shard_dir, "%s/0", coll_dir);
-    snprintf(seg_path, sizeof seg_path, "%s/seg-000001.nls", shard_dir);
-    nl_remove_tree(coll_dir);
-    if ((rc = nl_mkdirs(shard_dir)) != 0) {
-        rc = nl_fail(rc, "cannot create %s", shard_dir);
-        goto out;
-    }
-    nl_segment_writer_params wp = {j->n, j->dim, j->dtype, j->p->metric, R, j->L, j->alpha, j->pq};
-    if ((rc = nl_segment_writer_create(seg_path, &wp, &w)) != 0)
+    nl_segment_writer_params wp = {j->n, j->dim, j->dtype, j->t->metric, R, j->L, j->alpha, j->pq};
+    if ((rc = nl_segment_writer_create(j->t->seg_path, &wp, &w)) != 0)
         goto out;
     for (uint64_t first = 0; first < j->n && !rc; first += MERGE_BLOCK) {
         uint32_t cnt = (uint32_t)(j->n - first < MERGE_BLOCK ? j->n - first : MERGE_BLOCK);
@@ -1055,7 +981,7 @@ static int phase_merge_write(job *j, const char *coll_dir)
         }
         progress(j, "merge", first + cnt, j->n);
         if (first + cnt >= j->n / 2)
-            kill_point("merge"); /* the segment half written */
+            nl_kill_point("merge"); /* the segment half written */
     }
     for (uint32_t k = 0; k < j->P && !rc; k++)
         if (rd[k].has || rd[k].left)
@@ -1067,22 +993,23 @@ static int phase_merge_write(job *j, const char *coll_dir)
     j->r->merge_s = secs_since(t0);
 
     t0 = nl_now_ns();
-    progress(j, "write", 0, 3);
+    progress(j, "write", 0, 2);
     uint64_t repaired = 0;
     if ((rc = nl_segment_writer_connect(w, j->medoid, &repaired)) != 0)
         goto out;
-    progress(j, "write", 1, 3);
+    progress(j, "write", 1, 2);
     work_path(j, codes_path, sizeof codes_path, "codes.bin");
     cs.path = codes_path;
     if ((cs.fd = open(codes_path, O_RDONLY | O_CLOEXEC)) < 0) {
         rc = nl_fail(-errno, "%s: %s", codes_path, strerror(errno));
         goto out;
     }
-    rc = nl_segment_writer_finish(w, j->medoid, fill_codes, NULL, &cs, NULL, 0, 0);
+    cs.pid_base = j->t->pid_base;
+    rc = nl_segment_writer_finish(w, j->medoid, fill_codes, cs.pid_base ? fill_pids : NULL, &cs, NULL, 0, 0);
     w = NULL;
     if (rc)
         goto out;
-    progress(j, "write", 2, 3);
+    progress(j, "write", 2, 2);
     j->r->write_s = secs_since(t0);
 out:
     if (cs.fd >= 0)
@@ -1107,26 +1034,25 @@ out:
 
 /* ---------------------------------------------------------------- entry */
 
-int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t budget, nl_import_result *r)
+int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_import_target *t, nl_import_result *r)
 {
     job j;
     memset(&j, 0, sizeof j);
     j.p = p;
     j.r = r;
+    j.t = t;
     j.ds = ds;
     j.n = nl_dataset_count(ds);
     j.dim = nl_dataset_dim(ds);
     j.dtype = nl_dataset_dtype(ds);
     j.vb = (size_t)j.dim * nl_dtype_size(j.dtype);
-    j.R = p->R ? p->R : 64;
-    j.L = p->L ? p->L : 100;
-    j.alpha = p->alpha > 0 ? p->alpha : 1.2f;
-    j.pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(j.dim);
+    j.R = t->R;
+    j.L = t->L;
+    j.alpha = t->alpha;
+    j.pq_m = t->pq_m;
     j.threads = p->threads ? p->threads : nl_cpu_count();
-    j.budget = budget;
-    snprintf(j.work, sizeof j.work, "%s/.import-%s", p->db, p->collection);
-    if (j.pq_m > j.dim)
-        return nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", j.pq_m, j.dim);
+    j.budget = t->budget;
+    j.work = t->work;
     if (j.n < 3)
         return nl_fail(NL_EINVAL, "a partitioned import needs at least 3 rows");
     if (j.R < 2 || j.R > 1024 || j.L < 1 || !(j.alpha >= 1.0f && j.alpha <= 4.0f))
@@ -1138,29 +1064,29 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t bu
     uint64_t per_point = j.vb + 4 * slack + 4 + 13;
     uint64_t fixed = NL_IMPORT_FIXED_BYTES + (p->ids_path ? 16 * j.n : 0) + CHUNK_BYTES +
                      (uint64_t)j.threads * (16ull << 20) /* build scratch per thread */;
-    if (budget <= fixed + per_point * 1024)
+    if (j.budget <= fixed + per_point * 1024)
         return nl_fail(NL_EINVAL, "--memory-budget %llu MiB is too small for %llu rows of %zu bytes (need more than %llu MiB)",
-                       (unsigned long long)(budget >> 20), (unsigned long long)j.n, j.vb,
+                       (unsigned long long)(j.budget >> 20), (unsigned long long)j.n, j.vb,
                        (unsigned long long)((fixed + per_point * 1024) >> 20) + 1);
-    uint64_t cap = (budget - fixed) / per_point;
-    uint64_t P = (2 * j.n * 5 + cap * 4 - 1) / (cap * 4); /* 2n points at 80% fill */
+    uint64_t cap = (j.budget - fixed) / per_point;
+    if (cap > j.n)
+        cap = j.n;
+    /* 2n placements at 80% fill; and however they fall, the full partitions (at most
+     * 2n / cap of them) must leave two with room for the last point. */
+    uint64_t P = (2 * j.n * 5 + cap * 4 - 1) / (cap * 4);
+    uint64_t p_min = (2 * j.n + cap - 1) / cap + 1;
+    if (P < p_min)
+        P = p_min;
     if (P < 3)
         P = 3;
     if (P > 65536)
         return nl_fail(NL_EINVAL, "--memory-budget %llu MiB would need %llu partitions; raise it",
-                       (unsigned long long)(budget >> 20), (unsigned long long)P);
+                       (unsigned long long)(j.budget >> 20), (unsigned long long)P);
     j.P = (uint32_t)P;
-    j.cap = cap < j.n ? cap : j.n;
-    if ((uint64_t)j.P * j.cap < 2 * j.n + j.cap)
-        j.cap = (2 * j.n + j.P - 1) / j.P + 1;
+    j.cap = cap;
     r->partitions = j.P;
 
-    /* Inputs that can fail on the user, before any expensive phase. */
-    int rc = 0, lock_fd = -1;
-    if (p->ids_path && (rc = nl_import_read_ids(p->ids_path, j.n, &j.ids)) != 0)
-        return rc;
-    if (p->metadata_path && (rc = nl_import_check_metadata(p->metadata_path, j.n)) != 0)
-        goto out;
+    int rc = 0;
     j.centroids = malloc(sizeof(float) * j.P * j.dim);
     j.mean = malloc(sizeof(float) * j.dim);
     j.counts = calloc(j.P, sizeof(uint64_t));
@@ -1168,8 +1094,6 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t bu
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = open_work(&j, &lock_fd)) != 0)
-        goto out;
     if ((rc = phase_sample_pq(&j)) != 0 || (rc = phase_partition(&j)) != 0)
         goto out;
     uint64_t t0 = nl_now_ns();
@@ -1178,35 +1102,11 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, uint64_t bu
     r->build_s = secs_since(t0);
     if (rc)
         goto out;
-    char coll_dir[4200];
-    work_path(&j, coll_dir, sizeof coll_dir, "collection");
-    if ((rc = phase_merge_write(&j, coll_dir)) != 0)
-        goto out;
-    t0 = nl_now_ns();
-    if ((rc = nl_import_publish(p, coll_dir, j.n, j.dim, j.dtype, j.R, j.L, j.alpha, j.pq_m, j.ids)) != 0)
-        goto out;
-    progress(&j, "write", 3, 3);
-    r->write_s += secs_since(t0);
-    snprintf(r->segment_path, sizeof r->segment_path, "%s/%s/0/seg-000001.nls", p->db, p->collection);
-    struct stat st;
-    if (stat(r->segment_path, &st) == 0)
-        r->segment_bytes = (uint64_t)st.st_size;
-    r->points = j.n;
-    r->dim = j.dim;
-    r->dtype = j.dtype;
-    r->R = j.R;
-    r->pq_m = j.pq_m;
-    /* Published: the checkpoints have served their purpose. */
-    nl_remove_tree(j.work);
+    rc = phase_merge_write(&j);
 out:
-    if (rc == NL_EBADVALUE || rc == NL_EFORMAT || rc == NL_ETRUNCATED || rc == NL_EDIM)
-        nl_remove_tree(j.work); /* bad input: nothing worth resuming */
-    if (lock_fd >= 0)
-        close(lock_fd);
     nl_pq_destroy(j.pq);
     free(j.centroids);
     free(j.mean);
     free(j.counts);
-    free(j.ids);
     return rc;
 }

@@ -36,6 +36,9 @@ typedef struct {
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
     int single_pass;      /* one build pass (alpha only): faster, slightly worse graph */
     int force_partitioned; /* testing: the partitioned path even when the data fits */
+    int append;           /* add the rows to an existing single-shard collection as a new
+                           * segment (ids must be new; without ids_path, ids continue after
+                           * the largest numeric id present) */
     nl_progress_fn progress; /* optional; phase names: read, sample, pq, partition,
                               * build, build pass 1/2, build part i/P, merge, write */
     void *progress_ctx;
@@ -50,7 +53,9 @@ typedef struct {
     uint64_t budget;          /* the budget applied */
     uint32_t partitions;      /* 0: built in memory */
     uint32_t resumed_phases;  /* phases and partitions taken from checkpoints */
-    int exact_merge;          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
+    int exact_merge;
+    int appended;
+    uint64_t first_id;        /* appended without ids: the first row's id */          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
     char segment_path[4400];
 } nl_import_result;
 

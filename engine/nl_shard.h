@@ -39,12 +39,24 @@ typedef struct nl_shard nl_shard;
 int nl_shard_config_check(nl_shard_config *cfg);
 /* Creates dir (NL_EEXISTS if it exists) holding an empty shard. opt may be NULL. */
 int nl_shard_create(const char *dir, const nl_shard_config *cfg, const nl_db_options *opt, nl_shard **out);
-/* Creates the store of a shard whose first segment, seg-<seg_number>.nls with pids
- * 0..n-1, is already in dir: points row -> id ids[row] (row when ids is NULL), with the
- * metadata of line row of metadata_path (JSON Lines, already validated; optional). Used
- * by bulk import before the collection is published. */
-int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg, uint32_t seg_number, uint64_t n,
-                           const uint64_t *ids, const char *metadata_path);
+/* Bulk import into a closed shard (shard_import.c): begin opens its store (create = 1:
+ * a new shard directory, with cfg) and holds RocksDB's lock until end; the caller writes
+ * seg-<number>.nls holding versions next_pid.. next_pid+n-1 into the directory, checks
+ * collisions, then commit adds the rows' ids (ids[row], or id_first + row when ids is
+ * NULL) and metadata (line row of metadata_path, validated already; optional) and the
+ * segment to the manifest. */
+typedef struct nl_shard_import nl_shard_import;
+int nl_shard_import_begin(const char *dir, const nl_shard_config *cfg, int create, nl_shard_import **out);
+void nl_shard_import_end(nl_shard_import *h);
+uint64_t nl_shard_import_next_pid(const nl_shard_import *h);
+uint32_t nl_shard_import_next_seg(const nl_shard_import *h);
+/* The largest numeric id in the shard (*any = 0 when it holds none). */
+int nl_shard_import_max_id(nl_shard_import *h, uint64_t *max, int *any);
+/* How many of the rows' ids the shard holds already, and the first such row. */
+int nl_shard_import_collisions(nl_shard_import *h, const uint64_t *ids, uint64_t id_first, uint64_t n,
+                               uint64_t *count, uint64_t *first_row);
+int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, const uint64_t *ids,
+                           uint64_t id_first, const char *metadata_path);
 /* Opens and recovers: removes orphaned files, reopens the segments of the manifest,
  * rebuilds the fresh index and the tombstone set. */
 int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out);

@@ -434,7 +434,7 @@ int nl_shard_config_check(nl_shard_config *c)
     return 0;
 }
 
-static void config_encode(const nl_shard_config *c, uint32_t f[10])
+void sh_config_encode(const nl_shard_config *c, uint32_t f[10])
 {
     uint32_t a;
     memcpy(&a, &c->alpha, 4);
@@ -528,7 +528,7 @@ static int write_initial_manifest(nl_store *st, const nl_shard_config *cfg, uint
                                   nl_store_batch *b)
 {
     uint32_t f[10];
-    config_encode(cfg, f);
+    sh_config_encode(cfg, f);
     nl_store_batch_put(b, NL_CF_MANIFEST, "config", 6, f, sizeof f);
     nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &next_pid, 8);
     nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
@@ -582,70 +582,6 @@ int nl_shard_create(const char *dir, const nl_shard_config *cfg_in, const nl_db_
     return 0;
 fail:
     nl_shard_close(sh);
-    return rc;
-}
-
-int nl_shard_init_imported(const char *dir, const nl_shard_config *cfg_in, uint32_t seg_number, uint64_t n,
-                           const uint64_t *ids, const char *metadata_path)
-{
-    nl_shard_config cfg = *cfg_in;
-    int rc = nl_shard_config_check(&cfg);
-    if (rc)
-        return rc;
-    char meta[4200];
-    snprintf(meta, sizeof meta, "%s/meta", dir);
-    nl_store *st;
-    if ((rc = nl_store_open(meta, 1, &st)) != 0)
-        return rc;
-    nl_store_batch *b = nl_store_batch_create(st);
-    if (!b) {
-        nl_store_close(st);
-        return -ENOMEM;
-    }
-    /* The id map, its inverse and the metadata, in unsynced batches; the final manifest
-     * batch is synced and RocksDB's WAL is ordered, so a crash leaves an import that is
-     * never published (the collection directory is renamed into place only after this
-     * returns). */
-    FILE *mf = NULL;
-    char *line = NULL;
-    size_t lcap = 0;
-    if (metadata_path && !(mf = fopen(metadata_path, "r")))
-        rc = nl_fail(-errno, "metadata file %s: %s", metadata_path, strerror(errno));
-    for (uint64_t row = 0; row < n && !rc; row++) {
-        nl_id id = {0, ids ? ids[row] : row, NULL, 0};
-        unsigned char ek[NL_EKEY_MAX], pk[8];
-        size_t ekl = nl_ekey_encode(&id, ek);
-        sh_pid_key(row, pk);
-        nl_store_batch_put(b, NL_CF_IDMAP, ek, ekl, pk, 8);
-        nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, ekl);
-        if (mf) {
-            ssize_t len = getline(&line, &lcap, mf);
-            if (len < 0) {
-                rc = nl_fail(NL_EFORMAT, "metadata file %s ends at line %llu", metadata_path,
-                             (unsigned long long)row);
-                break;
-            }
-            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-                len--;
-            nl_store_batch_put(b, NL_CF_META, ek, ekl, line, (size_t)len);
-        }
-        if (nl_store_batch_count(b) >= 20000) {
-            rc = nl_store_write(b, 0);
-            nl_store_batch_clear(b);
-        }
-    }
-    if (!rc) {
-        unsigned char sk[8];
-        sh_seg_key(seg_number, sk);
-        uint64_t rec[3] = {n, 0, n ? n - 1 : 0};
-        nl_store_batch_put(b, NL_CF_MANIFEST, sk, 8, rec, sizeof rec);
-        rc = write_initial_manifest(st, &cfg, n, (uint64_t)seg_number + 1, b);
-    }
-    free(line);
-    if (mf)
-        fclose(mf);
-    nl_store_batch_destroy(b);
-    nl_store_close(st);
     return rc;
 }
 
@@ -782,8 +718,9 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
     nl_store_iter *it = NULL;
     uint64_t *loose = NULL; /* tombstoned versions in no segment, ascending */
     size_t nloose = 0, loose_cap = 0;
+    uint64_t rolled_back = 0;
     int rc = nl_store_open(meta, 0, &sh->st);
-    if (rc || (rc = load_config(sh)) != 0)
+    if (rc || (rc = nl_shard_import_recover(sh->st, &rolled_back)) != 0 || (rc = load_config(sh)) != 0)
         goto fail;
     options_fill(&sh->opt, opt, &sh->cfg);
     sh->row_bytes = (size_t)sh->cfg.dim * nl_dtype_size(sh->cfg.dtype);

@@ -86,6 +86,9 @@ struct nl_shard {
 };
 
 /* encodings */
+void sh_config_encode(const nl_shard_config *c, uint32_t f[10]);
+/* Rolls back an interrupted bulk append (shard_import.c); called at open. */
+int nl_shard_import_recover(struct nl_store *st, uint64_t *rolled_back);
 void sh_pid_key(uint64_t pid, unsigned char out[8]);
 uint64_t sh_pid_from_key(const unsigned char k[8]);
 void sh_seg_key(uint32_t number, unsigned char out[8]);

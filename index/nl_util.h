@@ -58,4 +58,8 @@ int nl_pread_full(int fd, void *buf, size_t len, uint64_t off);
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t nl_peak_rss_bytes(void);
 
+/* Fault injection for crash tests: when the environment names this point in
+ * NEARLINE_KILL_AT, the process SIGKILLs itself here. A no-op otherwise. */
+void nl_kill_point(const char *point);
+
 #endif

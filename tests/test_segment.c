@@ -399,3 +399,83 @@ Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
     free(multi); free(alone);
     unbuild(&f);
 }
+
+typedef struct {
+    const fixture *f;
+} stream_fill;
+
+static int stream_codes(void *ctx, uint64_t first, uint64_t count, void *dst)
+{
+    const fixture *f = ((stream_fill *)ctx)->f;
+    uint32_t m = nl_pq_m(f->pq);
+    memcpy(dst, f->codes + first * m, count * m);
+    return 0;
+}
+
+static int stream_ids(void *ctx, uint64_t first, uint64_t count, void *dst)
+{
+    uint64_t *out = dst;
+    (void)ctx;
+    for (uint64_t i = 0; i < count; i++)
+        out[i] = 500 + first + i;
+    return 0;
+}
+
+/* The streaming writer (what partitioned imports use): a graph whose last 40 nodes nothing
+ * links to is written node by node; connect gives each an in-edge, the file verifies with
+ * every node reachable, lists and vectors survive, and search finds the cut-off nodes. */
+Test(segment, streaming_writer_repairs_reachability)
+{
+    fixture f;
+    size_t n = 1200, cut = 40;
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    const nl_graph *g = nl_vamana_graph(f.ix);
+    uint32_t R = nl_graph_max_degree(g);
+    char path[600];
+    snprintf(path, sizeof path, "%s/stream.nls", dir);
+    nl_segment_writer_params wp = {n, 32, NL_DTYPE_F32, NL_METRIC_L2, R, 48, 1.2f, f.pq};
+    nl_segment_writer *w;
+    cr_assert_eq(nl_segment_writer_create(path, &wp, &w), 0, "%s", nl_errdetail());
+    uint32_t *l = malloc(sizeof(uint32_t) * R);
+    uint32_t medoid = nl_vamana_medoid(f.ix);
+    cr_assert_lt(medoid, n - cut, "the fixture's medoid falls in the cut range");
+    for (size_t u = 0; u < n; u++) {
+        uint32_t deg, k = 0;
+        const uint32_t *src = nl_graph_neighbors(g, (uint32_t)u, &deg);
+        for (uint32_t i = 0; i < deg; i++)
+            if (u >= n - cut || src[i] < n - cut) /* no edge into the cut range from outside */
+                l[k++] = src[i];
+        cr_assert_eq(nl_segment_writer_add(w, (const float *)f.x + u * 32, l, k), 0);
+    }
+    uint32_t bad = (uint32_t)n;
+    cr_assert_neq(nl_segment_writer_add(w, f.x, &bad, 1), 0, "an add past count must fail");
+    uint64_t added = 0;
+    cr_assert_eq(nl_segment_writer_connect(w, medoid, &added), 0, "%s", nl_errdetail());
+    cr_assert_geq(added, 1);
+    cr_assert_leq(added, cut);
+    stream_fill sf = {&f};
+    cr_assert_eq(nl_segment_writer_finish(w, medoid, stream_codes, stream_ids, &sf, NULL, 0, 0), 0, "%s",
+                 nl_errdetail());
+    nl_segment_options o = {0, NL_IO_AUTO, 1};
+    nl_segment *seg;
+    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
+    nl_segment_verify_report rep;
+    cr_assert_eq(nl_segment_verify(seg, &rep), 0, "%s", nl_errdetail());
+    cr_assert_eq(rep.unreachable, 0);
+    cr_assert_eq(nl_segment_id(seg, 7), 507);
+    float *v = malloc(sizeof(float) * 32);
+    cr_assert_eq(nl_segment_read_vectors(seg, (uint32_t)n - 1, 1, v), 0);
+    cr_assert_arr_eq(v, (const float *)f.x + (n - 1) * 32, sizeof(float) * 32);
+    /* A query equal to a cut-off point finds it. */
+    nl_seg_searcher *s;
+    cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 1, NL_IO_AUTO, &s), 0);
+    nl_seg_query_params qp = {1, 64, 4};
+    uint32_t ord;
+    cr_assert_eq(nl_seg_search_batch(s, v, 1, &qp, &ord, NULL, NULL), 0);
+    cr_assert_eq(ord, n - 1);
+    nl_seg_searcher_destroy(s);
+    nl_segment_close(seg);
+    free(v);
+    free(l);
+    unbuild(&f);
+}

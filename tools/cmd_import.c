@@ -81,13 +81,17 @@ static int help(FILE *f)
     fprintf(f,
             "usage: nearline import --db DIR --collection NAME --input FILE [--format F]\n"
             "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
-            "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--threads N] [--seed S] [--quiet]\n"
+            "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--append] [--threads N] [--seed S]\n"
+            "         [--quiet]\n"
             "\n"
             "  --memory-budget SIZE  peak memory the import may use (default: half of RAM). Data whose\n"
             "                        in-memory build would not fit is built in overlapping partitions\n"
             "                        and merged; rerunning the same command after a crash resumes from\n"
             "                        the checkpoints in DIR/.import-NAME/.\n"
-            "  --single-pass         one build pass instead of two (about twice as fast, lower recall per L)\n");
+            "  --single-pass         one build pass instead of two (about twice as fast, lower recall per L)\n"
+            "  --append              add the input to an existing collection as a new segment, with the\n"
+            "                        collection's R, L, alpha and PQ size; ids must be new (collisions are\n"
+            "                        reported); without --ids, ids continue after the largest one present\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -106,7 +110,7 @@ int cmd_import(int argc, char **argv)
         {"metric", 1, 0, 'm'}, {"ids", 1, 0, 'I'}, {"R", 1, 0, 'R'}, {"L", 1, 0, 'L'}, {"alpha", 1, 0, 'a'},
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
         {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
-        {"partitioned", 0, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -129,6 +133,7 @@ int cmd_import(int argc, char **argv)
                   break;
         case '1': p.single_pass = 1; break;
         case 'P': p.force_partitioned = 1; break;
+        case 'A': p.append = 1; break;
         case 'M': p.metadata_path = optarg; break;
         case 'h': return help(stdout);
         default: return help(stderr);
@@ -159,11 +164,13 @@ int cmd_import(int argc, char **argv)
     printf("{\"collection\":\"%s\",\"points\":%llu,\"dim\":%u,\"dtype\":\"%s\",\"metric\":\"%s\",\"R\":%u,"
            "\"pq_bytes\":%u,\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
            "\"partition\":%.2f,\"build\":%.2f,\"merge\":%.2f,\"write\":%.2f,\"total\":%.2f},\"memory_budget_bytes\":%llu,"
-           "\"partitions\":%u,\"exact_merge\":%s,\"resumed_checkpoints\":%u,\"peak_rss_bytes\":%llu}\n",
+           "\"partitions\":%u,\"exact_merge\":%s,\"resumed_checkpoints\":%u,\"appended\":%s,\"first_id\":%llu,"
+           "\"peak_rss_bytes\":%llu}\n",
            p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
            r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
            r.merge_s, r.write_s, r.total_s, (unsigned long long)r.budget, r.partitions,
-           r.partitions ? (r.exact_merge ? "true" : "false") : "null", r.resumed_phases,
+           r.partitions ? (r.exact_merge ? "true" : "false") : "null", r.resumed_phases, r.appended ? "true" : "false",
+           (unsigned long long)r.first_id,
            (unsigned long long)nl_peak_rss_bytes());
     return 0;
 }
