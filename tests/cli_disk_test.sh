@@ -25,7 +25,7 @@ expect_error() {
 # recall_of FILE: the recall_at_k of the last JSON line
 recall_of() { tail -1 "$1" | sed -n 's/.*"recall_at_k":\([0-9.]*\).*/\1/p'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
-no_leftovers() { ! ls -A "$1" 2>/dev/null | grep -q "^\.tmp-import"; }
+no_leftovers() { ! ls -A "$1" 2>/dev/null | grep -q "^\.tmp-import\|^\.import-"; }
 
 DB="$W/db"
 "$NL" gen --n 3000 --dim 32 --type f32 --clusters 20 --seed 3 --out "$W/g.fvecs" --queries 60 \

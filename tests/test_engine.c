@@ -744,3 +744,77 @@ Test(engine, imported_collection_with_ids_and_metadata_takes_writes)
     nl_db_close(h);
     free(x);
 }
+
+/* The partitioned import and --append through the library (this suite runs under ASan
+ * too): a forced partitioned build with metadata, then a partitioned append whose ids
+ * continue the numbering, a live upsert and flush on top, and an append with a colliding
+ * id refused without touching the collection. */
+Test(engine, partitioned_import_then_append)
+{
+    size_t n = 3000;
+    float *x = malloc(sizeof(float) * 2 * n * D);
+    for (size_t i = 0; i < 2 * n; i++) vec_for(i, x + i * D);
+    char v1[512], v2[512], mpath[512], ipath[512], db[512];
+    snprintf(v1, sizeof v1, "%s/a.fvecs", dir);
+    snprintf(v2, sizeof v2, "%s/b.fvecs", dir);
+    snprintf(mpath, sizeof mpath, "%s/b.jsonl", dir);
+    snprintf(ipath, sizeof ipath, "%s/ids.txt", dir);
+    snprintf(db, sizeof db, "%s/db", dir);
+    cr_assert_eq(nl_dataset_write(v1, NL_FORMAT_FVECS, x, n, D), 0);
+    cr_assert_eq(nl_dataset_write(v2, NL_FORMAT_FVECS, x + n * D, n, D), 0);
+    FILE *fm = fopen(mpath, "w");
+    for (size_t i = 0; i < n; i++) fprintf(fm, "{\"b\":%zu}\n", i);
+    fclose(fm);
+    nl_import_params ip = {.db = db, .collection = "p", .input = v1, .metric = NL_METRIC_L2, .R = 16, .L = 32,
+                           .pq_m = 8, .threads = 2, .memory_budget = 256ull << 20, .force_partitioned = 1};
+    nl_import_result ir;
+    cr_assert_eq(nl_import(&ip, &ir), 0, "%s", nl_errdetail());
+    cr_assert_geq(ir.partitions, 3);
+    cr_assert(ir.exact_merge);
+    ip.input = v2;
+    ip.metadata_path = mpath;
+    ip.append = 1;
+    cr_assert_eq(nl_import(&ip, &ir), 0, "%s", nl_errdetail());
+    cr_assert_eq(ir.first_id, n);
+    cr_assert(ir.appended);
+    nl_db *h;
+    nl_db_options o = {.no_background = 1};
+    cr_assert_eq(nl_db_open(db, &o, &h), 0);
+    nl_collection *c;
+    cr_assert_eq(nl_collection_open(h, "p", &c), 0, "%s", nl_errdetail());
+    cr_assert_eq(points(c), 2 * n);
+    nl_hit hits[10];
+    for (size_t i = 0; i < 2 * n; i += 397) {
+        cr_assert_gt(search(c, x + i * D, 10, hits), 0);
+        cr_assert_eq(hits[0].num, i, "row %zu found %llu", i, (unsigned long long)hits[0].num);
+    }
+    char *m;
+    size_t ml;
+    nl_id id = {.num = n + 5};
+    cr_assert_eq(nl_collection_get(c, &id, NULL, &m, &ml), 0, "%s", nl_errdetail());
+    cr_assert_str_eq(m, "{\"b\":5}");
+    free(m);
+    float nv[D];
+    vec_for(999999, nv);
+    nl_point pt = {.id = {.num = 2 * n + 100}, .vector = nv, .dim = D};
+    cr_assert_eq(nl_collection_upsert(c, &pt, 1), 0);
+    cr_assert_eq(nl_collection_flush(c), 0);
+    nl_verify_report vr;
+    cr_assert_eq(nl_collection_verify(c, &vr), 0, "%s", nl_errdetail());
+    nl_collection_close(c);
+    nl_db_close(h);
+    /* The flushed point is now the largest id: a colliding --ids append is refused. */
+    FILE *fi = fopen(ipath, "w");
+    for (size_t i = 0; i < n; i++) fprintf(fi, "%zu\n", i == 17 ? 2 * n + 100 : 10 * n + i);
+    fclose(fi);
+    ip.ids_path = ipath;
+    ip.metadata_path = NULL;
+    cr_assert_eq(nl_import(&ip, &ir), NL_EEXISTS);
+    cr_assert(strstr(nl_errdetail(), "line 18") != NULL, "%s", nl_errdetail());
+    cr_assert_eq(nl_db_open(db, &o, &h), 0);
+    cr_assert_eq(nl_collection_open(h, "p", &c), 0);
+    cr_assert_eq(points(c), 2 * n + 1);
+    nl_collection_close(c);
+    nl_db_close(h);
+    free(x);
+}
