@@ -849,7 +849,7 @@ static uint64_t merge_bytes(const job *j, int exact)
 {
     uint64_t blocks = (uint64_t)MERGE_BLOCK * (3ull * j->R + 2) * 4 + (uint64_t)j->threads * (j->R + 1) * j->dim * 4 +
                       (uint64_t)j->P * (64 << 10) + (uint64_t)MERGE_BLOCK * j->vb;
-    uint64_t reach = j->n / 8 + j->n * 4; /* reachability: bitmap and queue */
+    uint64_t reach = j->n / 2; /* reachability: four bitmaps */
     return blocks + reach + (exact ? j->n * j->vb : 0) + (j->p->ids_path ? j->n * 16 : 0);
 }
 
@@ -997,6 +997,7 @@ static int phase_merge_write(job *j)
     uint64_t repaired = 0;
     if ((rc = nl_segment_writer_connect(w, j->medoid, &repaired)) != 0)
         goto out;
+    j->r->repaired_edges = repaired;
     progress(j, "write", 1, 2);
     work_path(j, codes_path, sizeof codes_path, "codes.bin");
     cs.path = codes_path;

@@ -54,6 +54,7 @@ typedef struct {
     uint32_t partitions;      /* 0: built in memory */
     uint32_t resumed_phases;  /* phases and partitions taken from checkpoints */
     int exact_merge;
+    uint64_t repaired_edges;  /* partitioned: in-edges added to nodes the merge left unreachable */
     int appended;
     uint64_t first_id;        /* appended without ids: the first row's id */          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
     char segment_path[4400];

@@ -260,25 +260,39 @@ static int patch_list(nl_segment_writer *w, int fd, unsigned char *buf, uint64_t
 #define SEEN(u) (seen[(u) / 8] & (1u << ((u) % 8)))
 #define MARK(u) (seen[(u) / 8] |= (uint8_t)(1u << ((u) % 8)))
 
-/* Breadth-first from start over the written lists, marking what it reaches. */
-static int bfs_mark(nl_segment_writer *w, int fd, unsigned char *buf, uint32_t start, uint8_t *seen, uint32_t *q,
-                    uint32_t *nbrs)
+/* Everything reachable from start over the written lists, marked in seen: a
+ * level-synchronous breadth-first walk whose frontiers are bitmaps, so memory is three bits
+ * a node whatever the graph (a queue would take 4 bytes a node: 4 GB at a billion), and
+ * each level reads its nodes in ordinal order, close to sequential on disk. */
+static int reach_from(nl_segment_writer *w, int fd, unsigned char *buf, uint32_t start, uint8_t *seen,
+                      uint64_t *frontier, uint64_t *next, uint32_t *nbrs)
 {
-    uint64_t head = 0, tail = 0;
-    if (SEEN(start))
-        return 0;
+    uint64_t n = w->p.count, words = (n + 63) / 64;
+    memset(seen, 0, (n + 7) / 8);
+    memset(frontier, 0, words * 8);
     MARK(start);
-    q[tail++] = start;
-    while (head < tail) {
-        uint32_t deg = 0;
-        int rc = read_back_list(w, fd, buf, q[head++], nbrs, &deg);
-        if (rc)
-            return rc;
-        for (uint32_t i = 0; i < deg; i++)
-            if (!SEEN(nbrs[i])) {
-                MARK(nbrs[i]);
-                q[tail++] = nbrs[i];
+    frontier[start / 64] |= 1ull << (start % 64);
+    for (int more = 1; more;) {
+        more = 0;
+        memset(next, 0, words * 8);
+        for (uint64_t wd = 0; wd < words; wd++) {
+            for (uint64_t bits = frontier[wd]; bits; bits &= bits - 1) {
+                uint64_t u = wd * 64 + (uint64_t)__builtin_ctzll(bits);
+                uint32_t deg = 0;
+                int rc = read_back_list(w, fd, buf, u, nbrs, &deg);
+                if (rc)
+                    return rc;
+                for (uint32_t i = 0; i < deg; i++)
+                    if (!SEEN(nbrs[i])) {
+                        MARK(nbrs[i]);
+                        next[nbrs[i] / 64] |= 1ull << (nbrs[i] % 64);
+                        more = 1;
+                    }
             }
+        }
+        uint64_t *t = frontier;
+        frontier = next;
+        next = t;
     }
     return 0;
 }
@@ -286,23 +300,22 @@ static int bfs_mark(nl_segment_writer *w, int fd, unsigned char *buf, uint32_t s
 int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *added)
 {
     *added = 0;
-    uint64_t n = w->p.count;
+    uint64_t n = w->p.count, words = (n + 63) / 64;
     if (w->next != n || medoid >= n)
         return nl_fail(NL_EINVAL, "segment: connect before every node is written");
     if (fflush(w->o.f) != 0)
         return nl_fail(-errno, "%s: %s", w->tmp, strerror(errno));
     int fd = open(w->tmp, O_RDWR | O_CLOEXEC);
     uint8_t *seen = malloc((n + 7) / 8), *repaired = calloc((n + 7) / 8, 1);
-    uint32_t *q = malloc(sizeof(uint32_t) * n);
+    uint64_t *fa = malloc(words * 8), *fb = malloc(words * 8);
     uint32_t *nbrs = malloc(sizeof(uint32_t) * w->p.R);
     uint32_t *hl = malloc(sizeof(uint32_t) * w->p.R);
     unsigned char *buf = aligned_alloc(SEG_SECTOR, SEG_SECTOR * (size_t)w->geo.spn);
     int rc = fd < 0 ? nl_fail(-errno, "%s: %s", w->tmp, strerror(errno)) : 0;
-    if (!rc && (!seen || !repaired || !q || !nbrs || !hl || !buf))
+    if (!rc && (!seen || !repaired || !fa || !fb || !nbrs || !hl || !buf))
         rc = -ENOMEM;
-    for (int sweep = 0; sweep < 4 && !rc; sweep++) {
-        memset(seen, 0, (n + 7) / 8);
-        if ((rc = bfs_mark(w, fd, buf, medoid, seen, q, nbrs)) != 0)
+    for (int sweep = 0; sweep < 8 && !rc; sweep++) {
+        if ((rc = reach_from(w, fd, buf, medoid, seen, fa, fb, nbrs)) != 0)
             break;
         uint64_t missing = 0;
         for (uint64_t v = 0; v < n && !rc; v++) {
@@ -312,7 +325,9 @@ int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *a
             /* Give v an in-edge from a reached node it links to (its neighbourhood is
              * likely to link back), one with room if there is one, else from the medoid.
              * A full host gives up its last edge to a node that no repair has linked, so
-             * two repairs never keep displacing each other. */
+             * two repairs never keep displacing each other. v is then reached, and may
+             * host later repairs; the next sweep rechecks everything (a displaced edge
+             * may have cut something off). */
             uint32_t deg = 0, host = UINT32_MAX, hdeg = 0;
             if ((rc = read_back_list(w, fd, buf, v, nbrs, &deg)) != 0)
                 break;
@@ -344,18 +359,19 @@ int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *a
             if ((rc = patch_list(w, fd, buf, host, hl, hdeg)) != 0)
                 break;
             (*added)++;
-            rc = bfs_mark(w, fd, buf, (uint32_t)v, seen, q, nbrs);
+            MARK(v);
         }
         if (!rc && missing == 0)
             break;
-        if (!rc && sweep == 3)
+        if (!rc && sweep == 7)
             rc = nl_fail(NL_EINVAL, "segment: %llu nodes still unreachable after repair", (unsigned long long)missing);
     }
     if (fd >= 0)
         close(fd);
     free(seen);
     free(repaired);
-    free(q);
+    free(fa);
+    free(fb);
     free(nbrs);
     free(hl);
     free(buf);
@@ -394,8 +410,10 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
         memcpy(hot, hot_in, sizeof(uint32_t) * hot_n_in);
         hot_n = hot_n_in;
     } else {
-        if (!hot_max) {
+        if (!hot_max) { /* a tenth of the nodes, at most 4M (16 MB of list): the cache budget decides */
             uint64_t h = n / 10 > 1024 ? n / 10 : 1024;
+            if (h > (4u << 20))
+                h = 4u << 20;
             hot_max = (uint32_t)(h < n ? h : n);
         }
         if (!o->err && (rc = hot_list_from_file(w, medoid, hot_max, &hot, &hot_n)) != 0)

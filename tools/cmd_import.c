@@ -164,12 +164,12 @@ int cmd_import(int argc, char **argv)
     printf("{\"collection\":\"%s\",\"points\":%llu,\"dim\":%u,\"dtype\":\"%s\",\"metric\":\"%s\",\"R\":%u,"
            "\"pq_bytes\":%u,\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
            "\"partition\":%.2f,\"build\":%.2f,\"merge\":%.2f,\"write\":%.2f,\"total\":%.2f},\"memory_budget_bytes\":%llu,"
-           "\"partitions\":%u,\"exact_merge\":%s,\"resumed_checkpoints\":%u,\"appended\":%s,\"first_id\":%llu,"
+           "\"partitions\":%u,\"exact_merge\":%s,\"repaired_edges\":%llu,\"resumed_checkpoints\":%u,\"appended\":%s,\"first_id\":%llu,"
            "\"peak_rss_bytes\":%llu}\n",
            p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
            r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
            r.merge_s, r.write_s, r.total_s, (unsigned long long)r.budget, r.partitions,
-           r.partitions ? (r.exact_merge ? "true" : "false") : "null", r.resumed_phases, r.appended ? "true" : "false",
+           r.partitions ? (r.exact_merge ? "true" : "false") : "null", (unsigned long long)r.repaired_edges, r.resumed_phases, r.appended ? "true" : "false",
            (unsigned long long)r.first_id,
            (unsigned long long)nl_peak_rss_bytes());
     return 0;
