@@ -145,6 +145,13 @@ if [ -f "$F/base.u8bin" ]; then
     else bad "fashion-mnist L=$L: partitioned $rb vs in-memory $ra"; fi
   done
   "$NL" verify --db "$W/fm" --collection part >"$W/v" 2>&1 && ok "partitioned fashion-mnist passes verify" || bad "verify: $(cat "$W/v")"
+  # A budget too small to hold every vector for the exact merge: the capped-union merge.
+  "$NL" import --db "$W/fm" --collection union --input "$F/base.u8bin" --threads 2 --memory-budget 146M --quiet >"$W/fm3" 2>&1
+  "$NL" search --db "$W/fm" --collection union --queries "$F/query.u8bin" --groundtruth "$F/groundtruth.ivecs" --k 10 --L 40 >"$W/c" 2>&1
+  rc3=$(field "$W/c" recall_at_k)
+  if [ "$(field "$W/fm3" exact_merge)" = false ] && [ -n "$rc3" ] && ge "$rc3" 0.95 && "$NL" verify --db "$W/fm" --collection union >/dev/null 2>&1; then
+    ok "fashion-mnist under 146M: capped-union merge over $(field "$W/fm3" partitions) partitions, recall@10 $rc3 at L=40, verify passes"
+  else bad "capped-union merge: $(cat "$W/fm3") recall $rc3"; fi
 else
   skp "fashion-mnist-60k partitioned recall: $F not found (../shared/data is absent on this machine)"
 fi
