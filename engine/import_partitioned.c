@@ -440,6 +440,18 @@ static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, c
     return 0;
 }
 
+/* part-<k>.<ext> in the work directory, opened for writing with a buffer of buf bytes. */
+static int open_part_file(const job *j, uint32_t k, const char *ext, size_t buf, FILE **out)
+{
+    char name[64], path[4200];
+    snprintf(name, sizeof name, "part-%05u.%s", k, ext);
+    work_path(j, path, sizeof path, name);
+    if (!(*out = fopen(path, "wb")))
+        return nl_fail(-errno, "%s: %s", path, strerror(errno));
+    setvbuf(*out, NULL, _IOFBF, buf);
+    return 0;
+}
+
 static int phase_partition(job *j)
 {
     char done_path[4200];
@@ -486,23 +498,11 @@ static int phase_partition(job *j)
         rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
         goto out;
     }
-    for (uint32_t k = 0; k < j->P; k++) {
-        char name[64];
-        snprintf(name, sizeof name, "part-%05u.ids", k);
-        work_path(j, path, sizeof path, name);
-        if (!(c.parts[k] = fopen(path, "wb"))) {
-            rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
-            goto out;
-        }
-        setvbuf(c.parts[k], NULL, _IOFBF, 64 << 10);
-        snprintf(name, sizeof name, "part-%05u.vecs", k);
-        work_path(j, path, sizeof path, name);
-        if (!(c.pvecs[k] = fopen(path, "wb"))) {
-            rc = nl_fail(-errno, "%s: %s", path, strerror(errno));
-            goto out;
-        }
-        setvbuf(c.pvecs[k], NULL, _IOFBF, 256 << 10);
-    }
+    for (uint32_t k = 0; k < j->P && !rc; k++)
+        if ((rc = open_part_file(j, k, "ids", 64 << 10, &c.parts[k])) == 0)
+            rc = open_part_file(j, k, "vecs", 256 << 10, &c.pvecs[k]);
+    if (rc)
+        goto out;
     rc = scan_input(j, "partition", partition_chunk, &c);
 out:
     if (c.codes) {
