@@ -452,6 +452,9 @@ int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, con
                 stats[q].ios += st[q].ios;
                 stats[q].cache_hits += st[q].cache_hits;
                 stats[q].hops += st[q].hops;
+                stats[q].filter_plan |= st[q].filter_plan;
+                stats[q].scanned += st[q].scanned;
+                stats[q].matches += st[q].matches;
             }
         }
     }

@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "nl_common.h"
+#include "nl_filter.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -140,6 +141,12 @@ typedef struct {
     uint32_t W;         /* beam width (reads in flight per query); 0 = 4 */
     nl_accept_fn accept; /* optional post-filter on candidates */
     void *accept_ctx;
+    /* Metadata filter (nl_filter.h; optional, borrowed for the call): only points whose
+     * metadata satisfies it are results, and a query returns min(k, matching points)
+     * results. `filters` (nq entries, NULL entries = unfiltered) gives each query of a
+     * batch its own and overrides `filter`. See docs/filters.md for the plans. */
+    const nl_filter *filter;
+    const nl_filter *const *filters;
 } nl_search_params;
 
 typedef struct {
@@ -148,7 +155,17 @@ typedef struct {
     uint32_t ios;        /* sector reads */
     uint32_t cache_hits; /* nodes served by the node cache */
     uint32_t hops;       /* nodes expanded (all indexes) */
+    uint32_t filter_plan; /* filtered queries: NL_PLAN_* bits of the plans used */
+    uint32_t scanned;    /* points a scan plan scored */
+    uint64_t matches;    /* points the filter allows (an upper bound: counted from the
+                          * index, where a deleted point can linger until compaction) */
 } nl_query_stats;
+
+enum {
+    NL_PLAN_GRAPH = 1,    /* beam search with the predicate on results, widened list */
+    NL_PLAN_SCAN = 2,     /* the allowed set scored directly, then re-ranked exactly */
+    NL_PLAN_FALLBACK = 4  /* the walk found fewer than k: rerun as an exhaustive scan */
+};
 
 /* k nearest live points to q (dim floats), nearest first. Returns how many (< k only
  * when fewer exist) or a negative code. stats optional. */

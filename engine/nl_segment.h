@@ -19,6 +19,7 @@
 #include "nearline.h"
 #include "nl_common.h"
 #include "nl_io.h"
+#include "nl_bitmap.h"
 #include "nl_pq.h"
 #include "nl_vamana.h"
 
@@ -162,6 +163,29 @@ int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq,
 int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,
                         const nl_seg_query_params *p, uint32_t kstride, uint32_t *ords, float *dists,
                         nl_query_stats *stats);
+
+/* The general form: any list of (segment, query) jobs, each with its own k, L, W and
+ * optionally a filter or a scan plan, all in flight together on this thread's ring.
+ * Results of job j go to row jobs[j].out of ords/dists (kstride entries each) and stats.
+ *  - allow (optional): only nodes whose version (nl_segment_id) is in the bitmap (not in
+ *    it when allow_neg) become results; the others are still expanded, so the walk
+ *    reaches allowed nodes past them.
+ *  - subset (optional): the scan plan. The subset's ordinals are scored by PQ distance,
+ *    the best L read from disk (W at a time) and re-ranked exactly; no graph walk. The
+ *    subset must already be filtered (allow is not consulted). */
+typedef struct {
+    uint32_t seg, query;
+    size_t out;
+    uint32_t k, L, W;
+    const struct nl_bitmap *allow;
+    int allow_neg;
+    const uint32_t *subset;
+    uint32_t subset_n;
+} nl_seg_job;
+
+int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,
+                       const nl_seg_job *jobs, size_t njobs, uint32_t kstride, uint32_t *ords, float *dists,
+                       nl_query_stats *stats);
 
 /* ---- verification ---- */
 

@@ -4,10 +4,11 @@
  *
  *   manifest    live segments, their generation, collection config, counters
  *   idmap       external id -> its live version (pid); segments map pids to ordinals
- *   meta        metadata payloads (JSON) and, later, filter postings
+ *   meta        metadata payloads (JSON), by external id
  *   tombstones  pids of deleted or replaced versions not yet purged by compaction
  *   fresh       vectors of the fresh (not yet flushed) index
  *   pids        version (pid) -> external id, for every live version
+ *   postings    the filter index: (field, value, pid) keys of every live version
  *
  * Writes go through batches: a batch is applied atomically, and with sync it is durable
  * in RocksDB's WAL before nl_store_write returns (RocksDB groups concurrent synced
@@ -27,7 +28,7 @@
 extern "C" {
 #endif
 
-typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_PIDS, NL_CF_COUNT } nl_cf;
+typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_PIDS, NL_CF_POSTINGS, NL_CF_COUNT } nl_cf;
 
 typedef struct nl_store nl_store;
 typedef struct nl_store_batch nl_store_batch;

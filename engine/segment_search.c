@@ -51,6 +51,9 @@ typedef struct {
     uint8_t *buf_busy;
     nl_query_stats st;
     uint64_t t0;
+    const nl_bitmap *allow; /* filter: results are versions in it (or not in it: allow_neg) */
+    int allow_neg;
+    int scan;               /* the pool was filled by a scan: expand without neighbours */
 } qstate;
 
 struct nl_seg_searcher {
@@ -231,7 +234,12 @@ static inline void result_insert(qstate *q, uint32_t id, float d)
 static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned char *rec)
 {
     q->st.hops++;
-    result_insert(q, u, seg->dist(q->q, rec, seg->dim));
+    if (q->scan) {
+        result_insert(q, u, seg->dist(q->q, rec, seg->dim));
+        return;
+    }
+    if (!q->allow || nl_bitmap_contains(q->allow, seg->ids ? seg->ids[u] : u) != q->allow_neg)
+        result_insert(q, u, seg->dist(q->q, rec, seg->dim));
     uint32_t deg;
     memcpy(&deg, rec + seg->vec_bytes, 4);
     const unsigned char *nb = rec + seg->vec_bytes + 4;
@@ -284,8 +292,7 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
     return 0;
 }
 
-static int start_query(qstate *q, const nl_segment *seg, size_t out, const float *qv,
-                       const nl_seg_query_params *p)
+static int start_query(qstate *q, const nl_segment *seg, const float *qv, const nl_seg_job *p)
 {
     for (uint32_t i = 0; i < q->vis_n; i++)
         q->vis[q->vis_used[i]] = 0;
@@ -295,8 +302,11 @@ static int start_query(qstate *q, const nl_segment *seg, size_t out, const float
         return rc;
     q->active = 1;
     q->seg = seg;
-    q->out = out;
+    q->out = p->out;
     q->q = qv;
+    q->allow = p->allow;
+    q->allow_neg = p->allow_neg;
+    q->scan = p->subset != NULL;
     q->L = p->L;
     q->k = p->k;
     q->W = p->W;
@@ -306,6 +316,21 @@ static int start_query(qstate *q, const nl_segment *seg, size_t out, const float
     memset(&q->st, 0, sizeof q->st);
     q->t0 = nl_now_ns();
     nl_pq_table(seg->pq, qv, q->table);
+    if (q->scan) {
+        /* The scan plan: PQ distances of the allowed ordinals, the best L kept in the
+         * pool; the search then reads and re-ranks exactly those. */
+        const uint32_t m = seg->m;
+        for (uint32_t i = 0; i < p->subset_n; i++) {
+            uint32_t u = p->subset[i];
+            if (u >= seg->n)
+                continue;
+            if (i + 8 < p->subset_n && p->subset[i + 8] < seg->n)
+                __builtin_prefetch(seg->codes + (size_t)p->subset[i + 8] * m);
+            pool_insert(q, u, nl_pq_adc(q->table, seg->codes + (size_t)u * m, m));
+        }
+        q->st.hops = 0;
+        return 0;
+    }
     vis_add(q, seg->medoid);
     pool_insert(q, seg->medoid, nl_pq_adc(q->table, seg->codes + (size_t)seg->medoid * seg->m, seg->m));
     return 0;
@@ -326,24 +351,25 @@ static void finish_query(qstate *q, uint32_t kstride, uint32_t *ords, float *dis
     q->active = 0;
 }
 
-int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,
-                        const nl_seg_query_params *p, uint32_t kstride, uint32_t *ords, float *dists,
-                        nl_query_stats *stats)
+int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,
+                       const nl_seg_job *jobs, size_t njobs, uint32_t kstride, uint32_t *ords, float *dists,
+                       nl_query_stats *stats)
 {
     const nl_segment *own = s->seg;
-    for (size_t i = 0; i < nseg; i++) {
-        const nl_segment *g = segs[i];
-        if (p[i].k == 0 || p[i].L < p[i].k || p[i].L > s->max_L || p[i].W == 0 || p[i].W > s->max_W ||
-            p[i].k > kstride)
+    for (size_t i = 0; i < njobs; i++) {
+        const nl_seg_job *p = &jobs[i];
+        if (p->seg >= nseg)
+            return nl_fail(NL_EINVAL, "search: job %zu names segment %u of %zu", i, p->seg, nseg);
+        const nl_segment *g = segs[p->seg];
+        if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->W == 0 || p->W > s->max_W || p->k > kstride)
             return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u, k <= %u and 0 < W <= %u (k=%u L=%u W=%u)",
-                           s->max_L, kstride, s->max_W, p[i].k, p[i].L, p[i].W);
+                           s->max_L, kstride, s->max_W, p->k, p->L, p->W);
         /* The searcher's buffers were sized for its own segment. */
         if (g->dim != own->dim || g->m != own->m || g->geo.node_bytes != own->geo.node_bytes ||
             g->geo.spn != own->geo.spn || g->R > own->R)
             return nl_fail(NL_EINVAL, "search: segments of different geometry in one batch");
     }
-    /* Jobs in query-major order, so the segments of one query run side by side. */
-    size_t njobs = nq * nseg, next = 0;
+    size_t next = 0;
     uint32_t active = 0;
     int rc = 0;
     while (next < njobs || active > 0) {
@@ -351,8 +377,8 @@ int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg
             qstate *q = &s->slots[i];
             if (q->active)
                 continue;
-            size_t qi = next / nseg, si = next % nseg;
-            if ((rc = start_query(q, segs[si], si * nq + qi, queries + qi * own->dim, &p[si])) != 0)
+            const nl_seg_job *jb = &jobs[next];
+            if ((rc = start_query(q, segs[jb->seg], queries + (size_t)jb->query * own->dim, jb)) != 0)
                 goto fail;
             next++;
             active++;
@@ -410,6 +436,24 @@ fail:
     return rc;
 }
 
+int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,
+                        const nl_seg_query_params *p, uint32_t kstride, uint32_t *ords, float *dists,
+                        nl_query_stats *stats)
+{
+    /* Jobs in query-major order, so the segments of one query run side by side. */
+    size_t njobs = nq * nseg;
+    nl_seg_job *jobs = calloc(njobs ? njobs : 1, sizeof *jobs);
+    if (!jobs)
+        return -ENOMEM;
+    for (size_t j = 0; j < njobs; j++) {
+        size_t qi = j / nseg, si = j % nseg;
+        jobs[j] = (nl_seg_job){.seg = (uint32_t)si, .query = (uint32_t)qi, .out = si * nq + qi,
+                               .k = p[si].k, .L = p[si].L, .W = p[si].W};
+    }
+    int rc = nl_seg_search_jobs(s, segs, nseg, queries, jobs, njobs, kstride, ords, dists, stats);
+    free(jobs);
+    return rc;
+}
 int nl_seg_search_batch(nl_seg_searcher *s, const float *queries, size_t nq, const nl_seg_query_params *p,
                         uint32_t *ords, float *dists, nl_query_stats *stats)
 {

@@ -17,6 +17,7 @@
  * tmu (tombstone set) is taken alone.
  */
 #define _GNU_SOURCE
+#include "nl_postings.h"
 #include "shard_internal.h"
 
 #include <dirent.h>
@@ -501,12 +502,32 @@ static void options_fill(nl_db_options *o, const nl_db_options *in, const nl_sha
 
 /* ---------------------------------------------------------------- open / create */
 
+/* A shard written before the filter index existed gets its postings built once. */
+static int ensure_postings(nl_shard *sh)
+{
+    void *v;
+    size_t vl;
+    int rc = nl_store_get(sh->st, NL_CF_MANIFEST, "postings", 8, &v, &vl);
+    if (rc == 0) {
+        free(v);
+        return 0;
+    }
+    if (rc != NL_ENOTFOUND)
+        return rc;
+    uint64_t indexed;
+    return nl_postings_backfill(sh->st, &indexed);
+}
+
 static nl_shard *shard_new(const char *dir)
 {
     nl_shard *sh = calloc(1, sizeof *sh);
     if (!sh)
         return NULL;
     snprintf(sh->dir, sizeof sh->dir, "%s", dir);
+    if (!(sh->fcache = nl_fcache_create(0))) {
+        free(sh);
+        return NULL;
+    }
     pthread_mutex_init(&sh->wmu, NULL);
     pthread_cond_init(&sh->space, NULL);
     pthread_mutex_init(&sh->vmu, NULL);
@@ -532,6 +553,7 @@ static int write_initial_manifest(nl_store *st, const nl_shard_config *cfg, uint
     nl_store_batch_put(b, NL_CF_MANIFEST, "config", 6, f, sizeof f);
     nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &next_pid, 8);
     nl_store_batch_put(b, NL_CF_MANIFEST, "next_seg", 8, &next_seg, 8);
+    nl_store_batch_put(b, NL_CF_MANIFEST, "postings", 8, "1", 1);
     (void)st;
     return nl_store_write(b, 1);
 }
@@ -720,7 +742,8 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
     size_t nloose = 0, loose_cap = 0;
     uint64_t rolled_back = 0;
     int rc = nl_store_open(meta, 0, &sh->st);
-    if (rc || (rc = nl_shard_import_recover(sh->st, &rolled_back)) != 0 || (rc = load_config(sh)) != 0)
+    if (rc || (rc = nl_shard_import_recover(sh->st, &rolled_back)) != 0 || (rc = load_config(sh)) != 0 ||
+        (rc = ensure_postings(sh)) != 0)
         goto fail;
     options_fill(&sh->opt, opt, &sh->cfg);
     sh->row_bytes = (size_t)sh->cfg.dim * nl_dtype_size(sh->cfg.dtype);
@@ -999,6 +1022,7 @@ void nl_shard_close(nl_shard *sh)
     }
     sh_view_release(sh->view);
     nl_pq_destroy(sh->flush_pq);
+    nl_fcache_destroy(sh->fcache);
     nl_store_close(sh->st);
     free(sh->tomb);
     pthread_mutex_destroy(&sh->wmu);
@@ -1158,6 +1182,23 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         }
         unsigned char pk[8];
         if (has_old[i]) {
+            /* The replaced version's postings go with it: from this batch, or the store. */
+            if (old[i] >= first_pid) {
+                const nl_point *op = &pts[old[i] - first_pid];
+                rc = nl_postings_write(b, old[i], op->metadata, op->metadata_len, 0);
+            } else {
+                void *om;
+                size_t oml;
+                int g = nl_store_get(sh->st, NL_CF_META, ek, eklen[i], &om, &oml);
+                if (g == 0) {
+                    rc = nl_postings_write(b, old[i], om, oml, 0);
+                    free(om);
+                } else if (g != NL_ENOTFOUND) {
+                    rc = g;
+                }
+            }
+            if (rc)
+                break;
             sh_pid_key(old[i], pk);
             nl_store_batch_put(b, NL_CF_TOMBSTONES, pk, 8, "", 0);
             nl_store_batch_delete(b, NL_CF_FRESH, pk, 8);
@@ -1169,9 +1210,11 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         nl_store_batch_put(b, NL_CF_IDMAP, ek, eklen[i], pk, 8);
         nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, eklen[i]);
         nl_store_batch_put(b, NL_CF_FRESH, pk, 8, vecs + i * sh->row_bytes, sh->row_bytes);
-        if (pts[i].metadata)
+        if (pts[i].metadata) {
             nl_store_batch_put(b, NL_CF_META, ek, eklen[i], pts[i].metadata, pts[i].metadata_len);
-        else
+            if ((rc = nl_postings_write(b, pid, pts[i].metadata, pts[i].metadata_len, 1)) != 0)
+                break;
+        } else
             nl_store_batch_delete(b, NL_CF_META, ek, eklen[i]);
     }
     uint64_t next = first_pid + n;
@@ -1261,6 +1304,17 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
         if (!valid[i])
             continue;
         sh_pid_key(pids[i], pk);
+        void *om;
+        size_t oml;
+        int g = nl_store_get(sh->st, NL_CF_META, ek, ekl, &om, &oml);
+        if (g == 0) {
+            rc = nl_postings_write(b, pids[i], om, oml, 0);
+            free(om);
+        } else if (g != NL_ENOTFOUND) {
+            rc = g;
+        }
+        if (rc)
+            break;
         nl_store_batch_delete(b, NL_CF_IDMAP, ek, ekl);
         nl_store_batch_delete(b, NL_CF_META, ek, ekl);
         nl_store_batch_delete(b, NL_CF_PIDS, pk, 8);
@@ -1363,216 +1417,6 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
             *meta_len = ml;
     }
     return 0;
-}
-
-/* ---------------------------------------------------------------- search */
-
-typedef struct {
-    uint64_t pid;
-    float dist;
-} cand;
-
-static int cand_cmp(const void *a, const void *b)
-{
-    const cand *x = a, *y = b;
-    if (x->dist != y->dist)
-        return x->dist < y->dist ? -1 : 1;
-    return x->pid < y->pid ? -1 : x->pid > y->pid;
-}
-
-/* Results wanted from one index: k plus the deleted versions it may return instead. */
-static uint32_t widened_k(uint32_t k, uint64_t dead, uint32_t L)
-{
-    uint64_t w = (uint64_t)k + (dead < L ? dead : L);
-    return w > NL_MAX_K ? NL_MAX_K : (uint32_t)w;
-}
-
-static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq, uint32_t k, uint32_t L,
-                         uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
-{
-    if (nl_vamana_size(m->ix) == 0)
-        return 0;
-    nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
-        return rc;
-    uint32_t kk = widened_k(k, dead, L);
-    uint32_t LL = L < kk ? kk : L;
-    uint32_t *slots = malloc(sizeof(uint32_t) * kk);
-    float *d = malloc(sizeof(float) * kk);
-    if (!slots || !d)
-        rc = -ENOMEM;
-    for (size_t qi = 0; qi < nq && !rc; qi++) {
-        uint64_t t0 = nl_now_ns();
-        nl_search_stats ss = {0, 0};
-        int got = nl_vamana_search(s, qs + qi * sh->cfg.dim, kk, LL, slots, d, &ss);
-        if (got < 0) {
-            rc = got;
-            break;
-        }
-        cand *c = cands + qi * stride;
-        for (int i = 0; i < got; i++)
-            c[nc[qi]++] = (cand){m->slot_pid[slots[i]], d[i]};
-        if (stats) {
-            stats[qi].hops += ss.hops;
-            stats[qi].latency_ns += nl_now_ns() - t0;
-        }
-    }
-    free(slots);
-    free(d);
-    nl_objpool_give(&m->searchers, s);
-    return rc;
-}
-
-/* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from
- * the first segment's pool, runs all (query, segment) pairs with their reads in flight
- * together, so a query costs about its slowest segment, not the sum of them. */
-static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size_t nq, const nl_search_params *p,
-                           uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
-{
-    uint32_t ns = v->nseg;
-    if (ns == 0)
-        return 0;
-    sh_segref *r0 = v->segs[0];
-    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
-                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
-        return rc;
-    uint32_t W = p->W ? p->W : 4;
-    if (W > SH_MAX_W)
-        W = SH_MAX_W;
-    nl_seg_query_params *sp = malloc(sizeof *sp * ns);
-    nl_segment **segs = malloc(sizeof *segs * ns);
-    uint32_t kstride = 0;
-    uint64_t biggest = 0;
-    for (uint32_t i = 0; i < ns; i++)
-        if (v->segs[i]->count > biggest)
-            biggest = v->segs[i]->count;
-    for (uint32_t i = 0; sp && segs && i < ns; i++) {
-        uint32_t kk = widened_k(p->k, atomic_load(&v->segs[i]->dead), L);
-        /* The list size L is the largest segment's; a smaller one gets L x sqrt(its share
-         * of the largest), at least k: it holds fewer of the true neighbours and its graph
-         * is shallower. Measured on 1M points in 4 segments (docs/benchmarks.md): the same
-         * recall with half the reads of a full L everywhere. */
-        uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
-        if (Li < p->k)
-            Li = p->k;
-        sp[i] = (nl_seg_query_params){kk, Li < kk ? kk : Li, W};
-        segs[i] = v->segs[i]->seg;
-        if (kk > kstride)
-            kstride = kk;
-    }
-    size_t rows = (size_t)ns * nq;
-    uint32_t *ords = malloc(sizeof(uint32_t) * kstride * rows);
-    float *d = malloc(sizeof(float) * kstride * rows);
-    nl_query_stats *qst = calloc(rows, sizeof *qst);
-    if (!sp || !segs || !ords || !d || !qst)
-        rc = -ENOMEM;
-    if (!rc)
-        rc = nl_seg_search_multi(s, segs, ns, qs, nq, sp, kstride, ords, d, qst);
-    for (uint32_t si = 0; si < ns && !rc; si++)
-        for (size_t qi = 0; qi < nq; qi++) {
-            size_t row = (size_t)si * nq + qi;
-            cand *c = cands + qi * stride;
-            for (uint32_t i = 0; i < sp[si].k; i++) {
-                uint32_t o = ords[row * kstride + i];
-                if (o == UINT32_MAX)
-                    break;
-                c[nc[qi]++] = (cand){nl_segment_id(segs[si], o), d[row * kstride + i]};
-            }
-            if (stats) {
-                stats[qi].ios += qst[row].ios;
-                stats[qi].cache_hits += qst[row].cache_hits;
-                stats[qi].hops += qst[row].hops;
-            }
-        }
-    /* The segments of a query ran side by side (or one after another when the batch
-     * has more jobs than slots): it took from its first start to its last finish. */
-    if (stats && !rc)
-        for (size_t qi = 0; qi < nq; qi++) {
-            uint64_t first = UINT64_MAX, last = 0;
-            for (uint32_t si = 0; si < ns; si++) {
-                const nl_query_stats *x = &qst[(size_t)si * nq + qi];
-                if (x->start_ns < first) first = x->start_ns;
-                if (x->start_ns + x->latency_ns > last) last = x->start_ns + x->latency_ns;
-            }
-            stats[qi].latency_ns += last - first;
-        }
-    free(sp);
-    free(segs);
-    free(ords);
-    free(d);
-    free(qst);
-    nl_objpool_give(&r0->searchers, s);
-    return rc;
-}
-
-int nl_shard_search_batch(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
-                          uint32_t *counts, nl_query_stats *stats)
-{
-    uint32_t k = p->k;
-    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
-    if (L < k) L = k;
-    if (L > NL_MAX_K) L = NL_MAX_K;
-    if (stats)
-        memset(stats, 0, sizeof *stats * nq);
-    sh_view *v = sh_view_acquire(sh);
-    uint32_t nidx = 2 + v->nseg;
-    uint32_t stride = nidx * widened_k(k, UINT64_MAX, L); /* room for every index's share */
-    pthread_rwlock_rdlock(&sh->tmu);
-    uint64_t dead_total = sh->tomb_n;
-    pthread_rwlock_unlock(&sh->tmu);
-    cand *cands = malloc(sizeof(cand) * stride * (nq ? nq : 1));
-    uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
-    int rc = cands && nc ? 0 : -ENOMEM;
-    if (!rc)
-        rc = search_memidx(sh, v->active, qs, nq, k, L, dead_total, cands, nc, stride, stats);
-    if (!rc && v->frozen)
-        rc = search_memidx(sh, v->frozen, qs, nq, k, L, dead_total, cands, nc, stride, stats);
-    if (!rc)
-        rc = search_segments(sh, v, qs, nq, p, L, cands, nc, stride, stats);
-    /* Merge: nearest first, each version once (a point can sit in the frozen index and
-     * its new segment at once), deleted versions dropped, then resolved to ids. */
-    for (size_t qi = 0; qi < nq && !rc; qi++) {
-        uint64_t t0 = nl_now_ns();
-        cand *c = cands + qi * stride;
-        qsort(c, nc[qi], sizeof *c, cand_cmp);
-        nl_hit *out = hits + qi * k;
-        uint32_t got = 0;
-        for (uint32_t i = 0; i < nc[qi] && got < k && !rc; i++) {
-            if (i > 0 && c[i].pid == c[i - 1].pid)
-                continue;
-            if (sh_tomb_has(sh, c[i].pid))
-                continue;
-            unsigned char pk[8];
-            void *ek;
-            size_t ekl;
-            sh_pid_key(c[i].pid, pk);
-            int g = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
-            if (g == NL_ENOTFOUND)
-                continue; /* deleted or replaced after the view was taken */
-            if (g) {
-                rc = g;
-                break;
-            }
-            out[got].dist = c[i].dist;
-            rc = sh_hit_from_ekey(ek, ekl, &out[got]);
-            free(ek);
-            if (rc)
-                break;
-            if (p->accept && !p->accept(p->accept_ctx, &out[got]))
-                continue;
-            got++;
-        }
-        counts[qi] = got;
-        if (stats)
-            stats[qi].latency_ns += nl_now_ns() - t0;
-    }
-    free(cands);
-    free(nc);
-    sh_view_release(v);
-    return rc;
 }
 
 /* ---------------------------------------------------------------- stats */

@@ -24,6 +24,7 @@
 #include "nl_shard.h"
 #include "nl_store.h"
 #include "nl_util.h"
+#include "nl_postings.h"
 #include "shard_internal.h"
 
 struct nl_shard_import {
@@ -189,6 +190,11 @@ int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, 
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 len--;
             nl_store_batch_put(b, NL_CF_META, ek, ekl, line, (size_t)len);
+            if ((rc = nl_postings_write(b, base + row, line, (size_t)len, 1)) != 0) {
+                rc = nl_fail(NL_EFORMAT, "metadata file %s line %llu: not a JSON object", metadata_path,
+                             (unsigned long long)row + 1);
+                break;
+            }
         }
         if (nl_store_batch_count(b) >= 20000) {
             rc = nl_store_write(b, 0);
@@ -214,6 +220,7 @@ int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, 
             uint32_t f[10];
             sh_config_encode(&h->cfg, f);
             nl_store_batch_put(b, NL_CF_MANIFEST, "config", 6, f, sizeof f);
+            nl_store_batch_put(b, NL_CF_MANIFEST, "postings", 8, "1", 1);
         } else {
             nl_store_batch_delete(b, NL_CF_MANIFEST, "import_pending", 14);
         }
@@ -265,6 +272,12 @@ int nl_shard_import_recover(nl_store *st, uint64_t *rolled_back)
         size_t cl;
         if (nl_store_get(st, NL_CF_IDMAP, ek, ekl, &cur, &cl) == 0) {
             if (cl == 8 && memcmp(cur, k, 8) == 0) {
+                void *meta;
+                size_t ml;
+                if (nl_store_get(st, NL_CF_META, ek, ekl, &meta, &ml) == 0) {
+                    nl_postings_write(b, sh_pid_from_key(k), meta, ml, 0);
+                    free(meta);
+                }
                 nl_store_batch_delete(b, NL_CF_IDMAP, ek, ekl);
                 nl_store_batch_delete(b, NL_CF_META, ek, ekl);
             }

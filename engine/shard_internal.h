@@ -83,6 +83,7 @@ struct nl_shard {
     /* the codebook flushes reuse (fmu held), and how many points trained it */
     struct nl_pq *flush_pq;
     uint64_t flush_pq_points;
+    struct nl_fcache *fcache; /* leaf bitmaps of recent filters (nl_postings.h) */
 };
 
 /* encodings */

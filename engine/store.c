@@ -12,7 +12,7 @@
 
 #define NL_STORE_BLOCK_CACHE (8u << 20)
 
-static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids"};
+static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids", "postings"};
 
 struct nl_store {
     rocksdb_t *db;
@@ -59,7 +59,9 @@ int nl_store_open(const char *dir, int create, nl_store **out)
         return -ENOMEM;
     st->opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(st->opts, create ? 1 : 0);
-    rocksdb_options_set_create_missing_column_families(st->opts, create ? 1 : 0);
+    /* A store written by an older build lacks the newer families (postings): create them
+     * on any open; the shard backfills what they should hold. */
+    rocksdb_options_set_create_missing_column_families(st->opts, 1);
     rocksdb_options_set_compression(st->opts, rocksdb_zstd_compression);
     rocksdb_options_set_max_open_files(st->opts, 256);
     rocksdb_options_set_keep_log_file_num(st->opts, 4);
@@ -69,7 +71,7 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     st->table = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(st->table, st->cache);
     rocksdb_options_set_block_based_table_factory(st->opts, st->table);
-    /* Memtables of 16 MiB rather than 64: seven column families each keep one. */
+    /* Memtables of 16 MiB rather than 64: eight column families each keep one. */
     rocksdb_options_set_write_buffer_size(st->opts, 16u << 20);
     st->wsync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(st->wsync, 1);

@@ -26,6 +26,7 @@ const char *nl_strerror(int code)
     case NL_ENOTFOUND: return "not found";
     case NL_EEXISTS: return "already exists";
     case NL_EEMPTY: return "input is empty";
+    case NL_EFILTER: return "malformed filter";
     default: break;
     }
     if (code < 0 && code >= -4095)

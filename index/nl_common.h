@@ -33,7 +33,8 @@ enum {
     NL_ENOTFOUND = -30907,     /* a named object does not exist */
     NL_EEXISTS = -30908,       /* a named object exists already */
     NL_EEMPTY = -30909,        /* an input holds no rows */
-    NL_ERR_LAST = -30909
+    NL_EFILTER = -30910,       /* a filter is malformed (the detail says where) */
+    NL_ERR_LAST = -30910
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */

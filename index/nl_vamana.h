@@ -74,6 +74,22 @@ typedef struct {
 int nl_vamana_search(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t L,
                      uint32_t *ids, float *dists, nl_search_stats *stats);
 
+/* Filtered search: the same walk, but only nodes with allow(ctx, id) != 0 become
+ * results; the others are still expanded (they route the search to allowed nodes beyond
+ * them). Every visited node has its exact distance, so the result is the k nearest
+ * allowed nodes among all visited, not only the list. Returns how many were found. */
+typedef int (*nl_vamana_allow_fn)(const void *ctx, uint32_t id);
+int nl_vamana_search_filtered(nl_vamana_searcher *s, const float *q, uint32_t k, uint32_t L,
+                              nl_vamana_allow_fn allow, const void *ctx, uint32_t *ids, float *dists,
+                              nl_search_stats *stats);
+/* Exact scan of the given nodes (any order; nodes of a dynamic index whose vector is not
+ * yet in place are skipped): the k nearest into ids/dists, nearest first. Returns how
+ * many. For a filter that allows few points, this beats any walk. */
+int nl_vamana_scan(const nl_vamana *ix, const float *q, const uint32_t *nodes, size_t n, uint32_t k, uint32_t *ids,
+                   float *dists);
+/* 1 when node id's vector is in place (always, for a built index). */
+int nl_vamana_slot_ready(const nl_vamana *ix, uint32_t id);
+
 /* ---- dynamic indexes: grow by insertion, searchable while inserts run ----
  *
  * FreshDiskANN's insert: GreedySearch from the entry point (the first point inserted),

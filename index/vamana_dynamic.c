@@ -23,6 +23,7 @@ struct nl_vam_dyn {
     atomic_size_t done;
     atomic_int entry_ready;
     atomic_int sealed;
+    atomic_uchar *ready; /* a slot's vector is in place (scans read only those) */
     nl_objpool scratch; /* nl_vam_scratch, one per concurrent inserter */
 };
 
@@ -48,9 +49,10 @@ int nl_vamana_create_dynamic(uint32_t dim, nl_dtype dtype, nl_metric metric, con
     d->row_bytes = (size_t)dim * nl_dtype_size(dtype);
     d->store = malloc(d->row_bytes * capacity);
     d->ins.locks = calloc(capacity, sizeof(atomic_uchar));
+    d->ready = calloc(capacity, sizeof(atomic_uchar));
     nl_objpool_init(&d->scratch, scratch_free);
     int rc = 0;
-    if (!d->store || !d->ins.locks) {
+    if (!d->store || !d->ins.locks || !d->ready) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -108,6 +110,8 @@ int nl_vamana_create_dynamic_seeded(uint32_t dim, nl_dtype dtype, nl_metric metr
         g->deg[u] = deg[u];
     }
     ix->medoid = medoid;
+    for (size_t u = 0; u < n; u++)
+        atomic_store_explicit(&d->ready[u], 1, memory_order_relaxed);
     atomic_store(&d->claimed, n);
     atomic_store(&d->done, n);
     atomic_store(&d->entry_ready, 1);
@@ -124,6 +128,7 @@ void nl_vam_dyn_free(nl_vamana *ix)
     nl_objpool_fini(&d->scratch);
     free(d->store);
     free(d->ins.locks);
+    free(d->ready);
     free(d);
     ix->dyn = NULL;
 }
@@ -163,6 +168,7 @@ int nl_vamana_insert_at(nl_vamana *ix, uint32_t s, const void *vec)
     if (!d || s >= atomic_load(&d->claimed))
         return nl_fail(NL_EINVAL, "vamana: slot %u was not reserved", s);
     memcpy((char *)d->store + (size_t)s * d->row_bytes, vec, d->row_bytes);
+    atomic_store_explicit(&d->ready[s], 1, memory_order_release);
     if (s == 0) {
         atomic_store_explicit(&d->entry_ready, 1, memory_order_release);
         atomic_fetch_add(&d->done, 1);
@@ -217,4 +223,11 @@ int nl_vamana_seal(nl_vamana *ix)
     rc = nl_vam_ensure_connected(&d->ins, sc);
     nl_objpool_give(&d->scratch, sc);
     return rc;
+}
+
+int nl_vamana_slot_ready(const nl_vamana *ix, uint32_t slot)
+{
+    if (!ix->dyn)
+        return slot < ix->vs.n;
+    return slot < atomic_load(&ix->dyn->claimed) && atomic_load_explicit(&ix->dyn->ready[slot], memory_order_acquire);
 }

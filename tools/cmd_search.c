@@ -5,6 +5,12 @@
  * prints one JSON object per list size L: queries, k, qps, latency_us {mean, p50, p90,
  * p99}, mean_ios, and recall_at_k when ground truth is given. --out writes the result
  * ids of the last L as ivecs.
+ *
+ * Filters: --filter JSON applies one filter to every query, --filters FILE.jsonl one per
+ * query (line i for query i). Ground truth for a filtered run is the filtered truth
+ * (`nearline groundtruth --metadata ... --filter ...`), rows padded with -1 where fewer
+ * than k points match; recall counts against min(k, matching points) per query, and the
+ * output adds how many queries came back short of min(k, matches) and the plans used.
  */
 #include <getopt.h>
 #include <stdlib.h>
@@ -25,6 +31,7 @@ typedef struct {
     uint64_t *ids;    /* nq * k result ids; UINT64_MAX past the found ones, or for a string id */
     int *has_str;     /* set when a result had a string id (not representable in ivecs) */
     nl_query_stats *st;
+    uint32_t *found;  /* results per query */
     size_t chunk;
 } run_ctx;
 
@@ -38,9 +45,14 @@ static int run_chunk(void *vctx, size_t task, unsigned th)
     uint32_t k = c->p.k;
     nl_hit *hits = malloc(sizeof *hits * cnt * k);
     uint32_t *counts = malloc(sizeof *counts * cnt);
-    int rc = hits && counts ? nl_collection_search_batch(c->coll, c->q + q0 * c->dim, cnt, &c->p, hits, counts,
+    nl_search_params p = c->p;
+    if (p.filters)
+        p.filters += q0; /* per-query filters follow their queries */
+    int rc = hits && counts ? nl_collection_search_batch(c->coll, c->q + q0 * c->dim, cnt, &p, hits, counts,
                                                          c->st + q0)
                             : -12;
+    for (size_t i = 0; rc == 0 && i < cnt; i++)
+        c->found[q0 + i] = counts[i];
     for (size_t i = 0; rc == 0 && i < cnt; i++)
         for (uint32_t j = 0; j < k; j++) {
             const nl_hit *h = &hits[i * k + j];
@@ -70,6 +82,7 @@ static int help(FILE *f)
             "usage: nearline search --db DIR --collection NAME --queries FILE --k K [--L N]...\n"
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
+            "         [--filter JSON | --filters FILE.jsonl]\n"
             "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n");
     return f == stdout ? 0 : 2;
 }
@@ -86,7 +99,8 @@ int cmd_search(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"queries", 1, 0, 'q'}, {"k", 1, 0, 'k'}, {"L", 1, 0, 'L'},
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
-        {"filter", 1, 0, 'F'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -104,13 +118,26 @@ int cmd_search(int argc, char **argv)
         case 'g': gtpath = optarg; break;
         case 'I': io_s = optarg; break;
         case 'b': buffered = 1; break;
-        case 'F': cli_error(C, 0, "--filter is not supported yet (filtered search arrives with issue 6)"); return 2;
+        case 'F': filter_s = optarg; break;
+        case 'G': filters_path = optarg; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
     }
     if (!db || !coll || !qpath || !have_k) {
         cli_error(C, 0, "--db, --collection, --queries and --k are required");
+        return 2;
+    }
+    if (filter_s && filters_path) {
+        cli_error(C, 0, "--filter and --filters exclude each other");
+        return 2;
+    }
+    nl_filter *filter = NULL, **filters = NULL;
+    size_t nfilters = 0;
+    if (filter_s && cli_parse_filter(C, filter_s, &filter))
+        return 2;
+    if (filters_path && cli_load_filters(C, filters_path, &filters, &nfilters)) {
+        nl_filter_destroy(filter);
         return 2;
     }
     nl_io_mode iom = NL_IO_AUTO;
@@ -174,6 +201,10 @@ int cmd_search(int argc, char **argv)
             goto out;
         }
     }
+    if (filters && nfilters != nq) {
+        cli_error(C, 0, "--filters %s has %zu lines but %s has %zu queries", filters_path, nfilters, qpath, nq);
+        goto out;
+    }
     if (k > cst.points) {
         cli_error(C, 0, "k=%u is larger than the %llu points in '%s'", k, (unsigned long long)cst.points, coll);
         goto out;
@@ -209,23 +240,31 @@ int cmd_search(int argc, char **argv)
     c.has_str = &has_str;
     c.ids = malloc(sizeof(uint64_t) * nq * k);
     c.st = malloc(sizeof(nl_query_stats) * nq);
+    c.found = malloc(sizeof(uint32_t) * nq);
     lat = malloc(sizeof(uint64_t) * nq);
-    if (!c.ids || !c.st || !lat) {
+    if (!c.ids || !c.st || !c.found || !lat) {
         cli_error(C, -12, "out of memory");
         goto out;
     }
     /* Chunks small enough to balance the threads, large enough to keep `inflight` busy. */
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
-        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL};
+        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
             goto out;
         }
         double wall = (double)(nl_now_ns() - t0) / 1e9;
-        double ios = 0, hits = 0, hops = 0, mean = 0;
+        double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0;
+        size_t plans[3] = {0, 0, 0}, short_q = 0;
         for (size_t i = 0; i < nq; i++) {
+            matches += (double)c.st[i].matches;
+            scanned += c.st[i].scanned;
+            for (int b = 0; b < 3; b++)
+                plans[b] += (c.st[i].filter_plan >> b) & 1;
+            if (c.found[i] < (c.st[i].matches < k ? c.st[i].matches : k))
+                short_q++;
             lat[i] = c.st[i].latency_ns;
             ios += c.st[i].ios;
             hits += c.st[i].cache_hits;
@@ -240,16 +279,25 @@ int cmd_search(int argc, char **argv)
                (double)lat[nq / 2] / 1e3, (double)lat[(size_t)((double)nq * 0.9)] / 1e3,
                (double)lat[(size_t)((double)nq * 0.99)] / 1e3, ios / (double)nq, hops / (double)nq,
                hops > 0 ? hits / hops : 0.0);
+        if (filter || filters)
+            printf(",\"filtered\":true,\"mean_matches\":%.1f,\"mean_scanned\":%.1f,\"short_queries\":%zu,"
+                   "\"plans\":{\"graph\":%zu,\"scan\":%zu,\"fallback\":%zu}",
+                   matches / (double)nq, scanned / (double)nq, short_q, plans[0], plans[1], plans[2]);
         if (gt) {
-            size_t hit = 0;
-            for (size_t i = 0; i < nq; i++)
+            /* Truth rows may be padded with -1 (filtered truth with fewer than k matches):
+             * each query counts against the true neighbours it has. */
+            size_t hit = 0, want = 0;
+            for (size_t i = 0; i < nq; i++) {
+                for (uint32_t g = 0; g < k; g++)
+                    want += (int32_t)gt[i * gtk + g] >= 0;
                 for (uint32_t j = 0; j < k; j++) {
                     uint64_t id = c.ids[i * k + j];
                     if (id == UINT64_MAX) continue;
                     for (uint32_t g = 0; g < k; g++)
-                        if ((uint64_t)gt[i * gtk + g] == id) { hit++; break; }
+                        if ((int32_t)gt[i * gtk + g] >= 0 && (uint64_t)gt[i * gtk + g] == id) { hit++; break; }
                 }
-            printf(",\"recall_at_k\":%.4f", (double)hit / ((double)nq * k));
+            }
+            printf(",\"recall_at_k\":%.4f", want ? (double)hit / (double)want : 1.0);
         }
         printf(",\"segments\":%llu,\"points\":%llu,\"fresh_points\":%llu,\"cached_nodes\":%llu,"
                "\"ram_at_open_bytes\":%llu,\"index_bytes\":%llu,\"io\":\"%s\",\"direct_io\":%s,\"peak_rss_bytes\":%llu}\n",
@@ -287,9 +335,12 @@ out:
     free(lat);
     free(c.ids);
     free(c.st);
+    free(c.found);
     nl_collection_close(c.coll);
     nl_db_close(dbh);
     free(queries);
     free(gt);
+    nl_filter_destroy(filter);
+    cli_free_filters(filters, nfilters);
     return status;
 }

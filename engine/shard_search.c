@@ -1,0 +1,734 @@
+/*
+ * shard_search.c — a search across one shard: the fresh indexes (active, and frozen while
+ * a flush runs) and every segment, merged by exact distance, deleted versions dropped,
+ * then resolved to external ids through the pids family (the final word on liveness).
+ *
+ * Filtered queries (docs/filters.md). The filter is first turned into the set of
+ * versions it allows (nl_postings.h: a bitmap, maybe complemented, whose cardinality is
+ * the selectivity estimate). Then each index of the shard gets its own plan, because a
+ * filter that allows 2% of a 1M-point segment allows 20k points there but maybe 40 in a
+ * fresh index of 2,000:
+ *  - scan: the allowed points of that index are scored directly: by exact distance in
+ *    RAM for a fresh index; for a segment by PQ distance from the codes in RAM, the best
+ *    L read from disk (many reads in flight, every one useful) and re-ranked exactly.
+ *    Its cost is (allowed x PQ bytes) of table lookups plus L reads, whatever the
+ *    selectivity, so it wins whenever the allowed set is small.
+ *  - graph: the ordinary beam search, but only allowed nodes become results; filtered-
+ *    out nodes are still expanded so the walk crosses them to the allowed ones, and the
+ *    list is widened to L / selectivity so it still holds about L allowed candidates.
+ *    Its cost grows as the selectivity falls, so it wins for broad filters.
+ * A cost model (reads ~ SH_READ_NS each, PQ lookups ~ SH_ADC_NS a byte) picks per index.
+ * A query whose plans found fewer than k results while the filter allows more reruns as
+ * an exhaustive scan (NL_PLAN_FALLBACK): a filtered search returns min(k, matches).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nl_postings.h"
+#include "shard_internal.h"
+
+typedef struct {
+    uint64_t pid;
+    float dist;
+} cand;
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->dist != y->dist)
+        return x->dist < y->dist ? -1 : 1;
+    return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+/* Results wanted from one index: k plus the deleted versions it may return instead. */
+static uint32_t widened_k(uint32_t k, uint64_t dead, uint32_t L)
+{
+    uint64_t w = (uint64_t)k + (dead < L ? dead : L);
+    return w > NL_MAX_K ? NL_MAX_K : (uint32_t)w;
+}
+
+static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq, uint32_t k, uint32_t L,
+                         uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    if (nl_vamana_size(m->ix) == 0)
+        return 0;
+    nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
+    int rc = 0;
+    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
+        return rc;
+    uint32_t kk = widened_k(k, dead, L);
+    uint32_t LL = L < kk ? kk : L;
+    uint32_t *slots = malloc(sizeof(uint32_t) * kk);
+    float *d = malloc(sizeof(float) * kk);
+    if (!slots || !d)
+        rc = -ENOMEM;
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        uint64_t t0 = nl_now_ns();
+        nl_search_stats ss = {0, 0};
+        int got = nl_vamana_search(s, qs + qi * sh->cfg.dim, kk, LL, slots, d, &ss);
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        cand *c = cands + qi * stride;
+        for (int i = 0; i < got; i++)
+            c[nc[qi]++] = (cand){m->slot_pid[slots[i]], d[i]};
+        if (stats) {
+            stats[qi].hops += ss.hops;
+            stats[qi].latency_ns += nl_now_ns() - t0;
+        }
+    }
+    free(slots);
+    free(d);
+    nl_objpool_give(&m->searchers, s);
+    return rc;
+}
+
+/* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from
+ * the first segment's pool, runs all (query, segment) pairs with their reads in flight
+ * together, so a query costs about its slowest segment, not the sum of them. */
+static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size_t nq, const nl_search_params *p,
+                           uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    uint32_t ns = v->nseg;
+    if (ns == 0)
+        return 0;
+    sh_segref *r0 = v->segs[0];
+    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
+    int rc = 0;
+    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
+        return rc;
+    uint32_t W = p->W ? p->W : 4;
+    if (W > SH_MAX_W)
+        W = SH_MAX_W;
+    nl_seg_query_params *sp = malloc(sizeof *sp * ns);
+    nl_segment **segs = malloc(sizeof *segs * ns);
+    uint32_t kstride = 0;
+    uint64_t biggest = 0;
+    for (uint32_t i = 0; i < ns; i++)
+        if (v->segs[i]->count > biggest)
+            biggest = v->segs[i]->count;
+    for (uint32_t i = 0; sp && segs && i < ns; i++) {
+        uint32_t kk = widened_k(p->k, atomic_load(&v->segs[i]->dead), L);
+        /* The list size L is the largest segment's; a smaller one gets L x sqrt(its share
+         * of the largest), at least k: it holds fewer of the true neighbours and its graph
+         * is shallower. Measured on 1M points in 4 segments (docs/benchmarks.md): the same
+         * recall with half the reads of a full L everywhere. */
+        uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
+        if (Li < p->k)
+            Li = p->k;
+        sp[i] = (nl_seg_query_params){kk, Li < kk ? kk : Li, W};
+        segs[i] = v->segs[i]->seg;
+        if (kk > kstride)
+            kstride = kk;
+    }
+    size_t rows = (size_t)ns * nq;
+    uint32_t *ords = malloc(sizeof(uint32_t) * kstride * rows);
+    float *d = malloc(sizeof(float) * kstride * rows);
+    nl_query_stats *qst = calloc(rows, sizeof *qst);
+    if (!sp || !segs || !ords || !d || !qst)
+        rc = -ENOMEM;
+    if (!rc)
+        rc = nl_seg_search_multi(s, segs, ns, qs, nq, sp, kstride, ords, d, qst);
+    for (uint32_t si = 0; si < ns && !rc; si++)
+        for (size_t qi = 0; qi < nq; qi++) {
+            size_t row = (size_t)si * nq + qi;
+            cand *c = cands + qi * stride;
+            for (uint32_t i = 0; i < sp[si].k; i++) {
+                uint32_t o = ords[row * kstride + i];
+                if (o == UINT32_MAX)
+                    break;
+                c[nc[qi]++] = (cand){nl_segment_id(segs[si], o), d[row * kstride + i]};
+            }
+            if (stats) {
+                stats[qi].ios += qst[row].ios;
+                stats[qi].cache_hits += qst[row].cache_hits;
+                stats[qi].hops += qst[row].hops;
+            }
+        }
+    /* The segments of a query ran side by side (or one after another when the batch
+     * has more jobs than slots): it took from its first start to its last finish. */
+    if (stats && !rc)
+        for (size_t qi = 0; qi < nq; qi++) {
+            uint64_t first = UINT64_MAX, last = 0;
+            for (uint32_t si = 0; si < ns; si++) {
+                const nl_query_stats *x = &qst[(size_t)si * nq + qi];
+                if (x->start_ns < first) first = x->start_ns;
+                if (x->start_ns + x->latency_ns > last) last = x->start_ns + x->latency_ns;
+            }
+            stats[qi].latency_ns += last - first;
+        }
+    free(sp);
+    free(segs);
+    free(ords);
+    free(d);
+    free(qst);
+    nl_objpool_give(&r0->searchers, s);
+    return rc;
+}
+
+static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
+                             uint32_t *counts, nl_query_stats *stats)
+{
+    uint32_t k = p->k;
+    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
+    if (L < k) L = k;
+    if (L > NL_MAX_K) L = NL_MAX_K;
+    if (stats)
+        memset(stats, 0, sizeof *stats * nq);
+    sh_view *v = sh_view_acquire(sh);
+    uint32_t nidx = 2 + v->nseg;
+    uint32_t stride = nidx * widened_k(k, UINT64_MAX, L); /* room for every index's share */
+    pthread_rwlock_rdlock(&sh->tmu);
+    uint64_t dead_total = sh->tomb_n;
+    pthread_rwlock_unlock(&sh->tmu);
+    cand *cands = malloc(sizeof(cand) * stride * (nq ? nq : 1));
+    uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
+    int rc = cands && nc ? 0 : -ENOMEM;
+    if (!rc)
+        rc = search_memidx(sh, v->active, qs, nq, k, L, dead_total, cands, nc, stride, stats);
+    if (!rc && v->frozen)
+        rc = search_memidx(sh, v->frozen, qs, nq, k, L, dead_total, cands, nc, stride, stats);
+    if (!rc)
+        rc = search_segments(sh, v, qs, nq, p, L, cands, nc, stride, stats);
+    /* Merge: nearest first, each version once (a point can sit in the frozen index and
+     * its new segment at once), deleted versions dropped, then resolved to ids. */
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        uint64_t t0 = nl_now_ns();
+        cand *c = cands + qi * stride;
+        qsort(c, nc[qi], sizeof *c, cand_cmp);
+        nl_hit *out = hits + qi * k;
+        uint32_t got = 0;
+        for (uint32_t i = 0; i < nc[qi] && got < k && !rc; i++) {
+            if (i > 0 && c[i].pid == c[i - 1].pid)
+                continue;
+            if (sh_tomb_has(sh, c[i].pid))
+                continue;
+            unsigned char pk[8];
+            void *ek;
+            size_t ekl;
+            sh_pid_key(c[i].pid, pk);
+            int g = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
+            if (g == NL_ENOTFOUND)
+                continue; /* deleted or replaced after the view was taken */
+            if (g) {
+                rc = g;
+                break;
+            }
+            out[got].dist = c[i].dist;
+            rc = sh_hit_from_ekey(ek, ekl, &out[got]);
+            free(ek);
+            if (rc)
+                break;
+            if (p->accept && !p->accept(p->accept_ctx, &out[got]))
+                continue;
+            got++;
+        }
+        counts[qi] = got;
+        if (stats)
+            stats[qi].latency_ns += nl_now_ns() - t0;
+    }
+    free(cands);
+    free(nc);
+    sh_view_release(v);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- filtered search */
+
+/* Cost model of the plan choice (measured on this machine's virtual disk, see
+ * docs/benchmarks.md): one node read, and one PQ table lookup (a code byte). */
+#define SH_READ_NS 25000.0
+#define SH_ADC_NS 0.6
+/* A fresh index scans exactly (vectors in RAM) up to this many element operations. */
+#define SH_RAM_SCAN_OPS 4000000.0
+
+typedef struct {
+    const nl_filter *f;  /* NULL: unfiltered queries of a mixed batch */
+    nl_bitmap *bm;
+    int neg;
+    uint64_t matches;
+    double sel;
+    /* per index (0 active, 1 frozen, 2.. segments): the scan subset once built */
+    uint32_t **sub;
+    uint32_t *subn;
+    unsigned char *built;
+} fgroup;
+
+static inline int g_allows(const fgroup *g, uint64_t pid)
+{
+    return !g->bm || nl_bitmap_contains(g->bm, pid) != g->neg;
+}
+
+static int sub_push(uint32_t **a, uint32_t *n, size_t *cap, uint32_t v)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        uint32_t *x = realloc(*a, nc * sizeof *x);
+        if (!x)
+            return -ENOMEM;
+        *a = x;
+        *cap = nc;
+    }
+    (*a)[(*n)++] = v;
+    return 0;
+}
+
+/* The live allowed ordinals of a segment. Members of the bitmap are looked up in the
+ * segment's (ascending) id map when the set is positive; a complement is checked per
+ * ordinal. */
+static int seg_subset(nl_shard *sh, const fgroup *g, nl_segment *seg, uint32_t **out, uint32_t *n)
+{
+    nl_segment_info info;
+    nl_segment_get_info(seg, &info);
+    size_t cap = 0;
+    int rc = 0;
+    *out = NULL;
+    *n = 0;
+    if (info.count == 0)
+        return 0;
+    pthread_rwlock_rdlock(&sh->tmu);
+    if (g->bm && !g->neg && nl_segment_ids_ascending(seg)) {
+        uint64_t lo = nl_segment_id(seg, 0), hi = nl_segment_id(seg, (uint32_t)(info.count - 1));
+        nl_bitmap_iter it;
+        nl_bitmap_iter_init(&it, g->bm, lo);
+        uint64_t x;
+        uint32_t ord;
+        while (!rc && nl_bitmap_iter_next(&it, &x) && x <= hi)
+            if (nl_segment_find(seg, x, &ord) == 0 && !sh_tomb_has_locked(sh, x))
+                rc = sub_push(out, n, &cap, ord);
+    } else {
+        for (uint32_t u = 0; u < info.count && !rc; u++) {
+            uint64_t pid = nl_segment_id(seg, u);
+            if (g_allows(g, pid) && !sh_tomb_has_locked(sh, pid))
+                rc = sub_push(out, n, &cap, u);
+        }
+    }
+    pthread_rwlock_unlock(&sh->tmu);
+    return rc;
+}
+
+/* The live allowed slots of a fresh index among its first `reserved`. */
+static int mem_subset(nl_shard *sh, const fgroup *g, const sh_memidx *m, size_t reserved, uint32_t **out,
+                      uint32_t *n)
+{
+    size_t cap = 0;
+    int rc = 0;
+    *out = NULL;
+    *n = 0;
+    if (reserved == 0)
+        return 0;
+    pthread_rwlock_rdlock(&sh->tmu);
+    if (g->bm && !g->neg) {
+        nl_bitmap_iter it;
+        nl_bitmap_iter_init(&it, g->bm, m->slot_pid[0]);
+        uint64_t x, hi = m->slot_pid[reserved - 1];
+        size_t lo = 0;
+        while (!rc && nl_bitmap_iter_next(&it, &x) && x <= hi) {
+            size_t a = lo, b = reserved; /* slot_pid ascends: bisect from the last hit */
+            while (a < b) {
+                size_t mid = (a + b) / 2;
+                if (m->slot_pid[mid] < x) a = mid + 1; else b = mid;
+            }
+            lo = a;
+            if (a < reserved && m->slot_pid[a] == x && !sh_tomb_has_locked(sh, x))
+                rc = sub_push(out, n, &cap, (uint32_t)a);
+        }
+    } else {
+        for (size_t u = 0; u < reserved && !rc; u++)
+            if (g_allows(g, m->slot_pid[u]) && !sh_tomb_has_locked(sh, m->slot_pid[u]))
+                rc = sub_push(out, n, &cap, (uint32_t)u);
+    }
+    pthread_rwlock_unlock(&sh->tmu);
+    return rc;
+}
+
+typedef struct {
+    const fgroup *g;
+    const sh_memidx *m;
+} mem_allow_ctx;
+
+static int mem_allow(const void *vctx, uint32_t slot)
+{
+    const mem_allow_ctx *c = vctx;
+    return g_allows(c->g, c->m->slot_pid[slot]);
+}
+
+/* One fresh index for the filtered queries: scan or filtered walk per query's group. */
+static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx, fgroup *groups, const uint32_t *qg,
+                           const unsigned char *force, const float *qs, size_t nq, uint32_t k, uint32_t L,
+                           uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    if (reserved == 0 || nl_vamana_size(m->ix) == 0)
+        return 0;
+    nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
+    int rc = 0;
+    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
+        return rc;
+    uint32_t *slots = malloc(sizeof(uint32_t) * NL_MAX_K);
+    float *d = malloc(sizeof(float) * NL_MAX_K);
+    if (!slots || !d)
+        rc = -ENOMEM;
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        if (force && !force[qi])
+            continue;
+        fgroup *g = &groups[qg[qi]];
+        if (g->bm && !g->neg && g->matches == 0)
+            continue;
+        uint64_t t0 = nl_now_ns();
+        double est = g->sel * (double)reserved;
+        int got;
+        if (force || est * sh->cfg.dim <= SH_RAM_SCAN_OPS) {
+            if (!g->built[idx]) {
+                if ((rc = mem_subset(sh, g, m, reserved, &g->sub[idx], &g->subn[idx])) != 0)
+                    break;
+                g->built[idx] = 1;
+            }
+            got = nl_vamana_scan(m->ix, qs + qi * sh->cfg.dim, g->sub[idx], g->subn[idx], k, slots, d);
+            if (stats) {
+                stats[qi].filter_plan |= NL_PLAN_SCAN;
+                stats[qi].scanned += g->subn[idx];
+            }
+        } else {
+            uint32_t kk = widened_k(k, dead, L);
+            double lw = ceil((double)L / (g->sel > 0 ? g->sel : 1));
+            uint32_t LL = lw > NL_MAX_K ? NL_MAX_K : (uint32_t)lw;
+            if (LL < kk) LL = kk;
+            mem_allow_ctx ac = {g, m};
+            nl_search_stats ss = {0, 0};
+            got = nl_vamana_search_filtered(s, qs + qi * sh->cfg.dim, kk, LL, mem_allow, &ac, slots, d, &ss);
+            if (stats) {
+                stats[qi].filter_plan |= NL_PLAN_GRAPH;
+                stats[qi].hops += ss.hops;
+            }
+        }
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        cand *c = cands + qi * stride;
+        for (int i = 0; i < got; i++)
+            c[nc[qi]++] = (cand){m->slot_pid[slots[i]], d[i]};
+        if (stats)
+            stats[qi].latency_ns += nl_now_ns() - t0;
+    }
+    free(slots);
+    free(d);
+    nl_objpool_give(&m->searchers, s);
+    return rc;
+}
+
+/* Every segment for the filtered queries: one job per (query, segment), scan or walk. */
+static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, const uint32_t *qg,
+                             const unsigned char *force, const float *qs, size_t nq, const nl_search_params *p,
+                             uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+{
+    uint32_t ns = v->nseg;
+    if (ns == 0)
+        return 0;
+    sh_segref *r0 = v->segs[0];
+    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
+    int rc = 0;
+    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
+        return rc;
+    uint32_t W = p->W ? p->W : 4;
+    if (W > SH_MAX_W)
+        W = SH_MAX_W;
+    uint64_t biggest = 0;
+    for (uint32_t i = 0; i < ns; i++)
+        if (v->segs[i]->count > biggest)
+            biggest = v->segs[i]->count;
+    nl_segment **segs = malloc(sizeof *segs * ns);
+    nl_seg_job *jobs = malloc(sizeof *jobs * ns * (nq ? nq : 1));
+    size_t nj = 0;
+    if (!segs || !jobs)
+        rc = -ENOMEM;
+    for (uint32_t i = 0; i < ns && !rc; i++)
+        segs[i] = v->segs[i]->seg;
+    uint32_t kstride = NL_MAX_K;
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        if (force && !force[qi])
+            continue;
+        fgroup *g = &groups[qg[qi]];
+        if (g->bm && !g->neg && g->matches == 0)
+            continue;
+        for (uint32_t si = 0; si < ns && !rc; si++) {
+            const sh_segref *r = v->segs[si];
+            nl_segment_info info;
+            nl_segment_get_info(r->seg, &info);
+            uint32_t kk = widened_k(p->k, atomic_load(&r->dead), L);
+            uint32_t Li = (uint32_t)((double)L * sqrt((double)r->count / (double)biggest) + 0.5);
+            if (Li < p->k)
+                Li = p->k;
+            double sel = g->sel > 0 ? g->sel : 1.0 / (double)(r->count + 1);
+            double est = sel * (double)r->count;
+            double lw = ceil((double)Li / sel);
+            double graph_cost = (lw > NL_MAX_K ? 4.0 * lw : lw) * (SH_READ_NS + SH_ADC_NS * info.R * info.pq_m);
+            double scan_cost = est * info.pq_m * SH_ADC_NS + Li * SH_READ_NS;
+            int scan = force || scan_cost <= graph_cost;
+            nl_seg_job *jb = &jobs[nj];
+            *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W};
+            if (scan) {
+                size_t gi = 2 + si;
+                if (!g->built[gi]) {
+                    if ((rc = seg_subset(sh, g, r->seg, &g->sub[gi], &g->subn[gi])) != 0)
+                        break;
+                    g->built[gi] = 1;
+                }
+                if (g->subn[gi] == 0)
+                    continue;
+                uint32_t depth = force ? NL_MAX_K : Li;
+                jb->k = p->k;
+                jb->L = depth < p->k ? p->k : depth;
+                jb->W = SH_MAX_W; /* every read of a scan is wanted: many in flight */
+                jb->subset = g->sub[gi];
+                jb->subset_n = g->subn[gi];
+                if (stats) {
+                    stats[qi].filter_plan |= NL_PLAN_SCAN;
+                    stats[qi].scanned += g->subn[gi];
+                }
+            } else {
+                uint32_t LL = lw > NL_MAX_K ? NL_MAX_K : (uint32_t)lw;
+                if (LL < kk) LL = kk;
+                jb->k = kk;
+                jb->L = LL;
+                jb->allow = g->bm;
+                jb->allow_neg = g->neg;
+                if (stats)
+                    stats[qi].filter_plan |= NL_PLAN_GRAPH;
+            }
+            nj++;
+        }
+    }
+    uint32_t *ords = NULL;
+    float *d = NULL;
+    nl_query_stats *qst = NULL;
+    if (!rc && nj) {
+        ords = malloc(sizeof(uint32_t) * kstride * nj);
+        d = malloc(sizeof(float) * kstride * nj);
+        qst = calloc(nj, sizeof *qst);
+        if (!ords || !d || !qst)
+            rc = -ENOMEM;
+        if (!rc)
+            rc = nl_seg_search_jobs(s, segs, ns, qs, jobs, nj, kstride, ords, d, qst);
+    }
+    for (size_t j = 0; j < nj && !rc; j++) {
+        const nl_seg_job *jb = &jobs[j];
+        cand *c = cands + (size_t)jb->query * stride;
+        for (uint32_t i = 0; i < jb->k; i++) {
+            uint32_t o = ords[j * kstride + i];
+            if (o == UINT32_MAX)
+                break;
+            c[nc[jb->query]++] = (cand){nl_segment_id(segs[jb->seg], o), d[j * kstride + i]};
+        }
+        if (stats) {
+            nl_query_stats *st = &stats[jb->query];
+            st->ios += qst[j].ios;
+            st->cache_hits += qst[j].cache_hits;
+            st->hops += qst[j].hops;
+        }
+    }
+    /* A query's jobs ran side by side: it took from its first start to its last finish. */
+    if (stats && !rc && nj) {
+        size_t j = 0;
+        while (j < nj) {
+            uint32_t q = jobs[j].query;
+            uint64_t first = UINT64_MAX, last = 0;
+            for (; j < nj && jobs[j].query == q; j++) {
+                if (qst[j].start_ns < first) first = qst[j].start_ns;
+                if (qst[j].start_ns + qst[j].latency_ns > last) last = qst[j].start_ns + qst[j].latency_ns;
+            }
+            stats[q].latency_ns += last - first;
+        }
+    }
+    free(ords);
+    free(d);
+    free(qst);
+    free(jobs);
+    free(segs);
+    nl_objpool_give(&r0->searchers, s);
+    return rc;
+}
+
+/* Sorts and resolves query qi's candidates into at most k hits. */
+static int resolve(nl_shard *sh, const nl_search_params *p, const fgroup *g, cand *c, uint32_t n, uint32_t k,
+                   nl_hit *out, uint32_t *count)
+{
+    qsort(c, n, sizeof *c, cand_cmp);
+    uint32_t got = 0;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && got < k && !rc; i++) {
+        if (i > 0 && c[i].pid == c[i - 1].pid)
+            continue;
+        if ((g && !g_allows(g, c[i].pid)) || sh_tomb_has(sh, c[i].pid))
+            continue;
+        unsigned char pk[8];
+        void *ek;
+        size_t ekl;
+        sh_pid_key(c[i].pid, pk);
+        int r = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
+        if (r == NL_ENOTFOUND)
+            continue; /* deleted or replaced after the view was taken */
+        if (r) {
+            rc = r;
+            break;
+        }
+        out[got].dist = c[i].dist;
+        rc = sh_hit_from_ekey(ek, ekl, &out[got]);
+        free(ek);
+        if (rc)
+            break;
+        if (p->accept && !p->accept(p->accept_ctx, &out[got]))
+            continue;
+        got++;
+    }
+    *count = got;
+    return rc;
+}
+
+static void groups_free(fgroup *groups, size_t ng, size_t nidx)
+{
+    for (size_t i = 0; groups && i < ng; i++) {
+        nl_bitmap_destroy(groups[i].bm);
+        for (size_t j = 0; groups[i].sub && j < nidx; j++)
+            free(groups[i].sub[j]);
+        free(groups[i].sub);
+        free(groups[i].subn);
+        free(groups[i].built);
+    }
+    free(groups);
+}
+
+/* One pass of the filtered plans over the queries (all, or those marked in force, which
+ * then run as exhaustive scans). */
+static int filtered_pass(nl_shard *sh, const sh_view *v, size_t act_res, size_t frz_res, fgroup *groups,
+                         const uint32_t *qg, const unsigned char *force, const float *qs, size_t nq,
+                         const nl_search_params *p, uint32_t L, uint64_t dead_total, nl_hit *hits, uint32_t *counts,
+                         nl_query_stats *stats)
+{
+    uint32_t k = p->k;
+    uint32_t stride = (2 + v->nseg) * NL_MAX_K;
+    cand *cands = malloc(sizeof(cand) * stride * (nq ? nq : 1));
+    uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
+    int rc = cands && nc ? 0 : -ENOMEM;
+    if (!rc)
+        rc = filtered_memidx(sh, v->active, act_res, 0, groups, qg, force, qs, nq, k, L, dead_total, cands, nc,
+                             stride, stats);
+    if (!rc && v->frozen)
+        rc = filtered_memidx(sh, v->frozen, frz_res, 1, groups, qg, force, qs, nq, k, L, dead_total, cands, nc,
+                             stride, stats);
+    if (!rc)
+        rc = filtered_segments(sh, v, groups, qg, force, qs, nq, p, L, cands, nc, stride, stats);
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        if (force && !force[qi])
+            continue;
+        uint64_t t0 = nl_now_ns();
+        rc = resolve(sh, p, &groups[qg[qi]], cands + qi * stride, nc[qi], k, hits + qi * k, &counts[qi]);
+        if (stats)
+            stats[qi].latency_ns += nl_now_ns() - t0;
+    }
+    free(cands);
+    free(nc);
+    return rc;
+}
+
+static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
+                           uint32_t *counts, nl_query_stats *stats)
+{
+    uint32_t k = p->k;
+    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
+    if (L < k) L = k;
+    if (L > NL_MAX_K) L = NL_MAX_K;
+    if (stats)
+        memset(stats, 0, sizeof *stats * nq);
+    /* The pids below next_pid all have their postings committed; the view and the fresh
+     * indexes' reserved counts are taken at the same moment, so every slot scanned has its
+     * pid recorded. */
+    pthread_mutex_lock(&sh->wmu);
+    uint64_t next_pid = sh->next_pid, live = sh->live;
+    sh_view *v = sh_view_acquire(sh);
+    size_t act_res = nl_vamana_reserved(v->active->ix);
+    size_t frz_res = v->frozen ? nl_vamana_reserved(v->frozen->ix) : 0;
+    pthread_mutex_unlock(&sh->wmu);
+    pthread_rwlock_rdlock(&sh->tmu);
+    uint64_t dead_total = sh->tomb_n;
+    pthread_rwlock_unlock(&sh->tmu);
+    size_t nidx = 2 + v->nseg;
+    uint32_t *qg = calloc(nq ? nq : 1, sizeof *qg);
+    fgroup *groups = calloc(nq ? nq : 1, sizeof *groups);
+    unsigned char *force = NULL;
+    size_t ng = 0;
+    int rc = qg && groups ? 0 : -ENOMEM;
+    for (size_t qi = 0; qi < nq && !rc; qi++) {
+        const nl_filter *f = p->filters ? p->filters[qi] : p->filter;
+        size_t gi;
+        for (gi = 0; gi < ng; gi++)
+            if (groups[gi].f == f)
+                break;
+        if (gi == ng) {
+            fgroup *g = &groups[ng++];
+            g->f = f;
+            g->sub = calloc(nidx, sizeof *g->sub);
+            g->subn = calloc(nidx, sizeof *g->subn);
+            g->built = calloc(nidx, 1);
+            if (!g->sub || !g->subn || !g->built) {
+                rc = -ENOMEM;
+                break;
+            }
+            g->sel = 1;
+            g->matches = live;
+            if (f) {
+                if ((rc = nl_filter_eval(sh->st, sh->fcache, next_pid, f, &g->bm, &g->neg)) != 0)
+                    break;
+                uint64_t card = nl_bitmap_cardinality(g->bm);
+                g->matches = g->neg ? (card < live ? live - card : 0) : card;
+                if (g->matches > live)
+                    g->matches = live;
+                g->sel = live ? (double)g->matches / (double)live : 0;
+                if (g->matches && g->sel < 1e-9)
+                    g->sel = 1e-9;
+            }
+        }
+        qg[qi] = (uint32_t)gi;
+        if (stats)
+            stats[qi].matches = f ? groups[gi].matches : live;
+    }
+    if (!rc)
+        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, NULL, qs, nq, p, L, dead_total, hits, counts, stats);
+    /* Too few results while the filter allows more: an exhaustive scan of that query. */
+    size_t nforce = 0;
+    if (!rc) {
+        force = calloc(nq ? nq : 1, 1);
+        if (!force)
+            rc = -ENOMEM;
+        for (size_t qi = 0; qi < nq && !rc; qi++)
+            if (groups[qg[qi]].f && counts[qi] < k && groups[qg[qi]].matches > counts[qi]) {
+                force[qi] = 1;
+                nforce++;
+                if (stats)
+                    stats[qi].filter_plan |= NL_PLAN_FALLBACK;
+            }
+    }
+    if (!rc && nforce)
+        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, force, qs, nq, p, L, dead_total, hits, counts, stats);
+    free(force);
+    free(qg);
+    groups_free(groups, ng, nidx);
+    sh_view_release(v);
+    return rc;
+}
+
+int nl_shard_search_batch(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
+                          uint32_t *counts, nl_query_stats *stats)
+{
+    int filtered = p->filter != NULL;
+    for (size_t qi = 0; p->filters && qi < nq && !filtered; qi++)
+        filtered = p->filters[qi] != NULL;
+    return filtered ? search_filtered(sh, qs, nq, p, hits, counts, stats)
+                    : search_unfiltered(sh, qs, nq, p, hits, counts, stats);
+}
