@@ -372,6 +372,23 @@ int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
     return rc;
 }
 
+int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    int rc = live(c);
+    if (rc)
+        return rc;
+    if (!f)
+        return nl_fail(NL_EINVAL, "delete by filter: no filter");
+    for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        size_t d = 0;
+        if ((rc = nl_shard_delete_by_filter(c->shards[s], f, &d)) == 0 && deleted)
+            *deleted += d;
+    }
+    return rc;
+}
+
 int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
 {
     if (deleted)

@@ -118,6 +118,10 @@ typedef struct {
 int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n);
 /* Ids that do not exist are skipped; *deleted (optional) counts the others. */
 int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted);
+/* Deletes every point whose metadata satisfies f (nl_filter.h), shard by shard, in
+ * batches: points written while it runs may escape it, and a point replaced meanwhile is
+ * kept (its new version is judged by its own metadata). *deleted (optional) counts. */
+int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t *deleted);
 /* vec (dim floats, optional) and *meta (malloc'd, NUL-terminated JSON, optional; NULL
  * when the point has none; caller frees). NL_ENOTFOUND when the id is absent. */
 int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len);
@@ -147,6 +151,8 @@ typedef struct {
      * batch its own and overrides `filter`. See docs/filters.md for the plans. */
     const nl_filter *filter;
     const nl_filter *const *filters;
+    uint32_t plan;      /* filtered queries: 0 = chosen per index by cost; NL_PLAN_GRAPH or
+                         * NL_PLAN_SCAN to force one (tests, benchmarks) */
 } nl_search_params;
 
 typedef struct {

@@ -69,6 +69,8 @@ void nl_shard_get_config(const nl_shard *sh, nl_shard_config *cfg);
 int nl_shard_validate(const nl_shard *sh, const nl_point *pts, size_t n);
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n);
 int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted);
+/* Deletes every live version the filter allows (as of the call; later writes escape it). */
+int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted);
 int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t *meta_len);
 /* Queries already validated by the caller (finite, dim floats each). */
 int nl_shard_search_batch(nl_shard *sh, const float *queries, size_t nq, const nl_search_params *p,

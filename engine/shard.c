@@ -1269,7 +1269,9 @@ out:
     return rc;
 }
 
-int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
+/* Deletes ids; with expect (n pids), only an id still at that version (a delete by
+ * filter must not remove a newer version that no longer matches). */
+static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -1297,6 +1299,8 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
         size_t ekl = nl_ekey_encode(&ids[i], ek);
         int found;
         if ((rc = sh_lookup_pid(sh, ek, ekl, &pids[i], &found)) != 0 || !found)
+            continue;
+        if (expect && pids[i] != expect[i])
             continue;
         valid[i] = 1;
         for (size_t j = 0; j < i; j++)
@@ -1335,6 +1339,104 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
     free(valid);
     if (!rc && deleted)
         *deleted = count;
+    return rc;
+}
+
+int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
+{
+    return delete_impl(sh, ids, NULL, n, deleted);
+}
+
+/* Deletes up to n versions (pids) that are still live, by their external ids. */
+static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t *deleted)
+{
+    nl_id *ids = calloc(n ? n : 1, sizeof *ids);
+    uint64_t *keep = calloc(n ? n : 1, sizeof *keep);
+    nl_hit *h = calloc(n ? n : 1, sizeof *h);
+    size_t m = 0;
+    int rc = ids && keep && h ? 0 : -ENOMEM;
+    for (size_t i = 0; i < n && !rc; i++) {
+        unsigned char pk[8];
+        void *ek;
+        size_t ekl;
+        sh_pid_key(pids[i], pk);
+        int g = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
+        if (g == NL_ENOTFOUND)
+            continue; /* deleted or replaced already */
+        if (g) {
+            rc = g;
+            break;
+        }
+        rc = sh_hit_from_ekey(ek, ekl, &h[m]);
+        free(ek);
+        if (rc)
+            break;
+        ids[m] = (nl_id){h[m].is_str, h[m].num, h[m].str, h[m].len};
+        keep[m++] = pids[i];
+    }
+    if (!rc)
+        rc = delete_impl(sh, ids, keep, m, deleted);
+    free(ids);
+    free(keep);
+    free(h);
+    return rc;
+}
+
+int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted)
+{
+    *deleted = 0;
+    pthread_mutex_lock(&sh->wmu);
+    uint64_t next_pid = sh->next_pid;
+    pthread_mutex_unlock(&sh->wmu);
+    nl_bitmap *bm;
+    int neg;
+    int rc = nl_filter_eval(sh->st, sh->fcache, next_pid, f, &bm, &neg);
+    if (rc)
+        return rc;
+    enum { CHUNK = 1024 };
+    uint64_t batch[CHUNK];
+    size_t nb = 0, done;
+    if (!neg) {
+        nl_bitmap_iter it;
+        nl_bitmap_iter_init(&it, bm, 0);
+        uint64_t x;
+        while (!rc && nl_bitmap_iter_next(&it, &x)) {
+            batch[nb++] = x;
+            if (nb == CHUNK) {
+                rc = delete_versions(sh, batch, nb, &done);
+                *deleted += rc ? 0 : done;
+                nb = 0;
+            }
+        }
+    } else {
+        /* A complement: walk the live versions (the pids family) and keep those outside. */
+        nl_store_iter *it;
+        if ((rc = nl_store_iter_create(sh->st, NL_CF_PIDS, &it)) == 0) {
+            for (nl_store_iter_seek_first(it); !rc && nl_store_iter_valid(it); nl_store_iter_next(it)) {
+                size_t kl;
+                const unsigned char *k = nl_store_iter_key(it, &kl);
+                if (kl != 8)
+                    continue;
+                uint64_t pid = sh_pid_from_key(k);
+                if (pid >= next_pid || nl_bitmap_contains(bm, pid))
+                    continue;
+                batch[nb++] = pid;
+                if (nb == CHUNK) {
+                    rc = delete_versions(sh, batch, nb, &done);
+                    *deleted += rc ? 0 : done;
+                    nb = 0;
+                }
+            }
+            if (!rc)
+                rc = nl_store_iter_status(it);
+            nl_store_iter_destroy(it);
+        }
+    }
+    if (!rc && nb) {
+        rc = delete_versions(sh, batch, nb, &done);
+        *deleted += rc ? 0 : done;
+    }
+    nl_bitmap_destroy(bm);
     return rc;
 }
 

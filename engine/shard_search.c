@@ -360,7 +360,7 @@ static int mem_allow(const void *vctx, uint32_t slot)
 
 /* One fresh index for the filtered queries: scan or filtered walk per query's group. */
 static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx, fgroup *groups, const uint32_t *qg,
-                           const unsigned char *force, const float *qs, size_t nq, uint32_t k, uint32_t L,
+                           const unsigned char *force, uint32_t plan, const float *qs, size_t nq, uint32_t k, uint32_t L,
                            uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
 {
     if (reserved == 0 || nl_vamana_size(m->ix) == 0)
@@ -382,7 +382,8 @@ static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx,
         uint64_t t0 = nl_now_ns();
         double est = g->sel * (double)reserved;
         int got;
-        if (force || est * sh->cfg.dim <= SH_RAM_SCAN_OPS) {
+        int scan = force || plan == NL_PLAN_SCAN || (plan != NL_PLAN_GRAPH && est * sh->cfg.dim <= SH_RAM_SCAN_OPS);
+        if (scan) {
             if (!g->built[idx]) {
                 if ((rc = mem_subset(sh, g, m, reserved, &g->sub[idx], &g->subn[idx])) != 0)
                     break;
@@ -470,7 +471,8 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
             double lw = ceil((double)Li / sel);
             double graph_cost = (lw > NL_MAX_K ? 4.0 * lw : lw) * (SH_READ_NS + SH_ADC_NS * info.R * info.pq_m);
             double scan_cost = est * info.pq_m * SH_ADC_NS + Li * SH_READ_NS;
-            int scan = force || scan_cost <= graph_cost;
+            int scan = force || p->plan == NL_PLAN_SCAN ||
+                       (p->plan != NL_PLAN_GRAPH && g->bm && scan_cost <= graph_cost);
             nl_seg_job *jb = &jobs[nj];
             *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W};
             if (scan) {
@@ -617,10 +619,10 @@ static int filtered_pass(nl_shard *sh, const sh_view *v, size_t act_res, size_t 
     uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
     int rc = cands && nc ? 0 : -ENOMEM;
     if (!rc)
-        rc = filtered_memidx(sh, v->active, act_res, 0, groups, qg, force, qs, nq, k, L, dead_total, cands, nc,
+        rc = filtered_memidx(sh, v->active, act_res, 0, groups, qg, force, p->plan, qs, nq, k, L, dead_total, cands, nc,
                              stride, stats);
     if (!rc && v->frozen)
-        rc = filtered_memidx(sh, v->frozen, frz_res, 1, groups, qg, force, qs, nq, k, L, dead_total, cands, nc,
+        rc = filtered_memidx(sh, v->frozen, frz_res, 1, groups, qg, force, p->plan, qs, nq, k, L, dead_total, cands, nc,
                              stride, stats);
     if (!rc)
         rc = filtered_segments(sh, v, groups, qg, force, qs, nq, p, L, cands, nc, stride, stats);

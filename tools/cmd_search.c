@@ -82,7 +82,7 @@ static int help(FILE *f)
             "usage: nearline search --db DIR --collection NAME --queries FILE --k K [--L N]...\n"
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
-            "         [--filter JSON | --filters FILE.jsonl]\n"
+            "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan]\n"
             "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n");
     return f == stdout ? 0 : 2;
 }
@@ -99,7 +99,8 @@ int cmd_search(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"queries", 1, 0, 'q'}, {"k", 1, 0, 'k'}, {"L", 1, 0, 'L'},
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
-        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    uint32_t plan = 0;
     const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
@@ -120,6 +121,11 @@ int cmd_search(int argc, char **argv)
         case 'b': buffered = 1; break;
         case 'F': filter_s = optarg; break;
         case 'G': filters_path = optarg; break;
+        case 'P':
+            if (!strcmp(optarg, "graph")) plan = NL_PLAN_GRAPH;
+            else if (!strcmp(optarg, "scan")) plan = NL_PLAN_SCAN;
+            else if (strcmp(optarg, "auto")) { cli_error(C, 0, "--plan must be auto, graph or scan"); return 2; }
+            break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -249,7 +255,7 @@ int cmd_search(int argc, char **argv)
     /* Chunks small enough to balance the threads, large enough to keep `inflight` busy. */
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
-        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters};
+        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
