@@ -1129,6 +1129,21 @@ static int wait_for_room(nl_shard *sh, size_t n)
 }
 
 
+/* Adds to b the deletion of version pid's postings, from its stored metadata (if any). */
+static int drop_stored_postings(nl_shard *sh, nl_store_batch *b, const unsigned char *ek, size_t ekl, uint64_t pid)
+{
+    void *meta;
+    size_t len;
+    int rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &meta, &len);
+    if (rc == NL_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = nl_postings_write(b, pid, meta, len, 0);
+    free(meta);
+    return rc;
+}
+
 int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
 {
     if (n == 0)
@@ -1187,15 +1202,7 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
                 const nl_point *op = &pts[old[i] - first_pid];
                 rc = nl_postings_write(b, old[i], op->metadata, op->metadata_len, 0);
             } else {
-                void *om;
-                size_t oml;
-                int g = nl_store_get(sh->st, NL_CF_META, ek, eklen[i], &om, &oml);
-                if (g == 0) {
-                    rc = nl_postings_write(b, old[i], om, oml, 0);
-                    free(om);
-                } else if (g != NL_ENOTFOUND) {
-                    rc = g;
-                }
+                rc = drop_stored_postings(sh, b, ek, eklen[i], old[i]);
             }
             if (rc)
                 break;
@@ -1308,16 +1315,7 @@ static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, s
         if (!valid[i])
             continue;
         sh_pid_key(pids[i], pk);
-        void *om;
-        size_t oml;
-        int g = nl_store_get(sh->st, NL_CF_META, ek, ekl, &om, &oml);
-        if (g == 0) {
-            rc = nl_postings_write(b, pids[i], om, oml, 0);
-            free(om);
-        } else if (g != NL_ENOTFOUND) {
-            rc = g;
-        }
-        if (rc)
+        if ((rc = drop_stored_postings(sh, b, ek, ekl, pids[i])) != 0)
             break;
         nl_store_batch_delete(b, NL_CF_IDMAP, ek, ekl);
         nl_store_batch_delete(b, NL_CF_META, ek, ekl);

@@ -171,6 +171,10 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
     return rc;
 }
 
+typedef struct fgroup fgroup;
+static int resolve(nl_shard *sh, const nl_search_params *p, const fgroup *g, cand *c, uint32_t n, uint32_t k,
+                   nl_hit *out, uint32_t *count);
+
 static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
                              uint32_t *counts, nl_query_stats *stats)
 {
@@ -199,36 +203,7 @@ static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_
      * its new segment at once), deleted versions dropped, then resolved to ids. */
     for (size_t qi = 0; qi < nq && !rc; qi++) {
         uint64_t t0 = nl_now_ns();
-        cand *c = cands + qi * stride;
-        qsort(c, nc[qi], sizeof *c, cand_cmp);
-        nl_hit *out = hits + qi * k;
-        uint32_t got = 0;
-        for (uint32_t i = 0; i < nc[qi] && got < k && !rc; i++) {
-            if (i > 0 && c[i].pid == c[i - 1].pid)
-                continue;
-            if (sh_tomb_has(sh, c[i].pid))
-                continue;
-            unsigned char pk[8];
-            void *ek;
-            size_t ekl;
-            sh_pid_key(c[i].pid, pk);
-            int g = nl_store_get(sh->st, NL_CF_PIDS, pk, 8, &ek, &ekl);
-            if (g == NL_ENOTFOUND)
-                continue; /* deleted or replaced after the view was taken */
-            if (g) {
-                rc = g;
-                break;
-            }
-            out[got].dist = c[i].dist;
-            rc = sh_hit_from_ekey(ek, ekl, &out[got]);
-            free(ek);
-            if (rc)
-                break;
-            if (p->accept && !p->accept(p->accept_ctx, &out[got]))
-                continue;
-            got++;
-        }
-        counts[qi] = got;
+        rc = resolve(sh, p, NULL, cands + qi * stride, nc[qi], k, hits + qi * k, &counts[qi]);
         if (stats)
             stats[qi].latency_ns += nl_now_ns() - t0;
     }
@@ -247,7 +222,7 @@ static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_
 /* A fresh index scans exactly (vectors in RAM) up to this many element operations. */
 #define SH_RAM_SCAN_OPS 4000000.0
 
-typedef struct {
+struct fgroup {
     const nl_filter *f;  /* NULL: unfiltered queries of a mixed batch */
     nl_bitmap *bm;
     int neg;
@@ -257,7 +232,7 @@ typedef struct {
     uint32_t **sub;
     uint32_t *subn;
     unsigned char *built;
-} fgroup;
+};
 
 static inline int g_allows(const fgroup *g, uint64_t pid)
 {
@@ -669,8 +644,11 @@ static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_se
     for (size_t qi = 0; qi < nq && !rc; qi++) {
         const nl_filter *f = p->filters ? p->filters[qi] : p->filter;
         size_t gi;
+        /* Queries with the same filter (by its canonical text) share one allowed set,
+         * one evaluation and one scan list per index. */
         for (gi = 0; gi < ng; gi++)
-            if (groups[gi].f == f)
+            if (groups[gi].f == f ||
+                (f && groups[gi].f && strcmp(nl_filter_text(groups[gi].f), nl_filter_text(f)) == 0))
                 break;
         if (gi == ng) {
             fgroup *g = &groups[ng++];
