@@ -56,8 +56,8 @@ static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq,
     if (nl_vamana_size(m->ix) == 0)
         return 0;
     nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
+    int rc = s ? 0 : nl_vamana_searcher_create(m->ix, NL_MAX_K, &s);
+    if (rc)
         return rc;
     uint32_t kk = widened_k(k, dead, L);
     uint32_t LL = L < kk ? kk : L;
@@ -87,6 +87,17 @@ static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq,
     return rc;
 }
 
+/* A segment searcher from r's pool (any segment of the shard shares the geometry), or a
+ * new one; give it back to the same pool. */
+static int seg_searcher_take(nl_shard *sh, sh_segref *r, nl_seg_searcher **out)
+{
+    *out = nl_objpool_take(&r->searchers);
+    if (*out)
+        return 0;
+    return nl_seg_searcher_create(r->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+                                  sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, out);
+}
+
 /* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from
  * the first segment's pool, runs all (query, segment) pairs with their reads in flight
  * together, so a query costs about its slowest segment, not the sum of them. */
@@ -97,10 +108,9 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
     if (ns == 0)
         return 0;
     sh_segref *r0 = v->segs[0];
-    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
-                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
+    nl_seg_searcher *s;
+    int rc = seg_searcher_take(sh, r0, &s);
+    if (rc)
         return rc;
     uint32_t W = p->W ? p->W : 4;
     if (W > SH_MAX_W)
@@ -341,8 +351,8 @@ static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx,
     if (reserved == 0 || nl_vamana_size(m->ix) == 0)
         return 0;
     nl_vamana_searcher *s = nl_objpool_take(&m->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_vamana_searcher_create(m->ix, NL_MAX_K, &s)) != 0)
+    int rc = s ? 0 : nl_vamana_searcher_create(m->ix, NL_MAX_K, &s);
+    if (rc)
         return rc;
     uint32_t *slots = malloc(sizeof(uint32_t) * NL_MAX_K);
     float *d = malloc(sizeof(float) * NL_MAX_K);
@@ -407,10 +417,9 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
     if (ns == 0)
         return 0;
     sh_segref *r0 = v->segs[0];
-    nl_seg_searcher *s = nl_objpool_take(&r0->searchers);
-    int rc = 0;
-    if (!s && (rc = nl_seg_searcher_create(r0->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
-                                           sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, &s)) != 0)
+    nl_seg_searcher *s;
+    int rc = seg_searcher_take(sh, r0, &s);
+    if (rc)
         return rc;
     uint32_t W = p->W ? p->W : 4;
     if (W > SH_MAX_W)

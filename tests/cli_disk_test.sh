@@ -10,10 +10,7 @@ NL=${1:?nearline binary}
 DATA=${NEARLINE_DATA_DIR:-${2:-../shared/data}}
 W=$(mktemp -d -p "${NL_TEST_TMP:-$PWD}" clitest.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-pass=0; fail=0; skip=0
-ok()   { pass=$((pass + 1)); echo "ok   - $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL - $1"; }
-skp()  { skip=$((skip + 1)); echo "skip - $1"; }
+. "$(dirname "$0")/lib.sh"
 
 # expect_error DESC PATTERN CMD...: non-zero exit below 128 (no crash) and PATTERN on stderr.
 expect_error() {
@@ -24,7 +21,6 @@ expect_error() {
 }
 # recall_of FILE: the recall_at_k of the last JSON line
 recall_of() { tail -1 "$1" | sed -n 's/.*"recall_at_k":\([0-9.]*\).*/\1/p'; }
-ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 no_leftovers() { ! ls -A "$1" 2>/dev/null | grep -q "^\.tmp-import\|^\.import-"; }
 
 DB="$W/db"

@@ -15,12 +15,7 @@ NL=${1:?nearline binary}
 DATA=${NEARLINE_DATA_DIR:-${2:-../shared/data}}
 W=$(mktemp -d -p "${NL_TEST_TMP:-$PWD}" filtertest.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-pass=0; fail=0; skip=0
-ok()   { pass=$((pass + 1)); echo "ok   - $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL - $1"; }
-skp()  { skip=$((skip + 1)); echo "skip - $1"; }
-field() { tail -1 "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
-ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+. "$(dirname "$0")/lib.sh"
 PY=python3
 
 # Metadata for N rows: half (50%), d10 (10%), p1 (1%), p01 (0.1%), a tag list, a price.

@@ -18,13 +18,7 @@ NL=${1:?nearline binary}
 DATA=${NEARLINE_DATA_DIR:-${2:-../shared/data}}
 W=$(mktemp -d -p "${NL_TEST_TMP:-$PWD}" importtest.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-pass=0; fail=0; skip=0
-ok()   { pass=$((pass + 1)); echo "ok   - $1"; }
-bad()  { fail=$((fail + 1)); echo "FAIL - $1"; }
-skp()  { skip=$((skip + 1)); echo "skip - $1"; }
-field() { tail -1 "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
-ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
-le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+. "$(dirname "$0")/lib.sh"
 
 # ---- resume after SIGKILL at every phase -----------------------------------------------
 "$NL" gen --n 100000 --dim 64 --type u8 --clusters 50 --seed 5 --out "$W/g.u8bin" --queries 200 \
