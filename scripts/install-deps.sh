@@ -7,7 +7,8 @@ set -euo pipefail
 # Build and test dependencies (the product and `make test`).
 BUILD_PKGS=(
   build-essential cmake pkg-config git
-  librocksdb-dev liburing-dev libzstd-dev libopenblas-dev libjansson-dev
+  librocksdb-dev liburing-dev libzstd-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
+  curl openssl
   libcriterion-dev
   python3 python3-numpy
 )
