@@ -387,8 +387,9 @@ static enum MHD_Result ep_upsert(nl_server *s, nl_collection *h, struct MHD_Conn
     static const char *const pk[] = {"id", "vector", "metadata", NULL};
     const char *bad;
     if (unknown_key(j, top, &bad)) {
-        json_decref(j);
-        return send_error(c, r, 400, "bad_request", "unknown field \"%s\" (expected points)", bad);
+        res = send_error(c, r, 400, "bad_request", "unknown field \"%s\" (expected points)", bad);
+        json_decref(j); /* bad points into j */
+        return res;
     }
     if (!json_is_array(pts) || json_array_size(pts) == 0) {
         json_decref(j);
