@@ -1,52 +1,48 @@
 #!/usr/bin/env bash
-# `make run`: shows nearline on an embedded default. With ../shared/data present it
-# indexes sift-5k (real SIFT descriptors); without it, a generated clustered set. It
-# imports the vectors into a local database (.demo/db) as a disk index and searches it
-# from disk, printing recall@10, QPS, latency and reads per query for a few list sizes.
-# Safe to run repeatedly: generated data is reused, the demo collection rebuilt.
+# `make run`: nearline as a server on this machine, with nothing but the repository.
+# Starts `nearline serve` on 127.0.0.1:7700 (NEARLINE_DEMO_PORT to change) over a local
+# database in .demo/db (NEARLINE_DEMO_DIR), loads a generated catalogue of 20,000 items through the Python
+# client (only the first time: a second run reuses it), runs searches with and without
+# filters, and shows how to query it with curl. On a terminal the server keeps running
+# until Ctrl-C; otherwise (or with NEARLINE_DEMO_EXIT=1) it is stopped after the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 NL="$BUILD_DIR/tools/nearline"
-DATA=${NEARLINE_DATA_DIR:-../shared/data}
-if [ -f "$DATA/sift-5k/base.bvecs" ]; then
-  name="sift-5k (real SIFT descriptors from ../shared/data)"
-  base="$DATA/sift-5k/base.bvecs"; queries="$DATA/sift-5k/query.bvecs"; gt="$DATA/sift-5k/groundtruth.ivecs"
-  sweep=50,100,150
+PORT=${NEARLINE_DEMO_PORT:-7700}
+DIR=${NEARLINE_DEMO_DIR:-.demo}
+URL="http://127.0.0.1:$PORT"
+mkdir -p "$DIR"
+started=0
+if curl -sf "$URL/healthz" >/dev/null 2>&1; then
+  echo "nearline: a server already answers on $URL: using it"
 else
-  mkdir -p .demo
-  base=.demo/base.u8bin; queries=.demo/query.u8bin; gt=.demo/groundtruth.ivecs
-  if [ ! -f "$gt" ]; then
-    echo "../shared/data not found: generating a 20,000 x 128 clustered dataset in .demo/"
-    "$NL" gen --n 20000 --dim 128 --type u8 --clusters 50 --seed 7 --out "$base" \
-      --queries 200 --queries-out "$queries" --groundtruth-out "$gt" >/dev/null
-  fi
-  name="generated 20,000 x 128 u8 (nearline gen --seed 7)"
-  sweep=20,40,80
+  echo "nearline: starting the server: $NL serve --db $DIR/db --listen 127.0.0.1:$PORT (log: $DIR/server.log)"
+  "$NL" serve --db "$DIR/db" --listen "127.0.0.1:$PORT" >>"$DIR/server.log" 2>&1 &
+  SRV=$!
+  started=1
+  for _ in $(seq 1 100); do
+    curl -sf "$URL/healthz" >/dev/null 2>&1 && break
+    if ! kill -0 $SRV 2>/dev/null; then
+      echo "nearline: the server did not start:"; tail -5 "$DIR/server.log"; exit 1
+    fi
+    sleep 0.1
+  done
 fi
-mkdir -p .demo
-DB=.demo/db
-rm -rf "$DB/demo"   # a fresh collection each run, so running twice works
-echo "nearline: importing $name into $DB (a disk index: graph + vectors on disk, PQ codes in RAM)"
-"$NL" import --db "$DB" --collection demo --input "$base" --quiet > .demo-import.json
-echo "nearline: searching it from disk (O_DIRECT reads through io_uring), 1 thread, 1 query at a time"
-"$NL" search --db "$DB" --collection demo --queries "$queries" --groundtruth "$gt" --k 10 \
-  --L "$sweep" --beam 4 --threads 1 --inflight 1 --cache-budget 1M > .demo-result.json
-/usr/bin/python3 - .demo-import.json .demo-result.json <<'PY'
-import json, sys
-imp = json.load(open(sys.argv[1]))
-runs = [json.loads(l) for l in open(sys.argv[2])]
-print(f"  {imp['points']:,} vectors, dim {imp['dim']} ({imp['dtype']}, {imp['metric']}), R={imp['R']}, PQ {imp['pq_bytes']} bytes/vector")
-print(f"  import {imp['seconds']['total']:.1f} s; segment {imp['segment_bytes']/2**20:.1f} MiB on disk; "
-      f"RAM at open {runs[0]['ram_at_open_bytes']/2**20:.1f} MiB; io: {runs[0]['io']}, O_DIRECT: {runs[0]['direct_io']}")
-print(f"  {'L':>5} {'recall@10':>10} {'QPS':>8} {'p50 us':>8} {'p99 us':>8} {'reads/query':>12}")
-for r in runs:
-    lat = r["latency_us"]
-    print(f"  {r['L']:>5} {r['recall_at_k']:>10.4f} {r['qps']:>8,.0f} {lat['p50']:>8.0f} {lat['p99']:>8.0f} {r['mean_ios']:>12.1f}")
-PY
-rm -f .demo-import.json .demo-result.json
-echo
-echo "Try it yourself:"
-echo "  $NL search --db $DB --collection demo --queries $queries --k 10 --L 50 --out /tmp/ids.ivecs"
-echo "  $NL inspect --db $DB"
-echo "  $NL verify --db $DB"
+stop() { if [ $started = 1 ]; then kill -TERM $SRV 2>/dev/null; wait $SRV 2>/dev/null || true; fi; }
+trap stop EXIT
+python3 scripts/demo.py "$URL"
+cat <<EOT
+Query it yourself with curl:
+  curl -s $URL/v1/collections/catalogue
+  curl -s -X POST $URL/v1/collections/catalogue/search -d '{"vector": [$(python3 -c "print(', '.join(['0.1']*32))")], "k": 3,
+       "filter": {"field": "category", "eq": "maps"}}'
+  curl -s $URL/v1/collections/catalogue/points/42
+  curl -s $URL/metrics | grep nearline_search
+The API is described in docs/api.md; the Python client is clients/python.
+EOT
+if [ $started = 1 ] && [ -t 0 ] && [ "${NEARLINE_DEMO_EXIT:-0}" != 1 ]; then
+  echo "The server keeps running on $URL: press Ctrl-C to stop it."
+  trap 'echo; stop; exit 0' INT TERM
+  wait $SRV || true
+fi
