@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps build run test test-release test-asan tsan bench clean
+.PHONY: all deps build run test test-release test-asan tsan fuzz bench clean
 
 all: build
 
@@ -46,6 +46,17 @@ tsan: deps
 		--input build-tsan/data/x.fbin --queries build-tsan/data/q.fbin --db build-tsan/data/db --fresh 1000 --writers 2 >/dev/null
 	@echo "tsan: no data race in nearline's code"
 
+# libFuzzer over the network decoders (filters, protobuf bodies), FUZZ_SECONDS each (not
+# part of `make test`; the server fuzz test there covers the same decoders through HTTP).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/install-deps.sh --fuzz
+	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNEARLINE_SANITIZE=ON \
+		-DNEARLINE_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j$(JOBS) --target fuzz_decoders
+	@mkdir -p build-fuzz/corpus
+	build-fuzz/tests/fuzz_decoders -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus tests/fuzz/corpus
+
 bench: build
 	@bash scripts/install-deps.sh --bench
 	/usr/bin/python3 bench/bench_memory.py
@@ -53,4 +64,4 @@ bench: build
 	/usr/bin/python3 bench/bench_ingest.py
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz

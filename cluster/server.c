@@ -33,6 +33,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "api_proto.h"
 #include "nl_filter.h"
 #include "nl_server.h"
 #include "nl_util.h"
@@ -91,6 +92,7 @@ typedef struct {
     size_t len, cap;
     int too_large, overloaded, admitted;
     int endpoint, status;
+    int proto_in, proto_out; /* protobuf body / protobuf answer wanted */
     char method[8];
     char path[256];
 } req;
@@ -136,8 +138,49 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 
 /* ---------------------------------------------------------------- responses */
 
+static nl_api_endpoint api_ep(int e)
+{
+    switch (e) {
+    case EP_UPSERT: return NL_API_UPSERT;
+    case EP_DELETE: return NL_API_DELETE;
+    case EP_SEARCH: return NL_API_SEARCH;
+    case EP_SEARCH_BATCH: return NL_API_SEARCH_BATCH;
+    default: return NL_API_OTHER;
+    }
+}
+
+/* The answer as protobuf, for a request that wants it on an endpoint that has it. */
+static enum MHD_Result send_proto(struct MHD_Connection *c, req *r, int status, json_t *body, int *sent)
+{
+    uint8_t *buf;
+    size_t len;
+    *sent = 0;
+    if (!r->proto_out || api_ep(r->endpoint) == NL_API_OTHER ||
+        nl_proto_response(api_ep(r->endpoint), status, body, &buf, &len) != 0)
+        return MHD_YES;
+    json_decref(body);
+    *sent = 1;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(buf);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/x-protobuf");
+    MHD_add_response_header(resp, "X-Request-Id", r->rid);
+    if (status == 503)
+        MHD_add_response_header(resp, "Retry-After", "1");
+    r->status = status;
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
 static enum MHD_Result send_json(struct MHD_Connection *c, req *r, int status, json_t *body)
 {
+    int sent;
+    enum MHD_Result pr = send_proto(c, r, status, body, &sent);
+    if (sent)
+        return pr;
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) {
@@ -197,6 +240,13 @@ static enum MHD_Result send_engine_error(struct MHD_Connection *c, req *r, int r
 
 static json_t *parse_body(struct MHD_Connection *c, req *r, enum MHD_Result *res)
 {
+    if (r->proto_in) {
+        char msg[200];
+        json_t *j = nl_proto_request(api_ep(r->endpoint), r->body ? r->body : "", r->len, msg, sizeof msg);
+        if (!j)
+            *res = send_error(c, r, 400, "bad_protobuf", "%s", msg);
+        return j;
+    }
     json_error_t err;
     json_t *j = r->len ? json_loadb(r->body, r->len, JSON_REJECT_DUPLICATES, &err) : NULL;
     if (!r->len) {
@@ -1087,6 +1137,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             snprintf(r->rid, sizeof r->rid, "%08x-%llu", s->rid_salt,
                      (unsigned long long)atomic_fetch_add(&s->next_rid, 1));
         snprintf(r->method, sizeof r->method, "%s", method);
+        const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+        const char *acc = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+        r->proto_in = ct && strncmp(ct, "application/x-protobuf", 22) == 0;
+        r->proto_out = r->proto_in || (acc && strstr(acc, "application/x-protobuf"));
         snprintf(r->path, sizeof r->path, "%s", url);
         unsigned now = atomic_fetch_add(&s->inflight, 1) + 1;
         r->admitted = 1;

@@ -3,10 +3,18 @@
  * (GCC's __builtin_cpu_supports also checks that the OS saves the wider registers);
  * NEARLINE_ISA may lower, never raise, the choice.
  */
+#include <cpuid.h>
 #include "distance_impl.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* F16C by cpuid (leaf 1, ECX bit 29): clang's __builtin_cpu_supports does not know it. */
+static int has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1);
+}
 
 int nl_isa_supported(nl_isa isa)
 {
@@ -14,8 +22,7 @@ int nl_isa_supported(nl_isa isa)
     switch (isa) {
     case NL_ISA_SCALAR: return 1;
     case NL_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     case NL_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && nl_isa_supported(NL_ISA_AVX2);

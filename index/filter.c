@@ -173,6 +173,16 @@ static int parse_leaf(const json_t *j, fpath *p, nl_fnode *n)
             continue;
         int rc;
         path_push(p, &mark, ".%s", key, -1);
+        /* One kind per leaf, checked before anything is allocated for this key. */
+        int bit = strcmp(key, "eq") == 0       ? 1
+                  : strcmp(key, "in") == 0     ? 2
+                  : strcmp(key, "exists") == 0 ? 4
+                  : (strcmp(key, "gt") == 0 || strcmp(key, "gte") == 0 || strcmp(key, "lt") == 0 ||
+                     strcmp(key, "lte") == 0)
+                      ? 8
+                      : 0; /* unknown: reported below */
+        if (bit && kinds && (kinds != bit || bit != 8))
+            return FAIL(p, "a leaf takes one kind of operator (eq, in, exists, or range bounds), not several");
         if (strcmp(key, "eq") == 0) {
             kinds |= 1;
             n->kind = NL_FN_EQ;

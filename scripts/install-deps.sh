@@ -8,16 +8,22 @@ set -euo pipefail
 BUILD_PKGS=(
   build-essential cmake pkg-config git
   librocksdb-dev liburing-dev libzstd-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
+  libprotobuf-c-dev protobuf-c-compiler
   curl openssl
   libcriterion-dev
   python3 python3-numpy
 )
 # Benchmark references (bench/ only; `make bench` installs them).
-BENCH_PKGS=(python3-faiss python3-hnswlib fio gnuplot-nox time)
+BENCH_PKGS=(python3-faiss python3-hnswlib fio gnuplot-nox time wrk)
+
+# The libFuzzer targets (`make fuzz`).
+FUZZ_PKGS=(clang)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" = "--bench" ]; then
   want+=("${BENCH_PKGS[@]}")
+elif [ "${1:-}" = "--fuzz" ]; then
+  want+=("${FUZZ_PKGS[@]}")
 fi
 
 missing=()

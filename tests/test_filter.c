@@ -53,6 +53,9 @@ Test(filter, malformed_filters_say_what_and_where)
     expect_error("{\"field\":\"a\",\"gt\":\"5\"}", "at $.gt: \"gt\" takes a number");
     expect_error("{\"field\":\"a\",\"gt\":1,\"gte\":2}", "one lower bound");
     expect_error("{\"field\":\"a\",\"eq\":1,\"lt\":2}", "one kind of operator");
+    expect_error("{\"field\":\"a\",\"eq\":1,\"in\":[2]}", "one kind of operator"); /* found by libFuzzer: leaked */
+    expect_error("{\"field\":\"a\",\"in\":[2],\"eq\":1}", "one kind of operator");
+    expect_error("{\"field\":\"a\",\"eq\":1,\"like\":2}", "unknown operator \"like\"");
     expect_error("{\"field\":\"a\",\"exists\":1}", "\"exists\" takes true or false");
     expect_error("{\"field\":\"a\"}", "a leaf needs an operator");
     expect_error("{\"field\":7,\"eq\":1}", "at $.field: \"field\" must be a non-empty string");

@@ -80,6 +80,8 @@ grep -q 'nearline_requests_total{endpoint="search",code="400"}' "$W/r" && grep -
   bad "metrics: $(head -c 600 "$W/r")"
 python3 "$HERE/test_client.py" "$U" >"$W/py" 2>&1 && ok "python client: $(grep -c '^ok' "$W/py") checks" ||
   bad "python client: $(grep -v '^ok' "$W/py" | head -20)"
+python3 "$HERE/test_proto.py" "$U" >"$W/pb" 2>&1 && ok "protobuf API: $(grep -c '^ok' "$W/pb") checks" ||
+  bad "protobuf API: $(grep -v '^ok' "$W/pb" | head -20)"
 req DELETE /v1/collections/c; expect 200 "" "drop"
 req GET /v1/collections/c; expect 404 not_found "describe after drop"
 stop_server

@@ -1,0 +1,279 @@
+/*
+ * api_proto.c — the protobuf form of the points and search endpoints (proto/nearline.proto),
+ * as an adapter around the JSON ones: a protobuf body is decoded (protobuf-c, which checks
+ * the wire format and bounds) into the very JSON object the JSON API would have received,
+ * and a JSON answer is encoded back into the endpoint's protobuf message. So both APIs
+ * share one validation path and cannot drift apart; the price is a conversion through
+ * jansson, small next to a search.
+ *
+ * Metadata and filters are JSON text inside the messages; text that does not parse is a
+ * 400 like any other malformed input.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_proto.h"
+#include "nearline.pb-c.h"
+
+static json_t *id_json(const Nearline__Id *id)
+{
+    if (!id)
+        return json_null();
+    if (id->kind_case == NEARLINE__ID__KIND_NUM)
+        return id->num <= (uint64_t)INT64_MAX ? json_integer((json_int_t)id->num) : json_null();
+    if (id->kind_case == NEARLINE__ID__KIND_STR)
+        return json_string(id->str); /* NULL (not UTF-8) becomes a bad id below */
+    return json_null();
+}
+
+/* JSON text (possibly empty) to a value; *ok = 0 when it does not parse. */
+static json_t *text_json(const char *text, int *ok)
+{
+    if (!text || !*text)
+        return NULL;
+    json_error_t err;
+    json_t *j = json_loads(text, JSON_REJECT_DUPLICATES, &err);
+    if (!j)
+        *ok = 0;
+    return j;
+}
+
+static json_t *floats_json(const float *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+static json_t *search_json(const Nearline__SearchRequest *q, int *ok)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "vector", floats_json(q->query, q->n_query));
+    if (q->k)
+        json_object_set_new(o, "k", json_integer(q->k));
+    if (q->l)
+        json_object_set_new(o, "L", json_integer(q->l));
+    if (q->without_metadata)
+        json_object_set_new(o, "with_metadata", json_false());
+    json_t *f = text_json(q->filter, ok);
+    if (f)
+        json_object_set_new(o, "filter", f);
+    return o;
+}
+
+json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *err, size_t errlen)
+{
+    const uint8_t *b = buf;
+    json_t *out = NULL;
+    int ok = 1;
+    switch (ep) {
+    case NL_API_UPSERT: {
+        Nearline__UpsertRequest *m = nearline__upsert_request__unpack(NULL, len, b);
+        if (!m)
+            break;
+        json_t *pts = json_array();
+        for (size_t i = 0; i < m->n_points; i++) {
+            const Nearline__Vector *v = m->points[i];
+            json_t *p = json_pack("{s:o,s:o}", "id", id_json(v->id), "vector", floats_json(v->values, v->n_values));
+            json_t *meta = text_json(v->metadata, &ok);
+            if (meta)
+                json_object_set_new(p, "metadata", meta);
+            json_array_append_new(pts, p);
+        }
+        out = json_pack("{s:o}", "points", pts);
+        nearline__upsert_request__free_unpacked(m, NULL);
+        break;
+    }
+    case NL_API_DELETE: {
+        Nearline__DeleteRequest *m = nearline__delete_request__unpack(NULL, len, b);
+        if (!m)
+            break;
+        out = json_object();
+        if (m->n_ids) {
+            json_t *ids = json_array();
+            for (size_t i = 0; i < m->n_ids; i++)
+                json_array_append_new(ids, id_json(m->ids[i]));
+            json_object_set_new(out, "ids", ids);
+        }
+        json_t *f = text_json(m->filter, &ok);
+        if (f)
+            json_object_set_new(out, "filter", f);
+        nearline__delete_request__free_unpacked(m, NULL);
+        break;
+    }
+    case NL_API_SEARCH: {
+        Nearline__SearchRequest *m = nearline__search_request__unpack(NULL, len, b);
+        if (!m)
+            break;
+        out = search_json(m, &ok);
+        nearline__search_request__free_unpacked(m, NULL);
+        break;
+    }
+    case NL_API_SEARCH_BATCH: {
+        Nearline__BatchSearchRequest *m = nearline__batch_search_request__unpack(NULL, len, b);
+        if (!m)
+            break;
+        out = json_object();
+        json_t *vs = json_array(), *fs = json_array();
+        int any_filter = 0;
+        for (size_t i = 0; i < m->n_queries; i++) {
+            const Nearline__SearchRequest *q = m->queries[i];
+            json_array_append_new(vs, floats_json(q->query, q->n_query));
+            json_t *f = text_json(q->filter, &ok);
+            any_filter |= f != NULL;
+            json_array_append_new(fs, f ? f : json_null());
+        }
+        json_object_set_new(out, "vectors", vs);
+        if (any_filter)
+            json_object_set_new(out, "filters", fs);
+        else
+            json_decref(fs);
+        if (m->n_queries) {
+            const Nearline__SearchRequest *q0 = m->queries[0];
+            if (q0->k) json_object_set_new(out, "k", json_integer(q0->k));
+            if (q0->l) json_object_set_new(out, "L", json_integer(q0->l));
+            if (q0->without_metadata) json_object_set_new(out, "with_metadata", json_false());
+        }
+        nearline__batch_search_request__free_unpacked(m, NULL);
+        break;
+    }
+    default:
+        snprintf(err, errlen, "this endpoint speaks JSON only");
+        return NULL;
+    }
+    if (!out) {
+        snprintf(err, errlen, "the body is not a valid protobuf message for this endpoint");
+        return NULL;
+    }
+    if (!ok) {
+        json_decref(out);
+        snprintf(err, errlen, "metadata or filter text inside the message is not valid JSON");
+        return NULL;
+    }
+    return out;
+}
+
+/* ---------------------------------------------------------------- responses */
+
+static void id_from(json_t *j, Nearline__Id *id)
+{
+    nearline__id__init(id);
+    if (json_is_integer(j)) {
+        id->kind_case = NEARLINE__ID__KIND_NUM;
+        id->num = (uint64_t)json_integer_value(j);
+    } else if (json_is_string(j)) {
+        id->kind_case = NEARLINE__ID__KIND_STR;
+        id->str = (char *)json_string_value(j);
+    }
+}
+
+/* Keeps p for freeing after the message is packed. */
+static int keep(char ***texts, size_t *n, void *p)
+{
+    char **t = realloc(*texts, (*n + 1) * sizeof **texts);
+    if (!t) {
+        free(p);
+        return -ENOMEM;
+    }
+    *texts = t;
+    t[(*n)++] = p;
+    return 0;
+}
+
+/* One result list; everything allocated is kept in *texts (freed by the caller). */
+static int results_from(json_t *arr, Nearline__SearchResponse *r, char ***texts, size_t *ntexts)
+{
+    size_t n = json_array_size(arr);
+    Nearline__SearchResult *res = calloc(n ? n : 1, sizeof *res);
+    Nearline__Id *ids = calloc(n ? n : 1, sizeof *ids);
+    Nearline__SearchResult **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    if (keep(texts, ntexts, res) || keep(texts, ntexts, ids) || keep(texts, ntexts, ptrs) || !res || !ids || !ptrs)
+        return -ENOMEM;
+    r->n_results = n;
+    r->results = ptrs;
+    for (size_t i = 0; i < n; i++) {
+        json_t *h = json_array_get(arr, i), *meta = json_object_get(h, "metadata");
+        nearline__search_result__init(&res[i]);
+        id_from(json_object_get(h, "id"), &ids[i]);
+        res[i].id = &ids[i];
+        res[i].score = (float)json_number_value(json_object_get(h, "score"));
+        if (meta && !json_is_null(meta)) {
+            char *m = json_dumps(meta, JSON_COMPACT);
+            if (!m || keep(texts, ntexts, m))
+                return -ENOMEM;
+            res[i].metadata = m;
+        }
+        ptrs[i] = &res[i];
+    }
+    return 0;
+}
+
+int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    ProtobufCMessage *msg = NULL;
+    Nearline__Error e = NEARLINE__ERROR__INIT;
+    Nearline__UpsertResponse u = NEARLINE__UPSERT_RESPONSE__INIT;
+    Nearline__DeleteResponse d = NEARLINE__DELETE_RESPONSE__INIT;
+    Nearline__SearchResponse s = NEARLINE__SEARCH_RESPONSE__INIT;
+    Nearline__BatchSearchResponse bs = NEARLINE__BATCH_SEARCH_RESPONSE__INIT;
+    Nearline__SearchResponse *subs = NULL;
+    char **texts = NULL;
+    size_t ntexts = 0;
+    int rc = 0;
+    if (status >= 400) {
+        json_t *err = json_object_get(body, "error");
+        e.code = (char *)json_string_value(json_object_get(err, "code"));
+        e.message = (char *)json_string_value(json_object_get(err, "message"));
+        e.request_id = (char *)json_string_value(json_object_get(err, "request_id"));
+        if (!e.code) e.code = (char *)"";
+        if (!e.message) e.message = (char *)"";
+        if (!e.request_id) e.request_id = (char *)"";
+        msg = &e.base;
+    } else if (ep == NL_API_UPSERT) {
+        u.upserted = (uint64_t)json_integer_value(json_object_get(body, "upserted"));
+        msg = &u.base;
+    } else if (ep == NL_API_DELETE) {
+        d.deleted = (uint64_t)json_integer_value(json_object_get(body, "deleted"));
+        msg = &d.base;
+    } else if (ep == NL_API_SEARCH) {
+        s.took_us = (uint64_t)json_integer_value(json_object_get(body, "took_us"));
+        rc = results_from(json_object_get(body, "results"), &s, &texts, &ntexts);
+        msg = &s.base;
+    } else if (ep == NL_API_SEARCH_BATCH) {
+        json_t *all = json_object_get(body, "results");
+        size_t n = json_array_size(all);
+        bs.took_us = (uint64_t)json_integer_value(json_object_get(body, "took_us"));
+        bs.n_responses = n;
+        bs.responses = calloc(n ? n : 1, sizeof *bs.responses);
+        subs = calloc(n ? n : 1, sizeof *subs);
+        if (!bs.responses || !subs)
+            rc = -ENOMEM;
+        for (size_t i = 0; !rc && i < n; i++) {
+            nearline__search_response__init(&subs[i]);
+            rc = results_from(json_array_get(all, i), &subs[i], &texts, &ntexts);
+            bs.responses[i] = &subs[i];
+        }
+        msg = &bs.base;
+    } else {
+        return NL_EUNSUPPORTED;
+    }
+    if (!rc) {
+        *len = protobuf_c_message_get_packed_size(msg);
+        *out = malloc(*len ? *len : 1);
+        if (!*out)
+            rc = -ENOMEM;
+        else
+            protobuf_c_message_pack(msg, *out);
+    }
+    for (size_t i = 0; i < ntexts; i++)
+        free(texts[i]);
+    free(texts);
+    free(subs);
+    free(bs.responses);
+    return rc;
+}
