@@ -599,7 +599,7 @@ static json_t *meta_json(nl_collection *h, const nl_id *id)
 {
     char *meta = NULL;
     size_t ml = 0;
-    if (nl_collection_get(h, id, NULL, &meta, &ml) != 0 || !meta)
+    if (nl_collection_get_metadata(h, id, &meta, &ml) != 0 || !meta)
         return json_null();
     json_error_t err;
     json_t *m = json_loadb(meta, ml, 0, &err);
@@ -1306,7 +1306,8 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
     if (!s->opt.max_batch) s->opt.max_batch = 10000;
     if (!s->opt.max_k || s->opt.max_k > NL_MAX_K) s->opt.max_k = NL_MAX_K;
     if (!s->opt.max_concurrent) s->opt.max_concurrent = 64;
-    if (!s->opt.threads) s->opt.threads = nl_cpu_count();
+    /* A search blocks its thread on disk reads: more threads than CPUs keep the disk busy. */
+    if (!s->opt.threads) s->opt.threads = 4 * nl_cpu_count() < 16 ? 16 : 4 * nl_cpu_count();
     if (!s->opt.log) s->opt.log = stderr;
     s->rid_salt = (uint32_t)(nl_now_ns() ^ (uint64_t)getpid() << 16);
     int rc = 0;

@@ -421,6 +421,16 @@ int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta
     return nl_shard_get(c->shards[shard_of(c, id)], id, vec, meta, meta_len);
 }
 
+int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
+{
+    *meta = NULL;
+    *meta_len = 0;
+    int rc = live(c);
+    if (rc)
+        return rc;
+    return nl_shard_get_metadata(c->shards[shard_of(c, id)], id, meta, meta_len);
+}
+
 static int hit_cmp(const void *a, const void *b)
 {
     const nl_hit *x = a, *y = b;

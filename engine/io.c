@@ -36,6 +36,7 @@ struct nl_io {
     unsigned nfree;
     nl_io_done *parked;  /* pread mode: finished, not yet reaped */
     unsigned nparked;
+    uint64_t spin_ns;    /* how long reap polls before sleeping */
 };
 
 const char *nl_io_mode_name(nl_io_mode m)
@@ -56,6 +57,7 @@ int nl_io_create(unsigned depth, nl_io_mode mode, nl_io **out)
     if (!io)
         return -ENOMEM;
     io->depth = depth;
+    io->spin_ns = 100000; /* SPIN_NS below */
     io->slots = calloc(depth, sizeof *io->slots);
     io->free_list = malloc(sizeof(uint32_t) * depth);
     io->parked = malloc(sizeof(nl_io_done) * depth);
@@ -161,6 +163,8 @@ int nl_io_read(nl_io *io, int fd, void *buf, uint32_t len, uint64_t off, uint64_
  * else to do while its queries wait. */
 #define SPIN_NS 100000ull
 
+void nl_io_set_spin(nl_io *io, uint64_t ns) { io->spin_ns = ns; }
+
 static inline uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -204,7 +208,7 @@ int nl_io_reap(nl_io *io, unsigned min_done, nl_io_done *out, unsigned max)
             }
             uint64_t t = now_ns();
             if (!spin_until)
-                spin_until = t + SPIN_NS;
+                spin_until = t + io->spin_ns;
             if (t < spin_until)
                 continue;
             rc = io_uring_wait_cqe(&io->ring, &cqe);

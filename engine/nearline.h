@@ -59,6 +59,9 @@ typedef struct {
     uint32_t search_inflight;      /* queries of one batch whose reads overlap; 0 = 16 */
     int io_pread;                  /* 1: segment reads by pread instead of io_uring */
     int buffered_io;               /* 1: no O_DIRECT (through the page cache) */
+    uint32_t io_spin_us;           /* a search polls its ring this long before sleeping;
+                                    * 0 = 100; a server whose threads outnumber the CPUs
+                                    * wants 1 (see nl_io.h) */
 } nl_db_options;
 
 /* Opens (creating when missing) the database directory. Leftovers of interrupted
@@ -125,6 +128,9 @@ int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t 
 /* vec (dim floats, optional) and *meta (malloc'd, NUL-terminated JSON, optional; NULL
  * when the point has none; caller frees). NL_ENOTFOUND when the id is absent. */
 int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len);
+/* Only the metadata, in one store read (for decorating search results): 0 with *meta NULL
+ * when the point has none or does not exist; *meta malloc'd, NUL-terminated, caller frees. */
+int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len);
 
 /* ---------------------------------------------------------------- search */
 

@@ -34,6 +34,10 @@ typedef struct {
 /* mode AUTO tries io_uring and falls back to pread; URING fails if it is unavailable.
  * *out is owned by the caller. */
 int nl_io_create(unsigned depth, nl_io_mode mode, nl_io **out);
+/* How long nl_io_reap polls the completion ring before sleeping in the kernel (default
+ * 100 us: the latency of a read on fast NVMe). Threads that outnumber the CPUs (a server's
+ * pool) should barely poll, or they steal the CPU from the threads with work. */
+void nl_io_set_spin(nl_io *io, uint64_t ns);
 void nl_io_destroy(nl_io *io);
 
 /* NL_IO_URING or NL_IO_PREAD: what this instance actually uses. */

@@ -146,6 +146,8 @@ int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint
                            nl_io_mode io, nl_seg_searcher **out);
 void nl_seg_searcher_destroy(nl_seg_searcher *s);
 nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s);
+/* nl_io_set_spin of the searcher's ring. */
+void nl_seg_searcher_set_spin(nl_seg_searcher *s, uint64_t ns);
 
 /* Runs nq queries (f32, dim each), keeping up to `inflight` of them in flight on this
  * thread's ring. Writes k ordinals (UINT32_MAX past the found ones) and exact distances

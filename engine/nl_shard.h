@@ -72,6 +72,7 @@ int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted);
 /* Deletes every live version the filter allows (as of the call; later writes escape it). */
 int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted);
 int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t *meta_len);
+int nl_shard_get_metadata(nl_shard *sh, const nl_id *id, char **meta, size_t *meta_len);
 /* Queries already validated by the caller (finite, dim floats each). */
 int nl_shard_search_batch(nl_shard *sh, const float *queries, size_t nq, const nl_search_params *p,
                           nl_hit *hits, uint32_t *counts, nl_query_stats *stats);

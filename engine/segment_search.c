@@ -92,6 +92,7 @@ void nl_seg_searcher_destroy(nl_seg_searcher *s)
 }
 
 nl_io_mode nl_seg_searcher_io(const nl_seg_searcher *s) { return nl_io_engine(s->io); }
+void nl_seg_searcher_set_spin(nl_seg_searcher *s, uint64_t ns) { nl_io_set_spin(s->io, ns); }
 
 /* A visited set holding every node a query with list size L can see, at most about
  * (expanded nodes) x R, at most half full. */

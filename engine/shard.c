@@ -1519,6 +1519,33 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
     return 0;
 }
 
+int nl_shard_get_metadata(nl_shard *sh, const nl_id *id, char **meta, size_t *meta_len)
+{
+    *meta = NULL;
+    *meta_len = 0;
+    int rc = check_id(id, 0);
+    if (rc)
+        return rc;
+    unsigned char ek[NL_EKEY_MAX];
+    size_t ekl = nl_ekey_encode(id, ek);
+    void *m;
+    size_t ml;
+    rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &m, &ml);
+    if (rc == NL_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    char *s = realloc(m, ml + 1);
+    if (!s) {
+        free(m);
+        return -ENOMEM;
+    }
+    s[ml] = '\0';
+    *meta = s;
+    *meta_len = ml;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- stats */
 
 void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)

@@ -94,8 +94,11 @@ static int seg_searcher_take(nl_shard *sh, sh_segref *r, nl_seg_searcher **out)
     *out = nl_objpool_take(&r->searchers);
     if (*out)
         return 0;
-    return nl_seg_searcher_create(r->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
-                                  sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, out);
+    int rc = nl_seg_searcher_create(r->seg, NL_MAX_K, SH_MAX_W, sh->opt.search_inflight,
+                                    sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, out);
+    if (!rc)
+        nl_seg_searcher_set_spin(*out, (uint64_t)(sh->opt.io_spin_us ? sh->opt.io_spin_us : 100) * 1000);
+    return rc;
 }
 
 /* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from

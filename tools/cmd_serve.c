@@ -101,6 +101,9 @@ int cmd_serve(int argc, char **argv)
     nl_db *dbh = NULL;
     nl_db_options dopt;
     memset(&dopt, 0, sizeof dopt);
+    /* The pool has more threads than CPUs (searches wait on disk): polling the ring
+     * would take the CPU from the threads that have work. */
+    dopt.io_spin_us = 1;
     int rc = nl_db_open(db, &dopt, &dbh);
     if (rc) {
         cli_error(C, rc, "cannot open database %s", db);
