@@ -943,7 +943,9 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
         static const char *const g[] = {"points", "fresh_points", "segments", "segment_points", "tombstones",
                                         "disk_bytes", "ram_bytes", "cached_nodes", "flushes_total",
                                         "compactions_total", "write_waits_total", "flush_seconds_total",
-                                        "compaction_seconds_total", "background_error"};
+                                        "compaction_seconds_total", "background_error", "store_sst_bytes",
+                                        "store_memtable_bytes", "store_pending_compaction_bytes",
+                                        "store_running_compactions", "store_keys", "store_block_cache_bytes"};
         for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
             fprintf(f, "# TYPE nearline_collection_%s %s\n", g[gi], strstr(g[gi], "_total") ? "counter" : "gauge");
             for (size_t i = 0; i < n; i++) {
@@ -957,7 +959,10 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                               (double)st.segment_points, (double)st.tombstones, (double)st.disk_bytes,
                               (double)st.ram_bytes, (double)st.cached_nodes, (double)st.flushes,
                               (double)st.compactions, (double)st.write_waits, st.flush_seconds, st.compaction_seconds,
-                              (double)st.background_error};
+                              (double)st.background_error, (double)st.store_sst_bytes,
+                              (double)st.store_memtable_bytes, (double)st.store_pending_compaction_bytes,
+                              (double)st.store_running_compactions, (double)st.store_keys,
+                              (double)st.store_block_cache_bytes};
                 fprintf(f, "nearline_collection_%s{collection=\"%s\"} %.17g\n", g[gi], names[i], v[gi]);
             }
         }

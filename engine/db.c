@@ -554,6 +554,12 @@ int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
         st->flush_seconds += x.flush_seconds;
         st->compaction_seconds += x.compaction_seconds;
         st->write_waits += x.write_waits;
+        st->store_sst_bytes += x.store_sst_bytes;
+        st->store_memtable_bytes += x.store_memtable_bytes;
+        st->store_pending_compaction_bytes += x.store_pending_compaction_bytes;
+        st->store_running_compactions += x.store_running_compactions;
+        st->store_keys += x.store_keys;
+        st->store_block_cache_bytes += x.store_block_cache_bytes;
         st->cached_nodes += x.cached_nodes;
         st->direct_io = s == 0 ? x.direct_io : st->direct_io && x.direct_io;
         if (x.background_error)

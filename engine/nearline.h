@@ -227,6 +227,9 @@ typedef struct {
     int background_error;     /* last error of a background flush or compaction, or 0 */
     uint64_t cached_nodes;    /* segment nodes held by the node cache */
     int direct_io;            /* 1 when every segment is read with O_DIRECT */
+    /* the metadata store (RocksDB), summed over shards */
+    uint64_t store_sst_bytes, store_memtable_bytes, store_pending_compaction_bytes;
+    uint64_t store_running_compactions, store_keys, store_block_cache_bytes;
 } nl_collection_stats;
 
 int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st);

@@ -68,6 +68,13 @@ const void *nl_store_iter_value(const nl_store_iter *it, size_t *vlen);
 /* 0, or the error that ended the iteration early (NL_ECORRUPT for bad blocks). */
 int nl_store_iter_status(const nl_store_iter *it);
 
+/* RocksDB's own numbers that matter to an operator, summed over the column families. */
+typedef struct {
+    uint64_t sst_bytes, memtable_bytes, pending_compaction_bytes, running_compactions, keys;
+    uint64_t block_cache_bytes;
+} nl_store_stats;
+int nl_store_stats_get(nl_store *st, nl_store_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1576,4 +1576,13 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
     st->compaction_seconds = (double)atomic_load(&sh->compact_ns) / 1e9;
     st->write_waits = atomic_load(&sh->write_waits);
     st->background_error = atomic_load(&sh->bg_error);
+    nl_store_stats ss;
+    if (nl_store_stats_get(sh->st, &ss) == 0) {
+        st->store_sst_bytes = ss.sst_bytes;
+        st->store_memtable_bytes = ss.memtable_bytes;
+        st->store_pending_compaction_bytes = ss.pending_compaction_bytes;
+        st->store_running_compactions = ss.running_compactions;
+        st->store_keys = ss.keys;
+        st->store_block_cache_bytes = ss.block_cache_bytes;
+    }
 }

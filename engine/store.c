@@ -227,3 +227,24 @@ int nl_store_iter_status(const nl_store_iter *it)
     rocksdb_iter_get_error(it->it, &err);
     return err ? from_rocks(err, "iterate") : 0;
 }
+
+int nl_store_stats_get(nl_store *st, nl_store_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    static const char *const props[] = {"rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables",
+                                        "rocksdb.estimate-pending-compaction-bytes", "rocksdb.num-running-compactions",
+                                        "rocksdb.estimate-num-keys"};
+    uint64_t *dst[] = {&out->sst_bytes, &out->memtable_bytes, &out->pending_compaction_bytes,
+                       &out->running_compactions, &out->keys};
+    for (int p = 0; p < 5; p++)
+        for (int c = 0; c <= NL_CF_COUNT; c++) {
+            uint64_t v = 0;
+            /* running compactions is a database-wide number: count it once */
+            if (p == 3 && c > 0)
+                break;
+            if (rocksdb_property_int_cf(st->db, st->cf[c], props[p], &v) == 0)
+                *dst[p] += v;
+        }
+    out->block_cache_bytes = rocksdb_cache_get_usage(st->cache);
+    return 0;
+}

@@ -76,7 +76,8 @@ grep -qi '^X-Request-Id: trace-123' "$W/h" && ok "the caller's request id is ech
 grep -q '"request_id":"trace-123"' "$W/log" && ok "... and logged" || bad "log lacks the request id"
 req GET /metrics; expect 200 "" "metrics"
 grep -q 'nearline_requests_total{endpoint="search",code="400"}' "$W/r" && grep -q 'nearline_collection_points{collection="c"} 1' "$W/r" &&
-  grep -q 'nearline_request_duration_seconds_bucket{endpoint="upsert",le="+Inf"}' "$W/r" && ok "metrics hold counts, gauges, histograms" ||
+  grep -q 'nearline_request_duration_seconds_bucket{endpoint="upsert",le="+Inf"}' "$W/r" &&
+  grep -q 'nearline_collection_store_keys{collection="c"} [1-9]' "$W/r" && ok "metrics hold counts, gauges, histograms" ||
   bad "metrics: $(head -c 600 "$W/r")"
 python3 "$HERE/test_client.py" "$U" >"$W/py" 2>&1 && ok "python client: $(grep -c '^ok' "$W/py") checks" ||
   bad "python client: $(grep -v '^ok' "$W/py" | head -20)"
