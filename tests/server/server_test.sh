@@ -158,6 +158,19 @@ wait $SRV_PID; rc=$?
 "$NL" inspect --db "$W/db2" --collection c >"$W/i" 2>&1
 grep -q '"points":3000' "$W/i" && ok "the drained upsert is in the database" || bad "after shutdown: $(head -c 300 "$W/i")"
 
+# ---- a second signal exits at once ----------------------------------------------------
+start_server "$W/log" --db "$W/db2" --listen 127.0.0.1:$PORT || bad "server start (second signal)"
+curl -s -o /dev/null --limit-rate 20k -X POST "$U/v1/collections/c/points" --data-binary @"$W/slow.json" &
+CURL_PID=$!
+sleep 1
+kill -TERM $SRV_PID; sleep 0.3; kill -TERM $SRV_PID
+t0=$(date +%s%N); wait $SRV_PID; rc=$?; t1=$(date +%s%N)
+kill $CURL_PID 2>/dev/null; wait $CURL_PID 2>/dev/null
+[ $rc -ne 0 ] && [ $(( (t1 - t0) / 1000000 )) -lt 2000 ] && ok "a second signal exits at once (exit $rc)" ||
+  bad "second signal: exit $rc after $(( (t1 - t0) / 1000000 )) ms"
+"$NL" verify --db "$W/db2" >"$W/v" 2>&1 && grep -q '"points":3000' <("$NL" inspect --db "$W/db2" --collection c 2>&1) &&
+  ok "... and the database is intact (verify, 3000 points)" || bad "after the second signal: $(cat "$W/v")"
+
 # ---- kill -9 during upserts -----------------------------------------------------------
 start_server "$W/log" --db "$W/db3" --listen 127.0.0.1:$PORT || bad "server start (crash)"
 req PUT /v1/collections/c '{"dim":4}'
