@@ -149,23 +149,16 @@ static nl_api_endpoint api_ep(int e)
     }
 }
 
-/* The answer as protobuf, for a request that wants it on an endpoint that has it. */
-static enum MHD_Result send_proto(struct MHD_Connection *c, req *r, int status, json_t *body, int *sent)
+/* Queues buf (malloc'd, taken over) as the answer, with the headers every answer carries. */
+static enum MHD_Result send_buffer(struct MHD_Connection *c, req *r, int status, void *buf, size_t len,
+                                   const char *ctype)
 {
-    uint8_t *buf;
-    size_t len;
-    *sent = 0;
-    if (!r->proto_out || api_ep(r->endpoint) == NL_API_OTHER ||
-        nl_proto_response(api_ep(r->endpoint), status, body, &buf, &len) != 0)
-        return MHD_YES;
-    json_decref(body);
-    *sent = 1;
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(buf);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, "Content-Type", "application/x-protobuf");
+    MHD_add_response_header(resp, "Content-Type", ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->rid);
     if (status == 503)
         MHD_add_response_header(resp, "Retry-After", "1");
@@ -175,12 +168,17 @@ static enum MHD_Result send_proto(struct MHD_Connection *c, req *r, int status, 
     return ok;
 }
 
+/* body (taken over) as the answer: protobuf for a request that wants it on an endpoint that
+ * has it, JSON otherwise. */
 static enum MHD_Result send_json(struct MHD_Connection *c, req *r, int status, json_t *body)
 {
-    int sent;
-    enum MHD_Result pr = send_proto(c, r, status, body, &sent);
-    if (sent)
-        return pr;
+    uint8_t *pb;
+    size_t len;
+    if (r->proto_out && api_ep(r->endpoint) != NL_API_OTHER &&
+        nl_proto_response(api_ep(r->endpoint), status, body, &pb, &len) == 0) {
+        json_decref(body);
+        return send_buffer(c, r, status, pb, len, "application/x-protobuf");
+    }
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text) {
@@ -189,20 +187,7 @@ static enum MHD_Result send_json(struct MHD_Connection *c, req *r, int status, j
         if (!text)
             return MHD_NO;
     }
-    size_t len = strlen(text);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    if (status == 503)
-        MHD_add_response_header(resp, "Retry-After", "1");
-    r->status = status;
-    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ok;
+    return send_buffer(c, r, status, text, strlen(text), "application/json");
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
@@ -969,17 +954,7 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
         nl_names_free(names, n);
     }
     fclose(f);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(buf);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->status = 200;
-    enum MHD_Result ok = MHD_queue_response(c, 200, resp);
-    MHD_destroy_response(resp);
-    return ok;
+    return send_buffer(c, r, 200, buf, len, "text/plain; version=0.0.4");
 }
 
 /* ---------------------------------------------------------------- auth */

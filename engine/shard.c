@@ -1472,6 +1472,29 @@ static int read_version(nl_shard *sh, uint64_t pid, void *row)
     return rc;
 }
 
+/* The stored metadata of ekey as a NUL-terminated copy (*meta NULL when there is none). */
+static int read_metadata(nl_shard *sh, const unsigned char *ek, size_t ekl, char **meta, size_t *len)
+{
+    *meta = NULL;
+    *len = 0;
+    void *m;
+    size_t ml;
+    int rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &m, &ml);
+    if (rc == NL_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    char *s = realloc(m, ml + 1);
+    if (!s) {
+        free(m);
+        return -ENOMEM;
+    }
+    s[ml] = '\0';
+    *meta = s;
+    *len = ml;
+    return 0;
+}
+
 int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t *meta_len)
 {
     if (meta) *meta = NULL;
@@ -1499,24 +1522,12 @@ int nl_shard_get(nl_shard *sh, const nl_id *id, float *vec, char **meta, size_t 
             return rc;
     }
     if (meta) {
-        void *m;
         size_t ml;
-        rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &m, &ml);
-        if (rc == NL_ENOTFOUND)
-            return 0;
-        if (rc)
-            return rc;
-        char *s = realloc(m, ml + 1);
-        if (!s) {
-            free(m);
-            return -ENOMEM;
-        }
-        s[ml] = '\0';
-        *meta = s;
-        if (meta_len)
+        rc = read_metadata(sh, ek, ekl, meta, &ml);
+        if (!rc && meta_len)
             *meta_len = ml;
     }
-    return 0;
+    return rc;
 }
 
 int nl_shard_get_metadata(nl_shard *sh, const nl_id *id, char **meta, size_t *meta_len)
@@ -1528,22 +1539,7 @@ int nl_shard_get_metadata(nl_shard *sh, const nl_id *id, char **meta, size_t *me
         return rc;
     unsigned char ek[NL_EKEY_MAX];
     size_t ekl = nl_ekey_encode(id, ek);
-    void *m;
-    size_t ml;
-    rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &m, &ml);
-    if (rc == NL_ENOTFOUND)
-        return 0;
-    if (rc)
-        return rc;
-    char *s = realloc(m, ml + 1);
-    if (!s) {
-        free(m);
-        return -ENOMEM;
-    }
-    s[ml] = '\0';
-    *meta = s;
-    *meta_len = ml;
-    return 0;
+    return read_metadata(sh, ek, ekl, meta, meta_len);
 }
 
 /* ---------------------------------------------------------------- stats */
