@@ -328,7 +328,7 @@ static json_t *describe_json(nl_collection *h)
     nl_collection_describe(h, &cfg);
     nl_collection_stats st;
     nl_collection_stats_get(h, &st);
-    return json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
+    return json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
                      "name", nl_collection_name(h), "dim", (int)cfg.dim, "metric", nl_metric_name(cfg.metric), "dtype",
                      nl_dtype_name(cfg.dtype), "shards", (int)cfg.shards, "replicas", 1, "index", "R", (int)cfg.R,
                      "L", (int)cfg.L, "alpha", round((double)cfg.alpha * 1e6) / 1e6, "pq_bytes", (int)cfg.pq_bytes, "fresh_capacity",
@@ -336,7 +336,8 @@ static json_t *describe_json(nl_collection *h)
                      (json_int_t)st.fresh_points, "segments", (json_int_t)st.segments, "tombstones",
                      (json_int_t)st.tombstones, "disk_bytes", (json_int_t)st.disk_bytes, "ram_bytes",
                      (json_int_t)st.ram_bytes, "flushes", (json_int_t)st.flushes, "compactions",
-                     (json_int_t)st.compactions, "cached_nodes", (json_int_t)st.cached_nodes);
+                     (json_int_t)st.compactions, "cached_nodes", (json_int_t)st.cached_nodes, "search_retries",
+                     (json_int_t)st.search_retries, "search_exhaustive", (json_int_t)st.search_exhaustive);
 }
 
 static enum MHD_Result ep_create(nl_server *s, struct MHD_Connection *c, req *r, const char *name)
@@ -930,7 +931,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                                         "compactions_total", "write_waits_total", "flush_seconds_total",
                                         "compaction_seconds_total", "background_error", "store_sst_bytes",
                                         "store_memtable_bytes", "store_pending_compaction_bytes",
-                                        "store_running_compactions", "store_keys", "store_block_cache_bytes"};
+                                        "store_running_compactions", "store_keys", "store_block_cache_bytes",
+                                        "search_retries_total", "search_exhaustive_total"};
         for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
             fprintf(f, "# TYPE nearline_collection_%s %s\n", g[gi], strstr(g[gi], "_total") ? "counter" : "gauge");
             for (size_t i = 0; i < n; i++) {
@@ -947,7 +949,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                               (double)st.background_error, (double)st.store_sst_bytes,
                               (double)st.store_memtable_bytes, (double)st.store_pending_compaction_bytes,
                               (double)st.store_running_compactions, (double)st.store_keys,
-                              (double)st.store_block_cache_bytes};
+                              (double)st.store_block_cache_bytes, (double)st.search_retries,
+                              (double)st.search_exhaustive};
                 fprintf(f, "nearline_collection_%s{collection=\"%s\"} %.17g\n", g[gi], names[i], v[gi]);
             }
         }

@@ -554,6 +554,8 @@ int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
         st->flush_seconds += x.flush_seconds;
         st->compaction_seconds += x.compaction_seconds;
         st->write_waits += x.write_waits;
+        st->search_retries += x.search_retries;
+        st->search_exhaustive += x.search_exhaustive;
         st->store_sst_bytes += x.store_sst_bytes;
         st->store_memtable_bytes += x.store_memtable_bytes;
         st->store_pending_compaction_bytes += x.store_pending_compaction_bytes;

@@ -176,11 +176,16 @@ typedef struct {
 enum {
     NL_PLAN_GRAPH = 1,    /* beam search with the predicate on results, widened list */
     NL_PLAN_SCAN = 2,     /* the allowed set scored directly, then re-ranked exactly */
-    NL_PLAN_FALLBACK = 4  /* the walk found fewer than k: rerun as an exhaustive scan */
+    NL_PLAN_FALLBACK = 4, /* the walk found fewer than min(k, matches): rerun as an exhaustive scan */
+    NL_PLAN_RETRY = 8     /* the answer was short of min(k, live): searched again with a wider list */
 };
 
-/* k nearest live points to q (dim floats), nearest first. Returns how many (< k only
- * when fewer exist) or a negative code. stats optional. */
+/* k nearest live points to q (dim floats), nearest first. Returns how many: min(k, live
+ * points), or min(k, points the filter allows) — fewer only when an accept callback
+ * refused candidates, or points were deleted while the search ran. However many deleted
+ * points crowd the query's neighbourhood, a search that comes back short of that is
+ * searched again (a wider list, then exhaustively) before it answers. A negative code on
+ * failure. stats optional. */
 int nl_collection_search(nl_collection *c, const float *q, const nl_search_params *p, nl_hit *hits,
                          nl_query_stats *stats);
 /* nq queries at once (row-major), k hits per query into hits[qi * k ...]; counts[qi]
@@ -224,6 +229,8 @@ typedef struct {
     uint64_t flushes, compactions;
     double flush_seconds, compaction_seconds; /* totals since open */
     uint64_t write_waits;     /* writers that waited for a flush */
+    uint64_t search_retries;  /* queries short of min(k, live) searched again, wider list */
+    uint64_t search_exhaustive; /* ... and then exhaustively (every live point scored) */
     int background_error;     /* last error of a background flush or compaction, or 0 */
     uint64_t cached_nodes;    /* segment nodes held by the node cache */
     int direct_io;            /* 1 when every segment is read with O_DIRECT */

@@ -172,15 +172,25 @@ int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg
  *  - allow (optional): only nodes whose version (nl_segment_id) is in the bitmap (not in
  *    it when allow_neg) become results; the others are still expanded, so the walk
  *    reaches allowed nodes past them.
+ *  - dead (optional): versions for which dead(dead_ctx, version) is nonzero (deleted
+ *    ones) never become results but are still expanded, like filtered-out ones: the k
+ *    results are k live versions however many tombstones crowd the query's neighbourhood.
+ *    Each deleted node expanded widens the list by one, up to L_max (0: L), so the list
+ *    keeps about L live candidates where a neighbourhood was deleted wholesale. Called
+ *    from the searching thread, once per expanded node.
  *  - subset (optional): the scan plan. The subset's ordinals are scored by PQ distance,
  *    the best L read from disk (W at a time) and re-ranked exactly; no graph walk. The
- *    subset must already be filtered (allow is not consulted). */
+ *    subset must already be filtered (neither allow nor dead is consulted). */
+typedef int (*nl_seg_dead_fn)(void *ctx, uint64_t version);
 typedef struct {
     uint32_t seg, query;
     size_t out;
     uint32_t k, L, W;
     const struct nl_bitmap *allow;
     int allow_neg;
+    uint32_t L_max;
+    nl_seg_dead_fn dead;
+    void *dead_ctx;
     const uint32_t *subset;
     uint32_t subset_n;
 } nl_seg_job;

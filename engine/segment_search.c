@@ -38,7 +38,7 @@ typedef struct {
     const float *q;
     float *table;
     pcand *pool;
-    uint32_t size, cursor, L, k, W;
+    uint32_t size, cursor, L, L_max, k, W;
     uint32_t *vis;      /* keys: ordinal + 1 */
     uint32_t *vis_used; /* slots to clear */
     uint32_t vis_mask, vis_n, vis_cap_used;
@@ -53,6 +53,8 @@ typedef struct {
     uint64_t t0;
     const nl_bitmap *allow; /* filter: results are versions in it (or not in it: allow_neg) */
     int allow_neg;
+    nl_seg_dead_fn dead;    /* deleted versions: expanded, never results */
+    void *dead_ctx;
     int scan;               /* the pool was filled by a scan: expand without neighbours */
 } qstate;
 
@@ -239,8 +241,15 @@ static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned 
         result_insert(q, u, seg->dist(q->q, rec, seg->dim));
         return;
     }
-    if (!q->allow || nl_bitmap_contains(q->allow, seg->ids ? seg->ids[u] : u) != q->allow_neg)
+    uint64_t version = seg->ids ? seg->ids[u] : u;
+    if (q->dead && q->dead(q->dead_ctx, version)) {
+        /* A tombstone took a place in the list: the list grows by one (to L_max), so a
+         * walk through a deleted neighbourhood still holds about L live candidates. */
+        if (q->L < q->L_max)
+            q->L++;
+    } else if (!q->allow || nl_bitmap_contains(q->allow, version) != q->allow_neg) {
         result_insert(q, u, seg->dist(q->q, rec, seg->dim));
+    }
     uint32_t deg;
     memcpy(&deg, rec + seg->vec_bytes, 4);
     const unsigned char *nb = rec + seg->vec_bytes + 4;
@@ -298,7 +307,8 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     for (uint32_t i = 0; i < q->vis_n; i++)
         q->vis[q->vis_used[i]] = 0;
     q->vis_n = 0;
-    int rc = vis_reserve(q, p->L, seg->R);
+    uint32_t L_max = p->dead && p->L_max > p->L ? p->L_max : p->L;
+    int rc = vis_reserve(q, L_max, seg->R);
     if (rc)
         return rc;
     q->active = 1;
@@ -307,8 +317,11 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     q->q = qv;
     q->allow = p->allow;
     q->allow_neg = p->allow_neg;
+    q->dead = p->dead;
+    q->dead_ctx = p->dead_ctx;
     q->scan = p->subset != NULL;
     q->L = p->L;
+    q->L_max = L_max;
     q->k = p->k;
     q->W = p->W;
     q->size = q->cursor = 0;
@@ -362,7 +375,8 @@ int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg,
         if (p->seg >= nseg)
             return nl_fail(NL_EINVAL, "search: job %zu names segment %u of %zu", i, p->seg, nseg);
         const nl_segment *g = segs[p->seg];
-        if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->W == 0 || p->W > s->max_W || p->k > kstride)
+        if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->L_max > s->max_L || p->W == 0 || p->W > s->max_W ||
+            p->k > kstride)
             return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u, k <= %u and 0 < W <= %u (k=%u L=%u W=%u)",
                            s->max_L, kstride, s->max_W, p->k, p->L, p->W);
         /* The searcher's buffers were sized for its own segment. */

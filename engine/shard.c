@@ -882,7 +882,7 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
         live += !sh_tomb_has_locked(sh, pids[i]);
     for (uint32_t i = 0; i < nseg; i++)
         live += segs[i]->count - atomic_load(&segs[i]->dead);
-    sh->live = live;
+    __atomic_store_n(&sh->live, live, __ATOMIC_RELAXED);
     sh->view = sh_view_make(m, NULL, segs, nseg);
     if (!sh->view) {
         rc = -ENOMEM;
@@ -1235,7 +1235,7 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
         goto out;
     }
     sh->next_pid = next;
-    sh->live = new_live;
+    __atomic_store_n(&sh->live, new_live, __ATOMIC_RELAXED); /* searches read it without wmu */
     atomic_fetch_add(&sh->upserted, n);
     /* Durable. Hide the replaced versions, then reserve slots for the new ones (their
      * pids in place before any becomes reachable). The reservation cannot fail:
@@ -1328,7 +1328,7 @@ static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, s
         rc = nl_store_write(b, 1);
     if (!rc && count) {
         rc = add_tombstones_locked(sh, pids, valid, n);
-        sh->live -= count;
+        __atomic_store_n(&sh->live, sh->live - count, __ATOMIC_RELAXED);
         atomic_fetch_add(&sh->deleted, count);
     }
     pthread_mutex_unlock(&sh->wmu);
@@ -1548,7 +1548,7 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
     pthread_mutex_lock(&sh->wmu);
-    st->points = sh->live;
+    st->points = __atomic_load_n(&sh->live, __ATOMIC_RELAXED);
     sh_view *v = sh_view_acquire(sh);
     pthread_mutex_unlock(&sh->wmu);
     st->fresh_points = nl_vamana_reserved(v->active->ix) + (v->frozen ? nl_vamana_reserved(v->frozen->ix) : 0);
@@ -1571,6 +1571,8 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
     st->flush_seconds = (double)atomic_load(&sh->flush_ns) / 1e9;
     st->compaction_seconds = (double)atomic_load(&sh->compact_ns) / 1e9;
     st->write_waits = atomic_load(&sh->write_waits);
+    st->search_retries = atomic_load(&sh->search_retries);
+    st->search_exhaustive = atomic_load(&sh->search_exhaustive);
     st->background_error = atomic_load(&sh->bg_error);
     nl_store_stats ss;
     if (nl_store_stats_get(sh->st, &ss) == 0) {

@@ -78,6 +78,7 @@ struct nl_shard {
     pthread_cond_t bgcv;
     /* counters */
     atomic_uint_fast64_t flushes, compactions, flush_ns, compact_ns, write_waits, upserted, deleted;
+    atomic_uint_fast64_t search_retries, search_exhaustive; /* short answers searched again */
     atomic_int bg_error;
     uint64_t orphans_removed;
     /* the codebook flushes reuse (fmu held), and how many points trained it */

@@ -43,11 +43,32 @@ static int cand_cmp(const void *a, const void *b)
     return x->pid < y->pid ? -1 : x->pid > y->pid;
 }
 
-/* Results wanted from one index: k plus the deleted versions it may return instead. */
-static uint32_t widened_k(uint32_t k, uint64_t dead, uint32_t L)
+/* Liveness inside the walks. A deleted version stays in its index as a routing node
+ * until compaction purges it, so a neighbourhood that was deleted wholesale (a streaming
+ * workload deletes contiguous ranges, inserted cluster by cluster) fills every list near
+ * the query with tombstones. Were they results, the top k of each index would be mostly
+ * dead and the answer short however far the lists were widened by a guess. So the walks
+ * treat the tombstone set like a filter: deleted versions are expanded, never results. */
+static int version_dead(void *ctx, uint64_t pid) { return sh_tomb_has(ctx, pid); }
+
+/* How far a disk walk's list may grow past L, one place per tombstone it expands: the
+ * extra reads are paid only where tombstones crowd the query's neighbourhood. */
+static uint32_t dead_list_max(uint32_t L) { return L * 4 > NL_MAX_K ? NL_MAX_K : L * 4; }
+
+typedef struct fgroup fgroup;
+static inline int g_allows(const fgroup *g, uint64_t pid);
+
+typedef struct {
+    nl_shard *sh;
+    const fgroup *g; /* NULL: no filter, only liveness */
+    const sh_memidx *m;
+} mem_allow_ctx;
+
+static int mem_allow(const void *vctx, uint32_t slot)
 {
-    uint64_t w = (uint64_t)k + (dead < L ? dead : L);
-    return w > NL_MAX_K ? NL_MAX_K : (uint32_t)w;
+    const mem_allow_ctx *c = vctx;
+    uint64_t pid = c->m->slot_pid[slot];
+    return (!c->g || g_allows(c->g, pid)) && !sh_tomb_has(c->sh, pid);
 }
 
 static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq, uint32_t k, uint32_t L,
@@ -59,16 +80,16 @@ static int search_memidx(nl_shard *sh, sh_memidx *m, const float *qs, size_t nq,
     int rc = s ? 0 : nl_vamana_searcher_create(m->ix, NL_MAX_K, &s);
     if (rc)
         return rc;
-    uint32_t kk = widened_k(k, dead, L);
-    uint32_t LL = L < kk ? kk : L;
-    uint32_t *slots = malloc(sizeof(uint32_t) * kk);
-    float *d = malloc(sizeof(float) * kk);
+    uint32_t *slots = malloc(sizeof(uint32_t) * k);
+    float *d = malloc(sizeof(float) * k);
     if (!slots || !d)
         rc = -ENOMEM;
+    mem_allow_ctx ac = {sh, NULL, m};
     for (size_t qi = 0; qi < nq && !rc; qi++) {
         uint64_t t0 = nl_now_ns();
         nl_search_stats ss = {0, 0};
-        int got = nl_vamana_search(s, qs + qi * sh->cfg.dim, kk, LL, slots, d, &ss);
+        int got = dead ? nl_vamana_search_filtered(s, qs + qi * sh->cfg.dim, k, L, mem_allow, &ac, slots, d, &ss)
+                       : nl_vamana_search(s, qs + qi * sh->cfg.dim, k, L, slots, d, &ss);
         if (got < 0) {
             rc = got;
             break;
@@ -120,33 +141,42 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         W = SH_MAX_W;
     nl_seg_query_params *sp = malloc(sizeof *sp * ns);
     nl_segment **segs = malloc(sizeof *segs * ns);
-    uint32_t kstride = 0;
+    const uint32_t kstride = p->k;
     uint64_t biggest = 0;
     for (uint32_t i = 0; i < ns; i++)
         if (v->segs[i]->count > biggest)
             biggest = v->segs[i]->count;
     for (uint32_t i = 0; sp && segs && i < ns; i++) {
-        uint32_t kk = widened_k(p->k, atomic_load(&v->segs[i]->dead), L);
         /* The list size L is the largest segment's; a smaller one gets L x sqrt(its share
          * of the largest), at least k: it holds fewer of the true neighbours and its graph
          * is shallower. Measured on 1M points in 4 segments (docs/benchmarks.md): the same
-         * recall with half the reads of a full L everywhere. */
+         * recall with half the reads of a full L everywhere. A query that comes back short
+         * of k is searched again with a wider list (nl_shard_search_batch). */
         uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
         if (Li < p->k)
             Li = p->k;
-        sp[i] = (nl_seg_query_params){kk, Li < kk ? kk : Li, W};
+        sp[i] = (nl_seg_query_params){p->k, Li, W};
         segs[i] = v->segs[i]->seg;
-        if (kk > kstride)
-            kstride = kk;
     }
+    /* Jobs in query-major order, so the segments of one query run side by side. Only a
+     * segment holding deleted versions pays for the liveness check. */
     size_t rows = (size_t)ns * nq;
+    nl_seg_job *jobs = calloc(rows ? rows : 1, sizeof *jobs);
     uint32_t *ords = malloc(sizeof(uint32_t) * kstride * rows);
     float *d = malloc(sizeof(float) * kstride * rows);
     nl_query_stats *qst = calloc(rows, sizeof *qst);
-    if (!sp || !segs || !ords || !d || !qst)
+    if (!sp || !segs || !jobs || !ords || !d || !qst)
         rc = -ENOMEM;
+    for (size_t j = 0; j < rows && !rc; j++) {
+        uint32_t si = (uint32_t)(j % ns);
+        size_t qi = j / ns;
+        int has_dead = atomic_load(&v->segs[si]->dead) > 0;
+        jobs[j] = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = (size_t)si * nq + qi, .k = sp[si].k,
+                               .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L),
+                               .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
+    }
     if (!rc)
-        rc = nl_seg_search_multi(s, segs, ns, qs, nq, sp, kstride, ords, d, qst);
+        rc = nl_seg_search_jobs(s, segs, ns, qs, jobs, rows, kstride, ords, d, qst);
     for (uint32_t si = 0; si < ns && !rc; si++)
         for (size_t qi = 0; qi < nq; qi++) {
             size_t row = (size_t)si * nq + qi;
@@ -177,6 +207,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         }
     free(sp);
     free(segs);
+    free(jobs);
     free(ords);
     free(d);
     free(qst);
@@ -184,22 +215,27 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
     return rc;
 }
 
-typedef struct fgroup fgroup;
 static int resolve(nl_shard *sh, const nl_search_params *p, const fgroup *g, cand *c, uint32_t n, uint32_t k,
                    nl_hit *out, uint32_t *count);
 
-static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
-                             uint32_t *counts, nl_query_stats *stats)
+/* The list size a request asks for: 0 = max(k, 64); at least k, at most NL_MAX_K. */
+static uint32_t list_size(const nl_search_params *p)
+{
+    uint32_t L = p->L ? p->L : (p->k > 64 ? p->k : 64);
+    if (L < p->k) L = p->k;
+    return L > NL_MAX_K ? NL_MAX_K : L;
+}
+
+/* One pass of the unfiltered search with list size L over a view taken now. want[qi]
+ * gets min(k, live points at that moment): what the answer is judged against. */
+static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, uint32_t L,
+                             nl_hit *hits, uint32_t *counts, uint32_t *want, nl_query_stats *stats)
 {
     uint32_t k = p->k;
-    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
-    if (L < k) L = k;
-    if (L > NL_MAX_K) L = NL_MAX_K;
-    if (stats)
-        memset(stats, 0, sizeof *stats * nq);
+    uint64_t live = __atomic_load_n(&sh->live, __ATOMIC_RELAXED);
     sh_view *v = sh_view_acquire(sh);
     uint32_t nidx = 2 + v->nseg;
-    uint32_t stride = nidx * widened_k(k, UINT64_MAX, L); /* room for every index's share */
+    uint32_t stride = nidx * k; /* room for every index's share */
     pthread_rwlock_rdlock(&sh->tmu);
     uint64_t dead_total = sh->tomb_n;
     pthread_rwlock_unlock(&sh->tmu);
@@ -217,6 +253,7 @@ static int search_unfiltered(nl_shard *sh, const float *qs, size_t nq, const nl_
     for (size_t qi = 0; qi < nq && !rc; qi++) {
         uint64_t t0 = nl_now_ns();
         rc = resolve(sh, p, NULL, cands + qi * stride, nc[qi], k, hits + qi * k, &counts[qi]);
+        want[qi] = live < k ? (uint32_t)live : k;
         if (stats)
             stats[qi].latency_ns += nl_now_ns() - t0;
     }
@@ -335,21 +372,10 @@ static int mem_subset(nl_shard *sh, const fgroup *g, const sh_memidx *m, size_t 
     return rc;
 }
 
-typedef struct {
-    const fgroup *g;
-    const sh_memidx *m;
-} mem_allow_ctx;
-
-static int mem_allow(const void *vctx, uint32_t slot)
-{
-    const mem_allow_ctx *c = vctx;
-    return g_allows(c->g, c->m->slot_pid[slot]);
-}
-
 /* One fresh index for the filtered queries: scan or filtered walk per query's group. */
 static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx, fgroup *groups, const uint32_t *qg,
                            const unsigned char *force, uint32_t plan, const float *qs, size_t nq, uint32_t k, uint32_t L,
-                           uint64_t dead, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
+                           cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
 {
     if (reserved == 0 || nl_vamana_size(m->ix) == 0)
         return 0;
@@ -383,13 +409,12 @@ static int filtered_memidx(nl_shard *sh, sh_memidx *m, size_t reserved, int idx,
                 stats[qi].scanned += g->subn[idx];
             }
         } else {
-            uint32_t kk = widened_k(k, dead, L);
             double lw = ceil((double)L / (g->sel > 0 ? g->sel : 1));
             uint32_t LL = lw > NL_MAX_K ? NL_MAX_K : (uint32_t)lw;
-            if (LL < kk) LL = kk;
-            mem_allow_ctx ac = {g, m};
+            if (LL < k) LL = k;
+            mem_allow_ctx ac = {sh, g, m};
             nl_search_stats ss = {0, 0};
-            got = nl_vamana_search_filtered(s, qs + qi * sh->cfg.dim, kk, LL, mem_allow, &ac, slots, d, &ss);
+            got = nl_vamana_search_filtered(s, qs + qi * sh->cfg.dim, k, LL, mem_allow, &ac, slots, d, &ss);
             if (stats) {
                 stats[qi].filter_plan |= NL_PLAN_GRAPH;
                 stats[qi].hops += ss.hops;
@@ -449,7 +474,6 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
             const sh_segref *r = v->segs[si];
             nl_segment_info info;
             nl_segment_get_info(r->seg, &info);
-            uint32_t kk = widened_k(p->k, atomic_load(&r->dead), L);
             uint32_t Li = (uint32_t)((double)L * sqrt((double)r->count / (double)biggest) + 0.5);
             if (Li < p->k)
                 Li = p->k;
@@ -483,11 +507,16 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
                 }
             } else {
                 uint32_t LL = lw > NL_MAX_K ? NL_MAX_K : (uint32_t)lw;
-                if (LL < kk) LL = kk;
-                jb->k = kk;
+                if (LL < p->k) LL = p->k;
+                jb->k = p->k;
                 jb->L = LL;
                 jb->allow = g->bm;
                 jb->allow_neg = g->neg;
+                if (atomic_load(&r->dead) > 0) {
+                    jb->dead = version_dead;
+                    jb->dead_ctx = sh;
+                    jb->L_max = dead_list_max(LL);
+                }
                 if (stats)
                     stats[qi].filter_plan |= NL_PLAN_GRAPH;
             }
@@ -597,7 +626,7 @@ static void groups_free(fgroup *groups, size_t ng, size_t nidx)
  * then run as exhaustive scans). */
 static int filtered_pass(nl_shard *sh, const sh_view *v, size_t act_res, size_t frz_res, fgroup *groups,
                          const uint32_t *qg, const unsigned char *force, const float *qs, size_t nq,
-                         const nl_search_params *p, uint32_t L, uint64_t dead_total, nl_hit *hits, uint32_t *counts,
+                         const nl_search_params *p, uint32_t L, nl_hit *hits, uint32_t *counts,
                          nl_query_stats *stats)
 {
     uint32_t k = p->k;
@@ -606,11 +635,11 @@ static int filtered_pass(nl_shard *sh, const sh_view *v, size_t act_res, size_t 
     uint32_t *nc = calloc(nq ? nq : 1, sizeof *nc);
     int rc = cands && nc ? 0 : -ENOMEM;
     if (!rc)
-        rc = filtered_memidx(sh, v->active, act_res, 0, groups, qg, force, p->plan, qs, nq, k, L, dead_total, cands, nc,
-                             stride, stats);
+        rc = filtered_memidx(sh, v->active, act_res, 0, groups, qg, force, p->plan, qs, nq, k, L, cands, nc, stride,
+                             stats);
     if (!rc && v->frozen)
-        rc = filtered_memidx(sh, v->frozen, frz_res, 1, groups, qg, force, p->plan, qs, nq, k, L, dead_total, cands, nc,
-                             stride, stats);
+        rc = filtered_memidx(sh, v->frozen, frz_res, 1, groups, qg, force, p->plan, qs, nq, k, L, cands, nc, stride,
+                             stats);
     if (!rc)
         rc = filtered_segments(sh, v, groups, qg, force, qs, nq, p, L, cands, nc, stride, stats);
     for (size_t qi = 0; qi < nq && !rc; qi++) {
@@ -626,15 +655,13 @@ static int filtered_pass(nl_shard *sh, const sh_view *v, size_t act_res, size_t 
     return rc;
 }
 
-static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, nl_hit *hits,
-                           uint32_t *counts, nl_query_stats *stats)
+/* Filtered queries (and unfiltered ones of a mixed batch) with list size L over a view
+ * taken now; with exhaustive, every query runs as the exhaustive scan at once. want[qi]
+ * gets min(k, points its filter allows). */
+static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, uint32_t L,
+                           int exhaustive, nl_hit *hits, uint32_t *counts, uint32_t *want, nl_query_stats *stats)
 {
     uint32_t k = p->k;
-    uint32_t L = p->L ? p->L : (k > 64 ? k : 64);
-    if (L < k) L = k;
-    if (L > NL_MAX_K) L = NL_MAX_K;
-    if (stats)
-        memset(stats, 0, sizeof *stats * nq);
     /* The pids below next_pid all have their postings committed; the view and the fresh
      * indexes' reserved counts are taken at the same moment, so every slot scanned has its
      * pid recorded. */
@@ -644,9 +671,6 @@ static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_se
     size_t act_res = nl_vamana_reserved(v->active->ix);
     size_t frz_res = v->frozen ? nl_vamana_reserved(v->frozen->ix) : 0;
     pthread_mutex_unlock(&sh->wmu);
-    pthread_rwlock_rdlock(&sh->tmu);
-    uint64_t dead_total = sh->tomb_n;
-    pthread_rwlock_unlock(&sh->tmu);
     size_t nidx = 2 + v->nseg;
     uint32_t *qg = calloc(nq ? nq : 1, sizeof *qg);
     fgroup *groups = calloc(nq ? nq : 1, sizeof *groups);
@@ -687,11 +711,13 @@ static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_se
             }
         }
         qg[qi] = (uint32_t)gi;
+        uint64_t m = f ? groups[gi].matches : live;
+        want[qi] = m < k ? (uint32_t)m : k;
         if (stats)
-            stats[qi].matches = f ? groups[gi].matches : live;
+            stats[qi].matches = m;
     }
-    if (!rc)
-        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, NULL, qs, nq, p, L, dead_total, hits, counts, stats);
+    if (!rc && !exhaustive)
+        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, NULL, qs, nq, p, L, hits, counts, stats);
     /* Too few results while the filter allows more: an exhaustive scan of that query. */
     size_t nforce = 0;
     if (!rc) {
@@ -699,7 +725,7 @@ static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_se
         if (!force)
             rc = -ENOMEM;
         for (size_t qi = 0; qi < nq && !rc; qi++)
-            if (groups[qg[qi]].f && counts[qi] < k && groups[qg[qi]].matches > counts[qi]) {
+            if (exhaustive || (groups[qg[qi]].f && counts[qi] < k && groups[qg[qi]].matches > counts[qi])) {
                 force[qi] = 1;
                 nforce++;
                 if (stats)
@@ -707,11 +733,99 @@ static int search_filtered(nl_shard *sh, const float *qs, size_t nq, const nl_se
             }
     }
     if (!rc && nforce)
-        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, force, qs, nq, p, L, dead_total, hits, counts, stats);
+        rc = filtered_pass(sh, v, act_res, frz_res, groups, qg, force, qs, nq, p, L, hits, counts, stats);
     free(force);
     free(qg);
     groups_free(groups, ng, nidx);
     sh_view_release(v);
+    return rc;
+}
+
+/* The promise of a search: min(k, live points) results, min(k, matching points) with a
+ * filter, unless the request's accept callback refused candidates. One pass can fall
+ * short of it: a list crowded with deleted versions (they route, they are not results),
+ * a small segment's narrowed list, versions deleted or purged by a compaction while the
+ * pass ran on its older view. Queries short of their promise are searched again on a
+ * new view, first with a list four times wider, then, if still short, exhaustively:
+ * every live point of every index scored (the scan plan with no filter, or the filter's
+ * own fallback), which returns min(k, live) by construction. At most two extra passes,
+ * only for the short queries; nl_query_stats marks them NL_PLAN_RETRY / _FALLBACK. */
+static int complete_short(nl_shard *sh, const float *qs, size_t nq, const nl_search_params *p, uint32_t L,
+                          int filtered, nl_hit *hits, uint32_t *counts, uint32_t *want, nl_query_stats *stats)
+{
+    const uint32_t k = p->k, dim = sh->cfg.dim;
+    size_t *idx = NULL;
+    float *sq = NULL;
+    nl_hit *sh_hits = NULL;
+    uint32_t *sc = NULL, *sw = NULL;
+    nl_query_stats *sst = NULL;
+    const nl_filter **sf = NULL;
+    int rc = 0;
+    for (int round = 0; round < 2 && !rc; round++) {
+        size_t ns = 0;
+        for (size_t qi = 0; qi < nq; qi++)
+            ns += counts[qi] < want[qi];
+        if (ns == 0)
+            break;
+        if (!idx) {
+            idx = malloc(sizeof *idx * ns);
+            sq = malloc(sizeof(float) * dim * ns);
+            sh_hits = malloc(sizeof *sh_hits * k * ns);
+            sc = malloc(sizeof *sc * ns);
+            sw = malloc(sizeof *sw * ns);
+            sst = malloc(sizeof *sst * ns);
+            sf = calloc(ns, sizeof *sf);
+            if (!idx || !sq || !sh_hits || !sc || !sw || !sst || !sf) {
+                rc = -ENOMEM;
+                break;
+            }
+        }
+        ns = 0;
+        for (size_t qi = 0; qi < nq; qi++)
+            if (counts[qi] < want[qi]) {
+                idx[ns] = qi;
+                memcpy(sq + ns * dim, qs + qi * dim, sizeof(float) * dim);
+                sf[ns] = p->filters ? p->filters[qi] : p->filter;
+                ns++;
+            }
+        int exhaustive = round == 1 || L == NL_MAX_K;
+        uint32_t L2 = L * 4 > NL_MAX_K ? NL_MAX_K : L * 4;
+        nl_search_params p2 = *p;
+        p2.filter = NULL;
+        p2.filters = filtered ? sf : NULL;
+        memset(sst, 0, sizeof *sst * ns);
+        if (filtered || exhaustive)
+            rc = search_filtered(sh, sq, ns, &p2, L2, exhaustive, sh_hits, sc, sw, sst);
+        else
+            rc = search_unfiltered(sh, sq, ns, &p2, L2, sh_hits, sc, sw, sst);
+        atomic_fetch_add(exhaustive ? &sh->search_exhaustive : &sh->search_retries, ns);
+        /* The newer view's answer replaces the older one, whichever is longer: points
+         * deleted in between are no answer. */
+        for (size_t i = 0; i < ns && !rc; i++) {
+            size_t qi = idx[i];
+            memcpy(hits + qi * k, sh_hits + i * k, sizeof *hits * sc[i]);
+            counts[qi] = sc[i];
+            want[qi] = sw[i];
+            if (stats) {
+                nl_query_stats *a = &stats[qi];
+                a->latency_ns += sst[i].latency_ns;
+                a->ios += sst[i].ios;
+                a->cache_hits += sst[i].cache_hits;
+                a->hops += sst[i].hops;
+                a->scanned += sst[i].scanned;
+                a->filter_plan |= sst[i].filter_plan | (exhaustive ? NL_PLAN_FALLBACK : NL_PLAN_RETRY);
+            }
+        }
+        if (exhaustive)
+            break;
+    }
+    free(idx);
+    free(sq);
+    free(sh_hits);
+    free(sc);
+    free(sw);
+    free(sst);
+    free(sf);
     return rc;
 }
 
@@ -721,6 +835,16 @@ int nl_shard_search_batch(nl_shard *sh, const float *qs, size_t nq, const nl_sea
     int filtered = p->filter != NULL;
     for (size_t qi = 0; p->filters && qi < nq && !filtered; qi++)
         filtered = p->filters[qi] != NULL;
-    return filtered ? search_filtered(sh, qs, nq, p, hits, counts, stats)
-                    : search_unfiltered(sh, qs, nq, p, hits, counts, stats);
+    if (stats)
+        memset(stats, 0, sizeof *stats * nq);
+    uint32_t L = list_size(p);
+    uint32_t *want = malloc(sizeof *want * (nq ? nq : 1));
+    if (!want)
+        return -ENOMEM;
+    int rc = filtered ? search_filtered(sh, qs, nq, p, L, 0, hits, counts, want, stats)
+                      : search_unfiltered(sh, qs, nq, p, L, hits, counts, want, stats);
+    if (!rc && !p->accept)
+        rc = complete_short(sh, qs, nq, p, L, filtered, hits, counts, want, stats);
+    free(want);
+    return rc;
 }

@@ -170,7 +170,9 @@ static int search_impl(nl_vamana_searcher *s, const float *q, uint32_t k, uint32
             uint32_t v = s->nbuf[j];
             float d = dist(q, base + (size_t)v * row_bytes, vs->dim);
             nl_pool_insert(pool, v, d);
-            if (allow && allow(actx, v))
+            /* The predicate only for a node that would enter the results: it can cost a
+             * lookup (the engine's tombstone set), the distance is already paid. */
+            if (allow && (res.n < res.k || d < res.d[res.k - 1]) && allow(actx, v))
                 topk_offer(&res, v, d);
         }
         comps += m;

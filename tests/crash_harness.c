@@ -11,7 +11,8 @@
  * the database itself and checks against a model built from the log:
  *   - every acknowledged upsert is there with its exact vector, every acknowledged
  *     delete is gone (get); the one operation in flight is all-or-nothing;
- *   - searches find live points and never return a deleted one;
+ *   - searches find live points, never return a deleted one, and answer min(k, live)
+ *     results every time;
  *   - the live count matches and nearline's verify passes.
  * Usage: crash_harness DIR [--rounds N] [--seed S]. Exit 0 when every round passed.
  */
@@ -290,6 +291,13 @@ static int check(const char *dir, int round, model *m, nl_rng *r)
         int got = nl_collection_search(c, v, &sp, h, NULL);
         if (got < 0) {
             snprintf(msg, sizeof msg, "search: %s", nl_errdetail());
+            bad = fail(round, msg);
+            break;
+        }
+        uint32_t want = live < 10 ? (uint32_t)live : 10;
+        if ((uint32_t)got != want) {
+            snprintf(msg, sizeof msg, "search answered %d results with %llu live points (k=10)", got,
+                     (unsigned long long)live);
             bad = fail(round, msg);
             break;
         }

@@ -25,8 +25,13 @@ static int help(FILE *f)
             "usage: nearline serve --db DIR [--listen ADDR:PORT] [--api-keys FILE] [--tls-cert PEM --tls-key PEM]\n"
             "         [--max-body SIZE] [--max-batch N] [--max-k N] [--max-concurrent N] [--threads N]\n"
             "         [--log-level debug|info|warn|error]\n"
+            "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
-            "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n");
+            "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
+            "Background maintenance, per shard: a flush when the fresh index holds --flush-points points\n"
+            "(default half its capacity) or its oldest is --flush-age-ms old (60000); a compaction of a\n"
+            "segment whose deleted share reaches --compact-dead-ratio (0.2), and of the smallest when a\n"
+            "shard holds more than --compact-max-segments segments (8).\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -41,7 +46,11 @@ int cmd_serve(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"listen", 1, 0, 'l'}, {"api-keys", 1, 0, 'a'}, {"tls-cert", 1, 0, 'c'},
         {"tls-key", 1, 0, 'k'}, {"max-body", 1, 0, 'b'}, {"max-batch", 1, 0, 'B'}, {"max-k", 1, 0, 'K'},
         {"max-concurrent", 1, 0, 'm'}, {"threads", 1, 0, 't'}, {"log-level", 1, 0, 'L'},
-        {"zookeeper", 1, 0, 'z'}, {"node-id", 1, 0, 'n'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"zookeeper", 1, 0, 'z'}, {"node-id", 1, 0, 'n'}, {"flush-points", 1, 0, 'F'}, {"flush-age-ms", 1, 0, 'A'},
+        {"compact-dead-ratio", 1, 0, 'R'}, {"compact-max-segments", 1, 0, 'S'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    nl_db_options dopt;
+    memset(&dopt, 0, sizeof dopt);
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -57,6 +66,10 @@ int cmd_serve(int argc, char **argv)
         case 'm': if (cli_u32(C, "--max-concurrent", optarg, 1, 100000, &so.max_concurrent)) return 2; break;
         case 't': if (cli_u32(C, "--threads", optarg, 1, 1024, &so.threads)) return 2; break;
         case 'L': level = optarg; break;
+        case 'F': if (cli_u32(C, "--flush-points", optarg, 1, 100000000, &dopt.flush_points)) return 2; break;
+        case 'A': if (cli_u32(C, "--flush-age-ms", optarg, 1, 86400000, &dopt.flush_age_ms)) return 2; break;
+        case 'R': if (cli_float(C, "--compact-dead-ratio", optarg, 0.001f, 1.0f, &dopt.compact_dead_ratio)) return 2; break;
+        case 'S': if (cli_u32(C, "--compact-max-segments", optarg, 1, 100000, &dopt.compact_max_segments)) return 2; break;
         case 'z':
         case 'n':
             cli_error(C, 0, "--zookeeper and --node-id (cluster mode) are not built yet; serve runs one node");
@@ -99,8 +112,6 @@ int cmd_serve(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     nl_db *dbh = NULL;
-    nl_db_options dopt;
-    memset(&dopt, 0, sizeof dopt);
     /* The pool has more threads than CPUs (searches wait on disk): polling the ring
      * would take the CPU from the threads that have work. */
     dopt.io_spin_us = 1;
