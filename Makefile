@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps build run test test-release test-asan tsan fuzz bench clean
+.PHONY: all deps build run test test-release test-asan test-streaming tsan fuzz bench clean
 
 all: build
 
@@ -30,6 +30,12 @@ test-asan: deps
 	@cmake --build $(ASAN_DIR) -j$(JOBS)
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -L unit
+
+# The long streaming check (not part of `make test`, which runs the short one): the
+# generated runbook at 100K points and big-ann-benchmarks' delete and clustered runbooks
+# over sift-images-420k, through the server, every search against exact ground truth.
+test-streaming: build
+	/usr/bin/python3 tests/streaming/runbook_test.py $(BUILD_DIR)/tools/nearline --long
 
 # ThreadSanitizer over the engine's concurrency (writers, a searcher, background flushes
 # and compactions) through the ingest driver at small scale. Not part of `make test`:

@@ -240,6 +240,7 @@ int sh_segref_open(nl_shard *sh, uint32_t number, uint64_t cache_budget, sh_segr
     if (!r)
         return -ENOMEM;
     atomic_init(&r->refs, 1);
+    r->owner = sh;
     r->number = number;
     snprintf(r->path, sizeof r->path, "%s/seg-%06u.nls", sh->dir, number);
     nl_segment_options so = {cache_budget, sh->opt.io_pread ? NL_IO_PREAD : NL_IO_AUTO, sh->opt.buffered_io};
@@ -275,6 +276,12 @@ void sh_segref_unref(sh_segref *r)
     nl_segment_close(r->seg);
     if (atomic_load(&r->obsolete))
         unlink(r->path); /* replaced by a compaction and no longer read by anyone */
+    if (r->purge) {
+        /* No search can reach these versions any more. On failure (no memory for the
+         * rehash) the tombstones linger: harmless, pids are never reused. */
+        if (sh_tomb_remove_sorted(r->owner, r->purge, r->npurge) != 0) { /* best effort */ }
+        free(r->purge);
+    }
     free(r);
 }
 

@@ -41,6 +41,12 @@ typedef struct sh_segref {
     int direct_io;
     atomic_uint_fast64_t dead; /* deleted versions it holds */
     atomic_int obsolete;       /* unlink the file when the last reference goes */
+    /* Set by the compaction that replaced it: the tombstones of the versions it purged
+     * from this segment (ascending), dropped from the shard's set only when the last view
+     * holding this segment lets go, so a search on an older view still knows them dead. */
+    struct nl_shard *owner;
+    uint64_t *purge;
+    size_t npurge;
     nl_objpool searchers;
     char path[4400];
 } sh_segref;

@@ -438,10 +438,12 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
      * later is counted against the new segment). */
     live_entry *live = malloc(sizeof *live * points_in);
     uint64_t *purged = malloc(sizeof *purged * (points_in ? points_in : 1));
+    size_t *purged_at = malloc(sizeof *purged_at * (np + 1)); /* pick s: purged[at[s]..at[s+1]) */
     size_t nl = 0, npurged = 0;
-    int rc = live && purged ? 0 : -ENOMEM;
+    int rc = live && purged && purged_at ? 0 : -ENOMEM;
     pthread_rwlock_rdlock(&sh->tmu);
-    for (uint32_t s = 0; s < np && !rc; s++)
+    for (uint32_t s = 0; s < np && !rc; s++) {
+        purged_at[s] = npurged;
         for (uint32_t o = 0; (int)s != base && o < pick[s]->count; o++) {
             uint64_t pid = nl_segment_id(pick[s]->seg, o);
             if (sh_tomb_has_locked(sh, pid))
@@ -449,6 +451,9 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
             else
                 live[nl++] = (live_entry){pid, s, o};
         }
+    }
+    if (!rc)
+        purged_at[np] = npurged;
     pthread_rwlock_unlock(&sh->tmu);
     sh_segref *r = NULL;
     uint32_t number = atomic_fetch_add(&sh->seg_alloc, 1);
@@ -590,8 +595,23 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         rc = -ENOMEM; /* the manifest changed: the next open serves the new state */
     }
     pthread_mutex_unlock(&sh->wmu);
-    if (!rc)
-        rc = sh_tomb_remove_sorted(sh, purged, npurged);
+    /* The purged versions' tombstones go when the last view holding their segment does
+     * (sh_segref_unref): until then a search on an older view still walks those segments
+     * and must still know the versions dead, or they would take places in its top k. The
+     * compaction's own view holds every picked segment, so none is released before this. */
+    for (uint32_t s = 0; s < np && !rc; s++) {
+        size_t n = purged_at[s + 1] - purged_at[s];
+        if (n == 0)
+            continue;
+        uint64_t *own = malloc(sizeof *own * n);
+        if (!own) {
+            rc = sh_tomb_remove_sorted(sh, purged + purged_at[s], n); /* no memory: drop them now */
+            continue;
+        }
+        memcpy(own, purged + purged_at[s], sizeof *own * n);
+        pick[s]->purge = own;
+        pick[s]->npurge = n;
+    }
     if (!rc) {
         atomic_fetch_add(&sh->compactions, 1);
         atomic_fetch_add(&sh->compact_ns, nl_now_ns() - t0);
@@ -610,6 +630,7 @@ out:
     free(order);
     free(mcodes);
     free(purged);
+    free(purged_at);
     free(pick);
     sh_view_release(v);
     return rc;
