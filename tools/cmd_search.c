@@ -263,11 +263,11 @@ int cmd_search(int argc, char **argv)
         }
         double wall = (double)(nl_now_ns() - t0) / 1e9;
         double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0;
-        size_t plans[3] = {0, 0, 0}, short_q = 0;
+        size_t plans[4] = {0, 0, 0, 0}, short_q = 0;
         for (size_t i = 0; i < nq; i++) {
             matches += (double)c.st[i].matches;
             scanned += c.st[i].scanned;
-            for (int b = 0; b < 3; b++)
+            for (int b = 0; b < 4; b++)
                 plans[b] += (c.st[i].filter_plan >> b) & 1;
             if (c.found[i] < (c.st[i].matches < k ? c.st[i].matches : k))
                 short_q++;
@@ -285,6 +285,11 @@ int cmd_search(int argc, char **argv)
                (double)lat[nq / 2] / 1e3, (double)lat[(size_t)((double)nq * 0.9)] / 1e3,
                (double)lat[(size_t)((double)nq * 0.99)] / 1e3, ios / (double)nq, hops / (double)nq,
                hops > 0 ? hits / hops : 0.0);
+        /* Queries whose first pass came back short of min(k, live) (deleted points crowding
+         * them) and were searched again: with a wider list, and exhaustively. */
+        printf(",\"searched_again\":%zu", plans[3]);
+        if (!filter && !filters)
+            printf(",\"exhaustive\":%zu", plans[2]);
         if (filter || filters)
             printf(",\"filtered\":true,\"mean_matches\":%.1f,\"mean_scanned\":%.1f,\"short_queries\":%zu,"
                    "\"plans\":{\"graph\":%zu,\"scan\":%zu,\"fallback\":%zu}",
