@@ -58,7 +58,9 @@ Test(distance, every_variant_matches_reference_dims_1_to_1024)
     int tested_isas = 0;
     for (int isa = NL_ISA_SCALAR; isa <= NL_ISA_AVX512; isa++) {
         if (!nl_isa_supported((nl_isa)isa)) {
-            cr_log_warn("ISA %s not supported on this CPU: its kernels are not tested here",
+            /* info, not warn: Criterion 2.4 exits 1 after a logged warning, which failed
+             * this suite on CPUs without AVX-512 although every test passed. */
+            cr_log_info("ISA %s not supported on this CPU: its kernels are not tested here",
                         nl_isa_name((nl_isa)isa));
             continue;
         }
