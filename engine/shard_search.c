@@ -3,6 +3,14 @@
  * a flush runs) and every segment, merged by exact distance, deleted versions dropped,
  * then resolved to external ids through the pids family (the final word on liveness).
  *
+ * The promise (docs/decisions.md, "Every answer holds min(k, live) results"): min(k, live
+ * points) results, min(k, matching points) with a filter. Deleted versions stay in their
+ * index as routing nodes until compaction purges them, so the walks take the tombstone set
+ * as a predicate: a deleted node is expanded but never a result, and on disk each one
+ * expanded widens the list by a place. Whatever still comes back short (a list too small
+ * for a region of tombstones, versions purged while an older view was searched) is
+ * searched again on a new view, wider, then exhaustively (complete_short).
+ *
  * Filtered queries (docs/filters.md). The filter is first turned into the set of
  * versions it allows (nl_postings.h: a bitmap, maybe complemented, whose cardinality is
  * the selectivity estimate). Then each index of the shard gets its own plan, because a

@@ -175,6 +175,11 @@ class Replay:
         self.order = np.arange(len(X)) if order is None else order
         self.c = collection
         self.cur = np.full(len(X), -1, np.int64)  # id -> row of its current vector, -1 absent
+        # Each query's nearest row of the whole data set: while no live point holds that row,
+        # the query's own neighbourhood is empty (not inserted yet, or deleted) and its true
+        # neighbours are far points spread over other clusters.
+        self.home = np.concatenate([np.argmin(exact_distances(metric, Q[a:a + 200], X), axis=1)
+                                    for a in range(0, len(Q), 200)])
         self.steps = []
         self.insert_s = self.delete_s = self.search_s = 0.0
         self.inserted = self.deleted = self.searched = 0
@@ -227,6 +232,17 @@ class Replay:
                     log(self.steps[-1])
         return self.steps
 
+    def reads(self):
+        """The server's sector reads so far (nearline_search_ios_total in /metrics)."""
+        try:
+            with urllib.request.urlopen(self.srv.base + '/metrics', timeout=60) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith('nearline_search_ios_total '):
+                        return int(line.split()[1])
+        except Exception:
+            pass
+        return 0
+
     def stats(self):
         s, r = self.srv.call('GET', f'/collections/{self.c}')
         return r.get('stats', {}) if s == 200 else {}
@@ -235,6 +251,7 @@ class Replay:
         live = np.flatnonzero(self.cur >= 0)
         k, nq = self.k, len(self.Q)
         before = self.stats()
+        ios0 = self.reads()
         t = time.time()
         s, r = self.srv.call('POST', f'/collections/{self.c}/search/batch',
                              {'vectors': self.Q.tolist(), 'k': k, 'L': self.L, 'with_metadata': False})
@@ -246,14 +263,19 @@ class Replay:
         want = min(k, len(live))
         after = self.stats()
         rec = {'step': step, 'live': int(len(live)), 'short': [], 'deleted': [], 'bad_score': [], 'recall': 1.0,
-               'seconds': secs, 'segments': after.get('segments', 0), 'tombstones': after.get('tombstones', 0),
+               'seconds': secs, 'ios': (self.reads() - ios0) / max(nq, 1), 'homed': 0, 'recall_homed': 1.0,
+               'recall_away': None, 'segments': after.get('segments', 0), 'tombstones': after.get('tombstones', 0),
                'retried': after.get('search_retries', 0) - before.get('search_retries', 0),
                'exhaustive': after.get('search_exhaustive', 0) - before.get('search_exhaustive', 0)}
         if len(live) == 0:
             rec['short'] = [(qi, len(a)) for qi, a in enumerate(r['results']) if a]
             return rec
         kth = kth_distances(self.metric, self.Q, self.X[self.cur[live]], want)
+        row_live = np.zeros(len(self.X), bool)
+        row_live[self.cur[live]] = True
+        homed = row_live[self.home]
         hits = 0
+        per_q = np.zeros(nq)
         for qi, ans in enumerate(r['results']):
             ids = [h['id'] for h in ans]
             if len(ids) < want:
@@ -270,5 +292,9 @@ class Replay:
             rec['bad_score'] += [(qi, known[j]['id'], float(score[j]), float(d[j])) for j in np.flatnonzero(off)]
             good = int(np.sum((d <= kth[qi] + 1e-5 * (1 + abs(kth[qi]))) & ~off))
             hits += min(good, want)
+            per_q[qi] = min(good, want) / want
+        rec['homed'] = int(homed.sum())
+        rec['recall_homed'] = float(per_q[homed].mean()) if homed.any() else 1.0
+        rec['recall_away'] = float(per_q[~homed].mean()) if (~homed).any() else None
         rec['recall'] = hits / (want * nq)
         return rec
