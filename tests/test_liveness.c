@@ -5,10 +5,6 @@
  * streaming workload (contiguous id ranges inserted cluster by cluster, then deleted),
  * where answers came back with 0 to 9 of 10 results (issue 13). Each case runs on the
  * fresh in-memory index, on a disk segment, and across shards. */
-#include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
-
 #include "nearline.h"
 #include "nl_filter.h"
 #include "test_util.h"
