@@ -10,6 +10,13 @@
  * releases the cache's reference, and the last reference closes the shards and removes
  * the files (renamed to .trash-* first, so a crash midway leaves nothing that looks
  * like a collection). Until then the name is busy.
+ *
+ * A collection can hold only some of its shards (cluster mode: a node holds the shards the
+ * shard map gives it). Such a collection is marked PARTIAL on disk; its missing shards are
+ * NULL in c->shards, whole-collection calls work on the shards held and per-shard calls
+ * (nl_collection_shard_*) on one. A shard is attached under db->mu and published with a
+ * release store; readers load the pointer with acquire (shard_at). Shards are detached
+ * only when the collection closes.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -35,7 +42,8 @@ struct nl_collection {
     int refs;    /* under db->mu */
     int dropped; /* under db->mu */
     nl_collection_config cfg;
-    nl_shard **shards;
+    nl_shard **shards; /* cfg.shards entries; NULL = not held (partial collections only) */
+    int partial;
     struct nl_collection *next;
 };
 
@@ -88,10 +96,16 @@ int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
     return 0;
 }
 
+static nl_shard *shard_at(const nl_collection *c, uint32_t s)
+{
+    return __atomic_load_n(&c->shards[s], __ATOMIC_ACQUIRE);
+}
+
 static void collection_free(nl_collection *c)
 {
     for (uint32_t i = 0; c->shards && i < c->cfg.shards; i++)
-        nl_shard_close(c->shards[i]);
+        if (c->shards[i])
+            nl_shard_close(c->shards[i]);
     free(c->shards);
     free(c);
 }
@@ -147,7 +161,8 @@ static void to_shard_config(const nl_collection_config *c, nl_shard_config *s)
     *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity};
 }
 
-int nl_collection_create(nl_db *db, const char *name, const nl_collection_config *cfg_in)
+static int create_impl(nl_db *db, const char *name, const nl_collection_config *cfg_in, const uint32_t *held,
+                       size_t nheld, int partial)
 {
     int rc = nl_collection_name_check(name);
     if (rc)
@@ -186,13 +201,26 @@ int nl_collection_create(nl_db *db, const char *name, const nl_collection_config
     nl_remove_tree(tmp);
     if (mkdir(tmp, 0755) != 0)
         rc = nl_fail(-errno, "cannot create %s: %s", tmp, strerror(errno));
-    for (uint32_t i = 0; i < cfg.shards && !rc; i++) {
+    for (size_t k = 0; k < (partial ? nheld : cfg.shards) && !rc; k++) {
+        uint32_t i = partial ? held[k] : (uint32_t)k;
+        if (i >= cfg.shards) {
+            rc = nl_fail(NL_EINVAL, "shard %u of a collection of %u shards", i, cfg.shards);
+            break;
+        }
         nl_db_options o = db->opt;
         o.no_background = 1;
         nl_shard *sh;
         snprintf(sdir, sizeof sdir, "%s/%u", tmp, i);
         if ((rc = nl_shard_create(sdir, &sc, &o, &sh)) == 0)
             nl_shard_close(sh);
+    }
+    if (!rc && partial) {
+        snprintf(sdir, sizeof sdir, "%s/PARTIAL", tmp);
+        int fd = open(sdir, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = nl_fail(-errno, "cannot write %s: %s", sdir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
     }
     if (!rc)
         rc = nl_catalog_write_config(tmp, &cfg);
@@ -208,6 +236,19 @@ int nl_collection_create(nl_db *db, const char *name, const nl_collection_config
         nl_fsync_dir(db->dir);
     pthread_mutex_unlock(&db->mu);
     return rc;
+}
+
+int nl_collection_create(nl_db *db, const char *name, const nl_collection_config *cfg)
+{
+    return create_impl(db, name, cfg, NULL, 0, 0);
+}
+
+int nl_collection_create_shards(nl_db *db, const char *name, const nl_collection_config *cfg, const uint32_t *held,
+                                size_t nheld)
+{
+    if (nheld && !held)
+        return nl_fail(NL_EINVAL, "no shard list");
+    return create_impl(db, name, cfg, held, nheld, 1);
 }
 
 static int open_locked(nl_db *db, const char *name, nl_collection **out)
@@ -231,9 +272,15 @@ static int open_locked(nl_db *db, const char *name, nl_collection **out)
         if (!c->shards)
             rc = -ENOMEM;
     }
+    char mark[4400];
+    snprintf(mark, sizeof mark, "%s/PARTIAL", c->dir);
+    struct stat st;
+    c->partial = stat(mark, &st) == 0;
     for (uint32_t i = 0; i < c->cfg.shards && !rc; i++) {
         char sdir[4400];
         snprintf(sdir, sizeof sdir, "%s/%u", c->dir, i);
+        if (c->partial && stat(sdir, &st) != 0)
+            continue; /* not held here */
         if ((rc = nl_shard_open(sdir, &db->opt, &c->shards[i])) != 0)
             break;
         nl_shard_config sc;
@@ -322,9 +369,9 @@ const char *nl_collection_name(const nl_collection *c) { return c->name; }
 
 /* ---------------------------------------------------------------- routing */
 
-static uint32_t shard_of(const nl_collection *c, const nl_id *id)
+uint32_t nl_shard_of(const nl_id *id, uint32_t shards)
 {
-    if (c->cfg.shards == 1)
+    if (shards <= 1)
         return 0;
     unsigned char ek[NL_EKEY_MAX];
     size_t n = nl_ekey_encode(id, ek);
@@ -333,7 +380,66 @@ static uint32_t shard_of(const nl_collection *c, const nl_id *id)
         h ^= ek[i];
         h *= 1099511628211ull;
     }
-    return (uint32_t)(h % c->cfg.shards);
+    return (uint32_t)(h % shards);
+}
+
+static uint32_t shard_of(const nl_collection *c, const nl_id *id) { return nl_shard_of(id, c->cfg.shards); }
+
+/* Shard s, or NULL with NL_ENOTFOUND when this node does not hold it. */
+static nl_shard *held_shard(const nl_collection *c, uint32_t s)
+{
+    nl_shard *sh = s < c->cfg.shards ? shard_at(c, s) : NULL;
+    if (!sh)
+        nl_fail(NL_ENOTFOUND, "shard %u of '%s' is not held here", s, c->name);
+    return sh;
+}
+
+int nl_collection_shard_held(const nl_collection *c, uint32_t s)
+{
+    return s < c->cfg.shards && shard_at(c, s) != NULL;
+}
+
+int nl_collection_shard_attach(nl_collection *c, uint32_t s)
+{
+    if (s >= c->cfg.shards)
+        return nl_fail(NL_EINVAL, "shard %u of a collection of %u shards", s, c->cfg.shards);
+    nl_db *db = c->db;
+    pthread_mutex_lock(&db->mu);
+    int rc = c->dropped ? nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", c->name) : 0;
+    if (!rc && !c->shards[s]) {
+        char sdir[4400];
+        struct stat st;
+        snprintf(sdir, sizeof sdir, "%s/%u", c->dir, s);
+        nl_shard *sh = NULL;
+        if (stat(sdir, &st) == 0) {
+            rc = nl_shard_open(sdir, &db->opt, &sh);
+        } else {
+            nl_shard_config sc;
+            to_shard_config(&c->cfg, &sc);
+            nl_shard *tmp;
+            nl_db_options o = db->opt;
+            o.no_background = 1;
+            char tdir[4500];
+            snprintf(tdir, sizeof tdir, "%s/.tmp-shard-%u", c->dir, s);
+            nl_remove_tree(tdir);
+            /* assembled aside and renamed, so a crash never leaves half a shard */
+            if ((rc = nl_shard_create(tdir, &sc, &o, &tmp)) == 0) {
+                nl_shard_close(tmp);
+                if (rename(tdir, sdir) != 0)
+                    rc = nl_fail(-errno, "cannot publish %s: %s", sdir, strerror(errno));
+                else
+                    nl_fsync_dir(c->dir);
+            }
+            if (rc)
+                nl_remove_tree(tdir);
+            else
+                rc = nl_shard_open(sdir, &db->opt, &sh);
+        }
+        if (!rc)
+            __atomic_store_n(&c->shards[s], sh, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&db->mu);
+    return rc;
 }
 
 /* Calls on a dropped collection fail; shards are NULL once the drop closed them. */
@@ -345,6 +451,16 @@ static int live(const nl_collection *c)
     return ok ? 0 : nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", c->name);
 }
 
+/* Any held shard (for checks that only need the configuration), or NULL. */
+static nl_shard *any_shard(const nl_collection *c)
+{
+    for (uint32_t s = 0; s < c->cfg.shards; s++)
+        if (shard_at(c, s))
+            return shard_at(c, s);
+    nl_fail(NL_ENOTFOUND, "no shard of '%s' is held here", c->name);
+    return NULL;
+}
+
 int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
 {
     int rc = live(c);
@@ -352,11 +468,17 @@ int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
         return rc;
     if (!pts)
         return nl_fail(NL_EINVAL, "no points");
+    nl_shard *first = any_shard(c);
+    if (!first)
+        return NL_ENOTFOUND;
     if (c->cfg.shards == 1)
-        return nl_shard_upsert(c->shards[0], pts, n);
-    /* The whole batch is checked before any shard writes. */
-    if ((rc = nl_shard_validate(c->shards[0], pts, n)) != 0)
+        return nl_shard_upsert(first, pts, n);
+    /* The whole batch is checked, and every shard it needs found, before any shard writes. */
+    if ((rc = nl_shard_validate(first, pts, n)) != 0)
         return rc;
+    for (size_t i = 0; i < n; i++)
+        if (!held_shard(c, shard_of(c, &pts[i].id)))
+            return NL_ENOTFOUND;
     nl_point *part = malloc(sizeof *part * n);
     if (!part)
         return -ENOMEM;
@@ -366,10 +488,26 @@ int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
             if (shard_of(c, &pts[i].id) == s)
                 part[m++] = pts[i];
         if (m)
-            rc = nl_shard_upsert(c->shards[s], part, m);
+            rc = nl_shard_upsert(shard_at(c, s), part, m);
     }
     free(part);
     return rc;
+}
+
+int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
+{
+    int rc = live(c);
+    if (rc || n == 0)
+        return rc;
+    nl_shard *sh = held_shard(c, s);
+    if (!sh)
+        return NL_ENOTFOUND;
+    if (!pts)
+        return nl_fail(NL_EINVAL, "no points");
+    for (size_t i = 0; i < n; i++)
+        if (shard_of(c, &pts[i].id) != s) /* a misrouted write would be unreachable by get */
+            return nl_fail(NL_EINVAL, "point %zu belongs to shard %u, not %u", i, shard_of(c, &pts[i].id), s);
+    return nl_shard_upsert(sh, pts, n);
 }
 
 int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t *deleted)
@@ -383,10 +521,25 @@ int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t 
         return nl_fail(NL_EINVAL, "delete by filter: no filter");
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
         size_t d = 0;
-        if ((rc = nl_shard_delete_by_filter(c->shards[s], f, &d)) == 0 && deleted)
+        if (shard_at(c, s) && (rc = nl_shard_delete_by_filter(shard_at(c, s), f, &d)) == 0 && deleted)
             *deleted += d;
     }
     return rc;
+}
+
+int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_filter *f, size_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    int rc = live(c);
+    if (rc)
+        return rc;
+    nl_shard *sh = held_shard(c, s);
+    if (!sh)
+        return NL_ENOTFOUND;
+    if (!f)
+        return nl_fail(NL_EINVAL, "delete by filter: no filter");
+    return nl_shard_delete_by_filter(sh, f, deleted);
 }
 
 int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
@@ -396,8 +549,11 @@ int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *d
     int rc = live(c);
     if (rc || n == 0)
         return rc;
+    for (size_t i = 0; i < n; i++)
+        if (!held_shard(c, shard_of(c, &ids[i])))
+            return NL_ENOTFOUND;
     if (c->cfg.shards == 1)
-        return nl_shard_delete(c->shards[0], ids, n, deleted);
+        return nl_shard_delete(shard_at(c, 0), ids, n, deleted);
     nl_id *part = malloc(sizeof *part * n);
     if (!part)
         return -ENOMEM;
@@ -406,11 +562,27 @@ int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *d
         for (size_t i = 0; i < n; i++)
             if (shard_of(c, &ids[i]) == s)
                 part[m++] = ids[i];
-        if (m && (rc = nl_shard_delete(c->shards[s], part, m, &d)) == 0 && deleted)
+        if (m && (rc = nl_shard_delete(shard_at(c, s), part, m, &d)) == 0 && deleted)
             *deleted += d;
     }
     free(part);
     return rc;
+}
+
+int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, size_t n, size_t *deleted)
+{
+    if (deleted)
+        *deleted = 0;
+    int rc = live(c);
+    if (rc || n == 0)
+        return rc;
+    nl_shard *sh = held_shard(c, s);
+    if (!sh)
+        return NL_ENOTFOUND;
+    for (size_t i = 0; i < n; i++)
+        if (shard_of(c, &ids[i]) != s)
+            return nl_fail(NL_EINVAL, "id %zu belongs to shard %u, not %u", i, shard_of(c, &ids[i]), s);
+    return nl_shard_delete(sh, ids, n, deleted);
 }
 
 int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
@@ -418,7 +590,8 @@ int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta
     int rc = live(c);
     if (rc)
         return rc;
-    return nl_shard_get(c->shards[shard_of(c, id)], id, vec, meta, meta_len);
+    nl_shard *sh = held_shard(c, shard_of(c, id));
+    return sh ? nl_shard_get(sh, id, vec, meta, meta_len) : NL_ENOTFOUND;
 }
 
 int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
@@ -428,7 +601,8 @@ int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, s
     int rc = live(c);
     if (rc)
         return rc;
-    return nl_shard_get_metadata(c->shards[shard_of(c, id)], id, meta, meta_len);
+    nl_shard *sh = held_shard(c, shard_of(c, id));
+    return sh ? nl_shard_get_metadata(sh, id, meta, meta_len) : NL_ENOTFOUND;
 }
 
 static int hit_cmp(const void *a, const void *b)
@@ -437,8 +611,9 @@ static int hit_cmp(const void *a, const void *b)
     return x->dist < y->dist ? -1 : x->dist > y->dist;
 }
 
-int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
-                               nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
+/* The search of nl_collection_search_batch over the shards in which[0..S). */
+static int search_shards(nl_collection *c, const uint32_t *which, uint32_t S, const float *qs, size_t nq,
+                         const nl_search_params *p, nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
 {
     int rc = live(c);
     if (rc)
@@ -450,9 +625,15 @@ int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, con
     for (size_t i = 0; i < nq * c->cfg.dim; i++)
         if (!isfinite(qs[i]))
             return nl_fail(NL_EBADVALUE, "query %zu: value %zu is NaN or Inf", i / c->cfg.dim, i % c->cfg.dim);
-    if (c->cfg.shards == 1)
-        return nl_shard_search_batch(c->shards[0], qs, nq, p, hits, counts, stats);
-    uint32_t k = p->k, S = c->cfg.shards;
+    if (S == 0) {
+        memset(counts, 0, sizeof *counts * nq);
+        if (stats)
+            memset(stats, 0, sizeof *stats * nq);
+        return 0;
+    }
+    if (S == 1)
+        return nl_shard_search_batch(shard_at(c, which[0]), qs, nq, p, hits, counts, stats);
+    uint32_t k = p->k;
     nl_hit *all = malloc(sizeof *all * k * S * (nq ? nq : 1));
     uint32_t *cnt = malloc(sizeof *cnt * S * (nq ? nq : 1));
     nl_query_stats *st = stats ? calloc(nq ? nq : 1, sizeof *st) : NULL;
@@ -470,7 +651,7 @@ int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, con
             rc = -ENOMEM;
             break;
         }
-        if ((rc = nl_shard_search_batch(c->shards[s], qs, nq, p, tmp, cnt + (size_t)s * nq, st)) != 0)
+        if ((rc = nl_shard_search_batch(shard_at(c, which[s]), qs, nq, p, tmp, cnt + (size_t)s * nq, st)) != 0)
             break;
         for (size_t q = 0; q < nq; q++) {
             memcpy(all + (q * S + s) * k, tmp + q * k, sizeof *tmp * cnt[(size_t)s * nq + q]);
@@ -503,6 +684,25 @@ int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, con
     return rc;
 }
 
+int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
+                               nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
+{
+    uint32_t which[NL_MAX_SHARDS], S = 0;
+    for (uint32_t s = 0; s < c->cfg.shards; s++)
+        if (shard_at(c, s))
+            which[S++] = s;
+    return search_shards(c, which, S, qs, nq, p, hits, counts, stats);
+}
+
+int nl_collection_shard_search_batch(nl_collection *c, uint32_t s, const float *qs, size_t nq,
+                                     const nl_search_params *p, nl_hit *hits, uint32_t *counts,
+                                     nl_query_stats *stats)
+{
+    if (!held_shard(c, s))
+        return NL_ENOTFOUND;
+    return search_shards(c, &s, 1, qs, nq, p, hits, counts, stats);
+}
+
 int nl_collection_search(nl_collection *c, const float *q, const nl_search_params *p, nl_hit *hits,
                          nl_query_stats *stats)
 {
@@ -517,7 +717,8 @@ int nl_collection_flush(nl_collection *c)
 {
     int rc = live(c);
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++)
-        rc = nl_shard_flush(c->shards[s]);
+        if (shard_at(c, s))
+            rc = nl_shard_flush(shard_at(c, s));
     return rc;
 }
 
@@ -528,46 +729,68 @@ int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, n
     uint64_t t0 = nl_now_ns();
     int rc = live(c);
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++)
-        rc = nl_shard_compact(c->shards[s], mode, dry_run, &r);
+        if (shard_at(c, s))
+            rc = nl_shard_compact(shard_at(c, s), mode, dry_run, &r);
     r.seconds = (double)(nl_now_ns() - t0) / 1e9;
     if (rep)
         *rep = r;
     return rc;
 }
 
+static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int first)
+{
+    st->points += x->points;
+    st->fresh_points += x->fresh_points;
+    st->segments += x->segments;
+    st->segment_points += x->segment_points;
+    st->tombstones += x->tombstones;
+    st->disk_bytes += x->disk_bytes;
+    st->ram_bytes += x->ram_bytes;
+    st->flushes += x->flushes;
+    st->compactions += x->compactions;
+    st->flush_seconds += x->flush_seconds;
+    st->compaction_seconds += x->compaction_seconds;
+    st->write_waits += x->write_waits;
+    st->search_retries += x->search_retries;
+    st->search_exhaustive += x->search_exhaustive;
+    st->store_sst_bytes += x->store_sst_bytes;
+    st->store_memtable_bytes += x->store_memtable_bytes;
+    st->store_pending_compaction_bytes += x->store_pending_compaction_bytes;
+    st->store_running_compactions += x->store_running_compactions;
+    st->store_keys += x->store_keys;
+    st->store_block_cache_bytes += x->store_block_cache_bytes;
+    st->cached_nodes += x->cached_nodes;
+    st->direct_io = first ? x->direct_io : st->direct_io && x->direct_io;
+    if (x->background_error)
+        st->background_error = x->background_error;
+}
+
 int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
-    int rc = live(c);
+    int rc = live(c), first = 1;
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
+        if (!shard_at(c, s))
+            continue;
         nl_collection_stats x;
-        nl_shard_stats(c->shards[s], &x);
-        st->points += x.points;
-        st->fresh_points += x.fresh_points;
-        st->segments += x.segments;
-        st->segment_points += x.segment_points;
-        st->tombstones += x.tombstones;
-        st->disk_bytes += x.disk_bytes;
-        st->ram_bytes += x.ram_bytes;
-        st->flushes += x.flushes;
-        st->compactions += x.compactions;
-        st->flush_seconds += x.flush_seconds;
-        st->compaction_seconds += x.compaction_seconds;
-        st->write_waits += x.write_waits;
-        st->search_retries += x.search_retries;
-        st->search_exhaustive += x.search_exhaustive;
-        st->store_sst_bytes += x.store_sst_bytes;
-        st->store_memtable_bytes += x.store_memtable_bytes;
-        st->store_pending_compaction_bytes += x.store_pending_compaction_bytes;
-        st->store_running_compactions += x.store_running_compactions;
-        st->store_keys += x.store_keys;
-        st->store_block_cache_bytes += x.store_block_cache_bytes;
-        st->cached_nodes += x.cached_nodes;
-        st->direct_io = s == 0 ? x.direct_io : st->direct_io && x.direct_io;
-        if (x.background_error)
-            st->background_error = x.background_error;
+        nl_shard_stats(shard_at(c, s), &x);
+        stats_add(st, &x, first);
+        first = 0;
     }
     return rc;
+}
+
+int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    int rc = live(c);
+    if (rc)
+        return rc;
+    nl_shard *sh = held_shard(c, s);
+    if (!sh)
+        return NL_ENOTFOUND;
+    nl_shard_stats(sh, st);
+    return 0;
 }
 
 int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
@@ -576,7 +799,9 @@ int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
     memset(&r, 0, sizeof r);
     int rc = live(c);
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
-        rc = nl_shard_verify(c->shards[s], &r);
+        if (!shard_at(c, s))
+            continue;
+        rc = nl_shard_verify(shard_at(c, s), &r);
         if (rc == NL_ECORRUPT)
             nl_fail(rc, "shard %u: %s", s, nl_errdetail());
     }

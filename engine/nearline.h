@@ -194,6 +194,36 @@ int nl_collection_search(nl_collection *c, const float *q, const nl_search_param
 int nl_collection_search_batch(nl_collection *c, const float *queries, size_t nq, const nl_search_params *p,
                                nl_hit *hits, uint32_t *counts, nl_query_stats *stats);
 
+/* ---------------------------------------------------------------- single shards
+ *
+ * What a cluster node uses: it holds some shards of a collection, not all (the shard map
+ * says which), and the router sends it one shard's part of each request. The engine knows
+ * nothing of the cluster; it only offers collections that hold a subset of their shards.
+ * Whole-collection calls on such a collection work on the shards held (upsert, delete and
+ * get fail with NL_ENOTFOUND for a point whose shard is not held); search merges them. */
+
+/* The shard (0..shards-1) of an id: FNV-1a 64 of its store key modulo shards. The one
+ * function that places points, shared by the engine and the cluster's router. */
+uint32_t nl_shard_of(const nl_id *id, uint32_t shards);
+/* Creates a collection holding only shards held[0..nheld) (nheld may be 0); otherwise as
+ * nl_collection_create. */
+int nl_collection_create_shards(nl_db *db, const char *name, const nl_collection_config *cfg, const uint32_t *held,
+                                size_t nheld);
+/* Opens shard s of a collection created by nl_collection_create_shards, creating it empty
+ * when its directory is missing. 0 when it is (already) held. Safe beside calls on other
+ * threads. */
+int nl_collection_shard_attach(nl_collection *c, uint32_t s);
+/* 1 when shard s is held here. */
+int nl_collection_shard_held(const nl_collection *c, uint32_t s);
+/* The calls above on shard s only. A point or id of another shard is NL_EINVAL (nothing
+ * written); a shard not held is NL_ENOTFOUND. */
+int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n);
+int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, size_t n, size_t *deleted);
+int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_filter *f, size_t *deleted);
+int nl_collection_shard_search_batch(nl_collection *c, uint32_t s, const float *queries, size_t nq,
+                                     const nl_search_params *p, nl_hit *hits, uint32_t *counts,
+                                     nl_query_stats *stats);
+
 /* ---------------------------------------------------------------- maintenance */
 
 /* Writes every acknowledged fresh point to segments now (waits for it). */
@@ -240,6 +270,8 @@ typedef struct {
 } nl_collection_stats;
 
 int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st);
+/* The same for shard s alone (NL_ENOTFOUND when not held). */
+int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats *st);
 
 typedef struct {
     uint64_t segments_checked;

@@ -330,6 +330,67 @@ Test(engine, sharded_collection_routes_and_merges)
     nl_db_close(db);
 }
 
+/* A collection holding shards 1 and 3 of 4 (what a cluster node holds): per-shard calls
+ * route, refuse misrouted points, whole-collection calls work on the held shards only,
+ * attach adds a shard, and a reopen finds exactly the shards that were held. */
+Test(engine, partial_collection_holds_some_shards)
+{
+    nl_db *db;
+    nl_db_options o = {.no_background = 1, .threads = 2};
+    cr_assert_eq(nl_db_open(dir, &o, &db), 0, "%s", nl_errdetail());
+    nl_collection_config cfg = {.dim = D, .metric = NL_METRIC_L2, .dtype = NL_DTYPE_F32, .shards = 4, .R = 24,
+                                .L = 48, .pq_bytes = 8, .fresh_capacity = 2000};
+    uint32_t held[] = {1, 3};
+    cr_assert_eq(nl_collection_create_shards(db, "c", &cfg, held, 2), 0, "%s", nl_errdetail());
+    nl_collection *c;
+    cr_assert_eq(nl_collection_open(db, "c", &c), 0, "%s", nl_errdetail());
+    cr_assert(!nl_collection_shard_held(c, 0) && nl_collection_shard_held(c, 1) && !nl_collection_shard_held(c, 2));
+    float v[D];
+    size_t n1 = 0, n3 = 0;
+    for (uint64_t i = 0; i < 400; i++) {
+        nl_id id = {.num = i};
+        uint32_t s = nl_shard_of(&id, 4);
+        vec_for(i, v);
+        nl_point p = {.id = id, .vector = v, .dim = D};
+        if (s == 1 || s == 3) {
+            cr_assert_eq(nl_collection_shard_upsert(c, s, &p, 1), 0, "%s", nl_errdetail());
+            cr_assert_eq(nl_collection_shard_upsert(c, s ^ 2, &p, 1), NL_EINVAL); /* misrouted */
+            s == 1 ? n1++ : n3++;
+        } else {
+            cr_assert_eq(nl_collection_upsert(c, &p, 1), NL_ENOTFOUND);
+            cr_assert_eq(nl_collection_shard_upsert(c, s, &p, 1), NL_ENOTFOUND);
+        }
+    }
+    cr_assert(n1 > 50 && n3 > 50);
+    nl_collection_stats st;
+    cr_assert_eq(nl_collection_stats_get(c, &st), 0);
+    cr_assert_eq(st.points, n1 + n3);
+    cr_assert_eq(nl_collection_shard_stats(c, 1, &st), 0);
+    cr_assert_eq(st.points, n1);
+    /* one shard's search sees only its points; the collection's merges both */
+    nl_hit h[10];
+    uint32_t cnt;
+    nl_search_params sp = {.k = 10, .L = 64};
+    vec_for(424242, v);
+    cr_assert_eq(nl_collection_shard_search_batch(c, 1, v, 1, &sp, h, &cnt, NULL), 0);
+    cr_assert_eq(cnt, 10);
+    for (uint32_t i = 0; i < cnt; i++) {
+        nl_id id = {.num = h[i].num};
+        cr_assert_eq(nl_shard_of(&id, 4), 1);
+    }
+    cr_assert_eq(nl_collection_shard_search_batch(c, 2, v, 1, &sp, h, &cnt, NULL), NL_ENOTFOUND);
+    cr_assert_eq(nl_collection_search(c, v, &sp, h, NULL), 10);
+    cr_assert_eq(nl_collection_shard_attach(c, 2), 0, "%s", nl_errdetail());
+    cr_assert(nl_collection_shard_held(c, 2));
+    cr_assert_eq(nl_collection_shard_attach(c, 4), NL_EINVAL);
+    c = reopen(&db, c, 1);
+    cr_assert(!nl_collection_shard_held(c, 0) && nl_collection_shard_held(c, 2) && nl_collection_shard_held(c, 3));
+    cr_assert_eq(nl_collection_stats_get(c, &st), 0);
+    cr_assert_eq(st.points, n1 + n3);
+    nl_collection_close(c);
+    nl_db_close(db);
+}
+
 Test(engine, writers_wait_for_background_flushes_instead_of_growing)
 {
     nl_db *db;
