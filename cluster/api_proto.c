@@ -58,6 +58,10 @@ static json_t *search_json(const Nearline__SearchRequest *q, int *ok)
         json_object_set_new(o, "L", json_integer(q->l));
     if (q->without_metadata)
         json_object_set_new(o, "with_metadata", json_false());
+    if (q->beam)
+        json_object_set_new(o, "beam", json_integer(q->beam));
+    if (q->plan)
+        json_object_set_new(o, "plan", json_string(q->plan == 1 ? "graph" : q->plan == 2 ? "scan" : "bad"));
     json_t *f = text_json(q->filter, ok);
     if (f)
         json_object_set_new(o, "filter", f);
@@ -136,6 +140,9 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
             if (q0->k) json_object_set_new(out, "k", json_integer(q0->k));
             if (q0->l) json_object_set_new(out, "L", json_integer(q0->l));
             if (q0->without_metadata) json_object_set_new(out, "with_metadata", json_false());
+            if (q0->beam) json_object_set_new(out, "beam", json_integer(q0->beam));
+            if (q0->plan)
+                json_object_set_new(out, "plan", json_string(q0->plan == 1 ? "graph" : q0->plan == 2 ? "scan" : "bad"));
         }
         nearline__batch_search_request__free_unpacked(m, NULL);
         break;
@@ -180,6 +187,24 @@ static int keep(char ***texts, size_t *n, void *p)
     }
     *texts = t;
     t[(*n)++] = p;
+    return 0;
+}
+
+/* "partial" and "missing_shards" of a cluster answer; the array kept in *texts. */
+static int partial_from(json_t *body, protobuf_c_boolean *partial, size_t *n, uint32_t **miss, char ***texts,
+                        size_t *ntexts)
+{
+    json_t *ms = json_object_get(body, "missing_shards");
+    *partial = json_is_true(json_object_get(body, "partial"));
+    *n = json_array_size(ms);
+    *miss = NULL;
+    if (!*n)
+        return 0;
+    *miss = calloc(*n, sizeof **miss);
+    if (!*miss || keep(texts, ntexts, *miss))
+        return -ENOMEM;
+    for (size_t i = 0; i < *n; i++)
+        (*miss)[i] = (uint32_t)json_integer_value(json_array_get(ms, i));
     return 0;
 }
 
@@ -243,6 +268,8 @@ int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **ou
     } else if (ep == NL_API_SEARCH) {
         s.took_us = (uint64_t)json_integer_value(json_object_get(body, "took_us"));
         rc = results_from(json_object_get(body, "results"), &s, &texts, &ntexts);
+        if (!rc)
+            rc = partial_from(body, &s.partial, &s.n_missing_shards, &s.missing_shards, &texts, &ntexts);
         msg = &s.base;
     } else if (ep == NL_API_SEARCH_BATCH) {
         json_t *all = json_object_get(body, "results");
@@ -258,6 +285,8 @@ int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **ou
             rc = results_from(json_array_get(all, i), &subs[i], &texts, &ntexts);
             bs.responses[i] = &subs[i];
         }
+        if (!rc)
+            rc = partial_from(body, &bs.partial, &bs.n_missing_shards, &bs.missing_shards, &texts, &ntexts);
         msg = &bs.base;
     } else {
         return NL_EUNSUPPORTED;

@@ -21,6 +21,7 @@
 #include <stdio.h>
 
 #include "nearline.h"
+#include "nl_cluster.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,6 +42,9 @@ typedef struct {
     uint32_t threads;          /* pool size; 0 = 4 x CPUs, at least 16 (searches wait on disk) */
     int log_level;             /* NL_LOG_*; messages below it are dropped */
     FILE *log;                 /* NULL = stderr */
+    nl_cluster *cluster;       /* cluster mode (borrowed; outlives the server): collections
+                                * from ZooKeeper, points and searches through the router,
+                                * and the /internal endpoints; NULL = one node */
 } nl_server_options;
 
 typedef struct nl_server nl_server;
@@ -50,6 +54,9 @@ typedef struct nl_server nl_server;
 int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out);
 /* The port actually bound (useful with port 0 in tests: not supported; returns opt's). */
 uint16_t nl_server_port(const nl_server *s);
+/* A log line in the server's format from another module (fields: the inside of a JSON
+ * object), at level NL_LOG_*. Usable as an nl_cluster_log_fn with ctx = the server. */
+void nl_server_log(void *server, int level, const char *fields);
 /* Stops accepting connections and marks the server not ready; requests in flight go on. */
 void nl_server_quiesce(nl_server *s);
 /* Requests still being served. */

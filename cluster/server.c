@@ -34,6 +34,7 @@
 #include <microhttpd.h>
 
 #include "api_proto.h"
+#include "nl_cluster.h"
 #include "nl_filter.h"
 #include "nl_server.h"
 #include "nl_util.h"
@@ -42,11 +43,12 @@
 
 enum {
     EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_LIST, EP_CREATE, EP_DESCRIBE, EP_DROP, EP_UPSERT, EP_DELETE,
-    EP_GET, EP_SEARCH, EP_SEARCH_BATCH, EP_OTHER, EP_COUNT
+    EP_GET, EP_SEARCH, EP_SEARCH_BATCH, EP_INTERNAL, EP_INTERNAL_SEARCH, EP_OTHER, EP_COUNT
 };
 static const char *const ep_names[EP_COUNT] = {"healthz", "readyz", "metrics", "list_collections",
                                                "create_collection", "describe_collection", "drop_collection",
-                                               "upsert", "delete", "get", "search", "search_batch", "other"};
+                                               "upsert", "delete", "get", "search", "search_batch", "internal",
+                                               "internal_search", "other"};
 static const int codes[] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 503};
 #define NCODES ((int)(sizeof codes / sizeof codes[0]))
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
@@ -95,6 +97,12 @@ typedef struct {
     int proto_in, proto_out; /* protobuf body / protobuf answer wanted */
     char method[8];
     char path[256];
+    /* the collection the request names: its config (local, or the cluster's), and in an
+     * internal call the one shard it is for (-1: all) */
+    const char *cname;
+    nl_collection_config ccfg;
+    int shard;
+    const char *traceparent;
 } req;
 
 /* ---------------------------------------------------------------- logging */
@@ -120,6 +128,8 @@ static void logf_(nl_server *s, int level, const char *fmt, ...)
     fflush(s->opt.log);
     pthread_mutex_unlock(&s->logmu);
 }
+
+void nl_server_log(void *server, int level, const char *fields) { logf_(server, level, "%s", fields); }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
@@ -322,6 +332,43 @@ static int u32_field(json_t *obj, const char *key, uint32_t lo, uint32_t hi, uin
 
 /* ---------------------------------------------------------------- endpoints */
 
+/* The router's context of a request; search bodies may set the deadline and completeness. */
+static nl_cluster_call cluster_call(req *r, json_t *body, uint32_t def_ms)
+{
+    json_t *t = json_object_get(body, "timeout_ms"), *rc = json_object_get(body, "require_complete");
+    nl_cluster_call k = {.request_id = r->rid, .traceparent = r->traceparent, .timeout_ms = def_ms};
+    if (json_is_integer(t) && json_integer_value(t) >= 1 && json_integer_value(t) <= 600000)
+        k.timeout_ms = (uint32_t)json_integer_value(t);
+    k.require_complete = json_is_true(rc);
+    return k;
+}
+
+/* A cluster answer: errors get the request id like every other error. */
+static enum MHD_Result send_cluster(struct MHD_Connection *c, req *r, int status, json_t **outp)
+{
+    /* *outp is read here, after the call that fills it (an argument of this call) ran */
+    json_t *body = *outp;
+    json_t *e = json_object_get(body, "error");
+    if (json_is_object(e))
+        json_object_set_new(e, "request_id", json_string(r->rid));
+    return send_json(c, r, status, body ? body : json_object());
+}
+
+/* Bad "timeout_ms" / "require_complete" in a search body: 400 queued, returns 1. */
+static int bad_call_fields(json_t *j, struct MHD_Connection *c, req *r, enum MHD_Result *res)
+{
+    json_t *t = json_object_get(j, "timeout_ms"), *rc = json_object_get(j, "require_complete");
+    if (t && (!json_is_integer(t) || json_integer_value(t) < 1 || json_integer_value(t) > 600000)) {
+        *res = send_error(c, r, 400, "bad_request", "\"timeout_ms\" must be an integer in 1..600000");
+        return 1;
+    }
+    if (rc && !json_is_boolean(rc)) {
+        *res = send_error(c, r, 400, "bad_request", "\"require_complete\" must be true or false");
+        return 1;
+    }
+    return 0;
+}
+
 static json_t *describe_json(nl_collection *h)
 {
     nl_collection_config cfg;
@@ -340,47 +387,61 @@ static json_t *describe_json(nl_collection *h)
                      (json_int_t)st.search_retries, "search_exhaustive", (json_int_t)st.search_exhaustive);
 }
 
+/* The config of a create body; 0, or -1 with the 400 queued. Cluster mode: shards
+ * default to 8 and replicas may be given (1 until replication is built). */
+static int create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t *j, nl_collection_config *cfg,
+                         uint32_t *replicas, enum MHD_Result *res)
+{
+    static const char *const top[] = {"dim", "metric", "dtype", "shards", "replicas", "index", NULL};
+    static const char *const idx[] = {"R", "L", "alpha", "pq_bytes", "fresh_capacity", NULL};
+    const char *bad;
+    memset(cfg, 0, sizeof *cfg);
+    json_t *ix = json_object_get(j, "index");
+    json_t *metric = json_object_get(j, "metric"), *dtype = json_object_get(j, "dtype");
+    if (unknown_key(j, top, &bad))
+        *res = send_error(c, r, 400, "bad_request", "unknown field \"%s\" (expected dim, metric, dtype, shards, "
+                          "replicas, index)", bad);
+    else if (u32_field(j, "dim", 1, 65535, 0, &cfg->dim) || cfg->dim == 0)
+        *res = send_error(c, r, 400, "bad_request", "\"dim\" must be an integer in 1..65535");
+    else if (metric && (!json_is_string(metric) || nl_metric_parse(json_string_value(metric), &cfg->metric)))
+        *res = send_error(c, r, 400, "bad_request", "\"metric\" must be \"l2\", \"ip\" or \"cosine\"");
+    else if (dtype && (!json_is_string(dtype) || nl_dtype_parse(json_string_value(dtype), &cfg->dtype)))
+        *res = send_error(c, r, 400, "bad_request", "\"dtype\" must be \"f32\", \"f16\", \"u8\" or \"i8\"");
+    else if (u32_field(j, "shards", 1, NL_MAX_SHARDS, s->opt.cluster ? 8 : 1, &cfg->shards))
+        *res = send_error(c, r, 400, "bad_request", "\"shards\" must be an integer in 1..%d", NL_MAX_SHARDS);
+    else if (u32_field(j, "replicas", 1, 1, 1, replicas))
+        *res = send_error(c, r, 400, "bad_request", "\"replicas\" must be 1: replication is not built yet");
+    else if (ix && !json_is_object(ix))
+        *res = send_error(c, r, 400, "bad_request", "\"index\" must be an object");
+    else if (ix && unknown_key(ix, idx, &bad))
+        *res = send_error(c, r, 400, "bad_request", "unknown field \"index.%s\" (expected R, L, alpha, pq_bytes, "
+                          "fresh_capacity)", bad);
+    else if (ix && (u32_field(ix, "R", 1, 1024, 0, &cfg->R) || u32_field(ix, "L", 1, NL_MAX_K, 0, &cfg->L) ||
+                    u32_field(ix, "pq_bytes", 1, 65535, 0, &cfg->pq_bytes) ||
+                    u32_field(ix, "fresh_capacity", 1, 100000000, 0, &cfg->fresh_capacity)))
+        *res = send_error(c, r, 400, "bad_request", "index parameters out of range (R 1..1024, L 1..%d)", NL_MAX_K);
+    else if (ix && json_object_get(ix, "alpha") && !json_is_number(json_object_get(ix, "alpha")))
+        *res = send_error(c, r, 400, "bad_request", "\"index.alpha\" must be a number");
+    else {
+        if (ix && json_object_get(ix, "alpha"))
+            cfg->alpha = (float)json_number_value(json_object_get(ix, "alpha"));
+        int rc = nl_collection_config_defaults(cfg);
+        if (!rc)
+            return 0;
+        *res = send_engine_error(c, r, rc, "collection config");
+    }
+    return -1;
+}
+
 static enum MHD_Result ep_create(nl_server *s, struct MHD_Connection *c, req *r, const char *name)
 {
     enum MHD_Result res;
     json_t *j = parse_body(c, r, &res);
     if (!j)
         return res;
-    static const char *const top[] = {"dim", "metric", "dtype", "shards", "replicas", "index", NULL};
-    static const char *const idx[] = {"R", "L", "alpha", "pq_bytes", "fresh_capacity", NULL};
-    const char *bad;
-    nl_collection_config cfg = {0};
-    json_t *ix = json_object_get(j, "index");
-    json_t *metric = json_object_get(j, "metric"), *dtype = json_object_get(j, "dtype");
+    nl_collection_config cfg;
     uint32_t replicas;
-    if (unknown_key(j, top, &bad))
-        res = send_error(c, r, 400, "bad_request", "unknown field \"%s\" (expected dim, metric, dtype, shards, "
-                         "replicas, index)", bad);
-    else if (u32_field(j, "dim", 1, 65535, 0, &cfg.dim) || cfg.dim == 0)
-        res = send_error(c, r, 400, "bad_request", "\"dim\" must be an integer in 1..65535");
-    else if (metric && (!json_is_string(metric) || nl_metric_parse(json_string_value(metric), &cfg.metric)))
-        res = send_error(c, r, 400, "bad_request", "\"metric\" must be \"l2\", \"ip\" or \"cosine\"");
-    else if (dtype && (!json_is_string(dtype) || nl_dtype_parse(json_string_value(dtype), &cfg.dtype)))
-        res = send_error(c, r, 400, "bad_request", "\"dtype\" must be \"f32\", \"f16\", \"u8\" or \"i8\"");
-    else if (u32_field(j, "shards", 1, NL_MAX_SHARDS, 1, &cfg.shards))
-        res = send_error(c, r, 400, "bad_request", "\"shards\" must be an integer in 1..%d", NL_MAX_SHARDS);
-    else if (u32_field(j, "replicas", 1, 1, 1, &replicas))
-        res = send_error(c, r, 400, "bad_request", "\"replicas\" must be 1 on a single node (replication needs "
-                         "cluster mode, not built yet)");
-    else if (ix && !json_is_object(ix))
-        res = send_error(c, r, 400, "bad_request", "\"index\" must be an object");
-    else if (ix && unknown_key(ix, idx, &bad))
-        res = send_error(c, r, 400, "bad_request", "unknown field \"index.%s\" (expected R, L, alpha, pq_bytes, "
-                         "fresh_capacity)", bad);
-    else if (ix && (u32_field(ix, "R", 1, 1024, 0, &cfg.R) || u32_field(ix, "L", 1, NL_MAX_K, 0, &cfg.L) ||
-                    u32_field(ix, "pq_bytes", 1, 65535, 0, &cfg.pq_bytes) ||
-                    u32_field(ix, "fresh_capacity", 1, 100000000, 0, &cfg.fresh_capacity)))
-        res = send_error(c, r, 400, "bad_request", "index parameters out of range (R 1..1024, L 1..%d)", NL_MAX_K);
-    else if (ix && json_object_get(ix, "alpha") && !json_is_number(json_object_get(ix, "alpha")))
-        res = send_error(c, r, 400, "bad_request", "\"index.alpha\" must be a number");
-    else {
-        if (ix && json_object_get(ix, "alpha"))
-            cfg.alpha = (float)json_number_value(json_object_get(ix, "alpha"));
+    if (create_config(s, c, r, j, &cfg, &replicas, &res) == 0) {
         int rc = nl_collection_create(s->db, name, &cfg);
         if (rc) {
             res = send_engine_error(c, r, rc, "create collection");
@@ -416,8 +477,7 @@ static enum MHD_Result ep_upsert(nl_server *s, nl_collection *h, struct MHD_Conn
     json_t *j = parse_body(c, r, &res);
     if (!j)
         return res;
-    nl_collection_config cfg;
-    nl_collection_describe(h, &cfg);
+    nl_collection_config cfg = r->ccfg;
     json_t *pts = json_object_get(j, "points");
     static const char *const top[] = {"points", NULL};
     static const char *const pk[] = {"id", "vector", "metadata", NULL};
@@ -496,8 +556,15 @@ static enum MHD_Result ep_upsert(nl_server *s, nl_collection *h, struct MHD_Conn
             p[i].metadata_len = strlen(metas[i]);
         }
     }
-    if (!done) {
-        int rc = nl_collection_upsert(h, p, n);
+    if (!done && !h) {
+        json_t *out = NULL;
+        nl_cluster_call k = cluster_call(r, NULL, 10000);
+        int st = nl_cluster_upsert(s->opt.cluster, &k, r->cname, p, n, &out);
+        if (st == 200)
+            atomic_fetch_add(&s->m.points_upserted, n);
+        res = send_cluster(c, r, st, &out);
+    } else if (!done) {
+        int rc = r->shard >= 0 ? nl_collection_shard_upsert(h, (uint32_t)r->shard, p, n) : nl_collection_upsert(h, p, n);
         if (rc) {
             res = send_engine_error(c, r, rc, "upsert");
         } else {
@@ -543,9 +610,19 @@ static enum MHD_Result ep_delete(nl_server *s, nl_collection *h, struct MHD_Conn
         int rc = filter_from_json(filter, &f);
         if (rc) {
             res = send_engine_error(c, r, rc, "filter");
+        } else if (!h) {
+            nl_filter_destroy(f);
+            char *text = json_dumps(filter, JSON_COMPACT | JSON_ENCODE_ANY);
+            json_t *out = NULL;
+            nl_cluster_call k = cluster_call(r, NULL, 10000);
+            int st = text ? nl_cluster_delete(s->opt.cluster, &k, r->cname, NULL, 0, text, &out) : 500;
+            free(text);
+            res = (out = out ? out : json_pack("{s:{s:s,s:s}}", "error", "code", "internal",
+                                                              "message", "out of memory"), send_cluster(c, r, st, &out));
         } else {
             size_t deleted = 0;
-            rc = nl_collection_delete_by_filter(h, f, &deleted);
+            rc = r->shard >= 0 ? nl_collection_shard_delete_by_filter(h, (uint32_t)r->shard, f, &deleted)
+                               : nl_collection_delete_by_filter(h, f, &deleted);
             nl_filter_destroy(f);
             atomic_fetch_add(&s->m.points_deleted, deleted);
             res = rc ? send_engine_error(c, r, rc, "delete") :
@@ -568,9 +645,15 @@ static enum MHD_Result ep_delete(nl_server *s, nl_collection *h, struct MHD_Conn
         } else if (i < n) {
             res = send_error(c, r, 400, "bad_request", "ids[%zu] must be an integer >= 0 or a string of 1..%d bytes",
                              i, NL_MAX_ID_BYTES);
+        } else if (!h) {
+            json_t *out = NULL;
+            nl_cluster_call k = cluster_call(r, NULL, 10000);
+            int st = nl_cluster_delete(s->opt.cluster, &k, r->cname, v, n, NULL, &out);
+            res = send_cluster(c, r, st, &out);
         } else {
             size_t deleted = 0;
-            int rc = nl_collection_delete(h, v, n, &deleted);
+            int rc = r->shard >= 0 ? nl_collection_shard_delete(h, (uint32_t)r->shard, v, n, &deleted)
+                                   : nl_collection_delete(h, v, n, &deleted);
             atomic_fetch_add(&s->m.points_deleted, deleted);
             res = rc ? send_engine_error(c, r, rc, "delete") :
                        send_json(c, r, 200, json_pack("{s:I}", "deleted", (json_int_t)deleted));
@@ -593,7 +676,7 @@ static json_t *meta_json(nl_collection *h, const nl_id *id)
     return m ? m : json_null();
 }
 
-static enum MHD_Result ep_get(nl_collection *h, struct MHD_Connection *c, req *r, const char *idtext)
+static enum MHD_Result ep_get(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r, const char *idtext)
 {
     nl_id id = {0};
     const char *type = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "id_type");
@@ -613,8 +696,13 @@ static enum MHD_Result ep_get(nl_collection *h, struct MHD_Connection *c, req *r
         return send_error(c, r, 400, "bad_request", "a point id is an integer or a string of 1..%d bytes",
                           NL_MAX_ID_BYTES);
     }
-    nl_collection_config cfg;
-    nl_collection_describe(h, &cfg);
+    nl_collection_config cfg = r->ccfg;
+    if (!h) {
+        json_t *out = NULL;
+        nl_cluster_call k = cluster_call(r, NULL, 1000);
+        int st = nl_cluster_get(s->opt.cluster, &k, r->cname, &id, &out);
+        return send_cluster(c, r, st, &out);
+    }
     float *vec = malloc(sizeof(float) * cfg.dim);
     char *meta = NULL;
     size_t ml = 0;
@@ -712,11 +800,11 @@ static enum MHD_Result ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
     json_t *j = parse_body(c, r, &res);
     if (!j)
         return res;
-    static const char *const top[] = {"vector", "k", "filter", "L", "beam", "with_metadata", "plan", NULL};
+    static const char *const top[] = {"vector", "k", "filter", "L", "beam", "with_metadata", "plan", "timeout_ms",
+                                      "require_complete", NULL};
     const char *bad;
     search_opts o;
-    nl_collection_config cfg;
-    nl_collection_describe(h, &cfg);
+    nl_collection_config cfg = r->ccfg;
     float *q = malloc(sizeof(float) * cfg.dim);
     nl_filter *f = NULL;
     json_t *fj = json_object_get(j, "filter");
@@ -725,7 +813,7 @@ static enum MHD_Result ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
         res = send_error(c, r, 500, "internal", "out of memory");
     } else if (unknown_key(j, top, &bad)) {
         res = send_error(c, r, 400, "bad_request", "unknown field \"%s\"", bad);
-    } else if (search_opts_from(s, j, c, r, &o, &res)) {
+    } else if (search_opts_from(s, j, c, r, &o, &res) || bad_call_fields(j, c, r, &res)) {
         /* answered */
     } else if ((vr = vector_from_json(json_object_get(j, "vector"), cfg.dim, q)) != 0) {
         res = vr == -2 ? send_error(c, r, 400, "wrong_dimension", "\"vector\" has %zu values; the collection has "
@@ -735,6 +823,14 @@ static enum MHD_Result ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
         int rc = fj && !json_is_null(fj) ? filter_from_json(fj, &f) : 0;
         if (rc) {
             res = send_engine_error(c, r, rc, "filter");
+        } else if (!h) {
+            char *text = f ? json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+            nl_cluster_search_params sp = {o.k, o.L, o.W, o.plan, o.with_meta, text, NULL};
+            nl_cluster_call k = cluster_call(r, j, 1000);
+            json_t *out = NULL;
+            int st = nl_cluster_search(s->opt.cluster, &k, r->cname, q, 1, cfg.dim, &sp, 0, &out);
+            free(text);
+            res = send_cluster(c, r, st, &out);
         } else {
             nl_hit *hits = calloc(o.k, sizeof *hits);
             nl_search_params p = {.k = o.k, .L = o.L, .W = o.W, .filter = f, .plan = o.plan};
@@ -766,11 +862,11 @@ static enum MHD_Result ep_search_batch(nl_server *s, nl_collection *h, struct MH
     json_t *j = parse_body(c, r, &res);
     if (!j)
         return res;
-    static const char *const top[] = {"vectors", "k", "filter", "filters", "L", "beam", "with_metadata", "plan", NULL};
+    static const char *const top[] = {"vectors", "k", "filter", "filters", "L", "beam", "with_metadata", "plan",
+                                      "timeout_ms", "require_complete", NULL};
     const char *bad;
     search_opts o;
-    nl_collection_config cfg;
-    nl_collection_describe(h, &cfg);
+    nl_collection_config cfg = r->ccfg;
     json_t *vs = json_object_get(j, "vectors"), *fj = json_object_get(j, "filter"), *fs = json_object_get(j, "filters");
     size_t nq = json_is_array(vs) ? json_array_size(vs) : 0;
     float *q = NULL;
@@ -782,7 +878,7 @@ static enum MHD_Result ep_search_batch(nl_server *s, nl_collection *h, struct MH
         res = send_error(c, r, 400, "bad_request", "unknown field \"%s\"", bad);
         goto out;
     }
-    if (search_opts_from(s, j, c, r, &o, &res))
+    if (search_opts_from(s, j, c, r, &o, &res) || bad_call_fields(j, c, r, &res))
         goto out;
     if (nq == 0) {
         res = send_error(c, r, 400, "bad_request", "\"vectors\" must be a non-empty array of vectors");
@@ -834,11 +930,27 @@ static enum MHD_Result ep_search_batch(nl_server *s, nl_collection *h, struct MH
             goto out;
         }
     }
-    {
+    if (!h) {
+        char **texts = calloc(nq, sizeof *texts), *ftext = f ? json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        for (size_t i = 0; per && texts && i < nq; i++)
+            if (per[i])
+                texts[i] = json_dumps(json_array_get(fs, i), JSON_COMPACT | JSON_ENCODE_ANY);
+        nl_cluster_search_params sp = {o.k, o.L, o.W, o.plan, o.with_meta, ftext, per ? (const char *const *)texts : NULL};
+        nl_cluster_call k = cluster_call(r, j, 1000);
+        json_t *ans = NULL;
+        int stc = texts ? nl_cluster_search(s->opt.cluster, &k, r->cname, q, nq, cfg.dim, &sp, 1, &ans) : 500;
+        for (size_t i = 0; texts && i < nq; i++)
+            free(texts[i]);
+        free(texts);
+        free(ftext);
+        res = (ans = ans ? ans : json_pack("{s:{s:s,s:s}}", "error", "code", "internal", "message",
+                                                             "out of memory"), send_cluster(c, r, stc, &ans));
+    } else {
         nl_search_params p = {.k = o.k, .L = o.L, .W = o.W, .filter = f, .filters = (const nl_filter *const *)per,
                               .plan = o.plan};
         uint64_t t0 = nl_now_ns();
-        int rc = nl_collection_search_batch(h, q, nq, &p, hits, counts, st);
+        int rc = r->shard >= 0 ? nl_collection_shard_search_batch(h, (uint32_t)r->shard, q, nq, &p, hits, counts, st)
+                               : nl_collection_search_batch(h, q, nq, &p, hits, counts, st);
         uint64_t took = (nl_now_ns() - t0) / 1000;
         if (rc) {
             res = send_engine_error(c, r, rc, "search");
@@ -904,18 +1016,27 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
     }
     uint64_t hops = atomic_load(&m->hops), hits = atomic_load(&m->cache_hits);
     fprintf(f,
+            "# HELP nearline_search_queries_total Queries searched on this node (a batch counts each).\n"
             "# TYPE nearline_search_queries_total counter\nnearline_search_queries_total %llu\n"
+            "# HELP nearline_search_filtered_queries_total Queries with a metadata filter.\n"
             "# TYPE nearline_search_filtered_queries_total counter\nnearline_search_filtered_queries_total %llu\n"
             "# HELP nearline_search_ios_total Sector reads of searches.\n"
             "# TYPE nearline_search_ios_total counter\nnearline_search_ios_total %llu\n"
+            "# HELP nearline_search_nodes_expanded_total Graph nodes expanded by searches.\n"
             "# TYPE nearline_search_nodes_expanded_total counter\nnearline_search_nodes_expanded_total %llu\n"
+            "# HELP nearline_search_cache_hits_total Expanded nodes served by the node cache.\n"
             "# TYPE nearline_search_cache_hits_total counter\nnearline_search_cache_hits_total %llu\n"
             "# HELP nearline_search_cache_hit_ratio Expanded nodes served by the node cache.\n"
             "# TYPE nearline_search_cache_hit_ratio gauge\nnearline_search_cache_hit_ratio %.4f\n"
+            "# HELP nearline_points_upserted_total Points upserted through this node.\n"
             "# TYPE nearline_points_upserted_total counter\nnearline_points_upserted_total %llu\n"
+            "# HELP nearline_points_deleted_total Points deleted through this node.\n"
             "# TYPE nearline_points_deleted_total counter\nnearline_points_deleted_total %llu\n"
+            "# HELP nearline_overloaded_total Requests refused with 503 because max_concurrent were being served.\n"
             "# TYPE nearline_overloaded_total counter\nnearline_overloaded_total %llu\n"
+            "# HELP nearline_body_too_large_total Requests refused with 413.\n"
             "# TYPE nearline_body_too_large_total counter\nnearline_body_too_large_total %llu\n"
+            "# HELP nearline_inflight_requests Requests being served now.\n"
             "# TYPE nearline_inflight_requests gauge\nnearline_inflight_requests %u\n",
             (unsigned long long)atomic_load(&m->queries), (unsigned long long)atomic_load(&m->filtered),
             (unsigned long long)atomic_load(&m->ios), (unsigned long long)hops, (unsigned long long)hits,
@@ -934,6 +1055,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                                         "store_running_compactions", "store_keys", "store_block_cache_bytes",
                                         "search_retries_total", "search_exhaustive_total"};
         for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
+            fprintf(f, "# HELP nearline_collection_%s The engine's %s of the collection (this node's shards).\n",
+                    g[gi], g[gi]);
             fprintf(f, "# TYPE nearline_collection_%s %s\n", g[gi], strstr(g[gi], "_total") ? "counter" : "gauge");
             for (size_t i = 0; i < n; i++) {
                 nl_collection *h;
@@ -956,6 +1079,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
         }
         nl_names_free(names, n);
     }
+    if (s->opt.cluster)
+        nl_cluster_metrics(s->opt.cluster, f);
     fclose(f);
     return send_buffer(c, r, 200, buf, len, "text/plain; version=0.0.4");
 }
@@ -1002,39 +1127,167 @@ static int check_auth(nl_server *s, struct MHD_Connection *c, req *r, int need, 
 
 /* ---------------------------------------------------------------- routing */
 
-/* Splits path into up to 6 segments (in place in buf). */
+/* Splits path into up to 9 segments (in place in buf); 10 when there are more. */
+#define MAXSEG 9
 static int split_path(const char *url, char *buf, size_t cap, char **seg)
 {
     snprintf(buf, cap, "%s", url);
     int n = 0;
     char *save = NULL;
-    for (char *t = strtok_r(buf, "/", &save); t && n < 6; t = strtok_r(NULL, "/", &save))
+    for (char *t = strtok_r(buf, "/", &save); t && n < MAXSEG; t = strtok_r(NULL, "/", &save))
         seg[n++] = t;
-    return strtok_r(NULL, "/", &save) ? 7 : n;
+    return strtok_r(NULL, "/", &save) ? MAXSEG + 1 : n;
+}
+
+/* The points and search endpoints of a collection (seg[0..n) after the collection name);
+ * EP_OTHER when none. *need gets the role. */
+static int points_endpoint(char **seg, int n, int *need)
+{
+    *need = ROLE_READ;
+    if (n == 1 && !strcmp(seg[0], "points")) return *need = ROLE_WRITE, EP_UPSERT;
+    if (n == 2 && !strcmp(seg[0], "points") && !strcmp(seg[1], "delete")) return *need = ROLE_WRITE, EP_DELETE;
+    if (n == 2 && !strcmp(seg[0], "points")) return EP_GET;
+    if (n == 1 && !strcmp(seg[0], "search")) return EP_SEARCH;
+    if (n == 2 && !strcmp(seg[0], "search") && !strcmp(seg[1], "batch")) return EP_SEARCH_BATCH;
+    return EP_OTHER;
+}
+
+static enum MHD_Result run_endpoint(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r, const char *idtext)
+{
+    switch (r->endpoint) {
+    case EP_UPSERT: return ep_upsert(s, h, c, r);
+    case EP_DELETE: return ep_delete(s, h, c, r);
+    case EP_GET: return ep_get(s, h, c, r, idtext);
+    case EP_SEARCH: return ep_search(s, h, c, r);
+    default: return ep_search_batch(s, h, c, r);
+    }
+}
+
+/* /internal/v1/collections/{c}[/shards/{s}[/...]]: calls between cluster nodes. They
+ * carry the cluster key (when one is set) instead of an API key. */
+static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, req *r, char **seg, int n,
+                                      const char *method)
+{
+    nl_cluster *cl = s->opt.cluster;
+    r->endpoint = EP_INTERNAL;
+    if (!cl)
+        return send_error(c, r, 404, "not_found", "this node is not in a cluster");
+    if (!nl_cluster_key_ok(cl, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Nearline-Cluster-Key")))
+        return send_error(c, r, 401, "unauthorized", "internal calls need the cluster key (X-Nearline-Cluster-Key)");
+    if (n < 4 || strcmp(seg[1], "v1") || strcmp(seg[2], "collections"))
+        return send_error(c, r, 404, "not_found", "no such internal endpoint");
+    const char *name = seg[3];
+    if (n == 4) {
+        if (strcmp(method, "DELETE"))
+            return send_error(c, r, 405, "method_not_allowed", "use DELETE");
+        int rc = nl_cluster_local_drop(cl, name);
+        return rc ? send_engine_error(c, r, rc, "drop local copy") : send_json(c, r, 200, json_pack("{s:s}", "dropped", name));
+    }
+    char *end;
+    unsigned long sh = n >= 6 && !strcmp(seg[4], "shards") ? strtoul(seg[5], &end, 10) : NL_MAX_SHARDS;
+    if (sh >= NL_MAX_SHARDS || *end)
+        return send_error(c, r, 404, "not_found", "no such internal endpoint");
+    nl_collection *h;
+    int rc = nl_cluster_local_shard(cl, name, (uint32_t)sh, &h);
+    if (rc)
+        return rc == NL_EUNAVAILABLE ? send_error(c, r, 503, "unavailable", "%s", nl_errdetail())
+                                     : send_engine_error(c, r, rc, "shard");
+    enum MHD_Result res;
+    r->cname = name;
+    r->shard = (int)sh;
+    nl_collection_describe(h, &r->ccfg);
+    int need;
+    if (n == 6) {
+        nl_collection_stats st;
+        nl_collection_shard_stats(h, (uint32_t)sh, &st);
+        res = send_json(c, r, 200, json_pack("{s:i,s:{s:I,s:I,s:I,s:I,s:I}}", "shard", (int)sh, "stats", "points",
+                                             (json_int_t)st.points, "fresh_points", (json_int_t)st.fresh_points,
+                                             "segments", (json_int_t)st.segments, "tombstones",
+                                             (json_int_t)st.tombstones, "disk_bytes", (json_int_t)st.disk_bytes));
+    } else if ((r->endpoint = points_endpoint(seg + 6, n - 6, &need)) == EP_OTHER || r->endpoint == EP_SEARCH) {
+        r->endpoint = EP_INTERNAL;
+        res = send_error(c, r, 404, "not_found", "no such internal endpoint");
+    } else if (strcmp(method, r->endpoint == EP_GET ? "GET" : "POST")) {
+        res = send_error(c, r, 405, "method_not_allowed", "wrong method");
+    } else {
+        res = run_endpoint(s, h, c, r, n > 7 ? seg[7] : NULL);
+        r->endpoint = r->endpoint == EP_SEARCH_BATCH ? EP_INTERNAL_SEARCH : EP_INTERNAL;
+    }
+    nl_collection_close(h);
+    return res;
+}
+
+/* The collection endpoints in cluster mode: configs and maps from ZooKeeper, points and
+ * searches through the router. */
+static enum MHD_Result route_cluster(nl_server *s, struct MHD_Connection *c, req *r, const char *name, char **rest,
+                                     int nrest, const char *method)
+{
+    nl_cluster *cl = s->opt.cluster;
+    enum MHD_Result res;
+    json_t *out = NULL;
+    nl_cluster_call k = {.request_id = r->rid, .traceparent = r->traceparent};
+    if (nrest == 0 && r->endpoint == EP_CREATE) {
+        json_t *j = parse_body(c, r, &res);
+        if (!j)
+            return res;
+        nl_collection_config cfg;
+        uint32_t replicas;
+        if (create_config(s, c, r, j, &cfg, &replicas, &res) == 0)
+            res = send_cluster(c, r, nl_cluster_create(cl, &k, name, &cfg, replicas, &out), &out);
+        json_decref(j);
+        return res;
+    }
+    if (nrest == 0 && r->endpoint == EP_DROP)
+        return send_cluster(c, r, nl_cluster_drop(cl, &k, name, &out), &out);
+    if (nrest == 0)
+        return send_cluster(c, r, nl_cluster_describe(cl, &k, name, &out), &out);
+    int rc = nl_cluster_config(cl, name, &r->ccfg, NULL);
+    if (rc)
+        return rc == NL_ENOTFOUND ? send_error(c, r, 404, "not_found", "no collection named \"%s\"", name)
+                                  : send_engine_error(c, r, rc, "collection");
+    r->cname = name;
+    return run_endpoint(s, NULL, c, r, nrest > 1 ? rest[1] : NULL);
 }
 
 static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, const char *url, const char *method)
 {
     char buf[2048];
-    char *seg[6] = {0};
+    char *seg[MAXSEG] = {0};
     int n = split_path(url, buf, sizeof buf, seg);
     int get = !strcmp(method, "GET"), post = !strcmp(method, "POST"), put = !strcmp(method, "PUT"),
         del = !strcmp(method, "DELETE");
     enum MHD_Result res;
+    r->shard = -1;
+    r->traceparent = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
     if (n == 1 && !strcmp(seg[0], "healthz") && get) {
         r->endpoint = EP_HEALTHZ;
         return send_json(c, r, 200, json_pack("{s:s}", "status", "ok"));
     }
     if (n == 1 && !strcmp(seg[0], "readyz") && get) {
         r->endpoint = EP_READYZ;
-        return atomic_load(&s->ready) ? send_json(c, r, 200, json_pack("{s:s}", "status", "ready"))
-                                      : send_error(c, r, 503, "shutting_down", "the server is shutting down");
+        char why[128];
+        if (!atomic_load(&s->ready))
+            return send_error(c, r, 503, "shutting_down", "the server is shutting down");
+        if (s->opt.cluster && !nl_cluster_ready(s->opt.cluster, why, sizeof why))
+            return send_error(c, r, 503, "not_ready", "%s", why);
+        return send_json(c, r, 200, json_pack("{s:s}", "status", "ready"));
     }
     if (n == 1 && !strcmp(seg[0], "metrics") && get) {
         r->endpoint = EP_METRICS;
         return check_auth(s, c, r, ROLE_READ, &res) ? res : ep_metrics(s, c, r);
     }
-    if (n < 2 || strcmp(seg[0], "v1") || strcmp(seg[1], "collections")) {
+    if (n >= 1 && !strcmp(seg[0], "internal"))
+        return route_internal(s, c, r, seg, n, method);
+    if (n == 2 && !strcmp(seg[0], "v1") && !strcmp(seg[1], "cluster") && get) {
+        r->endpoint = EP_OTHER;
+        if (check_auth(s, c, r, ROLE_READ, &res))
+            return res;
+        if (!s->opt.cluster)
+            return send_error(c, r, 404, "not_found", "this node runs alone (no --zookeeper)");
+        json_t *out = NULL;
+        return send_cluster(c, r, nl_cluster_status(s->opt.cluster, &out), &out);
+    }
+    if (n < 2 || n > 6 || strcmp(seg[0], "v1") || strcmp(seg[1], "collections")) {
         r->endpoint = EP_OTHER;
         return send_error(c, r, 404, "not_found", "no such endpoint: %s %s", method, url);
     }
@@ -1042,53 +1295,54 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
         r->endpoint = EP_LIST;
         if (!get)
             return send_error(c, r, 405, "method_not_allowed", "%s /v1/collections: use GET", method);
-        return check_auth(s, c, r, ROLE_READ, &res) ? res : ep_list(s, c, r);
+        if (check_auth(s, c, r, ROLE_READ, &res))
+            return res;
+        if (s->opt.cluster) {
+            json_t *out = NULL;
+            return send_cluster(c, r, nl_cluster_list(s->opt.cluster, &out), &out);
+        }
+        return ep_list(s, c, r);
     }
     const char *name = seg[2];
     if (n == 3) {
         r->endpoint = put ? EP_CREATE : del ? EP_DROP : EP_DESCRIBE;
+        if (!put && !del && !get)
+            return send_error(c, r, 405, "method_not_allowed", "%s on a collection: use GET, PUT or DELETE", method);
+        if (check_auth(s, c, r, put || del ? ROLE_ADMIN : ROLE_READ, &res))
+            return res;
+        if (strlen(name) > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+                                     strlen(name))
+            return send_error(c, r, 400, "bad_request", "collection names are 1..64 characters of [A-Za-z0-9_-]");
+        if (s->opt.cluster)
+            return route_cluster(s, c, r, name, NULL, 0, method);
         if (put)
-            return check_auth(s, c, r, ROLE_ADMIN, &res) ? res : ep_create(s, c, r, name);
+            return ep_create(s, c, r, name);
         if (del) {
-            if (check_auth(s, c, r, ROLE_ADMIN, &res))
-                return res;
             int rc = nl_collection_drop(s->db, name);
             return rc ? send_engine_error(c, r, rc, "drop collection")
                       : send_json(c, r, 200, json_pack("{s:s}", "dropped", name));
         }
-        if (!get)
-            return send_error(c, r, 405, "method_not_allowed", "%s on a collection: use GET, PUT or DELETE", method);
     }
     /* Everything else works on an existing collection. */
     int need = ROLE_READ;
-    if (n == 4 && !strcmp(seg[3], "points")) r->endpoint = EP_UPSERT, need = ROLE_WRITE;
-    else if (n == 5 && !strcmp(seg[3], "points") && !strcmp(seg[4], "delete")) r->endpoint = EP_DELETE, need = ROLE_WRITE;
-    else if (n == 5 && !strcmp(seg[3], "points")) r->endpoint = EP_GET;
-    else if (n == 4 && !strcmp(seg[3], "search")) r->endpoint = EP_SEARCH;
-    else if (n == 5 && !strcmp(seg[3], "search") && !strcmp(seg[4], "batch")) r->endpoint = EP_SEARCH_BATCH;
-    else if (n != 3) {
-        r->endpoint = EP_OTHER;
+    if (n > 3 && (r->endpoint = points_endpoint(seg + 3, n - 3, &need)) == EP_OTHER)
         return send_error(c, r, 404, "not_found", "no such endpoint: %s %s", method, url);
-    }
     int want_post = r->endpoint == EP_UPSERT || r->endpoint == EP_DELETE || r->endpoint == EP_SEARCH ||
                     r->endpoint == EP_SEARCH_BATCH;
     if ((want_post && !post) || (!want_post && !get))
         return send_error(c, r, 405, "method_not_allowed", "%s %s: use %s", method, url, want_post ? "POST" : "GET");
     if (check_auth(s, c, r, need, &res))
         return res;
+    if (s->opt.cluster)
+        return route_cluster(s, c, r, name, seg + 3, n - 3, method);
     nl_collection *h;
     int rc = nl_collection_open(s->db, name, &h);
     if (rc)
         return rc == NL_ENOTFOUND ? send_error(c, r, 404, "not_found", "no collection named \"%s\"", name)
                                   : send_engine_error(c, r, rc, "open collection");
-    switch (r->endpoint) {
-    case EP_DESCRIBE: res = send_json(c, r, 200, describe_json(h)); break;
-    case EP_UPSERT: res = ep_upsert(s, h, c, r); break;
-    case EP_DELETE: res = ep_delete(s, h, c, r); break;
-    case EP_GET: res = ep_get(h, c, r, seg[4]); break;
-    case EP_SEARCH: res = ep_search(s, h, c, r); break;
-    default: res = ep_search_batch(s, h, c, r); break;
-    }
+    r->cname = name;
+    nl_collection_describe(h, &r->ccfg);
+    res = r->endpoint == EP_DESCRIBE ? send_json(c, r, 200, describe_json(h)) : run_endpoint(s, h, c, r, n > 4 ? seg[4] : NULL);
     nl_collection_close(h);
     return res;
 }

@@ -161,6 +161,25 @@ static void to_shard_config(const nl_collection_config *c, nl_shard_config *s)
     *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity};
 }
 
+int nl_collection_config_defaults(nl_collection_config *cfg)
+{
+    if (!cfg->shards)
+        cfg->shards = 1;
+    if (cfg->shards > NL_MAX_SHARDS)
+        return nl_fail(NL_EINVAL, "shards must be 1..%d", NL_MAX_SHARDS);
+    nl_shard_config sc;
+    to_shard_config(cfg, &sc);
+    int rc = nl_shard_config_check(&sc);
+    if (rc)
+        return rc;
+    cfg->R = sc.R;
+    cfg->L = sc.L;
+    cfg->alpha = sc.alpha;
+    cfg->pq_bytes = sc.pq_m;
+    cfg->fresh_capacity = sc.fresh_capacity;
+    return 0;
+}
+
 static int create_impl(nl_db *db, const char *name, const nl_collection_config *cfg_in, const uint32_t *held,
                        size_t nheld, int partial)
 {

@@ -82,6 +82,9 @@ typedef struct {
     uint32_t fresh_capacity; /* unflushed points per shard before writers wait; 0 = 100000 */
 } nl_collection_config;
 
+/* Fills in the defaults of cfg (shards 0 = 1, R, L, alpha, pq_bytes, fresh_capacity) as
+ * create would, and checks it: 0 or NL_EINVAL naming the field. */
+int nl_collection_config_defaults(nl_collection_config *cfg);
 /* Names are [A-Za-z0-9_-]{1,64}. NL_EEXISTS when the name is taken. */
 int nl_collection_create(nl_db *db, const char *name, const nl_collection_config *cfg);
 /* NL_ENOTFOUND when there is no such collection. */

@@ -27,6 +27,7 @@ const char *nl_strerror(int code)
     case NL_EEXISTS: return "already exists";
     case NL_EEMPTY: return "input is empty";
     case NL_EFILTER: return "malformed filter";
+    case NL_EUNAVAILABLE: return "unavailable";
     default: break;
     }
     if (code < 0 && code >= -4095)

@@ -34,7 +34,8 @@ enum {
     NL_EEXISTS = -30908,       /* a named object exists already */
     NL_EEMPTY = -30909,        /* an input holds no rows */
     NL_EFILTER = -30910,       /* a filter is malformed (the detail says where) */
-    NL_ERR_LAST = -30910
+    NL_EUNAVAILABLE = -30911,  /* a peer or shard cannot be reached now (cluster) */
+    NL_ERR_LAST = -30911
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */

@@ -8,7 +8,8 @@ set -euo pipefail
 BUILD_PKGS=(
   build-essential cmake pkg-config git
   librocksdb-dev liburing-dev libzstd-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
-  libprotobuf-c-dev protobuf-c-compiler
+  libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev libzookeeper-mt-dev
+  zookeeper default-jre-headless prometheus
   curl openssl
   libcriterion-dev
   python3 python3-numpy

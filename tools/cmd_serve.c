@@ -7,10 +7,19 @@
  * closes the database. A second signal exits at once: every acknowledged write is already
  * in RocksDB's synced log, so nothing is lost or corrupted, only the flush is skipped
  * (the next open replays the log).
+ *
+ * Cluster mode (--zookeeper): the node joins the cluster under --cluster-root as
+ * --node-id, reachable at --advertise (docs/cluster.md). It serves at once but is not
+ * ready (/readyz 503) until it has registered; a node id held by another live process or
+ * a root that is not nearline's ends it with exit status 1. Shutdown leaves the cluster
+ * first (its ephemeral znodes go with its session), then drains and flushes as above.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,19 +35,57 @@ static int help(FILE *f)
             "         [--max-body SIZE] [--max-batch N] [--max-k N] [--max-concurrent N] [--threads N]\n"
             "         [--log-level debug|info|warn|error]\n"
             "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
+            "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
+            "          [--cluster-key FILE] [--session-timeout-ms MS]]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
             "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
             "Background maintenance, per shard: a flush when the fresh index holds --flush-points points\n"
             "(default half its capacity) or its oldest is --flush-age-ms old (60000); a compaction of a\n"
             "segment whose deleted share reaches --compact-dead-ratio (0.2), and of the smallest when a\n"
-            "shard holds more than --compact-max-segments segments (8).\n");
+            "shard holds more than --compact-max-segments segments (8).\n"
+            "Cluster mode: --zookeeper joins the cluster under --cluster-root (/nearline) as --node-id; peers\n"
+            "call it at --advertise (default: the --listen address). --cluster-key: a file whose first line\n"
+            "(16+ characters) every node shares; internal calls without it are refused.\n");
     return f == stdout ? 0 : 2;
+}
+
+/* The cluster's log lines go through the server's logger once it runs (before: stderr). */
+static _Atomic(nl_server *) log_srv;
+static void log_fwd(void *ctx, int level, const char *fields)
+{
+    (void)ctx;
+    nl_server *s = atomic_load(&log_srv);
+    if (s)
+        nl_server_log(s, level, fields);
+    else if (level >= NL_LOG_INFO)
+        fprintf(stderr, "{\"level\":\"%s\",%s}\n", level >= NL_LOG_ERROR ? "error" : level >= NL_LOG_WARN ? "warn" : "info",
+                fields);
+}
+
+/* The cluster key: the first line of path, 16..500 characters. */
+static int read_key(const char *path, char *key, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        cli_error("serve", -errno, "cannot read the cluster key %s", path);
+        return -1;
+    }
+    int ok = fgets(key, (int)cap, f) != NULL;
+    fclose(f);
+    key[ok ? strcspn(key, "\r\n") : 0] = 0;
+    if (strlen(key) < 16) {
+        cli_error("serve", 0, "the cluster key in %s must be a line of at least 16 characters", path);
+        return -1;
+    }
+    return 0;
 }
 
 int cmd_serve(int argc, char **argv)
 {
     const char *C = "serve";
     const char *db = NULL, *listen = "127.0.0.1:7700", *level = "info";
+    const char *zk = NULL, *node_id = NULL, *advertise = NULL, *root = NULL, *key_file = NULL;
+    uint32_t session_ms = 0;
     nl_server_options so;
     memset(&so, 0, sizeof so);
     uint64_t body = 0;
@@ -47,7 +94,8 @@ int cmd_serve(int argc, char **argv)
         {"tls-key", 1, 0, 'k'}, {"max-body", 1, 0, 'b'}, {"max-batch", 1, 0, 'B'}, {"max-k", 1, 0, 'K'},
         {"max-concurrent", 1, 0, 'm'}, {"threads", 1, 0, 't'}, {"log-level", 1, 0, 'L'},
         {"zookeeper", 1, 0, 'z'}, {"node-id", 1, 0, 'n'}, {"flush-points", 1, 0, 'F'}, {"flush-age-ms", 1, 0, 'A'},
-        {"compact-dead-ratio", 1, 0, 'R'}, {"compact-max-segments", 1, 0, 'S'}, {"help", 0, 0, 'h'},
+        {"compact-dead-ratio", 1, 0, 'R'}, {"compact-max-segments", 1, 0, 'S'}, {"advertise", 1, 0, 'v'},
+        {"cluster-root", 1, 0, 'r'}, {"cluster-key", 1, 0, 'y'}, {"session-timeout-ms", 1, 0, 'T'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
     memset(&dopt, 0, sizeof dopt);
@@ -70,10 +118,12 @@ int cmd_serve(int argc, char **argv)
         case 'A': if (cli_u32(C, "--flush-age-ms", optarg, 1, 86400000, &dopt.flush_age_ms)) return 2; break;
         case 'R': if (cli_float(C, "--compact-dead-ratio", optarg, 0.001f, 1.0f, &dopt.compact_dead_ratio)) return 2; break;
         case 'S': if (cli_u32(C, "--compact-max-segments", optarg, 1, 100000, &dopt.compact_max_segments)) return 2; break;
-        case 'z':
-        case 'n':
-            cli_error(C, 0, "--zookeeper and --node-id (cluster mode) are not built yet; serve runs one node");
-            return 2;
+        case 'z': zk = optarg; break;
+        case 'n': node_id = optarg; break;
+        case 'v': advertise = optarg; break;
+        case 'r': root = optarg; break;
+        case 'y': key_file = optarg; break;
+        case 'T': if (cli_u32(C, "--session-timeout-ms", optarg, 1000, 60000, &session_ms)) return 2; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -102,6 +152,21 @@ int cmd_serve(int argc, char **argv)
     addr[colon - listen] = 0;
     so.listen_addr = addr;
     so.port = (uint16_t)port;
+    if (!zk && (node_id || advertise || root || key_file)) {
+        cli_error(C, 0, "--node-id, --advertise, --cluster-root and --cluster-key need --zookeeper");
+        return 2;
+    }
+    if (zk && !node_id) {
+        cli_error(C, 0, "cluster mode needs --node-id (a name unique in the cluster, e.g. node-1)");
+        return 2;
+    }
+    if (zk && !advertise && !strcmp(addr, "0.0.0.0")) {
+        cli_error(C, 0, "--listen 0.0.0.0 needs --advertise ADDR:PORT (the address peers call)");
+        return 2;
+    }
+    char key[512] = {0};
+    if (key_file && read_key(key_file, key, sizeof key) != 0)
+        return 2;
 
     /* Signals go to this thread only (sigwait), so the pool's threads never see them. */
     sigset_t set;
@@ -120,17 +185,54 @@ int cmd_serve(int argc, char **argv)
         cli_error(C, rc, "cannot open database %s", db);
         return 1;
     }
+    nl_cluster *cl = NULL;
+    if (zk) {
+        nl_cluster_options co = {.zookeeper = zk, .root = root, .node_id = node_id,
+                                 .advertise = advertise ? advertise : listen, .db_dir = db,
+                                 .cluster_key = key_file ? key : NULL, .tls = so.tls_cert_path != NULL,
+                                 .tls_ca = so.tls_cert_path, .session_ms = session_ms, .db = dbh, .log = log_fwd};
+        if ((rc = nl_cluster_start(&co, &cl)) != 0) {
+            cli_error(C, rc, "cannot join the cluster");
+            nl_db_close(dbh);
+            return rc == NL_EINVAL ? 2 : 1;
+        }
+        so.cluster = cl;
+    }
+    memset(key, 0, sizeof key);
     nl_server *srv;
     if ((rc = nl_server_start(dbh, &so, &srv)) != 0) {
         cli_error(C, rc, "cannot start the server");
+        nl_cluster_stop(cl);
         nl_db_close(dbh);
         return 1;
     }
-    int sig = 0;
-    sigwait(&set, &sig);
+    atomic_store(&log_srv, srv);
+    int sig = 0, fatal = 0;
+    for (;;) { /* signals; in cluster mode, also a refusal by the cluster */
+        struct timespec ts = {0, 100000000};
+        sig = sigtimedwait(&set, NULL, &ts);
+        if (sig > 0)
+            break;
+        if (cl && (fatal = nl_cluster_fatal(cl)) != 0)
+            break;
+    }
+    if (fatal) {
+        cli_error(C, fatal, fatal == NL_EEXISTS ? "node id %s is already registered by another live process: refusing "
+                  "to start" : "%s is not a nearline cluster root: refusing to start", fatal == NL_EEXISTS ? node_id
+                  : root ? root : "/nearline");
+        nl_server_quiesce(srv);
+        nl_server_stop(srv);
+        nl_cluster_stop(cl);
+        nl_db_close(dbh);
+        return 1;
+    }
     fprintf(stderr, "nearline serve: signal %d: finishing requests in flight, then flushing (again to exit now)\n",
             sig);
     nl_server_quiesce(srv);
+    /* Leave the cluster first: routers stop sending here as soon as the session ends. */
+    atomic_store(&log_srv, NULL);
+    nl_cluster_stop(cl);
+    cl = NULL;
     /* A second signal during the drain and flush ends the process at once. */
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     signal(SIGTERM, SIG_DFL);

@@ -1,0 +1,651 @@
+/*
+ * front.c — the router's side of the public API in cluster mode (nl_cluster.h): every
+ * call that names points goes to the shards that own them, on the nodes the shard map
+ * names, as protobuf over the router (nl_router.h).
+ *
+ * The rules (docs/cluster.md):
+ *   - search: one call per shard, all in parallel, each asking for the full k; the answer
+ *     is the k best by score, ties by id (numbers before strings, then by value), so every
+ *     node merges the same answer from the same parts. A shard with no live primary, or
+ *     that does not answer by the deadline, is left out: the answer says "partial": true
+ *     and lists "missing_shards", or is a 503 naming them when require_complete is set;
+ *   - upsert and delete: the batch split by shard, one call per shard to its primary, in
+ *     parallel; each part is applied all or nothing by its node; the answer says which
+ *     shards failed (a retry with the same ids is safe: upserts replace, deletes of a
+ *     missing id are no-ops);
+ *   - get: to the primary of the id's shard.
+ * The point-to-shard function is the engine's nl_shard_of, so router and engine agree.
+ *
+ * Input reaching this file was validated whole by the server (ids, vectors, k, filters);
+ * what comes back from peers is untrusted and decoded with protobuf-c.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "cluster_internal.h"
+#include "nearline.pb-c.h"
+#include "nl_util.h"
+
+#define DEFAULT_TIMEOUT_MS 1000
+
+/* The collection and its map from the snapshot (re-read once when absent). 0, or an HTTP
+ * status with *out set. */
+static int coll_of(nl_cluster *cl, cl_snapshot *s, const char *name, const cl_coll **c, cl_coll *tmp, json_t **out)
+{
+    *c = cl_snap_coll(s, name);
+    if (!*c || !(*c)->has_map) {
+        nl_collection_config cfg;
+        if (nl_cluster_config(cl, name, &cfg, NULL) == NL_ENOTFOUND) {
+            *out = cl_error("not_found", "no collection named \"%s\"", name);
+            return 404;
+        }
+        if (cl_fresh_coll(cl, name, tmp) == 0 && tmp->has_map) {
+            *c = tmp;
+        } else {
+            *out = cl_error("unavailable", "collection '%s' has no shard map yet", name);
+            return 503;
+        }
+    }
+    return 0;
+}
+
+/* Fills call k for shard s of c: its primary's URL, or returns -1 when the primary is not
+ * a live node (no call is made: the shard is missing at once). */
+static int target(const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_rcall *k, char *url, size_t cap)
+{
+    const nl_node_info *n = cl_snap_node(s, c->map.shard[sh].primary);
+    if (!n || c->map.shard[sh].state == NL_SHARD_OFFLINE)
+        return -1;
+    memset(k, 0, sizeof *k);
+    k->peer = n->id;
+    cl_node_url(n, url, cap);
+    k->base_url = url;
+    return 0;
+}
+
+static uint32_t timeout_of(const nl_cluster_call *call) { return call->timeout_ms ? call->timeout_ms : DEFAULT_TIMEOUT_MS; }
+
+/* Why a call failed, in words. */
+static void call_error(const nl_rcall *k, char *buf, size_t cap)
+{
+    if (k->status) {
+        Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
+        snprintf(buf, cap, "HTTP %d%s%s", k->status, e && e->message ? ": " : "", e && e->message ? e->message : "");
+        if (e)
+            nearline__error__free_unpacked(e, NULL);
+    } else {
+        snprintf(buf, cap, "%s", k->err == -ETIMEDOUT ? "no answer within the deadline"
+                                 : k->err == NL_EUNAVAILABLE ? "circuit breaker open (the node failed recently)"
+                                 : k->err == -ECONNREFUSED ? "connection refused" : "node unreachable");
+    }
+}
+
+static void id_pb(const nl_id *id, Nearline__Id *p)
+{
+    nearline__id__init(p);
+    if (id->is_str) {
+        p->kind_case = NEARLINE__ID__KIND_STR;
+        /* protobuf strings are C strings here: ids with NUL bytes cannot travel (the JSON
+         * API cannot carry them either) */
+        p->str = strndup(id->str, id->len);
+    } else {
+        p->kind_case = NEARLINE__ID__KIND_NUM;
+        p->num = id->num;
+    }
+}
+
+static void id_pb_free(Nearline__Id *p)
+{
+    if (p->kind_case == NEARLINE__ID__KIND_STR)
+        free(p->str);
+}
+
+static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    uint8_t *b = malloc(*len ? *len : 1);
+    if (b)
+        protobuf_c_message_pack(m, b);
+    return b;
+}
+
+/* ---------------------------------------------------------------- writes */
+
+typedef struct {
+    size_t *idx; /* the batch's entries for this shard */
+    size_t n;
+} part;
+
+/* The answer of a write fanned out over parts: 200 when all parts succeeded; otherwise
+ * 503 (or the parts' common 4xx) with "failed_shards". */
+static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call, size_t ncalls, const uint32_t *unreach,
+                        size_t nunreach, const char *count_key, int is_delete, json_t **out)
+{
+    uint64_t done = 0;
+    json_t *failed = json_array();
+    int status4xx = 0, all4xx = 1;
+    for (size_t i = 0; i < ncalls; i++) {
+        nl_rcall *k = &calls[i];
+        if (k->status == 200) {
+            if (is_delete) {
+                Nearline__DeleteResponse *d = nearline__delete_response__unpack(NULL, k->body_out_len, (uint8_t *)k->body_out);
+                if (d) done += d->deleted, nearline__delete_response__free_unpacked(d, NULL);
+            } else {
+                Nearline__UpsertResponse *u = nearline__upsert_response__unpack(NULL, k->body_out_len, (uint8_t *)k->body_out);
+                if (u) done += u->upserted, nearline__upsert_response__free_unpacked(u, NULL);
+            }
+            continue;
+        }
+        char why[600];
+        call_error(k, why, sizeof why);
+        if (k->status >= 400 && k->status < 500 && k->status != 404)
+            status4xx = k->status;
+        else
+            all4xx = 0;
+        json_array_append_new(failed, json_pack("{s:i,s:s,s:s}", "shard", (int)shard_of_call[i], "node", k->peer,
+                                                "error", why));
+    }
+    for (size_t i = 0; i < nunreach; i++) {
+        all4xx = 0;
+        json_array_append_new(failed, json_pack("{s:i,s:s}", "shard", (int)unreach[i], "error",
+                                                "the shard's primary is not a live node"));
+    }
+    size_t nf = json_array_size(failed);
+    atomic_fetch_add(&cl->write_part_failures, nf);
+    if (nf == 0) {
+        json_decref(failed);
+        *out = json_pack("{s:I}", count_key, (json_int_t)done);
+        return 200;
+    }
+    int st = all4xx && status4xx ? status4xx : 503;
+    *out = json_pack("{s:{s:s,s:s},s:I,s:o}", "error", "code", st == 503 ? "shards_unavailable" : "bad_request",
+                     "message", st == 503 ? "some shards did not apply their part; retrying the same request is safe"
+                                          : "a shard refused its part",
+                     count_key, (json_int_t)done, "failed_shards", failed);
+    return st;
+}
+
+int nl_cluster_upsert(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_point *pts, size_t n,
+                      json_t **out)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    const cl_coll *c;
+    cl_coll *tmp = malloc(sizeof *tmp);
+    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
+    if (st) {
+        if (!tmp) *out = cl_error("internal", "out of memory");
+        free(tmp);
+        cl_snap_put(cl, s);
+        return st;
+    }
+    uint32_t S = c->map.nshards;
+    uint32_t *of = malloc(sizeof *of * (n ? n : 1));
+    size_t cnt[NL_MAX_SHARDS] = {0};
+    for (size_t i = 0; of && i < n; i++)
+        cnt[of[i] = nl_shard_of(&pts[i].id, S)]++;
+    nl_rcall *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(S, 200);
+    uint32_t *sc = calloc(S, sizeof *sc), unreach[NL_MAX_SHARDS];
+    uint8_t **bodies = calloc(S, sizeof *bodies);
+    size_t nc = 0, nun = 0;
+    for (uint32_t sh = 0; of && calls && url && sc && bodies && sh < S; sh++) {
+        if (!cnt[sh])
+            continue;
+        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
+            unreach[nun++] = sh;
+            continue;
+        }
+        Nearline__UpsertRequest m = NEARLINE__UPSERT_REQUEST__INIT;
+        Nearline__Vector *vs = calloc(cnt[sh], sizeof *vs), **vp = calloc(cnt[sh], sizeof *vp);
+        Nearline__Id *ids = calloc(cnt[sh], sizeof *ids);
+        size_t m_n = 0;
+        for (size_t i = 0; vs && vp && ids && i < n; i++) {
+            if (of[i] != sh)
+                continue;
+            Nearline__Vector *v = &vs[m_n];
+            nearline__vector__init(v);
+            id_pb(&pts[i].id, &ids[m_n]);
+            v->id = &ids[m_n];
+            v->n_values = pts[i].dim;
+            v->values = (float *)pts[i].vector;
+            v->metadata = pts[i].metadata ? strndup(pts[i].metadata, pts[i].metadata_len) : (char *)"";
+            vp[m_n++] = v;
+        }
+        m.n_points = m_n;
+        m.points = vp;
+        size_t len = 0;
+        bodies[nc] = vs && vp && ids ? pack(&m.base, &len) : NULL;
+        for (size_t i = 0; vs && ids && i < m_n; i++) {
+            id_pb_free(&ids[i]);
+            if (vs[i].metadata && *vs[i].metadata)
+                free(vs[i].metadata);
+        }
+        free(vs);
+        free(vp);
+        free(ids);
+        calls[nc].method = "POST";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/points", name, sh);
+        calls[nc].body = bodies[nc];
+        calls[nc].body_len = len;
+        sc[nc++] = sh;
+    }
+    if (!of || !calls || !url || !sc || !bodies) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+    } else {
+        atomic_fetch_add(&cl->fanout_calls, 1);
+        atomic_fetch_add(&cl->fanout_shards, nc);
+        nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+        st = write_answer(cl, calls, sc, nc, unreach, nun, "upserted", 0, out);
+    }
+    for (size_t i = 0; calls && bodies && i < nc; i++) {
+        free(bodies[i]);
+        free(calls[i].body_out);
+    }
+    free(bodies);
+    free(sc);
+    free(url);
+    free(calls);
+    free(of);
+    free(tmp);
+    cl_snap_put(cl, s);
+    return st;
+}
+
+int nl_cluster_delete(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *ids, size_t n,
+                      const char *filter_json, json_t **out)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    const cl_coll *c;
+    cl_coll *tmp = malloc(sizeof *tmp);
+    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
+    if (st) {
+        if (!tmp) *out = cl_error("internal", "out of memory");
+        free(tmp);
+        cl_snap_put(cl, s);
+        return st;
+    }
+    uint32_t S = c->map.nshards;
+    size_t cnt[NL_MAX_SHARDS] = {0};
+    for (size_t i = 0; ids && i < n; i++)
+        cnt[nl_shard_of(&ids[i], S)]++;
+    nl_rcall *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(S, 200);
+    uint32_t *sc = calloc(S, sizeof *sc), unreach[NL_MAX_SHARDS];
+    uint8_t **bodies = calloc(S, sizeof *bodies);
+    size_t nc = 0, nun = 0;
+    for (uint32_t sh = 0; calls && url && sc && bodies && sh < S; sh++) {
+        if (ids && !cnt[sh])
+            continue;
+        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
+            unreach[nun++] = sh;
+            continue;
+        }
+        Nearline__DeleteRequest m = NEARLINE__DELETE_REQUEST__INIT;
+        Nearline__Id *pid = ids ? calloc(cnt[sh], sizeof *pid) : NULL, **pp = ids ? calloc(cnt[sh], sizeof *pp) : NULL;
+        size_t k = 0;
+        for (size_t i = 0; ids && pid && pp && i < n; i++)
+            if (nl_shard_of(&ids[i], S) == sh) {
+                id_pb(&ids[i], &pid[k]);
+                pp[k] = &pid[k];
+                k++;
+            }
+        m.n_ids = k;
+        m.ids = pp;
+        m.filter = filter_json && !ids ? (char *)filter_json : (char *)"";
+        size_t len = 0;
+        bodies[nc] = pack(&m.base, &len);
+        for (size_t i = 0; pid && i < k; i++)
+            id_pb_free(&pid[i]);
+        free(pid);
+        free(pp);
+        calls[nc].method = "POST";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/points/delete", name, sh);
+        calls[nc].body = bodies[nc];
+        calls[nc].body_len = len;
+        sc[nc++] = sh;
+    }
+    if (!calls || !url || !sc || !bodies) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+    } else {
+        atomic_fetch_add(&cl->fanout_calls, 1);
+        atomic_fetch_add(&cl->fanout_shards, nc);
+        nl_router_run(cl->router, calls, nc, filter_json ? 10 * timeout_of(call) : timeout_of(call), call->request_id,
+                      call->traceparent);
+        st = write_answer(cl, calls, sc, nc, unreach, nun, "deleted", 1, out);
+    }
+    for (size_t i = 0; calls && bodies && i < nc; i++) {
+        free(bodies[i]);
+        free(calls[i].body_out);
+    }
+    free(bodies);
+    free(sc);
+    free(url);
+    free(calls);
+    free(tmp);
+    cl_snap_put(cl, s);
+    return st;
+}
+
+/* ---------------------------------------------------------------- get */
+
+int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *id, json_t **out)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    const cl_coll *c;
+    cl_coll *tmp = malloc(sizeof *tmp);
+    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
+    if (st) {
+        if (!tmp) *out = cl_error("internal", "out of memory");
+        free(tmp);
+        cl_snap_put(cl, s);
+        return st;
+    }
+    uint32_t sh = nl_shard_of(id, c->map.nshards);
+    nl_rcall k;
+    char url[200];
+    if (target(s, c, sh, &k, url, sizeof url) != 0) {
+        *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message",
+                         "the primary of the point's shard is not a live node", "missing_shards", (int)sh);
+        free(tmp);
+        cl_snap_put(cl, s);
+        return 503;
+    }
+    char *esc = NULL;
+    if (id->is_str) {
+        CURL *e = curl_easy_init();
+        esc = e ? curl_easy_escape(e, id->str, (int)id->len) : NULL;
+        if (e)
+            curl_easy_cleanup(e);
+        snprintf(k.path, sizeof k.path, "/internal/v1/collections/%s/shards/%u/points/%s?id_type=string", name, sh,
+                 esc ? esc : "");
+        curl_free(esc);
+    } else {
+        snprintf(k.path, sizeof k.path, "/internal/v1/collections/%s/shards/%u/points/%llu", name, sh,
+                 (unsigned long long)id->num);
+    }
+    k.method = "GET";
+    nl_router_run(cl->router, &k, 1, timeout_of(call), call->request_id, call->traceparent);
+    json_error_t je;
+    json_t *j = k.status ? json_loadb(k.body_out ? k.body_out : "", k.body_out_len, 0, &je) : NULL;
+    if (k.status && j) {
+        *out = j;
+        st = k.status;
+    } else {
+        char why[600];
+        call_error(&k, why, sizeof why);
+        *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message", why,
+                         "missing_shards", (int)sh);
+        json_decref(j);
+        st = 503;
+    }
+    free(k.body_out);
+    free(tmp);
+    cl_snap_put(cl, s);
+    return st;
+}
+
+/* ---------------------------------------------------------------- search */
+
+typedef struct {
+    int is_str;
+    uint64_t num;
+    const char *str; /* into the decoded message */
+    float score;
+    const char *meta;
+} cand;
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? -1 : 1;
+    if (x->is_str != y->is_str)
+        return x->is_str ? 1 : -1;
+    if (!x->is_str)
+        return x->num < y->num ? -1 : x->num > y->num;
+    return strcmp(x->str, y->str);
+}
+
+static json_t *cand_json(const cand *c, int with_meta)
+{
+    json_t *o = json_pack("{s:o,s:f}", "id", c->is_str ? json_string(c->str) : json_integer((json_int_t)c->num),
+                          "score", (double)c->score);
+    if (with_meta) {
+        json_error_t e;
+        json_t *m = c->meta && *c->meta ? json_loads(c->meta, 0, &e) : NULL;
+        json_object_set_new(o, "metadata", m ? m : json_null());
+    }
+    return o;
+}
+
+int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *name, const float *q, size_t nq,
+                      uint32_t dim, const nl_cluster_search_params *p, int batch, json_t **out)
+{
+    uint64_t t0 = nl_now_ns();
+    cl_snapshot *s = cl_snap_get(cl);
+    const cl_coll *c;
+    cl_coll *tmp = malloc(sizeof *tmp);
+    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
+    if (st) {
+        if (!tmp) *out = cl_error("internal", "out of memory");
+        free(tmp);
+        cl_snap_put(cl, s);
+        return st;
+    }
+    uint32_t S = c->map.nshards;
+    /* one request, the same for every shard */
+    Nearline__BatchSearchRequest m = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
+    Nearline__SearchRequest *rq = calloc(nq, sizeof *rq), **rp = calloc(nq, sizeof *rp);
+    nl_rcall *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(S, 200);
+    uint32_t *sc = calloc(S, sizeof *sc), missing[NL_MAX_SHARDS];
+    Nearline__BatchSearchResponse **resp = calloc(S, sizeof *resp);
+    uint8_t *body = NULL;
+    size_t len = 0, nc = 0, nmiss = 0;
+    if (!rq || !rp || !calls || !url || !sc || !resp) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (size_t i = 0; i < nq; i++) {
+        nearline__search_request__init(&rq[i]);
+        rq[i].n_query = dim;
+        rq[i].query = (float *)(q + i * dim);
+        rq[i].k = p->k;
+        rq[i].l = p->L;
+        rq[i].beam = p->W;
+        rq[i].plan = p->plan;
+        rq[i].without_metadata = !p->with_meta;
+        const char *f = p->filters_json ? p->filters_json[i] : p->filter_json;
+        rq[i].filter = f ? (char *)f : (char *)"";
+        rp[i] = &rq[i];
+    }
+    m.n_queries = nq;
+    m.queries = rp;
+    body = pack(&m.base, &len);
+    for (uint32_t sh = 0; body && sh < S; sh++) {
+        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
+            missing[nmiss++] = sh;
+            continue;
+        }
+        calls[nc].method = "POST";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/search/batch", name, sh);
+        calls[nc].body = body;
+        calls[nc].body_len = len;
+        sc[nc++] = sh;
+    }
+    atomic_fetch_add(&cl->fanout_calls, 1);
+    atomic_fetch_add(&cl->fanout_shards, nc);
+    nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+    char firstwhy[600] = {0};
+    int client_err = 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (calls[i].status == 200)
+            resp[i] = nearline__batch_search_response__unpack(NULL, calls[i].body_out_len, (uint8_t *)calls[i].body_out);
+        if (calls[i].status >= 400 && calls[i].status < 500 && calls[i].status != 404 && !client_err) {
+            client_err = calls[i].status;
+            call_error(&calls[i], firstwhy, sizeof firstwhy);
+        }
+        if (!resp[i] || resp[i]->n_responses != nq) {
+            if (resp[i]) {
+                nearline__batch_search_response__free_unpacked(resp[i], NULL);
+                resp[i] = NULL;
+            }
+            missing[nmiss++] = sc[i];
+            if (!firstwhy[0])
+                call_error(&calls[i], firstwhy, sizeof firstwhy);
+        }
+    }
+    if (client_err) { /* the request itself is bad (every shard says the same): a 4xx */
+        *out = cl_error("bad_request", "%s", firstwhy);
+        st = client_err;
+        goto done;
+    }
+    json_t *miss = json_array();
+    for (size_t i = 0; i < nmiss; i++)
+        json_array_append_new(miss, json_integer(missing[i]));
+    if (nmiss && call->require_complete) {
+        atomic_fetch_add(&cl->complete_refusals, 1);
+        *out = json_pack("{s:{s:s,s:s},s:o}", "error", "code", "shards_unavailable", "message",
+                         "some shards did not answer and the request requires every shard", "missing_shards", miss);
+        st = 503;
+        goto done;
+    }
+    if (nmiss)
+        atomic_fetch_add(&cl->partial_answers, 1);
+    json_t *all = json_array();
+    cand *cs = malloc(sizeof *cs * (S * (size_t)p->k + 1));
+    for (size_t qi = 0; cs && qi < nq; qi++) {
+        size_t nca = 0;
+        for (size_t i = 0; i < nc; i++) {
+            if (!resp[i])
+                continue;
+            const Nearline__SearchResponse *r = resp[i]->responses[qi];
+            for (size_t h = 0; h < r->n_results && h < p->k; h++) {
+                const Nearline__SearchResult *x = r->results[h];
+                if (!x->id)
+                    continue;
+                cand *y = &cs[nca++];
+                y->is_str = x->id->kind_case == NEARLINE__ID__KIND_STR;
+                y->num = y->is_str ? 0 : x->id->num;
+                y->str = y->is_str ? x->id->str : NULL;
+                y->score = x->score;
+                y->meta = x->metadata;
+            }
+        }
+        qsort(cs, nca, sizeof *cs, cand_cmp);
+        json_t *a = json_array();
+        for (size_t h = 0; h < nca && h < p->k; h++)
+            json_array_append_new(a, cand_json(&cs[h], p->with_meta));
+        json_array_append_new(all, a);
+    }
+    free(cs);
+    json_int_t took = (json_int_t)((nl_now_ns() - t0) / 1000);
+    if (batch) {
+        *out = json_pack("{s:o,s:I,s:b,s:o}", "results", all, "took_us", took, "partial", nmiss > 0, "missing_shards",
+                         miss);
+    } else {
+        json_t *one = json_incref(json_array_get(all, 0));
+        json_decref(all);
+        *out = json_pack("{s:o,s:I,s:b,s:o}", "results", one ? one : json_array(), "took_us", took, "partial",
+                         nmiss > 0, "missing_shards", miss);
+    }
+    st = 200;
+done:
+    for (size_t i = 0; resp && i < nc; i++)
+        if (resp[i])
+            nearline__batch_search_response__free_unpacked(resp[i], NULL);
+    for (size_t i = 0; calls && i < nc; i++)
+        free(calls[i].body_out);
+    free(body);
+    free(resp);
+    free(sc);
+    free(url);
+    free(calls);
+    free(rp);
+    free(rq);
+    free(tmp);
+    cl_snap_put(cl, s);
+    return st;
+}
+
+/* ---------------------------------------------------------------- describe */
+
+int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    const cl_coll *c;
+    cl_coll *tmp = malloc(sizeof *tmp);
+    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
+    if (st) {
+        if (!tmp) *out = cl_error("internal", "out of memory");
+        free(tmp);
+        cl_snap_put(cl, s);
+        return st;
+    }
+    uint32_t S = c->map.nshards;
+    nl_rcall *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(S, 200);
+    int *callof = calloc(S, sizeof *callof);
+    size_t nc = 0;
+    for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
+        callof[sh] = -1;
+        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0)
+            continue;
+        calls[nc].method = "GET";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u", name, sh);
+        callof[sh] = (int)nc++;
+    }
+    if (calls && url && callof)
+        nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+    const nl_collection_config *g = &c->cc.cfg;
+    json_t *shards = json_array(), *miss = json_array();
+    json_int_t points = 0, segments = 0, disk = 0, fresh = 0;
+    for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
+        const nl_shard_entry *e = &c->map.shard[sh];
+        json_t *reps = json_array();
+        for (uint32_t r = 0; r < e->nreplicas; r++)
+            json_array_append_new(reps, json_string(e->replicas[r]));
+        json_t *o = json_pack("{s:i,s:I,s:s,s:o,s:s}", "shard", (int)sh, "epoch", (json_int_t)e->epoch, "primary",
+                              e->primary, "replicas", reps, "state", nl_shard_state_name(e->state));
+        json_error_t je;
+        json_t *stj = callof[sh] >= 0 && calls[callof[sh]].status == 200
+                          ? json_loadb(calls[callof[sh]].body_out, calls[callof[sh]].body_out_len, 0, &je) : NULL;
+        if (stj && json_is_object(json_object_get(stj, "stats"))) {
+            json_t *x = json_object_get(stj, "stats");
+            points += json_integer_value(json_object_get(x, "points"));
+            segments += json_integer_value(json_object_get(x, "segments"));
+            disk += json_integer_value(json_object_get(x, "disk_bytes"));
+            fresh += json_integer_value(json_object_get(x, "fresh_points"));
+            json_object_set(o, "stats", x);
+            json_object_set_new(o, "available", json_true());
+        } else {
+            json_object_set_new(o, "available", json_false());
+            json_array_append_new(miss, json_integer(sh));
+        }
+        json_decref(stj);
+        json_array_append_new(shards, o);
+    }
+    for (size_t i = 0; calls && i < nc; i++)
+        free(calls[i].body_out);
+    *out = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:i,s:{s:I,s:I,s:I,s:I},s:o,s:b,s:o}", "name",
+                     name, "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype", nl_dtype_name(g->dtype),
+                     "shards", (int)S, "replicas", (int)c->cc.replicas, "index", "R", (int)g->R, "L", (int)g->L,
+                     "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes, "fresh_capacity", (int)g->fresh_capacity,
+                     "map_version", (int)c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
+                     segments, "disk_bytes", disk, "shard_map", shards, "partial", json_array_size(miss) > 0,
+                     "missing_shards", miss);
+    free(callof);
+    free(url);
+    free(calls);
+    free(tmp);
+    cl_snap_put(cl, s);
+    return 200;
+}

@@ -1,0 +1,80 @@
+/*
+ * nl_router.h — node-to-node calls: HTTP/1.1 keep-alive over libcurl's multi interface,
+ * driven by one thread that fans every request out in parallel, with a circuit breaker
+ * and metrics per peer.
+ *
+ * A caller hands in a set of calls (one per shard, say) and a deadline, and blocks until
+ * every call has an outcome: an HTTP status with its body, or an error (-ETIMEDOUT when
+ * the deadline passed, -ECONNREFUSED / -EHOSTUNREACH / -EIO when the peer could not be
+ * reached, NL_EUNAVAILABLE when the peer's breaker is open). It never waits past the
+ * deadline (plus the loop's wake-up latency).
+ *
+ * Breaker, per peer: closed -> open after `breaker_failures` consecutive failures (no
+ * answer, or a 5xx) -> after `breaker_open_ms` half-open: one call goes through as a
+ * probe, the others fail fast -> the probe's success closes it, its failure re-opens it.
+ * So a dead node costs one timeout, not one per request.
+ *
+ * Every call carries X-Request-Id, a W3C traceparent (a new span id per call, the trace id
+ * of the request) and, when a cluster key is set, X-Nearline-Cluster-Key.
+ *
+ * Ownership: calls[] and their inputs stay the caller's; each call's `body_out` is
+ * malloc'd for the caller to free.
+ */
+#ifndef NL_ROUTER_H
+#define NL_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "nl_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct nl_router nl_router;
+
+typedef struct {
+    const char *cluster_key;    /* sent on every call; NULL = none */
+    const char *ca_file;        /* https peers: the CA (or shared certificate) to verify with */
+    uint32_t breaker_failures;  /* 0 = 3 */
+    uint32_t breaker_open_ms;   /* 0 = 2000 */
+    uint32_t max_per_peer;      /* connections kept per peer; 0 = 32 */
+} nl_router_options;
+
+typedef struct {
+    /* in */
+    const char *peer;           /* node id (breaker and metrics key) */
+    const char *base_url;       /* "http://127.0.0.1:7701" */
+    const char *method;         /* "GET", "POST", "DELETE" */
+    char path[600];             /* "/internal/v1/..." */
+    const void *body;           /* NULL for none */
+    size_t body_len;
+    /* out */
+    int status;                 /* HTTP status, 0 when there was no answer */
+    int err;                    /* 0 or why there was no answer */
+    char *body_out;             /* malloc'd answer (NUL-terminated), or NULL */
+    size_t body_out_len;
+    uint64_t latency_us;
+} nl_rcall;
+
+int nl_router_create(const nl_router_options *opt, nl_router **out);
+void nl_router_destroy(nl_router *r);
+
+/* Runs calls[0..n) in parallel; returns when all are done or timeout_ms has passed
+ * (those still running are cancelled with err -ETIMEDOUT). request_id and traceparent
+ * (the incoming one, or NULL to start a trace) go on every call. 0, or -ENOMEM. */
+int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
+                  const char *traceparent);
+
+/* Breaker state of a peer: 0 closed, 1 open, 2 half-open (unknown peers: closed). */
+int nl_router_breaker(nl_router *r, const char *peer);
+
+/* Prometheus text (HELP and TYPE on every family) of the per-peer metrics. */
+void nl_router_metrics(nl_router *r, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,100 @@
+/*
+ * nl_shardmap.h — the shard map of a collection, the node records and the collection
+ * config as they live in ZooKeeper (docs/cluster.md), and the coordinator's placement
+ * rule. Pure: no I/O, no ZooKeeper; cluster.c reads and writes the bytes, tests drive
+ * these functions directly.
+ *
+ * Every decoder takes untrusted bytes (another node, an operator with zkCli) and checks
+ * every field; an error names the field. Encoders produce compact JSON (jansson).
+ *
+ * Ownership: structs are plain values (fixed arrays); nothing here allocates beyond the
+ * returned JSON text (malloc'd, caller frees).
+ */
+#ifndef NL_SHARDMAP_H
+#define NL_SHARDMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nearline.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NL_NODE_ID_MAX 64
+#define NL_ADDR_MAX 128
+#define NL_MAX_REPLICAS 5
+#define NL_MAX_NODES 64
+
+/* Node ids: [A-Za-z0-9_-]{1,63}. 0 or NL_EINVAL. */
+int nl_node_id_check(const char *id);
+
+/* /nodes/<id>: what a node says of itself (ephemeral). */
+typedef struct {
+    char id[NL_NODE_ID_MAX];
+    char address[NL_ADDR_MAX]; /* host:port the router calls */
+    int tls;                   /* 1: https */
+    uint64_t disk_free;        /* bytes free under --db */
+    uint64_t ram;              /* bytes of RAM */
+    double load;               /* 1-minute load average */
+    uint32_t shards;           /* shard replicas it holds */
+    char version[32];
+    uint64_t started_ms;
+} nl_node_info;
+
+char *nl_node_info_encode(const nl_node_info *n);
+int nl_node_info_decode(const char *buf, size_t len, nl_node_info *n);
+
+/* /collections/<name>: the configuration every node that holds a shard must agree on. */
+typedef struct {
+    char name[72];
+    nl_collection_config cfg; /* shards, dim, metric, dtype, index parameters */
+    uint32_t replicas;
+    char uid[20];             /* random hex, tells a re-created collection from the old */
+} nl_cluster_collection;
+
+char *nl_cluster_collection_encode(const nl_cluster_collection *c);
+int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collection *c);
+/* 0 when a shard created with local is the same collection as c (dim, metric, dtype,
+ * shards, R, L, alpha, pq_bytes); NL_ECORRUPT naming the first difference otherwise. */
+int nl_cluster_collection_match(const nl_cluster_collection *c, const nl_collection_config *local);
+
+typedef enum { NL_SHARD_ACTIVE = 0, NL_SHARD_MOVING = 1, NL_SHARD_OFFLINE = 2 } nl_shard_state;
+const char *nl_shard_state_name(nl_shard_state s);
+
+typedef struct {
+    uint64_t epoch;            /* bumped whenever the primary changes (issue 15 fences with it) */
+    char primary[NL_NODE_ID_MAX];
+    char replicas[NL_MAX_REPLICAS][NL_NODE_ID_MAX]; /* primary first */
+    uint32_t nreplicas;
+    nl_shard_state state;
+} nl_shard_entry;
+
+/* /maps/<name>. version is the znode's version (the compare-and-set token), not stored. */
+typedef struct {
+    char collection[72];
+    char uid[20];              /* the collection's uid it was made for */
+    uint32_t nshards;
+    nl_shard_entry shard[NL_MAX_SHARDS];
+    int32_t version;
+} nl_shard_map;
+
+char *nl_shard_map_encode(const nl_shard_map *m);
+int nl_shard_map_decode(const char *buf, size_t len, nl_shard_map *m);
+
+/* The coordinator's placement of a new collection's shards: replica r of shard s goes to
+ * the live node holding the fewest shard replicas so far (counting held[] and what this
+ * placement already gave), ties broken by most free disk, then lowest load, then id —
+ * never two replicas of one shard on one node. held[i] = replicas node i holds already.
+ * Deterministic. NL_EINVAL when replicas > nnodes or no node. */
+int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t *held, const nl_cluster_collection *c,
+                       nl_shard_map *out);
+
+/* 1 when node holds a replica of shard s. */
+int nl_shard_map_holds(const nl_shard_map *m, uint32_t s, const char *node);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,483 @@
+/*
+ * router.c — node-to-node calls over libcurl's multi interface (nl_router.h).
+ *
+ * One thread owns the CURLM handle: callers queue a job (a set of calls and a deadline)
+ * and wake it with curl_multi_wakeup; it adds one easy handle per call, drives every
+ * transfer in parallel with curl_multi_poll, and signals the job when its last call ends
+ * or its deadline passes. The multi handle keeps its connections alive between jobs
+ * (HTTP/1.1 keep-alive, up to max_per_peer per host), so a steady stream of requests to a
+ * peer reuses the same few connections: the pool per peer is libcurl's connection cache.
+ *
+ * Invariants: a job is owned by its caller, who waits on its condition variable until
+ * job->pending reaches 0; the router thread only touches a job while it has calls in
+ * flight, and never after signalling that pending is 0. Peers are found by node id in a
+ * small array under mu (a cluster has tens of nodes, not thousands).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "nl_router.h"
+#include "nl_util.h"
+
+static const double lat_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+#define NLB ((int)(sizeof lat_buckets / sizeof lat_buckets[0]))
+
+typedef struct {
+    char id[64];
+    int state; /* 0 closed, 1 open, 2 half-open */
+    uint32_t fails;
+    uint64_t open_until_ns;
+    int probing;
+    uint64_t requests, errors, breaker_rejects, opened;
+    uint64_t hist[NLB + 1];
+    uint64_t sum_us;
+} peer;
+
+typedef struct job {
+    nl_rcall *calls;
+    size_t n;
+    uint64_t deadline_ns;
+    size_t pending; /* under router mu */
+    int added;
+    char rid[64], trace_id[33];
+    pthread_cond_t cv;
+    struct job *next;
+} job;
+
+typedef struct {
+    job *j;
+    nl_rcall *c;
+    CURL *e;
+    struct curl_slist *hdrs;
+    char *buf;
+    size_t len, cap;
+    int probe;
+    uint64_t t0;
+} xfer;
+
+struct nl_router {
+    nl_router_options opt;
+    char *key_header;
+    CURLM *m;
+    pthread_t th;
+    pthread_mutex_t mu;
+    job *queue;
+    int stop;
+    peer *peers;
+    size_t npeers;
+    atomic_uint_fast64_t span_seq;
+};
+
+/* ---------------------------------------------------------------- peers (under mu) */
+
+static peer *peer_get(nl_router *r, const char *id)
+{
+    for (size_t i = 0; i < r->npeers; i++)
+        if (!strcmp(r->peers[i].id, id))
+            return &r->peers[i];
+    peer *np = realloc(r->peers, (r->npeers + 1) * sizeof *np);
+    if (!np)
+        return NULL;
+    r->peers = np;
+    peer *p = &np[r->npeers++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->id, sizeof p->id, "%s", id);
+    return p;
+}
+
+/* May a call to p start now? Sets *probe when it is the half-open probe. */
+static int breaker_admit(nl_router *r, peer *p, int *probe)
+{
+    *probe = 0;
+    if (p->state == 0)
+        return 1;
+    if (p->state == 1 && nl_now_ns() >= p->open_until_ns)
+        p->state = 2, p->probing = 0;
+    if (p->state == 2 && !p->probing) {
+        p->probing = 1;
+        *probe = 1;
+        return 1;
+    }
+    (void)r;
+    return 0; /* open, or half-open with its probe out */
+}
+
+/* A call's outcome: success closes a half-open breaker; failures count towards opening
+ * it, and a failed probe re-opens it at once. */
+static void breaker_result(nl_router *r, peer *p, int ok, int probe)
+{
+    if (ok) {
+        p->fails = 0;
+        if (p->state != 0 && (probe || p->state == 2))
+            p->state = 0;
+        p->probing = 0;
+        return;
+    }
+    p->fails++;
+    if (probe || (p->state == 0 && p->fails >= r->opt.breaker_failures)) {
+        p->state = 1;
+        p->opened++;
+        p->probing = 0;
+        p->open_until_ns = nl_now_ns() + (uint64_t)r->opt.breaker_open_ms * 1000000ull;
+    }
+}
+
+/* ---------------------------------------------------------------- transfers */
+
+static size_t on_data(char *ptr, size_t sz, size_t nm, void *ud)
+{
+    xfer *x = ud;
+    size_t n = sz * nm;
+    if (x->len + n + 1 > x->cap) {
+        size_t nc = x->cap ? x->cap * 2 : 4096;
+        while (nc < x->len + n + 1) nc *= 2;
+        char *nb = realloc(x->buf, nc);
+        if (!nb)
+            return 0;
+        x->buf = nb;
+        x->cap = nc;
+    }
+    memcpy(x->buf + x->len, ptr, n);
+    x->len += n;
+    x->buf[x->len] = 0;
+    return n;
+}
+
+static void job_call_done(nl_router *r, xfer *x, int status, int err)
+{
+    nl_rcall *c = x->c;
+    c->status = status;
+    c->err = err;
+    c->body_out = x->buf;
+    c->body_out_len = x->len;
+    c->latency_us = (nl_now_ns() - x->t0) / 1000;
+    x->buf = NULL;
+    pthread_mutex_lock(&r->mu);
+    peer *p = peer_get(r, c->peer);
+    if (p) {
+        int ok = err == 0 && status > 0 && status < 500;
+        p->requests++;
+        if (!ok) p->errors++;
+        int b = 0;
+        while (b < NLB && (double)c->latency_us / 1e6 > lat_buckets[b]) b++;
+        p->hist[b]++;
+        p->sum_us += c->latency_us;
+        breaker_result(r, p, ok, x->probe);
+    }
+    if (--x->j->pending == 0)
+        pthread_cond_signal(&x->j->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int curl_err(CURLcode cc)
+{
+    switch (cc) {
+    case CURLE_OPERATION_TIMEDOUT: return -ETIMEDOUT;
+    case CURLE_COULDNT_CONNECT: return -ECONNREFUSED;
+    case CURLE_COULDNT_RESOLVE_HOST: return -EHOSTUNREACH;
+    default: return -EIO;
+    }
+}
+
+static void xfer_free(nl_router *r, xfer *x)
+{
+    curl_multi_remove_handle(r->m, x->e);
+    curl_easy_cleanup(x->e);
+    curl_slist_free_all(x->hdrs);
+    free(x->buf);
+    free(x);
+}
+
+/* Starts every call of j (router thread). Breaker-rejected calls end at once. */
+static void job_start(nl_router *r, job *j)
+{
+    uint64_t now = nl_now_ns();
+    for (size_t i = 0; i < j->n; i++) {
+        nl_rcall *c = &j->calls[i];
+        int probe = 0, admit;
+        pthread_mutex_lock(&r->mu);
+        peer *p = peer_get(r, c->peer);
+        admit = p ? breaker_admit(r, p, &probe) : 1;
+        if (!admit && p)
+            p->breaker_rejects++;
+        pthread_mutex_unlock(&r->mu);
+        xfer *x = calloc(1, sizeof *x);
+        CURL *e = x ? curl_easy_init() : NULL;
+        if (!admit || !e) {
+            c->status = 0;
+            c->err = !admit ? NL_EUNAVAILABLE : -ENOMEM;
+            c->body_out = NULL;
+            c->latency_us = 0;
+            free(x);
+            pthread_mutex_lock(&r->mu);
+            if (--j->pending == 0)
+                pthread_cond_signal(&j->cv);
+            pthread_mutex_unlock(&r->mu);
+            continue;
+        }
+        x->j = j;
+        x->c = c;
+        x->e = e;
+        x->probe = probe;
+        x->t0 = now;
+        char url[1024], h[256];
+        snprintf(url, sizeof url, "%s%s", c->base_url, c->path);
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+        long left = j->deadline_ns > now ? (long)((j->deadline_ns - now) / 1000000) : 1;
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left < 1 ? 1L : left);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left < 1 ? 1L : left);
+        if (!strcmp(c->method, "POST")) {
+            curl_easy_setopt(e, CURLOPT_POST, 1L);
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body ? c->body : "");
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
+        } else if (strcmp(c->method, "GET")) {
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
+        }
+        if (r->opt.ca_file) {
+            curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
+            curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
+        }
+        x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/x-protobuf");
+        x->hdrs = curl_slist_append(x->hdrs, "Accept: application/x-protobuf");
+        x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+        snprintf(h, sizeof h, "X-Request-Id: %s", j->rid);
+        x->hdrs = curl_slist_append(x->hdrs, h);
+        uint64_t span = atomic_fetch_add(&r->span_seq, 1) * 0x9e3779b97f4a7c15ull ^ now;
+        snprintf(h, sizeof h, "traceparent: 00-%s-%016llx-01", j->trace_id, (unsigned long long)(span | 1));
+        x->hdrs = curl_slist_append(x->hdrs, h);
+        if (r->key_header)
+            x->hdrs = curl_slist_append(x->hdrs, r->key_header);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
+        curl_multi_add_handle(r->m, e);
+    }
+}
+
+static void *loop(void *arg)
+{
+    nl_router *r = arg;
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        job *q = r->queue;
+        r->queue = NULL;
+        int stop = r->stop;
+        pthread_mutex_unlock(&r->mu);
+        for (job *j = q, *nx; j; j = nx) {
+            nx = j->next;
+            job_start(r, j);
+        }
+        int running = 0;
+        curl_multi_perform(r->m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(r->m, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            xfer *x = NULL;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+            long code = 0;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+            CURLcode cc = msg->data.result;
+            job_call_done(r, x, cc == CURLE_OK ? (int)code : 0, cc == CURLE_OK ? 0 : curl_err(cc));
+            xfer_free(r, x);
+        }
+        if (stop && running == 0)
+            break;
+        curl_multi_poll(r->m, NULL, 0, 100, NULL);
+    }
+    return NULL;
+}
+
+static void global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+int nl_router_create(const nl_router_options *opt, nl_router **out)
+{
+    *out = NULL;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, global_init);
+    nl_router *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    if (opt)
+        r->opt = *opt;
+    if (!r->opt.breaker_failures) r->opt.breaker_failures = 3;
+    if (!r->opt.breaker_open_ms) r->opt.breaker_open_ms = 2000;
+    if (!r->opt.max_per_peer) r->opt.max_per_peer = 32;
+    if (r->opt.cluster_key) {
+        size_t n = strlen(r->opt.cluster_key) + 32;
+        r->key_header = malloc(n);
+        if (!r->key_header) {
+            free(r);
+            return -ENOMEM;
+        }
+        snprintf(r->key_header, n, "X-Nearline-Cluster-Key: %s", r->opt.cluster_key);
+        r->opt.cluster_key = NULL; /* the header holds it */
+    }
+    r->m = curl_multi_init();
+    if (!r->m) {
+        free(r->key_header);
+        free(r);
+        return -ENOMEM;
+    }
+    curl_multi_setopt(r->m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)r->opt.max_per_peer);
+    curl_multi_setopt(r->m, CURLMOPT_MAXCONNECTS, (long)r->opt.max_per_peer * 16);
+    pthread_mutex_init(&r->mu, NULL);
+    if (pthread_create(&r->th, NULL, loop, r) != 0) {
+        curl_multi_cleanup(r->m);
+        pthread_mutex_destroy(&r->mu);
+        free(r->key_header);
+        free(r);
+        return -EAGAIN;
+    }
+    *out = r;
+    return 0;
+}
+
+void nl_router_destroy(nl_router *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_mutex_unlock(&r->mu);
+    curl_multi_wakeup(r->m);
+    pthread_join(r->th, NULL);
+    curl_multi_cleanup(r->m);
+    pthread_mutex_destroy(&r->mu);
+    if (r->key_header) {
+        memset(r->key_header, 0, strlen(r->key_header));
+        free(r->key_header);
+    }
+    free(r->peers);
+    free(r);
+}
+
+/* A trace id: the incoming traceparent's, else a fresh one. */
+static void trace_of(const char *tp, char out[33])
+{
+    /* version "00-" + 32 hex trace id + "-" + 16 hex parent + "-" + 2 hex flags */
+    int ok = tp && strlen(tp) >= 55 && tp[2] == '-' && tp[35] == '-';
+    for (int i = 3; ok && i < 35; i++)
+        ok = (tp[i] >= '0' && tp[i] <= '9') || (tp[i] >= 'a' && tp[i] <= 'f');
+    if (ok) {
+        memcpy(out, tp + 3, 32);
+    } else {
+        uint64_t a = nl_now_ns() * 0x9e3779b97f4a7c15ull, b = (uint64_t)(uintptr_t)out ^ (a >> 17) ^ 0x5bd1e995u;
+        snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+    }
+    out[32] = 0;
+}
+
+int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
+                  const char *traceparent)
+{
+    if (n == 0)
+        return 0;
+    job j;
+    memset(&j, 0, sizeof j);
+    j.calls = calls;
+    j.n = n;
+    j.pending = n;
+    j.deadline_ns = nl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    snprintf(j.rid, sizeof j.rid, "%s", request_id && *request_id ? request_id : "-");
+    trace_of(traceparent, j.trace_id);
+    for (size_t i = 0; i < n; i++) {
+        calls[i].status = 0;
+        calls[i].err = -ETIMEDOUT;
+        calls[i].body_out = NULL;
+        calls[i].body_out_len = 0;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_lock(&r->mu);
+    j.next = r->queue;
+    r->queue = &j;
+    pthread_mutex_unlock(&r->mu);
+    curl_multi_wakeup(r->m);
+    pthread_mutex_lock(&r->mu);
+    /* libcurl's per-transfer timeout ends every call by the deadline; the wait below has a
+     * margin for the loop to notice, and never returns before pending is 0, because the
+     * router thread still points at the job until then. */
+    while (j.pending > 0)
+        pthread_cond_wait(&j.cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    pthread_cond_destroy(&j.cv);
+    return 0;
+}
+
+int nl_router_breaker(nl_router *r, const char *id)
+{
+    pthread_mutex_lock(&r->mu);
+    int st = 0;
+    for (size_t i = 0; i < r->npeers; i++)
+        if (!strcmp(r->peers[i].id, id)) {
+            peer *p = &r->peers[i];
+            st = p->state == 1 && nl_now_ns() >= p->open_until_ns ? 2 : p->state;
+        }
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+void nl_router_metrics(nl_router *r, FILE *f)
+{
+    pthread_mutex_lock(&r->mu);
+    fprintf(f, "# HELP nearline_peer_requests_total Calls to another node, by peer.\n"
+               "# TYPE nearline_peer_requests_total counter\n");
+    for (size_t i = 0; i < r->npeers; i++)
+        fprintf(f, "nearline_peer_requests_total{peer=\"%s\"} %llu\n", r->peers[i].id,
+                (unsigned long long)r->peers[i].requests);
+    fprintf(f, "# HELP nearline_peer_errors_total Calls to another node that got no answer or a 5xx, by peer.\n"
+               "# TYPE nearline_peer_errors_total counter\n");
+    for (size_t i = 0; i < r->npeers; i++)
+        fprintf(f, "nearline_peer_errors_total{peer=\"%s\"} %llu\n", r->peers[i].id,
+                (unsigned long long)r->peers[i].errors);
+    fprintf(f, "# HELP nearline_peer_breaker_rejected_total Calls failed fast because the peer's breaker was open.\n"
+               "# TYPE nearline_peer_breaker_rejected_total counter\n");
+    for (size_t i = 0; i < r->npeers; i++)
+        fprintf(f, "nearline_peer_breaker_rejected_total{peer=\"%s\"} %llu\n", r->peers[i].id,
+                (unsigned long long)r->peers[i].breaker_rejects);
+    fprintf(f, "# HELP nearline_peer_breaker_opened_total Times the peer's breaker opened.\n"
+               "# TYPE nearline_peer_breaker_opened_total counter\n");
+    for (size_t i = 0; i < r->npeers; i++)
+        fprintf(f, "nearline_peer_breaker_opened_total{peer=\"%s\"} %llu\n", r->peers[i].id,
+                (unsigned long long)r->peers[i].opened);
+    fprintf(f, "# HELP nearline_peer_breaker_state Breaker of the peer: 0 closed, 1 open, 2 half-open.\n"
+               "# TYPE nearline_peer_breaker_state gauge\n");
+    for (size_t i = 0; i < r->npeers; i++) {
+        peer *p = &r->peers[i];
+        int st = p->state == 1 && nl_now_ns() >= p->open_until_ns ? 2 : p->state;
+        fprintf(f, "nearline_peer_breaker_state{peer=\"%s\"} %d\n", p->id, st);
+    }
+    fprintf(f, "# HELP nearline_peer_latency_seconds Latency of calls to another node, by peer.\n"
+               "# TYPE nearline_peer_latency_seconds histogram\n");
+    for (size_t i = 0; i < r->npeers; i++) {
+        peer *p = &r->peers[i];
+        uint64_t cum = 0;
+        for (int b = 0; b < NLB; b++) {
+            cum += p->hist[b];
+            fprintf(f, "nearline_peer_latency_seconds_bucket{peer=\"%s\",le=\"%g\"} %llu\n", p->id, lat_buckets[b],
+                    (unsigned long long)cum);
+        }
+        cum += p->hist[NLB];
+        fprintf(f, "nearline_peer_latency_seconds_bucket{peer=\"%s\",le=\"+Inf\"} %llu\n", p->id,
+                (unsigned long long)cum);
+        fprintf(f, "nearline_peer_latency_seconds_sum{peer=\"%s\"} %.6f\n", p->id, (double)p->sum_us / 1e6);
+        fprintf(f, "nearline_peer_latency_seconds_count{peer=\"%s\"} %llu\n", p->id, (unsigned long long)cum);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
