@@ -200,12 +200,21 @@ static void xfer_free(nl_router *r, xfer *x)
 static void job_start(nl_router *r, job *j)
 {
     uint64_t now = nl_now_ns();
+    /* The probe of a half-open peer is one request: every call of the job that got the
+     * probe goes to that peer (a node holds several shards of a collection). */
+    size_t probed[64]; /* indices into r->peers (which peer_get may move) */
+    size_t nprobed = 0;
     for (size_t i = 0; i < j->n; i++) {
         nl_rcall *c = &j->calls[i];
         int probe = 0, admit;
         pthread_mutex_lock(&r->mu);
         peer *p = peer_get(r, c->peer);
-        admit = p ? breaker_admit(r, p, &probe) : 1;
+        int same = 0;
+        for (size_t k = 0; p && k < nprobed; k++)
+            same |= probed[k] == (size_t)(p - r->peers);
+        admit = same ? 1 : p ? breaker_admit(r, p, &probe) : 1;
+        if (probe && nprobed < 64)
+            probed[nprobed++] = (size_t)(p - r->peers);
         if (!admit && p)
             p->breaker_rejects++;
         pthread_mutex_unlock(&r->mu);

@@ -1570,16 +1570,25 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
         return rc;
     }
     atomic_store(&s->ready, 1);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    /* One node: a pool of threads over epoll (a search blocks only on its own disk reads).
+     * Cluster mode: a thread per connection, because a routed request blocks its thread
+     * until the shards answer, and in a pool the internal call it waits for (from this
+     * node's router, or another node's) could be queued behind it on that same thread. */
+    unsigned flags = s->opt.cluster ? MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
+                                          MHD_USE_ITC | MHD_USE_ERROR_LOG
+                                    : MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (s->tls_cert)
         flags |= MHD_USE_TLS;
     struct MHD_OptionItem tls[] = {
         {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert}, {MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key}, {MHD_OPTION_END, 0, NULL}};
     struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
-    s->d = MHD_start_daemon(flags, s->opt.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
-                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->opt.threads, MHD_OPTION_NOTIFY_COMPLETED,
-                            on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_EXTERNAL_LOGGER,
-                            mhd_logger, s, MHD_OPTION_ARRAY, s->tls_cert ? tls : none, MHD_OPTION_END);
+    struct MHD_OptionItem pool[] = {{MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)s->opt.threads, NULL},
+                                    {MHD_OPTION_END, 0, NULL}};
+    struct MHD_OptionItem conns[] = {{MHD_OPTION_CONNECTION_LIMIT, 4096, NULL}, {MHD_OPTION_END, 0, NULL}};
+    s->d = MHD_start_daemon(flags, s->opt.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
+                            MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_ARRAY, s->opt.cluster ? conns : pool,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+                            MHD_OPTION_ARRAY, s->tls_cert ? tls : none, MHD_OPTION_END);
     if (!s->d) {
         rc = nl_fail(-EADDRINUSE, "cannot listen on %s:%u (in use, not permitted, or a bad TLS certificate/key)",
                      s->opt.listen_addr, s->opt.port);

@@ -1,0 +1,168 @@
+"""harness.py — real-process cluster tests: a ZooKeeper on a free loopback port with a
+temporary data directory (scripts/zookeeper.sh) and N `nearline serve --zookeeper`
+processes, each with its own database directory and port.
+
+Everything it starts it stops: Cluster is a context manager, registers an atexit hook and
+turns SIGTERM/SIGINT into SystemExit, so a failing or interrupted test still kills every
+node and ZooKeeper and removes the temporary directory. Traffic goes to 127.0.0.1 only.
+"""
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ZK_SCRIPT = os.path.join(HERE, "..", "..", "scripts", "zookeeper.sh")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def http(method, url, body=None, timeout=10, headers=None):
+    """(status, parsed JSON or text) of one request; status 0 when there was no answer."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            st = r.status
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        st = e.code
+    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError):
+        return 0, None
+    try:
+        return st, json.loads(raw)
+    except ValueError:
+        return st, raw.decode(errors="replace")
+
+
+class Node:
+    def __init__(self, cluster, node_id, port=None, db=None):
+        self.cluster = cluster
+        self.id = node_id
+        self.port = port or free_port()
+        self.db = db or os.path.join(cluster.dir, "db-" + node_id)
+        self.log = os.path.join(cluster.dir, "log-" + node_id)
+        self.proc = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self, extra=(), wait_ready=True, zookeeper=None):
+        args = [self.cluster.nearline, "serve", "--db", self.db, "--listen", "127.0.0.1:%d" % self.port,
+                "--zookeeper", zookeeper or self.cluster.zk, "--node-id", self.id, "--session-timeout-ms",
+                str(self.cluster.session_ms), "--threads", "16", "--log-level", "info"]
+        if self.cluster.key_file:
+            args += ["--cluster-key", self.cluster.key_file]
+        args += list(extra)
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.cluster.procs.append(self.proc)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError("node %s exited (%s): %s" % (self.id, self.proc.returncode, self.tail()))
+            st, _ = http("GET", self.url + "/readyz", timeout=2)
+            if st == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError("node %s not ready in %ss: %s" % (self.id, timeout, self.tail()))
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, n=20):
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def call(self, method, path, body=None, timeout=10, headers=None):
+        return http(method, self.url + path, body, timeout, headers)
+
+
+class Cluster:
+    def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789"):
+        self.nearline = nearline
+        self.session_ms = session_ms
+        self.dir = tempfile.mkdtemp(prefix="nlcluster.")
+        self.zk_port = free_port()
+        self.zk = "127.0.0.1:%d" % self.zk_port
+        self.zk_dir = os.path.join(self.dir, "zk")
+        self.procs = []
+        self.nodes = {}
+        self.key_file = None
+        if key:
+            self.key_file = os.path.join(self.dir, "cluster.key")
+            with open(self.key_file, "w") as f:
+                f.write(key + "\n")
+        atexit.register(self.close)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: (_ for _ in ()).throw(SystemExit(1)))
+
+    def __enter__(self):
+        self.zk_start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def zk_start(self):
+        subprocess.run(["bash", ZK_SCRIPT, "start", self.zk_dir, str(self.zk_port)], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def zk_stop(self):
+        subprocess.run(["bash", ZK_SCRIPT, "stop", self.zk_dir, str(self.zk_port)], stdout=subprocess.DEVNULL)
+
+    def node(self, node_id, **kw):
+        n = Node(self, node_id, **kw)
+        self.nodes[node_id] = n
+        return n
+
+    def close(self):
+        for n in list(self.nodes.values()):
+            n.kill()
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if os.path.isdir(self.zk_dir):
+            self.zk_stop()
+        if os.environ.get("NL_KEEP_CLUSTER_DIR"):
+            print("cluster files kept in", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
