@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps build run test test-release test-asan test-streaming tsan fuzz bench clean
+.PHONY: all deps build run cluster-demo test test-release test-asan test-streaming tsan fuzz bench clean
 
 all: build
 
@@ -18,6 +18,11 @@ build: deps
 # The product on an embedded default: see scripts/demo.sh.
 run: build
 	@bash scripts/demo.sh $(BUILD_DIR)
+
+# Three nodes and ZooKeeper on loopback: a sharded collection, searches through each
+# node, one node killed (a partial answer), everything stopped (docs/cluster.md).
+cluster-demo: build
+	@bash scripts/cluster-demo.sh $(BUILD_DIR)
 
 # Every test on the release build, then the unit tests again under ASan+UBSan.
 test: test-release test-asan

@@ -344,6 +344,7 @@ static int session_open(nl_cluster *cl)
 /* ---------------------------------------------------------------- reading the cluster */
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_node(const void *a, const void *b) { return strcmp(((const nl_node_info *)a)->id, ((const nl_node_info *)b)->id); }
 static int cmp_coll(const void *a, const void *b) { return strcmp(((const cl_coll *)a)->cc.name, ((const cl_coll *)b)->cc.name); }
 
 /* A fresh snapshot from ZooKeeper, leaving watches on the lists and the maps. */
@@ -374,6 +375,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         }
     }
     deallocate_String_vector(&ch);
+    qsort(s->nodes, s->nnodes, sizeof *s->nodes, cmp_node);
 
     path_of(cl, p, sizeof p, "collections", NULL);
     if ((zrc = zoo_get_children(cl->zh, p, 1, &ch)) != ZOK) {
@@ -820,8 +822,13 @@ int nl_cluster_wait_registered(nl_cluster *cl, uint32_t timeout_ms)
 
 int nl_cluster_ready(nl_cluster *cl, char *why, size_t cap)
 {
-    if (atomic_load(&cl->registered))
-        return 1;
+    if (atomic_load(&cl->registered)) { /* and has read the cluster once */
+        cl_snapshot *s = cl_snap_get(cl);
+        int have = s->nnodes > 0;
+        cl_snap_put(cl, s);
+        if (have)
+            return 1;
+    }
     snprintf(why, cap, "%s", atomic_load(&cl->fatal) ? "refused by the cluster (see the log)"
                            : atomic_load(&cl->zstate) == ZOO_CONNECTED_STATE ? "registering with ZooKeeper"
                                                                              : "waiting for ZooKeeper");
@@ -1026,7 +1033,11 @@ int nl_cluster_create(nl_cluster *cl, const nl_cluster_call *call, const char *n
     while (nl_now_ns() < end) {
         if (cl_fresh_coll(cl, name, &c) == 0 && c.has_map) {
             wake(cl);
-            int st = nl_cluster_describe(cl, call, name, out);
+            /* the describe opens every shard on its node (the first open creates it):
+             * given time, so the answer comes once the collection takes writes */
+            nl_cluster_call k = *call;
+            k.timeout_ms = 30000;
+            int st = nl_cluster_describe(cl, &k, name, out);
             return st == 200 ? 201 : st;
         }
         struct timespec ts = {0, 20000000};

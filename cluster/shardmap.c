@@ -305,7 +305,7 @@ int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t 
             load[best]++;
         }
         e->nreplicas = c->replicas;
-        snprintf(e->primary, sizeof e->primary, "%s", e->replicas[0]);
+        memcpy(e->primary, e->replicas[0], sizeof e->primary); /* both NL_NODE_ID_MAX, NUL-terminated */
     }
     return 0;
 }
