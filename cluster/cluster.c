@@ -544,11 +544,41 @@ static void report_refused(nl_cluster *cl, const char *name, uint32_t s, const c
 }
 
 /* Opens (creating when missing) shard s of c locally; checks an existing copy first. */
+static int verified(nl_cluster *cl, const nl_cluster_collection *cc, int add)
+{
+    char key[96];
+    snprintf(key, sizeof key, "%s %s", cc->name, cc->uid);
+    pthread_mutex_lock(&cl->rep_mu);
+    int found = 0;
+    for (size_t i = 0; i < cl->nverified && !found; i++)
+        found = !strcmp(cl->verified[i], key);
+    if (!found && add && cl->nverified < NL_MAX_COLLECTIONS)
+        snprintf(cl->verified[cl->nverified++], sizeof cl->verified[0], "%s", key);
+    pthread_mutex_unlock(&cl->rep_mu);
+    return found;
+}
+
+static void unverify(nl_cluster *cl, const char *name)
+{
+    size_t n = strlen(name);
+    pthread_mutex_lock(&cl->rep_mu);
+    for (size_t i = 0; i < cl->nverified;)
+        if (!strncmp(cl->verified[i], name, n) && cl->verified[i][n] == ' ')
+            memmove(cl->verified[i], cl->verified[--cl->nverified], sizeof cl->verified[0]);
+        else
+            i++;
+    pthread_mutex_unlock(&cl->rep_mu);
+}
+
 static int attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out)
 {
     *out = NULL;
     nl_collection *h = NULL;
     int rc = nl_collection_open(cl->opt.db, cc->name, &h);
+    if (rc == 0 && nl_collection_shard_held(h, s) && verified(cl, cc, 0)) {
+        *out = h; /* the common case: an internal call on a shard already open and checked */
+        return 0;
+    }
     if (rc == NL_ENOTFOUND) {
         nl_clear_errdetail();
         rc = nl_collection_create_shards(cl->opt.db, cc->name, &cc->cfg, &s, 1);
@@ -573,6 +603,8 @@ static int attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, n
             uid_write(cl, cc->name, cc->uid);
         if (!nl_collection_shard_held(h, s) && (rc = nl_collection_shard_attach(h, s)) != 0)
             report_refused(cl, cc->name, s, nl_errdetail());
+        if (!rc)
+            verified(cl, cc, 1);
     }
     if (rc) {
         nl_collection_close(h);
@@ -929,6 +961,7 @@ int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_coll
 
 int nl_cluster_local_drop(nl_cluster *cl, const char *name)
 {
+    unverify(cl, name);
     int rc = nl_collection_drop(cl->opt.db, name);
     char p[4400];
     uid_path(cl, name, p, sizeof p);

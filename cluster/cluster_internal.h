@@ -64,6 +64,10 @@ struct nl_cluster {
     size_t nrefused;
     char unassigned[64][100];
     size_t nunassigned;
+    /* local collections already checked against the cluster's config ("name uid"), so an
+     * internal call on a shard held does not re-read the uid file */
+    char verified[NL_MAX_COLLECTIONS][96];
+    size_t nverified;
 
     nl_router *router;
 

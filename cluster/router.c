@@ -218,7 +218,7 @@ static void job_start(nl_router *r, job *j)
         if (!admit && p)
             p->breaker_rejects++;
         pthread_mutex_unlock(&r->mu);
-        xfer *x = calloc(1, sizeof *x);
+        xfer *x = admit ? calloc(1, sizeof *x) : NULL;
         CURL *e = x ? curl_easy_init() : NULL;
         if (!admit || !e) {
             c->status = 0;

@@ -19,7 +19,8 @@ ZooKeeper on loopback (harness.py): three nodes, then a fourth.
      serves them again, and the history checks out (no acknowledged write lost, no
      acknowledged delete back, nothing returned that was never written);
   6. ZooKeeper stopped for a while: nodes keep answering searches and writes; when it is
-     back they are registered again;
+     back they are registered again; a node paused past its session timeout comes back
+     with a new session;
   7. a node whose disk holds a collection with another config refuses those shards and
      reports them (and keeps them).
 """
@@ -363,6 +364,24 @@ def main():
         check(wait(all_registered, 30), "ZooKeeper back: all four nodes registered again")
         check(a.call("GET", "/v1/collections/vec/points/400010")[0] == 200, "the write made while it was down is there")
 
+        # ---- session expiry: d paused past the session timeout gets a new session,
+        # registers again and serves its shards
+        def sessions(n):
+            st, text = n.call("GET", "/metrics")
+            for line in (text.splitlines() if isinstance(text, str) else []):
+                if line.startswith("nearline_cluster_sessions_total "):
+                    return int(float(line.split()[1]))
+            return -1
+        s_before = sessions(d4)
+        os.kill(d4.proc.pid, signal.SIGSTOP)
+        gone = wait(lambda: all(n["id"] != "d" for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
+        os.kill(d4.proc.pid, signal.SIGCONT)
+        back = wait(lambda: sessions(d4) == s_before + 1 and any(n["id"] == "d" for n in
+                                                                  a.call("GET", "/v1/cluster")[1]["nodes"]), 20)
+        ok = wait(lambda: search_batch(a, "vec2", q[:2], require_complete=True)[0] == 200, 10)
+        check(bool(gone) and bool(back) and ok, "d paused past its session timeout: it left the cluster, then came "
+              "back with a new session (%d -> %d) and serves its shards" % (s_before, sessions(d4)))
+
         # ---- 7. a local copy with another config
         c.stop()
         loc = subprocess.Popen([NL, "serve", "--db", c.db, "--listen", "127.0.0.1:%d" % (lp := free_port()),
@@ -389,6 +408,26 @@ def main():
         kept = [u for u in sc.get("unassigned_local_shards", []) if u.startswith("clash/")]
         check(len(kept) == 4 - len(mine) and os.path.isdir(os.path.join(c.db, "clash")),
               "the local shards the map gives elsewhere are kept on disk and reported (%s)" % kept)
+
+    # ---- 8. TLS: nodes that serve https call each other over https, verified against the
+    # certificate they share
+    with Cluster(NL, session_ms=4000) as cl:
+        crt, key = os.path.join(cl.dir, "node.crt"), os.path.join(cl.dir, "node.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        t1, t2 = cl.node("t1"), cl.node("t2")
+        for n in (t1, t2):
+            n.tls = True
+            n.start(extra=["--tls-cert", crt, "--tls-key", key])
+        st, d = t1.call("PUT", "/v1/collections/sec", {"dim": 4, "shards": 4})
+        st2, _ = t1.call("POST", "/v1/collections/sec/points",
+                         {"points": [{"id": i, "vector": [i, 0, 0, 1]} for i in range(40)]})
+        st3, ans = t2.call("POST", "/v1/collections/sec/search", {"vector": [3, 0, 0, 1], "k": 3})
+        check(st == 201 and {s["primary"] for s in d["shard_map"]} == {"t1", "t2"} and st2 == 200 and st3 == 200
+              and not ans["partial"] and [h["id"] for h in ans["results"]][0] == 3,
+              "TLS nodes: writes and searches routed between them over https")
+        st4, _ = http("GET", t1.url + "/internal/v1/collections/sec/shards/0")
+        check(st4 == 401, "... and internal calls still need the cluster key")
 
     print("%d failure(s)" % len(failures))
     return 1 if failures else 0

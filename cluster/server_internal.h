@@ -1,0 +1,100 @@
+/* server_internal.h — what the server's files share (server.c: the HTTP front, routing,
+ * auth, metrics and lifecycle; endpoints.c: the endpoints and their JSON parsing). Not
+ * installed: nl_server.h is the module's interface. */
+#ifndef NL_SERVER_INTERNAL_H
+#define NL_SERVER_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "api_proto.h"
+#include "nl_cluster.h"
+#include "nl_server.h"
+
+/* the status codes and latency buckets counted per endpoint (arrays in server.c) */
+#define NCODES 11
+#define NBUCKETS 13
+
+enum {
+    EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_LIST, EP_CREATE, EP_DESCRIBE, EP_DROP, EP_UPSERT, EP_DELETE,
+    EP_GET, EP_SEARCH, EP_SEARCH_BATCH, EP_INTERNAL, EP_INTERNAL_SEARCH, EP_OTHER, EP_COUNT
+};
+typedef struct {
+    atomic_uint_fast64_t count[EP_COUNT][NCODES + 1]; /* last: any other status */
+    atomic_uint_fast64_t hist[EP_COUNT][NBUCKETS + 1];
+    atomic_uint_fast64_t sum_us[EP_COUNT];
+    atomic_uint_fast64_t queries, filtered, ios, cache_hits, hops, results;
+    atomic_uint_fast64_t points_upserted, points_deleted, overloaded, body_too_large;
+} metrics;
+
+/* ---------------------------------------------------------------- server state */
+
+enum { ROLE_NONE = 0, ROLE_READ = 1, ROLE_WRITE = 2, ROLE_ADMIN = 3 };
+
+typedef struct {
+    char *key;
+    size_t len;
+    int role;
+} api_key;
+
+struct nl_server {
+    nl_db *db;
+    nl_server_options opt;
+    struct MHD_Daemon *d;
+    api_key *keys;
+    size_t nkeys;
+    char *tls_cert, *tls_key;
+    atomic_uint inflight;
+    atomic_int ready;
+    atomic_uint_fast64_t next_rid;
+    uint32_t rid_salt;
+    metrics m;
+    pthread_mutex_t logmu;
+};
+
+typedef struct {
+    char rid[32];
+    uint64_t t0;
+    char *body;
+    size_t len, cap;
+    int too_large, overloaded, admitted;
+    int endpoint, status;
+    int proto_in, proto_out; /* protobuf body / protobuf answer wanted */
+    char method[8];
+    char path[256];
+    /* the collection the request names: its config (local, or the cluster's), and in an
+     * internal call the one shard it is for (-1: all) */
+    const char *cname;
+    nl_collection_config ccfg;
+    int shard;
+    const char *traceparent;
+} req;
+
+/* Responses: each queues the answer (taking over body) and returns MHD's result. */
+nl_api_endpoint nl_srv_api_ep(int e);
+enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, json_t *body);
+enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int rc, const char *what);
+/* A cluster answer (*outp, read after the call that fills it). */
+enum MHD_Result nl_srv_send_cluster(struct MHD_Connection *c, req *r, int status, json_t **outp);
+/* The body as JSON (protobuf bodies converted); NULL with the 400 queued in *res. */
+json_t *nl_srv_parse_body(struct MHD_Connection *c, req *r, enum MHD_Result *res);
+
+/* Endpoints (endpoints.c). h is the local collection, or NULL in cluster mode (then the
+ * router answers, with r->cname and r->ccfg). */
+json_t *nl_srv_describe_json(nl_collection *h);
+int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t *j, nl_collection_config *cfg,
+                         uint32_t *replicas, enum MHD_Result *res);
+enum MHD_Result nl_srv_ep_create(nl_server *s, struct MHD_Connection *c, req *r, const char *name);
+enum MHD_Result nl_srv_ep_list(nl_server *s, struct MHD_Connection *c, req *r);
+enum MHD_Result nl_srv_ep_upsert(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r);
+enum MHD_Result nl_srv_ep_delete(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r);
+enum MHD_Result nl_srv_ep_get(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r, const char *idtext);
+enum MHD_Result nl_srv_ep_search(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r);
+enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r);
+
+#endif
