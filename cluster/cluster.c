@@ -803,7 +803,8 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     pthread_mutex_init(&cl->snap_mu, NULL);
     pthread_mutex_init(&cl->rep_mu, NULL);
     cl_snapshot *empty = calloc(1, sizeof *empty);
-    nl_router_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL};
+    nl_router_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
+                            .max_per_peer = opt->peer_connections};
     if (!hosts || !empty || (opt->cluster_key && !cl->key) || (rc = nl_router_create(&ro, &cl->router)) != 0) {
         free(empty);
         free(hosts);

@@ -68,12 +68,19 @@ static int target(const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_rcall 
     return 0;
 }
 
+/* A peer's 4xx that blames the request (every shard would say the same), as opposed to
+ * the peer: 401/403 mean the nodes disagree on the cluster key, 404 that a shard is not
+ * there; those are the shard's failure, reported as missing. */
+static int request_fault(int status) { return status >= 400 && status < 500 && status != 401 && status != 403 && status != 404; }
+
 static uint32_t timeout_of(const nl_cluster_call *call) { return call->timeout_ms ? call->timeout_ms : DEFAULT_TIMEOUT_MS; }
 
 /* Why a call failed, in words. */
 static void call_error(const nl_rcall *k, char *buf, size_t cap)
 {
-    if (k->status) {
+    if (k->status == 401 || k->status == 403) {
+        snprintf(buf, cap, "HTTP %d: the node refused this node's cluster key (check --cluster-key on both)", k->status);
+    } else if (k->status) {
         Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
         snprintf(buf, cap, "HTTP %d%s%s", k->status, e && e->message ? ": " : "", e && e->message ? e->message : "");
         if (e)
@@ -143,7 +150,7 @@ static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call
         }
         char why[600];
         call_error(k, why, sizeof why);
-        if (k->status >= 400 && k->status < 500 && k->status != 404)
+        if (request_fault(k->status))
             status4xx = k->status;
         else
             all4xx = 0;
@@ -489,7 +496,7 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     for (size_t i = 0; i < nc; i++) {
         if (calls[i].status == 200)
             resp[i] = nearline__batch_search_response__unpack(NULL, calls[i].body_out_len, (uint8_t *)calls[i].body_out);
-        if (calls[i].status >= 400 && calls[i].status < 500 && calls[i].status != 404 && !client_err) {
+        if (request_fault(calls[i].status) && !client_err) {
             client_err = calls[i].status;
             call_error(&calls[i], firstwhy, sizeof firstwhy);
         }

@@ -45,6 +45,7 @@ typedef struct {
     int tls;                  /* the node serves https; peers are called over https */
     const char *tls_ca;       /* certificate peers are verified with */
     uint32_t session_ms;      /* ZooKeeper session timeout; 0 = 6000 */
+    uint32_t peer_connections; /* keep-alive connections (and calls in flight) per peer; 0 = 32 */
     nl_db *db;
     nl_cluster_log_fn log;
     void *log_ctx;

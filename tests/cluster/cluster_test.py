@@ -131,6 +131,10 @@ def main():
         st, _ = a.call("GET", "/internal/v1/collections/none/shards/0", headers={"X-Nearline-Cluster-Key": "wrong-key-0123456789"})
         check(st == 401, "an internal call with a wrong cluster key is 401")
 
+        nokey = Node(cl, "x4", db=os.path.join(cl.dir, "db-x4"))
+        nokey.start(extra=["--cluster-key", os.path.join(cl.dir, "no-such-key")], wait_ready=False)
+        check(nokey.proc.wait(timeout=30) == 2 and "cluster key" in nokey.tail(), "a missing --cluster-key file: exit 2, says why")
+
         # ---- 2. a 6-shard collection over three nodes
         st, d = a.call("PUT", "/v1/collections/vec", {"dim": DIM, "shards": 6, "index": {"R": 32, "L": 64}})
         check(st == 201 and d["shards"] == 6 and len({s["primary"] for s in d["shard_map"]}) == 3,
@@ -199,6 +203,21 @@ def main():
                   % ("" if not out else ": " + out[:500]))
         else:
             print("skip promtool (Debian's prometheus package is not installed)")
+
+        # a node with another cluster key: its calls are refused (401) by the others, so its
+        # answers name every shard it does not hold as missing, and say why
+        other_key = os.path.join(cl.dir, "other.key")
+        with open(other_key, "w") as f:
+            f.write("a-different-key-0123456789\n")
+        wk = Node(cl, "wk", db=os.path.join(cl.dir, "db-wk")).start(extra=["--cluster-key", other_key])
+        st, ans = search_batch(wk, "vec", q[:1])
+        st2, r2 = upsert(wk, "vec", [7], x[7:8])
+        check(st == 200 and ans["partial"] and sorted(ans["missing_shards"]) == list(range(6)) and st2 == 503 and
+              "cluster key" in json.dumps(r2), "a node with the wrong cluster key: partial answers, writes refused "
+              "naming the key (%s)" % (r2.get("failed_shards", [{}])[0].get("error") if isinstance(r2, dict) else r2))
+        wk.kill()
+        # its registration goes with its session; wait, so the next steps see three nodes
+        wait(lambda: all(n["id"] != "wk" for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
 
         # ---- 3. the coordinator's node is killed
         st, s0 = a.call("GET", "/v1/cluster")
