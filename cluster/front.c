@@ -54,6 +54,35 @@ static int coll_of(nl_cluster *cl, cl_snapshot *s, const char *name, const cl_co
     return 0;
 }
 
+/* The start of every routed call: the snapshot (a reference), and the collection with its
+ * map (c, pointing into the snapshot or into tmp). 0, or an HTTP status with *out set and
+ * nothing held; end() releases what begin() took. */
+typedef struct {
+    cl_snapshot *s;
+    const cl_coll *c;
+    cl_coll *tmp;
+} routed;
+
+static int begin(nl_cluster *cl, const char *name, routed *rt, json_t **out)
+{
+    rt->s = cl_snap_get(cl);
+    rt->tmp = malloc(sizeof *rt->tmp);
+    int st = rt->tmp ? coll_of(cl, rt->s, name, &rt->c, rt->tmp, out) : 500;
+    if (st) {
+        if (!rt->tmp)
+            *out = cl_error("internal", "out of memory");
+        free(rt->tmp);
+        cl_snap_put(cl, rt->s);
+    }
+    return st;
+}
+
+static void end(nl_cluster *cl, routed *rt)
+{
+    free(rt->tmp);
+    cl_snap_put(cl, rt->s);
+}
+
 /* Fills call k for shard s of c: its primary's URL, or returns -1 when the primary is not
  * a live node (no call is made: the shard is missing at once). */
 static int target(const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_rcall *k, char *url, size_t cap)
@@ -177,122 +206,155 @@ static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call
     return st;
 }
 
+/* The per-shard parts of one write: a call (and its body) per shard that has a part and a
+ * live primary, the shards that have none. */
+typedef struct {
+    nl_rcall *calls;
+    char (*url)[200];
+    uint32_t *sc;     /* the shard of each call */
+    uint8_t **bodies;
+    size_t nc;
+    uint32_t unreach[NL_MAX_SHARDS];
+    size_t nun;
+} parts;
+
+static int parts_init(parts *w, uint32_t S)
+{
+    memset(w, 0, sizeof *w);
+    w->calls = calloc(S, sizeof *w->calls);
+    w->url = calloc(S, 200);
+    w->sc = calloc(S, sizeof *w->sc);
+    w->bodies = calloc(S, sizeof *w->bodies);
+    return w->calls && w->url && w->sc && w->bodies ? 0 : -ENOMEM;
+}
+
+/* Shard sh's call (to its primary), or 0 when it has no live primary (noted unreachable). */
+static nl_rcall *parts_add(parts *w, const cl_snapshot *s, const cl_coll *c, uint32_t sh)
+{
+    if (target(s, c, sh, &w->calls[w->nc], w->url[w->nc], 200) != 0) {
+        w->unreach[w->nun++] = sh;
+        return NULL;
+    }
+    w->sc[w->nc] = sh;
+    return &w->calls[w->nc];
+}
+
+/* Sets the body and path of the call parts_add returned, and counts it. */
+static void parts_commit(parts *w, uint8_t *body, size_t len, const char *name, const char *what)
+{
+    nl_rcall *k = &w->calls[w->nc];
+    k->method = "POST";
+    snprintf(k->path, sizeof k->path, "/internal/v1/collections/%s/shards/%u/%s", name, w->sc[w->nc], what);
+    w->bodies[w->nc] = body;
+    k->body = body;
+    k->body_len = len;
+    w->nc++;
+}
+
+/* Sends every part in parallel and makes the answer (write_answer). */
+static int parts_send(nl_cluster *cl, parts *w, const nl_cluster_call *call, uint32_t timeout_ms, int oom,
+                      const char *count_key, int is_delete, json_t **out)
+{
+    if (oom) {
+        *out = cl_error("internal", "out of memory");
+        return 500;
+    }
+    atomic_fetch_add(&cl->fanout_calls, 1);
+    atomic_fetch_add(&cl->fanout_shards, w->nc);
+    nl_router_run(cl->router, w->calls, w->nc, timeout_ms, call->request_id, call->traceparent);
+    return write_answer(cl, w->calls, w->sc, w->nc, w->unreach, w->nun, count_key, is_delete, out);
+}
+
+static void parts_free(parts *w)
+{
+    for (size_t i = 0; w->calls && w->bodies && i < w->nc; i++) {
+        free(w->bodies[i]);
+        free(w->calls[i].body_out);
+    }
+    free(w->bodies);
+    free(w->sc);
+    free(w->url);
+    free(w->calls);
+}
+
+/* The UpsertRequest of the points of pts[] whose shard (of[]) is sh; NULL when out of memory. */
+static uint8_t *upsert_body(const nl_point *pts, const uint32_t *of, size_t n, size_t cnt, uint32_t sh, size_t *len)
+{
+    Nearline__UpsertRequest m = NEARLINE__UPSERT_REQUEST__INIT;
+    Nearline__Vector *vs = calloc(cnt, sizeof *vs), **vp = calloc(cnt, sizeof *vp);
+    Nearline__Id *ids = calloc(cnt, sizeof *ids);
+    size_t m_n = 0;
+    for (size_t i = 0; vs && vp && ids && i < n; i++) {
+        if (of[i] != sh)
+            continue;
+        Nearline__Vector *v = &vs[m_n];
+        nearline__vector__init(v);
+        id_pb(&pts[i].id, &ids[m_n]);
+        v->id = &ids[m_n];
+        v->n_values = pts[i].dim;
+        v->values = (float *)pts[i].vector;
+        v->metadata = pts[i].metadata ? strndup(pts[i].metadata, pts[i].metadata_len) : (char *)"";
+        vp[m_n++] = v;
+    }
+    m.n_points = m_n;
+    m.points = vp;
+    uint8_t *body = vs && vp && ids ? pack(&m.base, len) : NULL;
+    for (size_t i = 0; vs && ids && i < m_n; i++) {
+        id_pb_free(&ids[i]);
+        if (vs[i].metadata && *vs[i].metadata)
+            free(vs[i].metadata);
+    }
+    free(vs);
+    free(vp);
+    free(ids);
+    return body;
+}
+
 int nl_cluster_upsert(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_point *pts, size_t n,
                       json_t **out)
 {
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c;
-    cl_coll *tmp = malloc(sizeof *tmp);
-    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
-    if (st) {
-        if (!tmp) *out = cl_error("internal", "out of memory");
-        free(tmp);
-        cl_snap_put(cl, s);
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
         return st;
-    }
-    uint32_t S = c->map.nshards;
+    uint32_t S = rt.c->map.nshards;
     uint32_t *of = malloc(sizeof *of * (n ? n : 1));
     size_t cnt[NL_MAX_SHARDS] = {0};
     for (size_t i = 0; of && i < n; i++)
         cnt[of[i] = nl_shard_of(&pts[i].id, S)]++;
-    nl_rcall *calls = calloc(S, sizeof *calls);
-    char (*url)[200] = calloc(S, 200);
-    uint32_t *sc = calloc(S, sizeof *sc), unreach[NL_MAX_SHARDS];
-    uint8_t **bodies = calloc(S, sizeof *bodies);
-    size_t nc = 0, nun = 0;
-    for (uint32_t sh = 0; of && calls && url && sc && bodies && sh < S; sh++) {
-        if (!cnt[sh])
+    parts w;
+    int oom = parts_init(&w, S) != 0 || !of;
+    for (uint32_t sh = 0; !oom && sh < S; sh++) {
+        if (!cnt[sh] || !parts_add(&w, rt.s, rt.c, sh))
             continue;
-        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
-            unreach[nun++] = sh;
-            continue;
-        }
-        Nearline__UpsertRequest m = NEARLINE__UPSERT_REQUEST__INIT;
-        Nearline__Vector *vs = calloc(cnt[sh], sizeof *vs), **vp = calloc(cnt[sh], sizeof *vp);
-        Nearline__Id *ids = calloc(cnt[sh], sizeof *ids);
-        size_t m_n = 0;
-        for (size_t i = 0; vs && vp && ids && i < n; i++) {
-            if (of[i] != sh)
-                continue;
-            Nearline__Vector *v = &vs[m_n];
-            nearline__vector__init(v);
-            id_pb(&pts[i].id, &ids[m_n]);
-            v->id = &ids[m_n];
-            v->n_values = pts[i].dim;
-            v->values = (float *)pts[i].vector;
-            v->metadata = pts[i].metadata ? strndup(pts[i].metadata, pts[i].metadata_len) : (char *)"";
-            vp[m_n++] = v;
-        }
-        m.n_points = m_n;
-        m.points = vp;
         size_t len = 0;
-        bodies[nc] = vs && vp && ids ? pack(&m.base, &len) : NULL;
-        for (size_t i = 0; vs && ids && i < m_n; i++) {
-            id_pb_free(&ids[i]);
-            if (vs[i].metadata && *vs[i].metadata)
-                free(vs[i].metadata);
-        }
-        free(vs);
-        free(vp);
-        free(ids);
-        calls[nc].method = "POST";
-        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/points", name, sh);
-        calls[nc].body = bodies[nc];
-        calls[nc].body_len = len;
-        sc[nc++] = sh;
+        uint8_t *body = upsert_body(pts, of, n, cnt[sh], sh, &len);
+        oom = !body;
+        parts_commit(&w, body, len, name, "points");
     }
-    if (!of || !calls || !url || !sc || !bodies) {
-        *out = cl_error("internal", "out of memory");
-        st = 500;
-    } else {
-        atomic_fetch_add(&cl->fanout_calls, 1);
-        atomic_fetch_add(&cl->fanout_shards, nc);
-        nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
-        st = write_answer(cl, calls, sc, nc, unreach, nun, "upserted", 0, out);
-    }
-    for (size_t i = 0; calls && bodies && i < nc; i++) {
-        free(bodies[i]);
-        free(calls[i].body_out);
-    }
-    free(bodies);
-    free(sc);
-    free(url);
-    free(calls);
+    st = parts_send(cl, &w, call, timeout_of(call), oom, "upserted", 0, out);
+    parts_free(&w);
     free(of);
-    free(tmp);
-    cl_snap_put(cl, s);
+    end(cl, &rt);
     return st;
 }
 
 int nl_cluster_delete(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *ids, size_t n,
                       const char *filter_json, json_t **out)
 {
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c;
-    cl_coll *tmp = malloc(sizeof *tmp);
-    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
-    if (st) {
-        if (!tmp) *out = cl_error("internal", "out of memory");
-        free(tmp);
-        cl_snap_put(cl, s);
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
         return st;
-    }
-    uint32_t S = c->map.nshards;
+    uint32_t S = rt.c->map.nshards;
     size_t cnt[NL_MAX_SHARDS] = {0};
     for (size_t i = 0; ids && i < n; i++)
         cnt[nl_shard_of(&ids[i], S)]++;
-    nl_rcall *calls = calloc(S, sizeof *calls);
-    char (*url)[200] = calloc(S, 200);
-    uint32_t *sc = calloc(S, sizeof *sc), unreach[NL_MAX_SHARDS];
-    uint8_t **bodies = calloc(S, sizeof *bodies);
-    size_t nc = 0, nun = 0;
-    for (uint32_t sh = 0; calls && url && sc && bodies && sh < S; sh++) {
-        if (ids && !cnt[sh])
+    parts w;
+    int oom = parts_init(&w, S) != 0;
+    for (uint32_t sh = 0; !oom && sh < S; sh++) {
+        if ((ids && !cnt[sh]) || !parts_add(&w, rt.s, rt.c, sh))
             continue;
-        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
-            unreach[nun++] = sh;
-            continue;
-        }
         Nearline__DeleteRequest m = NEARLINE__DELETE_REQUEST__INIT;
         Nearline__Id *pid = ids ? calloc(cnt[sh], sizeof *pid) : NULL, **pp = ids ? calloc(cnt[sh], sizeof *pp) : NULL;
         size_t k = 0;
@@ -306,37 +368,18 @@ int nl_cluster_delete(nl_cluster *cl, const nl_cluster_call *call, const char *n
         m.ids = pp;
         m.filter = filter_json && !ids ? (char *)filter_json : (char *)"";
         size_t len = 0;
-        bodies[nc] = pack(&m.base, &len);
+        uint8_t *body = !ids || (pid && pp) ? pack(&m.base, &len) : NULL;
+        oom = !body;
         for (size_t i = 0; pid && i < k; i++)
             id_pb_free(&pid[i]);
         free(pid);
         free(pp);
-        calls[nc].method = "POST";
-        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/points/delete", name, sh);
-        calls[nc].body = bodies[nc];
-        calls[nc].body_len = len;
-        sc[nc++] = sh;
+        parts_commit(&w, body, len, name, "points/delete");
     }
-    if (!calls || !url || !sc || !bodies) {
-        *out = cl_error("internal", "out of memory");
-        st = 500;
-    } else {
-        atomic_fetch_add(&cl->fanout_calls, 1);
-        atomic_fetch_add(&cl->fanout_shards, nc);
-        nl_router_run(cl->router, calls, nc, filter_json ? 10 * timeout_of(call) : timeout_of(call), call->request_id,
-                      call->traceparent);
-        st = write_answer(cl, calls, sc, nc, unreach, nun, "deleted", 1, out);
-    }
-    for (size_t i = 0; calls && bodies && i < nc; i++) {
-        free(bodies[i]);
-        free(calls[i].body_out);
-    }
-    free(bodies);
-    free(sc);
-    free(url);
-    free(calls);
-    free(tmp);
-    cl_snap_put(cl, s);
+    /* a delete by filter scans every shard: it gets longer */
+    st = parts_send(cl, &w, call, filter_json ? 10 * timeout_of(call) : timeout_of(call), oom, "deleted", 1, out);
+    parts_free(&w);
+    end(cl, &rt);
     return st;
 }
 
@@ -344,24 +387,17 @@ int nl_cluster_delete(nl_cluster *cl, const nl_cluster_call *call, const char *n
 
 int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *id, json_t **out)
 {
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c;
-    cl_coll *tmp = malloc(sizeof *tmp);
-    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
-    if (st) {
-        if (!tmp) *out = cl_error("internal", "out of memory");
-        free(tmp);
-        cl_snap_put(cl, s);
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
         return st;
-    }
-    uint32_t sh = nl_shard_of(id, c->map.nshards);
+    uint32_t sh = nl_shard_of(id, rt.c->map.nshards);
     nl_rcall k;
     char url[200];
-    if (target(s, c, sh, &k, url, sizeof url) != 0) {
+    if (target(rt.s, rt.c, sh, &k, url, sizeof url) != 0) {
         *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message",
                          "the primary of the point's shard is not a live node", "missing_shards", (int)sh);
-        free(tmp);
-        cl_snap_put(cl, s);
+        end(cl, &rt);
         return 503;
     }
     char *esc = NULL;
@@ -393,8 +429,7 @@ int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name
         st = 503;
     }
     free(k.body_out);
-    free(tmp);
-    cl_snap_put(cl, s);
+    end(cl, &rt);
     return st;
 }
 
@@ -436,17 +471,11 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
                       uint32_t dim, const nl_cluster_search_params *p, int batch, json_t **out)
 {
     uint64_t t0 = nl_now_ns();
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c;
-    cl_coll *tmp = malloc(sizeof *tmp);
-    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
-    if (st) {
-        if (!tmp) *out = cl_error("internal", "out of memory");
-        free(tmp);
-        cl_snap_put(cl, s);
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
         return st;
-    }
-    uint32_t S = c->map.nshards;
+    uint32_t S = rt.c->map.nshards;
     /* one request, the same for every shard */
     Nearline__BatchSearchRequest m = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
     Nearline__SearchRequest *rq = calloc(nq, sizeof *rq), **rp = calloc(nq, sizeof *rp);
@@ -478,7 +507,7 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     m.queries = rp;
     body = pack(&m.base, &len);
     for (uint32_t sh = 0; body && sh < S; sh++) {
-        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0) {
+        if (target(rt.s, rt.c, sh, &calls[nc], url[nc], 200) != 0) {
             missing[nmiss++] = sh;
             continue;
         }
@@ -578,8 +607,7 @@ done:
     free(calls);
     free(rp);
     free(rq);
-    free(tmp);
-    cl_snap_put(cl, s);
+    end(cl, &rt);
     return st;
 }
 
@@ -587,24 +615,18 @@ done:
 
 int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out)
 {
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c;
-    cl_coll *tmp = malloc(sizeof *tmp);
-    int st = tmp ? coll_of(cl, s, name, &c, tmp, out) : 500;
-    if (st) {
-        if (!tmp) *out = cl_error("internal", "out of memory");
-        free(tmp);
-        cl_snap_put(cl, s);
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
         return st;
-    }
-    uint32_t S = c->map.nshards;
+    uint32_t S = rt.c->map.nshards;
     nl_rcall *calls = calloc(S, sizeof *calls);
     char (*url)[200] = calloc(S, 200);
     int *callof = calloc(S, sizeof *callof);
     size_t nc = 0;
     for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
         callof[sh] = -1;
-        if (target(s, c, sh, &calls[nc], url[nc], 200) != 0)
+        if (target(rt.s, rt.c, sh, &calls[nc], url[nc], 200) != 0)
             continue;
         calls[nc].method = "GET";
         snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u", name, sh);
@@ -612,11 +634,11 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
     }
     if (calls && url && callof)
         nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
-    const nl_collection_config *g = &c->cc.cfg;
+    const nl_collection_config *g = &rt.c->cc.cfg;
     json_t *shards = json_array(), *miss = json_array();
     json_int_t points = 0, segments = 0, disk = 0, fresh = 0;
     for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
-        const nl_shard_entry *e = &c->map.shard[sh];
+        const nl_shard_entry *e = &rt.c->map.shard[sh];
         json_t *reps = json_array();
         for (uint32_t r = 0; r < e->nreplicas; r++)
             json_array_append_new(reps, json_string(e->replicas[r]));
@@ -644,15 +666,14 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
         free(calls[i].body_out);
     *out = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:i,s:{s:I,s:I,s:I,s:I},s:o,s:b,s:o}", "name",
                      name, "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype", nl_dtype_name(g->dtype),
-                     "shards", (int)S, "replicas", (int)c->cc.replicas, "index", "R", (int)g->R, "L", (int)g->L,
+                     "shards", (int)S, "replicas", (int)rt.c->cc.replicas, "index", "R", (int)g->R, "L", (int)g->L,
                      "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes, "fresh_capacity", (int)g->fresh_capacity,
-                     "map_version", (int)c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
+                     "map_version", (int)rt.c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
                      segments, "disk_bytes", disk, "shard_map", shards, "partial", json_array_size(miss) > 0,
                      "missing_shards", miss);
     free(callof);
     free(url);
     free(calls);
-    free(tmp);
-    cl_snap_put(cl, s);
+    end(cl, &rt);
     return 200;
 }

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -445,26 +446,23 @@ int nl_router_breaker(nl_router *r, const char *id)
 void nl_router_metrics(nl_router *r, FILE *f)
 {
     pthread_mutex_lock(&r->mu);
-    fprintf(f, "# HELP nearline_peer_requests_total Calls to another node, by peer.\n"
-               "# TYPE nearline_peer_requests_total counter\n");
-    for (size_t i = 0; i < r->npeers; i++)
-        fprintf(f, "nearline_peer_requests_total{peer=\"%s\"} %llu\n", r->peers[i].id,
-                (unsigned long long)r->peers[i].requests);
-    fprintf(f, "# HELP nearline_peer_errors_total Calls to another node that got no answer or a 5xx, by peer.\n"
-               "# TYPE nearline_peer_errors_total counter\n");
-    for (size_t i = 0; i < r->npeers; i++)
-        fprintf(f, "nearline_peer_errors_total{peer=\"%s\"} %llu\n", r->peers[i].id,
-                (unsigned long long)r->peers[i].errors);
-    fprintf(f, "# HELP nearline_peer_breaker_rejected_total Calls failed fast because the peer's breaker was open.\n"
-               "# TYPE nearline_peer_breaker_rejected_total counter\n");
-    for (size_t i = 0; i < r->npeers; i++)
-        fprintf(f, "nearline_peer_breaker_rejected_total{peer=\"%s\"} %llu\n", r->peers[i].id,
-                (unsigned long long)r->peers[i].breaker_rejects);
-    fprintf(f, "# HELP nearline_peer_breaker_opened_total Times the peer's breaker opened.\n"
-               "# TYPE nearline_peer_breaker_opened_total counter\n");
-    for (size_t i = 0; i < r->npeers; i++)
-        fprintf(f, "nearline_peer_breaker_opened_total{peer=\"%s\"} %llu\n", r->peers[i].id,
-                (unsigned long long)r->peers[i].opened);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"requests_total", "Calls to another node, by peer.", offsetof(peer, requests)},
+        {"errors_total", "Calls to another node that got no answer or a 5xx, by peer.", offsetof(peer, errors)},
+        {"breaker_rejected_total", "Calls failed fast because the peer's breaker was open.",
+         offsetof(peer, breaker_rejects)},
+        {"breaker_opened_total", "Times the peer's breaker opened.", offsetof(peer, opened)},
+    };
+    for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
+        fprintf(f, "# HELP nearline_peer_%s %s\n# TYPE nearline_peer_%s counter\n", counters[c].name, counters[c].help,
+                counters[c].name);
+        for (size_t i = 0; i < r->npeers; i++)
+            fprintf(f, "nearline_peer_%s{peer=\"%s\"} %llu\n", counters[c].name, r->peers[i].id,
+                    (unsigned long long)*(const uint64_t *)((const char *)&r->peers[i] + counters[c].off));
+    }
     fprintf(f, "# HELP nearline_peer_breaker_state Breaker of the peer: 0 closed, 1 open, 2 half-open.\n"
                "# TYPE nearline_peer_breaker_state gauge\n");
     for (size_t i = 0; i < r->npeers; i++) {

@@ -513,14 +513,22 @@ int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
     return rc;
 }
 
-int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
+/* Shard s of a live collection, for a per-shard call: 0, NL_ENOTFOUND, or live's error. */
+static int live_shard(const nl_collection *c, uint32_t s, nl_shard **sh)
 {
     int rc = live(c);
+    if (rc)
+        return rc;
+    *sh = held_shard(c, s);
+    return *sh ? 0 : NL_ENOTFOUND;
+}
+
+int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
+{
+    nl_shard *sh;
+    int rc = live_shard(c, s, &sh);
     if (rc || n == 0)
         return rc;
-    nl_shard *sh = held_shard(c, s);
-    if (!sh)
-        return NL_ENOTFOUND;
     if (!pts)
         return nl_fail(NL_EINVAL, "no points");
     for (size_t i = 0; i < n; i++)
@@ -550,12 +558,10 @@ int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_
 {
     if (deleted)
         *deleted = 0;
-    int rc = live(c);
+    nl_shard *sh;
+    int rc = live_shard(c, s, &sh);
     if (rc)
         return rc;
-    nl_shard *sh = held_shard(c, s);
-    if (!sh)
-        return NL_ENOTFOUND;
     if (!f)
         return nl_fail(NL_EINVAL, "delete by filter: no filter");
     return nl_shard_delete_by_filter(sh, f, deleted);
@@ -592,12 +598,10 @@ int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, s
 {
     if (deleted)
         *deleted = 0;
-    int rc = live(c);
+    nl_shard *sh;
+    int rc = live_shard(c, s, &sh);
     if (rc || n == 0)
         return rc;
-    nl_shard *sh = held_shard(c, s);
-    if (!sh)
-        return NL_ENOTFOUND;
     for (size_t i = 0; i < n; i++)
         if (shard_of(c, &ids[i]) != s)
             return nl_fail(NL_EINVAL, "id %zu belongs to shard %u, not %u", i, shard_of(c, &ids[i]), s);
@@ -802,12 +806,10 @@ int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
 int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
-    int rc = live(c);
+    nl_shard *sh;
+    int rc = live_shard(c, s, &sh);
     if (rc)
         return rc;
-    nl_shard *sh = held_shard(c, s);
-    if (!sh)
-        return NL_ENOTFOUND;
     nl_shard_stats(sh, st);
     return 0;
 }
