@@ -36,6 +36,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+import nearline  # noqa: E402
 from harness import Cluster, Node, free_port, http  # noqa: E402
 
 NL = sys.argv[1]
@@ -289,6 +291,14 @@ def main():
         st, ans = search_batch(c, "vec", q[:3])
         check(st == 200 and ans["partial"] and sorted(ans["missing_shards"]) == vs,
               "with b down: partial answers missing exactly b's shards %s" % vs)
+        res = nearline.Client(c.url).search("vec", q[0].tolist(), k=5)
+        try:
+            nearline.Client(a.url).search("vec", q[0].tolist(), k=5, require_complete=True)
+            refused = None
+        except nearline.NearlineError as e:
+            refused = e.status
+        check(res.partial and sorted(res.missing_shards) == vs and len(res) == 5 and refused == 503,
+              "the Python client says partial and names the missing shards; require_complete raises a 503")
         st, r = upsert(a, "vec", range(300000, 300200), np.ones((200, DIM), np.float32))
         check(st == 503 and sorted({f["shard"] for f in r["failed_shards"]}) == vs,
               "a write spanning every shard fails naming b's shards only (%s)" % sorted({f["shard"] for f in r.get("failed_shards", [])}))

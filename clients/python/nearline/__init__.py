@@ -23,8 +23,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["Client", "NearlineError"]
+__all__ = ["Client", "NearlineError", "Results"]
 __version__ = "0.1.0"
+
+
+class Results(list):
+    """Search results (a list of {"id", "score", "metadata"}), with what a cluster says of
+    them: `partial` is True when some shards did not answer in time, and `missing_shards`
+    names them (a single node always answers complete)."""
+
+    def __init__(self, answer):
+        super().__init__(answer.get("results", []))
+        self.partial = bool(answer.get("partial", False))
+        self.missing_shards = list(answer.get("missing_shards", []))
 
 
 class NearlineError(Exception):
@@ -147,25 +158,36 @@ class Client:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, name, vector, k=10, filter=None, L=None, with_metadata=True):
-        """The k nearest points: a list of {"id", "score", "metadata"}, nearest first."""
+    @staticmethod
+    def _search_options(body, L, timeout_ms, require_complete):
+        for key, v in (("L", L), ("timeout_ms", timeout_ms), ("require_complete", require_complete)):
+            if v is not None:
+                body[key] = v
+        return body
+
+    def search(self, name, vector, k=10, filter=None, L=None, with_metadata=True, timeout_ms=None,
+               require_complete=None):
+        """The k nearest points, nearest first, as Results (a list of {"id", "score",
+        "metadata"} with .partial and .missing_shards). In a cluster, timeout_ms bounds the
+        search (default 1000) and require_complete=True turns a partial answer into a 503
+        NearlineError."""
         body = {"vector": list(vector), "k": k, "with_metadata": with_metadata}
         if filter is not None:
             body["filter"] = filter
-        if L is not None:
-            body["L"] = L
-        return self._request("POST", f"/v1/collections/{self._q(name)}/search", body)["results"]
+        self._search_options(body, L, timeout_ms, require_complete)
+        return Results(self._request("POST", f"/v1/collections/{self._q(name)}/search", body))
 
-    def search_batch(self, name, vectors, k=10, filter=None, filters=None, L=None, with_metadata=True):
-        """Several queries in one request: a list of result lists."""
+    def search_batch(self, name, vectors, k=10, filter=None, filters=None, L=None, with_metadata=True,
+                     timeout_ms=None, require_complete=None):
+        """Several queries in one request: a Results of result lists (.partial and
+        .missing_shards for the whole batch)."""
         body = {"vectors": [list(v) for v in vectors], "k": k, "with_metadata": with_metadata}
         if filter is not None:
             body["filter"] = filter
         if filters is not None:
             body["filters"] = filters
-        if L is not None:
-            body["L"] = L
-        return self._request("POST", f"/v1/collections/{self._q(name)}/search/batch", body)["results"]
+        self._search_options(body, L, timeout_ms, require_complete)
+        return Results(self._request("POST", f"/v1/collections/{self._q(name)}/search/batch", body))
 
     # ------------------------------------------------------------------ operations
 
