@@ -181,6 +181,8 @@ static void watcher(zhandle_t *zh, int type, int state, const char *path, void *
 /* Reads a znode into a malloc'd NUL-terminated buffer; watch: leave a watch. */
 static int zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, struct Stat *st)
 {
+    if (!cl->zh)
+        return NL_EUNAVAILABLE; /* left the cluster (shutting down) */
     int cap = 1 << 20;
     char *buf = malloc((size_t)cap + 1);
     if (!buf)
@@ -202,6 +204,8 @@ static int zget(nl_cluster *cl, const char *path, int watch, char **out, int *le
 
 static int zcreate(nl_cluster *cl, const char *path, const char *data, int flags, char *made, int madecap)
 {
+    if (!cl->zh)
+        return NL_EUNAVAILABLE;
     int zrc = zoo_create(cl->zh, path, data, data ? (int)strlen(data) : -1, &ZOO_OPEN_ACL_UNSAFE, flags, made,
                          madecap);
     return zerr(zrc);
@@ -870,17 +874,30 @@ int nl_cluster_ready(nl_cluster *cl, char *why, size_t cap)
 
 int nl_cluster_fatal(nl_cluster *cl) { return atomic_load(&cl->fatal); }
 
-void nl_cluster_stop(nl_cluster *cl)
+void nl_cluster_leave(nl_cluster *cl)
 {
     if (!cl)
         return;
     pthread_mutex_lock(&cl->mu);
+    int joined = cl->stop;
     cl->stop = 1;
     pthread_cond_signal(&cl->cv);
     pthread_mutex_unlock(&cl->mu);
-    pthread_join(cl->th, NULL);
+    if (!joined)
+        pthread_join(cl->th, NULL);
+    pthread_rwlock_wrlock(&cl->zh_lock);
     if (cl->zh)
         zookeeper_close(cl->zh); /* ends the session: the ephemerals go at once */
+    cl->zh = NULL;
+    atomic_store(&cl->registered, 0);
+    pthread_rwlock_unlock(&cl->zh_lock);
+}
+
+void nl_cluster_stop(nl_cluster *cl)
+{
+    if (!cl)
+        return;
+    nl_cluster_leave(cl);
     nl_router_destroy(cl->router);
     snap_free(cl->snap);
     pthread_rwlock_destroy(&cl->zh_lock);
@@ -1001,7 +1018,7 @@ int nl_cluster_list(nl_cluster *cl, json_t **out)
     struct String_vector ch = {0, NULL};
     pthread_rwlock_rdlock(&cl->zh_lock);
     path_of(cl, p, sizeof p, "collections", NULL);
-    int zrc = zoo_get_children(cl->zh, p, 0, &ch);
+    int zrc = cl->zh ? zoo_get_children(cl->zh, p, 0, &ch) : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     json_t *a = json_array();
     if (zrc == ZOK) {
@@ -1104,7 +1121,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
         zoo_delete_op_init(&ops[n++], mp, -1);
     zoo_delete_op_init(&ops[n++], cp, -1);
     pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = zoo_multi(cl->zh, n, ops, res);
+    int zrc = cl->zh ? zoo_multi(cl->zh, n, ops, res) : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     if (zrc != ZOK) {
         *out = zrc == ZNONODE ? cl_error("not_found", "collection '%s' was dropped meanwhile", name)

@@ -5,7 +5,7 @@
  *
  * Lifecycle: nl_cluster_start (connects in the background; the node is not ready until it
  * has registered) -> nl_cluster_wait_registered -> calls from the HTTP front on any thread
- * -> nl_cluster_stop. The database stays the caller's and must outlive the cluster.
+ * -> nl_cluster_leave (shutdown begins) -> the last call returns -> nl_cluster_stop. The database stays the caller's and must outlive the cluster.
  *
  * Everything a node does in ZooKeeper happens on one worker thread: watches only wake it,
  * and it re-reads what changed, so a watch that fires during a reconnect is never lost
@@ -60,6 +60,10 @@ int nl_cluster_wait_registered(nl_cluster *cl, uint32_t timeout_ms);
 int nl_cluster_ready(nl_cluster *cl, char *why, size_t cap);
 /* A fatal condition found after start (duplicate node id), or 0. */
 int nl_cluster_fatal(nl_cluster *cl);
+/* Leaves the cluster (ends the ZooKeeper session, so the node's ephemeral znodes go and
+ * routers stop sending here) but keeps routing for requests still in flight. */
+void nl_cluster_leave(nl_cluster *cl);
+/* Leaves if it has not, and frees everything; no call may be in flight. */
 void nl_cluster_stop(nl_cluster *cl);
 
 /* ---------------------------------------------------------------- internal calls */

@@ -233,15 +233,16 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "nearline serve: signal %d: finishing requests in flight, then flushing (again to exit now)\n",
             sig);
     nl_server_quiesce(srv);
-    /* Leave the cluster first: routers stop sending here as soon as the session ends. */
-    atomic_store(&log_srv, NULL);
-    nl_cluster_stop(cl);
-    cl = NULL;
+    /* Leave the cluster first: routers stop sending here as soon as the session ends; the
+     * requests in flight keep their router until the server has finished them. */
+    nl_cluster_leave(cl);
     /* A second signal during the drain and flush ends the process at once. */
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     nl_server_stop(srv);
+    atomic_store(&log_srv, NULL);
+    nl_cluster_stop(cl);
     char **names;
     size_t n;
     if (nl_collection_list(dbh, &names, &n) == 0) {

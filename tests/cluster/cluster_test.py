@@ -413,6 +413,8 @@ def main():
 
         # ---- 7. a local copy with another config
         c.stop()
+        check(c.proc.returncode == 0 and "stopped cleanly" in c.tail(5), "SIGTERM: c leaves the cluster, drains, "
+              "flushes and stops cleanly")
         loc = subprocess.Popen([NL, "serve", "--db", c.db, "--listen", "127.0.0.1:%d" % (lp := free_port()),
                                 "--log-level", "warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
