@@ -18,7 +18,7 @@
  *     and two coordinators racing on one map cannot both win (one version wins).
  *
  * The worker thread does every ZooKeeper call of the node's own life; watches only set
- * `dirty` and wake it; it also re-reads everything every 500 ms, so nothing depends on a
+ * `dirty` and wake it (it then re-reads everything); it also re-reads every 2 s, so nothing depends on a
  * watch being delivered (a few small reads per second: cheap next to what ZooKeeper
  * serves). Request threads read the snapshot it publishes.
  *
@@ -183,23 +183,33 @@ static int zget(nl_cluster *cl, const char *path, int watch, char **out, int *le
 {
     if (!cl->zh)
         return NL_EUNAVAILABLE; /* left the cluster (shutting down) */
-    int cap = 1 << 20;
-    char *buf = malloc((size_t)cap + 1);
-    if (!buf)
-        return -ENOMEM;
     struct Stat s;
-    int n = cap;
-    int zrc = zoo_get(cl->zh, path, watch, buf, &n, st ? st : &s);
-    if (zrc != ZOK) {
+    if (!st)
+        st = &s;
+    /* 64 KiB holds any map of up to a few hundred shards; a larger znode is read again at
+     * its size (zoo_get truncates, and says the real length in the stat) */
+    int cap = 64 << 10;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *buf = malloc((size_t)cap + 1);
+        if (!buf)
+            return -ENOMEM;
+        int n = cap;
+        int zrc = zoo_get(cl->zh, path, watch, buf, &n, st);
+        if (zrc != ZOK) {
+            free(buf);
+            return zerr(zrc);
+        }
+        if (st->dataLength <= cap) {
+            n = n < 0 ? 0 : n;
+            buf[n] = 0;
+            *out = buf;
+            *len = n;
+            return 0;
+        }
         free(buf);
-        return zerr(zrc);
+        cap = st->dataLength;
     }
-    if (n < 0)
-        n = 0;
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
+    return nl_fail(-EAGAIN, "znode %s kept growing while it was read", path);
 }
 
 static int zcreate(nl_cluster *cl, const char *path, const char *data, int flags, char *made, int madecap)
@@ -387,7 +397,12 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         return zerr(zrc);
     }
     s->colls = calloc(ch.count ? (size_t)ch.count : 1, sizeof *s->colls);
-    for (int i = 0; s->colls && i < ch.count && i < NL_MAX_COLLECTIONS; i++) {
+    if (!s->colls) { /* never publish a snapshot that silently lacks collections */
+        deallocate_String_vector(&ch);
+        free(s);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < ch.count && i < NL_MAX_COLLECTIONS; i++) {
         cl_coll *c = &s->colls[s->ncolls];
         char *buf;
         int len;
@@ -673,7 +688,7 @@ static uint32_t reconcile(nl_cluster *cl, const cl_snapshot *s)
 static void *worker(void *arg)
 {
     nl_cluster *cl = arg;
-    uint64_t last_wait_log = 0, last_info = 0;
+    uint64_t last_wait_log = 0, last_info = 0, last_read = 0;
     char prev_coord[NL_NODE_ID_MAX] = {0};
     for (;;) {
         pthread_mutex_lock(&cl->mu);
@@ -684,7 +699,7 @@ static void *worker(void *arg)
             if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
             pthread_cond_timedwait(&cl->cv, &cl->mu, &ts);
         }
-        int stop = cl->stop;
+        int stop = cl->stop, dirty = cl->dirty;
         cl->dirty = 0;
         pthread_mutex_unlock(&cl->mu);
         if (stop)
@@ -709,7 +724,8 @@ static void *worker(void *arg)
             continue;
         }
         pthread_rwlock_rdlock(&cl->zh_lock);
-        if (!atomic_load(&cl->registered) && do_register(cl) != 0) {
+        int fresh = !atomic_load(&cl->registered);
+        if (fresh && do_register(cl) != 0) {
             if (!atomic_load(&cl->fatal) && now - last_wait_log > 5000000000ull) {
                 cl_log(cl, 2, "\"event\":\"register_failed\",\"message\":\"%s\"", nl_errdetail());
                 last_wait_log = now;
@@ -717,10 +733,16 @@ static void *worker(void *arg)
             pthread_rwlock_unlock(&cl->zh_lock);
             continue;
         }
+        /* a watch fired, or the node just registered, or 2 s passed: read everything */
+        if (!dirty && !fresh && now - last_read < 2000000000ull) {
+            pthread_rwlock_unlock(&cl->zh_lock);
+            continue;
+        }
         cl_snapshot *s = NULL;
         char elect[64][300];
         int nelect = 0;
         if (read_cluster(cl, &s, elect, &nelect) == 0) {
+            last_read = now;
             /* election: lead when ours is the lowest, else watch the one just below */
             const char *mine = strrchr(cl->election_node, '/');
             mine = mine ? mine + 1 : cl->election_node;

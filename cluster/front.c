@@ -506,7 +506,12 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     m.n_queries = nq;
     m.queries = rp;
     body = pack(&m.base, &len);
-    for (uint32_t sh = 0; body && sh < S; sh++) {
+    if (!body) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (uint32_t sh = 0; sh < S; sh++) {
         if (target(rt.s, rt.c, sh, &calls[nc], url[nc], 200) != 0) {
             missing[nmiss++] = sh;
             continue;
@@ -558,7 +563,14 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         atomic_fetch_add(&cl->partial_answers, 1);
     json_t *all = json_array();
     cand *cs = malloc(sizeof *cs * (S * (size_t)p->k + 1));
-    for (size_t qi = 0; cs && qi < nq; qi++) {
+    if (!cs) {
+        json_decref(all);
+        json_decref(miss);
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
         size_t nca = 0;
         for (size_t i = 0; i < nc; i++) {
             if (!resp[i])
