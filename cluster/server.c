@@ -398,7 +398,9 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
     r->shard = (int)sh;
     nl_collection_describe(h, &r->ccfg);
     int need;
-    if (n == 6) {
+    if (n == 6 && strcmp(method, "GET")) {
+        res = nl_srv_send_error(c, r, 405, "method_not_allowed", "use GET");
+    } else if (n == 6) {
         nl_collection_stats st;
         nl_collection_shard_stats(h, (uint32_t)sh, &st);
         res = nl_srv_send_json(c, r, 200, json_pack("{s:i,s:{s:I,s:I,s:I,s:I,s:I}}", "shard", (int)sh, "stats", "points",

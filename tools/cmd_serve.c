@@ -167,6 +167,11 @@ int cmd_serve(int argc, char **argv)
         cli_error(C, 0, "--listen 0.0.0.0 needs --advertise ADDR:PORT (the address peers call)");
         return 2;
     }
+    if (zk && so.api_keys_path && !key_file) {
+        cli_error(C, 0, "--api-keys in cluster mode needs --cluster-key: internal calls carry the cluster key, "
+                  "and without one they would bypass the API keys");
+        return 2;
+    }
     char key[512] = {0};
     if (key_file && read_key(key_file, key, sizeof key) != 0)
         return 2;

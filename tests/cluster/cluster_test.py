@@ -133,6 +133,15 @@ def main():
         st, _ = a.call("GET", "/internal/v1/collections/none/shards/0", headers={"X-Nearline-Cluster-Key": "wrong-key-0123456789"})
         check(st == 401, "an internal call with a wrong cluster key is 401")
 
+        keys = os.path.join(cl.dir, "api.keys")
+        with open(keys, "w") as f:
+            f.write("admin-key-000001 admin\n")
+        saved, cl.key_file = cl.key_file, None
+        ak = Node(cl, "x5", db=os.path.join(cl.dir, "db-x5"))
+        ak.start(extra=["--api-keys", keys], wait_ready=False)
+        check(ak.proc.wait(timeout=30) == 2 and "needs --cluster-key" in ak.tail(),
+              "--api-keys without --cluster-key in cluster mode: exit 2 (internal calls would bypass the keys)")
+        cl.key_file = saved
         nokey = Node(cl, "x4", db=os.path.join(cl.dir, "db-x4"))
         nokey.start(extra=["--cluster-key", os.path.join(cl.dir, "no-such-key")], wait_ready=False)
         check(nokey.proc.wait(timeout=30) == 2 and "cluster key" in nokey.tail(), "a missing --cluster-key file: exit 2, says why")
