@@ -109,6 +109,12 @@ static void call_error(const nl_rcall *k, char *buf, size_t cap)
 {
     if (k->status == 401 || k->status == 403) {
         snprintf(buf, cap, "HTTP %d: the node refused this node's cluster key (check --cluster-key on both)", k->status);
+    } else if (k->status && k->body_out_len && k->body_out[0] == '{') { /* a JSON error (before routing) */
+        json_error_t je;
+        json_t *j = json_loadb(k->body_out, k->body_out_len, 0, &je);
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        snprintf(buf, cap, "HTTP %d%s%s", k->status, m ? ": " : "", m ? m : "");
+        json_decref(j);
     } else if (k->status) {
         Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
         snprintf(buf, cap, "HTTP %d%s%s", k->status, e && e->message ? ": " : "", e && e->message ? e->message : "");

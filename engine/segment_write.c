@@ -347,6 +347,17 @@ int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *a
                 host = medoid;
             if ((rc = read_back_list(w, fd, buf, host, hl, &hdeg)) != 0)
                 break;
+            /* The host may list v already: it was reached only by an earlier repair of
+             * this sweep (reachability is not re-propagated until the next one), e.g. two
+             * nodes cut off together that list each other. Linking v again would put it
+             * in the list twice; it is reached through the host as it is. */
+            int listed = 0;
+            for (uint32_t i = 0; i < hdeg && !listed; i++)
+                listed = hl[i] == (uint32_t)v;
+            if (listed) {
+                MARK(v);
+                continue;
+            }
             if (hdeg < w->p.R) {
                 hl[hdeg++] = (uint32_t)v;
             } else {

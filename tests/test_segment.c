@@ -421,6 +421,47 @@ static int stream_ids(void *ctx, uint64_t first, uint64_t count, void *dst)
     return 0;
 }
 
+/* Two cut-off nodes that list each other: the repair of the first makes it a host for the
+ * second, which it already lists; the second must not be linked twice (found by the
+ * partitioned-import test, as "node .. lists .. twice" from verify). */
+Test(segment, repair_of_mutual_cut_off_nodes_links_each_once)
+{
+    fixture f;
+    size_t n = 200;
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    uint32_t R = nl_graph_max_degree(nl_vamana_graph(f.ix));
+    char path[600];
+    snprintf(path, sizeof path, "%s/mutual.nls", dir);
+    nl_segment_writer_params wp = {n, 32, NL_DTYPE_F32, NL_METRIC_L2, R, 48, 1.2f, f.pq};
+    nl_segment_writer *w;
+    cr_assert_eq(nl_segment_writer_create(path, &wp, &w), 0, "%s", nl_errdetail());
+    uint32_t ring = (uint32_t)n - 2, x = ring, y = ring + 1;
+    for (uint32_t u = 0; u < n; u++) {
+        uint32_t l[2];
+        if (u < ring) { /* a ring over 0..ring-1; nothing links to x or y */
+            l[0] = (u + 1) % ring;
+            l[1] = (u + ring - 1) % ring;
+        } else {
+            l[0] = u == x ? y : x;
+            l[1] = 0;
+        }
+        cr_assert_eq(nl_segment_writer_add(w, (const float *)f.x + (size_t)u * 32, l, 2), 0);
+    }
+    uint64_t added = 0;
+    cr_assert_eq(nl_segment_writer_connect(w, 0, &added), 0, "%s", nl_errdetail());
+    cr_assert_eq(added, 1, "one link reaches both (got %llu)", (unsigned long long)added);
+    stream_fill sf = {&f};
+    cr_assert_eq(nl_segment_writer_finish(w, 0, stream_codes, stream_ids, &sf, NULL, 0, 0), 0, "%s", nl_errdetail());
+    nl_segment_options o = {0, NL_IO_AUTO, 1};
+    nl_segment *seg;
+    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
+    nl_segment_verify_report rep;
+    cr_assert_eq(nl_segment_verify(seg, &rep), 0, "%s", nl_errdetail());
+    cr_assert_eq(rep.unreachable, 0);
+    nl_segment_close(seg);
+    unbuild(&f);
+}
+
 /* The streaming writer (what partitioned imports use): a graph whose last 40 nodes nothing
  * links to is written node by node; connect gives each an in-edge, the file verifies with
  * every node reachable, lists and vectors survive, and search finds the cut-off nodes. */
