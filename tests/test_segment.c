@@ -421,6 +421,22 @@ static int stream_ids(void *ctx, uint64_t first, uint64_t count, void *dst)
     return 0;
 }
 
+/* Finishes a streamed segment, opens it and checks that it verifies with every node
+ * reachable; the caller closes it. */
+static nl_segment *finish_verified(nl_segment_writer *w, uint32_t medoid, fixture *f, const char *path)
+{
+    stream_fill sf = {f};
+    cr_assert_eq(nl_segment_writer_finish(w, medoid, stream_codes, stream_ids, &sf, NULL, 0, 0), 0, "%s",
+                 nl_errdetail());
+    nl_segment_options o = {0, NL_IO_AUTO, 1};
+    nl_segment *seg;
+    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
+    nl_segment_verify_report rep;
+    cr_assert_eq(nl_segment_verify(seg, &rep), 0, "%s", nl_errdetail());
+    cr_assert_eq(rep.unreachable, 0);
+    return seg;
+}
+
 /* Two cut-off nodes that list each other: the repair of the first makes it a host for the
  * second, which it already lists; the second must not be linked twice (found by the
  * partitioned-import test, as "node .. lists .. twice" from verify). */
@@ -450,15 +466,7 @@ Test(segment, repair_of_mutual_cut_off_nodes_links_each_once)
     uint64_t added = 0;
     cr_assert_eq(nl_segment_writer_connect(w, 0, &added), 0, "%s", nl_errdetail());
     cr_assert_eq(added, 1, "one link reaches both (got %llu)", (unsigned long long)added);
-    stream_fill sf = {&f};
-    cr_assert_eq(nl_segment_writer_finish(w, 0, stream_codes, stream_ids, &sf, NULL, 0, 0), 0, "%s", nl_errdetail());
-    nl_segment_options o = {0, NL_IO_AUTO, 1};
-    nl_segment *seg;
-    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
-    nl_segment_verify_report rep;
-    cr_assert_eq(nl_segment_verify(seg, &rep), 0, "%s", nl_errdetail());
-    cr_assert_eq(rep.unreachable, 0);
-    nl_segment_close(seg);
+    nl_segment_close(finish_verified(w, 0, &f, path));
     unbuild(&f);
 }
 
@@ -494,15 +502,7 @@ Test(segment, streaming_writer_repairs_reachability)
     cr_assert_eq(nl_segment_writer_connect(w, medoid, &added), 0, "%s", nl_errdetail());
     cr_assert_geq(added, 1);
     cr_assert_leq(added, cut);
-    stream_fill sf = {&f};
-    cr_assert_eq(nl_segment_writer_finish(w, medoid, stream_codes, stream_ids, &sf, NULL, 0, 0), 0, "%s",
-                 nl_errdetail());
-    nl_segment_options o = {0, NL_IO_AUTO, 1};
-    nl_segment *seg;
-    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
-    nl_segment_verify_report rep;
-    cr_assert_eq(nl_segment_verify(seg, &rep), 0, "%s", nl_errdetail());
-    cr_assert_eq(rep.unreachable, 0);
+    nl_segment *seg = finish_verified(w, medoid, &f, path);
     cr_assert_eq(nl_segment_id(seg, 7), 507);
     float *v = malloc(sizeof(float) * 32);
     cr_assert_eq(nl_segment_read_vectors(seg, (uint32_t)n - 1, 1, v), 0);
