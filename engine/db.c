@@ -44,6 +44,9 @@ struct nl_collection {
     nl_collection_config cfg;
     nl_shard **shards; /* cfg.shards entries; NULL = not held (partial collections only) */
     int partial;
+    /* Held shared by every call that uses a shard, exclusively by an install (which
+     * replaces a shard): writers first, so a stream of searches cannot starve it. */
+    pthread_rwlock_t swap;
     struct nl_collection *next;
 };
 
@@ -107,6 +110,7 @@ static void collection_free(nl_collection *c)
         if (c->shards[i])
             nl_shard_close(c->shards[i]);
     free(c->shards);
+    pthread_rwlock_destroy(&c->swap);
     free(c);
 }
 
@@ -283,6 +287,11 @@ static int open_locked(nl_db *db, const char *name, nl_collection **out)
     if (!c)
         return -ENOMEM;
     c->db = db;
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&c->swap, &ra);
+    pthread_rwlockattr_destroy(&ra);
     snprintf(c->name, sizeof c->name, "%s", name);
     snprintf(c->dir, sizeof c->dir, "%s/%s", db->dir, name);
     int rc = nl_catalog_read_config(c->dir, &c->cfg);
@@ -480,7 +489,7 @@ static nl_shard *any_shard(const nl_collection *c)
     return NULL;
 }
 
-int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
+static int collection_upsert_impl(nl_collection *c, const nl_point *pts, size_t n)
 {
     int rc = live(c);
     if (rc || n == 0)
@@ -513,6 +522,14 @@ int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
     return rc;
 }
 
+int nl_collection_upsert(nl_collection *c, const nl_point *pts, size_t n)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_upsert_impl(c, pts, n);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
 /* Shard s of a live collection, for a per-shard call: 0, NL_ENOTFOUND, or live's error. */
 static int live_shard(const nl_collection *c, uint32_t s, nl_shard **sh)
 {
@@ -523,7 +540,7 @@ static int live_shard(const nl_collection *c, uint32_t s, nl_shard **sh)
     return *sh ? 0 : NL_ENOTFOUND;
 }
 
-int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
+static int collection_shard_upsert_impl(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
 {
     nl_shard *sh;
     int rc = live_shard(c, s, &sh);
@@ -537,7 +554,15 @@ int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts
     return nl_shard_upsert(sh, pts, n);
 }
 
-int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t *deleted)
+int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_shard_upsert_impl(c, s, pts, n);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_delete_by_filter_impl(nl_collection *c, const nl_filter *f, size_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -554,7 +579,15 @@ int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t 
     return rc;
 }
 
-int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_filter *f, size_t *deleted)
+int nl_collection_delete_by_filter(nl_collection *c, const nl_filter *f, size_t *deleted)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_delete_by_filter_impl(c, f, deleted);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_shard_delete_by_filter_impl(nl_collection *c, uint32_t s, const nl_filter *f, size_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -567,7 +600,15 @@ int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_
     return nl_shard_delete_by_filter(sh, f, deleted);
 }
 
-int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
+int nl_collection_shard_delete_by_filter(nl_collection *c, uint32_t s, const nl_filter *f, size_t *deleted)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_shard_delete_by_filter_impl(c, s, f, deleted);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_delete_impl(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -594,7 +635,15 @@ int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *d
     return rc;
 }
 
-int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, size_t n, size_t *deleted)
+int nl_collection_delete(nl_collection *c, const nl_id *ids, size_t n, size_t *deleted)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_delete_impl(c, ids, n, deleted);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_shard_delete_impl(nl_collection *c, uint32_t s, const nl_id *ids, size_t n, size_t *deleted)
 {
     if (deleted)
         *deleted = 0;
@@ -608,7 +657,15 @@ int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, s
     return nl_shard_delete(sh, ids, n, deleted);
 }
 
-int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
+int nl_collection_shard_delete(nl_collection *c, uint32_t s, const nl_id *ids, size_t n, size_t *deleted)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_shard_delete_impl(c, s, ids, n, deleted);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_get_impl(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
 {
     int rc = live(c);
     if (rc)
@@ -617,7 +674,15 @@ int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta
     return sh ? nl_shard_get(sh, id, vec, meta, meta_len) : NL_ENOTFOUND;
 }
 
-int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
+int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_get_impl(c, id, vec, meta, meta_len);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_get_metadata_impl(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
 {
     *meta = NULL;
     *meta_len = 0;
@@ -626,6 +691,14 @@ int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, s
         return rc;
     nl_shard *sh = held_shard(c, shard_of(c, id));
     return sh ? nl_shard_get_metadata(sh, id, meta, meta_len) : NL_ENOTFOUND;
+}
+
+int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_get_metadata_impl(c, id, meta, meta_len);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
 }
 
 static int hit_cmp(const void *a, const void *b)
@@ -707,7 +780,7 @@ static int search_shards(nl_collection *c, const uint32_t *which, uint32_t S, co
     return rc;
 }
 
-int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
+static int collection_search_batch_impl(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
                                nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
 {
     uint32_t which[NL_MAX_SHARDS], S = 0;
@@ -717,13 +790,32 @@ int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, con
     return search_shards(c, which, S, qs, nq, p, hits, counts, stats);
 }
 
-int nl_collection_shard_search_batch(nl_collection *c, uint32_t s, const float *qs, size_t nq,
+int nl_collection_search_batch(nl_collection *c, const float *qs, size_t nq, const nl_search_params *p,
+                               nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_search_batch_impl(c, qs, nq, p, hits, counts, stats);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_shard_search_batch_impl(nl_collection *c, uint32_t s, const float *qs, size_t nq,
                                      const nl_search_params *p, nl_hit *hits, uint32_t *counts,
                                      nl_query_stats *stats)
 {
     if (!held_shard(c, s))
         return NL_ENOTFOUND;
     return search_shards(c, &s, 1, qs, nq, p, hits, counts, stats);
+}
+
+int nl_collection_shard_search_batch(nl_collection *c, uint32_t s, const float *qs, size_t nq,
+                                     const nl_search_params *p, nl_hit *hits, uint32_t *counts,
+                                     nl_query_stats *stats)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_shard_search_batch_impl(c, s, qs, nq, p, hits, counts, stats);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
 }
 
 int nl_collection_search(nl_collection *c, const float *q, const nl_search_params *p, nl_hit *hits,
@@ -736,7 +828,7 @@ int nl_collection_search(nl_collection *c, const float *q, const nl_search_param
 
 /* ---------------------------------------------------------------- maintenance */
 
-int nl_collection_flush(nl_collection *c)
+static int collection_flush_impl(nl_collection *c)
 {
     int rc = live(c);
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++)
@@ -745,7 +837,15 @@ int nl_collection_flush(nl_collection *c)
     return rc;
 }
 
-int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
+int nl_collection_flush(nl_collection *c)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_flush_impl(c);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_compact_impl(nl_collection *c, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
 {
     nl_compact_report r;
     memset(&r, 0, sizeof r);
@@ -757,6 +857,14 @@ int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, n
     r.seconds = (double)(nl_now_ns() - t0) / 1e9;
     if (rep)
         *rep = r;
+    return rc;
+}
+
+int nl_collection_compact(nl_collection *c, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_compact_impl(c, mode, dry_run, rep);
+    pthread_rwlock_unlock(&c->swap);
     return rc;
 }
 
@@ -788,7 +896,7 @@ static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int
         st->background_error = x->background_error;
 }
 
-int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
+static int collection_stats_get_impl(nl_collection *c, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
     int rc = live(c), first = 1;
@@ -803,7 +911,15 @@ int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
     return rc;
 }
 
-int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats *st)
+int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_stats_get_impl(c, st);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_shard_stats_impl(nl_collection *c, uint32_t s, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
     nl_shard *sh;
@@ -814,7 +930,15 @@ int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats 
     return 0;
 }
 
-int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
+int nl_collection_shard_stats(nl_collection *c, uint32_t s, nl_collection_stats *st)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_shard_stats_impl(c, s, st);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+static int collection_verify_impl(nl_collection *c, nl_verify_report *rep)
 {
     nl_verify_report r;
     memset(&r, 0, sizeof r);
@@ -828,5 +952,187 @@ int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
     }
     if (rep)
         *rep = r;
+    return rc;
+}
+
+int nl_collection_verify(nl_collection *c, nl_verify_report *rep)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    int rc = collection_verify_impl(c, rep);
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- the operation log */
+
+/* Shard s for a per-shard call, the swap lock held shared until leave_shard. */
+static nl_shard *enter_shard(nl_collection *c, uint32_t s, int *rc)
+{
+    pthread_rwlock_rdlock(&c->swap);
+    nl_shard *sh = NULL;
+    if ((*rc = live_shard(c, s, &sh)) != 0)
+        pthread_rwlock_unlock(&c->swap);
+    return *rc ? NULL : sh;
+}
+
+static int leave_shard(nl_collection *c, int rc)
+{
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
+int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, uint64_t epoch, const nl_point *pts, size_t n,
+                                   uint64_t *seq)
+{
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    if (!sh)
+        return rc;
+    if (!pts || n == 0)
+        rc = nl_fail(NL_EINVAL, "no points");
+    for (size_t i = 0; i < n && !rc; i++)
+        if (shard_of(c, &pts[i].id) != s)
+            rc = nl_fail(NL_EINVAL, "point %zu belongs to shard %u, not %u", i, shard_of(c, &pts[i].id), s);
+    if (!rc)
+        rc = nl_shard_log_upsert(sh, epoch, pts, n, seq);
+    return leave_shard(c, rc);
+}
+
+int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, uint64_t epoch, const nl_id *ids, size_t n,
+                                   size_t *deleted, uint64_t *seq)
+{
+    if (deleted)
+        *deleted = 0;
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    if (!sh)
+        return rc;
+    for (size_t i = 0; i < n && !rc; i++)
+        if (shard_of(c, &ids[i]) != s)
+            rc = nl_fail(NL_EINVAL, "id %zu belongs to shard %u, not %u", i, shard_of(c, &ids[i]), s);
+    if (!rc && n)
+        rc = nl_shard_log_delete(sh, epoch, ids, n, deleted, seq);
+    return leave_shard(c, rc);
+}
+
+int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint64_t epoch, const nl_filter *f,
+                                             size_t *deleted, uint64_t *seq)
+{
+    *deleted = 0;
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    if (!sh)
+        return rc;
+    rc = f ? nl_shard_log_delete_by_filter(sh, epoch, f, deleted, seq) : nl_fail(NL_EINVAL, "no filter");
+    return leave_shard(c, rc);
+}
+
+int nl_collection_shard_log_apply(nl_collection *c, uint32_t s, uint64_t seq, const void *entry, size_t len)
+{
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_log_apply(sh, seq, entry, len)) : rc;
+}
+
+int nl_collection_shard_log_state(nl_collection *c, uint32_t s, nl_log_state *st)
+{
+    memset(st, 0, sizeof *st);
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_log_state(sh, st)) : rc;
+}
+
+int nl_collection_shard_log_read(nl_collection *c, uint32_t s, uint64_t seq, size_t max_bytes, nl_log_entry **out,
+                                 size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_log_read(sh, seq, max_bytes, out, n)) : rc;
+}
+
+int nl_collection_shard_log_epoch_at(nl_collection *c, uint32_t s, uint64_t seq, uint64_t *epoch)
+{
+    *epoch = 0;
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_log_epoch_at(sh, seq, epoch)) : rc;
+}
+
+int nl_collection_shard_log_trim(nl_collection *c, uint32_t s, uint64_t keep_from, uint64_t max_bytes,
+                                 uint64_t max_age_ms, uint64_t *trimmed)
+{
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_log_trim(sh, keep_from, max_bytes, max_age_ms, trimmed)) : rc;
+}
+
+int nl_collection_shard_fence(nl_collection *c, uint32_t s, uint64_t epoch, nl_log_state *st)
+{
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_fence(sh, epoch, st)) : rc;
+}
+
+int nl_collection_shard_checkpoint(nl_collection *c, uint32_t s, const char *dir, nl_log_state *at)
+{
+    int rc;
+    nl_shard *sh = enter_shard(c, s, &rc);
+    return sh ? leave_shard(c, nl_shard_checkpoint(sh, dir, at)) : rc;
+}
+
+int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
+{
+    pthread_rwlock_wrlock(&c->swap);
+    nl_shard *old;
+    int rc = live_shard(c, s, &old);
+    if (rc) {
+        pthread_rwlock_unlock(&c->swap);
+        return rc;
+    }
+    char sdir[4400], trash[4400];
+    snprintf(sdir, sizeof sdir, "%s/%u", c->dir, s);
+    snprintf(trash, sizeof trash, "%s/.trash-shard-%u", c->dir, s);
+    nl_remove_tree(trash);
+    /* The old copy is closed and set aside, the new one moved into place and opened; if it
+     * does not open as a shard of this collection the old one comes back. */
+    nl_shard_close(old);
+    __atomic_store_n(&c->shards[s], NULL, __ATOMIC_RELEASE);
+    nl_shard *sh = NULL;
+    if (rename(sdir, trash) != 0) {
+        rc = nl_fail(-errno, "cannot set %s aside: %s", sdir, strerror(errno));
+    } else if (rename(dir, sdir) != 0) {
+        rc = nl_fail(-errno, "cannot move %s into place: %s", dir, strerror(errno));
+        rename(trash, sdir);
+    } else {
+        nl_fsync_dir(c->dir);
+        if ((rc = nl_shard_open(sdir, &c->db->opt, &sh)) == 0) {
+            nl_shard_config got, want;
+            nl_shard_get_config(sh, &got);
+            to_shard_config(&c->cfg, &want);
+            if (got.dim != want.dim || got.metric != want.metric || got.dtype != want.dtype || got.R != want.R ||
+                got.pq_m != want.pq_m)
+                rc = nl_fail(NL_ECORRUPT, "the copy installed as shard %u is of another configuration", s);
+        }
+        if (rc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", nl_errdetail());
+            nl_shard_close(sh);
+            sh = NULL;
+            rename(sdir, dir);
+            rename(trash, sdir);
+            nl_fail(rc, "%s", msg);
+        }
+    }
+    if (!sh) {
+        int orc = nl_shard_open(sdir, &c->db->opt, &sh); /* the old copy again */
+        if (orc)
+            sh = NULL;
+    } else {
+        nl_remove_tree(trash);
+    }
+    __atomic_store_n(&c->shards[s], sh, __ATOMIC_RELEASE);
+    pthread_rwlock_unlock(&c->swap);
     return rc;
 }

@@ -81,6 +81,18 @@ int nl_shard_compact(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact
 void nl_shard_stats(nl_shard *sh, nl_collection_stats *st);
 int nl_shard_verify(nl_shard *sh, nl_verify_report *rep);
 
+/* The operation log and consistent copies (shard_log.c; nearline.h says what each does). */
+int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_t n, uint64_t *seq);
+int nl_shard_log_delete(nl_shard *sh, uint64_t epoch, const nl_id *ids, size_t n, size_t *deleted, uint64_t *seq);
+int nl_shard_log_delete_by_filter(nl_shard *sh, uint64_t epoch, const nl_filter *f, size_t *deleted, uint64_t *seq);
+int nl_shard_log_apply(nl_shard *sh, uint64_t seq, const void *entry, size_t len);
+int nl_shard_log_state(nl_shard *sh, nl_log_state *st);
+int nl_shard_log_read(nl_shard *sh, uint64_t seq, size_t max_bytes, nl_log_entry **out, size_t *n);
+int nl_shard_log_epoch_at(nl_shard *sh, uint64_t seq, uint64_t *epoch);
+int nl_shard_log_trim(nl_shard *sh, uint64_t keep_from, uint64_t max_bytes, uint64_t max_age_ms, uint64_t *trimmed);
+int nl_shard_fence(nl_shard *sh, uint64_t epoch, nl_log_state *st);
+int nl_shard_checkpoint(nl_shard *sh, const char *dir, nl_log_state *at);
+
 /* External id <-> the key the store uses (one type byte, then the id). */
 #define NL_EKEY_MAX (1 + NL_MAX_ID_BYTES)
 size_t nl_ekey_encode(const nl_id *id, unsigned char *out);

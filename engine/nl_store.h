@@ -9,6 +9,7 @@
  *   fresh       vectors of the fresh (not yet flushed) index
  *   pids        version (pid) -> external id, for every live version
  *   postings    the filter index: (field, value, pid) keys of every live version
+ *   oplog       the replication log: sequence (8 bytes, big-endian) -> one operation
  *
  * Writes go through batches: a batch is applied atomically, and with sync it is durable
  * in RocksDB's WAL before nl_store_write returns (RocksDB groups concurrent synced
@@ -28,7 +29,7 @@
 extern "C" {
 #endif
 
-typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_PIDS, NL_CF_POSTINGS, NL_CF_COUNT } nl_cf;
+typedef enum { NL_CF_MANIFEST = 0, NL_CF_IDMAP, NL_CF_META, NL_CF_TOMBSTONES, NL_CF_FRESH, NL_CF_PIDS, NL_CF_POSTINGS, NL_CF_OPLOG, NL_CF_COUNT } nl_cf;
 
 typedef struct nl_store nl_store;
 typedef struct nl_store_batch nl_store_batch;
@@ -67,6 +68,10 @@ const void *nl_store_iter_key(const nl_store_iter *it, size_t *klen);
 const void *nl_store_iter_value(const nl_store_iter *it, size_t *vlen);
 /* 0, or the error that ended the iteration early (NL_ECORRUPT for bad blocks). */
 int nl_store_iter_status(const nl_store_iter *it);
+
+/* A consistent copy of the whole store at dir (must not exist): RocksDB's checkpoint
+ * (SST files hard-linked, the rest copied). */
+int nl_store_checkpoint(nl_store *st, const char *dir);
 
 /* RocksDB's own numbers that matter to an operator, summed over the column families. */
 typedef struct {

@@ -588,6 +588,7 @@ int nl_shard_create(const char *dir, const nl_shard_config *cfg_in, const nl_db_
         goto fail;
     sh->next_pid = 0;
     sh->next_seg = 1;
+    sh->log_first = 1;
     atomic_store(&sh->seg_alloc, 1);
     nl_store_batch *b = nl_store_batch_create(sh->st);
     if (!b) {
@@ -750,7 +751,7 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
     uint64_t rolled_back = 0;
     int rc = nl_store_open(meta, 0, &sh->st);
     if (rc || (rc = nl_shard_import_recover(sh->st, &rolled_back)) != 0 || (rc = load_config(sh)) != 0 ||
-        (rc = ensure_postings(sh)) != 0)
+        (rc = ensure_postings(sh)) != 0 || (rc = sh_log_load(sh)) != 0)
         goto fail;
     options_fill(&sh->opt, opt, &sh->cfg);
     sh->row_bytes = (size_t)sh->cfg.dim * nl_dtype_size(sh->cfg.dtype);
@@ -1151,7 +1152,9 @@ static int drop_stored_postings(nl_shard *sh, nl_store_batch *b, const unsigned 
     return rc;
 }
 
-int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
+int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n) { return sh_upsert(sh, pts, n, NULL); }
+
+int sh_upsert(nl_shard *sh, const nl_point *pts, size_t n, sh_logrec *lr)
 {
     if (n == 0)
         return 0;
@@ -1234,13 +1237,16 @@ int nl_shard_upsert(nl_shard *sh, const nl_point *pts, size_t n)
     uint64_t next = first_pid + n;
     if (!rc) {
         nl_store_batch_put(b, NL_CF_MANIFEST, "next_pid", 8, &next, 8);
-        rc = nl_store_write(b, 1);
+        if (!lr || (rc = sh_log_stage_locked(sh, b, lr)) == 0)
+            rc = nl_store_write(b, 1);
     }
     nl_store_batch_destroy(b);
     if (rc) {
         pthread_mutex_unlock(&sh->wmu);
         goto out;
     }
+    if (lr)
+        sh_log_commit_locked(sh, lr);
     sh->next_pid = next;
     __atomic_store_n(&sh->live, new_live, __ATOMIC_RELAXED); /* searches read it without wmu */
     atomic_fetch_add(&sh->upserted, n);
@@ -1285,7 +1291,7 @@ out:
 
 /* Deletes ids; with expect (n pids), only an id still at that version (a delete by
  * filter must not remove a newer version that no longer matches). */
-static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted)
+int sh_delete(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted, sh_logrec *lr)
 {
     if (deleted)
         *deleted = 0;
@@ -1331,8 +1337,29 @@ static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, s
         nl_store_batch_delete(b, NL_CF_FRESH, pk, 8);
         count++;
     }
-    if (!rc && count)
+    void *entry = NULL;
+    if (!rc && count && lr && !lr->entry) {
+        /* the entry lists what this delete removes, so a replica applies exactly that */
+        nl_id *del = malloc(sizeof *del * count);
+        size_t m = 0;
+        for (size_t i = 0; del && i < n; i++)
+            if (valid[i])
+                del[m++] = ids[i];
+        rc = del ? sh_log_encode_delete(lr->epoch, del, m, &entry, &lr->len, &lr->time_ms) : -ENOMEM;
+        free(del);
+        lr->entry = entry;
+    }
+    int logged = lr && lr->entry;
+    if (!rc && logged)
+        rc = sh_log_stage_locked(sh, b, lr);
+    if (!rc && (count || logged))
         rc = nl_store_write(b, 1);
+    if (!rc && logged)
+        sh_log_commit_locked(sh, lr);
+    if (entry) {
+        free(entry);
+        lr->entry = NULL;
+    }
     if (!rc && count) {
         rc = add_tombstones_locked(sh, pids, valid, n);
         __atomic_store_n(&sh->live, sh->live - count, __ATOMIC_RELAXED);
@@ -1349,11 +1376,11 @@ static int delete_impl(nl_shard *sh, const nl_id *ids, const uint64_t *expect, s
 
 int nl_shard_delete(nl_shard *sh, const nl_id *ids, size_t n, size_t *deleted)
 {
-    return delete_impl(sh, ids, NULL, n, deleted);
+    return sh_delete(sh, ids, NULL, n, deleted, NULL);
 }
 
 /* Deletes up to n versions (pids) that are still live, by their external ids. */
-static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t *deleted)
+static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t *deleted, sh_logrec *lr)
 {
     nl_id *ids = calloc(n ? n : 1, sizeof *ids);
     uint64_t *keep = calloc(n ? n : 1, sizeof *keep);
@@ -1379,8 +1406,14 @@ static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t 
         ids[m] = (nl_id){h[m].is_str, h[m].num, h[m].str, h[m].len};
         keep[m++] = pids[i];
     }
-    if (!rc)
-        rc = delete_impl(sh, ids, keep, m, deleted);
+    if (!rc && lr) {
+        sh_logrec one = {0, lr->epoch, 0, NULL, 0};
+        rc = sh_delete(sh, ids, keep, m, deleted, &one);
+        if (!rc && one.seq)
+            lr->seq = one.seq;
+    } else if (!rc) {
+        rc = sh_delete(sh, ids, keep, m, deleted, NULL);
+    }
     free(ids);
     free(keep);
     free(h);
@@ -1388,6 +1421,11 @@ static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t 
 }
 
 int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted)
+{
+    return sh_delete_by_filter(sh, f, deleted, NULL);
+}
+
+int sh_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted, sh_logrec *lr)
 {
     *deleted = 0;
     pthread_mutex_lock(&sh->wmu);
@@ -1408,7 +1446,7 @@ int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted)
         while (!rc && nl_bitmap_iter_next(&it, &x)) {
             batch[nb++] = x;
             if (nb == CHUNK) {
-                rc = delete_versions(sh, batch, nb, &done);
+                rc = delete_versions(sh, batch, nb, &done, lr);
                 *deleted += rc ? 0 : done;
                 nb = 0;
             }
@@ -1427,7 +1465,7 @@ int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted)
                     continue;
                 batch[nb++] = pid;
                 if (nb == CHUNK) {
-                    rc = delete_versions(sh, batch, nb, &done);
+                    rc = delete_versions(sh, batch, nb, &done, lr);
                     *deleted += rc ? 0 : done;
                     nb = 0;
                 }
@@ -1438,7 +1476,7 @@ int nl_shard_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted)
         }
     }
     if (!rc && nb) {
-        rc = delete_versions(sh, batch, nb, &done);
+        rc = delete_versions(sh, batch, nb, &done, lr);
         *deleted += rc ? 0 : done;
     }
     nl_bitmap_destroy(bm);

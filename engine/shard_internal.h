@@ -91,6 +91,8 @@ struct nl_shard {
     struct nl_pq *flush_pq;
     uint64_t flush_pq_points;
     struct nl_fcache *fcache; /* leaf bitmaps of recent filters (nl_postings.h) */
+    /* the operation log (shard_log.c), under wmu */
+    uint64_t log_last, log_last_epoch, log_first, log_entries, log_bytes, log_fence, log_oldest_ms;
 };
 
 /* encodings */
@@ -130,6 +132,26 @@ typedef struct {
     uint32_t first;
 } sh_fill;
 int sh_fill_task(void *ctx, size_t i, unsigned thread);
+
+/* The log entry a write carries (shard_log.c). seq 0: the next one (a primary's write;
+ * set by staging). entry NULL on a delete: encoded from the ids actually deleted, under
+ * wmu (nothing is logged when none is). */
+typedef struct {
+    uint64_t seq, epoch, time_ms;
+    const void *entry;
+    size_t len;
+} sh_logrec;
+int sh_upsert(nl_shard *sh, const nl_point *pts, size_t n, sh_logrec *lr);
+int sh_delete(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted, sh_logrec *lr);
+/* lr (optional): a template {0, epoch}; each chunk is logged, lr->seq the last one. */
+int sh_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted, sh_logrec *lr);
+/* Adds lr's entry and the manifest's log record to b: NL_ESTALE when out of order or fenced. */
+int sh_log_stage_locked(nl_shard *sh, nl_store_batch *b, sh_logrec *lr);
+/* After b is durable. */
+void sh_log_commit_locked(nl_shard *sh, const sh_logrec *lr);
+int sh_log_encode_delete(uint64_t epoch, const nl_id *ids, size_t n, void **out, size_t *len, uint64_t *time_ms);
+/* Reads the log's state at open. */
+int sh_log_load(nl_shard *sh);
 
 /* maintenance (shard_maint.c) */
 int sh_flush_due(nl_shard *sh);

@@ -12,7 +12,7 @@
 
 #define NL_STORE_BLOCK_CACHE (8u << 20)
 
-static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids", "postings"};
+static const char *const cf_names[NL_CF_COUNT] = {"manifest", "idmap", "meta", "tombstones", "fresh", "pids", "postings", "oplog"};
 
 struct nl_store {
     rocksdb_t *db;
@@ -98,6 +98,18 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     }
     *out = st;
     return 0;
+}
+
+int nl_store_checkpoint(nl_store *st, const char *dir)
+{
+    char *err = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(st->db, &err);
+    if (!cp)
+        return from_rocks(err, "checkpoint");
+    /* no memtable flush: the WAL is copied with it, so the copy has every synced write */
+    rocksdb_checkpoint_create(cp, dir, UINT64_MAX, &err);
+    rocksdb_checkpoint_object_destroy(cp);
+    return err ? from_rocks(err, "checkpoint") : 0;
 }
 
 void nl_store_close(nl_store *st)

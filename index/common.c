@@ -28,6 +28,7 @@ const char *nl_strerror(int code)
     case NL_EEMPTY: return "input is empty";
     case NL_EFILTER: return "malformed filter";
     case NL_EUNAVAILABLE: return "unavailable";
+    case NL_ESTALE: return "stale";
     default: break;
     }
     if (code < 0 && code >= -4095)

@@ -35,7 +35,8 @@ enum {
     NL_EEMPTY = -30909,        /* an input holds no rows */
     NL_EFILTER = -30910,       /* a filter is malformed (the detail says where) */
     NL_EUNAVAILABLE = -30911,  /* a peer or shard cannot be reached now (cluster) */
-    NL_ERR_LAST = -30911
+    NL_ESTALE = -30912,        /* an operation from an older epoch, or out of order (replication) */
+    NL_ERR_LAST = -30912
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */
