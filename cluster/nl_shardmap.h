@@ -51,8 +51,12 @@ typedef struct {
     char name[72];
     nl_collection_config cfg; /* shards, dim, metric, dtype, index parameters */
     uint32_t replicas;
+    int write_quorum;         /* NL_QUORUM_ALL (default) or NL_QUORUM_MAJORITY */
     char uid[20];             /* random hex, tells a re-created collection from the old */
 } nl_cluster_collection;
+
+enum { NL_QUORUM_ALL = 0, NL_QUORUM_MAJORITY = 1 };
+const char *nl_quorum_name(int q);
 
 char *nl_cluster_collection_encode(const nl_cluster_collection *c);
 int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collection *c);
@@ -64,10 +68,15 @@ typedef enum { NL_SHARD_ACTIVE = 0, NL_SHARD_MOVING = 1, NL_SHARD_OFFLINE = 2 } 
 const char *nl_shard_state_name(nl_shard_state s);
 
 typedef struct {
-    uint64_t epoch;            /* bumped whenever the primary changes (issue 15 fences with it) */
+    uint64_t epoch;            /* bumped whenever the primary changes; fences the old one */
     char primary[NL_NODE_ID_MAX];
     char replicas[NL_MAX_REPLICAS][NL_NODE_ID_MAX]; /* primary first */
     uint32_t nreplicas;
+    /* The replicas that hold every acknowledged write (the primary always among them):
+     * the only ones that serve reads, and the ones a failover chooses from. A map
+     * written before replication had none: decoded as every replica. */
+    char in_sync[NL_MAX_REPLICAS][NL_NODE_ID_MAX];
+    uint32_t nin_sync;
     nl_shard_state state;
 } nl_shard_entry;
 
@@ -93,6 +102,11 @@ int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t 
 
 /* 1 when node holds a replica of shard s. */
 int nl_shard_map_holds(const nl_shard_map *m, uint32_t s, const char *node);
+/* 1 when node is in shard s's in-sync set. */
+int nl_shard_map_in_sync(const nl_shard_map *m, uint32_t s, const char *node);
+/* Adds node (a replica of s) to, or removes it from, s's in-sync set; the primary is never
+ * removed. 0 when changed, 1 when it already was so, NL_EINVAL otherwise. */
+int nl_shard_map_set_in_sync(nl_shard_map *m, uint32_t s, const char *node, int in);
 
 #ifdef __cplusplus
 }

@@ -126,12 +126,15 @@ int nl_node_info_decode(const char *buf, size_t len, nl_node_info *n)
 
 /* ---------------------------------------------------------------- collections */
 
+const char *nl_quorum_name(int q) { return q == NL_QUORUM_MAJORITY ? "majority" : "all"; }
+
 char *nl_cluster_collection_encode(const nl_cluster_collection *c)
 {
     const nl_collection_config *g = &c->cfg;
-    return dump(json_pack("{s:s,s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i}}", "name", c->name, "uid", c->uid,
+    return dump(json_pack("{s:s,s:s,s:i,s:s,s:s,s:i,s:i,s:s,s:{s:i,s:i,s:f,s:i,s:i}}", "name", c->name, "uid", c->uid,
                           "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype", nl_dtype_name(g->dtype),
-                          "shards", (int)g->shards, "replicas", (int)c->replicas, "index", "R", (int)g->R, "L",
+                          "shards", (int)g->shards, "replicas", (int)c->replicas, "write_quorum",
+                          nl_quorum_name(c->write_quorum), "index", "R", (int)g->R, "L",
                           (int)g->L, "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes,
                           "fresh_capacity", (int)g->fresh_capacity));
 }
@@ -164,6 +167,16 @@ int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collect
         rc = nl_fail(NL_ECORRUPT, "%s: \"index.alpha\" must be a number", w);
     if (!rc)
         g->alpha = (float)json_number_value(alpha);
+    json_t *q = json_object_get(j, "write_quorum");
+    if (!rc && q) {
+        const char *qs = json_string_value(q);
+        if (qs && !strcmp(qs, "all"))
+            c->write_quorum = NL_QUORUM_ALL;
+        else if (qs && !strcmp(qs, "majority"))
+            c->write_quorum = NL_QUORUM_MAJORITY;
+        else
+            rc = nl_fail(NL_ECORRUPT, "%s: \"write_quorum\" must be \"all\" or \"majority\"", w);
+    }
     json_decref(j);
     return rc;
 }
@@ -188,11 +201,14 @@ char *nl_shard_map_encode(const nl_shard_map *m)
     json_t *a = json_array();
     for (uint32_t s = 0; s < m->nshards; s++) {
         const nl_shard_entry *e = &m->shard[s];
-        json_t *r = json_array();
+        json_t *r = json_array(), *in = json_array();
         for (uint32_t i = 0; i < e->nreplicas; i++)
             json_array_append_new(r, json_string(e->replicas[i]));
-        json_array_append_new(a, json_pack("{s:i,s:I,s:s,s:o,s:s}", "shard", (int)s, "epoch", (json_int_t)e->epoch,
-                                           "primary", e->primary, "replicas", r, "state", nl_shard_state_name(e->state)));
+        for (uint32_t i = 0; i < e->nin_sync; i++)
+            json_array_append_new(in, json_string(e->in_sync[i]));
+        json_array_append_new(a, json_pack("{s:i,s:I,s:s,s:o,s:o,s:s}", "shard", (int)s, "epoch", (json_int_t)e->epoch,
+                                           "primary", e->primary, "replicas", r, "in_sync", in, "state",
+                                           nl_shard_state_name(e->state)));
     }
     return dump(json_pack("{s:s,s:s,s:o}", "collection", m->collection, "uid", m->uid, "shards", a));
 }
@@ -243,7 +259,28 @@ int nl_shard_map_decode(const char *buf, size_t len, nl_shard_map *m)
         }
         if (!rc && !primary_listed)
             rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: the primary is not among the replicas", w, s);
-        m->nshards++;
+        json_t *in = json_object_get(o, "in_sync");
+        if (!rc && !in) { /* a map from before replication: every replica */
+            memcpy(e->in_sync, e->replicas, sizeof e->in_sync);
+            e->nin_sync = e->nreplicas;
+        } else if (!rc && (!json_is_array(in) || json_array_size(in) > e->nreplicas)) {
+            rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: \"in_sync\" must list replicas", w, s);
+        }
+        for (size_t i = 0; !rc && in && i < json_array_size(in); i++) {
+            const char *v = json_string_value(json_array_get(in, i));
+            int listed = 0, twice = 0;
+            for (uint32_t k = 0; v && k < e->nreplicas; k++)
+                listed |= !strcmp(e->replicas[k], v);
+            for (uint32_t k = 0; v && k < e->nin_sync; k++)
+                twice |= !strcmp(e->in_sync[k], v);
+            if (!listed || twice)
+                rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: in_sync entry %zu is not a replica listed once", w, s, i);
+            else
+                snprintf(e->in_sync[e->nin_sync++], NL_NODE_ID_MAX, "%s", v);
+        }
+        m->nshards = (uint32_t)s + 1;
+        if (!rc && !nl_shard_map_in_sync(m, (uint32_t)s, e->primary))
+            rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: the primary is not in sync", w, s);
     }
     json_decref(j);
     return rc;
@@ -256,6 +293,39 @@ int nl_shard_map_holds(const nl_shard_map *m, uint32_t s, const char *node)
     for (uint32_t i = 0; i < m->shard[s].nreplicas; i++)
         if (!strcmp(m->shard[s].replicas[i], node))
             return 1;
+    return 0;
+}
+
+int nl_shard_map_in_sync(const nl_shard_map *m, uint32_t s, const char *node)
+{
+    if (s >= m->nshards)
+        return 0;
+    for (uint32_t i = 0; i < m->shard[s].nin_sync; i++)
+        if (!strcmp(m->shard[s].in_sync[i], node))
+            return 1;
+    return 0;
+}
+
+int nl_shard_map_set_in_sync(nl_shard_map *m, uint32_t s, const char *node, int in)
+{
+    if (s >= m->nshards || !nl_shard_map_holds(m, s, node))
+        return nl_fail(NL_EINVAL, "node %s holds no replica of shard %u", node, s);
+    nl_shard_entry *e = &m->shard[s];
+    int now = nl_shard_map_in_sync(m, s, node);
+    if (now == !!in)
+        return 1;
+    if (in) {
+        snprintf(e->in_sync[e->nin_sync++], NL_NODE_ID_MAX, "%s", node);
+        return 0;
+    }
+    if (!strcmp(node, e->primary))
+        return nl_fail(NL_EINVAL, "the primary of shard %u is always in sync", s);
+    for (uint32_t i = 0; i < e->nin_sync; i++)
+        if (!strcmp(e->in_sync[i], node)) {
+            memmove(e->in_sync[i], e->in_sync[i + 1], (size_t)(e->nin_sync - i - 1) * NL_NODE_ID_MAX);
+            e->nin_sync--;
+            break;
+        }
     return 0;
 }
 
@@ -306,6 +376,8 @@ int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t 
         }
         e->nreplicas = c->replicas;
         memcpy(e->primary, e->replicas[0], sizeof e->primary); /* both NL_NODE_ID_MAX, NUL-terminated */
+        memcpy(e->in_sync, e->replicas, sizeof e->in_sync);     /* all empty: all in sync */
+        e->nin_sync = e->nreplicas;
     }
     return 0;
 }
