@@ -165,6 +165,8 @@ static void wake(nl_cluster *cl)
     pthread_mutex_unlock(&cl->mu);
 }
 
+void cl_wake(nl_cluster *cl) { wake(cl); }
+
 static void watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
 {
     (void)zh;
@@ -172,6 +174,8 @@ static void watcher(zhandle_t *zh, int type, int state, const char *path, void *
     nl_cluster *cl = ctx;
     if (type == ZOO_SESSION_EVENT) {
         atomic_store(&cl->zstate, state);
+        if (state != ZOO_CONNECTED_STATE)
+            atomic_store(&cl->map_fresh, 0); /* acknowledge no write until the maps are read again */
         if (state == ZOO_EXPIRED_SESSION_STATE)
             atomic_store(&cl->expired, 1);
     }
@@ -509,6 +513,37 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
     }
 }
 
+int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fenced, int32_t *newv)
+{
+    char *data = nl_shard_map_encode(m), mp[512];
+    if (!data)
+        return -ENOMEM;
+    path_of(cl, mp, sizeof mp, "maps", m->collection);
+    zoo_op_t ops[2];
+    zoo_op_result_t res[2];
+    struct Stat st;
+    memset(&st, 0, sizeof st);
+    int n = 0;
+    if (fenced)
+        zoo_check_op_init(&ops[n++], cl->election_node, -1);
+    zoo_set_op_init(&ops[n++], mp, data, (int)strlen(data), version, &st);
+    pthread_rwlock_rdlock(&cl->zh_lock);
+    int zrc = cl->zh ? zoo_multi(cl->zh, n, ops, res) : ZINVALIDSTATE;
+    pthread_rwlock_unlock(&cl->zh_lock);
+    free(data);
+    if (zrc == ZOK) {
+        atomic_fetch_add(&cl->map_writes, 1);
+        if (newv)
+            *newv = st.version;
+        return 0;
+    }
+    atomic_fetch_add(&cl->map_conflicts, 1);
+    if (zrc == ZBADVERSION)
+        return -ESTALE;
+    return nl_fail(zerr(zrc) == -ESTALE ? NL_EUNAVAILABLE : zerr(zrc), "map write of '%s': %s", m->collection,
+                   zerror(zrc));
+}
+
 /* ---------------------------------------------------------------- local shards */
 
 static void uid_path(nl_cluster *cl, const char *name, char *buf, size_t cap)
@@ -589,7 +624,7 @@ static void unverify(nl_cluster *cl, const char *name)
     pthread_mutex_unlock(&cl->rep_mu);
 }
 
-static int attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out)
+int cl_attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out)
 {
     *out = NULL;
     nl_collection *h = NULL;
@@ -644,7 +679,7 @@ static uint32_t reconcile(nl_cluster *cl, const cl_snapshot *s)
                 continue;
             mine++;
             nl_collection *h;
-            if (attach(cl, &c->cc, sh, &h) == 0)
+            if (cl_attach(cl, &c->cc, sh, &h) == 0)
                 nl_collection_close(h);
         }
     }
@@ -764,14 +799,20 @@ static void *worker(void *arg)
                 snprintf(prev_coord, sizeof prev_coord, "%s", s->coordinator);
             }
             atomic_store(&cl->is_coordinator, lead);
-            if (lead)
+            atomic_store(&cl->map_fresh, 1);
+            if (lead) {
                 coordinate(cl, s);
+                cl_failover(cl, s);
+            }
             int64_t vs = 0;
             for (size_t i = 0; i < s->ncolls; i++)
                 vs += s->colls[i].has_map ? s->colls[i].map.version + 1 : 0;
             atomic_store(&cl->map_version_sum, vs);
             uint32_t mine_n = reconcile(cl, s);
             snap_publish(cl, s);
+            cl_snapshot *cur = cl_snap_get(cl);
+            cl_repl_reconcile(cl, cur); /* the roles of shards this node is primary of */
+            cl_snap_put(cl, cur);
             if (now - last_info > 5000000000ull) { /* the node record: free disk, load, shards */
                 nl_node_info me;
                 node_info_now(cl, &me, mine_n);
@@ -828,6 +869,14 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     pthread_cond_init(&cl->cv, NULL);
     pthread_mutex_init(&cl->snap_mu, NULL);
     pthread_mutex_init(&cl->rep_mu, NULL);
+    pthread_mutex_init(&cl->repl_mu, NULL);
+    for (int i = 0; i < CL_FOLLOW_LOCKS; i++)
+        pthread_mutex_init(&cl->follow_mu[i], NULL);
+    cl->replica_timeout_ms = opt->replica_timeout_ms ? opt->replica_timeout_ms : 3000;
+    cl->write_wait_ms = cl->replica_timeout_ms * 2 + 2000; /* a follower's removal fits in it */
+    cl->log_max_bytes = opt->log_max_bytes ? opt->log_max_bytes : 256ull << 20;
+    cl->log_max_age_ms = opt->log_max_age_ms ? opt->log_max_age_ms : 3600000ull;
+    cl_snapshot_cleanup(cl);
     cl_snapshot *empty = calloc(1, sizeof *empty);
     nl_router_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
                             .max_per_peer = opt->peer_connections};
@@ -907,6 +956,7 @@ void nl_cluster_leave(nl_cluster *cl)
     pthread_mutex_unlock(&cl->mu);
     if (!joined)
         pthread_join(cl->th, NULL);
+    cl_repl_stop_all(cl);
     pthread_rwlock_wrlock(&cl->zh_lock);
     if (cl->zh)
         zookeeper_close(cl->zh); /* ends the session: the ephemerals go at once */
@@ -927,6 +977,9 @@ void nl_cluster_stop(nl_cluster *cl)
     pthread_cond_destroy(&cl->cv);
     pthread_mutex_destroy(&cl->snap_mu);
     pthread_mutex_destroy(&cl->rep_mu);
+    pthread_mutex_destroy(&cl->repl_mu);
+    for (int i = 0; i < CL_FOLLOW_LOCKS; i++)
+        pthread_mutex_destroy(&cl->follow_mu[i]);
     if (cl->key) {
         memset(cl->key, 0, cl->key_len);
         free(cl->key);
@@ -994,7 +1047,7 @@ int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_coll
     else if (!rc && !nl_shard_map_holds(&c->map, s, cl->node_id))
         rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s' is not assigned to node %s", s, name, cl->node_id);
     if (!rc)
-        rc = attach(cl, &c->cc, s, out);
+        rc = cl_attach(cl, &c->cc, s, out);
     cl_snap_put(cl, snap);
     return rc;
 }
@@ -1061,14 +1114,14 @@ int nl_cluster_list(nl_cluster *cl, json_t **out)
 }
 
 int nl_cluster_create(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_collection_config *cfg,
-                      uint32_t replicas, json_t **out)
+                      uint32_t replicas, int quorum, json_t **out)
 {
-    (void)call;
     nl_cluster_collection cc;
     memset(&cc, 0, sizeof cc);
     snprintf(cc.name, sizeof cc.name, "%s", name);
     cc.cfg = *cfg;
     cc.replicas = replicas;
+    cc.write_quorum = quorum;
     /* the defaults filled in (the server did), so every node creates the same shard */
     int rc0 = nl_collection_config_defaults(&cc.cfg);
     if (rc0) {
@@ -1209,10 +1262,10 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
     for (size_t i = 0; i < cl->nunassigned; i++)
         json_array_append_new(un, json_string(cl->unassigned[i]));
     pthread_mutex_unlock(&cl->rep_mu);
-    *out = json_pack("{s:s,s:s,s:b,s:s,s:b,s:o,s:o,s:o,s:o}", "node_id", cl->node_id, "root", cl->root, "registered",
-                     atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
+    *out = json_pack("{s:s,s:s,s:b,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "node_id", cl->node_id, "root", cl->root,
+                     "registered", atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
                      atomic_load(&cl->is_coordinator), "nodes", nodes, "collections", colls, "refused_shards", ref,
-                     "unassigned_local_shards", un);
+                     "unassigned_local_shards", un, "primary_of", cl_repl_status(cl));
     cl_snap_put(cl, s);
     return 200;
 }
@@ -1252,5 +1305,6 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
       atomic_load(&cl->write_part_failures));
 #undef G
 #undef C
+    cl_repl_metrics(cl, f);
     nl_router_metrics(cl->router, f);
 }

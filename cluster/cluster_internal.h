@@ -21,6 +21,51 @@ typedef struct {
     nl_shard_map map; /* valid when has_map */
 } cl_coll;
 
+#include <curl/curl.h>
+
+/* Replication (replication.c, transfer.c). */
+typedef struct repl_role repl_role;
+typedef struct cl_snapshot_out cl_snapshot_out;
+
+typedef struct {
+    repl_role *role;
+    char peer[NL_NODE_ID_MAX];
+    pthread_t th;
+    int started;
+    atomic_int stop;
+    CURL *e;               /* the link's connection (its thread's alone) */
+    /* under role->mu */
+    int known;             /* the follower's position is known */
+    uint64_t acked;        /* the follower's last applied sequence */
+    uint64_t progress_ms;  /* when it last applied something new, or was caught up */
+    int failing;
+    char last_error[160];
+    uint64_t snapshots, snapshot_bytes;
+    cl_snapshot_out *snap; /* a copy being sent (transfer.c), kept to resume */
+} repl_link;
+
+struct repl_role {
+    char coll[72], uid[20];
+    uint32_t s;
+    uint64_t epoch;
+    int quorum;
+    nl_collection *h;
+    struct nl_cluster *cl;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* acknowledgements, new entries, view changes */
+    nl_shard_entry view;    /* the shard's map entry as this primary knows it */
+    int32_t version;        /* the map version it is from */
+    uint64_t last;          /* the log's last sequence */
+    uint64_t high;          /* acknowledged up to (its last, when it took over) */
+    int deposed;
+    repl_link links[NL_MAX_REPLICAS];
+    int nlinks;
+    atomic_int refs;
+    repl_role *next;
+};
+
+#define CL_FOLLOW_LOCKS 64
+
 /* What request threads read: replaced whole by the worker (under snap_mu). */
 typedef struct {
     nl_node_info nodes[NL_MAX_NODES];
@@ -71,6 +116,16 @@ struct nl_cluster {
 
     nl_router *router;
 
+    /* replication */
+    pthread_mutex_t repl_mu;
+    repl_role *roles;
+    pthread_mutex_t follow_mu[CL_FOLLOW_LOCKS]; /* a follower's shard: one stream or install at a time */
+    atomic_int map_fresh;  /* the maps were read since the session was last connected */
+    uint32_t replica_timeout_ms, write_wait_ms;
+    uint64_t log_max_bytes, log_max_age_ms;
+    atomic_uint_fast64_t repl_writes, repl_write_failures, repl_wait_us, isr_adds, isr_removals, failovers,
+        log_trimmed, snapshots_sent, snapshot_bytes, snapshot_ms, hedged;
+
     /* metrics */
     atomic_uint_fast64_t coordinator_changes, map_writes, map_conflicts, sessions, partial_answers,
         complete_refusals, fanout_calls, fanout_shards, write_part_failures;
@@ -86,6 +141,33 @@ const cl_coll *cl_snap_coll(const cl_snapshot *s, const char *name);
 const nl_node_info *cl_snap_node(const cl_snapshot *s, const char *id);
 /* Re-reads one collection's config and map from ZooKeeper into out. */
 int cl_fresh_coll(nl_cluster *cl, const char *name, cl_coll *out);
+/* Wakes the worker to re-read the cluster now. */
+void cl_wake(nl_cluster *cl);
+/* Opens shard s of cc locally (creating it), checked against the cluster's config. */
+int cl_attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out);
+/* Writes map m over version (compare-and-set); with fenced, only while this node's
+ * election znode exists (a coordinator's write). *newv gets the new version. 0, -ESTALE
+ * (the version moved), or NL_EUNAVAILABLE. */
+int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fenced, int32_t *newv);
+
+/* replication.c */
+int cl_session_ok(nl_cluster *cl);
+void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s);
+void cl_repl_stop_all(nl_cluster *cl);
+json_t *cl_repl_status(nl_cluster *cl);
+void cl_repl_metrics(nl_cluster *cl, FILE *f);
+pthread_mutex_t *cl_follow_lock(nl_cluster *cl, const char *name, uint32_t s);
+/* A call of a link (its own connection *ep): the HTTP status (0: nothing reached). */
+int cl_link_call(nl_cluster *cl, CURL **ep, const char *peer, const char *path, const void *body, size_t len,
+                 const char *content_type, uint32_t timeout_ms, json_t **answer);
+/* transfer.c: sends a snapshot of the link's shard to its follower and has it installed. */
+int cl_snapshot_send(repl_link *l);
+void cl_snapshot_link_done(repl_link *l);
+/* Removes copies left by an earlier run (at start). */
+void cl_snapshot_cleanup(nl_cluster *cl);
+/* the coordinator's failover of shards whose primary is gone (cluster.c) */
+void cl_failover(nl_cluster *cl, const cl_snapshot *s);
+
 /* "http://addr" or "https://addr" of a node into buf. */
 void cl_node_url(const nl_node_info *n, char *buf, size_t cap);
 /* An error answer {"error":{"code","message"}} (new reference). */

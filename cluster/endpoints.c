@@ -173,11 +173,11 @@ json_t *nl_srv_describe_json(nl_collection *h)
 }
 
 /* The config of a create body; 0, or -1 with the 400 queued. Cluster mode: shards
- * default to 8 and replicas may be given (1 until replication is built). */
+ * default to 8, replicas (1..5) and write_quorum ("all" or "majority") may be given. */
 int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t *j, nl_collection_config *cfg,
-                         uint32_t *replicas, enum MHD_Result *res)
+                         uint32_t *replicas, int *quorum, enum MHD_Result *res)
 {
-    static const char *const top[] = {"dim", "metric", "dtype", "shards", "replicas", "index", NULL};
+    static const char *const top[] = {"dim", "metric", "dtype", "shards", "replicas", "write_quorum", "index", NULL};
     static const char *const idx[] = {"R", "L", "alpha", "pq_bytes", "fresh_capacity", NULL};
     const char *bad;
     memset(cfg, 0, sizeof *cfg);
@@ -185,7 +185,7 @@ int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t 
     json_t *metric = json_object_get(j, "metric"), *dtype = json_object_get(j, "dtype");
     if (unknown_key(j, top, &bad))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "unknown field \"%s\" (expected dim, metric, dtype, shards, "
-                          "replicas, index)", bad);
+                          "replicas, write_quorum, index)", bad);
     else if (u32_field(j, "dim", 1, 65535, 0, &cfg->dim) || cfg->dim == 0)
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"dim\" must be an integer in 1..65535");
     else if (metric && (!json_is_string(metric) || nl_metric_parse(json_string_value(metric), &cfg->metric)))
@@ -194,8 +194,16 @@ int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t 
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"dtype\" must be \"f32\", \"f16\", \"u8\" or \"i8\"");
     else if (u32_field(j, "shards", 1, NL_MAX_SHARDS, s->opt.cluster ? 8 : 1, &cfg->shards))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"shards\" must be an integer in 1..%d", NL_MAX_SHARDS);
-    else if (u32_field(j, "replicas", 1, 1, 1, replicas))
-        *res = nl_srv_send_error(c, r, 400, "bad_request", "\"replicas\" must be 1: replication is not built yet");
+    else if (u32_field(j, "replicas", 1, s->opt.cluster ? NL_MAX_REPLICAS_API : 1, 1, replicas))
+        *res = s->opt.cluster ? nl_srv_send_error(c, r, 400, "bad_request", "\"replicas\" must be an integer in 1..%d",
+                                                  NL_MAX_REPLICAS_API)
+                              : nl_srv_send_error(c, r, 400, "bad_request", "\"replicas\" must be 1 on a single node "
+                                                  "(replication is cluster mode's)");
+    else if (json_object_get(j, "write_quorum") &&
+             (!json_is_string(json_object_get(j, "write_quorum")) ||
+              (strcmp(json_string_value(json_object_get(j, "write_quorum")), "all") &&
+               strcmp(json_string_value(json_object_get(j, "write_quorum")), "majority"))))
+        *res = nl_srv_send_error(c, r, 400, "bad_request", "\"write_quorum\" must be \"all\" or \"majority\"");
     else if (ix && !json_is_object(ix))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"index\" must be an object");
     else if (ix && unknown_key(ix, idx, &bad))
@@ -208,6 +216,8 @@ int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t 
     else if (ix && json_object_get(ix, "alpha") && !json_is_number(json_object_get(ix, "alpha")))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"index.alpha\" must be a number");
     else {
+        *quorum = json_object_get(j, "write_quorum") &&
+                  !strcmp(json_string_value(json_object_get(j, "write_quorum")), "majority");
         if (ix && json_object_get(ix, "alpha"))
             cfg->alpha = (float)json_number_value(json_object_get(ix, "alpha"));
         int rc = nl_collection_config_defaults(cfg);
@@ -226,7 +236,8 @@ enum MHD_Result nl_srv_ep_create(nl_server *s, struct MHD_Connection *c, req *r,
         return res;
     nl_collection_config cfg;
     uint32_t replicas;
-    if (nl_srv_create_config(s, c, r, j, &cfg, &replicas, &res) == 0) {
+    int quorum;
+    if (nl_srv_create_config(s, c, r, j, &cfg, &replicas, &quorum, &res) == 0) {
         int rc = nl_collection_create(s->db, name, &cfg);
         if (rc) {
             res = nl_srv_send_engine_error(c, r, rc, "create collection");
@@ -349,7 +360,8 @@ enum MHD_Result nl_srv_ep_upsert(nl_server *s, nl_collection *h, struct MHD_Conn
             atomic_fetch_add(&s->m.points_upserted, n);
         res = nl_srv_send_cluster(c, r, st, &out);
     } else if (!done) {
-        int rc = r->shard >= 0 ? nl_collection_shard_upsert(h, (uint32_t)r->shard, p, n) : nl_collection_upsert(h, p, n);
+        int rc = r->shard >= 0 ? nl_cluster_shard_upsert(s->opt.cluster, h, r->cname, (uint32_t)r->shard, p, n)
+                               : nl_collection_upsert(h, p, n);
         if (rc) {
             res = nl_srv_send_engine_error(c, r, rc, "upsert");
         } else {
@@ -406,7 +418,8 @@ enum MHD_Result nl_srv_ep_delete(nl_server *s, nl_collection *h, struct MHD_Conn
                                                               "message", "out of memory"), nl_srv_send_cluster(c, r, st, &out));
         } else {
             size_t deleted = 0;
-            rc = r->shard >= 0 ? nl_collection_shard_delete_by_filter(h, (uint32_t)r->shard, f, &deleted)
+            rc = r->shard >= 0 ? nl_cluster_shard_delete_by_filter(s->opt.cluster, h, r->cname, (uint32_t)r->shard, f,
+                                                                   &deleted)
                                : nl_collection_delete_by_filter(h, f, &deleted);
             nl_filter_destroy(f);
             atomic_fetch_add(&s->m.points_deleted, deleted);
@@ -437,7 +450,8 @@ enum MHD_Result nl_srv_ep_delete(nl_server *s, nl_collection *h, struct MHD_Conn
             res = nl_srv_send_cluster(c, r, st, &out);
         } else {
             size_t deleted = 0;
-            int rc = r->shard >= 0 ? nl_collection_shard_delete(h, (uint32_t)r->shard, v, n, &deleted)
+            int rc = r->shard >= 0 ? nl_cluster_shard_delete(s->opt.cluster, h, r->cname, (uint32_t)r->shard, v, n,
+                                                             &deleted)
                                    : nl_collection_delete(h, v, n, &deleted);
             atomic_fetch_add(&s->m.points_deleted, deleted);
             res = rc ? nl_srv_send_engine_error(c, r, rc, "delete") :

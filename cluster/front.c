@@ -97,6 +97,53 @@ static int target(const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_rcall 
     return 0;
 }
 
+/* A read's call for shard sh of c: to an in-sync replica on a live node whose breaker is
+ * not open, the one with the fewest calls in flight (ties broken by a rotating start, so
+ * equal replicas share the load), with the next best as the alternative the router
+ * hedges to after the chosen peer's p95 latency, or fails over to. -1 when no in-sync
+ * replica is live. url and alt_url: cap bytes each. */
+static int read_target(nl_cluster *cl, const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_rcall *k, char *url,
+                       char *alt_url, size_t cap)
+{
+    const nl_shard_entry *e = &c->map.shard[sh];
+    if (e->state == NL_SHARD_OFFLINE)
+        return -1;
+    static atomic_uint spin;
+    unsigned start = atomic_fetch_add(&spin, 1);
+    const nl_node_info *best[2] = {NULL, NULL};
+    uint64_t score[2] = {UINT64_MAX, UINT64_MAX};
+    for (uint32_t i = 0; i < e->nin_sync; i++) {
+        const char *id = e->in_sync[(start + i) % e->nin_sync];
+        const nl_node_info *n = cl_snap_node(s, id);
+        if (!n)
+            continue;
+        /* an open breaker ranks last but still counts: better than nothing */
+        uint64_t sc = (uint64_t)nl_router_inflight(cl->router, id) + (nl_router_breaker(cl->router, id) == 1 ? 1000000 : 0);
+        if (sc < score[0]) {
+            best[1] = best[0];
+            score[1] = score[0];
+            best[0] = n;
+            score[0] = sc;
+        } else if (sc < score[1]) {
+            best[1] = n;
+            score[1] = sc;
+        }
+    }
+    if (!best[0])
+        return -1;
+    memset(k, 0, sizeof *k);
+    k->peer = best[0]->id;
+    cl_node_url(best[0], url, cap);
+    k->base_url = url;
+    if (best[1]) {
+        k->alt_peer = best[1]->id;
+        cl_node_url(best[1], alt_url, cap);
+        k->alt_base_url = alt_url;
+        k->hedge_ms = nl_router_hedge_ms(cl->router, best[0]->id);
+    }
+    return 0;
+}
+
 /* A peer's 4xx that blames the request (every shard would say the same), as opposed to
  * the peer: 401/403 mean the nodes disagree on the cluster key, 404 that a shard is not
  * there; those are the shard's failure, reported as missing. */
@@ -399,10 +446,10 @@ int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name
         return st;
     uint32_t sh = nl_shard_of(id, rt.c->map.nshards);
     nl_rcall k;
-    char url[200];
-    if (target(rt.s, rt.c, sh, &k, url, sizeof url) != 0) {
+    char url[200], alt_url[200];
+    if (read_target(cl, rt.s, rt.c, sh, &k, url, alt_url, sizeof url) != 0) {
         *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message",
-                         "the primary of the point's shard is not a live node", "missing_shards", (int)sh);
+                         "no in-sync replica of the point's shard is a live node", "missing_shards", (int)sh);
         end(cl, &rt);
         return 503;
     }
@@ -486,7 +533,7 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     Nearline__BatchSearchRequest m = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
     Nearline__SearchRequest *rq = calloc(nq, sizeof *rq), **rp = calloc(nq, sizeof *rp);
     nl_rcall *calls = calloc(S, sizeof *calls);
-    char (*url)[200] = calloc(S, 200);
+    char (*url)[200] = calloc(2 * (size_t)S, 200);
     uint32_t *sc = calloc(S, sizeof *sc), missing[NL_MAX_SHARDS];
     Nearline__BatchSearchResponse **resp = calloc(S, sizeof *resp);
     uint8_t *body = NULL;
@@ -518,7 +565,7 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         goto done;
     }
     for (uint32_t sh = 0; sh < S; sh++) {
-        if (target(rt.s, rt.c, sh, &calls[nc], url[nc], 200) != 0) {
+        if (read_target(cl, rt.s, rt.c, sh, &calls[nc], url[2 * nc], url[2 * nc + 1], 200) != 0) {
             missing[nmiss++] = sh;
             continue;
         }
@@ -531,6 +578,9 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     atomic_fetch_add(&cl->fanout_calls, 1);
     atomic_fetch_add(&cl->fanout_shards, nc);
     nl_router_run(cl->router, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+    for (size_t i = 0; i < nc; i++)
+        if (calls[i].hedged)
+            atomic_fetch_add(&cl->hedged, 1);
     char firstwhy[600] = {0};
     int client_err = 0;
     for (size_t i = 0; i < nc; i++) {
@@ -639,7 +689,7 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
         return st;
     uint32_t S = rt.c->map.nshards;
     nl_rcall *calls = calloc(S, sizeof *calls);
-    char (*url)[200] = calloc(S, 200);
+    char (*url)[200] = calloc(2 * (size_t)S, 200);
     int *callof = calloc(S, sizeof *callof);
     size_t nc = 0;
     for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
@@ -657,11 +707,13 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
     json_int_t points = 0, segments = 0, disk = 0, fresh = 0;
     for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
         const nl_shard_entry *e = &rt.c->map.shard[sh];
-        json_t *reps = json_array();
+        json_t *reps = json_array(), *ins = json_array();
         for (uint32_t r = 0; r < e->nreplicas; r++)
             json_array_append_new(reps, json_string(e->replicas[r]));
-        json_t *o = json_pack("{s:i,s:I,s:s,s:o,s:s}", "shard", (int)sh, "epoch", (json_int_t)e->epoch, "primary",
-                              e->primary, "replicas", reps, "state", nl_shard_state_name(e->state));
+        for (uint32_t r = 0; r < e->nin_sync; r++)
+            json_array_append_new(ins, json_string(e->in_sync[r]));
+        json_t *o = json_pack("{s:i,s:I,s:s,s:o,s:o,s:s}", "shard", (int)sh, "epoch", (json_int_t)e->epoch, "primary",
+                              e->primary, "replicas", reps, "in_sync", ins, "state", nl_shard_state_name(e->state));
         json_error_t je;
         json_t *stj = callof[sh] >= 0 && calls[callof[sh]].status == 200
                           ? json_loadb(calls[callof[sh]].body_out, calls[callof[sh]].body_out_len, 0, &je) : NULL;
@@ -682,9 +734,10 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
     }
     for (size_t i = 0; calls && i < nc; i++)
         free(calls[i].body_out);
-    *out = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:i,s:{s:I,s:I,s:I,s:I},s:o,s:b,s:o}", "name",
-                     name, "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype", nl_dtype_name(g->dtype),
-                     "shards", (int)S, "replicas", (int)rt.c->cc.replicas, "index", "R", (int)g->R, "L", (int)g->L,
+    *out = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:s,s:{s:i,s:i,s:f,s:i,s:i},s:i,s:{s:I,s:I,s:I,s:I},s:o,s:b,s:o}",
+                     "name", name, "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype",
+                     nl_dtype_name(g->dtype), "shards", (int)S, "replicas", (int)rt.c->cc.replicas, "write_quorum",
+                     nl_quorum_name(rt.c->cc.write_quorum), "index", "R", (int)g->R, "L", (int)g->L,
                      "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes, "fresh_capacity", (int)g->fresh_capacity,
                      "map_version", (int)rt.c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
                      segments, "disk_bytes", disk, "shard_map", shards, "partial", json_array_size(miss) > 0,

@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "nearline.h"
+#include "nl_filter.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,6 +47,9 @@ typedef struct {
     const char *tls_ca;       /* certificate peers are verified with */
     uint32_t session_ms;      /* ZooKeeper session timeout; 0 = 6000 */
     uint32_t peer_connections; /* keep-alive connections (and calls in flight) per peer; 0 = 32 */
+    uint32_t replica_timeout_ms; /* a follower that makes no progress this long leaves the in-sync set; 0 = 3000 */
+    uint64_t log_max_bytes;   /* a shard's operation log is trimmed beyond this; 0 = 256 MiB */
+    uint64_t log_max_age_ms;  /* ... or past this age; 0 = 1 hour */
     nl_db *db;
     nl_cluster_log_fn log;
     void *log_ctx;
@@ -80,6 +84,33 @@ int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_coll
  * dropped it). */
 int nl_cluster_local_drop(nl_cluster *cl, const char *name);
 
+/* Writes to shard s on its primary (h holds it; replication.c): ordered in the shard's log
+ * at this node's epoch, applied here, and returned once the write quorum of the in-sync
+ * set has applied it. 0, an engine error, or NL_EUNAVAILABLE (not the primary, no
+ * ZooKeeper session with a fresh map, deposed, or no quorum in time: then the write may
+ * or may not survive; the detail says which). */
+int nl_cluster_shard_upsert(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const nl_point *pts,
+                            size_t n);
+int nl_cluster_shard_delete(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const nl_id *ids, size_t n,
+                            size_t *deleted);
+int nl_cluster_shard_delete_by_filter(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s,
+                                      const nl_filter *f, size_t *deleted);
+/* The follower's side of the stream: a replicate request (binary, replication.c) applied
+ * in order. Answers {status, last_seq, last_epoch, fence}: 200 ok or mismatch (the
+ * follower's position does not follow the entries), 409 stale (an older epoch than this
+ * replica knows), 4xx for bad bytes. *out a new reference. */
+int nl_cluster_replicate(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const void *body, size_t len,
+                         json_t **out);
+/* A failover's fence: refuse epochs below epoch from now on; answers the position. */
+int nl_cluster_fence_shard(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, uint64_t epoch, json_t **out);
+/* Snapshot transfer (transfer.c), all POST: op "snapshot" (what this node has received
+ * of a copy), "snapshot-chunk" (one checksummed, compressed piece of a file) or
+ * "snapshot-install" (install the copy received). */
+int nl_cluster_snapshot_call(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const char *op,
+                             const void *body, size_t len, json_t **out);
+/* 1 when this node's replica of shard s is in the in-sync set (it may serve reads). */
+int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s);
+
 /* ---------------------------------------------------------------- the router's side */
 
 typedef struct {
@@ -93,8 +124,9 @@ typedef struct {
 int nl_cluster_config(nl_cluster *cl, const char *name, nl_collection_config *cfg, uint32_t *replicas);
 
 int nl_cluster_list(nl_cluster *cl, json_t **out);
+/* quorum: NL_QUORUM_ALL (0) or NL_QUORUM_MAJORITY (1), nl_shardmap.h. */
 int nl_cluster_create(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_collection_config *cfg,
-                      uint32_t replicas, json_t **out);
+                      uint32_t replicas, int quorum, json_t **out);
 int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out);
 int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out);
 /* pts validated whole by the caller. */

@@ -51,12 +51,20 @@ typedef struct {
     char path[600];             /* "/internal/v1/..." */
     const void *body;           /* NULL for none */
     size_t body_len;
+    /* optional: another peer that can serve the same call (a replica). It is called when
+     * the first fails (no answer, a 5xx, its breaker open) or, with hedge_ms, when the
+     * first has not answered after hedge_ms; the first usable answer wins and the other
+     * transfer is cancelled. */
+    const char *alt_peer, *alt_base_url;
+    uint32_t hedge_ms;
     /* out */
     int status;                 /* HTTP status, 0 when there was no answer */
     int err;                    /* 0 or why there was no answer */
     char *body_out;             /* malloc'd answer (NUL-terminated), or NULL */
     size_t body_out_len;
     uint64_t latency_us;
+    int served_by_alt;          /* the answer is the alternative's */
+    int hedged;                 /* the alternative was called */
 } nl_rcall;
 
 int nl_router_create(const nl_router_options *opt, nl_router **out);
@@ -68,6 +76,11 @@ void nl_router_destroy(nl_router *r);
 int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
                   const char *traceparent);
 
+/* The hedge delay for calls to a peer: the 95th percentile of its last 128 successful
+ * latencies, in ms (at least 1; 50 until 20 are known). */
+uint32_t nl_router_hedge_ms(nl_router *r, const char *peer);
+/* Calls to a peer in flight now. */
+uint32_t nl_router_inflight(nl_router *r, const char *peer);
 /* Breaker state of a peer: 0 closed, 1 open, 2 half-open (unknown peers: closed). */
 int nl_router_breaker(nl_router *r, const char *peer);
 

@@ -31,30 +31,47 @@
 static const double lat_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 #define NLB ((int)(sizeof lat_buckets / sizeof lat_buckets[0]))
 
+#define RECENT 128 /* latencies kept per peer for its p95 */
+
 typedef struct {
     char id[64];
     int state; /* 0 closed, 1 open, 2 half-open */
     uint32_t fails;
     uint64_t open_until_ns;
     int probing;
-    uint64_t requests, errors, breaker_rejects, opened;
+    uint64_t requests, errors, breaker_rejects, opened, hedges;
     uint64_t hist[NLB + 1];
     uint64_t sum_us;
+    uint32_t recent[RECENT]; /* latencies of the last calls (us), a ring */
+    uint32_t nrecent, at;
+    uint32_t inflight;
 } peer;
+
+struct xfer;
+
+typedef struct {
+    struct xfer *x[2]; /* live transfers: [0] to the call's peer, [1] to its alternative */
+    int done, alt_started;
+    uint64_t t0;
+} cstate;
 
 typedef struct job {
     nl_rcall *calls;
+    cstate *cs;     /* one per call (router thread only) */
     size_t n;
     uint64_t deadline_ns;
-    size_t pending; /* under router mu */
+    size_t pending; /* calls not done, under router mu */
     int added;
     char rid[64], trace_id[33];
     pthread_cond_t cv;
-    struct job *next;
+    struct job *next;  /* the queue */
+    struct job *anext; /* jobs with calls in flight (router thread only) */
 } job;
 
-typedef struct {
+typedef struct xfer {
     job *j;
+    size_t ci;
+    int alt;
     nl_rcall *c;
     CURL *e;
     struct curl_slist *hdrs;
@@ -74,6 +91,7 @@ struct nl_router {
     int stop;
     peer *peers;
     size_t npeers;
+    job *active;
     atomic_uint_fast64_t span_seq;
 };
 
@@ -152,30 +170,102 @@ static size_t on_data(char *ptr, size_t sz, size_t nm, void *ud)
     return n;
 }
 
-static void job_call_done(nl_router *r, xfer *x, int status, int err)
+/* Counts a transfer's outcome against its peer (mu held). */
+static void peer_result(nl_router *r, const char *id, uint64_t lat_us, int ok, int probe)
 {
-    nl_rcall *c = x->c;
+    peer *p = peer_get(r, id);
+    if (!p)
+        return;
+    p->requests++;
+    if (!ok) p->errors++;
+    int b = 0;
+    while (b < NLB && (double)lat_us / 1e6 > lat_buckets[b]) b++;
+    p->hist[b]++;
+    p->sum_us += lat_us;
+    if (ok) {
+        p->recent[p->at] = lat_us > UINT32_MAX ? UINT32_MAX : (uint32_t)lat_us;
+        p->at = (p->at + 1) % RECENT;
+        if (p->nrecent < RECENT) p->nrecent++;
+    }
+    if (p->inflight) p->inflight--;
+    breaker_result(r, p, ok, probe);
+}
+
+static void xfer_free(nl_router *r, xfer *x);
+
+/* Ends call ci of j with x's outcome (x NULL: err, no answer). The last call of the job
+ * takes the job off the active list and wakes its caller, after which j is not touched. */
+static void call_finish(nl_router *r, job *j, size_t ci, xfer *x, int status, int err)
+{
+    nl_rcall *c = &j->calls[ci];
+    cstate *cs = &j->cs[ci];
     c->status = status;
     c->err = err;
-    c->body_out = x->buf;
-    c->body_out_len = x->len;
-    c->latency_us = (nl_now_ns() - x->t0) / 1000;
-    x->buf = NULL;
+    c->body_out = x ? x->buf : NULL;
+    c->body_out_len = x ? x->len : 0;
+    c->latency_us = (nl_now_ns() - cs->t0) / 1000;
+    c->served_by_alt = x ? x->alt : 0;
+    c->hedged = cs->alt_started;
+    if (x)
+        x->buf = NULL;
+    cs->done = 1;
+    for (int k = 0; k < 2; k++) /* the other transfer, if still out, is cancelled */
+        if (cs->x[k] && cs->x[k] != x) {
+            pthread_mutex_lock(&r->mu);
+            peer *p = peer_get(r, k ? c->alt_peer : c->peer);
+            if (p && p->inflight) p->inflight--;
+            if (p && cs->x[k]->probe) p->probing = 0;
+            pthread_mutex_unlock(&r->mu);
+            xfer_free(r, cs->x[k]);
+            cs->x[k] = NULL;
+        }
     pthread_mutex_lock(&r->mu);
-    peer *p = peer_get(r, c->peer);
-    if (p) {
-        int ok = err == 0 && status > 0 && status < 500;
-        p->requests++;
-        if (!ok) p->errors++;
-        int b = 0;
-        while (b < NLB && (double)c->latency_us / 1e6 > lat_buckets[b]) b++;
-        p->hist[b]++;
-        p->sum_us += c->latency_us;
-        breaker_result(r, p, ok, x->probe);
-    }
-    if (--x->j->pending == 0)
-        pthread_cond_signal(&x->j->cv);
+    if (j->pending == 1) /* last: off the active list while the job is still ours */
+        for (job **pp = &r->active; *pp; pp = &(*pp)->anext)
+            if (*pp == j) {
+                *pp = j->anext;
+                break;
+            }
+    if (--j->pending == 0)
+        pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&r->mu);
+}
+
+static int xfer_start(nl_router *r, job *j, size_t ci, int alt, size_t *probed, size_t *nprobed);
+
+/* A transfer ended: a usable answer ends its call; a failure tries the alternative if it
+ * has not been tried, else waits for the other transfer, else ends the call. */
+static void xfer_done(nl_router *r, xfer *x, int status, int err)
+{
+    job *j = x->j;
+    size_t ci = x->ci;
+    cstate *cs = &j->cs[ci];
+    nl_rcall *c = &j->calls[ci];
+    int ok = err == 0 && status > 0 && status < 500;
+    pthread_mutex_lock(&r->mu);
+    peer_result(r, x->alt ? c->alt_peer : c->peer, (nl_now_ns() - x->t0) / 1000, ok, x->probe);
+    pthread_mutex_unlock(&r->mu);
+    cs->x[x->alt] = NULL;
+    /* with an alternative, a peer that lacks the shard or refuses the key is worth
+     * replacing too (the breaker does not count those against it) */
+    if (ok && !(c->alt_peer && (status == 401 || status == 403 || status == 404))) {
+        call_finish(r, j, ci, x, status, err);
+        xfer_free(r, x);
+        return;
+    }
+    if (c->alt_peer && !cs->alt_started && !x->alt) {
+        cs->alt_started = 1;
+        if (xfer_start(r, j, ci, 1, NULL, NULL) == 0) {
+            xfer_free(r, x);
+            return;
+        }
+    }
+    if (cs->x[0] || cs->x[1]) { /* the other is still out: its answer decides */
+        xfer_free(r, x);
+        return;
+    }
+    call_finish(r, j, ci, x, status, err);
+    xfer_free(r, x);
 }
 
 static int curl_err(CURLcode cc)
@@ -197,82 +287,133 @@ static void xfer_free(nl_router *r, xfer *x)
     free(x);
 }
 
-/* Starts every call of j (router thread). Breaker-rejected calls end at once. */
+/* Starts the transfer of call ci to its peer (alt 0) or its alternative (alt 1). 0, or
+ * why it could not (the breaker, memory). probed: peers whose half-open probe this job
+ * holds (a node holds several shards: every call of the job to it is the probe). */
+static int xfer_start(nl_router *r, job *j, size_t ci, int alt, size_t *probed, size_t *nprobed)
+{
+    nl_rcall *c = &j->calls[ci];
+    const char *pid = alt ? c->alt_peer : c->peer, *base = alt ? c->alt_base_url : c->base_url;
+    uint64_t now = nl_now_ns();
+    int probe = 0, admit;
+    pthread_mutex_lock(&r->mu);
+    peer *p = peer_get(r, pid);
+    int same = 0;
+    for (size_t k = 0; p && probed && k < *nprobed; k++)
+        same |= probed[k] == (size_t)(p - r->peers);
+    admit = same ? 1 : p ? breaker_admit(r, p, &probe) : 1;
+    if (probe && probed && *nprobed < 64)
+        probed[(*nprobed)++] = (size_t)(p - r->peers);
+    if (!admit && p)
+        p->breaker_rejects++;
+    if (admit && p) {
+        p->inflight++;
+        if (alt)
+            p->hedges++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!admit)
+        return NL_EUNAVAILABLE;
+    xfer *x = calloc(1, sizeof *x);
+    CURL *e = x ? curl_easy_init() : NULL;
+    if (!e) {
+        free(x);
+        pthread_mutex_lock(&r->mu);
+        if (p && p->inflight) p->inflight--;
+        pthread_mutex_unlock(&r->mu);
+        return -ENOMEM;
+    }
+    x->j = j;
+    x->ci = ci;
+    x->alt = alt;
+    x->c = c;
+    x->e = e;
+    x->probe = probe;
+    x->t0 = now;
+    char url[1024], h[256];
+    snprintf(url, sizeof url, "%s%s", base, c->path);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    long left = j->deadline_ns > now ? (long)((j->deadline_ns - now) / 1000000) : 1;
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left < 1 ? 1L : left);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left < 1 ? 1L : left);
+    if (!strcmp(c->method, "POST")) {
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body ? c->body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
+    } else if (strcmp(c->method, "GET")) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
+    }
+    if (r->opt.ca_file) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
+    }
+    x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/x-protobuf");
+    x->hdrs = curl_slist_append(x->hdrs, "Accept: application/x-protobuf");
+    x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+    snprintf(h, sizeof h, "X-Request-Id: %s", j->rid);
+    x->hdrs = curl_slist_append(x->hdrs, h);
+    uint64_t span = atomic_fetch_add(&r->span_seq, 1) * 0x9e3779b97f4a7c15ull ^ now;
+    snprintf(h, sizeof h, "traceparent: 00-%s-%016llx-01", j->trace_id, (unsigned long long)(span | 1));
+    x->hdrs = curl_slist_append(x->hdrs, h);
+    if (r->key_header)
+        x->hdrs = curl_slist_append(x->hdrs, r->key_header);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
+    curl_multi_add_handle(r->m, e);
+    j->cs[ci].x[alt] = x;
+    return 0;
+}
+
+/* Starts every call of j (router thread). A call whose peer's breaker is open goes to its
+ * alternative at once, if it has one; with neither it ends at once. */
 static void job_start(nl_router *r, job *j)
 {
+    size_t probed[64], nprobed = 0;
     uint64_t now = nl_now_ns();
-    /* The probe of a half-open peer is one request: every call of the job that got the
-     * probe goes to that peer (a node holds several shards of a collection). */
-    size_t probed[64]; /* indices into r->peers (which peer_get may move) */
-    size_t nprobed = 0;
+    pthread_mutex_lock(&r->mu);
+    j->anext = r->active;
+    r->active = j;
+    pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < j->n; i++) {
-        nl_rcall *c = &j->calls[i];
-        int probe = 0, admit;
-        pthread_mutex_lock(&r->mu);
-        peer *p = peer_get(r, c->peer);
-        int same = 0;
-        for (size_t k = 0; p && k < nprobed; k++)
-            same |= probed[k] == (size_t)(p - r->peers);
-        admit = same ? 1 : p ? breaker_admit(r, p, &probe) : 1;
-        if (probe && nprobed < 64)
-            probed[nprobed++] = (size_t)(p - r->peers);
-        if (!admit && p)
-            p->breaker_rejects++;
-        pthread_mutex_unlock(&r->mu);
-        xfer *x = admit ? calloc(1, sizeof *x) : NULL;
-        CURL *e = x ? curl_easy_init() : NULL;
-        if (!admit || !e) {
-            c->status = 0;
-            c->err = !admit ? NL_EUNAVAILABLE : -ENOMEM;
-            c->body_out = NULL;
-            c->latency_us = 0;
-            free(x);
-            pthread_mutex_lock(&r->mu);
-            if (--j->pending == 0)
-                pthread_cond_signal(&j->cv);
-            pthread_mutex_unlock(&r->mu);
-            continue;
+        j->cs[i].t0 = now;
+        int rc = xfer_start(r, j, i, 0, probed, &nprobed);
+        if (rc && j->calls[i].alt_peer) {
+            j->cs[i].alt_started = 1;
+            rc = xfer_start(r, j, i, 1, probed, &nprobed);
         }
-        x->j = j;
-        x->c = c;
-        x->e = e;
-        x->probe = probe;
-        x->t0 = now;
-        char url[1024], h[256];
-        snprintf(url, sizeof url, "%s%s", c->base_url, c->path);
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-        long left = j->deadline_ns > now ? (long)((j->deadline_ns - now) / 1000000) : 1;
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left < 1 ? 1L : left);
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left < 1 ? 1L : left);
-        if (!strcmp(c->method, "POST")) {
-            curl_easy_setopt(e, CURLOPT_POST, 1L);
-            curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body ? c->body : "");
-            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
-        } else if (strcmp(c->method, "GET")) {
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
-        }
-        if (r->opt.ca_file) {
-            curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
-            curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
-        }
-        x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/x-protobuf");
-        x->hdrs = curl_slist_append(x->hdrs, "Accept: application/x-protobuf");
-        x->hdrs = curl_slist_append(x->hdrs, "Expect:");
-        snprintf(h, sizeof h, "X-Request-Id: %s", j->rid);
-        x->hdrs = curl_slist_append(x->hdrs, h);
-        uint64_t span = atomic_fetch_add(&r->span_seq, 1) * 0x9e3779b97f4a7c15ull ^ now;
-        snprintf(h, sizeof h, "traceparent: 00-%s-%016llx-01", j->trace_id, (unsigned long long)(span | 1));
-        x->hdrs = curl_slist_append(x->hdrs, h);
-        if (r->key_header)
-            x->hdrs = curl_slist_append(x->hdrs, r->key_header);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
-        curl_multi_add_handle(r->m, e);
+        if (rc)
+            call_finish(r, j, i, NULL, 0, rc);
     }
+}
+
+/* Hedges: a call still waiting on its peer after its hedge delay goes to its alternative
+ * too (the first answer wins). Returns the ms until the next hedge is due (or 100). */
+static long hedge_due(nl_router *r)
+{
+    uint64_t now = nl_now_ns();
+    long next = 100;
+    pthread_mutex_lock(&r->mu);
+    job *list = r->active;
+    pthread_mutex_unlock(&r->mu);
+    for (job *j = list; j; j = j->anext) /* only this thread changes the list's links */
+        for (size_t i = 0; i < j->n; i++) {
+            nl_rcall *c = &j->calls[i];
+            cstate *cs = &j->cs[i];
+            if (cs->done || cs->alt_started || !c->alt_peer || !c->hedge_ms)
+                continue;
+            uint64_t due = cs->t0 + (uint64_t)c->hedge_ms * 1000000ull;
+            if (now >= due) {
+                cs->alt_started = 1;
+                xfer_start(r, j, i, 1, NULL, NULL);
+            } else if ((long)((due - now) / 1000000) < next) {
+                next = (long)((due - now) / 1000000);
+            }
+        }
+    return next < 1 ? 1 : next;
 }
 
 static void *loop(void *arg)
@@ -300,12 +441,12 @@ static void *loop(void *arg)
             long code = 0;
             curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
             CURLcode cc = msg->data.result;
-            job_call_done(r, x, cc == CURLE_OK ? (int)code : 0, cc == CURLE_OK ? 0 : curl_err(cc));
-            xfer_free(r, x);
+            xfer_done(r, x, cc == CURLE_OK ? (int)code : 0, cc == CURLE_OK ? 0 : curl_err(cc));
         }
         if (stop && running == 0)
             break;
-        curl_multi_poll(r->m, NULL, 0, 100, NULL);
+        long wait = hedge_due(r);
+        curl_multi_poll(r->m, NULL, 0, (int)wait, NULL);
     }
     return NULL;
 }
@@ -397,6 +538,9 @@ int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, 
         return 0;
     job j;
     memset(&j, 0, sizeof j);
+    j.cs = calloc(n, sizeof *j.cs);
+    if (!j.cs)
+        return -ENOMEM;
     j.calls = calls;
     j.n = n;
     j.pending = n;
@@ -408,6 +552,8 @@ int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, 
         calls[i].err = -ETIMEDOUT;
         calls[i].body_out = NULL;
         calls[i].body_out_len = 0;
+        calls[i].served_by_alt = 0;
+        calls[i].hedged = 0;
     }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -427,7 +573,46 @@ int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, 
         pthread_cond_wait(&j.cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
     pthread_cond_destroy(&j.cv);
+    free(j.cs);
     return 0;
+}
+
+uint32_t nl_router_hedge_ms(nl_router *r, const char *id)
+{
+    uint32_t v[RECENT], n = 0, ms = 50; /* until it has a history: 50 ms */
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->npeers; i++)
+        if (!strcmp(r->peers[i].id, id)) {
+            n = r->peers[i].nrecent;
+            memcpy(v, r->peers[i].recent, sizeof(uint32_t) * n);
+        }
+    pthread_mutex_unlock(&r->mu);
+    if (n >= 20) {
+        /* the 95th percentile by selection: n is at most 128 */
+        uint32_t k = (n * 95) / 100;
+        for (uint32_t i = 0; i <= k; i++) {
+            uint32_t m = i;
+            for (uint32_t q = i + 1; q < n; q++)
+                if (v[q] < v[m])
+                    m = q;
+            uint32_t t = v[i];
+            v[i] = v[m];
+            v[m] = t;
+        }
+        ms = (v[k] + 999) / 1000;
+    }
+    return ms < 1 ? 1 : ms;
+}
+
+uint32_t nl_router_inflight(nl_router *r, const char *id)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->npeers; i++)
+        if (!strcmp(r->peers[i].id, id))
+            n = r->peers[i].inflight;
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 int nl_router_breaker(nl_router *r, const char *id)
@@ -455,6 +640,7 @@ void nl_router_metrics(nl_router *r, FILE *f)
         {"breaker_rejected_total", "Calls failed fast because the peer's breaker was open.",
          offsetof(peer, breaker_rejects)},
         {"breaker_opened_total", "Times the peer's breaker opened.", offsetof(peer, opened)},
+        {"hedges_total", "Calls sent to this peer as the alternative of a slow or failed one.", offsetof(peer, hedges)},
     };
     for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
         fprintf(f, "# HELP nearline_peer_%s %s\n# TYPE nearline_peer_%s counter\n", counters[c].name, counters[c].help,

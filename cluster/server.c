@@ -172,6 +172,7 @@ enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int r
     case NL_ENOTFOUND: return nl_srv_send_error(c, r, 404, "not_found", "%s", msg);
     case NL_EEXISTS: return nl_srv_send_error(c, r, 409, "exists", "%s", msg);
     case -ETIMEDOUT: case -EAGAIN: case -EBUSY: return nl_srv_send_error(c, r, 503, "overloaded", "%s", msg);
+    case NL_EUNAVAILABLE: case NL_ESTALE: return nl_srv_send_error(c, r, 503, "unavailable", "%s", msg);
     default: return nl_srv_send_error(c, r, 500, "internal", "%s", msg);
     }
 }
@@ -398,6 +399,37 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
     r->shard = (int)sh;
     nl_collection_describe(h, &r->ccfg);
     int need;
+    json_t *out = NULL;
+    const char *op = n == 7 ? seg[6] : NULL;
+    if (op && (!strcmp(op, "replicate") || !strcmp(op, "fence") || !strcmp(op, "snapshot") ||
+               !strcmp(op, "snapshot-chunk") || !strcmp(op, "snapshot-install"))) {
+        /* replication between nodes (replication.c, transfer.c) */
+        int st;
+        if (strcmp(method, "POST")) {
+            res = nl_srv_send_error(c, r, 405, "method_not_allowed", "use POST");
+        } else {
+            if (!strcmp(op, "replicate")) {
+                st = nl_cluster_replicate(cl, h, name, (uint32_t)sh, r->body, r->len, &out);
+            } else if (!strcmp(op, "fence")) {
+                json_error_t je;
+                json_t *j = r->len ? json_loadb(r->body, r->len, 0, &je) : NULL;
+                json_t *ep = json_object_get(j, "epoch");
+                if (!json_is_integer(ep) || json_integer_value(ep) < 1) {
+                    out = json_pack("{s:{s:s,s:s}}", "error", "code", "bad_request", "message",
+                                    "the body must be {\"epoch\": N}");
+                    st = 400;
+                } else {
+                    st = nl_cluster_fence_shard(cl, h, name, (uint32_t)sh, (uint64_t)json_integer_value(ep), &out);
+                }
+                json_decref(j);
+            } else {
+                st = nl_cluster_snapshot_call(cl, h, name, (uint32_t)sh, op, r->body, r->len, &out);
+            }
+            res = nl_srv_send_cluster(c, r, st, &out);
+        }
+        nl_collection_close(h);
+        return res;
+    }
     if (n == 6 && strcmp(method, "GET")) {
         res = nl_srv_send_error(c, r, 405, "method_not_allowed", "use GET");
     } else if (n == 6) {
@@ -412,6 +444,11 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
         res = nl_srv_send_error(c, r, 404, "not_found", "no such internal endpoint");
     } else if (strcmp(method, r->endpoint == EP_GET ? "GET" : "POST")) {
         res = nl_srv_send_error(c, r, 405, "method_not_allowed", "wrong method");
+    } else if ((r->endpoint == EP_SEARCH_BATCH || r->endpoint == EP_GET) && !nl_cluster_serves_reads(cl, name, (uint32_t)sh)) {
+        /* a replica outside the in-sync set may lack acknowledged writes */
+        res = nl_srv_send_error(c, r, 503, "not_in_sync", "this node's replica of shard %lu of '%s' is not in sync: it "
+                                "serves no reads", sh, name);
+        r->endpoint = EP_INTERNAL;
     } else {
         res = run_endpoint(s, h, c, r, n > 7 ? seg[7] : NULL);
         r->endpoint = r->endpoint == EP_SEARCH_BATCH ? EP_INTERNAL_SEARCH : EP_INTERNAL;
@@ -435,8 +472,9 @@ static enum MHD_Result route_cluster(nl_server *s, struct MHD_Connection *c, req
             return res;
         nl_collection_config cfg;
         uint32_t replicas;
-        if (nl_srv_create_config(s, c, r, j, &cfg, &replicas, &res) == 0)
-            res = nl_srv_send_cluster(c, r, nl_cluster_create(cl, &k, name, &cfg, replicas, &out), &out);
+        int quorum;
+        if (nl_srv_create_config(s, c, r, j, &cfg, &replicas, &quorum, &res) == 0)
+            res = nl_srv_send_cluster(c, r, nl_cluster_create(cl, &k, name, &cfg, replicas, quorum, &out), &out);
         json_decref(j);
         return res;
     }

@@ -87,8 +87,9 @@ json_t *nl_srv_parse_body(struct MHD_Connection *c, req *r, enum MHD_Result *res
 /* Endpoints (endpoints.c). h is the local collection, or NULL in cluster mode (then the
  * router answers, with r->cname and r->ccfg). */
 json_t *nl_srv_describe_json(nl_collection *h);
+#define NL_MAX_REPLICAS_API 5
 int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t *j, nl_collection_config *cfg,
-                         uint32_t *replicas, enum MHD_Result *res);
+                         uint32_t *replicas, int *quorum, enum MHD_Result *res);
 enum MHD_Result nl_srv_ep_create(nl_server *s, struct MHD_Connection *c, req *r, const char *name);
 enum MHD_Result nl_srv_ep_list(nl_server *s, struct MHD_Connection *c, req *r);
 enum MHD_Result nl_srv_ep_upsert(nl_server *s, nl_collection *h, struct MHD_Connection *c, req *r);

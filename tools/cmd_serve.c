@@ -36,7 +36,8 @@ static int help(FILE *f)
             "         [--log-level debug|info|warn|error]\n"
             "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
             "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
-            "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]]\n"
+            "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]\n"
+            "          [--replica-timeout-ms MS] [--repl-log-bytes SIZE] [--repl-log-age-s S]]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
             "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
             "Background maintenance, per shard: a flush when the fresh index holds --flush-points points\n"
@@ -46,7 +47,11 @@ static int help(FILE *f)
             "Cluster mode: --zookeeper joins the cluster under --cluster-root (/nearline) as --node-id; peers\n"
             "call it at --advertise (default: the --listen address). --cluster-key: a file whose first line\n"
             "(16+ characters) every node shares; internal calls without it are refused. --peer-connections:\n"
-            "connections (and calls in flight) kept per peer node (32).\n");
+            "connections (and calls in flight) kept per peer node (32). Replication: a follower that makes no\n"
+            "progress for --replica-timeout-ms (3000) leaves the in-sync set; a primary fails over once its\n"
+            "ZooKeeper session (--session-timeout-ms, 6000) ends. Each shard's operation log is trimmed past\n"
+            "--repl-log-bytes (256M) or --repl-log-age-s (3600), never past what an in-sync follower needs;\n"
+            "a follower left behind that is caught up by a snapshot copy.\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -86,7 +91,8 @@ int cmd_serve(int argc, char **argv)
     const char *C = "serve";
     const char *db = NULL, *listen = "127.0.0.1:7700", *level = "info";
     const char *zk = NULL, *node_id = NULL, *advertise = NULL, *root = NULL, *key_file = NULL;
-    uint32_t session_ms = 0, peer_conns = 0;
+    uint32_t session_ms = 0, peer_conns = 0, replica_ms = 0, log_age_s = 0;
+    uint64_t log_bytes = 0;
     nl_server_options so;
     memset(&so, 0, sizeof so);
     uint64_t body = 0;
@@ -97,7 +103,8 @@ int cmd_serve(int argc, char **argv)
         {"zookeeper", 1, 0, 'z'}, {"node-id", 1, 0, 'n'}, {"flush-points", 1, 0, 'F'}, {"flush-age-ms", 1, 0, 'A'},
         {"compact-dead-ratio", 1, 0, 'R'}, {"compact-max-segments", 1, 0, 'S'}, {"advertise", 1, 0, 'v'},
         {"cluster-root", 1, 0, 'r'}, {"cluster-key", 1, 0, 'y'}, {"session-timeout-ms", 1, 0, 'T'},
-        {"peer-connections", 1, 0, 'P'}, {"help", 0, 0, 'h'},
+        {"peer-connections", 1, 0, 'P'}, {"replica-timeout-ms", 1, 0, 'E'}, {"repl-log-bytes", 1, 0, 'G'},
+        {"repl-log-age-s", 1, 0, 'H'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
     memset(&dopt, 0, sizeof dopt);
@@ -127,6 +134,9 @@ int cmd_serve(int argc, char **argv)
         case 'y': key_file = optarg; break;
         case 'T': if (cli_u32(C, "--session-timeout-ms", optarg, 1000, 60000, &session_ms)) return 2; break;
         case 'P': if (cli_u32(C, "--peer-connections", optarg, 1, 1024, &peer_conns)) return 2; break;
+        case 'E': if (cli_u32(C, "--replica-timeout-ms", optarg, 100, 600000, &replica_ms)) return 2; break;
+        case 'G': if (cli_size(C, "--repl-log-bytes", optarg, &log_bytes)) return 2; break;
+        case 'H': if (cli_u32(C, "--repl-log-age-s", optarg, 1, 30 * 86400, &log_age_s)) return 2; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -199,7 +209,9 @@ int cmd_serve(int argc, char **argv)
                                  .advertise = advertise ? advertise : listen, .db_dir = db,
                                  .cluster_key = key_file ? key : NULL, .tls = so.tls_cert_path != NULL,
                                  .tls_ca = so.tls_cert_path, .session_ms = session_ms,
-                                 .peer_connections = peer_conns, .db = dbh, .log = log_fwd};
+                                 .peer_connections = peer_conns, .replica_timeout_ms = replica_ms,
+                                 .log_max_bytes = log_bytes, .log_max_age_ms = (uint64_t)log_age_s * 1000,
+                                 .db = dbh, .log = log_fwd};
         if ((rc = nl_cluster_start(&co, &cl)) != 0) {
             cli_error(C, rc, "cannot join the cluster");
             nl_db_close(dbh);
