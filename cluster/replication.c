@@ -712,9 +712,12 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     }
     (void)h;
     int rc = 0;
-    if (!cl_session_ok(cl))
+    pthread_mutex_lock(&r->mu);
+    int alone = r->view.nreplicas == 1; /* nobody else can be promoted: nobody can depose it */
+    pthread_mutex_unlock(&r->mu);
+    if (!alone && !cl_session_ok(cl))
         rc = nl_fail(NL_EUNAVAILABLE, "node %s is not connected to ZooKeeper with a fresh map: it acknowledges no "
-                     "write until it is", cl->node_id);
+                     "write to a replicated shard until it is", cl->node_id);
     pthread_mutex_lock(&r->mu);
     if (!rc && r->deposed)
         rc = nl_fail(NL_EUNAVAILABLE, "node %s is no longer the primary of shard %u of '%s' (a later epoch)",
@@ -938,6 +941,14 @@ int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s)
     const cl_coll *c = cl_snap_coll(sn, name);
     int ok = c && c->has_map && nl_shard_map_in_sync(&c->map, s, cl->node_id);
     cl_snap_put(cl, sn);
+    if (!ok) {
+        /* this node's snapshot may lag the map the router read (a collection just made,
+         * a replica just added): ask ZooKeeper before refusing */
+        cl_coll *f = malloc(sizeof *f);
+        if (f && cl_fresh_coll(cl, name, f) == 0)
+            ok = f->has_map && nl_shard_map_in_sync(&f->map, s, cl->node_id);
+        free(f);
+    }
     return ok;
 }
 
@@ -1015,8 +1026,9 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
       atomic_load(&cl->repl_writes));
     C("nearline_replication_write_failures_total", "Writes this node ordered as a primary but could not acknowledge.",
       atomic_load(&cl->repl_write_failures));
-    C("nearline_replication_wait_microseconds_total", "Time writers waited for the write quorum (sum).",
-      atomic_load(&cl->repl_wait_us));
+    fprintf(f, "# HELP nearline_replication_wait_seconds_total Time writers waited for the write quorum (sum).\n"
+               "# TYPE nearline_replication_wait_seconds_total counter\nnearline_replication_wait_seconds_total %.6f\n",
+            (double)atomic_load(&cl->repl_wait_us) / 1e6);
     C("nearline_replication_in_sync_removals_total", "Followers this node removed from an in-sync set.",
       atomic_load(&cl->isr_removals));
     C("nearline_replication_in_sync_additions_total", "Followers this node added back to an in-sync set.",
@@ -1027,8 +1039,9 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
       atomic_load(&cl->snapshots_sent));
     C("nearline_replication_snapshot_bytes_total", "Bytes of snapshot copies sent (compressed).",
       atomic_load(&cl->snapshot_bytes));
-    C("nearline_replication_snapshot_milliseconds_total", "Time spent sending snapshot copies.",
-      atomic_load(&cl->snapshot_ms));
+    fprintf(f, "# HELP nearline_replication_snapshot_seconds_total Time spent sending snapshot copies.\n"
+               "# TYPE nearline_replication_snapshot_seconds_total counter\nnearline_replication_snapshot_seconds_total "
+               "%.3f\n", (double)atomic_load(&cl->snapshot_ms) / 1000.0);
     C("nearline_router_hedged_requests_total", "Shard reads sent to a second replica because the first was slow.",
       atomic_load(&cl->hedged));
 #undef C
