@@ -320,8 +320,21 @@ static int do_register(nl_cluster *cl)
         struct Stat st;
         int zrc = zoo_exists(cl->zh, p, 0, &st);
         const clientid_t *me_id = zoo_client_id(cl->zh);
+        uint64_t now = nl_now_ns();
         if (zrc == ZOK && me_id && st.ephemeralOwner == me_id->client_id) {
             rc = 0; /* ours: registered before a reconnect */
+        } else if (zrc == ZOK && (!cl->dup_since_ns || now - cl->dup_since_ns <
+                                                          ((uint64_t)cl->opt.session_ms * 3 / 2 + 1000) * 1000000ull)) {
+            /* the znode of this id's previous process (killed a moment ago) goes when its
+             * session expires: a node restarted at once waits for that, and only a znode
+             * that outlives a session timeout is another live process */
+            if (!cl->dup_since_ns) {
+                cl->dup_since_ns = now;
+                cl_log(cl, 2, "\"event\":\"previous_session_pending\",\"node_id\":\"%s\",\"message\":\"node id %s is "
+                       "registered by session 0x%llx (this node's previous run, if it was killed: waiting for it to "
+                       "expire)\"", cl->node_id, cl->node_id, (unsigned long long)st.ephemeralOwner);
+            }
+            return nl_fail(NL_EUNAVAILABLE, "waiting for the previous session of node id %s to expire", cl->node_id);
         } else if (zrc == ZOK) {
             atomic_store(&cl->fatal, NL_EEXISTS);
             cl_log(cl, 3, "\"event\":\"duplicate_node_id\",\"node_id\":\"%s\",\"message\":\"node id %s is held by "
@@ -334,6 +347,7 @@ static int do_register(nl_cluster *cl)
     }
     if (rc)
         return rc;
+    cl->dup_since_ns = 0;
     char made[300] = {0};
     path_of(cl, p, sizeof p, "election", "n_");
     if ((rc = zcreate(cl, p, cl->node_id, ZOO_EPHEMERAL | ZOO_SEQUENCE, made, sizeof made - 1)) != 0)

@@ -93,6 +93,7 @@ struct nl_cluster {
     atomic_int registered;
     atomic_int fatal;       /* NL_EEXISTS (duplicate id) / NL_EINVAL (bad root) */
     char election_node[300];
+    uint64_t dup_since_ns;  /* when registration first found this id's znode held by another session */
 
     /* the worker */
     pthread_t th;

@@ -887,7 +887,7 @@ int nl_cluster_replicate(nl_cluster *cl, nl_collection *h, const char *name, uin
             msg = "the request ends inside an entry";
             break;
         }
-        int ar = nl_collection_shard_log_apply(h, s, seq, p + at + 12, el);
+        int ar = nl_collection_shard_log_apply(h, s, epoch, seq, p + at + 12, el);
         if (ar) {
             snprintf(err, sizeof err, "entry %llu: %s", (unsigned long long)seq, nl_errdetail());
             msg = err;

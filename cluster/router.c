@@ -378,8 +378,10 @@ static void job_start(nl_router *r, job *j)
     j->anext = r->active;
     r->active = j;
     pthread_mutex_unlock(&r->mu);
-    for (size_t i = 0; i < j->n; i++) {
+    size_t n = j->n; /* j is the caller's again once its last call ends: read nothing after */
+    for (size_t i = 0; i < n; i++)
         j->cs[i].t0 = now;
+    for (size_t i = 0; i < n; i++) {
         int rc = xfer_start(r, j, i, 0, probed, &nprobed);
         if (rc && j->calls[i].alt_peer) {
             j->cs[i].alt_started = 1;

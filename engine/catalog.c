@@ -91,7 +91,8 @@ int nl_catalog_list_collections(const char *db, char ***names, size_t *count)
         *count = 0;
         return rc;
     }
-    qsort(*names, *count, sizeof **names, cmp_str);
+    if (*count)
+        qsort(*names, *count, sizeof **names, cmp_str);
     return 0;
 }
 

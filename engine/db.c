@@ -1027,11 +1027,12 @@ int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint6
     return leave_shard(c, rc);
 }
 
-int nl_collection_shard_log_apply(nl_collection *c, uint32_t s, uint64_t seq, const void *entry, size_t len)
+int nl_collection_shard_log_apply(nl_collection *c, uint32_t s, uint64_t by, uint64_t seq, const void *entry,
+                                  size_t len)
 {
     int rc;
     nl_shard *sh = enter_shard(c, s, &rc);
-    return sh ? leave_shard(c, nl_shard_log_apply(sh, seq, entry, len)) : rc;
+    return sh ? leave_shard(c, nl_shard_log_apply(sh, by, seq, entry, len)) : rc;
 }
 
 int nl_collection_shard_log_state(nl_collection *c, uint32_t s, nl_log_state *st)

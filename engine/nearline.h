@@ -238,9 +238,11 @@ int nl_collection_shard_search_batch(nl_collection *c, uint32_t s, const float *
  * engine path: its own fresh index, flushes and compactions). An entry is a self-checking
  * byte string (checksummed; decoded as untrusted input by _log_apply).
  *
- * The fence is an epoch the shard has promised to refuse anything older than (a failover
- * raises it on the replicas it consults); entries must not go back in epoch either. Both
- * refusals are NL_ESTALE, as is an entry whose sequence is not the next one. */
+ * The fence is an epoch the shard has promised to refuse anything older than: a failover
+ * raises it on the replicas it consults, and each newer primary on its followers. What is
+ * checked against it is the epoch of the primary that sends an entry (a new primary relays
+ * entries of older epochs, which keep theirs); entries must not go back in epoch either.
+ * Those refusals are NL_ESTALE, as is an entry whose sequence is not the next one. */
 
 typedef struct {
     uint64_t last_seq, last_epoch; /* the last entry applied (0, 0: none) */
@@ -265,9 +267,11 @@ int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, uint64_t epoch,
  * most 1,024 ids; *seq gets the last entry's sequence (unchanged when nothing matched). */
 int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint64_t epoch, const nl_filter *f,
                                              size_t *deleted, uint64_t *seq);
-/* Applies entry seq (from another replica's log). NL_ESTALE when seq is not last + 1 or
- * its epoch is below the fence or the last entry's; NL_ECORRUPT when the bytes fail. */
-int nl_collection_shard_log_apply(nl_collection *c, uint32_t s, uint64_t seq, const void *entry, size_t len);
+/* Applies entry seq of the log of the primary of epoch `by`. NL_ESTALE when seq is not
+ * last + 1, `by` is below the fence, or the entry's epoch is below the last entry's;
+ * NL_ECORRUPT when the bytes fail (or the entry claims a later epoch than `by`). */
+int nl_collection_shard_log_apply(nl_collection *c, uint32_t s, uint64_t by, uint64_t seq, const void *entry,
+                                  size_t len);
 int nl_collection_shard_log_state(nl_collection *c, uint32_t s, nl_log_state *st);
 /* Entries from seq on, in order, up to max_bytes in total (at least one when there is
  * one): *out malloc'd (nl_log_entries_free). NL_ENOTFOUND when seq is below first_seq

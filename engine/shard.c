@@ -1407,7 +1407,7 @@ static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t 
         keep[m++] = pids[i];
     }
     if (!rc && lr) {
-        sh_logrec one = {0, lr->epoch, 0, NULL, 0};
+        sh_logrec one = {0, lr->epoch, 0, NULL, 0, lr->by};
         rc = sh_delete(sh, ids, keep, m, deleted, &one);
         if (!rc && one.seq)
             lr->seq = one.seq;

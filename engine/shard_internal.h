@@ -140,12 +140,14 @@ typedef struct {
     uint64_t seq, epoch, time_ms;
     const void *entry;
     size_t len;
+    uint64_t by; /* the epoch of the primary that sends it (the fence is checked against it) */
 } sh_logrec;
 int sh_upsert(nl_shard *sh, const nl_point *pts, size_t n, sh_logrec *lr);
 int sh_delete(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted, sh_logrec *lr);
 /* lr (optional): a template {0, epoch}; each chunk is logged, lr->seq the last one. */
 int sh_delete_by_filter(nl_shard *sh, const nl_filter *f, size_t *deleted, sh_logrec *lr);
-/* Adds lr's entry and the manifest's log record to b: NL_ESTALE when out of order or fenced. */
+/* Adds lr's entry and the manifest's log record to b: NL_ESTALE when out of order, when its
+ * sender's epoch is below the fence, or when its epoch goes back. */
 int sh_log_stage_locked(nl_shard *sh, nl_store_batch *b, sh_logrec *lr);
 /* After b is durable. */
 void sh_log_commit_locked(nl_shard *sh, const sh_logrec *lr);

@@ -9,9 +9,11 @@
  *    manifest's "log" record (last sequence and epoch), so a crash keeps both or neither;
  *  - sequences are dense: entry log_last + 1 is the only one accepted next, and the log
  *    holds exactly [log_first, log_last] (trimming only removes from the front);
- *  - epochs never go back along the log, and no entry older than the fence is accepted.
- *    The fence is raised (durably, in the manifest) by a failover that consults this
- *    replica, so a deposed primary can never again get this replica to acknowledge.
+ *  - epochs never go back along the log, and nothing is accepted from a primary of an
+ *    epoch below the fence (the entries a newer primary relays keep their own, older,
+ *    epochs). The fence is raised (durably, in the manifest) by a failover that consults
+ *    this replica and by every newer primary's first request, so a deposed primary can
+ *    never again get this replica to acknowledge.
  *
  * An entry is the byte string that is stored, shipped and applied, unchanged:
  *
@@ -284,9 +286,13 @@ int sh_log_stage_locked(nl_shard *sh, nl_store_batch *b, sh_logrec *lr)
     if (seq != sh->log_last + 1)
         return nl_fail(NL_ESTALE, "log entry %llu out of order: the log ends at %llu", (unsigned long long)seq,
                        (unsigned long long)sh->log_last);
-    if (lr->epoch < sh->log_fence)
-        return nl_fail(NL_ESTALE, "log entry of epoch %llu: this replica is fenced at epoch %llu",
-                       (unsigned long long)lr->epoch, (unsigned long long)sh->log_fence);
+    uint64_t by = lr->by ? lr->by : lr->epoch;
+    if (by < sh->log_fence)
+        return nl_fail(NL_ESTALE, "log entry %llu from a primary of epoch %llu: this replica is fenced at epoch %llu",
+                       (unsigned long long)seq, (unsigned long long)by, (unsigned long long)sh->log_fence);
+    if (lr->epoch > by)
+        return nl_fail(NL_ECORRUPT, "log entry of epoch %llu sent by a primary of epoch %llu",
+                       (unsigned long long)lr->epoch, (unsigned long long)by);
     if (lr->epoch < sh->log_last_epoch)
         return nl_fail(NL_ESTALE, "log entry of epoch %llu after one of epoch %llu", (unsigned long long)lr->epoch,
                        (unsigned long long)sh->log_last_epoch);
@@ -386,7 +392,7 @@ int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_
     int rc = nl_shard_validate(sh, pts, n);
     if (rc || (rc = encode(LOG_UPSERT, epoch, sh->cfg.dim, pts, NULL, n, &e, &len)) != 0)
         return rc;
-    sh_logrec lr = {0, epoch, 0, e, len};
+    sh_logrec lr = {0, epoch, 0, e, len, 0};
     memcpy(&lr.time_ms, (unsigned char *)e + 16, 8);
     rc = sh_upsert(sh, pts, n, &lr);
     free(e);
@@ -397,7 +403,7 @@ int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_
 
 int nl_shard_log_delete(nl_shard *sh, uint64_t epoch, const nl_id *ids, size_t n, size_t *deleted, uint64_t *seq)
 {
-    sh_logrec lr = {0, epoch, 0, NULL, 0};
+    sh_logrec lr = {0, epoch, 0, NULL, 0, 0};
     int rc = sh_delete(sh, ids, NULL, n, deleted, &lr);
     if (!rc && seq && lr.seq)
         *seq = lr.seq;
@@ -406,7 +412,7 @@ int nl_shard_log_delete(nl_shard *sh, uint64_t epoch, const nl_id *ids, size_t n
 
 int nl_shard_log_delete_by_filter(nl_shard *sh, uint64_t epoch, const nl_filter *f, size_t *deleted, uint64_t *seq)
 {
-    sh_logrec lr = {0, epoch, 0, NULL, 0};
+    sh_logrec lr = {0, epoch, 0, NULL, 0, 0};
     int rc = sh_delete_by_filter(sh, f, deleted, &lr);
     if (!rc && seq && lr.seq)
         *seq = lr.seq;
@@ -421,7 +427,7 @@ int sh_log_encode_delete(uint64_t epoch, const nl_id *ids, size_t n, void **out,
     return rc;
 }
 
-int nl_shard_log_apply(nl_shard *sh, uint64_t seq, const void *entry, size_t len)
+int nl_shard_log_apply(nl_shard *sh, uint64_t by, uint64_t seq, const void *entry, size_t len)
 {
     if (seq == 0)
         return nl_fail(NL_EINVAL, "log sequences start at 1");
@@ -429,7 +435,7 @@ int nl_shard_log_apply(nl_shard *sh, uint64_t seq, const void *entry, size_t len
     int rc = decode(entry, len, sh->cfg.dim, &o);
     if (rc)
         return rc;
-    sh_logrec lr = {seq, o.epoch, o.time_ms, entry, len};
+    sh_logrec lr = {seq, o.epoch, o.time_ms, entry, len, by};
     size_t deleted;
     rc = o.type == LOG_UPSERT ? sh_upsert(sh, o.pts, o.count, &lr) : sh_delete(sh, o.ids, NULL, o.count, &deleted, &lr);
     logop_free(&o);
@@ -569,7 +575,7 @@ int nl_shard_log_trim(nl_shard *sh, uint64_t keep_from, uint64_t max_bytes, uint
         if (kl != 8 || seq_from_key(key) != end || decode_header(e, len, 0, &epoch, &t) != 0)
             break;
         oldest = t;
-        if (end >= keep_from || !(bytes > max_bytes || now - t > max_age_ms || t > now + 3600000ull))
+        if (end >= keep_from || !(bytes > max_bytes || now - t >= max_age_ms || t > now + 3600000ull))
             break;
         bytes -= len;
         entries--;

@@ -2,7 +2,8 @@
 # zookeeper.sh start|stop|status DIR PORT — a standalone ZooKeeper for development, tests
 # and the demo, from Debian's zookeeper package, started directly with java (zkServer.sh
 # needs more environment). Data, log and pid live in DIR; it listens on 127.0.0.1:PORT
-# only, with the admin server off. start returns once ZooKeeper answers (about 3 s), or
+# only (ZK_ADDRESS=IP for another local address: the partition test's namespaces), with
+# the admin server off. start returns once ZooKeeper answers (about 3 s), or
 # fails with its log. Production clusters point `nearline serve --zookeeper` at their own
 # ensemble instead (docs/cluster.md).
 set -euo pipefail
@@ -11,9 +12,10 @@ if [ -z "$cmd" ] || [ -z "$dir" ] || { [ "$cmd" != stop ] && [ -z "$port" ]; }; 
   echo "usage: $0 start|stop|status DIR PORT" >&2; exit 2
 fi
 pidf="$dir/zookeeper.pid"
+addr=${ZK_ADDRESS:-127.0.0.1}
 
 ruok() { # a four-letter word through bash's /dev/tcp: no client tool needed
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/$addr/$port"; } 2>/dev/null || return 1
   printf srvr >&3; local a; a=$(timeout 2 cat <&3 || true); exec 3>&- 3<&- || true
   [[ "$a" == *Mode:* ]]
 }
@@ -32,7 +34,7 @@ initLimit=10
 syncLimit=5
 dataDir=$dir/data
 clientPort=$port
-clientPortAddress=127.0.0.1
+clientPortAddress=$addr
 admin.enableServer=false
 4lw.commands.whitelist=srvr,ruok,mntr
 maxSessionTimeout=60000
@@ -44,11 +46,11 @@ CFG
     org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg" > "$dir/zookeeper.log" 2>&1 < /dev/null &
   echo $! > "$pidf"
   for _ in $(seq 1 150); do
-    if ruok; then echo "zookeeper: up on 127.0.0.1:$port (pid $(cat "$pidf"), data in $dir)"; exit 0; fi
+    if ruok; then echo "zookeeper: up on $addr:$port (pid $(cat "$pidf"), data in $dir)"; exit 0; fi
     kill -0 "$(cat "$pidf")" 2>/dev/null || break
     sleep 0.1
   done
-  echo "zookeeper: did not come up on 127.0.0.1:$port; its log:" >&2; tail -20 "$dir/zookeeper.log" >&2
+  echo "zookeeper: did not come up on $addr:$port; its log:" >&2; tail -20 "$dir/zookeeper.log" >&2
   kill "$(cat "$pidf")" 2>/dev/null || true; rm -f "$pidf"; exit 1 ;;
 stop)
   [ -f "$pidf" ] || { echo "zookeeper: not running"; exit 0; }

@@ -55,10 +55,12 @@ def http(method, url, body=None, timeout=10, headers=None):
 
 
 class Node:
-    def __init__(self, cluster, node_id, port=None, db=None):
+    def __init__(self, cluster, node_id, port=None, db=None, host="127.0.0.1", netns=None):
         self.cluster = cluster
         self.id = node_id
-        self.port = port or free_port()
+        self.host = host  # its address; netns: the network namespace it runs in (partition test)
+        self.netns = netns
+        self.port = port or (7700 if netns else free_port())
         self.db = db or os.path.join(cluster.dir, "db-" + node_id)
         self.log = os.path.join(cluster.dir, "log-" + node_id)
         self.proc = None
@@ -67,15 +69,17 @@ class Node:
 
     @property
     def url(self):
-        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", self.host, self.port)
 
     def start(self, extra=(), wait_ready=True, zookeeper=None):
-        args = [self.cluster.nearline, "serve", "--db", self.db, "--listen", "127.0.0.1:%d" % self.port,
+        args = [self.cluster.nearline, "serve", "--db", self.db, "--listen", "%s:%d" % (self.host, self.port),
                 "--zookeeper", zookeeper or self.cluster.zk, "--node-id", self.id, "--session-timeout-ms",
                 str(self.cluster.session_ms), "--threads", "16", "--log-level", "info"]
         if self.cluster.key_file:
             args += ["--cluster-key", self.cluster.key_file]
         args += list(extra)
+        if self.netns:
+            args = ["ip", "netns", "exec", self.netns] + args
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.cluster.procs.append(self.proc)
@@ -120,12 +124,13 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789"):
+    def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789", zk_host="127.0.0.1"):
         self.nearline = nearline
         self.session_ms = session_ms
         self.dir = tempfile.mkdtemp(prefix="nlcluster.")
         self.zk_port = free_port()
-        self.zk = "127.0.0.1:%d" % self.zk_port
+        self.zk_host = zk_host
+        self.zk = "%s:%d" % (zk_host, self.zk_port)
         self.zk_dir = os.path.join(self.dir, "zk")
         self.procs = []
         self.nodes = {}
@@ -147,7 +152,7 @@ class Cluster:
 
     def zk_start(self):
         subprocess.run(["bash", ZK_SCRIPT, "start", self.zk_dir, str(self.zk_port)], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, env=dict(os.environ, ZK_ADDRESS=self.zk_host))
 
     def zk_stop(self):
         subprocess.run(["bash", ZK_SCRIPT, "stop", self.zk_dir, str(self.zk_port)], stdout=subprocess.DEVNULL)

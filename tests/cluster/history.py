@@ -1,0 +1,231 @@
+"""history.py — Jepsen-style histories for the cluster's fault tests.
+
+Clients record every operation they issue (upserts and deletes of numbered ids, each
+upsert a new version with its own vector) with its outcome: ok (200), or info when the
+answer did not say it was applied (no answer, a timeout, a 503): an indeterminate
+operation, which may take effect at any moment after it was issued. A router's 503 names
+the shards whose part failed (each part is all or nothing), so only the ids of those
+shards become indeterminate; the rest of the batch is ok.
+
+check() then reads every id and compares: the value must be the one the last acknowledged
+operation left, or one an indeterminate operation could have left (Jepsen's rule: an
+indeterminate operation's interval never closes). So: no acknowledged write lost (a
+missing or older version), no acknowledged delete resurrected, and no value that was never
+written (every vector read, and every search result's score, matches a version issued for
+that id). Searches during the run are checked the same way, and for duplicate ids.
+"""
+import random
+import struct
+import threading
+import time
+
+import numpy as np
+
+from harness import http
+
+DIM = 8
+ABSENT = "absent"
+
+
+def shard_of(i, shards):
+    """nl_shard_of: FNV-1a 64 of the id's store key (type byte 1, then 8 bytes big-endian)."""
+    if shards <= 1:
+        return 0
+    h = 1469598103934665603
+    for b in b"\x01" + struct.pack(">Q", i):
+        h ^= b
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h % shards
+
+
+def vec(i, v):
+    """The vector of version v of id i (float32 exactly representable in JSON)."""
+    r = np.random.default_rng(i * 1000003 + v)
+    return np.round(r.normal(size=DIM), 3).astype(np.float32)
+
+
+class History:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ops = {}  # id -> [(seq, kind, version, outcome)]
+        self.issued = {}  # id -> set of versions ever issued
+        self.seq = 0
+        self.counts = {"ok": 0, "info": 0}
+
+    def issue(self, ids, kind, versions):
+        with self.lock:
+            for i, v in zip(ids, versions):
+                if kind == "upsert":
+                    self.issued.setdefault(i, set()).add(v)
+
+    def record(self, ids, kind, versions, outcomes):
+        with self.lock:
+            for i, v, o in zip(ids, versions, outcomes):
+                self.seq += 1
+                self.ops.setdefault(i, []).append((self.seq, kind, v, o))
+                self.counts[o] += 1
+
+    def candidates(self, i):
+        """The states id i may be in now: {version, or ABSENT}."""
+        ops = self.ops.get(i, [])
+        last_ok = None
+        for op in ops:
+            if op[3] == "ok":
+                last_ok = op
+        c = {ABSENT} if last_ok is None else {ABSENT if last_ok[1] == "delete" else last_ok[2]}
+        for op in ops:
+            if op[3] == "info":
+                c.add(ABSENT if op[1] == "delete" else op[2])
+        return c, last_ok
+
+
+class Workload:
+    """Writer threads (each owns the ids i with i % clients == its number and writes them
+    one batch at a time, so its operations on an id are sequential) and a reader, sending
+    to a random node of urls() (the nodes believed up)."""
+
+    def __init__(self, urls, collection, shards, clients=3, ids=900, batch=12, deletes=0.2, timeout=20, seed=7,
+                 run=None, reader=True, share=None):
+        self.urls, self.coll, self.shards = urls, collection, shards
+        self.clients, self.ids, self.batch, self.deletes, self.timeout = clients, ids, batch, deletes, timeout
+        self.h = share.h if share else History()
+        self.stop_ev = threading.Event()
+        self.threads = []
+        self.version = share.version if share else {}  # shared with another workload on other ids
+        self.run = list(range(clients)) if run is None else list(run)
+        self.with_reader = reader
+        self.seed = seed
+        self.search_stats = {"ok": 0, "failed": 0, "partial": 0}
+        self.read_problems = []
+
+    def start(self):
+        for c in self.run:
+            t = threading.Thread(target=self._writer, args=(c,), daemon=True)
+            t.start()
+            self.threads.append(t)
+        if self.with_reader:
+            t = threading.Thread(target=self._reader, daemon=True)
+            t.start()
+            self.threads.append(t)
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(timeout=self.timeout + 10)
+
+    def _pick(self):
+        u = self.urls()
+        return random.choice(u) if u else None
+
+    def _writer(self, c):
+        rng = random.Random(self.seed * 100 + c)
+        mine = [i for i in range(self.ids) if i % self.clients == c]
+        while not self.stop_ev.is_set():
+            ids = rng.sample(mine, min(self.batch, len(mine)))
+            kind = "delete" if rng.random() < self.deletes else "upsert"
+            if kind == "upsert":
+                vs = []
+                for i in ids:
+                    self.version[i] = self.version.get(i, 0) + 1
+                    vs.append(self.version[i])
+                body = {"points": [{"id": i, "vector": [float(x) for x in vec(i, v)]} for i, v in zip(ids, vs)]}
+                path = "/v1/collections/%s/points" % self.coll
+            else:
+                vs = [0] * len(ids)
+                body = {"ids": ids}
+                path = "/v1/collections/%s/points/delete" % self.coll
+            self.h.issue(ids, kind, vs)
+            url = self._pick()
+            st, ans = http("POST", url + path, body, timeout=self.timeout) if url else (0, None)
+            if st == 200:
+                outcomes = ["ok"] * len(ids)
+            elif st == 503 and isinstance(ans, dict) and isinstance(ans.get("failed_shards"), list):
+                bad = {f.get("shard") for f in ans["failed_shards"]}
+                outcomes = ["info" if shard_of(i, self.shards) in bad else "ok" for i in ids]
+            else:
+                outcomes = ["info"] * len(ids)
+            self.h.record(ids, kind, vs, outcomes)
+            time.sleep(rng.random() * 0.01)
+
+    def _reader(self):
+        rng = random.Random(self.seed)
+        while not self.stop_ev.is_set():
+            q = np.round(np.array([rng.gauss(0, 1) for _ in range(DIM)], np.float32), 3)
+            url = self._pick()
+            if not url:
+                time.sleep(0.05)
+                continue
+            st, ans = http("POST", url + "/v1/collections/%s/search" % self.coll,
+                           {"vector": [float(x) for x in q], "k": 10}, timeout=5)
+            if st != 200 or not isinstance(ans, dict):
+                self.search_stats["failed"] += 1
+                continue
+            self.search_stats["ok"] += 1
+            if ans.get("partial"):
+                self.search_stats["partial"] += 1
+            res = ans.get("results", [])
+            ids = [r["id"] for r in res]
+            if len(ids) != len(set(ids)):
+                self.read_problems.append("a search returned an id twice: %s" % ids)
+            with self.h.lock:
+                for r in res:
+                    vs = self.h.issued.get(r["id"])
+                    if not vs:
+                        self.read_problems.append("a search returned id %s, never written" % r["id"])
+                        continue
+                    if not any(abs(float(((vec(r["id"], v) - q) ** 2).sum()) - r["score"]) < 1e-3 for v in vs):
+                        self.read_problems.append("a search returned id %s with score %s, of no version written"
+                                                  % (r["id"], r["score"]))
+            time.sleep(0.02)
+
+
+def read_state(url, coll, i, key_hdr=None, path=None):
+    """(status, version or ABSENT or 'phantom:...' ) of id i through url."""
+    st, ans = http("GET", url + (path or "/v1/collections/%s/points/%d" % (coll, i)), timeout=10, headers=key_hdr)
+    if st == 404:
+        return st, ABSENT
+    if st != 200 or not isinstance(ans, dict):
+        return st, None
+    got = np.array(ans.get("vector", []), np.float32)
+    return st, got
+
+
+def check(h, get_url, coll, ids=None):
+    """Reads every id through get_url() and compares with the history. Returns a report."""
+    lost, resurrected, phantom, unreadable = [], [], [], []
+    ids = sorted(h.ops) if ids is None else ids
+    for i in ids:
+        cands, last_ok = h.candidates(i)
+        st, got = read_state(get_url(), coll, i)
+        if got is None:
+            unreadable.append((i, st))
+            continue
+        if isinstance(got, str):
+            state = ABSENT
+        else:
+            match = [v for v in h.issued.get(i, ()) if got.shape == (DIM,) and np.allclose(got, vec(i, v), atol=1e-4)]
+            if not match:
+                phantom.append(i)
+                continue
+            state = max(match)
+        if state not in cands:
+            if last_ok is not None and last_ok[1] == "delete" and state != ABSENT:
+                resurrected.append((i, state))
+            else:
+                lost.append((i, state, sorted(cands, key=str)))
+    return {"ids": len(ids), "ok_ops": h.counts["ok"], "indeterminate_ops": h.counts["info"], "lost": lost,
+            "resurrected": resurrected, "phantom": phantom, "unreadable": unreadable}
+
+
+def failover_prober(url, coll, shards, shard, stop_ev, log):
+    """Writes one point of shard `shard` through url every 50 ms; log gets (time, ok)."""
+    ids = [i for i in range(10 ** 6, 10 ** 6 + 100000) if shard_of(i, shards) == shard][:500]
+    k = 0
+    while not stop_ev.is_set():
+        i = ids[k % len(ids)]
+        k += 1
+        st, _ = http("POST", url() + "/v1/collections/%s/points" % coll,
+                     {"points": [{"id": i, "vector": [0.5] * DIM}]}, timeout=15)
+        log.append((time.time(), st == 200))
+        time.sleep(0.05)

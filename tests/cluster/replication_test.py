@@ -1,0 +1,326 @@
+#!/usr/bin/python3
+"""replication_test.py NEARLINE [--rounds N] — replication and failover with real processes
+and a real ZooKeeper on loopback (harness.py), checked as Jepsen checks (history.py):
+every operation a client issued is recorded with its outcome, and at the end no
+acknowledged write is lost, no acknowledged delete is back, no value is one never written.
+
+  1. SIGKILL of a primary under write and search load, RF=2 (quorum all) and RF=3 (quorum
+     majority): a follower takes over; the failover time is measured and printed; the
+     killed node comes back, catches up and rejoins the in-sync set; the history checks
+     out and every replica holds the same points;
+  2. SIGSTOP of a primary past its session timeout while clients write through it, then
+     SIGCONT: it acknowledges nothing after it was deposed (the history), ends its role,
+     and rejoins as a follower with nothing divergent;
+  3. a follower stopped while 50,000 points are written, restarted: it catches up from the
+     log; then again on nodes whose log keeps only 256 KiB, so it catches up by a snapshot
+     copy; its contents then equal the primary's;
+  4. a randomized fault schedule (kill, pause past the session timeout, graceful restart,
+     ZooKeeper restart) of --rounds rounds (20 in CI) under load, then the history check.
+The network partition (network namespaces) is partition_test.py.
+"""
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Cluster, http  # noqa: E402
+from history import DIM, Workload, check, failover_prober, read_state, shard_of, vec  # noqa: E402
+
+NL = sys.argv[1]
+ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 20
+SESSION_MS = 3000
+NODE_ARGS = ["--replica-timeout-ms", "1500", "--flush-points", "3000", "--compact-max-segments", "3"]
+KEY_HDR = {"X-Nearline-Cluster-Key": "test-cluster-key-0123456789"}
+failures = []
+
+
+def check_that(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def wait(pred, timeout, step=0.1):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if pred():
+                return True
+        except Exception:  # noqa: BLE001 — a node in the middle of a restart
+            pass
+        time.sleep(step)
+    return False
+
+
+def describe(node, coll):
+    st, d = node.call("GET", "/v1/collections/" + coll)
+    return d if st == 200 else None
+
+
+def all_in_sync(node, coll):
+    d = describe(node, coll)
+    return bool(d) and all(sorted(s["in_sync"]) == sorted(s["replicas"]) for s in d["shard_map"])
+
+
+def live_urls(cl):
+    return lambda: [n.url for n in cl.nodes.values() if n.proc and n.proc.poll() is None and not getattr(n, "paused", 0)]
+
+
+def same_replicas(cl, coll, ids, via):
+    """Every replica of every shard holds the same points (counts, and the sampled ids)."""
+    d = describe(via, coll)
+    problems = []
+    for s in d["shard_map"]:
+        counts = {}
+        for r in s["replicas"]:
+            st, j = http("GET", cl.nodes[r].url + "/internal/v1/collections/%s/shards/%d" % (coll, s["shard"]),
+                         headers=KEY_HDR)
+            counts[r] = j["stats"]["points"] if st == 200 else None
+        if len(set(counts.values())) != 1:
+            problems.append("shard %d: points per replica %s" % (s["shard"], counts))
+        for i in ids:
+            if shard_of(i, len(d["shard_map"])) != s["shard"]:
+                continue
+            seen = []
+            for r in s["replicas"]:
+                st, got = read_state(cl.nodes[r].url, coll, i, KEY_HDR,
+                                     "/internal/v1/collections/%s/shards/%d/points/%d" % (coll, s["shard"], i))
+                seen.append("absent" if isinstance(got, str) else None if got is None else tuple(np.round(got, 3)))
+            if len(set(seen)) != 1:
+                problems.append("id %d differs between replicas %s" % (i, s["replicas"]))
+    return problems
+
+
+def report(name, rep, wl):
+    print("  %s: %d ids, %d ok ops, %d indeterminate; searches ok %d, failed %d, partial %d" % (
+        name, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], wl.search_stats["ok"], wl.search_stats["failed"],
+        wl.search_stats["partial"]), flush=True)
+    check_that(not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"],
+               "%s: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing never written (%s), "
+               "every id readable (%s)" % (name, rep["lost"][:3], rep["resurrected"][:3], rep["phantom"][:3],
+                                           rep["unreadable"][:3]))
+    check_that(not wl.read_problems, "%s: searches during the faults returned no duplicate, unknown or stale-score "
+               "result (%s)" % (name, wl.read_problems[:3]))
+
+
+def create(node, name, shards, replicas, quorum="all"):
+    st, d = node.call("PUT", "/v1/collections/" + name, {"dim": DIM, "shards": shards, "replicas": replicas,
+                                                           "write_quorum": quorum, "index": {"R": 16, "L": 32}},
+                      timeout=60)
+    return st, d
+
+
+def kill_test(cl, a):
+    st2, _ = create(a, "r2", 4, 2)
+    st3, _ = create(a, "r3", 3, 3, "majority")
+    stp, _ = create(a, "probe", 3, 2)
+    check_that(st2 == st3 == stp == 201, "collections of RF=2 (quorum all) and RF=3 (quorum majority) created")
+    urls = live_urls(cl)
+    w2 = Workload(urls, "r2", 4, seed=1).start()
+    w3 = Workload(urls, "r3", 3, seed=2).start()
+    time.sleep(3)
+    victim = cl.nodes[describe(a, "r2")["shard_map"][0]["primary"]]
+    pmap = describe(a, "probe")["shard_map"]
+    pshard = next((s["shard"] for s in pmap if s["primary"] == victim.id), 0)
+    stop_probe, plog = threading.Event(), []
+    others = [n for n in cl.nodes.values() if n is not victim]
+    th = threading.Thread(target=failover_prober, args=(lambda: random.choice(others).url, "probe", 3, pshard,
+                                                        stop_probe, plog), daemon=True)
+    th.start()
+    time.sleep(1.5)
+    t_kill = time.time()
+    victim.kill()
+    ok_after = wait(lambda: any(t > t_kill and ok for t, ok in plog) and
+                    describe(others[0], "probe")["shard_map"][pshard]["primary"] != victim.id, 30, 0.05)
+    first_ok = min((t for t, ok in plog if t > t_kill and ok), default=None)
+    fo = (first_ok - t_kill) if first_ok else None
+    print("  failover after SIGKILL of %s: writes to its shard succeed again after %.2f s (session timeout %.1f s)"
+          % (victim.id, fo or -1, SESSION_MS / 1000), flush=True)
+    check_that(ok_after and fo is not None and fo < 10, "SIGKILL of the primary: a follower takes over within 10 s "
+               "(%.2f s)" % (fo or -1))
+    time.sleep(3)
+    victim.start(NODE_ARGS)
+    back = wait(lambda: all_in_sync(a, "r2") and all_in_sync(a, "r3"), 60, 0.3)
+    check_that(back, "the killed node caught up and every shard's in-sync set is whole again")
+    time.sleep(1)
+    stop_probe.set()
+    w2.stop()
+    w3.stop()
+    wait(lambda: all_in_sync(a, "r2") and all_in_sync(a, "r3"), 30, 0.3)
+    for name, wl in (("r2", w2), ("r3", w3)):
+        rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, name)
+        report("SIGKILL " + name, rep, wl)
+        probs = same_replicas(cl, name, list(range(0, wl.ids, 3)), a)
+        check_that(not probs, "SIGKILL %s: every replica holds the same points (%s)" % (name, probs[:3]))
+    return fo
+
+
+def pause_test(cl, a):
+    st, _ = create(a, "p2", 3, 2)
+    check_that(st == 201, "collection p2 (RF=2) created")
+    d = describe(a, "p2")
+    victim = cl.nodes[d["shard_map"][1]["primary"]]
+    others = [n for n in cl.nodes.values() if n is not victim]
+    wl = Workload(lambda: [n.url for n in others], "p2", 3, seed=3, clients=3, ids=600, run=(0, 1)).start()
+    # a client that writes through the victim itself, before, during and after its pause
+    # (ids of the third client number, one history)
+    wv = Workload(lambda: [victim.url], "p2", 3, seed=4, clients=3, ids=600, timeout=30, run=(2,), reader=False,
+                  share=wl).start()
+    time.sleep(2)
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    victim.paused = 1
+    t0 = time.time()
+    moved = wait(lambda: describe(others[0], "p2")["shard_map"][1]["primary"] != victim.id, 20, 0.1)
+    print("  %s paused: shard 1 got a new primary after %.2f s" % (victim.id, time.time() - t0), flush=True)
+    time.sleep(max(0.0, SESSION_MS / 1000 + 2 - (time.time() - t0)))
+    os.kill(victim.proc.pid, signal.SIGCONT)
+    victim.paused = 0
+    check_that(moved, "SIGSTOP past the session timeout: another replica became primary of its shard")
+    rejoined = wait(lambda: all_in_sync(a, "p2"), 60, 0.3)
+    check_that(rejoined, "SIGCONT: the old primary rejoined the in-sync set as a follower")
+    time.sleep(2)
+    wl.stop_ev.set()
+    wv.stop_ev.set()
+    wl.stop()
+    wv.stop()
+    wait(lambda: all_in_sync(a, "p2"), 30, 0.3)
+    log = open(victim.log, errors="replace").read()
+    check_that('"event":"primary_ended"' in log or '"event":"primary_deposed"' in log,
+               "the paused primary ended its role once it saw the new map")
+    rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, "p2")
+    report("SIGSTOP p2", rep, wl)
+    probs = same_replicas(cl, "p2", list(range(0, 600, 2)), a)
+    check_that(not probs, "SIGSTOP: nothing divergent: every replica holds the same points (%s)" % probs[:3])
+
+
+def bulk(node, coll, first, n, batch=1000):
+    ok = True
+    for s in range(first, first + n, batch):
+        pts = [{"id": i, "vector": [float(x) for x in vec(i, 1)]} for i in range(s, min(s + batch, first + n))]
+        st, _ = node.call("POST", "/v1/collections/%s/points" % coll, {"points": pts}, timeout=60)
+        ok = ok and st == 200
+    return ok
+
+
+def catchup(cl, a, coll, n, expect_snapshot):
+    st, _ = create(a, coll, 1, 2)
+    d = describe(a, coll)
+    p = cl.nodes[d["shard_map"][0]["primary"]]
+    f = cl.nodes[[r for r in d["shard_map"][0]["replicas"] if r != p.id][0]]
+    bulk(p, coll, 0, 2000)
+    f.stop()
+    t0 = time.time()
+    wrote = bulk(p, coll, 2000, n)
+    print("  %s: %d points written in %.1f s with follower %s stopped" % (coll, n, time.time() - t0, f.id), flush=True)
+    if expect_snapshot:
+        time.sleep(3)  # the primary trims its log to its bound meanwhile
+    t1 = time.time()
+    f.start(NODE_ARGS + (["--repl-log-bytes", "256K"] if expect_snapshot else []))
+    caught = wait(lambda: all_in_sync(p, coll), 120, 0.2)
+    took = time.time() - t1
+    flog = open(f.log, errors="replace").read()
+    snap = '"event":"snapshot_installed_here","collection":"%s"' % coll in flog
+    print("  %s: follower back in sync %.1f s after its restart, %s" % (coll, took, "by a snapshot copy" if snap else
+                                                                        "from the log"), flush=True)
+    check_that(wrote and caught and snap == expect_snapshot, "a follower stopped while %d points were written catches "
+               "up %s" % (n, "by a snapshot copy (the log moved on)" if expect_snapshot else "from the log"))
+    ids = list(range(0, 2000 + n, 97))
+    probs = same_replicas(cl, coll, ids, p)
+    # and the same answers: one search on each replica
+    q = {"vectors": [[float(x) for x in vec(5, 1)]], "k": 10}
+    ans = []
+    for r in (p, f):
+        st, j = http("POST", r.url + "/internal/v1/collections/%s/shards/0/search/batch" % coll, q, headers=KEY_HDR)
+        ans.append(st)
+    check_that(not probs and ans == [200, 200], "%s: the follower's contents equal the primary's (%d points, %d ids "
+               "compared; %s)" % (coll, 2000 + n, len(ids), probs[:3]))
+    return took
+
+
+def random_schedule(cl, a, zk_restart):
+    st, _ = create(a, "rnd", 4, 3)
+    check_that(st == 201, "collection rnd (RF=3) created")
+    urls = live_urls(cl)
+    wl = Workload(urls, "rnd", 4, seed=9, clients=3, ids=900).start()
+    rng = random.Random(int(os.environ.get("NL_FAULT_SEED", "15")))
+    faults = {}
+    for r in range(ROUNDS):
+        kind = rng.choice(["kill", "pause", "restart", "zookeeper"] if zk_restart else ["kill", "pause", "restart"])
+        n = rng.choice(list(cl.nodes.values()))
+        faults[kind] = faults.get(kind, 0) + 1
+        if kind == "kill":
+            n.kill()
+            time.sleep(rng.uniform(0.5, 4))
+            n.start(NODE_ARGS)
+        elif kind == "pause":
+            os.kill(n.proc.pid, signal.SIGSTOP)
+            n.paused = 1
+            time.sleep(SESSION_MS / 1000 + rng.uniform(0.5, 2))
+            os.kill(n.proc.pid, signal.SIGCONT)
+            n.paused = 0
+        elif kind == "restart":
+            n.stop()
+            n.start(NODE_ARGS)
+        else:
+            cl.zk_stop()
+            time.sleep(rng.uniform(0.5, 2))
+            cl.zk_start()
+        healed = wait(lambda: all_in_sync(a, "rnd"), 60, 0.3)
+        print("  round %d: %s %s; %s" % (r + 1, kind, n.id if kind != "zookeeper" else "", "healed" if healed else
+                                           "NOT healed in 60 s"), flush=True)
+        if not healed:
+            check_that(False, "round %d (%s): the cluster healed" % (r + 1, kind))
+            if os.environ.get("NL_REPL_STACKS"):  # debugging a hang: every node's threads
+                import subprocess
+                for x in cl.nodes.values():
+                    if x.proc and x.proc.poll() is None:
+                        out = subprocess.run(["gdb", "-p", str(x.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                                             capture_output=True, text=True, timeout=120).stdout
+                        with open(os.path.join(cl.dir, "stacks-" + x.id), "w") as f:
+                            f.write(out)
+            break
+    wl.stop()
+    wait(lambda: all_in_sync(a, "rnd"), 30, 0.3)
+    rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, "rnd")
+    report("random schedule (%d rounds: %s)" % (ROUNDS, faults), rep, wl)
+    probs = same_replicas(cl, "rnd", list(range(0, 900, 4)), a) if describe(a, "rnd") else ["no description"]
+    check_that(not probs, "random schedule: every replica holds the same points (%s)" % probs[:3])
+
+
+def main():
+    t_all = time.time()
+    only = os.environ.get("NL_REPL_ONLY", "1234s")  # which parts (for debugging one)
+    with Cluster(NL, session_ms=SESSION_MS) as cl:
+        a, b, c = (cl.node(x).start(NODE_ARGS) for x in ("a", "b", "c"))
+        if "1" in only:
+            print("== 1. SIGKILL of a primary under load", flush=True)
+            kill_test(cl, a)
+        if "2" in only:
+            print("== 2. SIGSTOP of a primary past its session timeout", flush=True)
+            pause_test(cl, a)
+        if "3" in only:
+            print("== 3. catch-up of a follower after 50,000 writes", flush=True)
+            catchup(cl, a, "cu", 50000, False)
+        if "4" in only:
+            print("== 4. randomized fault schedule", flush=True)
+            random_schedule(cl, a, True)
+    print("== 3b. catch-up by a snapshot copy (nodes keeping 256 KiB of log)", flush=True)
+    with Cluster(NL, session_ms=SESSION_MS) as cl:
+        if "s" not in only:
+            return 1 if failures else 0
+        p = cl.node("p").start(NODE_ARGS + ["--repl-log-bytes", "256K"])
+        cl.node("q").start(NODE_ARGS + ["--repl-log-bytes", "256K"])
+        catchup(cl, p, "cs", 50000, True)
+    print("%d failure(s) in %.0f s" % (len(failures), time.time() - t_all))
+    for f in failures:
+        print("FAILED:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
