@@ -75,6 +75,7 @@ bench: build
 	/usr/bin/python3 bench/bench_ingest.py
 	/usr/bin/python3 bench/bench_streaming.py $(if $(GLOVE),--glove $(GLOVE))
 	/usr/bin/python3 bench/bench_cluster.py
+	/usr/bin/python3 bench/bench_replication.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz
