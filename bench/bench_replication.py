@@ -6,8 +6,10 @@ how fast a shard fails over. Three nodes on loopback (harness.py), ZooKeeper on 
 1. Ingest: 6-shard collections of RF=1 (the reference: no replication), RF=2 and RF=3
    (quorum all), --points points of sift-images-420k (128 x u8; generated clustered data
    when ../shared is absent) sent as 100-point batches by --writers concurrent clients
-   through the three nodes. Points/s, batch latency p50/p99 (ms), and replication lag
-   sampled from /metrics every 200 ms (the largest lag in entries and ms of any follower).
+   through the three nodes (the machine saturated: throughput, and latency with queueing),
+   then --latency-batches more by one client (latency without queueing). Points/s, batch
+   latency p50/p99 (ms), and replication lag sampled from /metrics every 200 ms during the
+   saturated phase (the largest lag in entries and ms of any follower).
 2. Search: the RF=1 and RF=2 collections queried through the router with wrk (16
    connections over the three nodes, one query per request, k=10, L=32, --seconds each,
    --rounds alternated rounds, medians): QPS and p50/p99, and recall@10 against exact
@@ -44,7 +46,8 @@ from bench_disk import fio  # noqa: E402
 from harness import Cluster, http  # noqa: E402
 import history  # noqa: E402
 
-ARGS = ["--replica-timeout-ms", "1500", "--threads", "32"]
+# flushes soon after the ingest, so the searches run against segments with no flush under way
+ARGS = ["--replica-timeout-ms", "1500", "--threads", "32", "--flush-age-ms", "3000"]
 
 
 def say(*a):
@@ -79,7 +82,7 @@ def lag_sampler(nodes, stop, out):
         time.sleep(0.2)
 
 
-def ingest(nodes, coll, x, writers, batch=100):
+def ingest(nodes, coll, x, writers, batch=100, id0=0):
     lat, lock, errors = [], threading.Lock(), [0]
     n = len(x)
     chunks = list(range(0, n, batch))
@@ -93,7 +96,7 @@ def ingest(nodes, coll, x, writers, batch=100):
                     return
                 s = chunks[nxt[0]]
                 nxt[0] += 1
-            pts = [{"id": int(i), "vector": x[i].tolist()} for i in range(s, min(s + batch, n))]
+            pts = [{"id": int(id0 + i), "vector": x[i].tolist()} for i in range(s, min(s + batch, n))]
             t0 = time.time()
             st, _ = node.call("POST", "/v1/collections/%s/points" % coll, {"points": pts}, timeout=60)
             dt = (time.time() - t0) * 1000
@@ -128,6 +131,7 @@ def main():
     ap.add_argument("--nearline", default=os.path.join(ROOT, "build", "tools", "nearline"))
     ap.add_argument("--points", type=int, default=60000)
     ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--latency-batches", type=int, default=200)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kills", type=int, default=20)
@@ -149,10 +153,10 @@ def main():
     d2 = (q ** 2).sum(1)[:, None] - 2 * q @ x.T + (x ** 2).sum(1)[None, :]
     gt = np.argsort(d2, axis=1)[:, :10]
     res = {"date": time.strftime("%Y-%m-%d"), "data": data, "session_timeout_ms": 3000, "replica_timeout_ms": 1500}
-    probe = os.path.join(a.work, "fio.dat")
-    subprocess.run(["fio", "--name=mk", "--filename=" + probe, "--size=1G", "--rw=write", "--bs=1M",
+    fio_file = os.path.join(a.work, "fio.dat")
+    subprocess.run(["fio", "--name=mk", "--filename=" + fio_file, "--size=1G", "--rw=write", "--bs=1M",
                     "--output-format=terse"], check=True, capture_output=True)
-    res["fio_before_iops"] = round(fio(probe, 32, 1))
+    res["fio_before_iops"] = round(fio(fio_file, 32, 1))
     with Cluster(a.nearline, session_ms=3000) as cl:
         nodes = [cl.node(i).start(ARGS) for i in ("n1", "n2", "n3")]
         res["ingest"] = {}
@@ -167,13 +171,21 @@ def main():
             r = ingest(nodes, coll, x, a.writers)
             stop.set()
             th.join()
+            # latency without queueing: one client, one 100-point batch at a time
+            one = ingest(nodes, coll, x[:a.latency_batches * 100], 1, id0=10 ** 6)
+            r["one_writer_points_per_s"] = one["points_per_s"]
+            r["one_writer_batch_p50_ms"] = one["batch_p50_ms"]
+            r["one_writer_batch_p99_ms"] = one["batch_p99_ms"]
+            r["errors"] += one["errors"]
             r["lag_ops_max"] = max(lags["ops"], default=0)
             r["lag_ms_max"] = max(lags["ms"], default=0)
             r["lag_ops_p99"] = sorted(lags["ops"])[int(len(lags["ops"]) * 0.99)] if lags["ops"] else 0
             res["ingest"]["RF=%d" % rf] = r
             say("ingest RF=%d: %s" % (rf, r))
-        for coll in ("rf1", "rf2"):
+        for coll in ("rf1", "rf2", "rf3"):
             wait(lambda: in_sync(nodes[0], coll), 60)
+            wait(lambda: nodes[0].call("GET", "/v1/collections/" + coll)[1]["stats"]["fresh_points"] == 0, 120, 0.5)
+        time.sleep(5)  # the followers' flushes, which describe does not show
         res["search"] = {}
         lua = {c: lua_file(a.work, c, q.astype(np.uint8).astype(np.float32), 32) for c in ("rf1", "rf2")}
         runs = {"rf1": [], "rf2": []}
@@ -209,9 +221,10 @@ def main():
                 while not stop.is_set():
                     i = ids[j % len(ids)]
                     j += 1
+                    started = time.time()  # only a write begun after the kill counts
                     st2, _ = http("POST", other[j % 2].url + "/v1/collections/rf2/points",
                                   {"points": [{"id": i, "vector": x[0].tolist()}]}, timeout=15)
-                    if st2 == 200 and t_kill[0] and got[0] is None:
+                    if st2 == 200 and t_kill[0] and started > t_kill[0] and got[0] is None:
                         got[0] = time.time() - t_kill[0]
                     time.sleep(0.02)
             th = threading.Thread(target=probe, daemon=True)
@@ -236,8 +249,8 @@ def main():
                            "phantom": len(rep["phantom"])}
         say("failover: %s" % res["failover"])
         res["peak_rss_mb"] = {n.id: round(hwm(n.proc) / 2 ** 20) for n in nodes}
-    res["fio_after_iops"] = round(fio(probe, 32, 1))
-    os.unlink(probe)
+    res["fio_after_iops"] = round(fio(fio_file, 32, 1))
+    os.unlink(fio_file)
     print(json.dumps(res, indent=1))
 
 

@@ -65,6 +65,7 @@ struct repl_role {
 };
 
 #define CL_FOLLOW_LOCKS 64
+#define CL_BLOCKED_KEEP 64
 
 /* What request threads read: replaced whole by the worker (under snap_mu). */
 typedef struct {
@@ -124,6 +125,8 @@ struct nl_cluster {
     atomic_int map_fresh;  /* the maps were read since the session was last connected */
     uint32_t replica_timeout_ms, write_wait_ms;
     uint64_t log_max_bytes, log_max_age_ms;
+    char blocked[CL_BLOCKED_KEEP][128]; /* blocked failovers already logged (rep_mu) */
+    size_t nblocked;
     atomic_uint_fast64_t repl_writes, repl_write_failures, repl_wait_us, isr_adds, isr_removals, failovers,
         log_trimmed, snapshots_sent, snapshot_bytes, snapshot_ms, hedged;
 

@@ -30,6 +30,22 @@ typedef struct {
     const char *node; /* a member of the in-sync set (points into the map copy) */
 } fence_call;
 
+/* 1 the first time a blocked failover of (collection, shard, epoch) is seen: it is logged
+ * once, not on every pass while the shard waits. */
+static int blocked_once(nl_cluster *cl, const char *coll, uint32_t sh, uint64_t epoch)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s/%u/%llu", coll, sh, (unsigned long long)epoch);
+    pthread_mutex_lock(&cl->rep_mu);
+    int seen = 0;
+    for (size_t i = 0; i < CL_BLOCKED_KEEP && !seen; i++)
+        seen = !strcmp(cl->blocked[i], key);
+    if (!seen)
+        snprintf(cl->blocked[cl->nblocked++ % CL_BLOCKED_KEEP], sizeof cl->blocked[0], "%s", key);
+    pthread_mutex_unlock(&cl->rep_mu);
+    return !seen;
+}
+
 static void failover_collection(nl_cluster *cl, const cl_snapshot *s, const cl_coll *c)
 {
     const nl_shard_map *cur = &c->map;
@@ -49,8 +65,8 @@ static void failover_collection(nl_cluster *cl, const cl_snapshot *s, const cl_c
     size_t nwant = 0;
     for (uint32_t sh = 0; sh < cur->nshards; sh++) {
         const nl_shard_entry *e = &cur->shard[sh];
-        if (cl_snap_node(s, e->primary) || e->state == NL_SHARD_OFFLINE)
-            continue;
+        if (cl_snap_node(s, e->primary) || e->state == NL_SHARD_OFFLINE || e->nreplicas < 2)
+            continue; /* alive, or a shard of one replica: nobody to promote */
         want[nwant++] = sh;
         for (uint32_t i = 0; i < e->nin_sync && n < MAXC; i++) {
             const nl_node_info *nd = cl_snap_node(s, e->in_sync[i]);
@@ -99,14 +115,15 @@ static void failover_collection(nl_cluster *cl, const cl_snapshot *s, const cl_c
         }
         uint32_t need = nl_repl_failover_quorum(e->nin_sync, c->cc.write_quorum);
         int best = e->nin_sync > 1 ? nl_repl_choose(cand, nc, need) : -1;
-        if (best < 0) {
+        if (best < 0 && blocked_once(cl, cur->collection, sh, e->epoch)) {
             cl_log(cl, 3, "\"event\":\"failover_blocked\",\"collection\":\"%s\",\"shard\":%u,\"primary\":\"%s\","
                    "\"epoch\":%llu,\"in_sync\":%u,\"answered\":%zu,\"needed\":%u,\"message\":\"the primary is gone and "
                    "too few in-sync replicas answered to promote one without losing acknowledged writes; writes to "
                    "this shard wait for its primary or for more replicas\"", cur->collection, sh, e->primary,
                    (unsigned long long)e->epoch, e->nin_sync, nc, need);
-            continue;
         }
+        if (best < 0)
+            continue;
         const char *in[NL_MAX_REPLICAS];
         size_t ni = 0;
         in[ni++] = cand[best].node;

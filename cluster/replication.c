@@ -687,6 +687,18 @@ void cl_repl_stop_all(nl_cluster *cl)
 
 /* ---------------------------------------------------------------- the write path */
 
+/* The engine's word that a write is durable (before its graph links are built here): the
+ * links may ship it now. */
+static void on_durable(void *ctx, uint64_t seq)
+{
+    repl_role *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    if (seq > r->last)
+        r->last = seq;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
 typedef struct {
     int type; /* 1 upsert, 2 delete, 3 delete by filter */
     const nl_point *pts;
@@ -727,9 +739,10 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     uint64_t seq = 0;
     size_t done = 0;
     if (!rc) {
-        rc = w->type == 1 ? nl_collection_shard_log_upsert(r->h, s, epoch, w->pts, w->n, &seq)
-           : w->type == 2 ? nl_collection_shard_log_delete(r->h, s, epoch, w->ids, w->n, &done, &seq)
-                          : nl_collection_shard_log_delete_by_filter(r->h, s, epoch, w->f, &done, &seq);
+        nl_log_order o = {epoch, on_durable, r};
+        rc = w->type == 1 ? nl_collection_shard_log_upsert(r->h, s, &o, w->pts, w->n, &seq)
+           : w->type == 2 ? nl_collection_shard_log_delete(r->h, s, &o, w->ids, w->n, &done, &seq)
+                          : nl_collection_shard_log_delete_by_filter(r->h, s, &o, w->f, &done, &seq);
         if (rc == NL_ESTALE) {
             deposed(r, nl_errdetail());
             rc = nl_fail(NL_EUNAVAILABLE, "node %s is fenced for shard %u of '%s'", cl->node_id, s, name);

@@ -981,8 +981,8 @@ static int leave_shard(nl_collection *c, int rc)
     return rc;
 }
 
-int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, uint64_t epoch, const nl_point *pts, size_t n,
-                                   uint64_t *seq)
+int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_point *pts,
+                                   size_t n, uint64_t *seq)
 {
     int rc;
     nl_shard *sh = enter_shard(c, s, &rc);
@@ -994,11 +994,11 @@ int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, uint64_t epoch,
         if (shard_of(c, &pts[i].id) != s)
             rc = nl_fail(NL_EINVAL, "point %zu belongs to shard %u, not %u", i, shard_of(c, &pts[i].id), s);
     if (!rc)
-        rc = nl_shard_log_upsert(sh, epoch, pts, n, seq);
+        rc = nl_shard_log_upsert(sh, o, pts, n, seq);
     return leave_shard(c, rc);
 }
 
-int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, uint64_t epoch, const nl_id *ids, size_t n,
+int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_id *ids, size_t n,
                                    size_t *deleted, uint64_t *seq)
 {
     if (deleted)
@@ -1011,11 +1011,11 @@ int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, uint64_t epoch,
         if (shard_of(c, &ids[i]) != s)
             rc = nl_fail(NL_EINVAL, "id %zu belongs to shard %u, not %u", i, shard_of(c, &ids[i]), s);
     if (!rc && n)
-        rc = nl_shard_log_delete(sh, epoch, ids, n, deleted, seq);
+        rc = nl_shard_log_delete(sh, o, ids, n, deleted, seq);
     return leave_shard(c, rc);
 }
 
-int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint64_t epoch, const nl_filter *f,
+int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_filter *f,
                                              size_t *deleted, uint64_t *seq)
 {
     *deleted = 0;
@@ -1023,7 +1023,7 @@ int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint6
     nl_shard *sh = enter_shard(c, s, &rc);
     if (!sh)
         return rc;
-    rc = f ? nl_shard_log_delete_by_filter(sh, epoch, f, deleted, seq) : nl_fail(NL_EINVAL, "no filter");
+    rc = f ? nl_shard_log_delete_by_filter(sh, o, f, deleted, seq) : nl_fail(NL_EINVAL, "no filter");
     return leave_shard(c, rc);
 }
 

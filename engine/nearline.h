@@ -258,14 +258,25 @@ typedef struct {
     size_t len;
 } nl_log_entry;
 
-int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, uint64_t epoch, const nl_point *pts, size_t n,
-                                   uint64_t *seq);
-/* Ids not present are skipped (the entry is logged all the same). */
-int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, uint64_t epoch, const nl_id *ids, size_t n,
+/* How a primary orders a write: at its epoch, and, optionally, with a function called
+ * with the write's sequence as soon as it is durable, before it is searchable here (on
+ * the writing thread, no lock held), so replication can ship it while this node builds
+ * its graph links. */
+typedef struct {
+    uint64_t epoch;
+    void (*durable)(void *ctx, uint64_t seq);
+    void *ctx;
+} nl_log_order;
+
+int nl_collection_shard_log_upsert(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_point *pts,
+                                   size_t n, uint64_t *seq);
+/* Only the ids present are deleted, and only they are logged: a delete that removes
+ * nothing logs nothing and leaves *seq unchanged. */
+int nl_collection_shard_log_delete(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_id *ids, size_t n,
                                    size_t *deleted, uint64_t *seq);
 /* Resolves the filter to the ids it allows now and logs their deletion in entries of at
  * most 1,024 ids; *seq gets the last entry's sequence (unchanged when nothing matched). */
-int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, uint64_t epoch, const nl_filter *f,
+int nl_collection_shard_log_delete_by_filter(nl_collection *c, uint32_t s, const nl_log_order *o, const nl_filter *f,
                                              size_t *deleted, uint64_t *seq);
 /* Applies entry seq of the log of the primary of epoch `by`. NL_ESTALE when seq is not
  * last + 1, `by` is below the fence, or the entry's epoch is below the last entry's;

@@ -82,9 +82,11 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st);
 int nl_shard_verify(nl_shard *sh, nl_verify_report *rep);
 
 /* The operation log and consistent copies (shard_log.c; nearline.h says what each does). */
-int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_t n, uint64_t *seq);
-int nl_shard_log_delete(nl_shard *sh, uint64_t epoch, const nl_id *ids, size_t n, size_t *deleted, uint64_t *seq);
-int nl_shard_log_delete_by_filter(nl_shard *sh, uint64_t epoch, const nl_filter *f, size_t *deleted, uint64_t *seq);
+int nl_shard_log_upsert(nl_shard *sh, const nl_log_order *o, const nl_point *pts, size_t n, uint64_t *seq);
+int nl_shard_log_delete(nl_shard *sh, const nl_log_order *o, const nl_id *ids, size_t n, size_t *deleted,
+                        uint64_t *seq);
+int nl_shard_log_delete_by_filter(nl_shard *sh, const nl_log_order *o, const nl_filter *f, size_t *deleted,
+                                  uint64_t *seq);
 int nl_shard_log_apply(nl_shard *sh, uint64_t by, uint64_t seq, const void *entry, size_t len);
 int nl_shard_log_state(nl_shard *sh, nl_log_state *st);
 int nl_shard_log_read(nl_shard *sh, uint64_t seq, size_t max_bytes, nl_log_entry **out, size_t *n);

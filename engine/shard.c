@@ -1270,6 +1270,8 @@ int sh_upsert(nl_shard *sh, const nl_point *pts, size_t n, sh_logrec *lr)
     pthread_rwlock_rdlock(&m->ins); /* a flush of m waits for this insert to finish */
     int due = nl_vamana_reserved(m->ix) >= sh->opt.flush_points;
     pthread_mutex_unlock(&sh->wmu);
+    if (lr && lr->durable)
+        lr->durable(lr->ctx, lr->seq); /* replication ships it while the links are built */
     /* The batch's links are built on several threads: the batch is acknowledged in
      * about its work divided by the cores, not its work. Only scratch allocation can
      * fail here; the point is durable and the flush's seal links its slot. */
@@ -1366,6 +1368,8 @@ int sh_delete(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, 
         atomic_fetch_add(&sh->deleted, count);
     }
     pthread_mutex_unlock(&sh->wmu);
+    if (!rc && logged && lr->durable)
+        lr->durable(lr->ctx, lr->seq);
     nl_store_batch_destroy(b);
     free(pids);
     free(valid);
@@ -1407,7 +1411,7 @@ static int delete_versions(nl_shard *sh, const uint64_t *pids, size_t n, size_t 
         keep[m++] = pids[i];
     }
     if (!rc && lr) {
-        sh_logrec one = {0, lr->epoch, 0, NULL, 0, lr->by};
+        sh_logrec one = {0, lr->epoch, 0, NULL, 0, lr->by, lr->durable, lr->ctx};
         rc = sh_delete(sh, ids, keep, m, deleted, &one);
         if (!rc && one.seq)
             lr->seq = one.seq;

@@ -141,6 +141,8 @@ typedef struct {
     const void *entry;
     size_t len;
     uint64_t by; /* the epoch of the primary that sends it (the fence is checked against it) */
+    void (*durable)(void *ctx, uint64_t seq); /* optional: called once it is durable, no lock held */
+    void *ctx;
 } sh_logrec;
 int sh_upsert(nl_shard *sh, const nl_point *pts, size_t n, sh_logrec *lr);
 int sh_delete(nl_shard *sh, const nl_id *ids, const uint64_t *expect, size_t n, size_t *deleted, sh_logrec *lr);

@@ -385,14 +385,14 @@ int sh_log_load(nl_shard *sh)
 
 /* ---------------------------------------------------------------- writes */
 
-int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_t n, uint64_t *seq)
+int nl_shard_log_upsert(nl_shard *sh, const nl_log_order *o, const nl_point *pts, size_t n, uint64_t *seq)
 {
     void *e;
     size_t len;
     int rc = nl_shard_validate(sh, pts, n);
-    if (rc || (rc = encode(LOG_UPSERT, epoch, sh->cfg.dim, pts, NULL, n, &e, &len)) != 0)
+    if (rc || (rc = encode(LOG_UPSERT, o->epoch, sh->cfg.dim, pts, NULL, n, &e, &len)) != 0)
         return rc;
-    sh_logrec lr = {0, epoch, 0, e, len, 0};
+    sh_logrec lr = {0, o->epoch, 0, e, len, 0, o->durable, o->ctx};
     memcpy(&lr.time_ms, (unsigned char *)e + 16, 8);
     rc = sh_upsert(sh, pts, n, &lr);
     free(e);
@@ -401,18 +401,20 @@ int nl_shard_log_upsert(nl_shard *sh, uint64_t epoch, const nl_point *pts, size_
     return rc;
 }
 
-int nl_shard_log_delete(nl_shard *sh, uint64_t epoch, const nl_id *ids, size_t n, size_t *deleted, uint64_t *seq)
+int nl_shard_log_delete(nl_shard *sh, const nl_log_order *o, const nl_id *ids, size_t n, size_t *deleted,
+                        uint64_t *seq)
 {
-    sh_logrec lr = {0, epoch, 0, NULL, 0, 0};
+    sh_logrec lr = {0, o->epoch, 0, NULL, 0, 0, o->durable, o->ctx};
     int rc = sh_delete(sh, ids, NULL, n, deleted, &lr);
     if (!rc && seq && lr.seq)
         *seq = lr.seq;
     return rc;
 }
 
-int nl_shard_log_delete_by_filter(nl_shard *sh, uint64_t epoch, const nl_filter *f, size_t *deleted, uint64_t *seq)
+int nl_shard_log_delete_by_filter(nl_shard *sh, const nl_log_order *o, const nl_filter *f, size_t *deleted,
+                                  uint64_t *seq)
 {
-    sh_logrec lr = {0, epoch, 0, NULL, 0, 0};
+    sh_logrec lr = {0, o->epoch, 0, NULL, 0, 0, o->durable, o->ctx};
     int rc = sh_delete_by_filter(sh, f, deleted, &lr);
     if (!rc && seq && lr.seq)
         *seq = lr.seq;
@@ -435,7 +437,7 @@ int nl_shard_log_apply(nl_shard *sh, uint64_t by, uint64_t seq, const void *entr
     int rc = decode(entry, len, sh->cfg.dim, &o);
     if (rc)
         return rc;
-    sh_logrec lr = {seq, o.epoch, o.time_ms, entry, len, by};
+    sh_logrec lr = {seq, o.epoch, o.time_ms, entry, len, by, NULL, NULL};
     size_t deleted;
     rc = o.type == LOG_UPSERT ? sh_upsert(sh, o.pts, o.count, &lr) : sh_delete(sh, o.ids, NULL, o.count, &deleted, &lr);
     logop_free(&o);

@@ -71,7 +71,7 @@ static uint64_t log_upsert(nl_collection *c, uint64_t epoch, const uint64_t *ids
                           .metadata_len = (size_t)len};
     }
     uint64_t seq = 0;
-    cr_assert_eq(nl_collection_shard_log_upsert(c, 0, epoch, p, n, &seq), 0, "%s", nl_errdetail());
+    cr_assert_eq(nl_collection_shard_log_upsert(c, 0, &(nl_log_order){.epoch = epoch}, p, n, &seq), 0, "%s", nl_errdetail());
     return seq;
 }
 
@@ -137,14 +137,14 @@ Test(oplog, follower_applies_to_the_same_contents)
         nl_id del[3] = {{.num = ids[1]}, {.num = ids[2]}, {.num = ids[0]}};
         size_t deleted = 0;
         uint64_t s = 0;
-        cr_assert_eq(nl_collection_shard_log_delete(p, 0, 1, del, 3, &deleted, &s), 0, "%s", nl_errdetail());
+        cr_assert_eq(nl_collection_shard_log_delete(p, 0, &(nl_log_order){.epoch = 1}, del, 3, &deleted, &s), 0, "%s", nl_errdetail());
         cr_assert_eq(deleted, 3);
         cr_assert_gt(s, last);
         last = s;
         nl_id none = {.num = 1000003};
         while (nl_shard_of(&none, SHARDS) != 0) none.num++;
         s = 0;
-        cr_assert_eq(nl_collection_shard_log_delete(p, 0, 1, &none, 1, &deleted, &s), 0);
+        cr_assert_eq(nl_collection_shard_log_delete(p, 0, &(nl_log_order){.epoch = 1}, &none, 1, &deleted, &s), 0);
         cr_assert_eq(deleted, 0);
         cr_assert_eq(s, 0, "a delete that removes nothing logs nothing");
         if (round % 5 == 4)
@@ -156,7 +156,7 @@ Test(oplog, follower_applies_to_the_same_contents)
     cr_assert_eq(nl_filter_parse(fj, strlen(fj), &flt), 0, "%s", nl_errdetail());
     size_t deleted = 0;
     uint64_t s = 0;
-    cr_assert_eq(nl_collection_shard_log_delete_by_filter(p, 0, 2, flt, &deleted, &s), 0, "%s", nl_errdetail());
+    cr_assert_eq(nl_collection_shard_log_delete_by_filter(p, 0, &(nl_log_order){.epoch = 2}, flt, &deleted, &s), 0, "%s", nl_errdetail());
     nl_filter_destroy(flt);
     cr_assert_gt(deleted, 100);
     cr_assert_gt(s, last);
@@ -228,7 +228,7 @@ Test(oplog, refuses_out_of_order_stale_and_fenced)
     uint64_t seq;
     nl_point pt = {.id = {.num = ids[0]}, .vector = v, .dim = D};
     vec_for(ids[0], 9, v);
-    cr_assert_eq(nl_collection_shard_log_upsert(p, 0, 2, &pt, 1, &seq), NL_ESTALE);
+    cr_assert_eq(nl_collection_shard_log_upsert(p, 0, &(nl_log_order){.epoch = 2}, &pt, 1, &seq), NL_ESTALE);
     /* the fence survives a reopen */
     nl_collection_close(f);
     nl_db_close(fdb);
@@ -245,7 +245,7 @@ Test(oplog, refuses_out_of_order_stale_and_fenced)
             break;
     }
     pt.id.num = other;
-    cr_assert_eq(nl_collection_shard_log_upsert(p, 0, 3, &pt, 1, &seq), NL_EINVAL);
+    cr_assert_eq(nl_collection_shard_log_upsert(p, 0, &(nl_log_order){.epoch = 3}, &pt, 1, &seq), NL_EINVAL);
     nl_log_entries_free(e, n);
     nl_collection_close(p);
     nl_collection_close(f);
@@ -364,7 +364,7 @@ Test(oplog, checkpoint_installs_and_the_log_carries_on)
             nl_collection_flush(p); /* half in a segment, half fresh */
     }
     nl_id del[2] = {{.num = ids[0]}, {.num = ids[1]}};
-    cr_assert_eq(nl_collection_shard_log_delete(p, 0, 1, del, 2, NULL, NULL), 0);
+    cr_assert_eq(nl_collection_shard_log_delete(p, 0, &(nl_log_order){.epoch = 1}, del, 2, NULL, NULL), 0);
     /* the follower holds something else (a divergent tail): the install replaces it */
     uint64_t mine = 5000000;
     uint64_t junk[3] = {shard0_id(&mine), shard0_id(&mine), shard0_id(&mine)};
