@@ -20,6 +20,8 @@ how fast a shard fails over. Three nodes on loopback (harness.py), ZooKeeper on 
    acknowledged write after the kill; the node is restarted and caught up before the next.
    Median and maximum, and the history check over the whole loop (acknowledged writes
    lost must be 0).
+4. One slow node: n3 in a cgroup of --slow-cpu (0.1) CPU, the same searches through n1 and
+   n2: RF=1 waits for n3's shards, RF=2 reads them from (or hedges to) the other replica.
 Peak RSS (VmHWM) of each node and fio before and after. JSON on stdout, a table on stderr.
 
 Usage: bench/bench_replication.py [--data ../shared/data] [--points 60000] [--kills 20]
@@ -83,7 +85,7 @@ def lag_sampler(nodes, stop, out):
 
 
 def ingest(nodes, coll, x, writers, batch=100, id0=0):
-    lat, lock, errors = [], threading.Lock(), [0]
+    lat, lock, errors, why = [], threading.Lock(), [0], []
     n = len(x)
     chunks = list(range(0, n, batch))
     nxt = [0]
@@ -98,11 +100,13 @@ def ingest(nodes, coll, x, writers, batch=100, id0=0):
                 nxt[0] += 1
             pts = [{"id": int(id0 + i), "vector": x[i].tolist()} for i in range(s, min(s + batch, n))]
             t0 = time.time()
-            st, _ = node.call("POST", "/v1/collections/%s/points" % coll, {"points": pts}, timeout=60)
+            st, ans = node.call("POST", "/v1/collections/%s/points" % coll, {"points": pts}, timeout=60)
             dt = (time.time() - t0) * 1000
             with lock:
                 lat.append(dt)
                 errors[0] += st != 200
+                if st != 200 and len(why) < 3:
+                    why.append("%s %s" % (st, json.dumps(ans)[:300]))
     t0 = time.time()
     ts = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
     for t in ts:
@@ -112,7 +116,8 @@ def ingest(nodes, coll, x, writers, batch=100, id0=0):
     secs = time.time() - t0
     lat.sort()
     return {"points": n, "seconds": round(secs, 2), "points_per_s": round(n / secs), "batch_p50_ms":
-            round(lat[len(lat) // 2], 2), "batch_p99_ms": round(lat[int(len(lat) * 0.99)], 2), "errors": errors[0]}
+            round(lat[len(lat) // 2], 2), "batch_p99_ms": round(lat[int(len(lat) * 0.99)], 2), "errors": errors[0],
+            "error_samples": why}
 
 
 def recall(node, coll, q, gt, L=32):
@@ -135,6 +140,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--slow-cpu", type=float, default=0.1)
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "bench-replication"))
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -201,6 +207,33 @@ def main():
                 "non2xx": sum(r["non2xx"] for r in rr), "recall_at_10": round(recall(nodes[0], c, q, gt), 4)}
         res["search"]["qps_ratio_rf2_rf1"] = round(res["search"]["RF=2"]["qps"] / res["search"]["RF=1"]["qps"], 2)
         say("search: %s" % res["search"])
+        # one slow node (a CPU quota of --slow-cpu on n3): RF=1 waits for its shards, RF=2
+        # hedges to the other replica. wrk through n1 and n2.
+        cg = "/sys/fs/cgroup/cpu/nearline-bench-slow"
+        if os.path.isdir("/sys/fs/cgroup/cpu"):
+            os.makedirs(cg, exist_ok=True)
+            open(cg + "/cpu.cfs_period_us", "w").write("100000")
+            open(cg + "/cpu.cfs_quota_us", "w").write(str(int(a.slow_cpu * 100000)))
+            open(cg + "/cgroup.procs", "w").write(str(nodes[2].proc.pid))
+            slow = {"rf1": [], "rf2": []}
+            for _ in range(2):
+                for c in ("rf1", "rf2"):
+                    slow[c].append(drive([n.url for n in nodes[:2]], lua[c], 16, a.seconds))
+            open("/sys/fs/cgroup/cpu/cgroup.procs", "w").write(str(nodes[2].proc.pid))
+            for _ in range(50):
+                try:
+                    os.rmdir(cg)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            res["search_one_slow_node"] = {"slow_node_cpu": a.slow_cpu}
+            for c in ("rf1", "rf2"):
+                rr = slow[c]
+                res["search_one_slow_node"]["RF=%s" % c[2]] = {
+                    "qps": round(statistics.median(r["qps"] for r in rr)),
+                    "p50_ms": round(statistics.median(r["p50_ms"] for r in rr), 2),
+                    "p99_ms": round(statistics.median(r["p99_ms"] for r in rr), 2)}
+            say("one slow node: %s" % res["search_one_slow_node"])
         # failover
         wl = history.Workload(lambda: [n.url for n in nodes if n.proc.poll() is None], "fo", 3, clients=2, ids=400)
         st, _ = nodes[0].call("PUT", "/v1/collections/fo", {"dim": history.DIM, "shards": 3, "replicas": 2},

@@ -105,6 +105,12 @@ void sh_seg_key(uint32_t number, unsigned char out[8]);
 int sh_hit_from_ekey(const unsigned char *k, size_t len, nl_hit *h);
 int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *pid, int *found);
 
+/* shared by the write paths (shard.c, shard_delete.c) */
+int sh_check_id(const nl_id *id, size_t i);
+int sh_add_tombstones_locked(nl_shard *sh, const uint64_t *pids, const unsigned char *valid, size_t n);
+/* Adds to b the deletion of version pid's postings, from its stored metadata (if any). */
+int sh_drop_stored_postings(nl_shard *sh, nl_store_batch *b, const unsigned char *ek, size_t ekl, uint64_t pid);
+
 /* tombstones */
 int sh_tomb_has_locked(const nl_shard *sh, uint64_t pid);
 int sh_tomb_has(nl_shard *sh, uint64_t pid);

@@ -10,7 +10,7 @@ BUILD_PKGS=(
   librocksdb-dev liburing-dev libzstd-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
   libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev libzookeeper-mt-dev
   zookeeper default-jre-headless prometheus
-  curl openssl
+  curl openssl zstd iproute2
   libcriterion-dev
   python3 python3-numpy
 )

@@ -21,6 +21,8 @@ The network partition (network namespaces) is partition_test.py.
 import os
 import random
 import signal
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -242,6 +244,51 @@ def catchup(cl, a, coll, n, expect_snapshot):
     return took
 
 
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def piece(sid, name, off, raw, total, crc=None, body=None):
+    import json as _json
+    z = subprocess.run(["zstd", "-q", "-c"], input=raw, stdout=subprocess.PIPE, check=True).stdout
+    meta = _json.dumps({"id": sid, "file": name, "offset": off, "size": len(raw), "total": total,
+                        "crc": crc32c(raw) if crc is None else crc}).encode()
+    return struct.pack("<I", len(meta)) + meta + (z if body is None else body)
+
+
+def snapshot_pieces(cl, node, coll):
+    """The follower's side of a snapshot transfer, piece by piece, with hostile pieces: a bad
+    checksum, a truncated piece, a wrong offset, a bad name, an install of an incomplete copy.
+    Each is refused and nothing is installed; the replica goes on serving."""
+    base = node.url + "/internal/v1/collections/%s/shards/0/" % coll
+    sid = "00c0ffee12345678"
+    post = lambda op, body: http("POST", base + op, body, headers=KEY_HDR)  # noqa: E731
+    st, j = post("snapshot", {"id": sid})
+    ok = st == 200 and j.get("files") == {}
+    raw = bytes(range(256)) * 8
+    st1, _ = post("snapshot-chunk", piece(sid, "meta/CURRENT", 0, raw, len(raw), crc=crc32c(raw) ^ 1))
+    st2, _ = post("snapshot-chunk", piece(sid, "meta/CURRENT", 0, raw, len(raw), body=b"\x28\xb5\x2f\xfd\x00"))
+    st3, j3 = post("snapshot-chunk", piece(sid, "meta/CURRENT", 5, raw[:10], len(raw)))
+    st4, _ = post("snapshot-chunk", piece(sid, "../escape", 0, raw, len(raw)))
+    st5, j5 = post("snapshot-chunk", piece(sid, "meta/CURRENT", 0, raw, 2 * len(raw)))
+    st6, j6 = post("snapshot", {"id": sid})  # resume: what is here
+    st7, _ = post("snapshot-install", {"id": sid, "files": {"meta/CURRENT": 2 * len(raw)}})
+    st8, _ = post("snapshot-install", {"id": "0000000000000bad", "files": {}})
+    ok = ok and (st1, st2, st3, st4, st5, st7, st8) == (400, 400, 409, 400, 200, 409, 409)
+    ok = ok and j3.get("have") == 0 and j5.get("have") == len(raw) and j6.get("files") == {"meta/CURRENT": len(raw)}
+    check_that(ok, "snapshot pieces: a bad checksum and a truncated piece are refused (400, to be sent again), a wrong "
+               "offset answers what is there (409), a name outside the copy is refused, a resumed transfer is told "
+               "what it has, and an incomplete copy is never installed (%s)" % [st, st1, st2, st3, st4, st5, st6,
+                                                                                 st7, st8])
+    st9, _ = post("snapshot", {"id": "00000000000000aa"})  # a new copy wipes the pieces of the old
+    check_that(st9 == 200 and all_in_sync(node, coll), "... and the replica is untouched and still in sync")
+
+
 def random_schedule(cl, a, zk_restart):
     st, _ = create(a, "rnd", 4, 3)
     check_that(st == 201, "collection rnd (RF=3) created")
@@ -316,6 +363,7 @@ def main():
         p = cl.node("p").start(NODE_ARGS + ["--repl-log-bytes", "256K"])
         cl.node("q").start(NODE_ARGS + ["--repl-log-bytes", "256K"])
         catchup(cl, p, "cs", 50000, True)
+        snapshot_pieces(cl, cl.nodes["q"], "cs")
     print("%d failure(s) in %.0f s" % (len(failures), time.time() - t_all))
     for f in failures:
         print("FAILED:", f)

@@ -109,11 +109,17 @@ class Client:
 
     # ------------------------------------------------------------------ collections
 
-    def create_collection(self, name, dim, metric="l2", dtype="f32", shards=1, index=None):
-        """Creates a collection; index: optional {"R", "L", "alpha", "pq_bytes", "fresh_capacity"}."""
+    def create_collection(self, name, dim, metric="l2", dtype="f32", shards=1, index=None, replicas=None,
+                          write_quorum=None):
+        """Creates a collection; index: optional {"R", "L", "alpha", "pq_bytes", "fresh_capacity"}.
+        In cluster mode, replicas (1..5) and write_quorum ("all" or "majority")."""
         body = {"dim": dim, "metric": metric, "dtype": dtype, "shards": shards}
         if index:
             body["index"] = index
+        if replicas is not None:
+            body["replicas"] = replicas
+        if write_quorum is not None:
+            body["write_quorum"] = write_quorum
         return self._request("PUT", "/v1/collections/" + self._q(name), body)
 
     def list_collections(self):
