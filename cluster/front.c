@@ -139,7 +139,10 @@ static int read_target(nl_cluster *cl, const cl_snapshot *s, const cl_coll *c, u
         k->alt_peer = best[1]->id;
         cl_node_url(best[1], alt_url, cap);
         k->alt_base_url = alt_url;
-        k->hedge_ms = nl_router_hedge_ms(cl->router, best[0]->id);
+        /* the hedge waits the p95 of the faster of the two: a replica that has become
+         * slow is not waited for as long as its own slowness */
+        uint32_t h0 = nl_router_hedge_ms(cl->router, best[0]->id), h1 = nl_router_hedge_ms(cl->router, best[1]->id);
+        k->hedge_ms = h0 < h1 ? h0 : h1;
     }
     return 0;
 }

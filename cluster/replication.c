@@ -714,6 +714,21 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
         *count = 0;
     repl_role *r = role_get(cl, name, s);
     if (!r) {
+        /* a map that has just made this node primary (a new collection, a failover): the
+         * worker starts the role on its next read; wait for it a moment */
+        cl_coll *f = malloc(sizeof *f);
+        int mine = f && cl_fresh_coll(cl, name, f) == 0 && f->has_map && s < f->map.nshards &&
+                   !strcmp(f->map.shard[s].primary, cl->node_id);
+        free(f);
+        for (int i = 0; mine && !r && i < 300; i++) {
+            if (i % 50 == 0)
+                cl_wake(cl);
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+            r = role_get(cl, name, s);
+        }
+    }
+    if (!r) {
         cl_snapshot *sn = cl_snap_get(cl);
         const cl_coll *c = cl_snap_coll(sn, name);
         int rc = nl_fail(NL_EUNAVAILABLE, "node %s is not the primary of shard %u of '%s'%s%s", cl->node_id, s, name,
