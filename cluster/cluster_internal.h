@@ -36,6 +36,7 @@ typedef struct {
     CURL *e;               /* the link's connection (its thread's alone) */
     /* under role->mu */
     int known;             /* the follower's position is known */
+    int adding;            /* being added to the in-sync set: writes wait for it already */
     uint64_t acked;        /* the follower's last applied sequence */
     uint64_t progress_ms;  /* when it last applied something new, or was caught up */
     int failing;

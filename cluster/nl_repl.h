@@ -34,6 +34,13 @@ uint32_t nl_repl_failover_quorum(uint32_t nin_sync, int quorum);
  * the acknowledged sequence of each other member of S (nacked = |S| - 1). */
 uint64_t nl_repl_committed(uint64_t primary_last, const uint64_t *acked, size_t nacked, int quorum);
 
+/* committed, lowered to what every member joining S holds (joining[0..n): their
+ * acknowledged sequences). A follower counts from the moment the primary decides to add it
+ * until its map write has landed and the primary's view has it: writes acknowledged
+ * meanwhile must be on it too, or S would gain a member lacking an acknowledged write (and
+ * a failover under quorum all, which trusts any member of S, could lose it). */
+uint64_t nl_repl_committed_joining(uint64_t committed, const uint64_t *joining, size_t n);
+
 /* 1 when a member of S may leave it (the primary's versioned write drops a follower that
  * stopped acknowledging): every write acknowledged so far (up to `acknowledged`) must
  * still be on a write quorum of what remains, given the primary's last sequence and the

@@ -10,7 +10,10 @@
  * members remain. For all (Q = |S|) that is one member; for majority, |S| - Q + 1.
  * That argument needs every acknowledged write on a write quorum of the S of the moment,
  * which a member leaving S can break under majority (it may be one of the few holding a
- * write): nl_repl_may_leave keeps it; a member joins only once it holds everything.
+ * write): nl_repl_may_leave keeps it; a member joins only once it holds everything, and
+ * from the moment it is chosen to join until the map says so, writes also wait for it
+ * (nl_repl_committed_joining): found by the fault schedule of the real processes, where
+ * writes were acknowledged during the map write that added a member that lacked them.
  */
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +51,14 @@ uint64_t nl_repl_committed(uint64_t primary_last, const uint64_t *acked, size_t 
             v[j - 1] = t;
         }
     return v[(q <= n ? q : n) - 1];
+}
+
+uint64_t nl_repl_committed_joining(uint64_t committed, const uint64_t *joining, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (joining[i] < committed)
+            committed = joining[i];
+    return committed;
 }
 
 int nl_repl_may_leave(uint64_t primary_last, const uint64_t *acked_rest, size_t nrest, int quorum,

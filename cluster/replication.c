@@ -135,7 +135,13 @@ static uint64_t committed_locked(const repl_role *r)
                 a = r->links[k].acked;
         acked[n++] = a;
     }
-    return nl_repl_committed(r->last, acked, n, r->quorum);
+    uint64_t c = nl_repl_committed(r->last, acked, n, r->quorum);
+    uint64_t joining[NL_MAX_REPLICAS];
+    size_t nj = 0;
+    for (int k = 0; k < r->nlinks; k++)
+        if (r->links[k].adding)
+            joining[nj++] = r->links[k].known ? r->links[k].acked : 0;
+    return nl_repl_committed_joining(c, joining, nj);
 }
 
 /* ---------------------------------------------------------------- the map */
@@ -424,10 +430,22 @@ static void upkeep(repl_link *l)
     if (dep)
         return;
     int rc = 0;
-    if (in && stalled)
+    if (in && stalled) {
         rc = change_in_sync(r, l->peer, 0);
-    else if (!in && caught_up)
-        rc = change_in_sync(r, l->peer, 1);
+    } else if (!in && caught_up) {
+        /* from now until the map says so, writes wait for this follower too: none may be
+         * acknowledged without it while it joins (nl_repl_committed_joining) */
+        pthread_mutex_lock(&r->mu);
+        l->adding = 1;
+        int still = l->acked >= r->last;
+        pthread_mutex_unlock(&r->mu);
+        if (still)
+            rc = change_in_sync(r, l->peer, 1);
+        pthread_mutex_lock(&r->mu);
+        l->adding = 0;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
     if (rc == NL_ESTALE)
         deposed(r, "the map has a newer epoch for this shard");
 }

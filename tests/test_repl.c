@@ -35,6 +35,7 @@ typedef struct {
     uint64_t acked[MAXN];
     int sent_any[MAXN];
     uint64_t high; /* the highest sequence it acknowledged (or may have: its last when it became primary) */
+    int adding[MAXN]; /* followers it has begun to add to the in-sync set (the map write not landed yet) */
 } node;
 
 typedef struct {
@@ -72,6 +73,7 @@ static void refresh(world *w, int i)
         /* newly primary (a restart reads the map fresh): nothing known of the followers */
         memset(x->acked, 0, sizeof x->acked);
         memset(x->sent_any, 0, sizeof x->sent_any);
+        memset(x->adding, 0, sizeof x->adding);
         x->high = x->last;
     }
 }
@@ -126,6 +128,12 @@ static void commit(world *w, int p)
         if (strcmp(e->in_sync[i], P->id))
             acked[na++] = P->acked[idx(w, e->in_sync[i])];
     uint64_t c = nl_repl_committed(P->last, acked, na, w->quorum);
+    uint64_t joining[MAXN];
+    size_t nj = 0;
+    for (int f = 0; f < w->nn; f++)
+        if (P->adding[f])
+            joining[nj++] = P->acked[f];
+    c = nl_repl_committed_joining(c, joining, nj);
     if (c > P->high)
         P->high = c;
     for (uint64_t s = 1; s <= c; s++)
@@ -269,10 +277,14 @@ static void run(uint64_t seed, totals *t)
             if (believes_primary(w, i) && i != j && x->acked[j] < x->last)
                 set_in_sync(w, i, j, 0);
             break;
-        case 13: /* one that caught up is added back */
-            if (believes_primary(w, i) && i != j && x->sent_any[j] && x->acked[j] == x->last &&
-                nl_shard_map_holds(&x->view, 0, w->n[j].id))
+        case 13: /* one that caught up is added back: decided now, the map write lands later */
+            if (believes_primary(w, i) && i != j && x->adding[j]) {
                 set_in_sync(w, i, j, 1);
+                x->adding[j] = 0;
+            } else if (believes_primary(w, i) && i != j && x->sent_any[j] && x->acked[j] == x->last &&
+                       nl_shard_map_holds(&x->view, 0, w->n[j].id) && !nl_shard_map_in_sync(&x->view, 0, w->n[j].id)) {
+                x->adding[j] = 1;
+            }
             break;
         case 14: /* crash (logs and fences are durable) */
             if (nl_rng_below(&w->r, 3) == 0)
@@ -283,6 +295,7 @@ static void run(uint64_t seed, totals *t)
                 x->alive = 1;
                 memset(x->acked, 0, sizeof x->acked);
                 memset(x->sent_any, 0, sizeof x->sent_any);
+                memset(x->adding, 0, sizeof x->adding);
                 refresh(w, i);
             }
             break;

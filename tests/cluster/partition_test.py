@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""partition_test.py NEARLINE — a network partition made with network namespaces: the
-primary of a shard cut off from ZooKeeper and from its followers while clients go on
-writing and searching through every node (the cut-off one included), then healed; the
-history is checked as in replication_test.py, and the statements of docs/cluster.md on
-what a read may see during a partition with it.
+"""partition_test.py NEARLINE [--rounds N] — network partitions made with network
+namespaces: (1) the primary of a shard cut off from ZooKeeper and from its followers while
+clients go on writing and searching through every node (the cut-off one included), then
+healed; (2) a randomized fault schedule of --rounds rounds (20 in CI) mixing partitions
+(short ones, and ones past the session timeout), kills, pauses, restarts and ZooKeeper
+restarts, under load. Each history is checked as in replication_test.py, and with it the
+statements of docs/cluster.md on what a read may see during a partition.
 
 Every address it uses is inside namespaces it creates and removes itself: a "world"
 namespace (this script re-runs itself inside it) holding a bridge with the clients'
@@ -27,6 +29,7 @@ TAG = sys.argv[sys.argv.index("--inside") + 1] if INSIDE else "nlp%d" % os.getpi
 WORLD = TAG + "w"
 NODES = {"a": "10.77.0.11", "b": "10.77.0.12", "c": "10.77.0.13"}
 SESSION_MS = 3000
+ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 20
 
 
 def sh(*args, check=True):
@@ -49,7 +52,7 @@ def outer():
     atexit.register(cleanup)
     try:
         r = subprocess.run(["ip", "netns", "exec", WORLD, sys.executable, os.path.abspath(__file__), NL, "--inside",
-                            TAG], timeout=900)
+                            TAG, "--rounds", str(ROUNDS)], timeout=1500)
         return r.returncode
     finally:
         cleanup()
@@ -143,10 +146,71 @@ def inner():
            "stale-score result (%s)" % wl.read_problems[:3])
         probs = rt.same_replicas(cl, "pt", list(range(0, 600, 3)), other)
         ok(not probs, "partition: nothing divergent: every replica holds the same points (%s)" % probs[:3])
+        schedule(cl, ok)
     print("%d failure(s)" % len(failures))
     for f in failures:
         print("FAILED:", f)
     return 1 if failures else 0
+
+
+def schedule(cl, ok):
+    """Random rounds of partitions, kills, pauses, restarts and ZooKeeper restarts."""
+    import signal
+    from history import Workload, check
+    import replication_test as rt
+    a = cl.nodes["a"]
+    st, _ = rt.create(a, "prnd", 4, 3)
+    ok(st == 201, "collection prnd (4 shards, RF=3) created")
+    live = lambda: [n.url for n in cl.nodes.values() if n.proc.poll() is None and not getattr(n, "paused", 0)]  # noqa
+    wl = Workload(live, "prnd", 4, seed=31, clients=3, ids=900).start()
+    rng = random.Random(int(os.environ.get("NL_FAULT_SEED", "16")))
+    kinds = {}
+    for r in range(ROUNDS):
+        kind = rng.choice(["partition", "partition", "short-partition", "kill", "pause", "restart", "zookeeper"])
+        n = rng.choice(list(cl.nodes.values()))
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind in ("partition", "short-partition"):
+            peers = [p for p in NODES if p != n.id]
+            cut(n.id, peers, True)
+            time.sleep(SESSION_MS / 1000 + rng.uniform(0.5, 3) if kind == "partition" else rng.uniform(0.3, 1.5))
+            cut(n.id, peers, False)
+        elif kind == "kill":
+            n.kill()
+            time.sleep(rng.uniform(0.5, 3))
+            n.start(rt.NODE_ARGS + ["--advertise", "%s:7700" % n.host])
+        elif kind == "pause":
+            os.kill(n.proc.pid, signal.SIGSTOP)
+            n.paused = 1
+            time.sleep(SESSION_MS / 1000 + rng.uniform(0.5, 2))
+            os.kill(n.proc.pid, signal.SIGCONT)
+            n.paused = 0
+        elif kind == "restart":
+            n.stop()
+            n.start(rt.NODE_ARGS + ["--advertise", "%s:7700" % n.host])
+        else:
+            cl.zk_stop()
+            time.sleep(rng.uniform(0.5, 2))
+            cl.zk_start()
+        healed = rt.wait(lambda: all(rt.all_in_sync(x, "prnd") for x in cl.nodes.values()), 60, 0.3)
+        print("  round %d: %s %s; %s" % (r + 1, kind, n.id if kind != "zookeeper" else "", "healed" if healed else
+                                           "NOT healed in 60 s"), flush=True)
+        if not healed:
+            ok(False, "round %d (%s): the cluster healed" % (r + 1, kind))
+            break
+    wl.stop()
+    rt.wait(lambda: rt.all_in_sync(a, "prnd"), 30, 0.3)
+    rep = check(wl.h, lambda: random.choice(live()), "prnd")
+    print("  schedule (%d rounds: %s): %d ids, %d ok ops, %d indeterminate; searches ok %d, failed %d, partial %d" % (
+        ROUNDS, kinds, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], wl.search_stats["ok"],
+        wl.search_stats["failed"], wl.search_stats["partial"]), flush=True)
+    ok(not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"],
+       "random schedule with partitions: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing "
+       "never written (%s), every id readable (%s)" % (rep["lost"][:3], rep["resurrected"][:3], rep["phantom"][:3],
+                                                        rep["unreadable"][:3]))
+    ok(not wl.read_problems, "random schedule with partitions: no duplicate, unknown or stale-score search result "
+       "(%s)" % wl.read_problems[:3])
+    probs = rt.same_replicas(cl, "prnd", list(range(0, 900, 4)), a)
+    ok(not probs, "random schedule with partitions: every replica holds the same points (%s)" % probs[:3])
 
 
 if __name__ == "__main__":
