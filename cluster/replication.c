@@ -411,6 +411,40 @@ static int hello(repl_link *l)
     return 0;
 }
 
+/* After a map write adding l's follower whose answer was lost (ZooKeeper's connection
+ * dropped): it may have landed. Until a read of the map made after it says whether it
+ * did, the follower stays required for every write (l->adding), so no write is
+ * acknowledged without a member the map may already list. */
+static void settle_add(repl_role *r, repl_link *l)
+{
+    cl_coll *c = malloc(sizeof *c);
+    while (c && !atomic_load(&l->stop)) {
+        pthread_mutex_lock(&r->mu);
+        int dep = r->deposed;
+        pthread_mutex_unlock(&r->mu);
+        if (dep)
+            break;
+        if (cl_fresh_coll(r->cl, r->coll, c) == 0 && c->has_map && r->s < c->map.nshards &&
+            !strcmp(c->cc.uid, r->uid)) {
+            const nl_shard_entry *e = &c->map.shard[r->s];
+            if (e->epoch != r->epoch || strcmp(e->primary, r->cl->node_id)) {
+                deposed(r, "the map has a newer epoch for this shard");
+                break;
+            }
+            pthread_mutex_lock(&r->mu);
+            if (c->map.version >= r->version) {
+                r->view = *e;
+                r->version = c->map.version;
+            }
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            break;
+        }
+        sleep_ms(200);
+    }
+    free(c);
+}
+
 /* In-sync upkeep after each exchange: out after the timeout without progress, in once
  * caught up. */
 static void upkeep(repl_link *l)
@@ -441,6 +475,8 @@ static void upkeep(repl_link *l)
         pthread_mutex_unlock(&r->mu);
         if (still)
             rc = change_in_sync(r, l->peer, 1);
+        if (still && rc && rc != -EAGAIN && rc != -ESTALE && rc != NL_ESTALE)
+            settle_add(r, l); /* the map write may have landed (its answer was lost) */
         pthread_mutex_lock(&r->mu);
         l->adding = 0;
         pthread_cond_broadcast(&r->cv);

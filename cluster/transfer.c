@@ -447,7 +447,11 @@ static int install(nl_cluster *cl, nl_collection *h, const char *name, uint32_t 
     snprintf(meta, sizeof meta, "%s/meta", dir);
     nl_fsync_dir(meta);
     nl_fsync_dir(dir);
+    nl_log_state before;
+    nl_collection_shard_log_state(h, s, &before);
     int rc = nl_collection_shard_install(h, s, dir);
+    if (!rc) /* the copy's fence may be lower than the one this replica promised: never go back */
+        nl_collection_shard_fence(h, s, before.fence, NULL);
     if (rc) {
         *out = cl_error("install_failed", "%s", nl_errdetail());
         nl_remove_tree(dir);

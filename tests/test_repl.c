@@ -36,6 +36,7 @@ typedef struct {
     int sent_any[MAXN];
     uint64_t high; /* the highest sequence it acknowledged (or may have: its last when it became primary) */
     int adding[MAXN]; /* followers it has begun to add to the in-sync set (the map write not landed yet) */
+    int uncertain[MAXN]; /* ... whose map write's answer was lost: required until it reads the map again */
 } node;
 
 typedef struct {
@@ -66,6 +67,7 @@ static int believes_primary(const world *w, int i)
 static void refresh(world *w, int i)
 {
     node *x = &w->n[i];
+    memset(x->uncertain, 0, sizeof x->uncertain); /* the map it reads says what landed */
     int was = believes_primary(w, i) ? (int)x->view.shard[0].epoch : -1;
     x->view = w->m;
     x->view_version = w->version;
@@ -131,7 +133,7 @@ static void commit(world *w, int p)
     uint64_t joining[MAXN];
     size_t nj = 0;
     for (int f = 0; f < w->nn; f++)
-        if (P->adding[f])
+        if (P->adding[f] || P->uncertain[f])
             joining[nj++] = P->acked[f];
     c = nl_repl_committed_joining(c, joining, nj);
     if (c > P->high)
@@ -278,7 +280,17 @@ static void run(uint64_t seed, totals *t)
                 set_in_sync(w, i, j, 0);
             break;
         case 13: /* one that caught up is added back: decided now, the map write lands later */
-            if (believes_primary(w, i) && i != j && x->adding[j]) {
+            if (believes_primary(w, i) && i != j && x->adding[j] && nl_rng_below(&w->r, 4) == 0 &&
+                x->view_version == w->version) {
+                /* the map write lands but its answer is lost: the primary's view stays old */
+                nl_shard_map m = w->m;
+                if (nl_shard_map_set_in_sync(&m, 0, w->n[j].id, 1) == 0) {
+                    w->m = m;
+                    w->version++;
+                }
+                x->adding[j] = 0;
+                x->uncertain[j] = 1;
+            } else if (believes_primary(w, i) && i != j && x->adding[j]) {
                 set_in_sync(w, i, j, 1);
                 x->adding[j] = 0;
             } else if (believes_primary(w, i) && i != j && x->sent_any[j] && x->acked[j] == x->last &&

@@ -98,14 +98,34 @@ def same_replicas(cl, coll, ids, via):
     return problems
 
 
-def report(name, rep, wl):
+def explain(cl, coll, h, ids, shards):
+    """For a lost id: its history, and what each replica of its shard holds."""
+    via = next(n for n in cl.nodes.values() if n.proc and n.proc.poll() is None)
+    d = describe(via, coll)
+    for i in ids[:3]:
+        print("  id %d: shard %d; ops (seq, kind, version, outcome): %s" % (i, shard_of(i, shards), h.ops.get(i)[-12:]))
+        if not d:
+            continue
+        s = d["shard_map"][shard_of(i, shards)]
+        print("    map: primary %s epoch %s in_sync %s" % (s["primary"], s["epoch"], s["in_sync"]))
+        for r in s["replicas"]:
+            st, got = read_state(cl.nodes[r].url, coll, i, KEY_HDR,
+                                 "/internal/v1/collections/%s/shards/%d/points/%d" % (coll, s["shard"], i))
+            ver = [v for v in h.issued.get(i, ()) if not isinstance(got, str) and got is not None and
+                   np.allclose(got, vec(i, v), atol=1e-4)]
+            print("    replica %s: %s" % (r, "absent" if isinstance(got, str) else ver or got))
+
+
+def report(name, rep, wl, cl=None):
     print("  %s: %d ids, %d ok ops, %d indeterminate; searches ok %d, failed %d, partial %d" % (
         name, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], wl.search_stats["ok"], wl.search_stats["failed"],
         wl.search_stats["partial"]), flush=True)
-    check_that(not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"],
-               "%s: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing never written (%s), "
-               "every id readable (%s)" % (name, rep["lost"][:3], rep["resurrected"][:3], rep["phantom"][:3],
-                                           rep["unreadable"][:3]))
+    good = not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"]
+    check_that(good, "%s: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing never written "
+               "(%s), every id readable (%s)" % (name, [x[:2] for x in rep["lost"][:3]], rep["resurrected"][:3],
+                                                 rep["phantom"][:3], rep["unreadable"][:3]))
+    if not good and cl:
+        explain(cl, wl.coll, wl.h, [x[0] for x in rep["lost"] + rep["resurrected"]], wl.shards)
     check_that(not wl.read_problems, "%s: searches during the faults returned no duplicate, unknown or stale-score "
                "result (%s)" % (name, wl.read_problems[:3]))
 
@@ -156,7 +176,7 @@ def kill_test(cl, a):
     wait(lambda: all_in_sync(a, "r2") and all_in_sync(a, "r3"), 30, 0.3)
     for name, wl in (("r2", w2), ("r3", w3)):
         rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, name)
-        report("SIGKILL " + name, rep, wl)
+        report("SIGKILL " + name, rep, wl, cl)
         probs = same_replicas(cl, name, list(range(0, wl.ids, 3)), a)
         check_that(not probs, "SIGKILL %s: every replica holds the same points (%s)" % (name, probs[:3]))
     return fo
@@ -195,7 +215,7 @@ def pause_test(cl, a):
     check_that('"event":"primary_ended"' in log or '"event":"primary_deposed"' in log,
                "the paused primary ended its role once it saw the new map")
     rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, "p2")
-    report("SIGSTOP p2", rep, wl)
+    report("SIGSTOP p2", rep, wl, cl)
     probs = same_replicas(cl, "p2", list(range(0, 600, 2)), a)
     check_that(not probs, "SIGSTOP: nothing divergent: every replica holds the same points (%s)" % probs[:3])
 
@@ -334,7 +354,7 @@ def random_schedule(cl, a, zk_restart):
     wl.stop()
     wait(lambda: all_in_sync(a, "rnd"), 30, 0.3)
     rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, "rnd")
-    report("random schedule (%d rounds: %s)" % (ROUNDS, faults), rep, wl)
+    report("random schedule (%d rounds: %s)" % (ROUNDS, faults), rep, wl, cl)
     probs = same_replicas(cl, "rnd", list(range(0, 900, 4)), a) if describe(a, "rnd") else ["no description"]
     check_that(not probs, "random schedule: every replica holds the same points (%s)" % probs[:3])
 
