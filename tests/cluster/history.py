@@ -7,7 +7,8 @@ operation, which may take effect at any moment after it was issued. A router's 5
 the shards whose part failed (each part is all or nothing), so only the ids of those
 shards become indeterminate; the rest of the batch is ok.
 
-check() then reads every id and compares: the value must be the one the last acknowledged
+check() then reads every id (retrying for 10 s one that cannot be read: a refusal while the
+cluster settles is not a lost write) and compares: the value must be the one the last acknowledged
 operation left, or one an indeterminate operation could have left (Jepsen's rule: an
 indeterminate operation's interval never closes). So: no acknowledged write lost (a
 missing or older version), no acknowledged delete resurrected, and no value that was never
@@ -198,6 +199,11 @@ def check(h, get_url, coll, ids=None):
     for i in ids:
         cands, last_ok = h.candidates(i)
         st, got = read_state(get_url(), coll, i)
+        for _ in range(40):  # a read refused while the cluster settles (a breaker, a map on its way)
+            if got is not None:
+                break
+            time.sleep(0.25)
+            st, got = read_state(get_url(), coll, i)
         if got is None:
             unreadable.append((i, st))
             continue
