@@ -25,7 +25,7 @@ typedef struct {
 } ent;
 
 typedef struct {
-    char id[8];
+    char id[16];
     ent log[MAXLOG + 1]; /* log[1..last] */
     uint64_t last, fence;
     int alive;
