@@ -32,6 +32,8 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -77,7 +79,9 @@ void cl_node_url(const nl_node_info *n, char *buf, size_t cap)
     snprintf(buf, cap, "%s://%s", n->tls ? "https" : "http", n->address);
 }
 
-static void path_of(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b)
+void cl_path(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b);
+#define path_of cl_path
+void cl_path(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b)
 {
     if (b)
         snprintf(buf, cap, "%s/%s/%s", cl->root, a, b);
@@ -225,6 +229,15 @@ static int zcreate(nl_cluster *cl, const char *path, const char *data, int flags
     return zerr(zrc);
 }
 
+static uint64_t du_total;
+static int du_add(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)path, (void)f;
+    if (flag == FTW_F && S_ISREG(st->st_mode))
+        du_total += (uint64_t)st->st_blocks * 512u;
+    return 0;
+}
+
 static void node_info_now(nl_cluster *cl, nl_node_info *n, uint32_t shards)
 {
     memset(n, 0, sizeof *n);
@@ -234,6 +247,9 @@ static void node_info_now(nl_cluster *cl, nl_node_info *n, uint32_t shards)
     struct statvfs vf;
     if (statvfs(cl->db_dir, &vf) == 0)
         n->disk_free = (uint64_t)vf.f_bavail * vf.f_frsize;
+    du_total = 0; /* only the worker thread calls this */
+    nftw(cl->db_dir, du_add, 16, FTW_PHYS); /* a file removed during the walk only makes it short */
+    n->used_bytes = du_total;
     struct sysinfo si;
     if (sysinfo(&si) == 0) {
         n->ram = (uint64_t)si.totalram * si.mem_unit;
@@ -287,8 +303,10 @@ static int ensure_root(nl_cluster *cl)
     } else {
         return zerr(zrc);
     }
-    static const char *const kids[] = {"nodes", "collections", "maps", "election"};
-    for (int i = 0; i < 4; i++) {
+    /* drain: the operator's drained nodes; compacting: locks staggering the compactions of
+     * one shard's replicas (moves.c) */
+    static const char *const kids[] = {"nodes", "collections", "maps", "election", "drain", "compacting"};
+    for (int i = 0; i < 6; i++) {
         path_of(cl, p, sizeof p, kids[i], NULL);
         int rc = zcreate(cl, p, NULL, 0, NULL, 0);
         if (rc && rc != NL_EEXISTS)
@@ -452,6 +470,17 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     deallocate_String_vector(&ch);
     qsort(s->colls, s->ncolls, sizeof *s->colls, cmp_coll);
 
+    path_of(cl, p, sizeof p, "drain", NULL);
+    if (zoo_get_children(cl->zh, p, 1, &ch) == ZOK) {
+        for (int i = 0; i < ch.count && s->ndrained < NL_MAX_NODES; i++)
+            if (nl_node_id_check(ch.data[i]) == 0)
+                snprintf(s->drained[s->ndrained++], NL_NODE_ID_MAX, "%s", ch.data[i]);
+        deallocate_String_vector(&ch);
+    }
+    nl_clear_errdetail();
+    path_of(cl, p, sizeof p, "rebalance", NULL);
+    struct Stat rst;
+    s->rebalance = zoo_exists(cl->zh, p, 1, &rst) == ZOK;
     path_of(cl, p, sizeof p, "election", NULL);
     if ((zrc = zoo_get_children(cl->zh, p, 0, &ch)) != ZOK) {
         snap_free(s);
@@ -682,6 +711,47 @@ int cl_attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_co
     return 0;
 }
 
+#define DROP_GRACE_MS 10000
+
+/* A local copy of shard sh the map no longer gives this node, of the same collection (its
+ * uid), while the shard has its full in-sync set elsewhere (a move finished, or a replica
+ * replaced): removed once that has been so for DROP_GRACE_MS (searches that started on it
+ * end first; a map that changes back within the grace keeps it). 1 when dropped. */
+static int drop_moved(nl_cluster *cl, const cl_coll *c, nl_collection *h, uint32_t sh)
+{
+    char uid[64] = {0}, key[100];
+    const nl_shard_entry *e = sh < c->map.nshards ? &c->map.shard[sh] : NULL;
+    if (!e || uid_read(cl, c->cc.name, uid, sizeof uid) != 0 || strcmp(uid, c->cc.uid) || e->nin_sync < c->cc.replicas)
+        return 0;
+    snprintf(key, sizeof key, "%s/%u", c->cc.name, sh);
+    uint64_t t = nl_now_ns() / 1000000u;
+    size_t i = 0;
+    while (i < cl->ndropping && strcmp(cl->dropping[i], key))
+        i++;
+    if (i == cl->ndropping) {
+        if (cl->ndropping == 64)
+            return 0;
+        snprintf(cl->dropping[cl->ndropping], sizeof cl->dropping[0], "%s", key);
+        cl->dropping_since[cl->ndropping++] = t;
+        return 0;
+    }
+    if (t - cl->dropping_since[i] < DROP_GRACE_MS)
+        return 0;
+    int rc = nl_collection_shard_detach(h, sh);
+    memmove(cl->dropping[i], cl->dropping[i + 1], (cl->ndropping - i - 1) * sizeof cl->dropping[0]);
+    memmove(&cl->dropping_since[i], &cl->dropping_since[i + 1], (cl->ndropping - i - 1) * sizeof cl->dropping_since[0]);
+    cl->ndropping--;
+    if (rc == 0) {
+        atomic_fetch_add(&cl->copies_dropped, 1);
+        cl_log(cl, 1, "\"event\":\"copy_dropped\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"the shard map moved "
+               "this replica to another node\"", c->cc.name, sh);
+    } else {
+        cl_log(cl, 2, "\"event\":\"copy_drop_failed\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"%s\"", c->cc.name,
+               sh, nl_errdetail());
+    }
+    return rc == 0;
+}
+
 /* Opens every shard the snapshot gives this node; lists local shards it does not. */
 static uint32_t reconcile(nl_cluster *cl, const cl_snapshot *s)
 {
@@ -711,8 +781,11 @@ static uint32_t reconcile(nl_cluster *cl, const cl_snapshot *s)
             nl_collection_config cfg;
             nl_collection_describe(h, &cfg);
             for (uint32_t sh = 0; sh < cfg.shards && nun < 64; sh++)
-                if (nl_collection_shard_held(h, sh) && (!c || !c->has_map || !nl_shard_map_holds(&c->map, sh, cl->node_id)))
+                if (nl_collection_shard_held(h, sh) && (!c || !c->has_map || !nl_shard_map_holds(&c->map, sh, cl->node_id))) {
+                    if (c && c->has_map && drop_moved(cl, c, h, sh))
+                        continue;
                     snprintf(un[nun++], sizeof un[0], "%s/%u", names[i], sh);
+                }
             nl_collection_close(h);
         }
         nl_names_free(names, n);
@@ -817,6 +890,7 @@ static void *worker(void *arg)
             if (lead) {
                 coordinate(cl, s);
                 cl_failover(cl, s);
+                cl_moves_coordinate(cl, s);
             }
             int64_t vs = 0;
             for (size_t i = 0; i < s->ncolls; i++)
@@ -890,6 +964,14 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     cl->write_wait_ms = cl->replica_timeout_ms * 2 + 2000; /* a follower's removal fits in it */
     cl->log_max_bytes = opt->log_max_bytes ? opt->log_max_bytes : 256ull << 20;
     cl->log_max_age_ms = opt->log_max_age_ms ? opt->log_max_age_ms : 3600000ull;
+    cl->move_rate_bps = opt->move_rate_bps;
+    cl->moves_per_node = opt->moves_per_node ? opt->moves_per_node : 1;
+    cl->move_drift = opt->move_drift ? opt->move_drift : 1;
+    cl->replace_after_ms = opt->replace_after_ms ? opt->replace_after_ms : 300000ull;
+    cl->compactions_per_node = opt->compactions_per_node ? opt->compactions_per_node : 1;
+    pthread_mutex_init(&cl->pace_mu, NULL);
+    const char *fault = getenv("NEARLINE_FAULT_CORRUPT_PIECE"); /* tests only: docs/cluster.md */
+    cl->fault_corrupt_every = fault ? (uint32_t)strtoul(fault, NULL, 10) : 0;
     cl_snapshot_cleanup(cl);
     cl_snapshot *empty = calloc(1, sizeof *empty);
     nl_router_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
@@ -1255,7 +1337,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
     return 200;
 }
 
-int nl_cluster_status(nl_cluster *cl, json_t **out)
+int nl_cluster_node_status(nl_cluster *cl, json_t **out)
 {
     cl_snapshot *s = cl_snap_get(cl);
     json_t *nodes = json_array(), *colls = json_array(), *ref = json_array(), *un = json_array();
@@ -1280,6 +1362,7 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
                      "registered", atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
                      atomic_load(&cl->is_coordinator), "nodes", nodes, "collections", colls, "refused_shards", ref,
                      "unassigned_local_shards", un, "primary_of", cl_repl_status(cl));
+    json_object_set_new(*out, "compacting", json_integer(atomic_load(&cl->compacting)));
     cl_snap_put(cl, s);
     return 200;
 }
@@ -1317,6 +1400,22 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
       atomic_load(&cl->fanout_shards));
     C("nearline_router_write_part_failures_total", "Per-shard parts of writes that failed.",
       atomic_load(&cl->write_part_failures));
+    C("nearline_router_write_retries_total", "Write parts sent again to a shard's new primary (a move or a failover).",
+      atomic_load(&cl->write_retries));
+    C("nearline_moves_started_total", "Replica moves this node planned as coordinator.", atomic_load(&cl->moves_started));
+    C("nearline_moves_finished_total", "Replica moves this node finished as the shard's primary.",
+      atomic_load(&cl->moves_finished));
+    C("nearline_moves_rolled_back_total", "Replica moves abandoned by this node as coordinator (the target went).",
+      atomic_load(&cl->moves_rolled_back));
+    C("nearline_moves_handoffs_total", "Primary roles this node handed to a move's target.", atomic_load(&cl->handoffs));
+    C("nearline_moves_copies_dropped_total", "Local shard copies removed after the map moved them away.",
+      atomic_load(&cl->copies_dropped));
+    C("nearline_snapshot_pieces_sent_total", "Snapshot pieces this node sent.", atomic_load(&cl->pieces_sent));
+    C("nearline_snapshot_pieces_resent_total", "Snapshot pieces sent again after the receiver refused their checksum.",
+      atomic_load(&cl->pieces_resent));
+    G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->compacting));
+    C("nearline_compactions_deferred_total", "Background compactions put off (the node's bound, or another replica of "
+      "the shard compacting).", atomic_load(&cl->compactions_deferred));
 #undef G
 #undef C
     cl_repl_metrics(cl, f);

@@ -33,6 +33,7 @@ typedef struct {
     pthread_t th;
     int started;
     atomic_int stop;
+    int retiring;          /* its follower left the replicas: the thread ends, the slot is freed */
     CURL *e;               /* the link's connection (its thread's alone) */
     /* under role->mu */
     int known;             /* the follower's position is known */
@@ -42,6 +43,7 @@ typedef struct {
     int failing;
     char last_error[160];
     uint64_t snapshots, snapshot_bytes;
+    uint64_t snap_done, snap_total; /* raw bytes of the copy being sent: sent so far, all */
     cl_snapshot_out *snap; /* a copy being sent (transfer.c), kept to resume */
 } repl_link;
 
@@ -59,6 +61,11 @@ struct repl_role {
     uint64_t last;          /* the log's last sequence */
     uint64_t high;          /* acknowledged up to (its last, when it took over) */
     int deposed;
+    /* a move handing this primary's role over (moves.c): writers wait before ordering
+     * anything new while handoff is set; writing counts those already past that point */
+    int handoff;
+    uint64_t handoff_ms, move_retry_ms;
+    int writing;
     repl_link links[NL_MAX_REPLICAS];
     int nlinks;
     atomic_int refs;
@@ -75,6 +82,9 @@ typedef struct {
     cl_coll *colls; /* ncolls entries, sorted by name */
     size_t ncolls;
     char coordinator[NL_NODE_ID_MAX];
+    char drained[NL_MAX_NODES][NL_NODE_ID_MAX]; /* nodes the operator drains (<root>/drain) */
+    size_t ndrained;
+    int rebalance;  /* an operator asked for a rebalance (<root>/rebalance exists) */
     uint64_t refs;
 } cl_snapshot;
 
@@ -128,16 +138,34 @@ struct nl_cluster {
     uint64_t log_max_bytes, log_max_age_ms;
     char blocked[CL_BLOCKED_KEEP][128]; /* blocked failovers already logged (rep_mu) */
     size_t nblocked;
+    /* moves (moves.c, transfer.c) */
+    uint64_t move_rate_bps;     /* snapshot bytes per second this node sends, all copies together; 0 = no limit */
+    pthread_mutex_t pace_mu;
+    uint64_t pace_next_ns;
+    uint32_t fault_corrupt_every; /* test hook NEARLINE_FAULT_CORRUPT_PIECE: spoil every n-th piece once */
+    uint32_t moves_per_node, move_drift, compactions_per_node;
+    uint64_t replace_after_ms;  /* a node gone this long has its replicas re-created elsewhere */
+    char gone_ids[NL_MAX_NODES][NL_NODE_ID_MAX]; /* coordinator: nodes missing, since when */
+    uint64_t gone_since[NL_MAX_NODES];
+    size_t ngone;
+    char dropping[64][100];     /* local copies moved away, since when (worker) */
+    uint64_t dropping_since[64];
+    size_t ndropping;
+    atomic_int compacting;      /* compactions running here */
+    atomic_uint_fast64_t pieces_sent, pieces_resent, moves_started, moves_finished, moves_rolled_back, handoffs,
+        copies_dropped, compactions_deferred;
     atomic_uint_fast64_t repl_writes, repl_write_failures, repl_wait_us, isr_adds, isr_removals, failovers,
         log_trimmed, snapshots_sent, snapshot_bytes, snapshot_ms, hedged;
 
     /* metrics */
     atomic_uint_fast64_t coordinator_changes, map_writes, map_conflicts, sessions, partial_answers,
-        complete_refusals, fanout_calls, fanout_shards, write_part_failures;
+        complete_refusals, fanout_calls, fanout_shards, write_part_failures, write_retries;
     atomic_int is_coordinator;
     atomic_int_fast64_t map_version_sum;
 };
 
+/* root/a/b (b, a may be NULL) */
+void cl_path(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b);
 void cl_log(nl_cluster *cl, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The current snapshot with a reference; release with cl_snap_put. Never NULL. */
 cl_snapshot *cl_snap_get(nl_cluster *cl);
@@ -172,6 +200,18 @@ void cl_snapshot_link_done(repl_link *l);
 void cl_snapshot_cleanup(nl_cluster *cl);
 /* the coordinator's failover of shards whose primary is gone (cluster.c) */
 void cl_failover(nl_cluster *cl, const cl_snapshot *s);
+/* replication.c, for moves.c */
+void cl_role_deposed(repl_role *r, const char *why);
+/* Acknowledged sequences of in-sync members of e other than this node and skip, into
+ * out (at most NL_MAX_REPLICAS); role->mu held. */
+size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out);
+/* moves.c: the primary's part of a move (after each exchange of the link to its target),
+ * the coordinator's (each pass), and a node's removal of copies moved away. */
+void cl_move_step(repl_link *l);
+void cl_moves_coordinate(nl_cluster *cl, const cl_snapshot *s);
+void cl_moves_drop_local(nl_cluster *cl, const cl_snapshot *s);
+/* the engine's compaction gate (nl_db_options.compact_gate), moves.c */
+int cl_compact_gate(void *ctx, const char *shard_dir, int begin);
 
 /* "http://addr" or "https://addr" of a node into buf. */
 void cl_node_url(const nl_node_info *n, char *buf, size_t cap);

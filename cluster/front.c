@@ -66,6 +66,12 @@ typedef struct {
 static int begin(nl_cluster *cl, const char *name, routed *rt, json_t **out)
 {
     rt->s = cl_snap_get(cl);
+    if (rt->s->nnodes == 0) { /* starting: membership not read yet (a registered node sees itself) */
+        cl_snap_put(cl, rt->s);
+        *out = cl_error("not_ready", "node %s has not read the cluster's membership yet; try another node or again",
+                        cl->node_id);
+        return 503;
+    }
     rt->tmp = malloc(sizeof *rt->tmp);
     int st = rt->tmp ? coll_of(cl, rt->s, name, &rt->c, rt->tmp, out) : 500;
     if (st) {
@@ -272,6 +278,8 @@ typedef struct {
     size_t nc;
     uint32_t unreach[NL_MAX_SHARDS];
     size_t nun;
+    char name[72];          /* the collection */
+    char (*peer)[NL_NODE_ID_MAX]; /* the node each call went to last (a retry's own) */
 } parts;
 
 static int parts_init(parts *w, uint32_t S)
@@ -281,7 +289,8 @@ static int parts_init(parts *w, uint32_t S)
     w->url = calloc(S, 200);
     w->sc = calloc(S, sizeof *w->sc);
     w->bodies = calloc(S, sizeof *w->bodies);
-    return w->calls && w->url && w->sc && w->bodies ? 0 : -ENOMEM;
+    w->peer = calloc(S, sizeof *w->peer);
+    return w->calls && w->url && w->sc && w->bodies && w->peer ? 0 : -ENOMEM;
 }
 
 /* Shard sh's call (to its primary), or 0 when it has no live primary (noted unreachable). */
@@ -299,12 +308,65 @@ static nl_rcall *parts_add(parts *w, const cl_snapshot *s, const cl_coll *c, uin
 static void parts_commit(parts *w, uint8_t *body, size_t len, const char *name, const char *what)
 {
     nl_rcall *k = &w->calls[w->nc];
+    snprintf(w->name, sizeof w->name, "%s", name);
     k->method = "POST";
     snprintf(k->path, sizeof k->path, "/internal/v1/collections/%s/shards/%u/%s", name, w->sc[w->nc], what);
     w->bodies[w->nc] = body;
     k->body = body;
     k->body_len = len;
     w->nc++;
+}
+
+/* Parts refused (503) by a node the map, read again now, no longer names as the shard's
+ * primary (a move handed the role over, or a failover) are sent once more to the primary it
+ * names: upserts replace and deletes of ids are idempotent, so a part applied twice is the
+ * same as once. A 503 from the node that still is primary (no quorum in time) is left as
+ * it is: the client decides. */
+static void parts_retry_moved(nl_cluster *cl, parts *w, const nl_cluster_call *call, uint32_t timeout_ms)
+{
+    size_t idx[NL_MAX_SHARDS], n = 0;
+    for (size_t i = 0; i < w->nc && n < NL_MAX_SHARDS; i++)
+        if (w->calls[i].status == 503)
+            idx[n++] = i;
+    if (!n || !w->name[0])
+        return;
+    cl_coll *f = malloc(sizeof *f);
+    nl_rcall *rc = calloc(n, sizeof *rc);
+    size_t which[NL_MAX_SHARDS], nr = 0;
+    if (!f || !rc || cl_fresh_coll(cl, w->name, f) != 0 || !f->has_map) {
+        free(rc);
+        free(f);
+        return;
+    }
+    cl_snapshot *sn = cl_snap_get(cl);
+    for (size_t j = 0; j < n; j++) {
+        size_t i = idx[j];
+        uint32_t sh = w->sc[i];
+        if (sh >= f->map.nshards || !w->calls[i].peer || !strcmp(f->map.shard[sh].primary, w->calls[i].peer))
+            continue;
+        if (target(sn, f, sh, &rc[nr], w->url[i], 200) != 0)
+            continue;
+        memcpy(w->peer[i], rc[nr].peer, NL_NODE_ID_MAX);
+        rc[nr].peer = w->peer[i];
+        rc[nr].method = w->calls[i].method;
+        memcpy(rc[nr].path, w->calls[i].path, sizeof rc[nr].path);
+        rc[nr].body = w->calls[i].body;
+        rc[nr].body_len = w->calls[i].body_len;
+        which[nr++] = i;
+    }
+    cl_snap_put(cl, sn);
+    if (nr) {
+        atomic_fetch_add(&cl->write_retries, nr);
+        nl_router_run(cl->router, rc, nr, timeout_ms, call->request_id, call->traceparent);
+        for (size_t j = 0; j < nr; j++) {
+            nl_rcall *k = &w->calls[which[j]];
+            free(k->body_out);
+            *k = rc[j];
+            k->base_url = w->url[which[j]];
+        }
+    }
+    free(rc);
+    free(f);
 }
 
 /* Sends every part in parallel and makes the answer (write_answer). */
@@ -318,6 +380,7 @@ static int parts_send(nl_cluster *cl, parts *w, const nl_cluster_call *call, uin
     atomic_fetch_add(&cl->fanout_calls, 1);
     atomic_fetch_add(&cl->fanout_shards, w->nc);
     nl_router_run(cl->router, w->calls, w->nc, timeout_ms, call->request_id, call->traceparent);
+    parts_retry_moved(cl, w, call, timeout_ms);
     return write_answer(cl, w->calls, w->sc, w->nc, w->unreach, w->nun, count_key, is_delete, out);
 }
 
@@ -328,6 +391,7 @@ static void parts_free(parts *w)
         free(w->calls[i].body_out);
     }
     free(w->bodies);
+    free(w->peer);
     free(w->sc);
     free(w->url);
     free(w->calls);
@@ -664,6 +728,9 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         *out = json_pack("{s:o,s:I,s:b,s:o}", "results", one ? one : json_array(), "took_us", took, "partial",
                          nmiss > 0, "missing_shards", miss);
     }
+    if (nmiss) /* why the first missing shard is missing: for the operator */
+        json_object_set_new(*out, "missing_reason",
+                            json_string(firstwhy[0] ? firstwhy : "no in-sync replica of the shard is a live node"));
     st = 200;
 done:
     for (size_t i = 0; resp && i < nc; i++)

@@ -50,6 +50,11 @@ typedef struct {
     uint32_t replica_timeout_ms; /* a follower that makes no progress this long leaves the in-sync set; 0 = 3000 */
     uint64_t log_max_bytes;   /* a shard's operation log is trimmed beyond this; 0 = 256 MiB */
     uint64_t log_max_age_ms;  /* ... or past this age; 0 = 1 hour */
+    uint64_t move_rate_bps;   /* snapshot bytes per second this node sends (moves, catch-up); 0 = no limit */
+    uint32_t moves_per_node;  /* moves a node takes part in at once; 0 = 1 */
+    uint32_t move_drift;      /* replicas of difference between nodes tolerated before a rebalance; 0 = 1 */
+    uint64_t replace_after_ms; /* a node gone this long has its replicas re-created elsewhere; 0 = 5 minutes */
+    uint32_t compactions_per_node; /* background compactions at once on this node; 0 = 1 */
     nl_db *db;
     nl_cluster_log_fn log;
     void *log_ctx;
@@ -147,8 +152,21 @@ typedef struct {
 /* nq queries (dim floats each); batch: the answer's "results" is a list per query. */
 int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *name, const float *q, size_t nq,
                       uint32_t dim, const nl_cluster_search_params *p, int batch, json_t **out);
-/* The cluster's state as this node sees it (GET /v1/cluster). */
+/* The cluster's state (GET /v1/cluster, `nearline cluster status`): nodes (live or gone,
+ * draining, replicas held, disk), every collection's shards (primary, epoch, replicas,
+ * in-sync set, move), the moves in progress with their copy progress and the followers'
+ * lag — the shard map from this node's view of ZooKeeper, progress and lag from each
+ * live node's own report (GET /internal/v1/node, asked in parallel; a node that does not
+ * answer within 1 s is listed under "unreachable"). */
 int nl_cluster_status(nl_cluster *cl, json_t **out);
+/* What this node itself reports: its registration, the shards it is primary of with each
+ * follower's position, lag and copy progress, and local shards refused or unassigned. */
+int nl_cluster_node_status(nl_cluster *cl, json_t **out);
+
+/* The engine's compaction gate (nl_db_options.compact_gate) of a node: ctx is the
+ * cluster (see moves.c). A database opened before the cluster starts passes a trampoline
+ * that allows everything until the cluster is there. */
+int nl_cluster_compact_gate(void *cluster, const char *shard_dir, int begin);
 
 /* Prometheus text of the cluster metrics (HELP and TYPE on every family). */
 void nl_cluster_metrics(nl_cluster *cl, FILE *out);

@@ -24,7 +24,10 @@ extern "C" {
 
 #define NL_NODE_ID_MAX 64
 #define NL_ADDR_MAX 128
-#define NL_MAX_REPLICAS 5
+/* Replicas a shard's map entry can list: a replication factor of up to NL_MAX_RF, plus the
+ * copy a move adds before it removes the one it replaces. */
+#define NL_MAX_RF 5
+#define NL_MAX_REPLICAS (NL_MAX_RF + 1)
 #define NL_MAX_NODES 64
 
 /* Node ids: [A-Za-z0-9_-]{1,63}. 0 or NL_EINVAL. */
@@ -36,6 +39,7 @@ typedef struct {
     char address[NL_ADDR_MAX]; /* host:port the router calls */
     int tls;                   /* 1: https */
     uint64_t disk_free;        /* bytes free under --db */
+    uint64_t used_bytes;       /* bytes its shards take on disk (0: not reported) */
     uint64_t ram;              /* bytes of RAM */
     double load;               /* 1-minute load average */
     uint32_t shards;           /* shard replicas it holds */
@@ -67,6 +71,18 @@ int nl_cluster_collection_match(const nl_cluster_collection *c, const nl_collect
 typedef enum { NL_SHARD_ACTIVE = 0, NL_SHARD_MOVING = 1, NL_SHARD_OFFLINE = 2 } nl_shard_state;
 const char *nl_shard_state_name(nl_shard_state s);
 
+/* A move of one replica of a shard (cluster/moves.c, docs/cluster.md "Moves"): `to` is
+ * listed among the replicas (not in sync) while it copies and catches up; the primary
+ * finishes the move, once `to` is in sync, with one versioned map write that removes
+ * `from` (handing its role to `to` first when `from` is the primary). Recorded in the map,
+ * so a new coordinator or primary carries on what an old one started. */
+typedef struct {
+    char from[NL_NODE_ID_MAX], to[NL_NODE_ID_MAX];
+    uint64_t id;               /* unique per move (for logs and the operator) */
+    uint64_t started_ms;       /* wall clock when it was planned */
+    char reason[16];           /* "balance", "drain", "replace", "operator" */
+} nl_shard_move;
+
 typedef struct {
     uint64_t epoch;            /* bumped whenever the primary changes; fences the old one */
     char primary[NL_NODE_ID_MAX];
@@ -77,7 +93,8 @@ typedef struct {
      * written before replication had none: decoded as every replica. */
     char in_sync[NL_MAX_REPLICAS][NL_NODE_ID_MAX];
     uint32_t nin_sync;
-    nl_shard_state state;
+    nl_shard_state state;      /* NL_SHARD_MOVING exactly while a move is recorded */
+    nl_shard_move move;        /* valid when state == NL_SHARD_MOVING */
 } nl_shard_entry;
 
 /* /maps/<name>. version is the znode's version (the compare-and-set token), not stored. */
@@ -107,6 +124,22 @@ int nl_shard_map_in_sync(const nl_shard_map *m, uint32_t s, const char *node);
 /* Adds node (a replica of s) to, or removes it from, s's in-sync set; the primary is never
  * removed. 0 when changed, 1 when it already was so, NL_EINVAL otherwise. */
 int nl_shard_map_set_in_sync(nl_shard_map *m, uint32_t s, const char *node, int in);
+
+/* ---------------------------------------------------------------- moves (pure) */
+
+/* Records a move of shard s's replica on `from` to `to`: `to` joins the replicas (not in
+ * sync). NL_EINVAL when from holds no replica, to holds one, the shard is already moving,
+ * or its entry is full. */
+int nl_shard_map_move_begin(nl_shard_map *m, uint32_t s, const char *from, const char *to, uint64_t id,
+                            uint64_t now_ms, const char *reason);
+/* Abandons shard s's move: `to` leaves the replicas. It must not be in sync (the primary
+ * takes it out of the in-sync set first, with its own rules): NL_EINVAL otherwise. */
+int nl_shard_map_move_rollback(nl_shard_map *m, uint32_t s);
+/* Completes shard s's move: `to` must be in sync. `from` leaves the replicas and the
+ * in-sync set; when it was the primary, `to` becomes primary at epoch + 1 (the caller has
+ * made sure every member of the in-sync set holds everything `from` acknowledged).
+ * NL_EINVAL otherwise. */
+int nl_shard_map_move_finish(nl_shard_map *m, uint32_t s);
 
 #ifdef __cplusplus
 }

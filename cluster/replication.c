@@ -120,6 +120,23 @@ static void deposed(repl_role *r, const char *why)
     }
 }
 
+void cl_role_deposed(repl_role *r, const char *why) { deposed(r, why); }
+
+size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < e->nin_sync && n < NL_MAX_REPLICAS; i++) {
+        if (!strcmp(e->in_sync[i], r->cl->node_id) || (skip && !strcmp(e->in_sync[i], skip)))
+            continue;
+        uint64_t a = 0;
+        for (int k = 0; k < r->nlinks; k++)
+            if (!strcmp(r->links[k].peer, e->in_sync[i]) && r->links[k].known)
+                a = r->links[k].acked;
+        out[n++] = a;
+    }
+    return n;
+}
+
 /* The highest sequence a write quorum of the in-sync set holds (role->mu held). */
 static uint64_t committed_locked(const repl_role *r)
 {
@@ -164,17 +181,8 @@ static int change_in_sync(repl_role *r, const char *node, int in)
         if (!rc && !in) {
             /* under majority, a member holding writes the rest lack must stay */
             uint64_t rest[NL_MAX_REPLICAS];
-            size_t nr = 0;
             pthread_mutex_lock(&r->mu);
-            for (uint32_t i = 0; i < e->nin_sync; i++) {
-                if (!strcmp(e->in_sync[i], cl->node_id) || !strcmp(e->in_sync[i], node))
-                    continue;
-                uint64_t a = 0;
-                for (int k = 0; k < r->nlinks; k++)
-                    if (!strcmp(r->links[k].peer, e->in_sync[i]) && r->links[k].known)
-                        a = r->links[k].acked;
-                rest[nr++] = a;
-            }
+            size_t nr = cl_role_acked_locked(r, e, node, rest);
             int may = nl_repl_may_leave(r->last, rest, nr, r->quorum, r->high);
             pthread_mutex_unlock(&r->mu);
             if (!may)
@@ -395,6 +403,10 @@ static int hello(repl_link *l)
     uint64_t pe = 0;
     int has = nl_collection_shard_log_epoch_at(r->h, r->s, a.last, &pe) == 0;
     nl_catchup how = nl_repl_catchup(a.last, a.last_epoch, has, pe, ps.last_seq);
+    /* a follower with nothing (a move's target, a replica re-created) gets the segments,
+     * not the whole history replayed and its graph rebuilt */
+    if (a.last == 0 && ps.last_seq > 0)
+        how = NL_CATCHUP_SNAPSHOT;
     if (how == NL_CATCHUP_SNAPSHOT) {
         cl_log(r->cl, 1, "\"event\":\"snapshot_needed\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\","
                "\"follower_seq\":%llu,\"follower_epoch\":%llu,\"primary_seq\":%llu,\"log_first\":%llu", r->coll, r->s,
@@ -452,16 +464,18 @@ static void upkeep(repl_link *l)
     repl_role *r = l->role;
     pthread_mutex_lock(&r->mu);
     uint64_t t = now_ms();
-    int in = 0;
+    int in = 0, listed = 0;
     for (uint32_t i = 0; i < r->view.nin_sync; i++)
         in |= !strcmp(r->view.in_sync[i], l->peer);
+    for (uint32_t i = 0; i < r->view.nreplicas; i++)
+        listed |= !strcmp(r->view.replicas[i], l->peer);
     int caught_up = l->known && l->acked >= r->last;
     if (caught_up)
         l->progress_ms = t;
     int stalled = !caught_up && t - l->progress_ms > r->cl->replica_timeout_ms;
     int dep = r->deposed;
     pthread_mutex_unlock(&r->mu);
-    if (dep)
+    if (dep || !listed || l->retiring)
         return;
     int rc = 0;
     if (in && stalled) {
@@ -484,6 +498,8 @@ static void upkeep(repl_link *l)
     }
     if (rc == NL_ESTALE)
         deposed(r, "the map has a newer epoch for this shard");
+    else
+        cl_move_step(l);
 }
 
 static void *link_main(void *arg)
@@ -621,6 +637,71 @@ static void trim(nl_cluster *cl, nl_collection *h, uint32_t s, uint64_t keep_fro
         atomic_fetch_add(&cl->log_trimmed, n);
 }
 
+/* The links of a role as its view's replicas change at one epoch (a move adds its target,
+ * and removes it or its source at the end): a link starts for a replica that has none,
+ * and one whose follower is no longer listed ends (its slot is freed once its thread has,
+ * so the worker never waits on a link's call). Worker thread only. */
+static void links_sync(repl_role *r)
+{
+    nl_cluster *cl = r->cl;
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->nlinks; i++) {
+        repl_link *l = &r->links[i];
+        if (!l->peer[0])
+            continue;
+        int listed = 0;
+        for (uint32_t k = 0; k < r->view.nreplicas; k++)
+            listed |= !strcmp(r->view.replicas[k], l->peer);
+        if (!listed && !l->retiring) {
+            l->retiring = 1;
+            atomic_store(&l->stop, 1);
+            pthread_cond_broadcast(&r->cv);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < r->nlinks; i++) {
+        repl_link *l = &r->links[i];
+        if (!l->retiring || (l->started && pthread_tryjoin_np(l->th, NULL) != 0))
+            continue;
+        if (l->e)
+            curl_easy_cleanup(l->e);
+        cl_snapshot_link_done(l);
+        pthread_mutex_lock(&r->mu);
+        cl_log(cl, 1, "\"event\":\"link_ended\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\"", r->coll, r->s,
+               l->peer);
+        memset(l, 0, sizeof *l);
+        pthread_mutex_unlock(&r->mu);
+    }
+    for (uint32_t k = 0; k < r->view.nreplicas; k++) {
+        const char *id = r->view.replicas[k];
+        int have = !strcmp(id, cl->node_id);
+        for (int i = 0; i < r->nlinks && !have; i++)
+            have = !strcmp(r->links[i].peer, id) && !r->links[i].retiring;
+        if (have)
+            continue;
+        int slot = -1;
+        for (int i = 0; i < r->nlinks && slot < 0; i++)
+            if (!r->links[i].peer[0])
+                slot = i;
+        if (slot < 0 && r->nlinks < NL_MAX_REPLICAS)
+            slot = r->nlinks;
+        if (slot < 0)
+            continue; /* every slot is a link still ending: the next pass */
+        pthread_mutex_lock(&r->mu);
+        repl_link *l = &r->links[slot];
+        memset(l, 0, sizeof *l);
+        l->role = r;
+        memcpy(l->peer, id, sizeof l->peer);
+        l->progress_ms = now_ms();
+        if (slot == r->nlinks)
+            r->nlinks++;
+        pthread_mutex_unlock(&r->mu);
+        l->started = pthread_create(&l->th, NULL, link_main, l) == 0;
+        cl_log(cl, 1, "\"event\":\"link_started\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\"", r->coll,
+               r->s, id);
+    }
+}
+
 void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
 {
     /* roles this node should have */
@@ -642,6 +723,7 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
                     pthread_cond_broadcast(&r->cv);
                 }
                 pthread_mutex_unlock(&r->mu);
+                links_sync(r);
                 role_put(r);
                 continue;
             }
@@ -800,11 +882,24 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
         rc = nl_fail(NL_EUNAVAILABLE, "node %s is not connected to ZooKeeper with a fresh map: it acknowledges no "
                      "write to a replicated shard until it is", cl->node_id);
     pthread_mutex_lock(&r->mu);
+    /* a move handing the role over: nothing new is ordered until it lands (then this
+     * write goes to the new primary: the router retries there) or is given up */
+    for (uint64_t until = nl_now_ns() + (uint64_t)cl->write_wait_ms * 1000000ull;
+         !rc && r->handoff && !r->deposed && nl_now_ns() < until;) {
+        struct timespec ts;
+        abs_deadline(&ts, 20);
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    }
     if (!rc && r->deposed)
         rc = nl_fail(NL_EUNAVAILABLE, "node %s is no longer the primary of shard %u of '%s' (a later epoch)",
                      cl->node_id, s, name);
+    if (!rc && r->handoff)
+        rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s' is handing its primary over", s, name);
+    if (!rc)
+        r->writing++;
     uint64_t epoch = r->epoch;
     pthread_mutex_unlock(&r->mu);
+    int counted = !rc;
     uint64_t seq = 0;
     size_t done = 0;
     if (!rc) {
@@ -816,6 +911,14 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
             deposed(r, nl_errdetail());
             rc = nl_fail(NL_EUNAVAILABLE, "node %s is fenced for shard %u of '%s'", cl->node_id, s, name);
         }
+    }
+    if (counted) {
+        pthread_mutex_lock(&r->mu);
+        if (seq > r->last)
+            r->last = seq;
+        r->writing--;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
     }
     if (!rc && seq) {
         uint64_t t0 = nl_now_ns(), deadline = t0 + (uint64_t)cl->write_wait_ms * 1000000ull;
@@ -1044,6 +1147,8 @@ json_t *cl_repl_status(nl_cluster *cl)
         uint64_t t = now_ms();
         for (int i = 0; i < r->nlinks; i++) {
             const repl_link *l = &r->links[i];
+            if (!l->peer[0])
+                continue;
             int in = 0;
             for (uint32_t k = 0; k < r->view.nin_sync; k++)
                 in |= !strcmp(r->view.in_sync[k], l->peer);
@@ -1054,11 +1159,16 @@ json_t *cl_repl_status(nl_cluster *cl)
                                                 (json_int_t)(lag && t > l->progress_ms ? t - l->progress_ms : 0),
                                                 "failing", l->failing, "snapshots", (json_int_t)l->snapshots,
                                                 "snapshot_bytes", (json_int_t)l->snapshot_bytes));
+            json_t *f = json_array_get(fs, json_array_size(fs) - 1);
+            json_object_set_new(f, "copying", json_boolean(l->snap != NULL));
+            json_object_set_new(f, "copy_done", json_integer((json_int_t)l->snap_done));
+            json_object_set_new(f, "copy_total", json_integer((json_int_t)l->snap_total));
         }
         json_array_append_new(a, json_pack("{s:s,s:i,s:I,s:I,s:I,s:s,s:i,s:o}", "collection", r->coll, "shard", (int)r->s,
                                            "epoch", (json_int_t)r->epoch, "last_seq", (json_int_t)r->last,
                                            "committed_seq", (json_int_t)committed_locked(r), "quorum",
                                            nl_quorum_name(r->quorum), "in_sync", (int)r->view.nin_sync, "followers", fs));
+        json_object_set_new(json_array_get(a, json_array_size(a) - 1), "handing_over", json_boolean(r->handoff));
         pthread_mutex_unlock(&r->mu);
     }
     pthread_mutex_unlock(&cl->repl_mu);
@@ -1073,6 +1183,7 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
     for (repl_role *r = cl->roles; r; r = r->next) {
         pthread_mutex_lock(&r->mu);
         for (int i = 0; i < r->nlinks; i++)
+            if (r->links[i].peer[0])
             fprintf(f, "nearline_replication_lag_ops{collection=\"%s\",shard=\"%u\",follower=\"%s\"} %llu\n", r->coll,
                     r->s, r->links[i].peer,
                     (unsigned long long)(r->links[i].known && r->last > r->links[i].acked ? r->last - r->links[i].acked
@@ -1086,6 +1197,8 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
         pthread_mutex_lock(&r->mu);
         for (int i = 0; i < r->nlinks; i++) {
             const repl_link *l = &r->links[i];
+            if (!l->peer[0])
+                continue;
             int lag = !l->known || l->acked < r->last;
             fprintf(f, "nearline_replication_lag_ms{collection=\"%s\",shard=\"%u\",follower=\"%s\"} %llu\n", r->coll,
                     r->s, l->peer, (unsigned long long)(lag && t > l->progress_ms ? t - l->progress_ms : 0));

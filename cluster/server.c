@@ -123,6 +123,16 @@ static enum MHD_Result send_buffer(struct MHD_Connection *c, req *r, int status,
     return ok;
 }
 
+enum MHD_Result nl_srv_send_text(struct MHD_Connection *c, req *r, int status, const char *ctype, const char *text,
+                                 size_t len)
+{
+    void *b = malloc(len ? len : 1);
+    if (!b)
+        return MHD_NO;
+    memcpy(b, text, len);
+    return send_buffer(c, r, status, b, len, ctype);
+}
+
 /* body (taken over) as the answer: protobuf for a request that wants it on an endpoint that
  * has it, JSON otherwise. */
 enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, json_t *body)
@@ -376,6 +386,12 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
         return nl_srv_send_error(c, r, 404, "not_found", "this node is not in a cluster");
     if (!nl_cluster_key_ok(cl, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Nearline-Cluster-Key")))
         return nl_srv_send_error(c, r, 401, "unauthorized", "internal calls need the cluster key (X-Nearline-Cluster-Key)");
+    if (n == 3 && !strcmp(seg[1], "v1") && !strcmp(seg[2], "node")) { /* this node's own report (status.c) */
+        if (strcmp(method, "GET"))
+            return nl_srv_send_error(c, r, 405, "method_not_allowed", "use GET");
+        json_t *out = NULL;
+        return nl_srv_send_cluster(c, r, nl_cluster_node_status(cl, &out), &out);
+    }
     if (n < 4 || strcmp(seg[1], "v1") || strcmp(seg[2], "collections"))
         return nl_srv_send_error(c, r, 404, "not_found", "no such internal endpoint");
     const char *name = seg[3];
@@ -519,6 +535,14 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
     }
     if (n >= 1 && !strcmp(seg[0], "internal"))
         return route_internal(s, c, r, seg, n, method);
+    if (n == 1 && !strcmp(seg[0], "ui") && get) {
+        /* the status page: static, no data in it (it fetches /v1/cluster, with the API key
+         * the operator gives it), so it needs no key itself */
+        r->endpoint = EP_OTHER;
+        if (!s->opt.cluster)
+            return nl_srv_send_error(c, r, 404, "not_found", "this node runs alone (no --zookeeper): no cluster to show");
+        return nl_srv_send_text(c, r, 200, "text/html; charset=utf-8", nl_ui_page, nl_ui_page_len);
+    }
     if (n == 2 && !strcmp(seg[0], "v1") && !strcmp(seg[1], "cluster") && get) {
         r->endpoint = EP_OTHER;
         if (check_auth(s, c, r, ROLE_READ, &res))

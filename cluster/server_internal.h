@@ -76,6 +76,12 @@ typedef struct {
 /* Responses: each queues the answer (taking over body) and returns MHD's result. */
 nl_api_endpoint nl_srv_api_ep(int e);
 enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, json_t *body);
+/* text (copied) as the answer with its content type. */
+enum MHD_Result nl_srv_send_text(struct MHD_Connection *c, req *r, int status, const char *ctype, const char *text,
+                                 size_t len);
+/* The status page (ui.c). */
+extern const char nl_ui_page[];
+extern const size_t nl_ui_page_len;
 enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int rc, const char *what);

@@ -87,9 +87,10 @@ static int get_u32(json_t *o, const char *k, uint32_t lo, uint32_t hi, uint32_t 
 
 char *nl_node_info_encode(const nl_node_info *n)
 {
-    return dump(json_pack("{s:s,s:s,s:b,s:I,s:I,s:f,s:i,s:s,s:I}", "id", n->id, "address", n->address, "tls", n->tls,
-                          "disk_free", (json_int_t)n->disk_free, "ram", (json_int_t)n->ram, "load", n->load, "shards",
-                          (int)n->shards, "version", n->version, "started_ms", (json_int_t)n->started_ms));
+    return dump(json_pack("{s:s,s:s,s:b,s:I,s:I,s:I,s:f,s:i,s:s,s:I}", "id", n->id, "address", n->address, "tls",
+                          n->tls, "disk_free", (json_int_t)n->disk_free, "used_bytes", (json_int_t)n->used_bytes, "ram",
+                          (json_int_t)n->ram, "load", n->load, "shards", (int)n->shards, "version", n->version,
+                          "started_ms", (json_int_t)n->started_ms));
 }
 
 int nl_node_info_decode(const char *buf, size_t len, nl_node_info *n)
@@ -117,6 +118,9 @@ int nl_node_info_decode(const char *buf, size_t len, nl_node_info *n)
         uint64_t t = 0;
         if (get_u64(j, "started_ms", 0, UINT64_MAX >> 1, &t, w) == 0)
             n->started_ms = t;
+        t = 0; /* optional: a node from before moves reports none */
+        if (get_u64(j, "used_bytes", 0, UINT64_MAX >> 1, &t, w) == 0)
+            n->used_bytes = t;
         nl_clear_errdetail();
         rc = nl_node_id_check(n->id) ? NL_ECORRUPT : 0;
     }
@@ -153,7 +157,7 @@ int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collect
     if (!rc) rc = get_str(j, "uid", c->uid, sizeof c->uid, w);
     if (!rc) rc = get_u32(j, "dim", 1, 65535, &g->dim, w);
     if (!rc) rc = get_u32(j, "shards", 1, NL_MAX_SHARDS, &g->shards, w);
-    if (!rc) rc = get_u32(j, "replicas", 1, NL_MAX_REPLICAS, &c->replicas, w);
+    if (!rc) rc = get_u32(j, "replicas", 1, NL_MAX_RF, &c->replicas, w);
     if (!rc) rc = get_str(j, "metric", metric, sizeof metric, w);
     if (!rc) rc = get_str(j, "dtype", dtype, sizeof dtype, w);
     if (!rc && nl_metric_parse(metric, &g->metric)) rc = nl_fail(NL_ECORRUPT, "%s: unknown metric", w);
@@ -206,9 +210,13 @@ char *nl_shard_map_encode(const nl_shard_map *m)
             json_array_append_new(r, json_string(e->replicas[i]));
         for (uint32_t i = 0; i < e->nin_sync; i++)
             json_array_append_new(in, json_string(e->in_sync[i]));
-        json_array_append_new(a, json_pack("{s:i,s:I,s:s,s:o,s:o,s:s}", "shard", (int)s, "epoch", (json_int_t)e->epoch,
-                                           "primary", e->primary, "replicas", r, "in_sync", in, "state",
-                                           nl_shard_state_name(e->state)));
+        json_t *o = json_pack("{s:i,s:I,s:s,s:o,s:o,s:s}", "shard", (int)s, "epoch", (json_int_t)e->epoch, "primary",
+                              e->primary, "replicas", r, "in_sync", in, "state", nl_shard_state_name(e->state));
+        if (e->state == NL_SHARD_MOVING)
+            json_object_set_new(o, "move", json_pack("{s:s,s:s,s:I,s:I,s:s}", "from", e->move.from, "to", e->move.to,
+                                                     "id", (json_int_t)e->move.id, "started_ms",
+                                                     (json_int_t)e->move.started_ms, "reason", e->move.reason));
+        json_array_append_new(a, o);
     }
     return dump(json_pack("{s:s,s:s,s:o}", "collection", m->collection, "uid", m->uid, "shards", a));
 }
@@ -281,6 +289,21 @@ int nl_shard_map_decode(const char *buf, size_t len, nl_shard_map *m)
         m->nshards = (uint32_t)s + 1;
         if (!rc && !nl_shard_map_in_sync(m, (uint32_t)s, e->primary))
             rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: the primary is not in sync", w, s);
+        json_t *mv = json_object_get(o, "move");
+        if (!rc && (e->state == NL_SHARD_MOVING) != (mv != NULL))
+            rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: a \"move\" exactly when the state is moving", w, s);
+        if (!rc && mv) {
+            nl_shard_move *x = &e->move;
+            if (!json_is_object(mv)) rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: \"move\" is not an object", w, s);
+            if (!rc) rc = get_str(mv, "from", x->from, sizeof x->from, w);
+            if (!rc) rc = get_str(mv, "to", x->to, sizeof x->to, w);
+            if (!rc) rc = get_u64(mv, "id", 0, UINT64_MAX >> 1, &x->id, w);
+            if (!rc) rc = get_u64(mv, "started_ms", 0, UINT64_MAX >> 1, &x->started_ms, w);
+            if (!rc) rc = get_str(mv, "reason", x->reason, sizeof x->reason, w);
+            if (!rc && (!nl_shard_map_holds(m, (uint32_t)s, x->to) || !nl_shard_map_holds(m, (uint32_t)s, x->from) ||
+                        !strcmp(x->from, x->to)))
+                rc = nl_fail(NL_ECORRUPT, "%s: shard %zu: a move's from and to must be two of its replicas", w, s);
+        }
     }
     json_decref(j);
     return rc;
@@ -348,7 +371,7 @@ int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t 
         return nl_fail(NL_EINVAL, "no live node to place shards on");
     if (nnodes > NL_MAX_NODES)
         nnodes = NL_MAX_NODES;
-    if (c->replicas < 1 || c->replicas > NL_MAX_REPLICAS || c->replicas > nnodes)
+    if (c->replicas < 1 || c->replicas > NL_MAX_RF || c->replicas > nnodes)
         return nl_fail(NL_EINVAL, "%u replicas need as many live nodes; %zu are live", c->replicas, nnodes);
     if (c->cfg.shards < 1 || c->cfg.shards > NL_MAX_SHARDS)
         return nl_fail(NL_EINVAL, "shards must be 1..%d", NL_MAX_SHARDS);
@@ -379,5 +402,81 @@ int nl_shard_map_place(const nl_node_info *nodes, size_t nnodes, const uint32_t 
         memcpy(e->in_sync, e->replicas, sizeof e->in_sync);     /* all empty: all in sync */
         e->nin_sync = e->nreplicas;
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- moves */
+
+static void drop_name(char (*list)[NL_NODE_ID_MAX], uint32_t *n, const char *id)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (!strcmp(list[i], id)) {
+            memmove(list[i], list[i + 1], (size_t)(*n - i - 1) * NL_NODE_ID_MAX);
+            (*n)--;
+            memset(list[*n], 0, NL_NODE_ID_MAX);
+            return;
+        }
+}
+
+int nl_shard_map_move_begin(nl_shard_map *m, uint32_t s, const char *from, const char *to, uint64_t id,
+                            uint64_t now_ms, const char *reason)
+{
+    if (s >= m->nshards)
+        return nl_fail(NL_EINVAL, "no shard %u", s);
+    nl_shard_entry *e = &m->shard[s];
+    if (e->state != NL_SHARD_ACTIVE)
+        return nl_fail(NL_EINVAL, "shard %u is %s", s, nl_shard_state_name(e->state));
+    if (nl_node_id_check(to) || !nl_shard_map_holds(m, s, from))
+        return nl_fail(NL_EINVAL, "node %s holds no replica of shard %u", from, s);
+    if (nl_shard_map_holds(m, s, to))
+        return nl_fail(NL_EINVAL, "node %s already holds a replica of shard %u", to, s);
+    if (e->nreplicas >= NL_MAX_REPLICAS)
+        return nl_fail(NL_EINVAL, "shard %u lists %u replicas already", s, e->nreplicas);
+    snprintf(e->replicas[e->nreplicas++], NL_NODE_ID_MAX, "%s", to);
+    e->state = NL_SHARD_MOVING;
+    memset(&e->move, 0, sizeof e->move);
+    snprintf(e->move.from, sizeof e->move.from, "%s", from);
+    snprintf(e->move.to, sizeof e->move.to, "%s", to);
+    snprintf(e->move.reason, sizeof e->move.reason, "%s", reason ? reason : "operator");
+    e->move.id = id;
+    e->move.started_ms = now_ms;
+    return 0;
+}
+
+int nl_shard_map_move_rollback(nl_shard_map *m, uint32_t s)
+{
+    if (s >= m->nshards || m->shard[s].state != NL_SHARD_MOVING)
+        return nl_fail(NL_EINVAL, "shard %u is not moving", s);
+    nl_shard_entry *e = &m->shard[s];
+    if (nl_shard_map_in_sync(m, s, e->move.to))
+        return nl_fail(NL_EINVAL, "shard %u: %s is in sync; it leaves the in-sync set first", s, e->move.to);
+    drop_name(e->replicas, &e->nreplicas, e->move.to);
+    e->state = NL_SHARD_ACTIVE;
+    memset(&e->move, 0, sizeof e->move);
+    return 0;
+}
+
+int nl_shard_map_move_finish(nl_shard_map *m, uint32_t s)
+{
+    if (s >= m->nshards || m->shard[s].state != NL_SHARD_MOVING)
+        return nl_fail(NL_EINVAL, "shard %u is not moving", s);
+    nl_shard_entry *e = &m->shard[s];
+    if (!nl_shard_map_in_sync(m, s, e->move.to))
+        return nl_fail(NL_EINVAL, "shard %u: %s is not in sync yet", s, e->move.to);
+    if (!strcmp(e->primary, e->move.from)) {
+        memcpy(e->primary, e->move.to, sizeof e->primary);
+        e->epoch++;
+    }
+    drop_name(e->replicas, &e->nreplicas, e->move.from);
+    drop_name(e->in_sync, &e->nin_sync, e->move.from);
+    for (uint32_t i = 1; i < e->nreplicas; i++) /* primary first */
+        if (!strcmp(e->replicas[i], e->primary)) {
+            char t[NL_NODE_ID_MAX];
+            memcpy(t, e->replicas[0], sizeof t);
+            memcpy(e->replicas[0], e->replicas[i], sizeof t);
+            memcpy(e->replicas[i], t, sizeof t);
+        }
+    e->state = NL_SHARD_ACTIVE;
+    memset(&e->move, 0, sizeof e->move);
     return 0;
 }

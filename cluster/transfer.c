@@ -174,6 +174,22 @@ static int send_piece(repl_link *l, const snap_file *f, uint64_t off, int fd, un
     if (ZSTD_isError(zn))
         return -EIO;
     uint32_t crc = nl_crc32c(0, raw, n);
+    /* the rate limit: pieces of all copies this node sends share it (a move must leave the
+     * disk and the network to searches) */
+    nl_cluster *cl = r->cl;
+    if (cl->move_rate_bps) {
+        pthread_mutex_lock(&cl->pace_mu);
+        uint64_t t = nl_now_ns(), at = cl->pace_next_ns > t ? cl->pace_next_ns : t;
+        cl->pace_next_ns = at + (uint64_t)n * 1000000000ull / cl->move_rate_bps;
+        pthread_mutex_unlock(&cl->pace_mu);
+        while (at > nl_now_ns() && !atomic_load(&l->stop)) {
+            uint64_t w = at - nl_now_ns();
+            struct timespec ts = {0, (long)(w > 50000000 ? 50000000 : w)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    uint64_t nth = atomic_fetch_add(&cl->pieces_sent, 1) + 1;
+    int spoil = cl->fault_corrupt_every && nth % cl->fault_corrupt_every == 0;
     char meta[512];
     int jl = snprintf(meta, sizeof meta, "{\"id\":\"%s\",\"file\":\"%s\",\"offset\":%llu,\"size\":%zu,\"total\":%llu,"
                       "\"crc\":%u}", l->snap->id, f->name, (unsigned long long)off, n, (unsigned long long)f->size, crc);
@@ -184,6 +200,12 @@ static int send_piece(repl_link *l, const snap_file *f, uint64_t off, int fd, un
     memcpy(start + 4, meta, (size_t)jl);
     char path[400];
     snprintf(path, sizeof path, "/internal/v1/collections/%s/shards/%u/snapshot-chunk", r->coll, r->s);
+    if (spoil) { /* the test hook: one byte flipped, or the piece cut short (every other time) */
+        if ((nth / cl->fault_corrupt_every) % 2)
+            zn = zn > 8 ? zn / 2 : zn;
+        else
+            z[4 + 512 + zn / 2] ^= 0x5a;
+    }
     json_t *a = NULL;
     int st = cl_link_call(r->cl, &l->e, l->peer, path, start, 4 + (size_t)jl + zn, NULL, 30000, &a);
     json_int_t h = json_integer_value(json_object_get(a, "have"));
@@ -214,6 +236,14 @@ int cl_snapshot_send(repl_link *l)
         json_decref(a);
         return -EIO;
     }
+    pthread_mutex_lock(&r->mu);
+    l->snap_total = l->snap_done = 0;
+    for (size_t i = 0; i < o->nfiles; i++) {
+        uint64_t off = (uint64_t)json_integer_value(json_object_get(have, o->files[i].name));
+        l->snap_total += o->files[i].size;
+        l->snap_done += off < o->files[i].size ? off : o->files[i].size;
+    }
+    pthread_mutex_unlock(&r->mu);
     unsigned char *raw = malloc(CHUNK);
     size_t zcap = ZSTD_compressBound(CHUNK) + 4 + 512;
     unsigned char *z = malloc(zcap);
@@ -235,9 +265,16 @@ int cl_snapshot_send(repl_link *l)
             uint64_t got = 0;
             int s2 = send_piece(l, f, off, fd, raw, z, zcap, &got, &sent);
             if (s2 == 200 || (s2 == 409 && got <= f->size)) {
+                pthread_mutex_lock(&r->mu);
+                l->snap_done += got > off ? got - off : 0;
+                pthread_mutex_unlock(&r->mu);
                 off = got;
                 bad = 0;
             } else if (s2 == 400 && ++bad < 3) {
+                atomic_fetch_add(&cl->pieces_resent, 1);
+                cl_log(cl, 2, "\"event\":\"snapshot_piece_resent\",\"collection\":\"%s\",\"shard\":%u,\"follower\":"
+                       "\"%s\",\"file\":\"%s\",\"offset\":%llu,\"message\":\"the follower refused the piece (its checksum or "
+                       "size did not match): sent again\"", r->coll, r->s, l->peer, f->name, (unsigned long long)off);
                 continue; /* the checksum failed on the way: the same piece again */
             } else {
                 rc = -EIO;

@@ -1083,6 +1083,31 @@ int nl_collection_shard_checkpoint(nl_collection *c, uint32_t s, const char *dir
     return sh ? leave_shard(c, nl_shard_checkpoint(sh, dir, at)) : rc;
 }
 
+int nl_collection_shard_detach(nl_collection *c, uint32_t s)
+{
+    pthread_rwlock_wrlock(&c->swap);
+    nl_shard *old;
+    int rc = live_shard(c, s, &old);
+    if (!rc) {
+        char sdir[4400], trash[4400];
+        snprintf(sdir, sizeof sdir, "%s/%u", c->dir, s);
+        snprintf(trash, sizeof trash, "%s/.trash-shard-%u", c->dir, s);
+        nl_shard_close(old);
+        __atomic_store_n(&c->shards[s], NULL, __ATOMIC_RELEASE);
+        /* renamed first, so a crash mid-removal leaves a trash directory (removed at the
+         * next open) rather than half a shard that would open */
+        nl_remove_tree(trash);
+        if (rename(sdir, trash) == 0) {
+            nl_fsync_dir(c->dir);
+            nl_remove_tree(trash);
+        } else {
+            rc = nl_fail(-errno, "cannot remove %s: %s", sdir, strerror(errno));
+        }
+    }
+    pthread_rwlock_unlock(&c->swap);
+    return rc;
+}
+
 int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
 {
     pthread_rwlock_wrlock(&c->swap);

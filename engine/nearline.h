@@ -62,6 +62,12 @@ typedef struct {
     uint32_t io_spin_us;           /* a search polls its ring this long before sleeping;
                                     * 0 = 100; a server whose threads outnumber the CPUs
                                     * wants 1 (see nl_io.h) */
+    /* Asked before a background compaction of a shard (shard_dir: its directory) with
+     * begin 1: 0 lets it run, anything else defers it (asked again a second later); called
+     * with begin 0 when a compaction it let run has ended. NULL: always run. Called from
+     * maintenance threads; a cluster node uses it to stagger the replicas of a shard. */
+    int (*compact_gate)(void *ctx, const char *shard_dir, int begin);
+    void *compact_gate_ctx;
 } nl_db_options;
 
 /* Opens (creating when missing) the database directory. Leftovers of interrupted
@@ -218,6 +224,11 @@ int nl_collection_create_shards(nl_db *db, const char *name, const nl_collection
 int nl_collection_shard_attach(nl_collection *c, uint32_t s);
 /* 1 when shard s is held here. */
 int nl_collection_shard_held(const nl_collection *c, uint32_t s);
+/* Stops holding shard s and removes its files: waits until no call holds the shard (the
+ * same exclusion as nl_collection_shard_install), closes it and deletes its directory.
+ * A cluster node does this once the shard map has moved the shard elsewhere. 0, or
+ * NL_ENOTFOUND when it is not held. */
+int nl_collection_shard_detach(nl_collection *c, uint32_t s);
 /* The calls above on shard s only. A point or id of another shard is NL_EINVAL (nothing
  * written); a shard not held is NL_ENOTFOUND. */
 int nl_collection_shard_upsert(nl_collection *c, uint32_t s, const nl_point *pts, size_t n);

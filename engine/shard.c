@@ -980,8 +980,17 @@ static void *bg_compact_main(void *arg)
 {
     nl_shard *sh = arg;
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) { /* best effort */ }
+    uint64_t deferred_until = 0;
     while (bg_wait(sh)) {
-        int rc = sh_compaction_due(sh) ? nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL) : 0;
+        if (!sh_compaction_due(sh) || nl_now_ns() < deferred_until)
+            continue;
+        if (sh->opt.compact_gate && sh->opt.compact_gate(sh->opt.compact_gate_ctx, sh->dir, 1) != 0) {
+            deferred_until = nl_now_ns() + 1000000000ull; /* another replica or shard is compacting */
+            continue;
+        }
+        int rc = nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL);
+        if (sh->opt.compact_gate)
+            sh->opt.compact_gate(sh->opt.compact_gate_ctx, sh->dir, 0);
         if (rc)
             bg_failed(sh, rc);
     }

@@ -11,6 +11,7 @@ BUILD_PKGS=(
   libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev libzookeeper-mt-dev
   zookeeper default-jre-headless prometheus
   curl openssl zstd iproute2
+  chromium
   libcriterion-dev
   python3 python3-numpy
 )

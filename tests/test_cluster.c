@@ -126,8 +126,9 @@ Test(cluster, a_new_empty_node_takes_the_new_shards)
 
 static const char *good_map =
     "{\"collection\":\"c\",\"uid\":\"ab\",\"shards\":[{\"shard\":0,\"epoch\":3,\"primary\":\"n1\",\"replicas\":"
-    "[\"n1\",\"n2\"],\"state\":\"active\"},{\"shard\":1,\"epoch\":1,\"primary\":\"n2\",\"replicas\":[\"n2\"],"
-    "\"state\":\"moving\"}]}";
+    "[\"n1\",\"n2\"],\"state\":\"active\"},{\"shard\":1,\"epoch\":1,\"primary\":\"n2\",\"replicas\":[\"n2\",\"n3\"],"
+    "\"in_sync\":[\"n2\"],\"state\":\"moving\",\"move\":{\"from\":\"n2\",\"to\":\"n3\",\"id\":5,\"started_ms\":1,"
+    "\"reason\":\"operator\"}}]}";
 
 static void check_map_invariants(const nl_shard_map *m)
 {

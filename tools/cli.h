@@ -38,5 +38,6 @@ int cmd_inspect(int argc, char **argv);
 int cmd_compact(int argc, char **argv);
 int cmd_groundtruth(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_cluster(int argc, char **argv);
 
 #endif

@@ -37,7 +37,9 @@ static int help(FILE *f)
             "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
             "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
             "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]\n"
-            "          [--replica-timeout-ms MS] [--repl-log-bytes SIZE] [--repl-log-age-s S]]\n"
+            "          [--replica-timeout-ms MS] [--repl-log-bytes SIZE] [--repl-log-age-s S]\n"
+            "          [--move-rate-mb MB] [--moves-per-node N] [--move-drift N] [--replace-after-s S]\n"
+            "          [--compactions-per-node N]]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
             "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
             "Background maintenance, per shard: a flush when the fresh index holds --flush-points points\n"
@@ -51,7 +53,12 @@ static int help(FILE *f)
             "progress for --replica-timeout-ms (3000) leaves the in-sync set; a primary fails over once its\n"
             "ZooKeeper session (--session-timeout-ms, 6000) ends. Each shard's operation log is trimmed past\n"
             "--repl-log-bytes (256M) or --repl-log-age-s (3600), never past what an in-sync follower needs;\n"
-            "a follower left behind that is caught up by a snapshot copy.\n");
+            "a follower left behind that is caught up by a snapshot copy.\n"
+            "Moves (the coordinator's): a rebalance when node replica counts differ by more than --move-drift (1)\n"
+            "or a node holds 1.5x the mean bytes; a node takes part in --moves-per-node (1) moves at once; the\n"
+            "replicas of a node gone --replace-after-s (300) are re-created elsewhere; snapshot copies are sent\n"
+            "at --move-rate-mb MB/s per node (0: no limit). --compactions-per-node (1): background compactions\n"
+            "at once, and one replica of a shard at a time cluster-wide.\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -66,6 +73,32 @@ static void log_fwd(void *ctx, int level, const char *fields)
     else if (level >= NL_LOG_INFO)
         fprintf(stderr, "{\"level\":\"%s\",%s}\n", level >= NL_LOG_ERROR ? "error" : level >= NL_LOG_WARN ? "warn" : "info",
                 fields);
+}
+
+/* The engine's compaction gate: the cluster's once it has started (the database opens
+ * first); until then, and after it stops, compactions wait. */
+static nl_cluster *gate_cl;
+static pthread_rwlock_t gate_lock = PTHREAD_RWLOCK_INITIALIZER;
+static int compact_gate(void *ctx, const char *dir, int begin)
+{
+    (void)ctx;
+    pthread_rwlock_rdlock(&gate_lock);
+    int rc = gate_cl ? nl_cluster_compact_gate(gate_cl, dir, begin) : (begin ? -EAGAIN : 0);
+    pthread_rwlock_unlock(&gate_lock);
+    return rc;
+}
+
+static void gate_set(nl_cluster *cl)
+{
+    pthread_rwlock_wrlock(&gate_lock);
+    gate_cl = cl;
+    pthread_rwlock_unlock(&gate_lock);
+}
+
+static void cluster_stop(nl_cluster *cl)
+{
+    gate_set(NULL); /* no compaction asks a cluster being freed */
+    nl_cluster_stop(cl);
 }
 
 /* The cluster key: the first line of path, 16..500 characters. */
@@ -91,7 +124,8 @@ int cmd_serve(int argc, char **argv)
     const char *C = "serve";
     const char *db = NULL, *listen = "127.0.0.1:7700", *level = "info";
     const char *zk = NULL, *node_id = NULL, *advertise = NULL, *root = NULL, *key_file = NULL;
-    uint32_t session_ms = 0, peer_conns = 0, replica_ms = 0, log_age_s = 0;
+    uint32_t session_ms = 0, peer_conns = 0, replica_ms = 0, log_age_s = 0, move_mb = 0, moves_pn = 0, drift = 0,
+             replace_s = 0, compactions = 0;
     uint64_t log_bytes = 0;
     nl_server_options so;
     memset(&so, 0, sizeof so);
@@ -104,7 +138,9 @@ int cmd_serve(int argc, char **argv)
         {"compact-dead-ratio", 1, 0, 'R'}, {"compact-max-segments", 1, 0, 'S'}, {"advertise", 1, 0, 'v'},
         {"cluster-root", 1, 0, 'r'}, {"cluster-key", 1, 0, 'y'}, {"session-timeout-ms", 1, 0, 'T'},
         {"peer-connections", 1, 0, 'P'}, {"replica-timeout-ms", 1, 0, 'E'}, {"repl-log-bytes", 1, 0, 'G'},
-        {"repl-log-age-s", 1, 0, 'H'}, {"help", 0, 0, 'h'},
+        {"repl-log-age-s", 1, 0, 'H'}, {"move-rate-mb", 1, 0, 'M'}, {"moves-per-node", 1, 0, 'N'},
+        {"move-drift", 1, 0, 'D'}, {"replace-after-s", 1, 0, 'X'}, {"compactions-per-node", 1, 0, 'C'},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
     memset(&dopt, 0, sizeof dopt);
@@ -137,6 +173,11 @@ int cmd_serve(int argc, char **argv)
         case 'E': if (cli_u32(C, "--replica-timeout-ms", optarg, 100, 600000, &replica_ms)) return 2; break;
         case 'G': if (cli_size(C, "--repl-log-bytes", optarg, &log_bytes)) return 2; break;
         case 'H': if (cli_u32(C, "--repl-log-age-s", optarg, 1, 30 * 86400, &log_age_s)) return 2; break;
+        case 'M': if (cli_u32(C, "--move-rate-mb", optarg, 0, 100000, &move_mb)) return 2; break;
+        case 'N': if (cli_u32(C, "--moves-per-node", optarg, 1, 64, &moves_pn)) return 2; break;
+        case 'D': if (cli_u32(C, "--move-drift", optarg, 1, 100000, &drift)) return 2; break;
+        case 'X': if (cli_u32(C, "--replace-after-s", optarg, 1, 30 * 86400, &replace_s)) return 2; break;
+        case 'C': if (cli_u32(C, "--compactions-per-node", optarg, 1, 64, &compactions)) return 2; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -198,6 +239,10 @@ int cmd_serve(int argc, char **argv)
     /* The pool has more threads than CPUs (searches wait on disk): polling the ring
      * would take the CPU from the threads that have work. */
     dopt.io_spin_us = 1;
+    if (zk) {
+        dopt.compact_gate = compact_gate;
+        dopt.compact_gate_ctx = NULL;
+    }
     int rc = nl_db_open(db, &dopt, &dbh);
     if (rc) {
         cli_error(C, rc, "cannot open database %s", db);
@@ -211,19 +256,22 @@ int cmd_serve(int argc, char **argv)
                                  .tls_ca = so.tls_cert_path, .session_ms = session_ms,
                                  .peer_connections = peer_conns, .replica_timeout_ms = replica_ms,
                                  .log_max_bytes = log_bytes, .log_max_age_ms = (uint64_t)log_age_s * 1000,
-                                 .db = dbh, .log = log_fwd};
+                                 .move_rate_bps = (uint64_t)move_mb << 20, .moves_per_node = moves_pn,
+                                 .move_drift = drift, .replace_after_ms = (uint64_t)replace_s * 1000,
+                                 .compactions_per_node = compactions, .db = dbh, .log = log_fwd};
         if ((rc = nl_cluster_start(&co, &cl)) != 0) {
             cli_error(C, rc, "cannot join the cluster");
             nl_db_close(dbh);
             return rc == NL_EINVAL ? 2 : 1;
         }
         so.cluster = cl;
+        gate_set(cl);
     }
     memset(key, 0, sizeof key);
     nl_server *srv;
     if ((rc = nl_server_start(dbh, &so, &srv)) != 0) {
         cli_error(C, rc, "cannot start the server");
-        nl_cluster_stop(cl);
+        cluster_stop(cl);
         nl_db_close(dbh);
         return 1;
     }
@@ -243,7 +291,7 @@ int cmd_serve(int argc, char **argv)
                   : root ? root : "/nearline");
         nl_server_quiesce(srv);
         nl_server_stop(srv);
-        nl_cluster_stop(cl);
+        cluster_stop(cl);
         nl_db_close(dbh);
         return 1;
     }
@@ -259,7 +307,7 @@ int cmd_serve(int argc, char **argv)
     signal(SIGINT, SIG_DFL);
     nl_server_stop(srv);
     atomic_store(&log_srv, NULL);
-    nl_cluster_stop(cl);
+    cluster_stop(cl);
     char **names;
     size_t n;
     if (nl_collection_list(dbh, &names, &n) == 0) {

@@ -117,7 +117,8 @@ static void usage(FILE *f)
             "  verify     check every segment end to end and the id map against them\n"
             "  inspect    print collection configuration and statistics as JSON\n"
             "  compact    merge segments and purge deleted points (--dry-run: just say)\n"
-            "  serve      serve the database over HTTP/JSON (API keys, TLS, metrics)\n"
+            "  serve      serve the database over HTTP/JSON (API keys, TLS, metrics); --zookeeper: a cluster node\n"
+            "  cluster    a cluster's state (status, nodes, shards) and moves, drains, rebalances\n"
             "  groundtruth  exact k-NN of a query file by brute force, written as ivecs\n"
             "  gen        generate a clustered synthetic dataset, queries and exact ground truth\n"
             "  mem-bench  build an in-memory Vamana index over a file and sweep search list sizes\n"
@@ -140,6 +141,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "compact")) return cmd_compact(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "cluster")) return cmd_cluster(argc - 1, argv + 1);
     if (!strcmp(cmd, "groundtruth")) return cmd_groundtruth(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);

@@ -64,6 +64,7 @@ class Node:
         self.db = db or os.path.join(cluster.dir, "db-" + node_id)
         self.log = os.path.join(cluster.dir, "log-" + node_id)
         self.proc = None
+        self.ready = False  # set once /readyz answered after the last start
 
     tls = False
 
@@ -71,7 +72,8 @@ class Node:
     def url(self):
         return "%s://%s:%d" % ("https" if self.tls else "http", self.host, self.port)
 
-    def start(self, extra=(), wait_ready=True, zookeeper=None):
+    def start(self, extra=(), wait_ready=True, zookeeper=None, env=None):
+        self.ready = False
         args = [self.cluster.nearline, "serve", "--db", self.db, "--listen", "%s:%d" % (self.host, self.port),
                 "--zookeeper", zookeeper or self.cluster.zk, "--node-id", self.id, "--session-timeout-ms",
                 str(self.cluster.session_ms), "--threads", "16", "--log-level", "info"]
@@ -81,7 +83,7 @@ class Node:
         if self.netns:
             args = ["ip", "netns", "exec", self.netns] + args
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=dict(os.environ, **(env or {})))
         self.cluster.procs.append(self.proc)
         if wait_ready:
             self.wait_ready()
@@ -94,16 +96,19 @@ class Node:
                 raise AssertionError("node %s exited (%s): %s" % (self.id, self.proc.returncode, self.tail()))
             st, _ = http("GET", self.url + "/readyz", timeout=2)
             if st == 200:
+                self.ready = True
                 return
             time.sleep(0.1)
         raise AssertionError("node %s not ready in %ss: %s" % (self.id, timeout, self.tail()))
 
     def kill(self):
+        self.ready = False
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
     def stop(self):
+        self.ready = False
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

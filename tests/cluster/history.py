@@ -86,7 +86,7 @@ class Workload:
     to a random node of urls() (the nodes believed up)."""
 
     def __init__(self, urls, collection, shards, clients=3, ids=900, batch=12, deletes=0.2, timeout=20, seed=7,
-                 run=None, reader=True, share=None):
+                 run=None, reader=True, share=None, retries=0):
         self.urls, self.coll, self.shards = urls, collection, shards
         self.clients, self.ids, self.batch, self.deletes, self.timeout = clients, ids, batch, deletes, timeout
         self.h = share.h if share else History()
@@ -97,6 +97,9 @@ class Workload:
         self.with_reader = reader
         self.seed = seed
         self.search_stats = {"ok": 0, "failed": 0, "partial": 0}
+        self.retries = retries  # a write not answered 200 is sent again (same versions), as a client would
+        self.write_stats = {"ok": 0, "retried": 0, "failed": 0}
+        self.failures = []
         self.read_problems = []
 
     def start(self):
@@ -137,8 +140,16 @@ class Workload:
                 body = {"ids": ids}
                 path = "/v1/collections/%s/points/delete" % self.coll
             self.h.issue(ids, kind, vs)
-            url = self._pick()
-            st, ans = http("POST", url + path, body, timeout=self.timeout) if url else (0, None)
+            for attempt in range(self.retries + 1):
+                url = self._pick()
+                st, ans = http("POST", url + path, body, timeout=self.timeout) if url else (0, None)
+                if st == 200 or attempt == self.retries or self.stop_ev.is_set():
+                    break
+                self.write_stats["retried"] += 1
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))  # backing off, as a client does
+            self.write_stats["ok" if st == 200 else "failed"] += 1
+            if st != 200 and len(self.failures) < 20:
+                self.failures.append((st, ans))
             if st == 200:
                 outcomes = ["ok"] * len(ids)
             elif st == 503 and isinstance(ans, dict) and isinstance(ans.get("failed_shards"), list):
@@ -165,6 +176,9 @@ class Workload:
             self.search_stats["ok"] += 1
             if ans.get("partial"):
                 self.search_stats["partial"] += 1
+                if len(self.read_problems) < 50 and self.retries:  # tests that allow none say why
+                    self.partial_why = getattr(self, "partial_why", []) + [(ans.get("missing_shards"),
+                                                                             ans.get("missing_reason"))]
             res = ans.get("results", [])
             ids = [r["id"] for r in res]
             if len(ids) != len(set(ids)):

@@ -1,0 +1,458 @@
+/*
+ * moves.c — moving shard replicas between nodes (docs/cluster.md, "Moves"), and the
+ * cluster-wide stagger of compactions.
+ *
+ * A move of shard s's replica from node A to node B is recorded in the shard's map entry
+ * (nl_shard_move) and goes through these states, each a versioned map write:
+ *
+ *   planned   the coordinator adds B to the replicas (not in sync) with the move record;
+ *   copying   the primary's link to B finds it empty and sends a snapshot (transfer.c:
+ *             zstd pieces with a CRC-32C each, resumable, at --move-rate-mb), then
+ *             streams the log from the snapshot's sequence;
+ *   joined    the primary adds B to the in-sync set once it has caught up (its usual
+ *             rule, replication.c): from now on writes wait for B too;
+ *   finished  the primary removes A from the replicas and the in-sync set and clears the
+ *             record (cl_move_step). When A is the primary itself, it first hands its
+ *             role over: it stops ordering new writes, waits until every other in-sync
+ *             member has applied its whole log, and writes the map with B as primary at
+ *             epoch + 1 and the in-sync set without A — every member of which then holds
+ *             every write A acknowledged. Writers that waited meanwhile are retried by
+ *             the router at B.
+ *
+ * The in-sync set therefore never falls below the replication factor during a planned
+ * move: B joins it before A leaves. Abandoning a move (B died, or was drained): the
+ * coordinator removes B from the replicas once the primary has taken it out of the
+ * in-sync set (its own timeout rule), never before, so a write acknowledged with B in the
+ * quorum is never left on fewer members than the rules need. Because the whole state is
+ * in the map, a new coordinator or a new primary (after a failover) carries on from it.
+ *
+ * The coordinator's side (cl_moves_coordinate, each pass of the elected coordinator):
+ * track nodes missing from /nodes (replaced after --replace-after-s), read the drained
+ * nodes and a rebalance request, roll back moves whose target is gone, and plan new moves
+ * with nl_plan_moves (nl_rebalance.h), at most --moves-per-node per node at once.
+ *
+ * Compactions (cl_compact_gate, the engine's nl_db_options.compact_gate): at most
+ * --compactions-per-node at once on a node, and for a shard of several replicas only one
+ * replica at a time, by ZooKeeper's lock recipe (an ephemeral <root>/compacting/<coll>.<s>
+ * znode: whoever creates it compacts; it goes with the session if the node dies). No
+ * coordinator round trip: compaction goes on while the coordinator changes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cluster_internal.h"
+#include "nl_rebalance.h"
+#include "nl_repl.h"
+#include "nl_util.h"
+
+#define HANDOFF_MS 3000       /* a hand-over waits this long for the followers, then gives up */
+#define HANDOFF_RETRY_MS 5000
+#define MAX_PLAN 32
+
+static uint64_t mono_ms(void) { return nl_now_ns() / 1000000u; }
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---------------------------------------------------------------- the primary's part */
+
+/* The move's last map write, from the primary: `from` leaves (B first made primary when
+ * handoff). 0 written; 1 nothing to do (the move is not this one any more); NL_ESTALE no
+ * longer the primary; -EAGAIN not yet allowed; -ESTALE the version moved; NL_EUNAVAILABLE
+ * the answer was lost (it may have landed). */
+static int finish(repl_role *r, uint64_t id, int handoff)
+{
+    nl_cluster *cl = r->cl;
+    cl_coll *c = malloc(sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    int rc = cl_fresh_coll(cl, r->coll, c);
+    if (!rc && (!c->has_map || strcmp(c->cc.uid, r->uid) || r->s >= c->map.nshards))
+        rc = NL_ESTALE;
+    nl_shard_entry *e = rc ? NULL : &c->map.shard[r->s];
+    if (!rc && (e->epoch != r->epoch || strcmp(e->primary, cl->node_id)))
+        rc = NL_ESTALE;
+    if (!rc && (e->state != NL_SHARD_MOVING || e->move.id != id))
+        rc = 1;
+    char from[NL_NODE_ID_MAX] = {0}, to[NL_NODE_ID_MAX] = {0};
+    if (!rc) {
+        memcpy(from, e->move.from, sizeof from);
+        memcpy(to, e->move.to, sizeof to);
+    }
+    if (!rc && !handoff && r->quorum == NL_QUORUM_MAJORITY) {
+        /* under majority `from` may hold writes the rest lack (nl_repl_may_leave) */
+        uint64_t rest[NL_MAX_REPLICAS];
+        pthread_mutex_lock(&r->mu);
+        size_t nr = cl_role_acked_locked(r, e, from, rest);
+        int may = !nl_shard_map_in_sync(&c->map, r->s, from) || nl_repl_may_leave(r->last, rest, nr, r->quorum, r->high);
+        pthread_mutex_unlock(&r->mu);
+        if (!may)
+            rc = -EAGAIN;
+    }
+    if (!rc)
+        rc = nl_shard_map_move_finish(&c->map, r->s);
+    int32_t nv = 0;
+    if (!rc)
+        rc = cl_map_write(cl, &c->map, c->map.version, 0, &nv);
+    if (!rc) {
+        if (!handoff) {
+            pthread_mutex_lock(&r->mu);
+            r->view = c->map.shard[r->s];
+            r->version = nv;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+        }
+        atomic_fetch_add(&cl->moves_finished, 1);
+        if (handoff)
+            atomic_fetch_add(&cl->handoffs, 1);
+        cl_log(cl, 1, "\"event\":\"move_finished\",\"collection\":\"%s\",\"shard\":%u,\"from\":\"%s\",\"to\":\"%s\","
+               "\"id\":%llu,\"primary\":\"%s\",\"epoch\":%llu,\"version\":%d", r->coll, r->s, from, to,
+               (unsigned long long)id, c->map.shard[r->s].primary, (unsigned long long)c->map.shard[r->s].epoch, nv);
+        cl_wake(cl);
+    }
+    free(c);
+    return rc;
+}
+
+/* After a hand-over's map write whose answer was lost: read the map until it says whether
+ * it landed. 1 landed (this role is over), 0 it did not. */
+static int handoff_landed(repl_role *r, repl_link *l)
+{
+    cl_coll *c = malloc(sizeof *c);
+    int landed = -1;
+    for (int i = 0; c && landed < 0 && !atomic_load(&l->stop) && i < 100; i++) {
+        if (cl_fresh_coll(r->cl, r->coll, c) == 0 && c->has_map && r->s < c->map.nshards) {
+            const nl_shard_entry *e = &c->map.shard[r->s];
+            landed = strcmp(c->cc.uid, r->uid) || e->epoch != r->epoch || strcmp(e->primary, r->cl->node_id);
+        } else {
+            struct timespec ts = {0, 200000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    free(c);
+    return landed != 0; /* still unknown: treated as landed (the role stays closed; the map decides) */
+}
+
+void cl_move_step(repl_link *l)
+{
+    repl_role *r = l->role;
+    nl_cluster *cl = r->cl;
+    uint64_t t = mono_ms();
+    pthread_mutex_lock(&r->mu);
+    const nl_shard_entry *e = &r->view;
+    int moving = e->state == NL_SHARD_MOVING && !r->deposed;
+    int ready = 0;
+    for (uint32_t i = 0; moving && i < e->nin_sync; i++)
+        ready |= !strcmp(e->in_sync[i], e->move.to);
+    uint64_t id = e->move.id;
+    int mine = moving && !strcmp(e->move.from, cl->node_id);
+    /* one link drives the move at a time: the one to its target, or the first when the
+     * target is this node (a failover made it primary) */
+    int driver = moving && (!strcmp(l->peer, e->move.to) || (!strcmp(e->move.to, cl->node_id) && l == &r->links[0]));
+    if (!ready || !driver || t < r->move_retry_ms) {
+        if (r->handoff && (!moving || !mine)) { /* the move went away meanwhile */
+            r->handoff = 0;
+            pthread_cond_broadcast(&r->cv);
+        }
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    if (!mine) {
+        pthread_mutex_unlock(&r->mu);
+        int rc = finish(r, id, 0);
+        if (rc == NL_ESTALE)
+            cl_role_deposed(r, "the map has a newer epoch for this shard");
+        else if (rc && rc != 1 && rc != -ESTALE) {
+            pthread_mutex_lock(&r->mu);
+            r->move_retry_ms = mono_ms() + 1000;
+            pthread_mutex_unlock(&r->mu);
+        }
+        return;
+    }
+    /* the role itself moves: hand it over */
+    if (!r->handoff) {
+        r->handoff = 1;
+        r->handoff_ms = t;
+        pthread_mutex_unlock(&r->mu);
+        cl_log(cl, 1, "\"event\":\"handoff_begun\",\"collection\":\"%s\",\"shard\":%u,\"to\":\"%s\",\"epoch\":%llu", r->coll,
+               r->s, e->move.to, (unsigned long long)r->epoch);
+        return;
+    }
+    uint64_t acked[NL_MAX_REPLICAS];
+    size_t na = cl_role_acked_locked(r, e, NULL, acked);
+    int all = r->writing == 0;
+    for (size_t i = 0; i < na; i++)
+        all &= acked[i] >= r->last;
+    if (!all) {
+        if (t - r->handoff_ms > HANDOFF_MS) {
+            r->handoff = 0;
+            r->move_retry_ms = t + HANDOFF_RETRY_MS;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            cl_log(cl, 2, "\"event\":\"handoff_given_up\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"the in-sync "
+                   "followers did not reach the primary's last entry in %d ms; writes go on, tried again later\"",
+                   r->coll, r->s, HANDOFF_MS);
+        } else {
+            pthread_mutex_unlock(&r->mu);
+        }
+        return;
+    }
+    pthread_mutex_unlock(&r->mu);
+    int rc = finish(r, id, 1);
+    int over = rc == 0 || rc == NL_ESTALE || (rc == NL_EUNAVAILABLE && handoff_landed(r, l));
+    if (over) {
+        cl_role_deposed(r, rc == 0 ? "handed over to the move's target" : "the map has a newer epoch for this shard");
+        return;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->handoff = 0;
+    r->move_retry_ms = mono_ms() + (rc == -ESTALE ? 100 : HANDOFF_RETRY_MS);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---------------------------------------------------------------- the coordinator's part */
+
+/* Nodes named by a map and not live: since when (coordinator memory; a new coordinator
+ * starts the clock again, which only delays a replacement). */
+static void track_gone(nl_cluster *cl, const cl_snapshot *s, char (*gone)[NL_NODE_ID_MAX], size_t *ngone)
+{
+    uint64_t t = mono_ms();
+    char seen[NL_MAX_NODES][NL_NODE_ID_MAX];
+    size_t nseen = 0;
+    for (size_t i = 0; i < s->ncolls; i++)
+        for (uint32_t sh = 0; s->colls[i].has_map && sh < s->colls[i].map.nshards; sh++) {
+            const nl_shard_entry *e = &s->colls[i].map.shard[sh];
+            for (uint32_t r = 0; r < e->nreplicas; r++) {
+                if (cl_snap_node(s, e->replicas[r]))
+                    continue;
+                int dup = 0;
+                for (size_t k = 0; k < nseen && !dup; k++)
+                    dup = !strcmp(seen[k], e->replicas[r]);
+                if (!dup && nseen < NL_MAX_NODES)
+                    memcpy(seen[nseen++], e->replicas[r], NL_NODE_ID_MAX);
+            }
+        }
+    char ids[NL_MAX_NODES][NL_NODE_ID_MAX];
+    uint64_t since[NL_MAX_NODES];
+    size_t n = 0;
+    for (size_t k = 0; k < nseen; k++) {
+        uint64_t at = t;
+        for (size_t j = 0; j < cl->ngone; j++)
+            if (!strcmp(cl->gone_ids[j], seen[k]))
+                at = cl->gone_since[j];
+        memcpy(ids[n], seen[k], NL_NODE_ID_MAX);
+        since[n++] = at;
+    }
+    memcpy(cl->gone_ids, ids, sizeof ids[0] * n);
+    memcpy(cl->gone_since, since, sizeof since[0] * n);
+    cl->ngone = n;
+    *ngone = 0;
+    for (size_t k = 0; k < n; k++)
+        if (t - since[k] >= cl->replace_after_ms)
+            memcpy(gone[(*ngone)++], ids[k], NL_NODE_ID_MAX);
+}
+
+static int drained(const cl_snapshot *s, const char *id)
+{
+    for (size_t i = 0; i < s->ndrained; i++)
+        if (!strcmp(s->drained[i], id))
+            return 1;
+    return 0;
+}
+
+static uint64_t move_id(void)
+{
+    uint64_t x = nl_now_ns() ^ ((uint64_t)rand() << 20);
+    return (x ^ (x >> 31)) & (UINT64_MAX >> 1);
+}
+
+void cl_moves_coordinate(nl_cluster *cl, const cl_snapshot *s)
+{
+    char gone[NL_MAX_NODES][NL_NODE_ID_MAX];
+    size_t ngone = 0;
+    track_gone(cl, s, gone, &ngone);
+    nl_shard_map *m = malloc(sizeof *m);
+    const nl_shard_map **maps = calloc(s->ncolls ? s->ncolls : 1, sizeof *maps);
+    nl_move_plan *plan = calloc(MAX_PLAN, sizeof *plan);
+    if (!m || !maps || !plan)
+        goto out;
+    /* moves to abandon: the target is gone or drained, and the primary has taken it out
+     * of the in-sync set (or never put it in) */
+    size_t nmaps = 0, moving = 0;
+    for (size_t i = 0; i < s->ncolls; i++) {
+        const cl_coll *c = &s->colls[i];
+        if (!c->has_map)
+            continue;
+        maps[nmaps++] = &c->map;
+        *m = c->map;
+        uint32_t undo = 0;
+        for (uint32_t sh = 0; sh < m->nshards; sh++) {
+            nl_shard_entry *e = &m->shard[sh];
+            if (e->state != NL_SHARD_MOVING)
+                continue;
+            moving++;
+            int dead = !cl_snap_node(s, e->move.to), dr = drained(s, e->move.to);
+            if ((dead || dr) && !nl_shard_map_in_sync(m, sh, e->move.to)) {
+                char to[NL_NODE_ID_MAX];
+                memcpy(to, e->move.to, sizeof to);
+                if (nl_shard_map_move_rollback(m, sh) == 0) {
+                    undo++;
+                    cl_log(cl, 2, "\"event\":\"move_rolled_back\",\"collection\":\"%s\",\"shard\":%u,\"to\":\"%s\","
+                           "\"message\":\"the target is %s\"", m->collection, sh, to, dead ? "gone" : "drained");
+                }
+            }
+        }
+        if (undo && cl_map_write(cl, m, c->map.version, 1, NULL) == 0) {
+            atomic_fetch_add(&cl->moves_rolled_back, undo);
+            cl_wake(cl);
+            goto out; /* plan on the next pass, from the map as it is now */
+        }
+    }
+    nl_plan_input in = {.nodes = s->nodes, .nnodes = s->nnodes, .drained = s->drained, .ndrained = s->ndrained,
+                        .gone = gone, .ngone = ngone, .maps = maps, .nmaps = nmaps,
+                        .max_moves_per_node = cl->moves_per_node, .drift = s->rebalance ? 1 : cl->move_drift};
+    size_t np = 0;
+    nl_plan_moves(&in, plan, MAX_PLAN, &np);
+    if (np == 0 && moving == 0 && s->rebalance) { /* done: the request is answered */
+        char p[512];
+        cl_path(cl, p, sizeof p, "rebalance", NULL);
+        if (zoo_delete(cl->zh, p, -1) == ZOK)
+            cl_log(cl, 1, "\"event\":\"rebalance_done\"");
+    }
+    /* one map write per collection with all its new moves */
+    for (size_t i = 0; i < s->ncolls && np; i++) {
+        const cl_coll *c = &s->colls[i];
+        if (!c->has_map)
+            continue;
+        *m = c->map;
+        uint32_t added = 0;
+        for (size_t k = 0; k < np; k++) {
+            if (strcmp(plan[k].collection, c->cc.name))
+                continue;
+            if (nl_shard_map_move_begin(m, plan[k].shard, plan[k].from, plan[k].to, move_id(), wall_ms(),
+                                        plan[k].reason) == 0)
+                added++;
+        }
+        if (!added)
+            continue;
+        int rc = cl_map_write(cl, m, c->map.version, 1, NULL);
+        for (size_t k = 0; k < np; k++)
+            if (!strcmp(plan[k].collection, c->cc.name) && rc == 0)
+                cl_log(cl, 1, "\"event\":\"move_started\",\"collection\":\"%s\",\"shard\":%u,\"from\":\"%s\",\"to\":\"%s\","
+                       "\"reason\":\"%s\",\"id\":%llu", plan[k].collection, plan[k].shard, plan[k].from, plan[k].to,
+                       plan[k].reason, (unsigned long long)m->shard[plan[k].shard].move.id);
+        if (rc == 0) {
+            atomic_fetch_add(&cl->moves_started, added);
+            cl_wake(cl);
+        } else {
+            cl_log(cl, 2, "\"event\":\"move_map_refused\",\"collection\":\"%s\",\"message\":\"%s\"", c->cc.name,
+                   rc == -ESTALE ? "the map changed meanwhile; planning again" : nl_errdetail());
+        }
+    }
+out:
+    free(plan);
+    free(maps);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- compactions */
+
+#define GATE_KEEP 64
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static char gate_held[GATE_KEEP][400]; /* lock znodes this process created */
+
+/* ".../<coll>/<s>" -> coll, s. 0 or -1. */
+static int shard_of_dir(const char *dir, char *coll, size_t cap, uint32_t *s)
+{
+    const char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return -1;
+    const char *c = slash - 1;
+    while (c > dir && *c != '/')
+        c--;
+    if (*c == '/')
+        c++;
+    if (slash == c || (size_t)(slash - c) >= cap)
+        return -1;
+    char *end;
+    unsigned long v = strtoul(slash + 1, &end, 10);
+    if (*end || end == slash + 1 || v >= NL_MAX_SHARDS)
+        return -1;
+    snprintf(coll, cap, "%.*s", (int)(slash - c), c);
+    *s = (uint32_t)v;
+    return 0;
+}
+
+int nl_cluster_compact_gate(void *cluster, const char *shard_dir, int begin)
+{
+    return cl_compact_gate(cluster, shard_dir, begin);
+}
+
+int cl_compact_gate(void *ctx, const char *dir, int begin)
+{
+    nl_cluster *cl = ctx;
+    char coll[200], p[600], lock[300];
+    uint32_t s = 0;
+    int known = shard_of_dir(dir, coll, sizeof coll, &s) == 0;
+    if (known)
+        snprintf(lock, sizeof lock, "%s.%u", coll, s);
+    if (!begin) {
+        atomic_fetch_sub(&cl->compacting, 1);
+        pthread_mutex_lock(&gate_mu);
+        for (int i = 0; known && i < GATE_KEEP; i++)
+            if (!strcmp(gate_held[i], lock)) {
+                cl_path(cl, p, sizeof p, "compacting", lock);
+                pthread_rwlock_rdlock(&cl->zh_lock);
+                if (cl->zh)
+                    zoo_delete(cl->zh, p, -1);
+                pthread_rwlock_unlock(&cl->zh_lock);
+                gate_held[i][0] = 0;
+            }
+        pthread_mutex_unlock(&gate_mu);
+        return 0;
+    }
+    if (atomic_fetch_add(&cl->compacting, 1) >= (int)cl->compactions_per_node) {
+        atomic_fetch_sub(&cl->compacting, 1);
+        atomic_fetch_add(&cl->compactions_deferred, 1);
+        return -EAGAIN;
+    }
+    uint32_t replicas = 1;
+    if (known) {
+        cl_snapshot *sn = cl_snap_get(cl);
+        const cl_coll *c = cl_snap_coll(sn, coll);
+        if (c && c->has_map && s < c->map.nshards)
+            replicas = c->map.shard[s].nreplicas;
+        cl_snap_put(cl, sn);
+    }
+    if (replicas < 2)
+        return 0; /* nothing to stagger */
+    cl_path(cl, p, sizeof p, "compacting", lock);
+    pthread_rwlock_rdlock(&cl->zh_lock);
+    int zrc = cl->zh ? zoo_create(cl->zh, p, cl->node_id, (int)strlen(cl->node_id), &ZOO_OPEN_ACL_UNSAFE,
+                                  ZOO_EPHEMERAL, NULL, 0)
+                     : ZINVALIDSTATE;
+    pthread_rwlock_unlock(&cl->zh_lock);
+    if (zrc != ZOK) { /* another replica compacts (or no ZooKeeper to ask): later */
+        atomic_fetch_sub(&cl->compacting, 1);
+        atomic_fetch_add(&cl->compactions_deferred, 1);
+        return -EAGAIN;
+    }
+    pthread_mutex_lock(&gate_mu);
+    for (int i = 0; i < GATE_KEEP; i++)
+        if (!gate_held[i][0]) {
+            snprintf(gate_held[i], sizeof gate_held[i], "%s", lock);
+            break;
+        }
+    pthread_mutex_unlock(&gate_mu);
+    return 0;
+}
