@@ -76,6 +76,7 @@ bench: build
 	/usr/bin/python3 bench/bench_streaming.py $(if $(GLOVE),--glove $(GLOVE))
 	/usr/bin/python3 bench/bench_cluster.py
 	/usr/bin/python3 bench/bench_replication.py
+	/usr/bin/python3 bench/bench_rebalance.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz

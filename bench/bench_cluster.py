@@ -109,10 +109,10 @@ class Bench:
     def zk_stop(self):
         subprocess.run(["bash", ZK, "stop", self.zk_dir, str(self.zk_port)], stdout=subprocess.DEVNULL)
 
-    def node(self, db, node_id=None, group=None, root="/bench"):
+    def node(self, db, node_id=None, group=None, root="/bench", extra=()):
         port = free_port()
         cmd = [self.a.nearline, "serve", "--db", db, "--listen", "127.0.0.1:%d" % port, "--log-level", "warn",
-               "--threads", "32", "--max-concurrent", "256"]
+               "--threads", "32", "--max-concurrent", "256"] + list(extra)
         if node_id:
             cmd += ["--zookeeper", "127.0.0.1:%d" % self.zk_port, "--node-id", node_id, "--cluster-root", root]
         if group:

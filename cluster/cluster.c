@@ -967,6 +967,7 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     cl->move_rate_bps = opt->move_rate_bps;
     cl->moves_per_node = opt->moves_per_node ? opt->moves_per_node : 1;
     cl->move_drift = opt->move_drift ? opt->move_drift : 1;
+    cl->move_disk_drift = opt->move_disk_drift_pct < 0 ? -1.0 : opt->move_disk_drift_pct ? opt->move_disk_drift_pct / 100.0 : 0.5;
     cl->replace_after_ms = opt->replace_after_ms ? opt->replace_after_ms : 300000ull;
     cl->compactions_per_node = opt->compactions_per_node ? opt->compactions_per_node : 1;
     pthread_mutex_init(&cl->pace_mu, NULL);

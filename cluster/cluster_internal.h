@@ -144,6 +144,7 @@ struct nl_cluster {
     uint64_t pace_next_ns;
     uint32_t fault_corrupt_every; /* test hook NEARLINE_FAULT_CORRUPT_PIECE: spoil every n-th piece once */
     uint32_t moves_per_node, move_drift, compactions_per_node;
+    double move_disk_drift;     /* nl_plan_input.disk_drift */
     uint64_t replace_after_ms;  /* a node gone this long has its replicas re-created elsewhere */
     char gone_ids[NL_MAX_NODES][NL_NODE_ID_MAX]; /* coordinator: nodes missing, since when */
     uint64_t gone_since[NL_MAX_NODES];
@@ -202,6 +203,9 @@ void cl_snapshot_cleanup(nl_cluster *cl);
 void cl_failover(nl_cluster *cl, const cl_snapshot *s);
 /* replication.c, for moves.c */
 void cl_role_deposed(repl_role *r, const char *why);
+/* The collection's map read from ZooKeeper now into c: 0 when it still makes this node the
+ * primary of r's shard at r's epoch, NL_ESTALE when not, another error when unread. */
+int cl_role_fresh(repl_role *r, cl_coll *c);
 /* Acknowledged sequences of in-sync members of e other than this node and skip, into
  * out (at most NL_MAX_REPLICAS); role->mu held. */
 size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out);

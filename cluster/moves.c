@@ -74,12 +74,8 @@ static int finish(repl_role *r, uint64_t id, int handoff)
     cl_coll *c = malloc(sizeof *c);
     if (!c)
         return -ENOMEM;
-    int rc = cl_fresh_coll(cl, r->coll, c);
-    if (!rc && (!c->has_map || strcmp(c->cc.uid, r->uid) || r->s >= c->map.nshards))
-        rc = NL_ESTALE;
+    int rc = cl_role_fresh(r, c);
     nl_shard_entry *e = rc ? NULL : &c->map.shard[r->s];
-    if (!rc && (e->epoch != r->epoch || strcmp(e->primary, cl->node_id)))
-        rc = NL_ESTALE;
     if (!rc && (e->state != NL_SHARD_MOVING || e->move.id != id))
         rc = 1;
     char from[NL_NODE_ID_MAX] = {0}, to[NL_NODE_ID_MAX] = {0};
@@ -156,7 +152,11 @@ void cl_move_step(repl_link *l)
     int mine = moving && !strcmp(e->move.from, cl->node_id);
     /* one link drives the move at a time: the one to its target, or the first when the
      * target is this node (a failover made it primary) */
-    int driver = moving && (!strcmp(l->peer, e->move.to) || (!strcmp(e->move.to, cl->node_id) && l == &r->links[0]));
+    const repl_link *first = NULL;
+    for (int i = 0; i < r->nlinks && !first; i++)
+        if (r->links[i].peer[0] && !r->links[i].retiring)
+            first = &r->links[i];
+    int driver = moving && (!strcmp(l->peer, e->move.to) || (!strcmp(e->move.to, cl->node_id) && l == first));
     if (!ready || !driver || t < r->move_retry_ms) {
         if (r->handoff && (!moving || !mine)) { /* the move went away meanwhile */
             r->handoff = 0;
@@ -319,7 +319,8 @@ void cl_moves_coordinate(nl_cluster *cl, const cl_snapshot *s)
     }
     nl_plan_input in = {.nodes = s->nodes, .nnodes = s->nnodes, .drained = s->drained, .ndrained = s->ndrained,
                         .gone = gone, .ngone = ngone, .maps = maps, .nmaps = nmaps,
-                        .max_moves_per_node = cl->moves_per_node, .drift = s->rebalance ? 1 : cl->move_drift};
+                        .max_moves_per_node = cl->moves_per_node, .drift = s->rebalance ? 1 : cl->move_drift,
+                        .disk_drift = cl->move_disk_drift};
     size_t np = 0;
     nl_plan_moves(&in, plan, MAX_PLAN, &np);
     if (np == 0 && moving == 0 && s->rebalance) { /* done: the request is answered */

@@ -53,6 +53,8 @@ typedef struct {
     uint64_t move_rate_bps;   /* snapshot bytes per second this node sends (moves, catch-up); 0 = no limit */
     uint32_t moves_per_node;  /* moves a node takes part in at once; 0 = 1 */
     uint32_t move_drift;      /* replicas of difference between nodes tolerated before a rebalance; 0 = 1 */
+    int move_disk_drift_pct;  /* a node holding this % more bytes than the mean (and >= 1 GiB) gives a
+                               * replica away; 0 = 50; < 0 = never by bytes */
     uint64_t replace_after_ms; /* a node gone this long has its replicas re-created elsewhere; 0 = 5 minutes */
     uint32_t compactions_per_node; /* background compactions at once on this node; 0 = 1 */
     nl_db *db;

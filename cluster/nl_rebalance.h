@@ -48,7 +48,10 @@ typedef struct {
     size_t nmaps;
     uint32_t max_moves_per_node;           /* 0 = 1 */
     uint32_t drift;                        /* replicas of difference tolerated; 0 = 1 */
-    double disk_drift;                     /* 0 = 0.5 (the largest node at 1.5x the mean) */
+    double disk_drift;                     /* the largest node's bytes above the mean that start a
+                                            * move: 0 = 0.5 (1.5x the mean); < 0 = never by bytes */
+    uint64_t min_bytes;                    /* no move by bytes while the largest node holds less;
+                                            * 0 = 1 GiB (small clusters are balanced by counts) */
 } nl_plan_input;
 
 /* Up to cap moves into out; *n gets how many. 0 always (an empty plan is an answer). */

@@ -144,6 +144,8 @@ static void balance(planner *pl, uint32_t maxm)
     const nl_plan_input *in = pl->in;
     uint32_t drift = in->drift ? in->drift : 1;
     double dd = in->disk_drift > 0 ? in->disk_drift : 0.5;
+    int by_bytes_on = in->disk_drift >= 0;
+    uint64_t floor = in->min_bytes ? in->min_bytes : 1ull << 30;
     for (int round = 0; round < NL_MAX_NODES * 8 && pl->n < pl->cap; round++) {
         pnode *hi = NULL, *lo = NULL;
         uint64_t total = 0;
@@ -173,7 +175,7 @@ static void balance(planner *pl, uint32_t maxm)
             if (!blo || bytes_of(x) < bytes_of(blo)) blo = x;
         }
         int by_bytes = 0;
-        if (!by_count && bhi && blo && bhi != blo && bhi->load > 0) {
+        if (!by_count && by_bytes_on && bhi && blo && bhi != blo && bhi->load > 0 && bytes_of(bhi) >= floor) {
             double mean = (double)total / (double)ne;
             double one = (double)bytes_of(bhi) / (double)bhi->load;
             by_bytes = (double)bytes_of(bhi) > (1.0 + dd) * mean && (double)bytes_of(blo) + one < (double)bytes_of(bhi) - one &&

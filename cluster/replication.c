@@ -165,6 +165,16 @@ static uint64_t committed_locked(const repl_role *r)
 
 /* The primary's versioned write of its shard's in-sync set: node in or out. 0 when the map
  * now says so; NL_ESTALE when this node is no longer the primary of that epoch. */
+int cl_role_fresh(repl_role *r, cl_coll *c)
+{
+    int rc = cl_fresh_coll(r->cl, r->coll, c);
+    if (!rc && (!c->has_map || strcmp(c->cc.uid, r->uid) || r->s >= c->map.nshards))
+        rc = NL_ESTALE;
+    if (!rc && (c->map.shard[r->s].epoch != r->epoch || strcmp(c->map.shard[r->s].primary, r->cl->node_id)))
+        rc = NL_ESTALE;
+    return rc;
+}
+
 static int change_in_sync(repl_role *r, const char *node, int in)
 {
     nl_cluster *cl = r->cl;
@@ -172,12 +182,8 @@ static int change_in_sync(repl_role *r, const char *node, int in)
         cl_coll *c = malloc(sizeof *c);
         if (!c)
             return -ENOMEM;
-        int rc = cl_fresh_coll(cl, r->coll, c);
-        if (!rc && (!c->has_map || strcmp(c->cc.uid, r->uid) || r->s >= c->map.nshards))
-            rc = NL_ESTALE;
+        int rc = cl_role_fresh(r, c);
         nl_shard_entry *e = rc ? NULL : &c->map.shard[r->s];
-        if (!rc && (e->epoch != r->epoch || strcmp(e->primary, cl->node_id)))
-            rc = NL_ESTALE;
         if (!rc && !in) {
             /* under majority, a member holding writes the rest lack must stay */
             uint64_t rest[NL_MAX_REPLICAS];

@@ -39,7 +39,7 @@ for i in 1 2 3; do
 done
 U1="http://127.0.0.1:${PORTS[1]}"
 say "three nodes registered (GET /v1/cluster through node 1)"
-curl -s "$U1/v1/cluster" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("coordinator:", s["coordinator"]); [print(" ", n["id"], n["address"]) for n in s["nodes"]]'
+curl -s "$U1/v1/cluster" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("coordinator:", s["coordinator"]); [print(" ", n["id"], n.get("address", "(gone)")) for n in s["nodes"]]'
 
 say "PUT /v1/collections/demo {dim 16, shards 6} through node 1"
 curl -s -XPUT "$U1/v1/collections/demo" -d '{"dim":16,"shards":6}' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("shard -> primary:", {s["shard"]: s["primary"] for s in d["shard_map"]})'

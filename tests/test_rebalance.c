@@ -155,6 +155,7 @@ typedef struct {
     uint32_t rf[3];
     size_t nmaps;
     uint32_t maxm, drift;
+    double disk_drift;
 } world;
 
 static nl_shard_map *map_of(world *w, const char *name)
@@ -172,7 +173,8 @@ static size_t plan(world *w, nl_move_plan *out, size_t cap)
         mp[i] = &w->maps[i];
     nl_plan_input in = {.nodes = w->nodes, .nnodes = w->nnodes, .drained = w->drained, .ndrained = w->ndrained,
                         .gone = w->gone, .ngone = w->ngone, .maps = mp, .nmaps = w->nmaps,
-                        .max_moves_per_node = w->maxm, .drift = w->drift};
+                        .max_moves_per_node = w->maxm, .drift = w->drift, .disk_drift = w->disk_drift,
+                        .min_bytes = 1};
     size_t n = 0;
     cr_assert_eq(nl_plan_moves(&in, out, cap, &n), 0);
     return n;
@@ -303,6 +305,10 @@ Test(planner, moves_per_node_and_bytes)
     w->maxm = 1;
     cr_assert_eq(plan(w, p, 64), 1);
     cr_assert_str_eq(p[0].from, "a");
+    /* the byte rule off */
+    w->disk_drift = -1;
+    cr_assert_eq(plan(w, p, 64), 0);
+    w->disk_drift = 0;
     /* close to the mean: nothing */
     w->nodes[0].used_bytes = 1100;
     cr_assert_eq(plan(w, p, 64), 0);

@@ -38,7 +38,8 @@ static int help(FILE *f)
             "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
             "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]\n"
             "          [--replica-timeout-ms MS] [--repl-log-bytes SIZE] [--repl-log-age-s S]\n"
-            "          [--move-rate-mb MB] [--moves-per-node N] [--move-drift N] [--replace-after-s S]\n"
+            "          [--move-rate-mb MB] [--moves-per-node N] [--move-drift N] [--move-disk-drift PCT]\n"
+            "          [--replace-after-s S]\n"
             "          [--compactions-per-node N]]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
             "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
@@ -55,7 +56,8 @@ static int help(FILE *f)
             "--repl-log-bytes (256M) or --repl-log-age-s (3600), never past what an in-sync follower needs;\n"
             "a follower left behind that is caught up by a snapshot copy.\n"
             "Moves (the coordinator's): a rebalance when node replica counts differ by more than --move-drift (1)\n"
-            "or a node holds 1.5x the mean bytes; a node takes part in --moves-per-node (1) moves at once; the\n"
+            "or a node holds --move-disk-drift (50; -1: never) percent more bytes than the mean and at least\n"
+            "1 GiB; a node takes part in --moves-per-node (1) moves at once; the\n"
             "replicas of a node gone --replace-after-s (300) are re-created elsewhere; snapshot copies are sent\n"
             "at --move-rate-mb MB/s per node (0: no limit). --compactions-per-node (1): background compactions\n"
             "at once, and one replica of a shard at a time cluster-wide.\n");
@@ -126,6 +128,7 @@ int cmd_serve(int argc, char **argv)
     const char *zk = NULL, *node_id = NULL, *advertise = NULL, *root = NULL, *key_file = NULL;
     uint32_t session_ms = 0, peer_conns = 0, replica_ms = 0, log_age_s = 0, move_mb = 0, moves_pn = 0, drift = 0,
              replace_s = 0, compactions = 0;
+    int32_t disk_drift = 0;
     uint64_t log_bytes = 0;
     nl_server_options so;
     memset(&so, 0, sizeof so);
@@ -139,7 +142,8 @@ int cmd_serve(int argc, char **argv)
         {"cluster-root", 1, 0, 'r'}, {"cluster-key", 1, 0, 'y'}, {"session-timeout-ms", 1, 0, 'T'},
         {"peer-connections", 1, 0, 'P'}, {"replica-timeout-ms", 1, 0, 'E'}, {"repl-log-bytes", 1, 0, 'G'},
         {"repl-log-age-s", 1, 0, 'H'}, {"move-rate-mb", 1, 0, 'M'}, {"moves-per-node", 1, 0, 'N'},
-        {"move-drift", 1, 0, 'D'}, {"replace-after-s", 1, 0, 'X'}, {"compactions-per-node", 1, 0, 'C'},
+        {"move-drift", 1, 0, 'D'}, {"move-disk-drift", 1, 0, 'Q'}, {"replace-after-s", 1, 0, 'X'},
+        {"compactions-per-node", 1, 0, 'C'},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
@@ -176,6 +180,15 @@ int cmd_serve(int argc, char **argv)
         case 'M': if (cli_u32(C, "--move-rate-mb", optarg, 0, 100000, &move_mb)) return 2; break;
         case 'N': if (cli_u32(C, "--moves-per-node", optarg, 1, 64, &moves_pn)) return 2; break;
         case 'D': if (cli_u32(C, "--move-drift", optarg, 1, 100000, &drift)) return 2; break;
+        case 'Q':
+            if (!strcmp(optarg, "-1")) {
+                disk_drift = -1;
+            } else {
+                uint32_t pct;
+                if (cli_u32(C, "--move-disk-drift", optarg, 1, 10000, &pct)) return 2;
+                disk_drift = (int32_t)pct;
+            }
+            break;
         case 'X': if (cli_u32(C, "--replace-after-s", optarg, 1, 30 * 86400, &replace_s)) return 2; break;
         case 'C': if (cli_u32(C, "--compactions-per-node", optarg, 1, 64, &compactions)) return 2; break;
         case 'h': return help(stdout);
@@ -257,7 +270,8 @@ int cmd_serve(int argc, char **argv)
                                  .peer_connections = peer_conns, .replica_timeout_ms = replica_ms,
                                  .log_max_bytes = log_bytes, .log_max_age_ms = (uint64_t)log_age_s * 1000,
                                  .move_rate_bps = (uint64_t)move_mb << 20, .moves_per_node = moves_pn,
-                                 .move_drift = drift, .replace_after_ms = (uint64_t)replace_s * 1000,
+                                 .move_drift = drift, .move_disk_drift_pct = disk_drift,
+                                 .replace_after_ms = (uint64_t)replace_s * 1000,
                                  .compactions_per_node = compactions, .db = dbh, .log = log_fwd};
         if ((rc = nl_cluster_start(&co, &cl)) != 0) {
             cli_error(C, rc, "cannot join the cluster");

@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 import nearline  # noqa: E402
-from harness import Cluster, Node, free_port, http  # noqa: E402
+from harness import Cluster, Node, free_port, http, wait  # noqa: E402
 
 NL = sys.argv[1]
 DIM, NPTS, NQ, K = 32, 20000, 200, 10
@@ -84,15 +84,6 @@ def ids_of(ans):
     return [[h["id"] for h in row] for row in ans["results"]]
 
 
-def wait(pred, timeout, step=0.1):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
-
 
 def shards_of(node, name, holder):
     st, d = node.call("GET", "/v1/collections/" + name)
@@ -101,7 +92,9 @@ def shards_of(node, name, holder):
 
 def main():
     x, q = data()
-    with Cluster(NL, session_ms=4000) as cl:
+    # shards stay where placement put them: this test reasons about which node holds
+    # which shard (moves have their own test, rebalance_test.py)
+    with Cluster(NL, session_ms=4000, node_args=["--move-drift", "100000", "--move-disk-drift", "-1"]) as cl:
         a, b, c = (cl.node(n).start() for n in ("a", "b", "c"))
 
         # ---- 1. start-up faults
@@ -228,7 +221,7 @@ def main():
               "naming the key (%s)" % (r2.get("failed_shards", [{}])[0].get("error") if isinstance(r2, dict) else r2))
         wk.kill()
         # its registration goes with its session; wait, so the next steps see three nodes
-        wait(lambda: all(n["id"] != "wk" for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
+        wait(lambda: all(n["id"] != "wk" or not n["live"] for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
 
         # ---- 3. the coordinator's node is killed
         st, s0 = a.call("GET", "/v1/cluster")
@@ -396,7 +389,7 @@ def main():
         def all_registered():
             for n in (a, b, c, d4):
                 st, s = n.call("GET", "/v1/cluster")
-                if st != 200 or not s["registered"] or len(s["nodes"]) != 4:
+                if st != 200 or not s["registered"] or len([x for x in s["nodes"] if x["live"]]) != 4:
                     return False
             return True
         check(wait(all_registered, 30), "ZooKeeper back: all four nodes registered again")
@@ -412,9 +405,9 @@ def main():
             return -1
         s_before = sessions(d4)
         os.kill(d4.proc.pid, signal.SIGSTOP)
-        gone = wait(lambda: all(n["id"] != "d" for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
+        gone = wait(lambda: all(n["id"] != "d" or not n["live"] for n in a.call("GET", "/v1/cluster")[1]["nodes"]), 15)
         os.kill(d4.proc.pid, signal.SIGCONT)
-        back = wait(lambda: sessions(d4) == s_before + 1 and any(n["id"] == "d" for n in
+        back = wait(lambda: sessions(d4) == s_before + 1 and any(n["id"] == "d" and n["live"] for n in
                                                                   a.call("GET", "/v1/cluster")[1]["nodes"]), 20)
         ok = wait(lambda: search_batch(a, "vec2", q[:2], require_complete=True)[0] == 200, 10)
         check(bool(gone) and bool(back) and ok, "d paused past its session timeout: it left the cluster, then came "
@@ -451,7 +444,9 @@ def main():
 
     # ---- 8. TLS: nodes that serve https call each other over https, verified against the
     # certificate they share
-    with Cluster(NL, session_ms=4000) as cl:
+    # shards stay where placement put them: this test reasons about which node holds
+    # which shard (moves have their own test, rebalance_test.py)
+    with Cluster(NL, session_ms=4000, node_args=["--move-drift", "100000", "--move-disk-drift", "-1"]) as cl:
         crt, key = os.path.join(cl.dir, "node.crt"), os.path.join(cl.dir, "node.key")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
                         "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)

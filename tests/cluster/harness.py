@@ -31,6 +31,17 @@ def free_port():
     return p
 
 
+def wait(pred, timeout, step=0.1):
+    """pred()'s first true value within timeout seconds, else its last value."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
 def http(method, url, body=None, timeout=10, headers=None):
     """(status, parsed JSON or text) of one request; status 0 when there was no answer."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
@@ -79,7 +90,7 @@ class Node:
                 str(self.cluster.session_ms), "--threads", "16", "--log-level", "info"]
         if self.cluster.key_file:
             args += ["--cluster-key", self.cluster.key_file]
-        args += list(extra)
+        args += self.cluster.node_args + list(extra)
         if self.netns:
             args = ["ip", "netns", "exec", self.netns] + args
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
@@ -129,8 +140,10 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789", zk_host="127.0.0.1"):
+    def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789", zk_host="127.0.0.1",
+                 node_args=()):
         self.nearline = nearline
+        self.node_args = list(node_args)  # flags every node of this cluster starts with
         self.session_ms = session_ms
         self.dir = tempfile.mkdtemp(prefix="nlcluster.")
         self.zk_port = free_port()

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Cluster, http  # noqa: E402
+from harness import Cluster, http, wait  # noqa: E402
 from history import Workload, check  # noqa: E402
 
 NL = sys.argv[1]
@@ -47,16 +47,6 @@ failures = []
 def fail(msg):
     print("FAIL:", msg, flush=True)
     failures.append(msg)
-
-
-def wait(pred, timeout, step=0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return None
 
 
 def big_vec(i):
