@@ -16,6 +16,8 @@ In one run, on sift-images-420k (420K x 128 u8; L=32, k=10):
    move throughput (raw bytes / the time the copies took) against the disk's sequential
    rates, search p99 during the move against idle (target <= 2x), and failed requests
    (non-2xx searches, writes that failed after retries: target 0). Recall after.
+4. One more move (`nearline cluster move --wait`) with no load: the copy rate an idle
+   machine gives.
 Peak RSS (VmHWM) of every node. JSON on stdout, a table on stderr.
 
 Usage: bench/bench_rebalance.py [--data ../shared/data] [--work DIR] [--replicas 2]
@@ -105,6 +107,7 @@ def main():
                                                                             idle["p99_ms"], res["recall_idle"]))
 
         sent0 = sum(metric(u, "nearline_replication_snapshot_bytes_total") for u in urls)
+        raw0 = sum(metric(u, "nearline_snapshot_raw_bytes_total") for u in urls)
         # the fourth node, and the load while it fills
         stop = threading.Event()
         wstat = {"ok": 0, "failed": 0, "retried": 0}
@@ -129,14 +132,11 @@ def main():
         t_join = time.time()
         pd, ud = b.node(os.path.join(a.work, "db-d"), "d", root="/rebalance", extra=ext)
         nodes.append((pd, ud))
-        windows, copies, balanced_at = [], {}, None
+        windows, balanced_at = [], None
         while time.time() - t_join < 1200:
             w = drive(urls, lua, a.conns, 5)
             windows.append({k: w[k] for k in ("qps", "p50_ms", "p99_ms", "non2xx")})
             s = status(urls[0])
-            for m in (s or {}).get("moves", []):
-                if m.get("copy_total"):
-                    copies[m["id"]] = m["copy_total"]
             if s and not s["moves"]:
                 reps = {n["id"]: n["replicas"] for n in s["nodes"] if n["live"]}
                 if len(reps) == 4 and max(reps.values()) - min(reps.values()) <= 1 and reps.get("d", 0) > 0:
@@ -149,7 +149,7 @@ def main():
         sent = sum(metric(u, "nearline_replication_snapshot_bytes_total") for u in urls) - sent0
         secs = sum(metric(u, "nearline_replication_snapshot_seconds_total") for u in urls)
         moved = sum(metric(u, "nearline_moves_finished_total") for u in urls)
-        raw = sum(copies.values())
+        raw = sum(metric(u, "nearline_snapshot_raw_bytes_total") for u in urls) - raw0
         res.update({"moves": int(moved), "sent_MB": round(sent / 1e6, 1), "copied_raw_MB": round(raw / 1e6, 1),
                     "copy_seconds": round(secs, 1),
                     "move_MBps": round(raw / 1e6 / secs, 1) if secs else None,
@@ -163,6 +163,25 @@ def main():
         res["writes"] = wstat
         res["failed_requests"] = res["during"]["non2xx"] + wstat["failed"]
         res["recall_after"] = round(recall_of(urls[0], "sift", q, gt, a.L), 4)
+        # one move with nothing else running: what a copy gets from an idle machine
+        s = status(urls[0])
+        e = [h for h in s["collections"][0]["shards"] if len(h["replicas"]) > 1][0]
+        frm = [r for r in e["replicas"] if r != e["primary"]][0]
+        to = sorted({n["id"] for n in s["nodes"] if n["live"]} - set(e["replicas"]))[0]
+        r0 = sum(metric(u, "nearline_snapshot_raw_bytes_total") for u in urls)
+        s0 = sum(metric(u, "nearline_replication_snapshot_seconds_total") for u in urls)
+        t1 = time.time()
+        subprocess.run([a.nearline, "cluster", "move", "sift", str(e["shard"]), frm, to, "--zookeeper",
+                        "127.0.0.1:%d" % b.zk_port, "--cluster-root", "/rebalance", "--wait", "--timeout-s", "600"],
+                       check=True, capture_output=True)
+        idle_raw = sum(metric(u, "nearline_snapshot_raw_bytes_total") for u in urls) - r0
+        idle_secs = sum(metric(u, "nearline_replication_snapshot_seconds_total") for u in urls) - s0
+        res["idle_move"] = {"shard": e["shard"], "from": frm, "to": to, "seconds": round(time.time() - t1, 1),
+                            "raw_MB": round(idle_raw / 1e6, 1), "copy_seconds": round(idle_secs, 2),
+                            "MBps": round(idle_raw / 1e6 / idle_secs, 1) if idle_secs else None}
+        say("one move, idle: shard %d %s -> %s, %.1f MB in %.2f s of copy (%.1f MB/s), %.1f s to finish" % (
+            e["shard"], frm, to, res["idle_move"]["raw_MB"], idle_secs, res["idle_move"]["MBps"] or 0,
+            res["idle_move"]["seconds"]))
         res["peak_rss_MB"] = {n: round(hwm(p) / 2 ** 20) for n, (p, _) in zip("abcd", nodes)}
         res["fio_randread_iops_after"] = round(fio(probe, 64, 1))
         say("rebalance 3 -> 4: %s s, %d moves, %.1f MB raw copied (%.1f MB sent), %.1f MB/s per copy "

@@ -1412,6 +1412,8 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
     C("nearline_moves_copies_dropped_total", "Local shard copies removed after the map moved them away.",
       atomic_load(&cl->copies_dropped));
     C("nearline_snapshot_pieces_sent_total", "Snapshot pieces this node sent.", atomic_load(&cl->pieces_sent));
+    C("nearline_snapshot_raw_bytes_total", "Bytes of shard files the snapshot copies this node installed elsewhere "
+      "carried (before compression).", atomic_load(&cl->snapshot_raw_bytes));
     C("nearline_snapshot_pieces_resent_total", "Snapshot pieces sent again after the receiver refused their checksum.",
       atomic_load(&cl->pieces_resent));
     G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->compacting));

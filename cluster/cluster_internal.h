@@ -153,7 +153,7 @@ struct nl_cluster {
     uint64_t dropping_since[64];
     size_t ndropping;
     atomic_int compacting;      /* compactions running here */
-    atomic_uint_fast64_t pieces_sent, pieces_resent, moves_started, moves_finished, moves_rolled_back, handoffs,
+    atomic_uint_fast64_t snapshot_raw_bytes, pieces_sent, pieces_resent, moves_started, moves_finished, moves_rolled_back, handoffs,
         copies_dropped, compactions_deferred;
     atomic_uint_fast64_t repl_writes, repl_write_failures, repl_wait_us, isr_adds, isr_removals, failovers,
         log_trimmed, snapshots_sent, snapshot_bytes, snapshot_ms, hedged;

@@ -243,6 +243,7 @@ int cl_snapshot_send(repl_link *l)
         l->snap_total += o->files[i].size;
         l->snap_done += off < o->files[i].size ? off : o->files[i].size;
     }
+    uint64_t raw0 = l->snap_done;
     pthread_mutex_unlock(&r->mu);
     unsigned char *raw = malloc(CHUNK);
     size_t zcap = ZSTD_compressBound(CHUNK) + 4 + 512;
@@ -301,6 +302,10 @@ int cl_snapshot_send(repl_link *l)
                                                     (json_int_t)o->at.last_seq), &a);
     json_decref(a);
     uint64_t ms = now_ms() - t0;
+    pthread_mutex_lock(&r->mu);
+    uint64_t raw_sent = l->snap_done - raw0;
+    pthread_mutex_unlock(&r->mu);
+    atomic_fetch_add(&cl->snapshot_raw_bytes, raw_sent);
     atomic_fetch_add(&cl->snapshot_bytes, sent);
     atomic_fetch_add(&cl->snapshot_ms, ms);
     if (st != 200) {
@@ -315,8 +320,9 @@ int cl_snapshot_send(repl_link *l)
     l->snapshot_bytes += sent;
     pthread_mutex_unlock(&r->mu);
     cl_log(cl, 1, "\"event\":\"snapshot_installed\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\",\"id\":\"%s\","
-           "\"bytes\":%llu,\"ms\":%llu,\"last_seq\":%llu", r->coll, r->s, l->peer, o->id, (unsigned long long)sent,
-           (unsigned long long)ms, (unsigned long long)o->at.last_seq);
+           "\"bytes\":%llu,\"raw_bytes\":%llu,\"ms\":%llu,\"last_seq\":%llu", r->coll, r->s, l->peer, o->id,
+           (unsigned long long)sent, (unsigned long long)raw_sent, (unsigned long long)ms,
+           (unsigned long long)o->at.last_seq);
     cl_snapshot_link_done(l);
     return 0;
 }
