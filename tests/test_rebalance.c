@@ -330,7 +330,7 @@ Test(planner, random_clusters_settle)
         w->nmaps = 1 + (size_t)(rand_r(&seed) % 3);
         for (size_t c = 0; c < w->nmaps; c++) {
             uint32_t rf = 1 + (uint32_t)(rand_r(&seed) % (placed < 3 ? placed : 3));
-            char nm[8];
+            char nm[32];
             snprintf(nm, sizeof nm, "c%zu", c);
             make_map(&w->maps[c], nm, 1 + (uint32_t)(rand_r(&seed) % 16), rf, ids, placed, (size_t)rand_r(&seed));
             w->rf[c] = rf;
