@@ -33,8 +33,8 @@ static void make_map(nl_shard_map *m, const char *name, uint32_t S, uint32_t rf,
                      size_t start)
 {
     memset(m, 0, sizeof *m);
-    snprintf(m->collection, sizeof m->collection, "%s", name);
-    snprintf(m->uid, sizeof m->uid, "u%s", name);
+    snprintf(m->collection, sizeof m->collection, "%.71s", name);
+    snprintf(m->uid, sizeof m->uid, "u%.18s", name);
     m->nshards = S;
     for (uint32_t s = 0; s < S; s++) {
         nl_shard_entry *e = &m->shard[s];
