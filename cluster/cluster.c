@@ -509,19 +509,39 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
 /* Places and writes the map of every collection that has none. */
 static void coordinate(nl_cluster *cl, const cl_snapshot *s)
 {
+    /* a draining node takes no new shards (unless too few others are left) */
+    nl_node_info *nodes = malloc(sizeof *nodes * NL_MAX_NODES);
+    if (!nodes)
+        return;
+    size_t nn = 0;
+    for (size_t n = 0; n < s->nnodes; n++) {
+        int dr = 0;
+        for (size_t k = 0; k < s->ndrained; k++)
+            dr |= !strcmp(s->drained[k], s->nodes[n].id);
+        if (!dr)
+            nodes[nn++] = s->nodes[n];
+    }
+    uint32_t need = 1;
+    for (size_t i = 0; i < s->ncolls; i++)
+        if (!s->colls[i].has_map && s->colls[i].cc.replicas > need)
+            need = s->colls[i].cc.replicas;
+    if (nn < need) {
+        memcpy(nodes, s->nodes, sizeof *nodes * s->nnodes);
+        nn = s->nnodes;
+    }
     uint32_t held[NL_MAX_NODES] = {0};
     for (size_t i = 0; i < s->ncolls; i++)
         for (uint32_t sh = 0; s->colls[i].has_map && sh < s->colls[i].map.nshards; sh++)
-            for (size_t n = 0; n < s->nnodes; n++)
-                held[n] += (uint32_t)nl_shard_map_holds(&s->colls[i].map, sh, s->nodes[n].id);
+            for (size_t n = 0; n < nn; n++)
+                held[n] += (uint32_t)nl_shard_map_holds(&s->colls[i].map, sh, nodes[n].id);
     for (size_t i = 0; i < s->ncolls; i++) {
         const cl_coll *c = &s->colls[i];
         if (c->has_map)
             continue;
         nl_shard_map *m = malloc(sizeof *m);
         if (!m)
-            return;
-        if (nl_shard_map_place(s->nodes, s->nnodes, held, &c->cc, m) != 0) {
+            break;
+        if (nl_shard_map_place(nodes, nn, held, &c->cc, m) != 0) {
             cl_log(cl, 2, "\"event\":\"placement_failed\",\"collection\":\"%s\",\"message\":\"%s\"", c->cc.name,
                    nl_errdetail());
             free(m);
@@ -541,9 +561,9 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
         int zrc = data ? zoo_multi(cl->zh, 3, ops, res) : ZSYSTEMERROR;
         if (zrc == ZOK) {
             atomic_fetch_add(&cl->map_writes, 1);
-            for (size_t n = 0; n < s->nnodes; n++)
+            for (size_t n = 0; n < nn; n++)
                 for (uint32_t sh = 0; sh < m->nshards; sh++)
-                    held[n] += (uint32_t)nl_shard_map_holds(m, sh, s->nodes[n].id);
+                    held[n] += (uint32_t)nl_shard_map_holds(m, sh, nodes[n].id);
             cl_log(cl, 1, "\"event\":\"map_written\",\"collection\":\"%s\",\"shards\":%u,\"map\":%s", c->cc.name,
                    m->nshards, data);
         } else {
@@ -554,6 +574,7 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
         free(data);
         free(m);
     }
+    free(nodes);
 }
 
 int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fenced, int32_t *newv)
