@@ -128,6 +128,14 @@ class Node:
                 self.proc.kill()
                 self.proc.wait()
 
+    def pause_for(self, seconds):
+        """SIGSTOP, seconds, SIGCONT (a hung process); self.paused says so meanwhile."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = 1
+        time.sleep(seconds)
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = 0
+
     def tail(self, n=20):
         try:
             with open(self.log, errors="replace") as f:

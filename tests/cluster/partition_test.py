@@ -155,7 +155,6 @@ def inner():
 
 def schedule(cl, ok):
     """Random rounds of partitions, kills, pauses, restarts and ZooKeeper restarts."""
-    import signal
     from history import Workload, check
     import replication_test as rt
     a = cl.nodes["a"]
@@ -179,11 +178,7 @@ def schedule(cl, ok):
             time.sleep(rng.uniform(0.5, 3))
             n.start(rt.NODE_ARGS + ["--advertise", "%s:7700" % n.host])
         elif kind == "pause":
-            os.kill(n.proc.pid, signal.SIGSTOP)
-            n.paused = 1
-            time.sleep(SESSION_MS / 1000 + rng.uniform(0.5, 2))
-            os.kill(n.proc.pid, signal.SIGCONT)
-            n.paused = 0
+            n.pause_for(SESSION_MS / 1000 + rng.uniform(0.5, 2))
         elif kind == "restart":
             n.stop()
             n.start(rt.NODE_ARGS + ["--advertise", "%s:7700" % n.host])

@@ -325,11 +325,7 @@ def random_schedule(cl, a, zk_restart):
             time.sleep(rng.uniform(0.5, 4))
             n.start(NODE_ARGS)
         elif kind == "pause":
-            os.kill(n.proc.pid, signal.SIGSTOP)
-            n.paused = 1
-            time.sleep(SESSION_MS / 1000 + rng.uniform(0.5, 2))
-            os.kill(n.proc.pid, signal.SIGCONT)
-            n.paused = 0
+            n.pause_for(SESSION_MS / 1000 + rng.uniform(0.5, 2))
         elif kind == "restart":
             n.stop()
             n.start(NODE_ARGS)
