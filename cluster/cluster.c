@@ -886,6 +886,7 @@ static void *worker(void *arg)
         int nelect = 0;
         if (read_cluster(cl, &s, elect, &nelect) == 0) {
             last_read = now;
+            atomic_store(&cl->last_read_ns, nl_now_ns());
             /* election: lead when ours is the lowest, else watch the one just below */
             const char *mine = strrchr(cl->election_node, '/');
             mine = mine ? mine + 1 : cl->election_node;

@@ -134,6 +134,7 @@ struct nl_cluster {
     repl_role *roles;
     pthread_mutex_t follow_mu[CL_FOLLOW_LOCKS]; /* a follower's shard: one stream or install at a time */
     atomic_int map_fresh;  /* the maps were read since the session was last connected */
+    atomic_uint_fast64_t last_read_ns; /* when the worker last read the cluster from ZooKeeper */
     uint32_t replica_timeout_ms, write_wait_ms;
     uint64_t log_max_bytes, log_max_age_ms;
     char blocked[CL_BLOCKED_KEEP][128]; /* blocked failovers already logged (rep_mu) */

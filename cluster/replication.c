@@ -409,9 +409,15 @@ static int hello(repl_link *l)
     uint64_t pe = 0;
     int has = nl_collection_shard_log_epoch_at(r->h, r->s, a.last, &pe) == 0;
     nl_catchup how = nl_repl_catchup(a.last, a.last_epoch, has, pe, ps.last_seq);
-    /* a follower with nothing (a move's target, a replica re-created) gets the segments,
-     * not the whole history replayed and its graph rebuilt */
-    if (a.last == 0 && ps.last_seq > 0)
+    /* a follower with nothing outside the in-sync set (a move's target, a replica
+     * re-created) gets the segments, not the whole history replayed and its graph rebuilt;
+     * a member of the set at 0 (a collection just created) streams, as it always did */
+    pthread_mutex_lock(&r->mu);
+    int member = 0;
+    for (uint32_t i = 0; i < r->view.nin_sync; i++)
+        member |= !strcmp(r->view.in_sync[i], l->peer);
+    pthread_mutex_unlock(&r->mu);
+    if (a.last == 0 && ps.last_seq > 0 && !member)
         how = NL_CATCHUP_SNAPSHOT;
     if (how == NL_CATCHUP_SNAPSHOT) {
         cl_log(r->cl, 1, "\"event\":\"snapshot_needed\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\","
@@ -1131,6 +1137,14 @@ int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s)
     cl_snapshot *sn = cl_snap_get(cl);
     const cl_coll *c = cl_snap_coll(sn, name);
     int ok = c && c->has_map && nl_shard_map_in_sync(&c->map, s, cl->node_id);
+    /* A view of a replicated shard older than a session timeout (the process was paused,
+     * or cut off from ZooKeeper) may be one the cluster has moved past: its primary may have
+     * dropped this replica from the in-sync set and gone on acknowledging without it. Such
+     * a replica serves no reads until its map is read again (the router asks another one).
+     * A shard of one replica is always in sync: nobody can drop it. */
+    uint64_t age = nl_now_ns() - (uint64_t)atomic_load(&cl->last_read_ns);
+    if (ok && c->map.shard[s].nreplicas > 1 && age > (uint64_t)cl->opt.session_ms * 1000000ull)
+        ok = 0;
     cl_snap_put(cl, sn);
     if (!ok) {
         /* this node's snapshot may lag the map the router read (a collection just made,
