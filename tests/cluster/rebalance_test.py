@@ -131,7 +131,7 @@ def snapshot_bytes(c):
                if n.proc and n.proc.poll() is None)
 
 
-def check_history(w, url, what):
+def check_history(w, url, what, kills=False):
     w.stop()
     rep = check(w.h, url, "docs")
     print("%s: history %s; writes %s; searches %s" % (what, {k: (len(v) if isinstance(v, list) else v)
@@ -142,8 +142,14 @@ def check_history(w, url, what):
             fail("%s: %s %s" % (what, k, rep[k][:10]))
     if w.write_stats["failed"]:
         fail("%s: %d writes failed after retries: %s" % (what, w.write_stats["failed"], w.failures[:3]))
-    if w.search_stats["failed"] or w.search_stats["partial"]:
+    # planned moves: every search complete. Kills: a shard whose only in-sync replica was on
+    # the killed node is missing from answers until its failover (partial, and said why);
+    # still no search may fail
+    if w.search_stats["failed"] or (w.search_stats["partial"] and not kills):
         fail("%s: searches failed or partial: %s %s" % (what, w.search_stats, getattr(w, "partial_why", [])[:5]))
+    elif w.search_stats["partial"]:
+        print("%s: %d partial searches while a node was down: %s" % (what, w.search_stats["partial"],
+                                                                    getattr(w, "partial_why", [])[:3]), flush=True)
     if w.read_problems:
         fail("%s: reads: %s" % (what, w.read_problems[:5]))
 
@@ -366,7 +372,7 @@ def main():
             if below > (FAILOVER_S + 30 if held else 0):
                 fail("kill coordinator: big/%d fell below its replication factor for %.1f s" % (sh, below))
             c.nodes[coord].start(EXT, env=ENV)
-        check_history(w, lambda: urls()[0], "kills")
+        check_history(w, lambda: urls()[0], "kills", kills=True)
         wait(lambda: (lambda s: s and not s["moves"] and s["under_replicated_shards"] == 0)(status(c)), 60)
         check_big(c, "at the end")
         sampler.stop()
