@@ -86,7 +86,7 @@ class Workload:
     to a random node of urls() (the nodes believed up)."""
 
     def __init__(self, urls, collection, shards, clients=3, ids=900, batch=12, deletes=0.2, timeout=20, seed=7,
-                 run=None, reader=True, share=None, retries=0):
+                 run=None, reader=True, share=None, retries=0, search_retries=0):
         self.urls, self.coll, self.shards = urls, collection, shards
         self.clients, self.ids, self.batch, self.deletes, self.timeout = clients, ids, batch, deletes, timeout
         self.h = share.h if share else History()
@@ -96,8 +96,10 @@ class Workload:
         self.run = list(range(clients)) if run is None else list(run)
         self.with_reader = reader
         self.seed = seed
-        self.search_stats = {"ok": 0, "failed": 0, "partial": 0}
+        self.search_stats = {"ok": 0, "failed": 0, "partial": 0, "retried": 0}
+        self.search_failures = []
         self.retries = retries  # a write not answered 200 is sent again (same versions), as a client would
+        self.search_retries = search_retries  # the same for a search refused or cut off
         self.write_stats = {"ok": 0, "retried": 0, "failed": 0}
         self.failures = []
         self.read_problems = []
@@ -168,10 +170,20 @@ class Workload:
             if not url:
                 time.sleep(0.05)
                 continue
-            st, ans = http("POST", url + "/v1/collections/%s/search" % self.coll,
-                           {"vector": [float(x) for x in q], "k": 10}, timeout=5)
+            # a search refused or cut off (its node killed under it, 503) is sent again to a
+            # node picked afresh, as a client does, when the test allows retries
+            for attempt in range(self.search_retries + 1):
+                st, ans = http("POST", url + "/v1/collections/%s/search" % self.coll,
+                               {"vector": [float(x) for x in q], "k": 10}, timeout=5)
+                if (st == 200 and isinstance(ans, dict)) or attempt == self.search_retries or self.stop_ev.is_set():
+                    break
+                self.search_stats["retried"] += 1
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))
+                url = self._pick() or url
             if st != 200 or not isinstance(ans, dict):
                 self.search_stats["failed"] += 1
+                if len(self.search_failures) < 20:
+                    self.search_failures.append((url, st, ans))
                 continue
             self.search_stats["ok"] += 1
             if ans.get("partial"):
