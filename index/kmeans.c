@@ -18,15 +18,6 @@
 
 #include "nl_util.h"
 
-/* Our threads split the work; OpenBLAS's own pool would only oversubscribe the cores.
- * Once per process, from whichever thread gets here first. */
-static void blas_set_one_thread(void) { openblas_set_num_threads(1); }
-
-static void blas_single_thread(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, blas_set_one_thread);
-}
 
 typedef struct {
     const float *x;
@@ -87,7 +78,7 @@ int nl_kmeans_assign(const float *x, size_t n, uint32_t d, const float *centroid
 {
     if (n == 0 || d == 0 || k == 0 || (top != 1 && top != 2))
         return nl_fail(NL_EINVAL, "kmeans_assign: n=%zu d=%u k=%u top=%u", n, d, k, top);
-    blas_single_thread();
+    nl_blas_single_thread();
     if (threads == 0)
         threads = nl_cpu_count();
     size_t block = (4u << 20) / k; /* at most 16 MB of scratch per thread */

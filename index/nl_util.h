@@ -31,6 +31,10 @@ void nl_objpool_fini(nl_objpool *p); /* destroys every object held */
 void *nl_objpool_take(nl_objpool *p);
 void nl_objpool_give(nl_objpool *p, void *obj);
 
+/* Our threads split the work; OpenBLAS's own pool would only oversubscribe the cores.
+ * Call before BLAS work: sets OpenBLAS to one thread, once per process. */
+void nl_blas_single_thread(void);
+
 /* Online CPU count (>= 1). */
 unsigned nl_cpu_count(void);
 

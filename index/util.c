@@ -7,6 +7,7 @@
 #include "nl_util.h"
 
 #include "nl_common.h"
+#include <cblas.h>
 
 #include <errno.h>
 #include <math.h>
@@ -244,4 +245,12 @@ void nl_kill_point(const char *point)
     const char *at = getenv("NEARLINE_KILL_AT");
     if (at && strcmp(at, point) == 0)
         raise(SIGKILL);
+}
+
+static void blas_set_one_thread(void) { openblas_set_num_threads(1); }
+
+void nl_blas_single_thread(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, blas_set_one_thread);
 }
