@@ -162,7 +162,7 @@ static nl_collection *find_locked(nl_db *db, const char *name)
 
 static void to_shard_config(const nl_collection_config *c, nl_shard_config *s)
 {
-    *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity};
+    *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity, c->code};
 }
 
 int nl_collection_config_defaults(nl_collection_config *cfg)
@@ -181,6 +181,7 @@ int nl_collection_config_defaults(nl_collection_config *cfg)
     cfg->alpha = sc.alpha;
     cfg->pq_bytes = sc.pq_m;
     cfg->fresh_capacity = sc.fresh_capacity;
+    cfg->code = sc.code;
     return 0;
 }
 
@@ -206,6 +207,7 @@ static int create_impl(nl_db *db, const char *name, const nl_collection_config *
     cfg.alpha = sc.alpha;
     cfg.pq_bytes = sc.pq_m;
     cfg.fresh_capacity = sc.fresh_capacity;
+    cfg.code = sc.code;
 
     char final_dir[4200], tmp[4300], sdir[4400];
     snprintf(final_dir, sizeof final_dir, "%s/%s", db->dir, name);
@@ -755,6 +757,7 @@ static int search_shards(nl_collection *c, const uint32_t *which, uint32_t S, co
                 stats[q].latency_ns += st[q].latency_ns;
                 stats[q].ios += st[q].ios;
                 stats[q].cache_hits += st[q].cache_hits;
+                stats[q].bound_skips += st[q].bound_skips;
                 stats[q].hops += st[q].hops;
                 stats[q].filter_plan |= st[q].filter_plan;
                 stats[q].scanned += st[q].scanned;
@@ -1138,7 +1141,7 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
             nl_shard_get_config(sh, &got);
             to_shard_config(&c->cfg, &want);
             if (got.dim != want.dim || got.metric != want.metric || got.dtype != want.dtype || got.R != want.R ||
-                got.pq_m != want.pq_m)
+                got.pq_m != want.pq_m || got.code != want.code)
                 rc = nl_fail(NL_ECORRUPT, "the copy installed as shard %u is of another configuration", s);
         }
         if (rc) {

@@ -24,7 +24,7 @@
 
 #include "import_internal.h"
 #include "nl_catalog.h"
-#include "nl_pq.h"
+#include "nl_quant.h"
 #include "nl_segment.h"
 #include "nl_shard.h"
 #include "nl_util.h"
@@ -35,6 +35,18 @@ uint32_t nl_import_default_pq_m(uint32_t dim)
      * wide vectors where 32 chunks would each span many dimensions. */
     uint32_t m = dim <= 256 ? 32 : dim <= 512 ? 64 : 96;
     return m < dim ? m : dim;
+}
+
+uint32_t nl_import_default_code(uint32_t dim)
+{
+    /* The most RaBitQ bits whose code fits in the default PQ size plus 8 bytes (the
+     * factors' room): 2 bits at 96..256-d, 1 bit at 512-d and 784-d; PQ where not even
+     * one bit fits (over ~800-d) or the rotation would be too big to keep. */
+    uint32_t room = nl_import_default_pq_m(dim) + 8;
+    for (uint32_t b = NL_RABITQ_MAX_BITS; b >= 1 && dim <= NL_RABITQ_MAX_DIM; b--)
+        if (nl_rabitq_code_bytes_for(dim, b) <= room)
+            return NL_COLL_CODE_RABITQ(b);
+    return NL_COLL_CODE_PQ;
 }
 
 static double secs_since(uint64_t t0) { return (double)(nl_now_ns() - t0) / 1e9; }
@@ -143,11 +155,11 @@ int nl_import_check_metadata(const char *path, size_t n)
     return rc;
 }
 
-uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t pq_m, int has_ids)
+uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t code_bytes, int has_ids)
 {
     uint64_t cap = R + (R * 3 + 9) / 10;
     uint64_t per_point = (uint64_t)dim * nl_dtype_size(dtype) /* vectors */ + 4 * cap + 4 /* lists */ +
-                         9 /* lock, order, ext */ + pq_m + (has_ids ? 16 : 0) + 8 /* segment ids */;
+                         9 /* lock, order, ext */ + code_bytes + (has_ids ? 16 : 0) + 8 /* segment ids */;
     uint64_t sample = 2ull * 100000 * dim * sizeof(float); /* PQ training rows, widened */
     return NL_IMPORT_FIXED_BYTES + n * per_point + sample;
 }
@@ -175,6 +187,7 @@ static int fingerprint(const nl_import_params *p, const nl_import_target *t, uin
                           p->append);
     if (!o)
         return -ENOMEM;
+    json_object_set_new(o, "code", json_integer((json_int_t)t->code)); /* checkpoints hold codes of one kind */
     *out = o;
     return 0;
 }
@@ -291,13 +304,15 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
                          dim, nl_dtype_name(dtype), p->collection, cc.dim, nl_dtype_name(cc.dtype));
             goto out;
         }
-        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, cc.R, cc.L, cc.alpha, cc.pq_bytes, cc.fresh_capacity};
+        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, cc.R, cc.L, cc.alpha, cc.pq_bytes, cc.fresh_capacity,
+                              cc.code};
         if ((rc = nl_shard_config_check(&sc)) != 0)
             goto out;
         t.R = sc.R;
         t.L = sc.L;
         t.alpha = sc.alpha;
         t.pq_m = sc.pq_m;
+        t.code = sc.code; /* an appended segment keeps the collection's code */
         t.metric = sc.metric;
     } else {
         t.R = p->R ? p->R : 64;
@@ -305,11 +320,17 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         t.alpha = p->alpha > 0 ? p->alpha : 1.2f;
         t.pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
         t.metric = p->metric;
+        t.code = p->code ? p->code : p->pq_m ? NL_COLL_CODE_PQ : nl_import_default_code(dim);
     }
     if (t.pq_m > dim) {
         rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", t.pq_m, dim);
         goto out;
     }
+    t.spec = NL_COLL_CODE_IS_RABITQ(t.code) ? (nl_code_spec){NL_CODE_RABITQ, NL_COLL_CODE_BITS(t.code)}
+                                            : (nl_code_spec){NL_CODE_PQ, t.pq_m};
+    if ((rc = nl_code_spec_check(t.spec, dim)) != 0)
+        goto out;
+    t.code_bytes = nl_code_spec_bytes(t.spec, dim);
     t.budget = p->memory_budget ? p->memory_budget : physical_ram() / 2;
     t.work = work;
     t.seg_path = seg_path;
@@ -326,7 +347,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     uint32_t seg_number = 1;
     if (p->append) {
         snprintf(shard_dir, sizeof shard_dir, "%s/0", final_dir);
-        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, t.R, t.L, t.alpha, t.pq_m, cc.fresh_capacity};
+        nl_shard_config sc = {cc.dim, cc.dtype, cc.metric, t.R, t.L, t.alpha, t.pq_m, cc.fresh_capacity, t.code};
         if ((rc = nl_shard_import_begin(shard_dir, &sc, 0, &h)) != 0)
             goto out;
         int any = 0;
@@ -368,7 +389,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
             goto out;
         }
     }
-    uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, t.R, t.pq_m, p->ids_path != NULL);
+    uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, t.R, t.code_bytes, p->ids_path != NULL);
     if (need <= t.budget && !p->force_partitioned)
         rc = import_in_memory(p, &t, r);
     else
@@ -381,8 +402,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     if (p->append) {
         rc = nl_shard_import_commit(h, seg_number, n, ids, id_first, p->metadata_path);
     } else {
-        nl_collection_config ncc = {dim, t.metric, dtype, 1, t.R, t.L, t.alpha, t.pq_m, 0};
-        nl_shard_config sc = {dim, dtype, t.metric, t.R, t.L, t.alpha, t.pq_m, 0};
+        nl_collection_config ncc = {dim, t.metric, dtype, 1, t.R, t.L, t.alpha, t.pq_m, 0, t.code};
+        nl_shard_config sc = {dim, dtype, t.metric, t.R, t.L, t.alpha, t.pq_m, 0, t.code};
         if ((rc = nl_shard_config_check(&sc)) != 0)
             goto out;
         ncc.fresh_capacity = sc.fresh_capacity;
@@ -413,7 +434,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     r->dim = dim;
     r->dtype = dtype;
     r->R = t.R;
-    r->pq_m = t.pq_m;
+    r->pq_m = t.code_bytes;
+    r->code = t.spec;
     r->budget = t.budget;
     r->appended = p->append;
     (void)publish_new;
@@ -441,7 +463,7 @@ static int import_in_memory(const nl_import_params *p, const nl_import_target *t
     nl_dtype dtype;
     uint8_t *codes = NULL;
     uint64_t *pids = NULL;
-    nl_pq *pq = NULL;
+    nl_quant *pq = NULL;
     nl_vamana *ix = NULL;
     int rc;
     if ((rc = nl_dataset_load(p->input, p->format, &data, &n, &dim, &dtype)) != 0)
@@ -459,15 +481,15 @@ static int import_in_memory(const nl_import_params *p, const nl_import_target *t
     nl_vecset vs = {data, n, dim, dtype};
     unsigned threads = p->threads ? p->threads : nl_cpu_count();
     t0 = nl_now_ns();
-    nl_pq_params pp = {.m = t->pq_m, .max_sample = 0, .iters = 0, .seed = p->seed, .threads = threads};
-    if ((rc = nl_pq_train(&vs, t->metric, &pp, &pq)) != 0)
+    nl_quant_params qp = {.max_sample = 0, .seed = p->seed, .threads = threads};
+    if ((rc = nl_quant_train(&vs, t->metric, t->spec, &qp, &pq)) != 0)
         goto out;
-    codes = malloc(n * t->pq_m);
+    codes = malloc(n * t->code_bytes);
     if (!codes) {
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = nl_pq_encode(pq, &vs, codes, threads)) != 0)
+    if ((rc = nl_quant_encode(pq, &vs, codes, threads)) != 0)
         goto out;
     r->pq_s = secs_since(t0);
     if (p->progress)
@@ -506,7 +528,7 @@ static int import_in_memory(const nl_import_params *p, const nl_import_target *t
     r->write_s = secs_since(t0);
 out:
     nl_vamana_destroy(ix);
-    nl_pq_destroy(pq);
+    nl_quant_destroy(pq);
     free(codes);
     free(pids);
     free(data);

@@ -8,6 +8,7 @@
 #define NL_IMPORT_INTERNAL_H
 
 #include "nl_import.h"
+#include "nl_quant.h"
 
 /* One unsigned decimal id per line, exactly n lines, no duplicates; *out malloc'd. */
 int nl_import_read_ids(const char *path, size_t n, uint64_t **out);
@@ -19,6 +20,9 @@ int nl_import_check_metadata(const char *path, size_t n);
  * segment's path, and the first version (pid) its rows get. */
 typedef struct {
     uint32_t R, L, pq_m;
+    uint32_t code;        /* the collection's code (nl_collection_config.code), resolved */
+    nl_code_spec spec;    /* the same as a quantizer spec */
+    uint32_t code_bytes;  /* bytes of one code */
     float alpha;
     nl_metric metric;
     uint64_t budget;
@@ -28,7 +32,7 @@ typedef struct {
 } nl_import_target;
 
 /* Bytes the in-memory build needs for n points (data, graph, codes, build scratch). */
-uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t pq_m, int has_ids);
+uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t code_bytes, int has_ids);
 
 /* The partitioned path: writes t->seg_path, checkpointing in t->work. ds is borrowed. */
 int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_import_target *t, nl_import_result *r);

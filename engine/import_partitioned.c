@@ -50,7 +50,7 @@
 #include "nl_crc32c.h"
 #include "nl_distance.h"
 #include "nl_kmeans.h"
-#include "nl_pq.h"
+#include "nl_quant.h"
 #include "nl_segment.h"
 #include "nl_util.h"
 
@@ -82,7 +82,7 @@ typedef struct {
     uint32_t P;
     uint64_t cap; /* points per partition at most */
     /* products of the phases */
-    nl_pq *pq;
+    nl_quant *pq;     /* the code's quantizer (PQ or RaBitQ: t->spec) */
     float *centroids; /* P x dim */
     float *mean;      /* dim */
     uint64_t *counts; /* P */
@@ -246,10 +246,10 @@ static int phase_sample_pq(job *j)
     void *pqb = read_small(pq_path, PQ_MAGIC, &l1);
     void *pb = read_small(parts_path, PARTS_MAGIC, &l2);
     size_t want = 8 + sizeof(float) * ((size_t)j->dim + (size_t)j->P * j->dim);
-    if (pqb && pb && l2 == want && nl_pq_deserialize(pqb, l1, &j->pq) == 0) {
+    if (pqb && pb && l2 == want && nl_quant_deserialize(j->t->spec.kind, pqb, l1, &j->pq) == 0) {
         uint32_t hdr[2];
         memcpy(hdr, pb, 8);
-        if (hdr[0] == j->P && hdr[1] == j->dim && nl_pq_m(j->pq) == j->pq_m) {
+        if (hdr[0] == j->P && hdr[1] == j->dim && nl_quant_spec(j->pq).param == j->t->spec.param) {
             memcpy(j->mean, (char *)pb + 8, sizeof(float) * j->dim);
             memcpy(j->centroids, (char *)pb + 8 + sizeof(float) * j->dim, sizeof(float) * j->P * j->dim);
             free(pqb);
@@ -259,7 +259,7 @@ static int phase_sample_pq(job *j)
             j->r->resumed_phases += 2;
             return 0;
         }
-        nl_pq_destroy(j->pq);
+        nl_quant_destroy(j->pq);
         j->pq = NULL;
     }
     free(pqb);
@@ -291,8 +291,8 @@ static int phase_sample_pq(job *j)
     t0 = nl_now_ns();
     progress(j, "pq", 0, 2);
     nl_vecset vs = {c.sample, c.S, j->dim, j->dtype};
-    nl_pq_params pp = {.m = j->pq_m, .max_sample = (uint32_t)c.S, .iters = 0, .seed = j->p->seed, .threads = j->threads};
-    if ((rc = nl_pq_train(&vs, j->t->metric, &pp, &j->pq)) != 0)
+    nl_quant_params qp = {.max_sample = (uint32_t)c.S, .seed = j->p->seed, .threads = j->threads};
+    if ((rc = nl_quant_train(&vs, j->t->metric, j->t->spec, &qp, &j->pq)) != 0)
         goto out;
     progress(j, "pq", 1, 2);
     xf = malloc(sizeof(float) * c.S * j->dim);
@@ -306,13 +306,13 @@ static int phase_sample_pq(job *j)
     if ((rc = nl_kmeans(xf, c.S, j->dim, &kp, j->centroids, NULL, NULL)) != 0)
         goto out;
     progress(j, "pq", 2, 2);
-    size_t sl = nl_pq_serialized_size(j->pq);
+    size_t sl = nl_quant_serialized_size(j->pq);
     ser = malloc(sl);
     if (!ser) {
         rc = -ENOMEM;
         goto out;
     }
-    nl_pq_serialize(j->pq, ser, sl);
+    nl_quant_serialize(j->pq, ser, sl);
     uint32_t hdr[2] = {j->P, j->dim};
     size_t body = sizeof(float) * ((size_t)j->dim + (size_t)j->P * j->dim);
     char *pbuf = malloc(body);
@@ -433,7 +433,7 @@ static int partition_chunk(job *j, void *vctx, uint64_t first, uint64_t count, c
         }
     }
     nl_vecset vs = {rows, count, j->dim, j->dtype};
-    if ((rc = nl_pq_encode(j->pq, &vs, c->cbuf, j->threads)) != 0)
+    if ((rc = nl_quant_encode(j->pq, &vs, c->cbuf, j->threads)) != 0)
         return rc;
     if (fwrite(c->cbuf, j->pq_m, count, c->codes) != count)
         return nl_fail(-(errno ? errno : EIO), "import: cannot write codes: %s", strerror(errno ? errno : EIO));
@@ -1050,7 +1050,7 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_im
     j.R = t->R;
     j.L = t->L;
     j.alpha = t->alpha;
-    j.pq_m = t->pq_m;
+    j.pq_m = t->code_bytes; /* bytes of one code, whatever its kind */
     j.threads = p->threads ? p->threads : nl_cpu_count();
     j.budget = t->budget;
     j.work = t->work;
@@ -1105,7 +1105,7 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_im
         goto out;
     rc = phase_merge_write(&j);
 out:
-    nl_pq_destroy(j.pq);
+    nl_quant_destroy(j.pq);
     free(j.centroids);
     free(j.mean);
     free(j.counts);

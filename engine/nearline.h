@@ -86,7 +86,17 @@ typedef struct {
     float alpha;             /* prune factor; 0 = 1.2 */
     uint32_t pq_bytes;       /* PQ code bytes per point; 0 = default for the dimension */
     uint32_t fresh_capacity; /* unflushed points per shard before writers wait; 0 = 100000 */
+    uint32_t code;           /* the code segments navigate by: NL_COLL_CODE_DEFAULT (PQ when
+                              * pq_bytes is set, else the dimension's default: RaBitQ where it
+                              * fits the default PQ size + 8 bytes, docs/decisions.md),
+                              * NL_COLL_CODE_PQ (pq_bytes) or NL_COLL_CODE_RABITQ(bits) */
 } nl_collection_config;
+
+#define NL_COLL_CODE_DEFAULT 0u
+#define NL_COLL_CODE_PQ 0x100u
+#define NL_COLL_CODE_RABITQ(bits) (0x200u | (uint32_t)(bits))
+#define NL_COLL_CODE_IS_RABITQ(c) (((c) & 0xff00u) == 0x200u)
+#define NL_COLL_CODE_BITS(c) ((c) & 0xffu)
 
 /* Fills in the defaults of cfg (shards 0 = 1, R, L, alpha, pq_bytes, fresh_capacity) as
  * create would, and checks it: 0 or NL_EINVAL naming the field. */
@@ -168,13 +178,19 @@ typedef struct {
     const nl_filter *const *filters;
     uint32_t plan;      /* filtered queries: 0 = chosen per index by cost; NL_PLAN_GRAPH or
                          * NL_PLAN_SCAN to force one (tests, benchmarks) */
+    float bound;        /* segments with RaBitQ codes: skip reading candidates whose error
+                         * bound (this many standard deviations) keeps them out of the top
+                         * k; 0 = NL_SEARCH_BOUND_DEFAULT, negative = never skip */
 } nl_search_params;
+
+#define NL_SEARCH_BOUND_DEFAULT 1.9f
 
 typedef struct {
     uint64_t start_ns;   /* when the engine started on it (the monotonic nanosecond clock) */
     uint64_t latency_ns; /* from then until its results were complete */
     uint32_t ios;        /* sector reads */
     uint32_t cache_hits; /* nodes served by the node cache */
+    uint32_t bound_skips; /* candidates not read: their error bound kept them out of the top k */
     uint32_t hops;       /* nodes expanded (all indexes) */
     uint32_t filter_plan; /* filtered queries: NL_PLAN_* bits of the plans used */
     uint32_t scanned;    /* points a scan plan scored */

@@ -14,6 +14,7 @@
 
 #include "nl_common.h"
 #include "nl_dataset.h"
+#include "nl_quant.h"
 #include "nl_vamana.h"
 
 #ifdef __cplusplus
@@ -31,6 +32,8 @@ typedef struct {
     uint32_t R, L;        /* 0 = 64, 100 */
     float alpha;          /* 0 = 1.2 */
     uint32_t pq_m;        /* 0 = default (docs/decisions.md) */
+    uint32_t code;        /* nl_collection_config.code: NL_COLL_CODE_DEFAULT = pq_m set: PQ, else
+                           * the dimension's default; an --append keeps the collection's */
     unsigned threads;     /* 0 = all CPUs */
     uint64_t seed;
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
@@ -46,7 +49,8 @@ typedef struct {
 
 typedef struct {
     uint64_t points;
-    uint32_t dim, R, pq_m;
+    uint32_t dim, R, pq_m; /* pq_m: bytes of one code (of whichever kind) */
+    nl_code_spec code;
     nl_dtype dtype;
     double read_s, pq_s, partition_s, build_s, merge_s, write_s, total_s;
     uint64_t segment_bytes;
@@ -62,6 +66,8 @@ typedef struct {
 
 /* The default PQ code size for a dimension. */
 uint32_t nl_import_default_pq_m(uint32_t dim);
+/* The default code of a new collection (nl_collection_config.code) for a dimension. */
+uint32_t nl_import_default_code(uint32_t dim);
 
 int nl_import(const nl_import_params *p, nl_import_result *r);
 

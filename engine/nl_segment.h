@@ -1,10 +1,10 @@
 /*
  * nl_segment.h — immutable on-disk segments: the writer that turns a built Vamana graph,
- * its vectors and PQ codes into a segment file, and the reader that opens one (validating
+ * its vectors and compressed codes (nl_quant.h: PQ or RaBitQ) into a segment file, and the reader that opens one (validating
  * everything it keeps in RAM), searches it with a pipelined beam search over io_uring,
  * and verifies it end to end.
  *
- * What stays in RAM after open: the PQ codebook and codes (pq_m bytes per point), the id
+ * What stays in RAM after open: the codebook and codes (code_bytes per point), the id
  * map (8 bytes per point, absent when ids are ordinals), and the node cache: whole node
  * records of the hot list, BFS order from the medoid, up to the cache budget. Everything
  * else is read per query, 4 KiB sectors with O_DIRECT, so the page cache plays no part.
@@ -20,7 +20,7 @@
 #include "nl_common.h"
 #include "nl_io.h"
 #include "nl_bitmap.h"
-#include "nl_pq.h"
+#include "nl_quant.h"
 #include "nl_vamana.h"
 
 #ifdef __cplusplus
@@ -31,8 +31,8 @@ extern "C" {
 
 typedef struct {
     const nl_vamana *index;  /* graph, medoid, vectors and metric */
-    const nl_pq *pq;
-    const uint8_t *codes;    /* n x pq_m */
+    const nl_quant *quant;
+    const uint8_t *codes;    /* n x code bytes */
     const uint64_t *ids;     /* n external ids, or NULL for ids = ordinals */
     uint32_t build_L;
     float build_alpha;
@@ -56,12 +56,12 @@ typedef struct {
     uint32_t R;
     uint32_t build_L;
     float build_alpha;
-    const nl_pq *pq;         /* borrowed until finish/abort */
+    const nl_quant *quant;   /* borrowed until finish/abort */
 } nl_segment_writer_params;
 
 typedef struct nl_segment_writer nl_segment_writer;
 
-/* Fills rows [first, first+count) of codes (pq_m bytes each) or ids (u64 each). */
+/* Fills rows [first, first+count) of codes (code bytes each) or ids (u64 each). */
 typedef int (*nl_segment_fill_fn)(void *ctx, uint64_t first, uint64_t count, void *dst);
 
 int nl_segment_writer_create(const char *path, const nl_segment_writer_params *p, nl_segment_writer **out);
@@ -96,7 +96,9 @@ void nl_segment_close(nl_segment *seg);
 
 typedef struct {
     uint64_t count;
-    uint32_t dim, R, pq_m, medoid;
+    uint32_t dim, R, pq_m, medoid; /* pq_m: bytes of one code, whatever its kind */
+    nl_code_spec code;
+    uint32_t format;
     nl_dtype dtype;
     nl_metric metric;
     uint32_t node_bytes, nodes_per_sector, sectors_per_node;
@@ -124,8 +126,8 @@ int nl_segment_read_vectors(nl_segment *seg, uint32_t first, uint32_t count, voi
 /* The same, plus each node's neighbour list: adj gets count x R ordinals (row i holds
  * deg[i] of them), deg count entries. adj and deg may both be NULL. */
 int nl_segment_read_nodes(nl_segment *seg, uint32_t first, uint32_t count, void *out, uint32_t *adj, uint32_t *deg);
-/* The segment's codebook and codes (count x pq_m), owned by the segment. */
-const nl_pq *nl_segment_pq(const nl_segment *seg);
+/* The segment's codebook and codes (count x code bytes), owned by the segment. */
+const nl_quant *nl_segment_quant(const nl_segment *seg);
 const uint8_t *nl_segment_codes(const nl_segment *seg);
 
 /* ---- searching ---- */
@@ -134,6 +136,8 @@ typedef struct {
     uint32_t k;    /* results per query */
     uint32_t L;    /* candidate list size, >= k */
     uint32_t W;    /* beam width: sector reads in flight per query */
+    float eps0;    /* RaBitQ's error bound in standard deviations: reads whose lower bound
+                    * cannot enter the top k are skipped; 0 = no skipping */
 } nl_seg_query_params;
 
 /* nl_query_stats (nearline.h): per-query latency, sector reads, cache hits, hops. */
@@ -193,6 +197,7 @@ typedef struct {
     void *dead_ctx;
     const uint32_t *subset;
     uint32_t subset_n;
+    float eps0;          /* as in nl_seg_query_params */
 } nl_seg_job;
 
 int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,

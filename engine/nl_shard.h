@@ -31,6 +31,7 @@ typedef struct {
     float alpha;             /* 0 = 1.2 */
     uint32_t pq_m;           /* 0 = default for the dimension */
     uint32_t fresh_capacity; /* 0 = 100000 */
+    uint32_t code;           /* as nl_collection_config.code; never DEFAULT after the check */
 } nl_shard_config;
 
 typedef struct nl_shard nl_shard;

@@ -4,7 +4,11 @@
  *
  *   sector 0          header: fixed fields, a section table, CRC-32C of bytes 0..4091
  *   sectors 1..S      node sectors: payload bytes 0..4091, CRC-32C of the payload at 4092
- *   then, each at a 4096-aligned offset: PQ pivots, PQ codes, id map, hot list
+ *   then, each at a 4096-aligned offset: codebook, codes, id map, hot list
+ *
+ * Format 2 names the code kind (H_CODE_KIND: 0 PQ, 1 RaBitQ) and its size (H_CODE_PARAM:
+ * PQ bytes or RaBitQ bits); H_PQ_M is the bytes of one code of either kind. Format 1
+ * segments (issue 17 and before) are PQ and still open.
  *
  * A node record is: vector (dim x element size), u32 degree, R x u32 neighbour ordinals
  * (unused slots zero). Records never straddle a sector when one fits in a payload
@@ -20,7 +24,7 @@
 #define SEG_SECTOR 4096u
 #define SEG_PAYLOAD 4092u
 #define SEG_MAGIC "NLSEGMT\0"
-#define SEG_VERSION 1u
+#define SEG_VERSION 2u /* written; 1 is still read */
 
 enum { SEC_NODES = 0, SEC_PQ_PIVOTS, SEC_PQ_CODES, SEC_IDMAP, SEC_HOT, SEC_COUNT };
 
@@ -47,6 +51,8 @@ enum {
     H_NODE_SECTORS = 72,   /* u64 */
     H_SECTIONS = 80,       /* SEC_COUNT x {u64 offset, u64 length, u32 crc32c, u32 zero} */
     H_SECTION_SIZE = 24,
+    H_CODE_KIND = 200,     /* u32, format 2 */
+    H_CODE_PARAM = 204,    /* u32, format 2 */
     H_CRC = 4092           /* u32 over bytes 0..4091 */
 };
 

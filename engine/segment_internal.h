@@ -15,14 +15,16 @@ struct nl_segment {
     int direct;
     char path[1024];
     uint64_t n;
-    uint32_t dim, R, m, medoid, flags, build_L;
+    uint32_t dim, R, m, medoid, flags, build_L; /* m: bytes of one code */
+    uint32_t format;
+    nl_code_spec code;
     float build_alpha;
     nl_dtype dtype;
     nl_metric metric;
     seg_geom geo;
     uint32_t vec_bytes;
     uint64_t file_bytes;
-    nl_pq *pq;
+    nl_quant *quant;
     uint8_t *codes;
     uint64_t *ids;        /* NULL when ids are ordinals */
     /* node cache: records of the first cache_n hot nodes, and a hash ordinal -> slot */

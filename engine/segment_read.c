@@ -58,7 +58,7 @@ static int load_section(nl_segment *s, const unsigned char *h, int sec, void *ds
     uint64_t off = seg_get64(h, H_SECTIONS + sec * H_SECTION_SIZE);
     uint64_t len = seg_get64(h, H_SECTIONS + sec * H_SECTION_SIZE + 8);
     uint32_t crc = seg_get32(h, H_SECTIONS + sec * H_SECTION_SIZE + 16);
-    static const char *names[] = {"nodes", "pq pivots", "pq codes", "id map", "hot list"};
+    static const char *names[] = {"nodes", "codebook", "codes", "id map", "hot list"};
     if (len != want_len)
         return CORRUPT(s, "%s: %s section is %llu bytes, expected %llu", s->path, names[sec],
                        (unsigned long long)len, (unsigned long long)want_len);
@@ -76,9 +76,10 @@ static int parse_header(nl_segment *s, const unsigned char *h)
         return CORRUPT(s, "%s: not a nearline segment (bad magic)", s->path);
     if (nl_crc32c(0, h, H_CRC) != seg_get32(h, H_CRC))
         return CORRUPT(s, "%s: header fails its checksum", s->path);
-    if (seg_get32(h, H_VERSION) != SEG_VERSION)
-        return nl_fail(NL_EUNSUPPORTED, "%s: segment format version %u (this build reads %u)", s->path,
-                       seg_get32(h, H_VERSION), SEG_VERSION);
+    s->format = seg_get32(h, H_VERSION);
+    if (s->format != 1 && s->format != SEG_VERSION)
+        return nl_fail(NL_EUNSUPPORTED, "%s: segment format version %u (this build reads 1..%u)", s->path,
+                       s->format, SEG_VERSION);
     if (seg_get32(h, H_HEADER_BYTES) != SEG_SECTOR)
         return CORRUPT(s, "%s: header size field is wrong", s->path);
     s->n = seg_get64(h, H_COUNT);
@@ -87,11 +88,16 @@ static int parse_header(nl_segment *s, const unsigned char *h)
     s->R = seg_get32(h, H_R);
     s->medoid = seg_get32(h, H_MEDOID);
     s->m = seg_get32(h, H_PQ_M);
+    /* Format 1 is PQ with m bytes; format 2 says the kind and its size. */
+    s->code = (nl_code_spec){NL_CODE_PQ, s->m};
+    if (s->format >= 2)
+        s->code = (nl_code_spec){(nl_code_kind)seg_get32(h, H_CODE_KIND), seg_get32(h, H_CODE_PARAM)};
     s->flags = seg_get32(h, H_FLAGS);
     s->build_L = seg_get32(h, H_BUILD_L);
     memcpy(&s->build_alpha, h + H_BUILD_ALPHA, 4);
     if (s->n == 0 || s->n >= UINT32_MAX || s->dim == 0 || s->dim > 65536 || dt > NL_DTYPE_I8 ||
-        mt > NL_METRIC_COSINE || s->R == 0 || s->R > 1024 || s->medoid >= s->n || s->m == 0 || s->m > s->dim ||
+        mt > NL_METRIC_COSINE || s->R == 0 || s->R > 1024 || s->medoid >= s->n || s->m == 0 ||
+        (uint32_t)s->code.kind > NL_CODE_RABITQ || nl_code_spec_bytes(s->code, s->dim) != s->m ||
         (s->flags & ~SEG_FLAG_IDENTITY_IDS))
         return CORRUPT(s, "%s: header field out of range (n=%llu dim=%u type=%u metric=%u R=%u medoid=%u m=%u)",
                        s->path, (unsigned long long)s->n, s->dim, dt, mt, s->R, s->medoid, s->m);
@@ -209,7 +215,7 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
         goto fail;
     uint64_t pqlen = seg_get64(h, H_SECTIONS + SEC_PQ_PIVOTS * H_SECTION_SIZE + 8);
     if (pqlen > (64ull << 20)) {
-        rc = CORRUPT(s, "%s: PQ pivots section of %llu bytes is implausible", path, (unsigned long long)pqlen);
+        rc = CORRUPT(s, "%s: codebook section of %llu bytes is implausible", path, (unsigned long long)pqlen);
         goto fail;
     }
     pqbuf = malloc(pqlen ? pqlen : 1);
@@ -217,16 +223,21 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
     if (!pqbuf || !s->codes) { rc = -ENOMEM; goto fail; }
     if ((rc = load_section(s, h, SEC_PQ_PIVOTS, pqbuf, pqlen)) != 0)
         goto fail;
-    if ((rc = nl_pq_deserialize(pqbuf, pqlen, &s->pq)) != 0) {
-        rc = CORRUPT(s, "%s: PQ pivots: %s", path, nl_errdetail());
+    if ((rc = nl_quant_deserialize(s->code.kind, pqbuf, pqlen, &s->quant)) != 0) {
+        rc = CORRUPT(s, "%s: codebook: %s", path, nl_errdetail());
         goto fail;
     }
-    if (nl_pq_dim(s->pq) != s->dim || nl_pq_m(s->pq) != s->m || nl_pq_metric(s->pq) != s->metric) {
-        rc = CORRUPT(s, "%s: PQ pivots disagree with the header", path);
+    if (nl_quant_dim(s->quant) != s->dim || nl_quant_code_bytes(s->quant) != s->m ||
+        nl_quant_metric(s->quant) != s->metric || nl_quant_spec(s->quant).param != s->code.param) {
+        rc = CORRUPT(s, "%s: codebook disagrees with the header", path);
         goto fail;
     }
     if ((rc = load_section(s, h, SEC_PQ_CODES, s->codes, s->n * s->m)) != 0)
         goto fail;
+    if ((rc = nl_quant_check_codes(s->quant, s->codes, s->n)) != 0) {
+        rc = CORRUPT(s, "%s: codes: %s", path, nl_errdetail());
+        goto fail;
+    }
     if (!(s->flags & SEG_FLAG_IDENTITY_IDS)) {
         s->ids = malloc(sizeof(uint64_t) * s->n);
         if (!s->ids) { rc = -ENOMEM; goto fail; }
@@ -252,7 +263,7 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
     if ((rc = load_cache(s, hot + 1, hot[0], opt->cache_budget)) != 0)
         goto fail;
     s->dist = nl_distance_fn(s->metric, s->dtype);
-    s->ram_bytes = sizeof *s + s->n * s->m + pqlen + 2 * 256 * (uint64_t)s->dim * 4 +
+    s->ram_bytes = sizeof *s + s->n * s->m + pqlen + (s->code.kind == NL_CODE_PQ ? 2 * 256 * (uint64_t)s->dim * 4 : 0) +
                    (s->ids ? s->n * 8 : 0) + (uint64_t)s->cache_n * s->geo.node_bytes +
                    (s->cache_n ? (uint64_t)(s->cache_mask + 1) * 8 : 0);
     /* The sections were read through the page cache once; do not let them linger. */
@@ -276,7 +287,7 @@ void nl_segment_close(nl_segment *s)
         return;
     if (s->fd >= 0) close(s->fd);
     if (s->fd_buf >= 0) close(s->fd_buf);
-    nl_pq_destroy(s->pq);
+    nl_quant_destroy(s->quant);
     free(s->codes);
     free(s->ids);
     free(s->cache_recs);
@@ -292,6 +303,8 @@ void nl_segment_get_info(const nl_segment *s, nl_segment_info *i)
     i->dim = s->dim;
     i->R = s->R;
     i->pq_m = s->m;
+    i->code = s->code;
+    i->format = s->format;
     i->medoid = s->medoid;
     i->dtype = s->dtype;
     i->metric = s->metric;
@@ -420,7 +433,7 @@ int nl_segment_read_vectors(nl_segment *s, uint32_t first, uint32_t count, void 
     return nl_segment_read_nodes(s, first, count, out, NULL, NULL);
 }
 
-const nl_pq *nl_segment_pq(const nl_segment *s) { return s->pq; }
+const nl_quant *nl_segment_quant(const nl_segment *s) { return s->quant; }
 const uint8_t *nl_segment_codes(const nl_segment *s) { return s->codes; }
 
 int nl_segment_read_nodes(nl_segment *s, uint32_t first, uint32_t count, void *out, uint32_t *adj, uint32_t *deg)

@@ -9,13 +9,23 @@
  * candidates (the PipeANN idea). On top of that one thread runs several queries at once
  * on its own ring, so while one query computes, the others' reads are in the device.
  *
- * Per query: a candidate pool of L entries sorted by PQ distance, each new, requested or
- * (implicitly) done; an open-addressing visited set; and the top-k by exact distance.
- * A query ends when no new candidate remains among the L best and none of its reads is
- * in flight. Cached nodes (the hot list) are expanded without I/O.
+ * Per query: a candidate pool of L entries sorted by estimated distance (nl_quant: PQ
+ * or RaBitQ), each new, requested or (implicitly) done; an open-addressing visited set;
+ * and the top-k by exact distance. A query ends when no new candidate remains among the
+ * L best and none of its reads is in flight. Cached nodes (the hot list) are expanded
+ * without I/O.
+ *
+ * The bound (RaBitQ only; PQ's error is unbounded): each candidate carries the lower
+ * end of its estimate's error interval. Once k exact results are held, a candidate
+ * whose lower bound is above the k-th exact distance cannot enter the top k: it is not
+ * read (counted in bound_skips), and a query whose remaining candidates are all such
+ * ends there. The k-th distance only falls, so a candidate skipped stays skippable.
+ * What is given up is the candidate's neighbours as stepping stones; eps0 (the job's)
+ * trades that against reads, and the benchmark (docs/benchmarks.md) chose its default.
  */
 #include <errno.h>
 #include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +38,7 @@ typedef struct {
     uint32_t id;
     uint32_t state;
     float dist;
+    float lb; /* dist minus its error bound; -inf when there is none */
 } pcand;
 
 typedef struct {
@@ -36,7 +47,10 @@ typedef struct {
     size_t out;            /* where its results go: (segment index * nq + query) */
     size_t qi;
     const float *q;
-    float *table;
+    float *table;       /* the code's per-query scratch (nl_quant_query_floats) */
+    size_t table_cap;   /* floats; grows for a segment whose code needs more */
+    nl_quant_query qq;
+    float eps0;
     pcand *pool;
     uint32_t size, cursor, L, L_max, k, W;
     uint32_t *vis;      /* keys: ordinal + 1 */
@@ -154,7 +168,8 @@ int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint
     size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
     for (uint32_t i = 0; i < inflight; i++) {
         qstate *q = &s->slots[i];
-        q->table = malloc(sizeof(float) * 256 * seg->m);
+        q->table_cap = nl_quant_query_floats(seg->quant);
+        q->table = malloc(sizeof(float) * q->table_cap);
         q->pool = malloc(sizeof(pcand) * (max_L + 1));
         q->vis = calloc(vis_cap, sizeof(uint32_t));
         q->vis_used = malloc(sizeof(uint32_t) * vis_cap);
@@ -199,7 +214,7 @@ static inline int vis_add(qstate *q, uint32_t u)
     return 1;
 }
 
-static inline void pool_insert(qstate *q, uint32_t id, float d)
+static inline void pool_insert(qstate *q, uint32_t id, float d, float lb)
 {
     if (q->size == q->L && d >= q->pool[q->size - 1].dist)
         return;
@@ -212,7 +227,7 @@ static inline void pool_insert(qstate *q, uint32_t id, float d)
     uint32_t n = q->size < q->L ? q->size : q->L - 1;
     if (lo < n)
         memmove(&q->pool[lo + 1], &q->pool[lo], sizeof(pcand) * (n - lo));
-    q->pool[lo] = (pcand){id, C_NEW, d};
+    q->pool[lo] = (pcand){id, C_NEW, d, lb};
     if (q->size < q->L)
         q->size++;
     if (lo < q->cursor)
@@ -264,7 +279,8 @@ static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned 
         memcpy(&v, nb + 4 * (size_t)i, 4);
         if (!vis_add(q, v))
             continue;
-        pool_insert(q, v, nl_pq_adc(q->table, seg->codes + (size_t)v * m, m));
+        float err, d = nl_quant_estimate(&q->qq, seg->codes + (size_t)v * m, &err);
+        pool_insert(q, v, d, q->eps0 > 0 ? d - err : -INFINITY);
     }
 }
 
@@ -280,6 +296,10 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
             return 0;
         pcand *c = &q->pool[q->cursor];
         c->state = C_REQUESTED;
+        if (q->res_n == q->k && c->lb > q->res_d[q->k - 1]) {
+            q->st.bound_skips++; /* cannot enter the top k */
+            continue;
+        }
         uint32_t u = c->id;
         const unsigned char *rec = seg_cache_get(seg, u);
         if (rec) {
@@ -311,6 +331,14 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     int rc = vis_reserve(q, L_max, seg->R);
     if (rc)
         return rc;
+    size_t need = nl_quant_query_floats(seg->quant);
+    if (need > q->table_cap) { /* a segment of another code kind in the same batch */
+        float *t = realloc(q->table, sizeof(float) * need);
+        if (!t)
+            return -ENOMEM;
+        q->table = t;
+        q->table_cap = need;
+    }
     q->active = 1;
     q->seg = seg;
     q->out = p->out;
@@ -329,7 +357,8 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     q->inflight = 0;
     memset(&q->st, 0, sizeof q->st);
     q->t0 = nl_now_ns();
-    nl_pq_table(seg->pq, qv, q->table);
+    q->eps0 = p->eps0;
+    nl_quant_prepare(seg->quant, qv, p->eps0 > 0 ? p->eps0 : 0.0f, q->table, &q->qq);
     if (q->scan) {
         /* The scan plan: PQ distances of the allowed ordinals, the best L kept in the
          * pool; the search then reads and re-ranks exactly those. */
@@ -340,13 +369,15 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
                 continue;
             if (i + 8 < p->subset_n && p->subset[i + 8] < seg->n)
                 __builtin_prefetch(seg->codes + (size_t)p->subset[i + 8] * m);
-            pool_insert(q, u, nl_pq_adc(q->table, seg->codes + (size_t)u * m, m));
+            float err, d = nl_quant_estimate(&q->qq, seg->codes + (size_t)u * m, &err);
+            pool_insert(q, u, d, q->eps0 > 0 ? d - err : -INFINITY);
         }
         q->st.hops = 0;
         return 0;
     }
     vis_add(q, seg->medoid);
-    pool_insert(q, seg->medoid, nl_pq_adc(q->table, seg->codes + (size_t)seg->medoid * seg->m, seg->m));
+    float err, d = nl_quant_estimate(&q->qq, seg->codes + (size_t)seg->medoid * seg->m, &err);
+    pool_insert(q, seg->medoid, d, q->eps0 > 0 ? d - err : -INFINITY);
     return 0;
 }
 
@@ -380,7 +411,7 @@ int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg,
             return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u, k <= %u and 0 < W <= %u (k=%u L=%u W=%u)",
                            s->max_L, kstride, s->max_W, p->k, p->L, p->W);
         /* The searcher's buffers were sized for its own segment. */
-        if (g->dim != own->dim || g->m != own->m || g->geo.node_bytes != own->geo.node_bytes ||
+        if (g->dim != own->dim || g->geo.node_bytes != own->geo.node_bytes ||
             g->geo.spn != own->geo.spn || g->R > own->R)
             return nl_fail(NL_EINVAL, "search: segments of different geometry in one batch");
     }
@@ -463,7 +494,7 @@ int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg
     for (size_t j = 0; j < njobs; j++) {
         size_t qi = j / nseg, si = j % nseg;
         jobs[j] = (nl_seg_job){.seg = (uint32_t)si, .query = (uint32_t)qi, .out = si * nq + qi,
-                               .k = p[si].k, .L = p[si].L, .W = p[si].W};
+                               .k = p[si].k, .L = p[si].L, .W = p[si].W, .eps0 = p[si].eps0};
     }
     int rc = nl_seg_search_jobs(s, segs, nseg, queries, jobs, njobs, kstride, ords, dists, stats);
     free(jobs);

@@ -66,11 +66,12 @@ struct nl_segment_writer {
 int nl_segment_writer_create(const char *path, const nl_segment_writer_params *p, nl_segment_writer **out)
 {
     *out = NULL;
-    if (!p->pq || p->count == 0 || p->count > UINT32_MAX - 1 || p->dim == 0 || p->R == 0)
+    if (!p->quant || p->count == 0 || p->count > UINT32_MAX - 1 || p->dim == 0 || p->R == 0)
         return nl_fail(NL_EINVAL, "segment: empty or oversized (count %llu, dim %u, R %u)",
                        (unsigned long long)p->count, p->dim, p->R);
-    if (nl_pq_dim(p->pq) != p->dim)
-        return nl_fail(NL_EDIM, "segment: PQ of dimension %u for %u-dimensional vectors", nl_pq_dim(p->pq), p->dim);
+    if (nl_quant_dim(p->quant) != p->dim)
+        return nl_fail(NL_EDIM, "segment: codes of dimension %u for %u-dimensional vectors", nl_quant_dim(p->quant),
+                       p->dim);
     nl_segment_writer *w = calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
@@ -395,10 +396,11 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
                              void *ctx, const uint32_t *hot_in, uint32_t hot_n_in, uint32_t hot_max)
 {
     uint64_t n = w->p.count;
-    uint32_t m = nl_pq_m(w->p.pq);
+    uint32_t m = nl_quant_code_bytes(w->p.quant);
     out_stream *o = &w->o;
     uint32_t *hot = NULL, hot_n = 0;
-    unsigned char *pqbuf = malloc(nl_pq_serialized_size(w->p.pq));
+    size_t pqlen = nl_quant_serialized_size(w->p.quant);
+    unsigned char *pqbuf = malloc(pqlen);
     void *chunk = malloc((size_t)FILL_ROWS * (m > 8 ? m : 8));
     int rc = 0;
     if (!pqbuf || !chunk) {
@@ -436,8 +438,8 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
     sec_len[SEC_NODES] = o->pos - w->nodes_off;
 
     sec_off[SEC_PQ_PIVOTS] = o->pos;
-    nl_pq_serialize(w->p.pq, pqbuf, nl_pq_serialized_size(w->p.pq));
-    put(o, pqbuf, nl_pq_serialized_size(w->p.pq), &sec_crc[SEC_PQ_PIVOTS]);
+    nl_quant_serialize(w->p.quant, pqbuf, pqlen);
+    put(o, pqbuf, pqlen, &sec_crc[SEC_PQ_PIVOTS]);
     sec_len[SEC_PQ_PIVOTS] = o->pos - sec_off[SEC_PQ_PIVOTS];
     pad_to_sector(o);
 
@@ -497,6 +499,8 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
     seg_put32(h, H_SECTORS_PER_NODE, w->geo.spn);
     seg_put32(h, H_MEDOID, medoid);
     seg_put32(h, H_PQ_M, m);
+    seg_put32(h, H_CODE_KIND, (uint32_t)nl_quant_spec(w->p.quant).kind);
+    seg_put32(h, H_CODE_PARAM, nl_quant_spec(w->p.quant).param);
     seg_put32(h, H_FLAGS, flags);
     seg_put32(h, H_BUILD_L, w->p.build_L);
     memcpy(h + H_BUILD_ALPHA, &w->p.build_alpha, 4);
@@ -605,7 +609,7 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     uint64_t n = vs->n;
     uint32_t R = nl_graph_max_degree(g);
     nl_segment_writer_params wp = {n, vs->dim, vs->dtype, nl_vamana_metric(ix), R, src->build_L, src->build_alpha,
-                                   src->pq};
+                                   src->quant};
     uint32_t hot_max = src->hot_max;
     if (!hot_max) {
         uint64_t h = n / 10 > 1024 ? n / 10 : 1024;
@@ -651,7 +655,7 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
         nl_segment_writer_abort(w);
         goto out;
     }
-    index_fill f = {src, nl_pq_m(src->pq)};
+    index_fill f = {src, nl_quant_code_bytes(src->quant)};
     uint32_t medoid = order ? inv[nl_vamana_medoid(ix)] : nl_vamana_medoid(ix);
     rc = nl_segment_writer_finish(w, medoid, fill_codes, src->ids ? fill_ids : NULL, &f, hot, hot_n, 0);
 out:

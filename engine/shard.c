@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 #include "nl_import.h"
-#include "nl_pq.h"
+#include "nl_quant.h"
 
 #define CONFIG_VERSION 2u
 
@@ -434,7 +434,14 @@ int nl_shard_config_check(nl_shard_config *c)
     if (!c->R) c->R = 64;
     if (!c->L) c->L = 100;
     if (!(c->alpha > 0)) c->alpha = 1.2f;
+    if (c->code == NL_COLL_CODE_DEFAULT)
+        c->code = c->pq_m ? NL_COLL_CODE_PQ : nl_import_default_code(c->dim);
     if (!c->pq_m) c->pq_m = nl_import_default_pq_m(c->dim);
+    if (c->code != NL_COLL_CODE_PQ &&
+        (!NL_COLL_CODE_IS_RABITQ(c->code) || NL_COLL_CODE_BITS(c->code) < 1 || NL_COLL_CODE_BITS(c->code) > 8 ||
+         c->dim > NL_RABITQ_MAX_DIM))
+        return nl_fail(NL_EINVAL, "collection config: the code must be PQ, or RaBitQ of 1..8 bits for at most %u "
+                                  "dimensions", NL_RABITQ_MAX_DIM);
     if (!c->fresh_capacity) c->fresh_capacity = 100000;
     if (c->R > 1024 || c->L > 100000 || !(c->alpha >= 1.0f && c->alpha <= 4.0f) ||
         c->pq_m > c->dim || c->fresh_capacity < 16 || c->fresh_capacity > 100000000)
@@ -447,7 +454,9 @@ void sh_config_encode(const nl_shard_config *c, uint32_t f[10])
 {
     uint32_t a;
     memcpy(&a, &c->alpha, 4);
-    uint32_t v[10] = {CONFIG_VERSION, c->dim, c->dtype, c->metric, c->R, c->L, a, c->pq_m, c->fresh_capacity, 0};
+    /* The last word was 0 before codes had kinds: 0 still reads as PQ. */
+    uint32_t v[10] = {CONFIG_VERSION, c->dim, c->dtype, c->metric, c->R, c->L, a, c->pq_m, c->fresh_capacity,
+                      c->code == NL_COLL_CODE_PQ ? 0 : c->code};
     memcpy(f, v, sizeof v);
 }
 
@@ -467,7 +476,8 @@ static int load_config(nl_shard *sh)
     free(v);
     if (f[0] != CONFIG_VERSION)
         return nl_fail(NL_ECORRUPT, "shard config version %u (this build reads %u)", f[0], CONFIG_VERSION);
-    nl_shard_config c = {f[1], (nl_dtype)f[2], (nl_metric)f[3], f[4], f[5], 0, f[7], f[8]};
+    nl_shard_config c = {f[1], (nl_dtype)f[2], (nl_metric)f[3], f[4], f[5], 0, f[7], f[8],
+                         f[9] ? f[9] : NL_COLL_CODE_PQ};
     memcpy(&c.alpha, &f[6], 4);
     if (c.dim == 0 || c.R == 0 || c.L == 0 || c.pq_m == 0 || c.fresh_capacity == 0 || nl_shard_config_check(&c) != 0)
         return nl_fail(NL_ECORRUPT, "shard config fields out of range");
@@ -1039,7 +1049,7 @@ void nl_shard_close(nl_shard *sh)
         pthread_join(sh->bg_compact, NULL);
     }
     sh_view_release(sh->view);
-    nl_pq_destroy(sh->flush_pq);
+    nl_quant_destroy(sh->flush_pq);
     nl_fcache_destroy(sh->fcache);
     nl_store_close(sh->st);
     free(sh->tomb);

@@ -16,6 +16,7 @@
 
 #include "nl_segment.h"
 #include "nl_shard.h"
+#include "nl_quant.h"
 #include "nl_store.h"
 #include "nl_util.h"
 #include "nl_vamana.h"
@@ -88,7 +89,7 @@ struct nl_shard {
     atomic_int bg_error;
     uint64_t orphans_removed;
     /* the codebook flushes reuse (fmu held), and how many points trained it */
-    struct nl_pq *flush_pq;
+    struct nl_quant *flush_pq; /* the codebook flushes reuse (the shard's code kind) */
     uint64_t flush_pq_points;
     struct nl_fcache *fcache; /* leaf bitmaps of recent filters (nl_postings.h) */
     /* the operation log (shard_log.c), under wmu */
@@ -167,5 +168,12 @@ int sh_log_load(nl_shard *sh);
 int sh_flush_due(nl_shard *sh);
 int sh_compaction_due(nl_shard *sh);
 void sh_kick_background(nl_shard *sh);
+
+/* The shard's code as a quantizer spec (cfg.code resolved by nl_shard_config_check). */
+static inline nl_code_spec sh_code_spec(const nl_shard_config *c)
+{
+    return NL_COLL_CODE_IS_RABITQ(c->code) ? (nl_code_spec){NL_CODE_RABITQ, NL_COLL_CODE_BITS(c->code)}
+                                           : (nl_code_spec){NL_CODE_PQ, c->pq_m};
+}
 
 #endif

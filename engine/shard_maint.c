@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "nl_pq.h"
+#include "nl_quant.h"
 #include "shard_internal.h"
 
 #define FLUSH_PQ_SAMPLE 10000u
@@ -110,7 +110,7 @@ int sh_compaction_due(nl_shard *sh)
 
 /* ---------------------------------------------------------------- writing a segment */
 
-/* PQ-encodes ix's vectors and writes them with their graph as segment `number`, then
+/* Encodes ix's vectors (the shard's code: PQ or RaBitQ) and writes them with their graph as segment `number`, then
  * opens it. pids: the version of each ordinal, ascending. A flush reuses the codebook
  * of an earlier flush when that one saw at least as many points or REUSE_PQ_POINTS
  * (training is most of a flush's CPU; a compaction, which rebuilds anyway, always
@@ -118,29 +118,29 @@ int sh_compaction_due(nl_shard *sh)
 #define REUSE_PQ_POINTS 20000u
 
 static int write_and_open(nl_shard *sh, const nl_vamana *ix, const uint64_t *pids, uint32_t number,
-                          uint64_t cache_budget, int may_reuse_pq, const nl_pq *given_pq, const uint8_t *given_codes,
+                          uint64_t cache_budget, int may_reuse_pq, const nl_quant *given_pq, const uint8_t *given_codes,
                           const uint32_t *order, sh_segref **out)
 {
     *out = NULL;
     const nl_vecset *vs = nl_vamana_vectors(ix);
-    nl_pq *pq = NULL;
+    nl_quant *pq = NULL;
     int own = 1, rc = 0;
+    const uint32_t cb = nl_code_spec_bytes(sh_code_spec(&sh->cfg), sh->cfg.dim);
     if (given_pq) {
-        pq = (nl_pq *)given_pq; /* not freed: own = 0 */
+        pq = (nl_quant *)given_pq; /* not freed: own = 0 */
         own = 0;
     } else if (may_reuse_pq && sh->flush_pq &&
         (sh->flush_pq_points >= REUSE_PQ_POINTS || sh->flush_pq_points >= vs->n)) {
         pq = sh->flush_pq;
         own = 0;
     } else {
-        nl_pq_params pp = {.m = sh->cfg.pq_m, .max_sample = FLUSH_PQ_SAMPLE, .iters = 0, .seed = number,
-                           .threads = sh->opt.threads};
-        rc = nl_pq_train(vs, sh->cfg.metric, &pp, &pq);
+        nl_quant_params qp = {.max_sample = FLUSH_PQ_SAMPLE, .seed = number, .threads = sh->opt.threads};
+        rc = nl_quant_train(vs, sh->cfg.metric, sh_code_spec(&sh->cfg), &qp, &pq);
     }
     uint8_t *codes = NULL;
     if (!rc && !given_codes) {
-        codes = malloc(vs->n * sh->cfg.pq_m);
-        rc = codes ? nl_pq_encode(pq, vs, codes, sh->opt.threads) : -ENOMEM;
+        codes = malloc(vs->n * cb);
+        rc = codes ? nl_quant_encode(pq, vs, codes, sh->opt.threads) : -ENOMEM;
     }
     char path[4400];
     snprintf(path, sizeof path, "%s/seg-%06u.nls", sh->dir, number);
@@ -151,11 +151,11 @@ static int write_and_open(nl_shard *sh, const nl_vamana *ix, const uint64_t *pid
     free(codes);
     if (own && !given_pq) {
         if (!rc && may_reuse_pq && vs->n >= sh->flush_pq_points) { /* flushes only: fmu held */
-            nl_pq_destroy(sh->flush_pq);
+            nl_quant_destroy(sh->flush_pq);
             sh->flush_pq = pq;
             sh->flush_pq_points = vs->n;
         } else {
-            nl_pq_destroy(pq);
+            nl_quant_destroy(pq);
         }
     }
     if (!rc && (rc = sh_segref_open(sh, number, cache_budget, out)) != 0)
@@ -338,7 +338,7 @@ static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, 
     *codes_out = NULL;
     nl_segment_info info;
     nl_segment_get_info(base->seg, &info);
-    size_t nb = info.count, n = nb + na, m = sh->cfg.pq_m;
+    size_t nb = info.count, n = nb + na, m = nl_code_spec_bytes(sh_code_spec(&sh->cfg), sh->cfg.dim);
     unsigned char *bv = malloc(nb * sh->row_bytes);
     uint32_t *adj = malloc(sizeof(uint32_t) * nb * info.R), *deg = malloc(sizeof(uint32_t) * nb);
     uint64_t *pids = malloc(sizeof *pids * n);
@@ -346,8 +346,10 @@ static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, 
     uint8_t *codes = malloc(n * m);
     nl_vamana *ix = NULL;
     int rc = bv && adj && deg && pids && order && codes ? 0 : -ENOMEM;
-    if (!rc && info.pq_m != m)
-        rc = nl_fail(NL_ECORRUPT, "segment %u has %u-byte codes, the shard %zu", base->number, info.pq_m, m);
+    nl_code_spec want = sh_code_spec(&sh->cfg);
+    if (!rc && (info.pq_m != m || info.code.kind != want.kind || info.code.param != want.param))
+        rc = nl_fail(NL_ECORRUPT, "segment %u has %u-byte codes of kind %u, the shard %zu of kind %u", base->number,
+                     info.pq_m, (unsigned)info.code.kind, m, (unsigned)want.kind);
     for (uint32_t o = 0; o < nb && !rc; o += READ_CHUNK) {
         uint32_t cnt = nb - o < READ_CHUNK ? (uint32_t)(nb - o) : READ_CHUNK;
         rc = nl_segment_read_nodes(base->seg, o, cnt, bv + (size_t)o * sh->row_bytes, adj + (size_t)o * info.R, deg + o);
@@ -382,7 +384,7 @@ static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, 
         memcpy(codes, nl_segment_codes(base->seg), nb * m);
         nl_vecset added = {(void *)vecs, na, sh->cfg.dim, sh->cfg.dtype};
         if (na)
-            rc = nl_pq_encode(nl_segment_pq(base->seg), &added, codes + nb * m, sh->opt.threads);
+            rc = nl_quant_encode(nl_segment_quant(base->seg), &added, codes + nb * m, sh->opt.threads);
     }
     if (rc) {
         nl_vamana_destroy(ix);
@@ -514,7 +516,7 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
                 free(pids);
                 pids = slot_pids;
                 nout = nl_vamana_vectors(ix)->n;
-                rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nout), 0, nl_segment_pq(pick[base]->seg),
+                rc = write_and_open(sh, ix, pids, number, cache_share(sh, v, nout), 0, nl_segment_quant(pick[base]->seg),
                                     mcodes, order, &r);
             }
         } else if (!rc) {

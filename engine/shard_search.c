@@ -63,6 +63,12 @@ static int version_dead(void *ctx, uint64_t pid) { return sh_tomb_has(ctx, pid);
  * extra reads are paid only where tombstones crowd the query's neighbourhood. */
 static uint32_t dead_list_max(uint32_t L) { return L * 4 > NL_MAX_K ? NL_MAX_K : L * 4; }
 
+/* The segments' eps0 for a request: 0 asks for the default, a negative value for none. */
+static float sh_bound_eps(const nl_search_params *p)
+{
+    return p->bound == 0.0f ? NL_SEARCH_BOUND_DEFAULT : p->bound < 0.0f ? 0.0f : p->bound;
+}
+
 typedef struct fgroup fgroup;
 static inline int g_allows(const fgroup *g, uint64_t pid);
 
@@ -163,7 +169,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
         if (Li < p->k)
             Li = p->k;
-        sp[i] = (nl_seg_query_params){p->k, Li, W};
+        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p)};
         segs[i] = v->segs[i]->seg;
     }
     /* Jobs in query-major order, so the segments of one query run side by side. Only a
@@ -180,7 +186,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         size_t qi = j / ns;
         int has_dead = atomic_load(&v->segs[si]->dead) > 0;
         jobs[j] = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = (size_t)si * nq + qi, .k = sp[si].k,
-                               .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L),
+                               .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L), .eps0 = sp[si].eps0,
                                .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
     }
     if (!rc)
@@ -198,6 +204,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
             if (stats) {
                 stats[qi].ios += qst[row].ios;
                 stats[qi].cache_hits += qst[row].cache_hits;
+                stats[qi].bound_skips += qst[row].bound_skips;
                 stats[qi].hops += qst[row].hops;
             }
         }
@@ -493,7 +500,8 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
             int scan = force || p->plan == NL_PLAN_SCAN ||
                        (p->plan != NL_PLAN_GRAPH && g->bm && scan_cost <= graph_cost);
             nl_seg_job *jb = &jobs[nj];
-            *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W};
+            *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W,
+                               .eps0 = sh_bound_eps(p)};
             if (scan) {
                 size_t gi = 2 + si;
                 if (!g->built[gi]) {
@@ -556,6 +564,7 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
             nl_query_stats *st = &stats[jb->query];
             st->ios += qst[j].ios;
             st->cache_hits += qst[j].cache_hits;
+            st->bound_skips += qst[j].bound_skips;
             st->hops += qst[j].hops;
         }
     }
@@ -819,6 +828,7 @@ static int complete_short(nl_shard *sh, const float *qs, size_t nq, const nl_sea
                 a->latency_ns += sst[i].latency_ns;
                 a->ios += sst[i].ios;
                 a->cache_hits += sst[i].cache_hits;
+                a->bound_skips += sst[i].bound_skips;
                 a->hops += sst[i].hops;
                 a->scanned += sst[i].scanned;
                 a->filter_plan |= sst[i].filter_plan | (exhaustive ? NL_PLAN_FALLBACK : NL_PLAN_RETRY);

@@ -1,31 +1,41 @@
 /*
  * nl_rabitq.h — RaBitQ with B bits per dimension (Gao and Long, SIGMOD 2024; the
- * multi-bit extension of Gao et al., SIGMOD 2025): compressed codes whose distance
- * estimate has an error bound, so a search can tell which candidates cannot matter.
+ * multi-bit extension of Gao et al., SIGMOD 2025) on residuals to cluster centroids
+ * (as IVF-RaBitQ does): compressed codes whose distance estimate has an error bound, so
+ * a search can tell which candidates cannot matter.
  *
- * Encoding a vector o (D dims): r = P (o - c), with c the data's centroid and P a random
- * orthogonal matrix; o' = r / |r|. The code is the point y of the grid
+ * Encoding a vector o (D dims): c is the nearest of C k-means centroids, r = P (o - c)
+ * with P a random orthogonal matrix, o' = r / |r|. The code is the point y of the grid
  * {-(2^B-1)/2, ..., +(2^B-1)/2}^D (half-integers: B = 1 is the sign code) whose
  * direction is closest to o' (the largest cos(y, o')), found exactly by sweeping the
- * grid's scale (events where one coordinate moves up a level). Stored per point:
+ * grid's scale (events where one coordinate moves up a level). The estimator's error
+ * grows with |r|, so residuals to a near centroid rather than to the data's mean are
+ * what keeps it small on clustered data (on isotropic clusters the mean is several
+ * cluster radii away from every point).
+ *
+ * With A = |r| / <y, o'>, <o - c, v> ~ A <y, P v> for any v (unbiased: the rotation
+ * makes the part of o' that y misses look like noise orthogonal to y). For l2,
+ * |o - q|^2 = |r|^2 + |q - c|^2 - 2 <o - c, q - c> ~ F + |q - c|^2 - 2 A <y, P q>, with
+ * the per-point F = |r|^2 + 2 A <y, P c> (so the query is rotated once, not per
+ * centroid). Stored per point:
  *
  *   B bit planes of ceil(D/8) bytes (plane b holds bit b of u_i = y_i + (2^B-1)/2)
- *   f32 |r|^2  and  f32 |r| / <y, o'>
+ *   f32 F, f16 A / s_c (s_c: the centroid's typical A, so half precision is relative),
+ *   u16 the centroid
  *
- * so a code is nl_rabitq_code_bytes() = B * ceil(D/8) + 8 bytes.
+ * so a code is nl_rabitq_code_bytes() = B * ceil(D/8) + 8 bytes. Cosine works on
+ * normalised vectors (half the l2 estimate); ip estimates -(<c, q> + A <y, P q>).
  *
- * Estimating: for a query q, q_r = P (q - c) and <r, q_r> ~ |r| <y, q_r> / <y, o'>
- * (unbiased: the random rotation makes the part of o' that y misses look like noise
- * orthogonal to y). The distance estimate is |r|^2 + |q_r|^2 - 2 <r, q_r> for l2 (half
- * of it for cosine, on normalised vectors; the inner product directly for ip). Its error
- * is at most 2 |r| |q_r| beta eps0 / sqrt(D - 1) with high probability, where
- * beta = sqrt(|y|^2 / <y,o'>^2 - 1) concentrates tightly for given B and D: the quantizer
- * keeps a quantile of it measured on the training sample (beta_q), and eps0 (about 1.9 in
- * the paper, a search parameter here) sets how sure the bound is.
+ * The error of <o - c, q - c> is at most |r| |q - c| eps0 sqrt(1 - cos^2)/cos / sqrt(D-1)
+ * with high probability (cos = cos(y, o')); |r| sqrt(1-cos^2)/cos = A sqrt(|y|^2 -
+ * <y,o'>^2), whose second factor (kappa) concentrates for given B and D: the quantizer
+ * keeps a high quantile of it from its training sample. eps0 (about 1.9 in the paper, a
+ * search parameter here) sets how sure the bound is: the error behaves like a normal
+ * variable of that scale, so eps0 = 3 leaves out about 0.3 %.
  *
- * The kernel is <u, q_r> over bit planes (sum over planes of 2^b times the sum of the
- * q_r entries whose bit is set); it has a scalar reference and AVX2/AVX-512 versions
- * chosen at run time (nl_isa).
+ * The kernel is <u, q> over bit planes (sum over planes of 2^b times the sum of the q
+ * entries whose bit is set); it has a scalar reference and AVX2/AVX-512 versions chosen
+ * at run time (nl_isa).
  *
  * Lifecycle: nl_rabitq_train or nl_rabitq_deserialize -> encode / query / estimate
  * (thread-safe: the quantizer is immutable) -> nl_rabitq_destroy.
@@ -47,11 +57,15 @@ typedef struct nl_rabitq nl_rabitq;
 
 #define NL_RABITQ_MAX_DIM 2048u /* the rotation is stored (D^2 floats) and built in O(D^3) */
 #define NL_RABITQ_MAX_BITS 8u
+#define NL_RABITQ_MAX_CENTROIDS 1024u
 
 typedef struct {
     uint32_t bits;       /* 1..8 */
-    uint32_t max_sample; /* rows used for the centroid and beta; 0 = 20000 */
-    uint64_t seed;       /* the rotation */
+    uint32_t max_sample; /* rows used for k-means and kappa; 0 = 64 per centroid */
+    uint32_t centroids;  /* 0 = from rows_hint: one per 256 rows, at most 1,024 and at most
+                          * 262,144 / D (a query costs C x D to prepare) */
+    uint64_t rows_hint;  /* rows the codes will serve (0 = vs->n): vs may be a sample */
+    uint64_t seed;       /* the rotation and k-means */
     unsigned threads;    /* 0 = all CPUs */
 } nl_rabitq_params;
 
@@ -62,50 +76,63 @@ void nl_rabitq_destroy(nl_rabitq *q);
 uint32_t nl_rabitq_dim(const nl_rabitq *q);
 uint32_t nl_rabitq_bits(const nl_rabitq *q);
 nl_metric nl_rabitq_metric(const nl_rabitq *q);
-float nl_rabitq_beta(const nl_rabitq *q);
+float nl_rabitq_kappa(const nl_rabitq *q);
+uint32_t nl_rabitq_centroids(const nl_rabitq *q);
 /* Bytes of one code: bits * ceil(dim/8) + 8. */
 uint32_t nl_rabitq_code_bytes(const nl_rabitq *q);
 static inline uint32_t nl_rabitq_code_bytes_for(uint32_t dim, uint32_t bits) { return bits * ((dim + 7) / 8) + 8; }
 
 /* Encodes rows [0, vs->n) of vs into codes (vs->n * code_bytes). */
 int nl_rabitq_encode(const nl_rabitq *q, const nl_vecset *vs, uint8_t *codes, unsigned threads);
+/* NL_ECORRUPT when a code names a centroid that does not exist or holds non-finite
+ * factors (codes read from disk are untrusted). */
+int nl_rabitq_check_codes(const nl_rabitq *q, const uint8_t *codes, size_t n);
 
 /* <u, q> over a code's bit planes: pb bytes per plane, q holds 8 * pb floats. */
 typedef float (*nl_rabitq_ip_fn)(const uint8_t *planes, const float *q, uint32_t pb, uint32_t bits);
 nl_rabitq_ip_fn nl_rabitq_kernel(nl_isa isa); /* NULL if the CPU lacks isa */
 
-/* Per-query state. qr is the caller's buffer of 8 * ceil(dim/8) floats; prepare fills
- * it and the scalars; the struct holds no other pointer, so it may be copied. */
+/* Floats of per-query scratch: 8 * ceil(dim/8) + 3 * centroids. */
+size_t nl_rabitq_query_floats(const nl_rabitq *q);
+
+/* Per-query state, in the caller's buffer (nl_rabitq_query_floats floats): qr = P q
+ * (zero-padded), then per centroid the constant part of the estimate, the scale of its
+ * A and the error coefficient. */
 typedef struct {
     float *qr;
-    float qnorm2;  /* |q_r|^2 */
-    float usum;    /* (2^B - 1)/2 * sum(q_r): <y, q_r> = <u, q_r> - usum */
-    float qc;      /* ip: <c, q> */
-    float bcoef;   /* error = bcoef * |r| */
-    float scale;   /* 0.5 for cosine (1 - cos = |a-b|^2 / 2), else 1 */
-    uint32_t pb, bits;
+    const float *cq;   /* l2: |q - c|^2; ip: -<c, q>, per centroid */
+    const float *cs;   /* s_c */
+    const float *ce;   /* error per unit of A */
+    float usum;        /* (2^B - 1)/2 * sum(qr): <y, P q> = <u, qr> - usum */
+    float scale;       /* 0.5 for cosine (1 - cos = |a-b|^2 / 2), else 1 */
+    uint32_t pb, bits, C;
     nl_metric metric;
     nl_rabitq_ip_fn ip;
 } nl_rabitq_query;
 
-/* q: dim floats (not modified). eps0 >= 0 scales the error bound (0: no bound). */
-void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, nl_rabitq_query *out);
+/* q: dim floats (not modified); buf: nl_rabitq_query_floats floats. eps0 >= 0 scales
+ * the error bound (0: none). */
+void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, float *buf, nl_rabitq_query *out);
 
 /* The estimated distance of one code, on the scale of the exact distance kernel
  * (squared l2, 1 - cos, -ip); *err (if not NULL) its error bound. */
 static inline float nl_rabitq_estimate(const nl_rabitq_query *s, const uint8_t *code, float *err)
 {
     const uint8_t *f = code + (size_t)s->bits * s->pb;
-    float fadd, fres;
-    memcpy(&fadd, f, 4);
-    memcpy(&fres, f + 4, 4);
+    float F;
+    uint16_t ah, cid;
+    memcpy(&F, f, 4);
+    memcpy(&ah, f + 4, 2);
+    memcpy(&cid, f + 6, 2);
+    if (cid >= s->C) /* codes are checked at open; this keeps a bad one harmless */
+        cid = 0;
+    float A = nl_f16_to_f32(ah) * s->cs[cid];
     float yq = s->ip(code, s->qr, s->pb, s->bits) - s->usum;
-    float dot = fres * yq;
     if (err)
-        *err = s->bcoef * sqrtf(fadd);
+        *err = A * s->ce[cid];
     if (s->metric == NL_METRIC_IP)
-        return -(dot + s->qc);
-    return s->scale * (fadd + s->qnorm2 - 2.0f * dot);
+        return s->cq[cid] - A * yq;
+    return s->scale * (F + s->cq[cid] - 2.0f * A * yq);
 }
 
 /* Serialised form (little-endian, docs/format.md); deserialize treats buf as untrusted

@@ -16,38 +16,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nl_kmeans.h"
 #include "nl_rabitq.h"
 #include "nl_util.h"
 
 struct nl_rabitq {
-    uint32_t dim, bits, pb; /* pb = ceil(dim/8) bytes per bit plane */
+    uint32_t dim, bits, pb, C; /* pb = ceil(dim/8) bytes per bit plane; C centroids */
     nl_metric metric;
     uint64_t seed;
-    float beta;   /* quantile of sqrt(|y|^2/<y,o'>^2 - 1) over the training sample */
-    float *cent;  /* dim */
+    float kappa;  /* quantile of sqrt(|y|^2 - <y,o'>^2) over the training sample */
+    float *cent;  /* C x dim (normalised space for cosine) */
+    float *scale; /* C: s_c, the typical A of the centroid's points */
     float *rot;   /* dim x dim, row-major: r_j = sum_i rot[j][i] x_i */
+    float *rcent; /* C x dim: P c, derived */
 };
 
-#define RBQ_MAGIC "NLRBQ01\0"
-#define RBQ_HEADER 40 /* magic 8, dim, bits, metric, pad, seed 8, beta, reserved */
-#define RBQ_BETA_QUANTILE 0.999
+#define RBQ_MAGIC "NLRBQ02\0"
+#define RBQ_HEADER 48 /* magic 8, dim, bits, metric, C, seed 8, kappa, 3 x reserved */
+#define RBQ_KAPPA_QUANTILE 0.99
 
 uint32_t nl_rabitq_dim(const nl_rabitq *q) { return q->dim; }
 uint32_t nl_rabitq_bits(const nl_rabitq *q) { return q->bits; }
 nl_metric nl_rabitq_metric(const nl_rabitq *q) { return q->metric; }
-float nl_rabitq_beta(const nl_rabitq *q) { return q->beta; }
+float nl_rabitq_kappa(const nl_rabitq *q) { return q->kappa; }
+uint32_t nl_rabitq_centroids(const nl_rabitq *q) { return q->C; }
 uint32_t nl_rabitq_code_bytes(const nl_rabitq *q) { return nl_rabitq_code_bytes_for(q->dim, q->bits); }
+size_t nl_rabitq_query_floats(const nl_rabitq *q) { return 8 * (size_t)q->pb + 3 * (size_t)q->C; }
 
 void nl_rabitq_destroy(nl_rabitq *q)
 {
     if (!q)
         return;
     free(q->cent);
+    free(q->scale);
     free(q->rot);
+    free(q->rcent);
     free(q);
 }
 
-static nl_rabitq *rbq_alloc(uint32_t dim, uint32_t bits, nl_metric metric)
+static nl_rabitq *rbq_alloc(uint32_t dim, uint32_t bits, uint32_t C, nl_metric metric)
 {
     nl_rabitq *q = calloc(1, sizeof *q);
     if (!q)
@@ -55,13 +62,18 @@ static nl_rabitq *rbq_alloc(uint32_t dim, uint32_t bits, nl_metric metric)
     q->dim = dim;
     q->bits = bits;
     q->pb = (dim + 7) / 8;
+    q->C = C;
     q->metric = metric;
-    q->cent = calloc(dim, sizeof(float));
+    q->cent = calloc((size_t)C * dim, sizeof(float));
+    q->scale = malloc(sizeof(float) * C);
     q->rot = malloc(sizeof(float) * (size_t)dim * dim);
-    if (!q->cent || !q->rot) {
+    q->rcent = malloc(sizeof(float) * (size_t)C * dim);
+    if (!q->cent || !q->scale || !q->rot || !q->rcent) {
         nl_rabitq_destroy(q);
         return NULL;
     }
+    for (uint32_t c = 0; c < C; c++)
+        q->scale[c] = 1.0f;
     return q;
 }
 
@@ -212,7 +224,7 @@ static void best_levels(const float *a, uint32_t d, uint32_t bits, enc_scratch *
     *yy = best_den;
 }
 
-/* r = P x for one row (a query): a plain loop, no BLAS call overhead per query. */
+/* r = P x for one row (a query, a centroid): a plain loop, no BLAS call overhead. */
 static void rotate_row(const nl_rabitq *q, const float *x, float *r)
 {
     const uint32_t d = q->dim;
@@ -225,41 +237,63 @@ static void rotate_row(const nl_rabitq *q, const float *x, float *r)
     }
 }
 
-/* Encodes the rotated residual r (dim floats) into code; returns beta of the point
- * (0 for a point at the centroid). */
-static float encode_rotated(const nl_rabitq *q, const float *r, uint8_t *code, enc_scratch *s)
+static void derive(nl_rabitq *q)
+{
+    for (uint32_t c = 0; c < q->C; c++)
+        rotate_row(q, q->cent + (size_t)c * q->dim, q->rcent + (size_t)c * q->dim);
+}
+
+/* What encoding one point leaves besides its bits. */
+typedef struct {
+    float A, kappa;
+} enc_out;
+
+/* Encodes the rotated residual r (dim floats) of a point whose centroid is cid into
+ * code. A is written relative to the centroid's scale. */
+static enc_out encode_rotated(const nl_rabitq *q, const float *r, uint32_t cid, uint8_t *code, enc_scratch *s)
 {
     const uint32_t d = q->dim, K = 1u << (q->bits - 1);
+    const float half = (float)((1u << q->bits) - 1) * 0.5f;
     double nn = 0.0;
     for (uint32_t i = 0; i < d; i++)
         nn += (double)r[i] * r[i];
     memset(code, 0, (size_t)q->bits * q->pb);
-    float fadd = (float)nn, fres = 0.0f, beta = 0.0f;
+    enc_out e = {0.0f, 0.0f};
+    double F = nn;
     if (nn > 0.0) {
         double inv = 1.0 / sqrt(nn);
         for (uint32_t i = 0; i < d; i++)
             s->x[i] = (float)(fabs((double)r[i]) * inv);
         double yo, yy;
         best_levels(s->x, d, q->bits, s, &yo, &yy);
-        fres = (float)(sqrt(nn) / yo);
-        double b2 = yy / (yo * yo) - 1.0;
-        beta = (float)(b2 > 0 ? sqrt(b2) : 0.0);
+        e.A = (float)(sqrt(nn) / yo);
+        double k2 = yy - yo * yo;
+        e.kappa = (float)(k2 > 0 ? sqrt(k2) : 0.0);
+        const float *pc = q->rcent + (size_t)cid * d;
+        double yc = 0.0; /* <y, P c> */
         for (uint32_t i = 0; i < d; i++) {
             uint32_t u = r[i] >= 0.0f ? K + s->lvl[i] : K - 1 - s->lvl[i];
+            yc += ((double)u - half) * pc[i];
             for (uint32_t b = 0; b < q->bits; b++)
                 if ((u >> b) & 1u)
                     code[(size_t)b * q->pb + i / 8] |= (uint8_t)(1u << (i % 8));
         }
+        F = nn + 2.0 * e.A * yc;
     } else {
-        for (uint32_t i = 0; i < d; i++) /* u = K: y = +1/2 everywhere; fres = 0 makes it inert */
+        for (uint32_t i = 0; i < d; i++) /* u = K: y = +1/2 everywhere; A = 0 makes it inert */
             for (uint32_t b = 0; b < q->bits; b++)
                 if ((K >> b) & 1u)
                     code[(size_t)b * q->pb + i / 8] |= (uint8_t)(1u << (i % 8));
     }
+    if (q->metric == NL_METRIC_IP)
+        F = 0.0; /* ip needs no |r|^2 */
     uint8_t *f = code + (size_t)q->bits * q->pb;
-    memcpy(f, &fadd, 4);
-    memcpy(f + 4, &fres, 4);
-    return beta;
+    float Ff = (float)F;
+    uint16_t ah = nl_f32_to_f16(e.A / q->scale[cid]), c16 = (uint16_t)cid;
+    memcpy(f, &Ff, 4);
+    memcpy(f + 4, &ah, 2);
+    memcpy(f + 6, &c16, 2);
+    return e;
 }
 
 static int scratch_init(enc_scratch *s, uint32_t d)
@@ -278,21 +312,20 @@ static void scratch_free(enc_scratch *s)
     free(s->heap);
 }
 
-/* Row i of vs, widened, normalised for cosine, minus the centroid. */
+/* Row i of vs, widened and normalised for cosine. */
 static void prepare_row(const nl_rabitq *q, const nl_vecset *vs, size_t i, float *out)
 {
     nl_convert_to_f32(vs->dtype, nl_vecset_row(vs, i), out, vs->dim);
     if (q->metric == NL_METRIC_COSINE)
         normalize(out, q->dim);
-    for (uint32_t j = 0; j < q->dim; j++)
-        out[j] -= q->cent[j];
 }
 
 typedef struct {
     const nl_rabitq *q;
     const nl_vecset *vs;
     uint8_t *codes;
-    float *betas; /* training: one per row, else NULL */
+    enc_out *outs;     /* training: one per row, else NULL */
+    uint32_t *cids;    /* training: one per row, else NULL */
     size_t block;
 } enc_ctx;
 
@@ -301,44 +334,85 @@ static int encode_task(void *vctx, size_t task, unsigned th)
     (void)th;
     enc_ctx *e = vctx;
     const nl_rabitq *q = e->q;
+    const uint32_t d = q->dim;
     enc_scratch s = {0};
     size_t r0 = task * e->block, r1 = r0 + e->block < e->vs->n ? r0 + e->block : e->vs->n, nr = r1 - r0;
-    float *x = malloc(sizeof(float) * q->dim * nr * 2); /* the block's rows, then rotated */
-    if (!x || scratch_init(&s, q->dim) != 0) {
-        free(x);
-        scratch_free(&s);
-        return -ENOMEM;
+    float *x = malloc(sizeof(float) * d * nr * 2); /* the block's rows (then residuals), then rotated */
+    uint32_t *cid = malloc(sizeof(uint32_t) * nr);
+    int rc = 0;
+    if (!x || !cid || scratch_init(&s, d) != 0) {
+        rc = -ENOMEM;
+        goto out;
     }
-    float *rx = x + (size_t)q->dim * nr;
+    float *rx = x + (size_t)d * nr;
     for (size_t i = r0; i < r1; i++)
-        prepare_row(q, e->vs, i, x + (i - r0) * q->dim);
+        prepare_row(q, e->vs, i, x + (i - r0) * d);
+    if ((rc = nl_kmeans_assign(x, nr, d, q->cent, q->C, 1, 1, cid, NULL)) != 0)
+        goto out;
+    for (size_t i = 0; i < nr; i++) {
+        const float *c = q->cent + (size_t)cid[i] * d;
+        for (uint32_t j = 0; j < d; j++)
+            x[i * d + j] -= c[j];
+    }
     /* R = X P^T for the whole block at once */
     nl_blas_single_thread();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)q->dim, (int)q->dim, 1.0f, x, (int)q->dim,
-                q->rot, (int)q->dim, 0.0f, rx, (int)q->dim);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)d, (int)d, 1.0f, x, (int)d, q->rot, (int)d,
+                0.0f, rx, (int)d);
     uint32_t cb = nl_rabitq_code_bytes(q);
     for (size_t i = r0; i < r1; i++) {
-        float b = encode_rotated(q, rx + (i - r0) * q->dim, e->codes + i * cb, &s);
-        if (e->betas)
-            e->betas[i] = b;
+        enc_out o = encode_rotated(q, rx + (i - r0) * d, cid[i - r0], e->codes + i * cb, &s);
+        if (e->outs) {
+            e->outs[i] = o;
+            e->cids[i] = cid[i - r0];
+        }
     }
+out:
     free(x);
+    free(cid);
     scratch_free(&s);
-    return 0;
+    return rc;
 }
 
 int nl_rabitq_encode(const nl_rabitq *q, const nl_vecset *vs, uint8_t *codes, unsigned threads)
 {
     if (vs->dim != q->dim)
         return nl_fail(NL_EDIM, "rabitq: encoding dimension %u with a %u-dimensional quantizer", vs->dim, q->dim);
-    enc_ctx e = {q, vs, codes, NULL, 512};
+    enc_ctx e = {q, vs, codes, NULL, NULL, 512};
     return nl_parallel_for((vs->n + e.block - 1) / e.block, threads ? threads : nl_cpu_count(), encode_task, &e);
+}
+
+int nl_rabitq_check_codes(const nl_rabitq *q, const uint8_t *codes, size_t n)
+{
+    uint32_t cb = nl_rabitq_code_bytes(q);
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *f = codes + i * cb + (size_t)q->bits * q->pb;
+        float F;
+        uint16_t ah, cid;
+        memcpy(&F, f, 4);
+        memcpy(&ah, f + 4, 2);
+        memcpy(&cid, f + 6, 2);
+        float A = nl_f16_to_f32(ah);
+        if (cid >= q->C || !isfinite(F) || !isfinite(A) || A < 0.0f)
+            return nl_fail(NL_ECORRUPT, "rabitq: code %zu names centroid %u of %u or holds non-finite factors", i,
+                           cid, q->C);
+    }
+    return 0;
 }
 
 static int cmp_float(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
+}
+
+/* One centroid per 256 rows served, at most 1,024 and C x D <= 2^18. */
+static uint32_t auto_centroids(uint64_t rows, uint32_t dim)
+{
+    uint64_t c = rows / 256;
+    uint64_t cap = (1u << 18) / dim;
+    if (c > NL_RABITQ_MAX_CENTROIDS) c = NL_RABITQ_MAX_CENTROIDS;
+    if (c > cap) c = cap;
+    return c ? (uint32_t)c : 1;
 }
 
 int nl_rabitq_train(const nl_vecset *vs, nl_metric metric, const nl_rabitq_params *p, nl_rabitq **out)
@@ -352,67 +426,87 @@ int nl_rabitq_train(const nl_vecset *vs, nl_metric metric, const nl_rabitq_param
         return nl_fail(NL_EINVAL, "rabitq: %u bits per dimension outside 1..8", p->bits);
     if ((unsigned)metric > 2)
         return nl_fail(NL_EINVAL, "rabitq: unknown metric");
-    nl_rabitq *q = rbq_alloc(vs->dim, p->bits, metric);
+    const uint32_t d = vs->dim;
+    uint32_t C = p->centroids ? p->centroids : auto_centroids(p->rows_hint ? p->rows_hint : vs->n, d);
+    if (C > NL_RABITQ_MAX_CENTROIDS)
+        C = NL_RABITQ_MAX_CENTROIDS;
+    size_t ns = p->max_sample ? p->max_sample : (size_t)C * 64;
+    if (ns < 2000)
+        ns = 2000;
+    if (ns > vs->n)
+        ns = vs->n;
+    if (C > ns)
+        C = (uint32_t)ns;
+    nl_rabitq *q = rbq_alloc(d, p->bits, C, metric);
     if (!q)
         return -ENOMEM;
     q->seed = p->seed;
-    int rc = random_rotation(q->dim, p->seed, q->rot);
-    size_t ns = p->max_sample ? p->max_sample : 20000;
-    if (ns > vs->n)
-        ns = vs->n;
-    size_t stride = vs->n / ns;
-    float *row = malloc(sizeof(float) * q->dim);
-    double *sum = calloc(q->dim, sizeof(double));
-    if (rc || !row || !sum) {
+    unsigned threads = p->threads ? p->threads : nl_cpu_count();
+    int rc = random_rotation(d, p->seed, q->rot);
+    size_t stride = vs->n / ns, esz = nl_dtype_size(vs->dtype) * d;
+    float *xs = malloc(sizeof(float) * ns * d);
+    unsigned char *rows = malloc(esz * ns);
+    uint8_t *codes = malloc((size_t)nl_rabitq_code_bytes(q) * ns);
+    enc_out *outs = malloc(sizeof(enc_out) * ns);
+    uint32_t *cids = malloc(sizeof(uint32_t) * ns);
+    float *tmp = malloc(sizeof(float) * ns);
+    double *sum = calloc(C, sizeof(double));
+    uint32_t *cnt = calloc(C, sizeof(uint32_t));
+    if (rc || !xs || !rows || !codes || !outs || !cids || !tmp || !sum || !cnt) {
         rc = rc ? rc : -ENOMEM;
         goto done;
     }
-    /* The centroid of a strided sample (normalised rows for cosine). */
+    /* A strided sample: rows for encoding, floats (normalised for cosine) for k-means. */
     for (size_t s = 0; s < ns; s++) {
-        nl_convert_to_f32(vs->dtype, nl_vecset_row(vs, s * stride), row, q->dim);
+        memcpy(rows + s * esz, nl_vecset_row(vs, s * stride), esz);
+        nl_convert_to_f32(vs->dtype, rows + s * esz, xs + s * d, d);
         if (metric == NL_METRIC_COSINE)
-            normalize(row, q->dim);
-        for (uint32_t j = 0; j < q->dim; j++)
-            sum[j] += row[j];
+            normalize(xs + s * d, d);
+        for (uint32_t j = 0; j < d; j++)
+            if (!isfinite(xs[s * d + j])) {
+                rc = nl_fail(NL_EBADVALUE, "rabitq: the training rows hold values that are not finite");
+                goto done;
+            }
     }
-    for (uint32_t j = 0; j < q->dim; j++) {
-        q->cent[j] = (float)(sum[j] / (double)ns);
-        if (!isfinite(q->cent[j])) {
-            rc = nl_fail(NL_EBADVALUE, "rabitq: the training rows hold values that are not finite");
+    if (C > 1) {
+        nl_kmeans_params kp = {C, 8, p->seed ^ 0x7261626974710002ull, threads};
+        if ((rc = nl_kmeans(xs, ns, d, &kp, q->cent, NULL, NULL)) != 0)
             goto done;
-        }
+    } else {
+        for (size_t s = 0; s < ns; s++)
+            for (uint32_t j = 0; j < d; j++)
+                q->cent[j] += xs[s * d + j] / (float)ns;
     }
-    /* beta: encode (part of) the sample and keep a high quantile. */
-    {
-        size_t nb = ns < 5000 ? ns : 5000, bstride = vs->n / nb;
-        size_t esz = nl_dtype_size(vs->dtype) * vs->dim;
-        unsigned char *rows = malloc(esz * nb);
-        uint8_t *codes = malloc((size_t)nl_rabitq_code_bytes(q) * nb);
-        float *betas = malloc(sizeof(float) * nb);
-        if (!rows || !codes || !betas) {
-            free(rows);
-            free(codes);
-            free(betas);
-            rc = -ENOMEM;
-            goto done;
-        }
-        for (size_t s = 0; s < nb; s++)
-            memcpy(rows + s * esz, nl_vecset_row(vs, s * bstride), esz);
-        nl_vecset sub = {rows, nb, vs->dim, vs->dtype};
-        enc_ctx e = {q, &sub, codes, betas, 256};
-        rc = nl_parallel_for((nb + e.block - 1) / e.block, p->threads ? p->threads : nl_cpu_count(), encode_task, &e);
-        if (!rc) {
-            qsort(betas, nb, sizeof(float), cmp_float);
-            size_t at = (size_t)(RBQ_BETA_QUANTILE * (double)(nb - 1));
-            q->beta = betas[at];
-        }
-        free(rows);
-        free(codes);
-        free(betas);
+    derive(q);
+    /* Encode the sample (scales 1) to learn each centroid's typical A and kappa. */
+    nl_vecset sub = {rows, ns, d, vs->dtype};
+    enc_ctx e = {q, &sub, codes, outs, cids, 256};
+    if ((rc = nl_parallel_for((ns + e.block - 1) / e.block, threads, encode_task, &e)) != 0)
+        goto done;
+    double all = 0.0;
+    size_t nz = 0;
+    for (size_t s = 0; s < ns; s++) {
+        sum[cids[s]] += outs[s].A;
+        cnt[cids[s]]++;
+        all += outs[s].A;
+        nz += outs[s].A > 0;
+        tmp[s] = outs[s].kappa;
     }
+    for (uint32_t c = 0; c < C; c++) {
+        double m = cnt[c] ? sum[c] / cnt[c] : (nz ? all / (double)nz : 1.0);
+        q->scale[c] = m > 0 && isfinite(m) ? (float)m : 1.0f;
+    }
+    qsort(tmp, ns, sizeof(float), cmp_float);
+    q->kappa = tmp[(size_t)(RBQ_KAPPA_QUANTILE * (double)(ns - 1))];
 done:
-    free(row);
+    free(xs);
+    free(rows);
+    free(codes);
+    free(outs);
+    free(cids);
+    free(tmp);
     free(sum);
+    free(cnt);
     if (rc) {
         nl_rabitq_destroy(q);
         return rc;
@@ -455,45 +549,59 @@ nl_rabitq_ip_fn nl_rabitq_kernel(nl_isa isa)
     return NULL;
 }
 
-void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, nl_rabitq_query *s)
+void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, float *buf, nl_rabitq_query *s)
 {
-    const uint32_t d = rq->dim;
+    const uint32_t d = rq->dim, C = rq->C;
     float stack[1024];
     float *x = d <= 1024 ? stack : malloc(sizeof(float) * d);
+    s->qr = buf;
+    float *cq = buf + 8 * (size_t)rq->pb, *cs = cq + C, *ce = cs + C;
+    s->cq = cq;
+    s->cs = cs;
+    s->ce = ce;
     s->pb = rq->pb;
     s->bits = rq->bits;
+    s->C = C;
     s->metric = rq->metric;
     s->ip = nl_rabitq_kernel(nl_isa_best());
     s->scale = rq->metric == NL_METRIC_COSINE ? 0.5f : 1.0f;
-    memset(s->qr, 0, sizeof(float) * 8 * rq->pb);
-    if (!x) { /* out of memory: a zero query ranks nothing but stays safe */
-        s->qnorm2 = s->usum = s->qc = s->bcoef = 0.0f;
+    memset(buf, 0, sizeof(float) * nl_rabitq_query_floats(rq));
+    s->usum = 0.0f;
+    if (!x) /* out of memory: a zero query ranks nothing but stays safe */
         return;
-    }
     memcpy(x, q, sizeof(float) * d);
     if (rq->metric == NL_METRIC_COSINE)
         normalize(x, d);
-    double qc = 0.0;
-    if (rq->metric == NL_METRIC_IP) {
-        /* -<o, q> = -(<o - c, q> + <c, q>) and <o - c, q> = <P(o - c), P q>: q is not centred */
-        for (uint32_t j = 0; j < d; j++)
-            qc += (double)rq->cent[j] * x[j];
-    } else {
-        for (uint32_t j = 0; j < d; j++)
-            x[j] -= rq->cent[j];
-    }
     rotate_row(rq, x, s->qr);
-    double nn = 0.0, sum = 0.0;
+    double sum = 0.0, qq = 0.0;
     for (uint32_t j = 0; j < d; j++) {
-        nn += (double)s->qr[j] * s->qr[j];
         sum += s->qr[j];
+        qq += (double)x[j] * x[j];
     }
-    s->qnorm2 = (float)nn;
     s->usum = (float)(sum * (double)((1u << rq->bits) - 1) * 0.5);
-    s->qc = (float)qc;
-    /* error of <r, q_r>: |r| |q_r| beta eps0 / sqrt(D - 1); l2 doubles it, cosine halves that */
-    double e = sqrt(nn) * rq->beta * eps0 / sqrt(d > 1 ? (double)(d - 1) : 1.0);
-    s->bcoef = (float)(rq->metric == NL_METRIC_IP ? e : 2.0 * e * s->scale);
+    /* Per centroid: the estimate's constant part and the error per unit of A:
+     * l2 2 |q - c| eps0 kappa / sqrt(D - 1) (cosine halves it with the estimate), ip
+     * |q| eps0 kappa / sqrt(D - 1). */
+    double ek = eps0 * rq->kappa / sqrt(d > 1 ? (double)(d - 1) : 1.0);
+    for (uint32_t c = 0; c < C; c++) {
+        const float *cc = rq->cent + (size_t)c * d;
+        double dot = 0.0, cn = 0.0;
+        for (uint32_t j = 0; j < d; j++) {
+            dot += (double)x[j] * cc[j];
+            cn += (double)cc[j] * cc[j];
+        }
+        cs[c] = rq->scale[c];
+        if (rq->metric == NL_METRIC_IP) {
+            cq[c] = (float)-dot;
+            ce[c] = (float)(sqrt(qq) * ek);
+        } else {
+            double qc2 = qq - 2.0 * dot + cn;
+            if (qc2 < 0.0)
+                qc2 = 0.0;
+            cq[c] = (float)qc2;
+            ce[c] = (float)(2.0 * sqrt(qc2) * ek * s->scale);
+        }
+    }
     if (x != stack)
         free(x);
 }
@@ -502,7 +610,7 @@ void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, nl_rabit
 
 size_t nl_rabitq_serialized_size(const nl_rabitq *q)
 {
-    return RBQ_HEADER + sizeof(float) * ((size_t)q->dim + (size_t)q->dim * q->dim);
+    return RBQ_HEADER + sizeof(float) * ((size_t)q->C * q->dim + q->C + (size_t)q->dim * q->dim);
 }
 
 int nl_rabitq_serialize(const nl_rabitq *q, void *buf, size_t len)
@@ -512,12 +620,16 @@ int nl_rabitq_serialize(const nl_rabitq *q, void *buf, size_t len)
     unsigned char *p = buf;
     memset(p, 0, RBQ_HEADER);
     memcpy(p, RBQ_MAGIC, 8);
-    uint32_t v[4] = {q->dim, q->bits, (uint32_t)q->metric, 0};
+    uint32_t v[4] = {q->dim, q->bits, (uint32_t)q->metric, q->C};
     memcpy(p + 8, v, 16);
     memcpy(p + 24, &q->seed, 8);
-    memcpy(p + 32, &q->beta, 4);
-    memcpy(p + RBQ_HEADER, q->cent, sizeof(float) * q->dim);
-    memcpy(p + RBQ_HEADER + sizeof(float) * q->dim, q->rot, sizeof(float) * (size_t)q->dim * q->dim);
+    memcpy(p + 32, &q->kappa, 4);
+    size_t o = RBQ_HEADER;
+    memcpy(p + o, q->cent, sizeof(float) * q->C * q->dim);
+    o += sizeof(float) * q->C * q->dim;
+    memcpy(p + o, q->scale, sizeof(float) * q->C);
+    o += sizeof(float) * q->C;
+    memcpy(p + o, q->rot, sizeof(float) * (size_t)q->dim * q->dim);
     return 0;
 }
 
@@ -527,41 +639,47 @@ int nl_rabitq_deserialize(const void *buf, size_t len, nl_rabitq **out)
     const unsigned char *p = buf;
     if (len < RBQ_HEADER || memcmp(p, RBQ_MAGIC, 8) != 0)
         return nl_fail(NL_ECORRUPT, "rabitq: bad magic or %zu bytes", len);
-    uint32_t v[4];
+    uint32_t v[4], reserved[3];
     memcpy(v, p + 8, 16);
-    if (v[0] == 0 || v[0] > NL_RABITQ_MAX_DIM || v[1] < 1 || v[1] > NL_RABITQ_MAX_BITS || v[2] > 2 || v[3] != 0)
-        return nl_fail(NL_ECORRUPT, "rabitq: dim %u, bits %u, metric %u out of range", v[0], v[1], v[2]);
-    size_t want = RBQ_HEADER + sizeof(float) * ((size_t)v[0] + (size_t)v[0] * v[0]);
+    memcpy(reserved, p + 36, 12);
+    if (v[0] == 0 || v[0] > NL_RABITQ_MAX_DIM || v[1] < 1 || v[1] > NL_RABITQ_MAX_BITS || v[2] > 2 || v[3] == 0 ||
+        v[3] > NL_RABITQ_MAX_CENTROIDS || reserved[0] || reserved[1] || reserved[2])
+        return nl_fail(NL_ECORRUPT, "rabitq: dim %u, bits %u, metric %u, centroids %u out of range", v[0], v[1], v[2],
+                       v[3]);
+    size_t want = RBQ_HEADER + sizeof(float) * ((size_t)v[3] * v[0] + v[3] + (size_t)v[0] * v[0]);
     if (len != want)
-        return nl_fail(NL_ECORRUPT, "rabitq: %zu bytes for dimension %u, want %zu", len, v[0], want);
-    float beta;
-    uint32_t reserved;
-    memcpy(&beta, p + 32, 4);
-    memcpy(&reserved, p + 36, 4);
-    if (reserved != 0)
-        return nl_fail(NL_ECORRUPT, "rabitq: reserved header word is %u", reserved);
-    if (!isfinite(beta) || beta < 0.0f || beta > 1e6f)
-        return nl_fail(NL_ECORRUPT, "rabitq: beta %g out of range", (double)beta);
-    nl_rabitq *q = rbq_alloc(v[0], v[1], (nl_metric)v[2]);
+        return nl_fail(NL_ECORRUPT, "rabitq: %zu bytes for dimension %u and %u centroids, want %zu", len, v[0], v[3],
+                       want);
+    float kappa;
+    memcpy(&kappa, p + 32, 4);
+    if (!isfinite(kappa) || kappa < 0.0f || kappa > 1e6f)
+        return nl_fail(NL_ECORRUPT, "rabitq: kappa %g out of range", (double)kappa);
+    nl_rabitq *q = rbq_alloc(v[0], v[1], v[3], (nl_metric)v[2]);
     if (!q)
         return -ENOMEM;
     memcpy(&q->seed, p + 24, 8);
-    q->beta = beta;
-    memcpy(q->cent, p + RBQ_HEADER, sizeof(float) * q->dim);
-    memcpy(q->rot, p + RBQ_HEADER + sizeof(float) * q->dim, sizeof(float) * (size_t)q->dim * q->dim);
-    /* A rotation's entries are in [-1, 1]; the centroid is finite. Anything else would
-     * make every estimate garbage (or NaN), so it is corruption. */
-    for (size_t i = 0; i < (size_t)q->dim * q->dim; i++)
-        if (!(q->rot[i] >= -1.0001f && q->rot[i] <= 1.0001f)) {
-            double bad = q->rot[i];
-            nl_rabitq_destroy(q);
-            return nl_fail(NL_ECORRUPT, "rabitq: rotation entry %zu is %g", i, bad);
-        }
-    for (uint32_t i = 0; i < q->dim; i++)
-        if (!isfinite(q->cent[i])) {
-            nl_rabitq_destroy(q);
-            return nl_fail(NL_ECORRUPT, "rabitq: centroid entry %u is not finite", i);
-        }
+    q->kappa = kappa;
+    size_t o = RBQ_HEADER;
+    memcpy(q->cent, p + o, sizeof(float) * q->C * q->dim);
+    o += sizeof(float) * q->C * q->dim;
+    memcpy(q->scale, p + o, sizeof(float) * q->C);
+    o += sizeof(float) * q->C;
+    memcpy(q->rot, p + o, sizeof(float) * (size_t)q->dim * q->dim);
+    /* A rotation's entries are in [-1, 1]; centroids are finite; scales positive.
+     * Anything else would make every estimate garbage (or NaN), so it is corruption. */
+    const char *bad = NULL;
+    size_t at = 0;
+    for (size_t i = 0; !bad && i < (size_t)q->dim * q->dim; i++)
+        if (!(q->rot[i] >= -1.0001f && q->rot[i] <= 1.0001f)) { bad = "rotation"; at = i; }
+    for (size_t i = 0; !bad && i < (size_t)q->C * q->dim; i++)
+        if (!isfinite(q->cent[i])) { bad = "centroid"; at = i; }
+    for (size_t i = 0; !bad && i < q->C; i++)
+        if (!(q->scale[i] > 0.0f && isfinite(q->scale[i]))) { bad = "scale"; at = i; }
+    if (bad) {
+        nl_rabitq_destroy(q);
+        return nl_fail(NL_ECORRUPT, "rabitq: %s entry %zu out of range", bad, at);
+    }
+    derive(q);
     *out = q;
     return 0;
 }

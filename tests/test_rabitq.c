@@ -84,13 +84,13 @@ static void check_estimates(nl_dtype t, nl_metric m, uint32_t d, uint32_t bits, 
     cr_assert_eq(cb, bits * ((d + 7) / 8) + 8);
     uint8_t *codes = malloc((size_t)cb * n);
     cr_assert_eq(nl_rabitq_encode(rq, &vs, codes, 2), 0);
-    float *qr = malloc(sizeof(float) * 8 * ((d + 7) / 8));
+    float *qr = malloc(sizeof(float) * nl_rabitq_query_floats(rq));
     nl_dist_fn exact = nl_distance_fn(m, NL_DTYPE_F32);
     size_t bad = 0, pairs = 0;
     double relsum = 0;
     for (size_t qi = 0; qi < nq; qi++) {
-        nl_rabitq_query s = {.qr = qr};
-        nl_rabitq_prepare(rq, qs + qi * d, eps0, &s);
+        nl_rabitq_query s;
+        nl_rabitq_prepare(rq, qs + qi * d, eps0, qr, &s);
         for (size_t i = 0; i < n; i++) {
             float err, est = nl_rabitq_estimate(&s, codes + i * cb, &err);
             float tr = exact(qs + qi * d, x + i * d, d);
@@ -172,21 +172,22 @@ Test(rabitq, serialisation_round_trips_and_rejects_hostile_bytes)
     cr_assert_eq(nl_rabitq_encode(rq, &vs, c1, 1), 0);
     cr_assert_eq(nl_rabitq_encode(back, &vs, c2, 2), 0);
     cr_assert_eq(memcmp(c1, c2, cb * n), 0, "a deserialised quantizer encodes differently");
-    cr_assert_eq(nl_rabitq_beta(rq), nl_rabitq_beta(back));
+    cr_assert_eq(nl_rabitq_kappa(rq), nl_rabitq_kappa(back));
+    cr_assert_eq(nl_rabitq_centroids(rq), nl_rabitq_centroids(back));
     nl_rabitq_destroy(back);
     for (size_t l = 0; l < len; l += (l < 64 ? 1 : 97)) {
         back = NULL;
         cr_assert_eq(nl_rabitq_deserialize(buf, l, &back), NL_ECORRUPT, "truncated to %zu", l);
         cr_assert_null(back);
     }
-    for (size_t i = 0; i < 40; i++) { /* the header: every byte that is checked */
+    for (size_t i = 0; i < 48; i++) { /* the header: every byte that is checked */
         if (i >= 24 && i < 32) continue; /* the seed is informational */
         unsigned char *h = malloc(len);
         memcpy(h, buf, len);
         h[i] ^= 0x5a;
         back = NULL;
         int rc = nl_rabitq_deserialize(h, len, &back);
-        if (i >= 32 && i < 36 && rc == 0) { /* beta may change to another valid value */
+        if (i >= 32 && i < 36 && rc == 0) { /* kappa may change to another valid value */
             nl_rabitq_destroy(back);
         } else {
             cr_assert_eq(rc, NL_ECORRUPT, "header byte %zu spoilt: %d", i, rc);
@@ -194,11 +195,12 @@ Test(rabitq, serialisation_round_trips_and_rejects_hostile_bytes)
         free(h);
     }
     float nan = NAN; /* a NaN in the centroid or an impossible rotation entry */
-    memcpy(buf + 40 + 4 * 3, &nan, 4);
+    memcpy(buf + 48 + 4 * 3, &nan, 4);
     cr_assert_eq(nl_rabitq_deserialize(buf, len, &back), NL_ECORRUPT);
     nl_rabitq_serialize(rq, buf, len);
     float big = 7.0f;
-    memcpy(buf + 40 + 4 * d + 4 * 5, &big, 4);
+    uint32_t C = nl_rabitq_centroids(rq);
+    memcpy(buf + 48 + 4 * (C * d + C) + 4 * 5, &big, 4);
     cr_assert_eq(nl_rabitq_deserialize(buf, len, &back), NL_ECORRUPT);
     nl_rabitq_params bad = {.bits = 9};
     cr_assert_eq(nl_rabitq_train(&vs, NL_METRIC_L2, &bad, &back), NL_EINVAL);

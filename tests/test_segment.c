@@ -9,7 +9,7 @@
 #include "nl_crc32c.h"
 #include "nl_eval.h"
 #include "nl_io.h"
-#include "nl_pq.h"
+#include "nl_quant.h"
 #include "nl_segment.h"
 #include "nl_vamana.h"
 #include "test_util.h"
@@ -32,11 +32,14 @@ typedef struct {
     nl_dtype t;
     nl_metric metric;
     nl_vamana *ix;
-    nl_pq *pq;
+    nl_quant *pq;
     uint8_t *codes;
     uint64_t *ids;
     uint32_t *gt;
 } fixture;
+
+/* The code the fixtures are built with: PQ (16 bytes, or d) unless a test sets RaBitQ. */
+static nl_code_spec g_code = {NL_CODE_PQ, 0};
 
 static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric, int with_ids)
 {
@@ -74,10 +77,11 @@ static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric
     p.L = 48;
     p.threads = 2;
     cr_assert_eq(nl_vamana_build(&vs, metric, &p, NULL, NULL, &f->ix), 0);
-    nl_pq_params pp = {.m = d < 16 ? d : 16, .iters = 6, .seed = 1, .threads = 2};
-    cr_assert_eq(nl_pq_train(&vs, metric, &pp, &f->pq), 0);
-    f->codes = malloc(n * pp.m);
-    cr_assert_eq(nl_pq_encode(f->pq, &vs, f->codes, 2), 0);
+    nl_code_spec spec = g_code.kind == NL_CODE_PQ ? (nl_code_spec){NL_CODE_PQ, d < 16 ? d : 16} : g_code;
+    nl_quant_params qp = {.seed = 1, .threads = 2};
+    cr_assert_eq(nl_quant_train(&vs, metric, spec, &qp, &f->pq), 0, "%s", nl_errdetail());
+    f->codes = malloc(n * nl_quant_code_bytes(f->pq));
+    cr_assert_eq(nl_quant_encode(f->pq, &vs, f->codes, 2), 0);
     if (with_ids) {
         f->ids = malloc(sizeof(uint64_t) * n);
         for (size_t i = 0; i < n; i++) f->ids[i] = 1000000007ull * (i + 1);
@@ -89,7 +93,7 @@ static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric
 static void unbuild(fixture *f)
 {
     nl_vamana_destroy(f->ix);
-    nl_pq_destroy(f->pq);
+    nl_quant_destroy(f->pq);
     free(f->x);
     free(f->q);
     free(f->codes);
@@ -108,7 +112,7 @@ static double search_all(fixture *f, nl_segment *seg, nl_io_mode io, uint32_t *o
 {
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 3, io, &s), 0);
-    nl_seg_query_params p = {10, 64, 4};
+    nl_seg_query_params p = {10, 64, 4, 0};
     float *d = malloc(sizeof(float) * f->nq * 10);
     nl_query_stats *st = malloc(sizeof(nl_query_stats) * f->nq);
     int rc = nl_seg_search_batch(s, f->q, f->nq, &p, ords, d, st);
@@ -171,6 +175,22 @@ static void round_trip(size_t n, uint32_t d, nl_dtype t, nl_metric metric, int w
 Test(segment, packed_f32_l2_round_trip) { round_trip(3000, 48, NL_DTYPE_F32, NL_METRIC_L2, 0, 1); }
 Test(segment, packed_u8_cosine_with_ids) { round_trip(2000, 100, NL_DTYPE_U8, NL_METRIC_COSINE, 1, 1); }
 Test(segment, spanning_f32_ip_records) { round_trip(600, 1100, NL_DTYPE_F32, NL_METRIC_IP, 1, 2); }
+/* The same with RaBitQ codes (format 2, code kind 1). */
+Test(segment, rabitq_packed_f32_l2_round_trip)
+{
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 2};
+    round_trip(3000, 48, NL_DTYPE_F32, NL_METRIC_L2, 0, 1);
+}
+Test(segment, rabitq_packed_u8_cosine_with_ids)
+{
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 2};
+    round_trip(2000, 100, NL_DTYPE_U8, NL_METRIC_COSINE, 1, 1);
+}
+Test(segment, rabitq_spanning_f32_ip_records)
+{
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 4};
+    round_trip(600, 1100, NL_DTYPE_F32, NL_METRIC_IP, 1, 2);
+}
 
 static void flip(const char *path, uint64_t off)
 {
@@ -217,7 +237,67 @@ static int damaged_detected(fixture *f, const char *path, const uint32_t *good)
     return src || vrc;
 }
 
-Test(segment, corruption_in_every_section_is_reported_never_crashes, .timeout = 600)
+static void corruption_reported(void);
+Test(segment, corruption_in_every_section_is_reported_never_crashes, .timeout = 600) { corruption_reported(); }
+Test(segment, rabitq_corruption_in_every_section_is_reported_never_crashes, .timeout = 600)
+{
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 3};
+    corruption_reported();
+}
+
+/* A segment of format 1 (before codes had kinds: PQ, no kind fields) still opens, and
+ * answers as it did. */
+Test(segment, format_1_pq_segments_still_open)
+{
+    fixture f;
+    build(&f, 1500, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/v1.nls", dir);
+    write_seg(&f, path);
+    nl_segment *seg;
+    nl_segment_options o = {0, NL_IO_AUTO, 0};
+    cr_assert_eq(nl_segment_open(path, &o, &seg), 0);
+    uint32_t *a = malloc(sizeof(uint32_t) * f.nq * 10), *b = malloc(sizeof(uint32_t) * f.nq * 10);
+    double r2 = search_all(&f, seg, NL_IO_AUTO, a, NULL);
+    nl_segment_close(seg);
+    int fd = open(path, O_RDWR);
+    unsigned char h[4096];
+    cr_assert_eq(pread(fd, h, 4096, 0), 4096);
+    uint32_t v = 1, zero = 0;
+    memcpy(h + 8, &v, 4);
+    memcpy(h + 200, &zero, 4);
+    memcpy(h + 204, &zero, 4);
+    uint32_t crc = nl_crc32c(0, h, 4092);
+    memcpy(h + 4092, &crc, 4);
+    cr_assert_eq(pwrite(fd, h, 4096, 0), 4096);
+    close(fd);
+    cr_assert_eq(nl_segment_open(path, &o, &seg), 0, "%s", nl_errdetail());
+    nl_segment_info in;
+    nl_segment_get_info(seg, &in);
+    cr_assert_eq(in.format, 1);
+    cr_assert_eq(in.code.kind, NL_CODE_PQ);
+    cr_assert_eq(in.code.param, 16);
+    double r1 = search_all(&f, seg, NL_IO_AUTO, b, NULL);
+    cr_assert_float_eq(r1, r2, 1e-12);
+    cr_assert_arr_eq(a, b, sizeof(uint32_t) * f.nq * 10);
+    nl_segment_close(seg);
+    /* a format-2 header naming a code kind this build does not know is corruption */
+    fd = open(path, O_RDWR);
+    v = 2;
+    uint32_t kind = 7;
+    memcpy(h + 8, &v, 4);
+    memcpy(h + 200, &kind, 4);
+    crc = nl_crc32c(0, h, 4092);
+    memcpy(h + 4092, &crc, 4);
+    cr_assert_eq(pwrite(fd, h, 4096, 0), 4096);
+    close(fd);
+    cr_assert_eq(nl_segment_open(path, &o, &seg), NL_ECORRUPT);
+    free(a);
+    free(b);
+    unbuild(&f);
+}
+
+static void corruption_reported(void)
 {
     fixture f;
     build(&f, 2500, 40, NL_DTYPE_F32, NL_METRIC_L2, 1);
@@ -384,7 +464,7 @@ Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
     /* Both segments at once: each query's results on each are those of a lone search. */
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(a, 64, 4, 4, NL_IO_AUTO, &s), 0);
-    nl_seg_query_params p[2] = {{10, 48, 4}, {10, 48, 4}};
+    nl_seg_query_params p[2] = {{10, 48, 4, 0}, {10, 48, 4, 0}};
     nl_segment *both[2] = {a, b};
     uint32_t *multi = malloc(sizeof(uint32_t) * 2 * f.nq * 10), *alone = malloc(sizeof(uint32_t) * f.nq * 10);
     cr_assert_eq(nl_seg_search_multi(s, both, 2, f.q, f.nq, p, 10, multi, NULL, NULL), 0, "%s", nl_errdetail());
@@ -407,7 +487,7 @@ typedef struct {
 static int stream_codes(void *ctx, uint64_t first, uint64_t count, void *dst)
 {
     const fixture *f = ((stream_fill *)ctx)->f;
-    uint32_t m = nl_pq_m(f->pq);
+    uint32_t m = nl_quant_code_bytes(f->pq);
     memcpy(dst, f->codes + first * m, count * m);
     return 0;
 }
@@ -510,7 +590,7 @@ Test(segment, streaming_writer_repairs_reachability)
     /* A query equal to a cut-off point finds it. */
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 1, NL_IO_AUTO, &s), 0);
-    nl_seg_query_params qp = {1, 64, 4};
+    nl_seg_query_params qp = {1, 64, 4, 0};
     uint32_t ord;
     cr_assert_eq(nl_seg_search_batch(s, v, 1, &qp, &ord, NULL, NULL), 0);
     cr_assert_eq(ord, n - 1);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "nearline.h"
 #include "nl_import.h"
 #include "nl_util.h"
 
@@ -110,7 +111,8 @@ int cmd_import(int argc, char **argv)
         {"metric", 1, 0, 'm'}, {"ids", 1, 0, 'I'}, {"R", 1, 0, 'R'}, {"L", 1, 0, 'L'}, {"alpha", 1, 0, 'a'},
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
         {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
-        {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"code", 1, 0, 'Q'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -135,6 +137,20 @@ int cmd_import(int argc, char **argv)
         case 'P': p.force_partitioned = 1; break;
         case 'A': p.append = 1; break;
         case 'M': p.metadata_path = optarg; break;
+        case 'Q': {
+            nl_code_spec cs;
+            if (nl_code_spec_parse(optarg, &cs) != 0) {
+                cli_error(C, NL_EINVAL, "--code");
+                return 2;
+            }
+            if (cs.kind == NL_CODE_PQ) {
+                p.code = NL_COLL_CODE_PQ;
+                p.pq_m = cs.param;
+            } else {
+                p.code = NL_COLL_CODE_RABITQ(cs.param);
+            }
+            break;
+        }
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -157,17 +173,18 @@ int cmd_import(int argc, char **argv)
     p.progress = progress_cb;
     p.progress_ctx = &ps;
     nl_import_result r;
+    char codename[32];
     if ((rc = nl_import(&p, &r)) != 0) {
         cli_error(C, rc, "import of %s into '%s' failed", p.input, p.collection);
         return 1;
     }
     printf("{\"collection\":\"%s\",\"points\":%llu,\"dim\":%u,\"dtype\":\"%s\",\"metric\":\"%s\",\"R\":%u,"
-           "\"pq_bytes\":%u,\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
+           "\"pq_bytes\":%u,\"code\":\"%s\",\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
            "\"partition\":%.2f,\"build\":%.2f,\"merge\":%.2f,\"write\":%.2f,\"total\":%.2f},\"memory_budget_bytes\":%llu,"
            "\"partitions\":%u,\"exact_merge\":%s,\"repaired_edges\":%llu,\"resumed_checkpoints\":%u,\"appended\":%s,\"first_id\":%llu,"
            "\"peak_rss_bytes\":%llu}\n",
            p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
-           r.pq_m, r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
+           r.pq_m, nl_code_spec_name(r.code, codename, sizeof codename), r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
            r.merge_s, r.write_s, r.total_s, (unsigned long long)r.budget, r.partitions,
            r.partitions ? (r.exact_merge ? "true" : "false") : "null", (unsigned long long)r.repaired_edges, r.resumed_phases, r.appended ? "true" : "false",
            (unsigned long long)r.first_id,

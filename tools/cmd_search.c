@@ -82,8 +82,10 @@ static int help(FILE *f)
             "usage: nearline search --db DIR --collection NAME --queries FILE --k K [--L N]...\n"
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
-            "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan]\n"
-            "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n");
+            "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan] [--bound EPS]\n"
+            "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n"
+            "--bound: RaBitQ segments skip reading candidates whose error bound (EPS standard\n"
+            "deviations, default 1.9) keeps them out of the top k; 0 = never skip.\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -99,8 +101,10 @@ int cmd_search(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"queries", 1, 0, 'q'}, {"k", 1, 0, 'k'}, {"L", 1, 0, 'L'},
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
-        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"bound", 1, 0, 'B'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     uint32_t plan = 0;
+    float bound = 0.0f;
     const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
@@ -126,6 +130,16 @@ int cmd_search(int argc, char **argv)
             else if (!strcmp(optarg, "scan")) plan = NL_PLAN_SCAN;
             else if (strcmp(optarg, "auto")) { cli_error(C, 0, "--plan must be auto, graph or scan"); return 2; }
             break;
+        case 'B': {
+            char *end;
+            double b = strtod(optarg, &end);
+            if (*end || !(b >= 0.0 && b <= 100.0)) {
+                cli_error(C, 0, "--bound must be a number in 0..100");
+                return 2;
+            }
+            bound = b == 0.0 ? -1.0f : (float)b; /* the engine's 0 means its default */
+            break;
+        }
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -255,14 +269,14 @@ int cmd_search(int argc, char **argv)
     /* Chunks small enough to balance the threads, large enough to keep `inflight` busy. */
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
-        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan};
+        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan, bound};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
             goto out;
         }
         double wall = (double)(nl_now_ns() - t0) / 1e9;
-        double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0;
+        double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0, skips = 0;
         size_t plans[4] = {0, 0, 0, 0}, short_q = 0;
         for (size_t i = 0; i < nq; i++) {
             matches += (double)c.st[i].matches;
@@ -275,6 +289,7 @@ int cmd_search(int argc, char **argv)
             ios += c.st[i].ios;
             hits += c.st[i].cache_hits;
             hops += c.st[i].hops;
+            skips += c.st[i].bound_skips;
             mean += (double)lat[i];
         }
         qsort(lat, nq, sizeof *lat, cmp_u64);
@@ -287,7 +302,7 @@ int cmd_search(int argc, char **argv)
                hops > 0 ? hits / hops : 0.0);
         /* Queries whose first pass came back short of min(k, live) (deleted points crowding
          * them) and were searched again: with a wider list, and exhaustively. */
-        printf(",\"searched_again\":%zu", plans[3]);
+        printf(",\"searched_again\":%zu,\"mean_bound_skips\":%.2f", plans[3], skips / (double)nq);
         if (!filter && !filters)
             printf(",\"exhaustive\":%zu", plans[2]);
         if (filter || filters)
