@@ -160,7 +160,8 @@ json_t *nl_srv_describe_json(nl_collection *h)
     nl_collection_describe(h, &cfg);
     nl_collection_stats st;
     nl_collection_stats_get(h, &st);
-    return json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
+    char code[32];
+    json_t *j = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:{s:i,s:i,s:f,s:i,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}}",
                      "name", nl_collection_name(h), "dim", (int)cfg.dim, "metric", nl_metric_name(cfg.metric), "dtype",
                      nl_dtype_name(cfg.dtype), "shards", (int)cfg.shards, "replicas", 1, "index", "R", (int)cfg.R,
                      "L", (int)cfg.L, "alpha", round((double)cfg.alpha * 1e6) / 1e6, "pq_bytes", (int)cfg.pq_bytes, "fresh_capacity",
@@ -170,6 +171,10 @@ json_t *nl_srv_describe_json(nl_collection *h)
                      (json_int_t)st.ram_bytes, "flushes", (json_int_t)st.flushes, "compactions",
                      (json_int_t)st.compactions, "cached_nodes", (json_int_t)st.cached_nodes, "search_retries",
                      (json_int_t)st.search_retries, "search_exhaustive", (json_int_t)st.search_exhaustive);
+    if (j)
+        json_object_set_new(json_object_get(j, "index"), "code",
+                            json_string(nl_collection_code_name(&cfg, code, sizeof code)));
+    return j;
 }
 
 /* The config of a create body; 0, or -1 with the 400 queued. Cluster mode: shards
@@ -178,7 +183,7 @@ int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t 
                          uint32_t *replicas, int *quorum, enum MHD_Result *res)
 {
     static const char *const top[] = {"dim", "metric", "dtype", "shards", "replicas", "write_quorum", "index", NULL};
-    static const char *const idx[] = {"R", "L", "alpha", "pq_bytes", "fresh_capacity", NULL};
+    static const char *const idx[] = {"R", "L", "alpha", "pq_bytes", "fresh_capacity", "code", NULL};
     const char *bad;
     memset(cfg, 0, sizeof *cfg);
     json_t *ix = json_object_get(j, "index");
@@ -208,13 +213,19 @@ int nl_srv_create_config(nl_server *s, struct MHD_Connection *c, req *r, json_t 
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"index\" must be an object");
     else if (ix && unknown_key(ix, idx, &bad))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "unknown field \"index.%s\" (expected R, L, alpha, pq_bytes, "
-                          "fresh_capacity)", bad);
+                          "fresh_capacity, code)", bad);
     else if (ix && (u32_field(ix, "R", 1, 1024, 0, &cfg->R) || u32_field(ix, "L", 1, NL_MAX_K, 0, &cfg->L) ||
                     u32_field(ix, "pq_bytes", 1, 65535, 0, &cfg->pq_bytes) ||
                     u32_field(ix, "fresh_capacity", 1, 100000000, 0, &cfg->fresh_capacity)))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "index parameters out of range (R 1..1024, L 1..%d)", NL_MAX_K);
     else if (ix && json_object_get(ix, "alpha") && !json_is_number(json_object_get(ix, "alpha")))
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"index.alpha\" must be a number");
+    else if (ix && json_object_get(ix, "code") &&
+             (!json_is_string(json_object_get(ix, "code")) ||
+              nl_collection_code_parse(json_string_value(json_object_get(ix, "code")), cfg) != 0 ||
+              (json_object_get(ix, "pq_bytes") && cfg->code != NL_COLL_CODE_PQ)))
+        *res = nl_srv_send_error(c, r, 400, "bad_request", "\"index.code\" must be \"auto\", \"pq:BYTES\" or "
+                                 "\"rabitq:BITS\" (1..8), and pq_bytes goes only with a PQ code");
     else {
         *quorum = json_object_get(j, "write_quorum") &&
                   !strcmp(json_string_value(json_object_get(j, "write_quorum")), "majority");

@@ -812,6 +812,9 @@ int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char 
                      "map_version", (int)rt.c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
                      segments, "disk_bytes", disk, "shard_map", shards, "partial", json_array_size(miss) > 0,
                      "missing_shards", miss);
+    char code[32];
+    if (*out)
+        json_object_set_new(json_object_get(*out, "index"), "code", json_string(nl_collection_code_name(g, code, sizeof code)));
     free(callof);
     free(url);
     free(calls);

@@ -135,12 +135,13 @@ const char *nl_quorum_name(int q) { return q == NL_QUORUM_MAJORITY ? "majority" 
 char *nl_cluster_collection_encode(const nl_cluster_collection *c)
 {
     const nl_collection_config *g = &c->cfg;
-    return dump(json_pack("{s:s,s:s,s:i,s:s,s:s,s:i,s:i,s:s,s:{s:i,s:i,s:f,s:i,s:i}}", "name", c->name, "uid", c->uid,
+    char code[32];
+    return dump(json_pack("{s:s,s:s,s:i,s:s,s:s,s:i,s:i,s:s,s:{s:i,s:i,s:f,s:i,s:i,s:s}}", "name", c->name, "uid", c->uid,
                           "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype", nl_dtype_name(g->dtype),
                           "shards", (int)g->shards, "replicas", (int)c->replicas, "write_quorum",
                           nl_quorum_name(c->write_quorum), "index", "R", (int)g->R, "L",
                           (int)g->L, "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes,
-                          "fresh_capacity", (int)g->fresh_capacity));
+                          "fresh_capacity", (int)g->fresh_capacity, "code", nl_collection_code_name(g, code, sizeof code)));
 }
 
 int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collection *c)
@@ -171,6 +172,15 @@ int nl_cluster_collection_decode(const char *buf, size_t len, nl_cluster_collect
         rc = nl_fail(NL_ECORRUPT, "%s: \"index.alpha\" must be a number", w);
     if (!rc)
         g->alpha = (float)json_number_value(alpha);
+    /* Records written before codes had kinds name none: those collections are PQ. */
+    json_t *code = json_object_get(ix, "code");
+    if (!rc) {
+        uint32_t pqb = g->pq_bytes;
+        g->code = NL_COLL_CODE_PQ;
+        if (code && (!json_is_string(code) || nl_collection_code_parse(json_string_value(code), g) != 0 ||
+                     g->code == NL_COLL_CODE_DEFAULT || g->pq_bytes != pqb))
+            rc = nl_fail(NL_ECORRUPT, "%s: \"index.code\" must be pq:%u or rabitq:1..8", w, pqb);
+    }
     json_t *q = json_object_get(j, "write_quorum");
     if (!rc && q) {
         const char *qs = json_string_value(q);
@@ -190,7 +200,8 @@ int nl_cluster_collection_match(const nl_cluster_collection *c, const nl_collect
     const nl_collection_config *g = &c->cfg;
     const char *what = g->dim != l->dim ? "dim" : g->metric != l->metric ? "metric" : g->dtype != l->dtype ? "dtype"
                      : g->shards != l->shards ? "shards" : g->R != l->R ? "R" : g->L != l->L ? "L"
-                     : fabsf(g->alpha - l->alpha) > 1e-5f ? "alpha" : g->pq_bytes != l->pq_bytes ? "pq_bytes" : NULL;
+                     : fabsf(g->alpha - l->alpha) > 1e-5f ? "alpha" : g->pq_bytes != l->pq_bytes ? "pq_bytes"
+                     : g->code != l->code ? "code" : NULL;
     return what ? nl_fail(NL_ECORRUPT, "the local copy of '%s' differs from the cluster's config in %s", c->name, what)
                 : 0;
 }

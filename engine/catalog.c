@@ -124,11 +124,7 @@ int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *c)
         return -ENOMEM;
     /* "code" is absent from catalogs written before codes had kinds: those are PQ. */
     char code[32];
-    if (NL_COLL_CODE_IS_RABITQ(c->code))
-        snprintf(code, sizeof code, "rabitq:%u", NL_COLL_CODE_BITS(c->code));
-    else
-        snprintf(code, sizeof code, "pq:%u", c->pq_bytes);
-    json_object_set_new(j, "code", json_string(code));
+    json_object_set_new(j, "code", json_string(nl_collection_code_name(c, code, sizeof code)));
     char path[4200], tmp[4300];
     snprintf(path, sizeof path, "%s/collection.json", coll_dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -191,16 +187,12 @@ int nl_catalog_read_config(const char *coll_dir, nl_collection_config *c)
     if (!rc)
         c->alpha = (float)json_number_value(a);
     json_t *code = json_object_get(j, "code");
-    unsigned bits = 0;
-    char tail = 0;
     if (!rc) {
+        uint32_t pqb = c->pq_bytes;
         c->code = NL_COLL_CODE_PQ;
-        if (code && (!json_is_string(code) ||
-                     (strncmp(json_string_value(code), "pq:", 3) != 0 &&
-                      (sscanf(json_string_value(code), "rabitq:%u%c", &bits, &tail) != 1 || bits < 1 || bits > 8))))
-            rc = nl_fail(NL_ECORRUPT, "%s: \"code\" must be pq:BYTES or rabitq:1..8", path);
-        else if (bits)
-            c->code = NL_COLL_CODE_RABITQ(bits);
+        if (code && (!json_is_string(code) || nl_collection_code_parse(json_string_value(code), c) != 0 ||
+                     c->code == NL_COLL_CODE_DEFAULT || c->pq_bytes != pqb))
+            rc = nl_fail(NL_ECORRUPT, "%s: \"code\" must be pq:%u or rabitq:1..8", path, pqb);
     }
     json_decref(j);
     return rc;

@@ -32,6 +32,7 @@
 
 #include "nearline.h"
 #include "nl_catalog.h"
+#include "nl_quant.h"
 #include "nl_shard.h"
 #include "nl_util.h"
 
@@ -163,6 +164,34 @@ static nl_collection *find_locked(nl_db *db, const char *name)
 static void to_shard_config(const nl_collection_config *c, nl_shard_config *s)
 {
     *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity, c->code};
+}
+
+int nl_collection_code_parse(const char *s, nl_collection_config *cfg)
+{
+    if (!strcmp(s, "auto")) {
+        cfg->code = NL_COLL_CODE_DEFAULT;
+        return 0;
+    }
+    nl_code_spec c;
+    int rc = nl_code_spec_parse(s, &c);
+    if (rc)
+        return rc;
+    if (c.kind == NL_CODE_PQ) {
+        cfg->code = NL_COLL_CODE_PQ;
+        cfg->pq_bytes = c.param;
+    } else {
+        cfg->code = NL_COLL_CODE_RABITQ(c.param);
+    }
+    return 0;
+}
+
+const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len)
+{
+    if (NL_COLL_CODE_IS_RABITQ(cfg->code))
+        snprintf(buf, len, "rabitq:%u", NL_COLL_CODE_BITS(cfg->code));
+    else
+        snprintf(buf, len, "pq:%u", cfg->pq_bytes);
+    return buf;
 }
 
 int nl_collection_config_defaults(nl_collection_config *cfg)

@@ -49,6 +49,20 @@ uint32_t nl_import_default_code(uint32_t dim)
     return NL_COLL_CODE_PQ;
 }
 
+/* <coll>/code_choice.json: how the import chose the code, for inspect. */
+static int write_choice(const char *coll_dir, const nl_code_choice *c)
+{
+    char path[4400];
+    if ((size_t)snprintf(path, sizeof path, "%.4300s/code_choice.json", coll_dir) >= sizeof path)
+        return nl_fail(NL_EINVAL, "path too long");
+    json_t *j = nl_code_choice_json(c);
+    if (!j)
+        return -ENOMEM;
+    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(6)) == 0 ? 0 : nl_fail(-EIO, "cannot write %s", path);
+    json_decref(j);
+    return rc;
+}
+
 static double secs_since(uint64_t t0) { return (double)(nl_now_ns() - t0) / 1e9; }
 
 static int cmp_u64(const void *a, const void *b)
@@ -322,6 +336,30 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         t.metric = p->metric;
         t.code = p->code ? p->code : p->pq_m ? NL_COLL_CODE_PQ : nl_import_default_code(dim);
     }
+    if (!p->append && !p->code && !p->pq_m && n >= 1000) {
+        /* The code is chosen from the data, within the memory allowed. */
+        nl_code_choice_params cp = {.target = p->recall_target, .L = 50, .seed = p->seed, .threads = p->threads};
+        cp.budget = p->search_memory_per_point ? p->search_memory_per_point
+                    : p->search_memory ? (uint32_t)(p->search_memory / n < UINT32_MAX ? p->search_memory / n : UINT32_MAX)
+                                       : nl_import_default_pq_m(dim) + 8;
+        if (cp.budget == 0) {
+            rc = nl_fail(NL_EINVAL, "--search-memory allows less than one byte a point for %zu points", n);
+            goto out;
+        }
+        if (p->progress)
+            p->progress(p->progress_ctx, "choose code", 0, 1);
+        if ((rc = nl_code_choose(ds, t.metric, &cp, &r->choice)) != 0)
+            goto out;
+        if (p->progress)
+            p->progress(p->progress_ctx, "choose code", 1, 1);
+        r->code_chosen = 1;
+        if (r->choice.chosen.kind == NL_CODE_PQ) {
+            t.code = NL_COLL_CODE_PQ;
+            t.pq_m = r->choice.chosen.param;
+        } else {
+            t.code = NL_COLL_CODE_RABITQ(r->choice.chosen.param);
+        }
+    }
     if (t.pq_m > dim) {
         rc = nl_fail(NL_EINVAL, "--pq-bytes %u exceeds the dimension %u", t.pq_m, dim);
         goto out;
@@ -412,6 +450,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
             goto out;
         nl_shard_import_end(h);
         h = NULL;
+        if (r->code_chosen && (rc = write_choice(coll_dir, &r->choice)) != 0)
+            goto out;
         if ((rc = nl_catalog_write_config(coll_dir, &ncc)) != 0 || (rc = nl_fsync_dir(shard_dir)) != 0 ||
             (rc = nl_fsync_dir(coll_dir)) != 0)
             goto out;

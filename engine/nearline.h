@@ -98,6 +98,12 @@ typedef struct {
 #define NL_COLL_CODE_IS_RABITQ(c) (((c) & 0xff00u) == 0x200u)
 #define NL_COLL_CODE_BITS(c) ((c) & 0xffu)
 
+/* "pq:BYTES", "rabitq:BITS" or "auto" (NL_COLL_CODE_DEFAULT) into a config's code (and
+ * pq_bytes for PQ). 0 or NL_EINVAL. */
+int nl_collection_code_parse(const char *s, nl_collection_config *cfg);
+/* The code of a config (defaults applied) as "pq:32" / "rabitq:2"; returns buf. */
+const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len);
+
 /* Fills in the defaults of cfg (shards 0 = 1, R, L, alpha, pq_bytes, fresh_capacity) as
  * create would, and checks it: 0 or NL_EINVAL naming the field. */
 int nl_collection_config_defaults(nl_collection_config *cfg);

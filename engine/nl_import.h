@@ -14,6 +14,7 @@
 
 #include "nl_common.h"
 #include "nl_dataset.h"
+#include "nl_code_choice.h"
 #include "nl_quant.h"
 #include "nl_vamana.h"
 
@@ -33,7 +34,11 @@ typedef struct {
     float alpha;          /* 0 = 1.2 */
     uint32_t pq_m;        /* 0 = default (docs/decisions.md) */
     uint32_t code;        /* nl_collection_config.code: NL_COLL_CODE_DEFAULT = pq_m set: PQ, else
-                           * the dimension's default; an --append keeps the collection's */
+                           * chosen from the data (nl_code_choice.h) within the memory below;
+                           * an --append keeps the collection's */
+    uint64_t search_memory; /* bytes the codes of the collection may take in RAM; 0 = per point */
+    uint32_t search_memory_per_point; /* ... or bytes a point; both 0 = the default PQ size + 8 */
+    double recall_target; /* what the chosen code should reach (recall@10 at L = 50); 0 = 0.95 */
     unsigned threads;     /* 0 = all CPUs */
     uint64_t seed;
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
@@ -60,7 +65,9 @@ typedef struct {
     int exact_merge;
     uint64_t repaired_edges;  /* partitioned: in-edges added to nodes the merge left unreachable */
     int appended;
-    uint64_t first_id;        /* appended without ids: the first row's id */          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
+    uint64_t first_id;        /* appended without ids: the first row's id */
+    int code_chosen;          /* the code was chosen from the data: choice holds how */
+    nl_code_choice choice;          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
     char segment_path[4400];
 } nl_import_result;
 

@@ -263,7 +263,8 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
     if ((rc = load_cache(s, hot + 1, hot[0], opt->cache_budget)) != 0)
         goto fail;
     s->dist = nl_distance_fn(s->metric, s->dtype);
-    s->ram_bytes = sizeof *s + s->n * s->m + pqlen + (s->code.kind == NL_CODE_PQ ? 2 * 256 * (uint64_t)s->dim * 4 : 0) +
+    s->ram_bytes = sizeof *s + s->n * s->m + pqlen + (s->code.kind == NL_CODE_PQ ? 2 * 256 * (uint64_t)s->dim * 4
+                                                 : (uint64_t)nl_rabitq_centroids(nl_quant_rabitq(s->quant)) * s->dim * 4) +
                    (s->ids ? s->n * 8 : 0) + (uint64_t)s->cache_n * s->geo.node_bytes +
                    (s->cache_n ? (uint64_t)(s->cache_mask + 1) * 8 : 0);
     /* The sections were read through the page cache once; do not let them linger. */

@@ -6,7 +6,7 @@
  * PQ has none, so its error is infinite and nothing is ever skipped on its account).
  *
  * A code spec names a kind and its size: "pq:M" (M bytes), "rabitq:B" (B bits per
- * dimension, B * ceil(D/8) + 8 bytes). Lifecycle: nl_quant_train / nl_quant_deserialize
+ * dimension, B * ceil(D/8) + 6 bytes). Lifecycle: nl_quant_train / nl_quant_deserialize
  * -> encode / prepare / estimate (thread-safe, immutable) -> nl_quant_destroy.
  */
 #ifndef NL_QUANT_H

@@ -20,10 +20,12 @@
  * centroid). Stored per point:
  *
  *   B bit planes of ceil(D/8) bytes (plane b holds bit b of u_i = y_i + (2^B-1)/2)
- *   f32 F, f16 A / s_c (s_c: the centroid's typical A, so half precision is relative),
- *   u16 the centroid
+ *   u32: F as an f32 whose 10 low mantissa bits hold the centroid (C <= 1,024); F keeps
+ *        13 bits of mantissa, 1e-4 relative, far below the estimator's own error
+ *   f16 A / s_c (s_c: the centroid's typical A, so half precision is relative)
  *
- * so a code is nl_rabitq_code_bytes() = B * ceil(D/8) + 8 bytes. Cosine works on
+ * so a code is nl_rabitq_code_bytes() = B * ceil(D/8) + 6 bytes: 2 bits at 128-d is 38,
+ * 1 bit at 784-d 104 (the default PQ size + 8 bytes admits both). Cosine works on
  * normalised vectors (half the l2 estimate); ip estimates -(<c, q> + A <y, P q>).
  *
  * The error of <o - c, q - c> is at most |r| |q - c| eps0 sqrt(1 - cos^2)/cos / sqrt(D-1)
@@ -78,9 +80,21 @@ uint32_t nl_rabitq_bits(const nl_rabitq *q);
 nl_metric nl_rabitq_metric(const nl_rabitq *q);
 float nl_rabitq_kappa(const nl_rabitq *q);
 uint32_t nl_rabitq_centroids(const nl_rabitq *q);
-/* Bytes of one code: bits * ceil(dim/8) + 8. */
+/* Bytes of one code: bits * ceil(dim/8) + 6. */
 uint32_t nl_rabitq_code_bytes(const nl_rabitq *q);
-static inline uint32_t nl_rabitq_code_bytes_for(uint32_t dim, uint32_t bits) { return bits * ((dim + 7) / 8) + 8; }
+static inline uint32_t nl_rabitq_code_bytes_for(uint32_t dim, uint32_t bits) { return bits * ((dim + 7) / 8) + 6; }
+
+#define NL_RABITQ_CID_BITS 10u
+/* F and the centroid from a code's first factor word (the middle of F's cut-off range,
+ * so the truncation is unbiased). */
+static inline float nl_rabitq_unpack_f(uint32_t w, uint32_t *cid)
+{
+    *cid = w & ((1u << NL_RABITQ_CID_BITS) - 1);
+    w = (w & ~((1u << NL_RABITQ_CID_BITS) - 1)) | (1u << (NL_RABITQ_CID_BITS - 1));
+    float F;
+    memcpy(&F, &w, 4);
+    return F;
+}
 
 /* Encodes rows [0, vs->n) of vs into codes (vs->n * code_bytes). */
 int nl_rabitq_encode(const nl_rabitq *q, const nl_vecset *vs, uint8_t *codes, unsigned threads);
@@ -119,11 +133,11 @@ void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, float *b
 static inline float nl_rabitq_estimate(const nl_rabitq_query *s, const uint8_t *code, float *err)
 {
     const uint8_t *f = code + (size_t)s->bits * s->pb;
-    float F;
-    uint16_t ah, cid;
-    memcpy(&F, f, 4);
+    uint32_t w, cid;
+    uint16_t ah;
+    memcpy(&w, f, 4);
     memcpy(&ah, f + 4, 2);
-    memcpy(&cid, f + 6, 2);
+    float F = nl_rabitq_unpack_f(w, &cid);
     if (cid >= s->C) /* codes are checked at open; this keeps a bad one harmless */
         cid = 0;
     float A = nl_f16_to_f32(ah) * s->cs[cid];

@@ -289,10 +289,12 @@ static enc_out encode_rotated(const nl_rabitq *q, const float *r, uint32_t cid, 
         F = 0.0; /* ip needs no |r|^2 */
     uint8_t *f = code + (size_t)q->bits * q->pb;
     float Ff = (float)F;
-    uint16_t ah = nl_f32_to_f16(e.A / q->scale[cid]), c16 = (uint16_t)cid;
-    memcpy(f, &Ff, 4);
+    uint32_t w;
+    memcpy(&w, &Ff, 4);
+    w = (w & ~((1u << NL_RABITQ_CID_BITS) - 1)) | cid;
+    uint16_t ah = nl_f32_to_f16(e.A / q->scale[cid]);
+    memcpy(f, &w, 4);
     memcpy(f + 4, &ah, 2);
-    memcpy(f + 6, &c16, 2);
     return e;
 }
 
@@ -386,11 +388,11 @@ int nl_rabitq_check_codes(const nl_rabitq *q, const uint8_t *codes, size_t n)
     uint32_t cb = nl_rabitq_code_bytes(q);
     for (size_t i = 0; i < n; i++) {
         const uint8_t *f = codes + i * cb + (size_t)q->bits * q->pb;
-        float F;
-        uint16_t ah, cid;
-        memcpy(&F, f, 4);
+        uint32_t w, cid;
+        uint16_t ah;
+        memcpy(&w, f, 4);
         memcpy(&ah, f + 4, 2);
-        memcpy(&cid, f + 6, 2);
+        float F = nl_rabitq_unpack_f(w, &cid);
         float A = nl_f16_to_f32(ah);
         if (cid >= q->C || !isfinite(F) || !isfinite(A) || A < 0.0f)
             return nl_fail(NL_ECORRUPT, "rabitq: code %zu names centroid %u of %u or holds non-finite factors", i,

@@ -81,7 +81,7 @@ static void check_estimates(nl_dtype t, nl_metric m, uint32_t d, uint32_t bits, 
     nl_rabitq_params p = {.bits = bits, .seed = 5, .threads = 2};
     cr_assert_eq(nl_rabitq_train(&vs, m, &p, &rq), 0, "%s", nl_errdetail());
     uint32_t cb = nl_rabitq_code_bytes(rq);
-    cr_assert_eq(cb, bits * ((d + 7) / 8) + 8);
+    cr_assert_eq(cb, bits * ((d + 7) / 8) + 6);
     uint8_t *codes = malloc((size_t)cb * n);
     cr_assert_eq(nl_rabitq_encode(rq, &vs, codes, 2), 0);
     float *qr = malloc(sizeof(float) * nl_rabitq_query_floats(rq));

@@ -30,6 +30,7 @@ int cli_load_filters(const char *cmd, const char *path, nl_filter ***out, size_t
 void cli_free_filters(nl_filter **f, size_t n);
 
 int cmd_gen(int argc, char **argv);
+int cmd_codes(int argc, char **argv);
 int cmd_membench(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_search(int argc, char **argv);

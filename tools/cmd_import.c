@@ -4,6 +4,7 @@
  * otherwise; --quiet silences it) and prints a JSON summary on stdout.
  */
 #include <getopt.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -83,8 +84,15 @@ static int help(FILE *f)
             "usage: nearline import --db DIR --collection NAME --input FILE [--format F]\n"
             "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
             "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--append] [--threads N] [--seed S]\n"
-            "         [--quiet]\n"
+            "         [--code auto|pq:BYTES|rabitq:BITS] [--search-memory SIZE|BYTES/point]\n"
+            "         [--recall-target R] [--quiet]\n"
             "\n"
+            "  --code          the compressed code searches navigate by (default auto: chosen from the\n"
+            "                  data, the smallest that held-out sample queries estimate at recall@10\n"
+            "                  >= --recall-target (0.95) at L=50, within --search-memory; a warning\n"
+            "                  says so when none in the memory allowed does)\n"
+            "  --search-memory RAM the collection's codes may take: a size (4G) or bytes a point\n"
+            "                  (40/point); default: the default PQ size + 8 bytes a point\n"
             "  --memory-budget SIZE  peak memory the import may use (default: half of RAM). Data whose\n"
             "                        in-memory build would not fit is built in overlapping partitions\n"
             "                        and merged; rerunning the same command after a crash resumes from\n"
@@ -111,7 +119,8 @@ int cmd_import(int argc, char **argv)
         {"metric", 1, 0, 'm'}, {"ids", 1, 0, 'I'}, {"R", 1, 0, 'R'}, {"L", 1, 0, 'L'}, {"alpha", 1, 0, 'a'},
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
         {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
-        {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"code", 1, 0, 'Q'}, {"help", 0, 0, 'h'},
+        {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"code", 1, 0, 'Q'}, {"search-memory", 1, 0, 'S'},
+        {"recall-target", 1, 0, 'T'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int o;
     optind = 1;
@@ -137,7 +146,29 @@ int cmd_import(int argc, char **argv)
         case 'P': p.force_partitioned = 1; break;
         case 'A': p.append = 1; break;
         case 'M': p.metadata_path = optarg; break;
+        case 'S': {
+            const char *slash = strchr(optarg, '/');
+            if (slash && (!strcmp(slash, "/point") || !strcmp(slash, "/pt"))) {
+                char num[32];
+                size_t l = (size_t)(slash - optarg);
+                if (l == 0 || l >= sizeof num) { cli_error(C, 0, "--search-memory: BYTES/point"); return 2; }
+                memcpy(num, optarg, l);
+                num[l] = 0;
+                if (cli_u32(C, "--search-memory", num, 1, 1u << 20, &p.search_memory_per_point)) return 2;
+            } else if (cli_size(C, "--search-memory", optarg, &p.search_memory)) {
+                return 2;
+            }
+            break;
+        }
+        case 'T': {
+            float t;
+            if (cli_float(C, "--recall-target", optarg, 0.01f, 1.0f, &t)) return 2;
+            p.recall_target = t;
+            break;
+        }
         case 'Q': {
+            if (!strcmp(optarg, "auto"))
+                break;
             nl_code_spec cs;
             if (nl_code_spec_parse(optarg, &cs) != 0) {
                 cli_error(C, NL_EINVAL, "--code");
@@ -182,12 +213,22 @@ int cmd_import(int argc, char **argv)
            "\"pq_bytes\":%u,\"code\":\"%s\",\"segment\":\"%s\",\"segment_bytes\":%llu,\"seconds\":{\"read\":%.2f,\"pq\":%.2f,"
            "\"partition\":%.2f,\"build\":%.2f,\"merge\":%.2f,\"write\":%.2f,\"total\":%.2f},\"memory_budget_bytes\":%llu,"
            "\"partitions\":%u,\"exact_merge\":%s,\"repaired_edges\":%llu,\"resumed_checkpoints\":%u,\"appended\":%s,\"first_id\":%llu,"
-           "\"peak_rss_bytes\":%llu}\n",
+           "\"peak_rss_bytes\":%llu",
            p.collection, (unsigned long long)r.points, r.dim, nl_dtype_name(r.dtype), nl_metric_name(p.metric), r.R,
            r.pq_m, nl_code_spec_name(r.code, codename, sizeof codename), r.segment_path, (unsigned long long)r.segment_bytes, r.read_s, r.pq_s, r.partition_s, r.build_s,
            r.merge_s, r.write_s, r.total_s, (unsigned long long)r.budget, r.partitions,
            r.partitions ? (r.exact_merge ? "true" : "false") : "null", (unsigned long long)r.repaired_edges, r.resumed_phases, r.appended ? "true" : "false",
            (unsigned long long)r.first_id,
            (unsigned long long)nl_peak_rss_bytes());
+    if (r.code_chosen) {
+        json_t *j = nl_code_choice_json(&r.choice);
+        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6)) : NULL;
+        printf(",\"code_choice\":%s", s ? s : "null");
+        free(s);
+        json_decref(j);
+        if (r.choice.warning[0])
+            fprintf(stderr, "nearline import: warning: %s\n", r.choice.warning);
+    }
+    printf("}\n");
     return 0;
 }

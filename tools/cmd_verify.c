@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "cli.h"
+#include "nl_quant.h"
 #include "nearline.h"
 
 typedef struct {
@@ -172,12 +175,27 @@ int cmd_inspect(int argc, char **argv)
         printf("%s{\"name\":\"%s\",\"dim\":%u,\"metric\":\"%s\",\"dtype\":\"%s\",\"shards\":%u,\"R\":%u,\"L\":%u,"
                "\"alpha\":%.2f,\"pq_bytes\":%u,\"fresh_capacity\":%u,\"points\":%llu,\"fresh_points\":%llu,"
                "\"segments\":%llu,\"segment_points\":%llu,\"tombstones\":%llu,\"bytes_on_disk\":%llu,"
-               "\"ram_at_open_bytes\":%llu,\"cached_nodes\":%llu}",
+               "\"ram_at_open_bytes\":%llu,\"cached_nodes\":%llu",
                shown++ ? "," : "", names[i], g.dim, nl_metric_name(g.metric), nl_dtype_name(g.dtype), g.shards, g.R,
                g.L, (double)g.alpha, g.pq_bytes, g.fresh_capacity, (unsigned long long)s.points,
                (unsigned long long)s.fresh_points, (unsigned long long)s.segments,
                (unsigned long long)s.segment_points, (unsigned long long)s.tombstones,
                (unsigned long long)s.disk_bytes, (unsigned long long)s.ram_bytes, (unsigned long long)s.cached_nodes);
+        /* The code, and how the import chose it (code_choice.json, when it did). */
+        if (NL_COLL_CODE_IS_RABITQ(g.code))
+            printf(",\"code\":\"rabitq:%u\",\"code_bytes_per_point\":%u", NL_COLL_CODE_BITS(g.code),
+                   nl_code_spec_bytes((nl_code_spec){NL_CODE_RABITQ, NL_COLL_CODE_BITS(g.code)}, g.dim));
+        else
+            printf(",\"code\":\"pq:%u\",\"code_bytes_per_point\":%u", g.pq_bytes, g.pq_bytes);
+        char cpath[4400];
+        snprintf(cpath, sizeof cpath, "%.2000s/%.1000s/code_choice.json", a.db, names[i]);
+        json_t *cj = json_load_file(cpath, 0, NULL);
+        char *cs = cj ? json_dumps(cj, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6)) : NULL;
+        if (cs)
+            printf(",\"code_choice\":%s", cs);
+        free(cs);
+        json_decref(cj);
+        printf("}");
     }
     printf("]}\n");
     nl_names_free(names, n);

@@ -122,6 +122,7 @@ static void usage(FILE *f)
             "  groundtruth  exact k-NN of a query file by brute force, written as ivecs\n"
             "  gen        generate a clustered synthetic dataset, queries and exact ground truth\n"
             "  mem-bench  build an in-memory Vamana index over a file and sweep search list sizes\n"
+            "  codes      estimate the recall each compressed code would give a data set (what import chooses by)\n"
             "\n"
             "Run 'nearline COMMAND --help' for a command's options.\n");
 }
@@ -134,6 +135,7 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "gen")) return cmd_gen(argc - 1, argv + 1);
+    if (!strcmp(cmd, "codes")) return cmd_codes(argc - 1, argv + 1);
     if (!strcmp(cmd, "mem-bench")) return cmd_membench(argc - 1, argv + 1);
     if (!strcmp(cmd, "import")) return cmd_import(argc - 1, argv + 1);
     if (!strcmp(cmd, "search")) return cmd_search(argc - 1, argv + 1);
