@@ -77,6 +77,7 @@ bench: build
 	/usr/bin/python3 bench/bench_cluster.py
 	/usr/bin/python3 bench/bench_replication.py
 	/usr/bin/python3 bench/bench_rebalance.py
+	/usr/bin/python3 bench/bench_codes.py --faiss
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz

@@ -77,6 +77,9 @@ static int scan_block(cc_state *s, uint64_t first, uint32_t count, unsigned char
     int rc = nl_dataset_read(s->ds, first, count, buf);
     if (rc)
         return rc;
+    for (uint32_t i = 0; i < count; i++) /* bad input is named before it trains anything */
+        if (nl_check_finite(nl_dataset_dtype(s->ds), buf + (size_t)i * s->esz, s->d) != 0)
+            return nl_fail(NL_EBADVALUE, "row %llu holds NaN or Inf", (unsigned long long)(first + i));
     uint32_t k = s->T + 1 < count ? s->T + 1 : count;
     nl_vecset vs = {buf, count, s->d, nl_dataset_dtype(s->ds)};
     if ((rc = nl_groundtruth_exact(&vs, s->metric, s->q, s->nq, k, s->threads, ids, dist)) != 0)
@@ -275,6 +278,22 @@ int nl_code_choose(nl_dataset *ds, nl_metric metric, const nl_code_choice_params
     const uint32_t d = s.d, budget = p->budget;
     int have = 0;
     double best = -1.0;
+    if (!rc && p->nonly) {
+        for (uint32_t i = 0; i < p->nonly && i < NL_CODE_CHOICE_MAX && !rc; i++) {
+            double rec;
+            if ((rc = nl_code_spec_check(p->only[i], d)) == 0)
+                rc = estimate(&s, out, p->only[i], p->seed, &rec);
+        }
+        for (uint32_t i = 0; !rc && i < out->ncand; i++)
+            if (out->cand[i].recall >= out->target &&
+                (!out->meets_target || out->cand[i].bytes < out->chosen_bytes)) {
+                out->chosen = out->cand[i].spec;
+                out->chosen_bytes = out->cand[i].bytes;
+                out->chosen_recall = out->cand[i].recall;
+                out->meets_target = 1;
+            }
+        goto done;
+    }
     /* RaBitQ in budget, cheapest first, until one reaches the target. */
     for (uint32_t b = 1; !rc && b <= NL_RABITQ_MAX_BITS && d <= NL_RABITQ_MAX_DIM; b++) {
         nl_code_spec c = {NL_CODE_RABITQ, b};
@@ -364,6 +383,7 @@ int nl_code_choose(nl_dataset *ds, nl_metric metric, const nl_code_choice_params
             }
         }
     }
+done:
     out->seconds = (double)(nl_now_ns() - t0) / 1e9;
     free(s.q);
     free(s.qid);

@@ -37,6 +37,9 @@ typedef struct {
                                  * instead of held-out rows; the first `queries` are used */
     int evaluate_all;  /* every candidate (RaBitQ 1..8, PQ at the budget and at the default
                         * size) is estimated and listed; the choice is made as usual */
+    const nl_code_spec *only; /* with nonly > 0: estimate exactly these (listed in order);
+                               * the choice is the smallest of them reaching the target */
+    uint32_t nonly;
 } nl_code_choice_params;
 
 typedef struct {

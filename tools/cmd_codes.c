@@ -19,6 +19,7 @@ static int help(FILE *f)
 {
     fprintf(f, "usage: nearline codes --input FILE [--metric l2|ip|cosine] [--queries FILE] [--L N]\n"
                "         [--search-memory BYTES/point] [--recall-target R] [--sample-queries N] [--threads N]\n"
+               "         [--candidates CODE,CODE...]\n"
                "Estimates recall@10 at list size L (50) for every code on held-out rows of the input\n"
                "(or --queries), and says which the import would choose within the memory allowed.\n");
     return f == stdout ? 0 : 2;
@@ -33,7 +34,9 @@ int cmd_codes(int argc, char **argv)
     static const struct option opts[] = {{"input", 1, 0, 'i'}, {"metric", 1, 0, 'm'}, {"queries", 1, 0, 'q'},
                                          {"L", 1, 0, 'L'}, {"search-memory", 1, 0, 'S'},
                                          {"recall-target", 1, 0, 'T'}, {"sample-queries", 1, 0, 'n'},
-                                         {"threads", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+                                         {"threads", 1, 0, 't'}, {"candidates", 1, 0, 'c'}, {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    nl_code_spec only[NL_CODE_CHOICE_MAX];
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -62,6 +65,20 @@ int cmd_codes(int argc, char **argv)
         }
         case 'n': if (cli_u32(C, "--sample-queries", optarg, 1, 100000, &cp.queries)) return 2; break;
         case 't': if (cli_u32(C, "--threads", optarg, 0, 1024, &threads)) return 2; break;
+        case 'c': {
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", optarg);
+            cp.nonly = 0;
+            for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                if (cp.nonly == NL_CODE_CHOICE_MAX || nl_code_spec_parse(tok, &only[cp.nonly]) != 0) {
+                    cli_error(C, NL_EINVAL, "--candidates: '%s'", tok);
+                    return 2;
+                }
+                cp.nonly++;
+            }
+            cp.only = only;
+            break;
+        }
         case 'h': return help(stdout);
         default: return help(stderr);
         }

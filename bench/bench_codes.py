@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Codes benchmark (issue 17): recall per disk read with the code the import chooses
+(RaBitQ, docs/decisions.md) against the PQ path of before, and the quality of the codes
+against FAISS's PQ and OPQ+PQ at equal bytes. Run with /usr/bin/python3 (Debian's
+numpy and faiss).
+
+Per set, in one run on the same machine and threads:
+  - import twice with the same graph parameters (R 64, L 100, 2 threads): --code
+    pq:<default size> (the code before issue 17) and the default (chosen from the data);
+  - fio 4 KiB random reads on the index file before and after the searches;
+  - searches from disk inside a cgroup-v1 memory cap below the index size (node cache
+    5 % of the index for both), 2 threads x 16 queries in flight, a sweep of L: recall@10,
+    mean reads, QPS; the reads needed for recall 0.95 interpolated on each curve and their
+    ratio; then 1 thread with 1 query in flight at the first L reaching 0.95: p50/p99;
+  - code quality: for 200 queries, the share of the true 10 nearest that a code ranks in
+    the top 30 of the exact 240 nearest (the estimate the import chooses by, at L=50),
+    for nearline's codes (`nearline codes --queries`) and FAISS PQ/OPQ at the same bytes.
+Sets: a hard generated set (`nearline gen --hard`, 1M x 128-d u8 by default), fashion-
+mnist-60k and sift-images-420k from ../shared/data, glove-100 with --glove.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CG = "/sys/fs/cgroup/memory/nearline-bench-codes"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def capped(cmd, cap):
+    if not os.path.isdir("/sys/fs/cgroup/memory"):
+        print("bench_codes: no cgroup v1 memory controller; running uncapped", file=sys.stderr)
+        return sh(cmd)
+    os.makedirs(CG, exist_ok=True)
+    open(f"{CG}/memory.limit_in_bytes", "w").write(str(cap))
+    try:
+        open(f"{CG}/memory.force_empty", "w").write("0")
+    except OSError:
+        pass
+    return sh(["sh", "-c", f'echo $$ > {CG}/tasks && exec "$@"', "sh"] + cmd)
+
+
+def peak_cgroup():
+    try:
+        v = int(open(f"{CG}/memory.max_usage_in_bytes").read())
+        open(f"{CG}/memory.max_usage_in_bytes", "w").write("0")
+        return v
+    except OSError:
+        return 0
+
+
+def fio(path):
+    out = sh(["fio", "--name=ceiling", f"--filename={path}", "--readonly", "--rw=randread", "--bs=4k", "--direct=1",
+              "--ioengine=io_uring", "--iodepth=64", "--runtime=8", "--time_based", "--output-format=json"])
+    return sum(j["read"]["iops"] for j in json.loads(out)["jobs"])
+
+
+def read_vecs(path):
+    """fvecs/bvecs/ivecs, or u8bin/fbin."""
+    if path.endswith(".u8bin") or path.endswith(".fbin"):
+        n, d = np.fromfile(path, dtype=np.int32, count=2)
+        dt = np.uint8 if path.endswith(".u8bin") else np.float32
+        return np.fromfile(path, dtype=dt, offset=8).reshape(n, d).astype(np.float32)
+    if path.endswith(".bvecs"):
+        a = np.fromfile(path, dtype=np.uint8)
+        d = int(a[:4].view(np.int32)[0])
+        return a.reshape(-1, d + 4)[:, 4:].astype(np.float32)
+    a = np.fromfile(path, dtype=np.int32)
+    d = a[0]
+    a = a.reshape(-1, d + 1)[:, 1:]
+    return a.view(np.float32) if path.endswith(".fvecs") else a
+
+
+def faiss_quality(base, queries, metric, nbytes, nq=200, T=240, top=30):
+    """The import's estimate, computed for FAISS PQ and OPQ+PQ codes of nbytes."""
+    import faiss
+    X, Q = read_vecs(base), read_vecs(queries)[:nq]
+    if metric == "cosine":
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        Q = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    d = X.shape[1]
+    flat = faiss.IndexFlatL2(d) if metric != "ip" else faiss.IndexFlatIP(d)
+    flat.add(X)
+    _, I = flat.search(Q, T)
+    rng = np.random.default_rng(1)
+    # Debian's FAISS (1.7.3, no SIMD) trains PQ32 on 20K rows in ~150 s here: 10K rows and
+    # 8 OPQ rounds keep the reference to minutes (39 rows a centroid, FAISS's own floor).
+    train = X[rng.choice(len(X), min(len(X), 10000), replace=False)]
+    out = {}
+    for name in ("PQ", "OPQ"):
+        m = nbytes
+        while d % m:  # FAISS PQ needs m | d
+            m -= 1
+        key = f"PQ{m}" if name == "PQ" else f"OPQ{m},PQ{m}"
+        ix = faiss.index_factory(d, key, faiss.METRIC_L2 if metric != "ip" else faiss.METRIC_INNER_PRODUCT)
+        if name == "OPQ":
+            faiss.downcast_VectorTransform(faiss.downcast_index(ix).chain.at(0)).niter = 8
+        ix.train(train)
+        hits = 0
+        for qi in range(len(Q)):
+            ids = I[qi]
+            rec = ix.sa_decode(ix.sa_encode(X[ids]))
+            est = ((rec - Q[qi]) ** 2).sum(1) if metric != "ip" else -(rec @ Q[qi])
+            order = np.argsort(est, kind="stable")[:top]
+            hits += len(set(order.tolist()) & set(range(10)))
+        out[f"faiss {key} ({m} B)"] = hits / (10 * len(Q))
+    return out
+
+
+def at_recall(rows, target=0.95):
+    """Reads (and L) at which the sweep first reaches target, interpolated between points."""
+    prev = None
+    for x in rows:
+        if x["recall_at_k"] >= target:
+            if prev is None or x["recall_at_k"] == prev["recall_at_k"]:
+                return x["mean_ios"], x["L"]
+            f = (target - prev["recall_at_k"]) / (x["recall_at_k"] - prev["recall_at_k"])
+            return prev["mean_ios"] + f * (x["mean_ios"] - prev["mean_ios"]), x["L"]
+        prev = x
+    return None, None
+
+
+def run_set(a, name, base, query, gt, metric, pqm):
+    db = os.path.join(a.work, "db")
+    res = {"metric": metric, "runs": {}}
+    seg = None
+    for label, code in ((f"pq:{pqm}", f"pq:{pqm}"), ("default", "auto")):
+        coll = (name + "_" + label).replace(":", "").replace("-", "_").replace(".", "_")
+        subprocess.run(["rm", "-rf", os.path.join(db, coll)], check=True)
+        t0 = time.time()
+        imp = json.loads(sh([a.nearline, "import", "--db", db, "--collection", coll, "--input", base, "--metric", metric,
+                             "--R", "64", "--L", "100", "--threads", "2", "--code", code, "--quiet"]).splitlines()[-1])
+        imp["wall_s"] = time.time() - t0
+        insp = json.loads(sh([a.nearline, "inspect", "--db", db]))
+        info = [c for c in insp["collections"] if c["name"] == coll][0]
+        seg = imp["segment"]
+        size = imp["segment_bytes"]
+        cache = int(size * 0.05)
+        cap = max(int(size * 0.5), info["ram_at_open_bytes"] + cache + (160 << 20))
+        run = {"import": imp, "code": info["code"], "code_bytes_per_point": info["code_bytes_per_point"],
+               "ram_at_open_bytes": info["ram_at_open_bytes"], "points": info["points"], "index_bytes": size,
+               "cap_bytes": cap, "cap_below_index": cap < size, "code_choice": info.get("code_choice")}
+        run["fio_before"] = fio(seg)
+        out = capped([a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth", gt,
+                      "--k", "10", "--L", a.sweep, "--threads", "2", "--inflight", "16",
+                      "--cache-budget", str(cache)], cap)
+        run["sweep"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+        run["peak_cgroup_bytes"] = peak_cgroup()
+        reads, L95 = at_recall(run["sweep"])
+        run["reads_at_095"], run["L_at_095"] = reads, L95
+        if L95:
+            one = capped([a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth",
+                          gt, "--k", "10", "--L", str(L95), "--threads", "1", "--inflight", "1",
+                          "--cache-budget", str(cache)], cap)
+            run["one_thread"] = json.loads(one.splitlines()[-1])
+        run["fio_after"] = fio(seg)
+        res["runs"][label] = run
+        print(f"{name} {label}: {run['code']} {run['code_bytes_per_point']} B/pt, reads@0.95 {reads}, L {L95}",
+              flush=True)
+    # code quality: nearline's estimate and FAISS's, same queries, same measure
+    ncodes = ",".join(sorted({f"pq:{pqm}", res["runs"]["default"]["code"], "rabitq:1", "rabitq:2", "rabitq:3",
+                              "rabitq:4"}))
+    est = json.loads(sh([a.nearline, "codes", "--input", base, "--metric", metric, "--queries", query,
+                         "--candidates", ncodes, "--threads", "2"]))
+    res["nearline_codes"] = {c["code"] + f" ({c['bytes_per_point']} B)": c["estimated_recall_at_10"]
+                             for c in est["candidates"]}
+    res["faiss"] = {}
+    if a.faiss:
+        try:
+            res["faiss"] = faiss_quality(base, query, metric, pqm)
+        except Exception as e:  # the reference is informative; its absence is said
+            res["faiss"] = {"error": str(e)}
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
+    ap.add_argument("--glove", default=None)
+    ap.add_argument("--hard-n", type=int, default=1000000)
+    ap.add_argument("--sets", default="hard,fashion-mnist-60k,sift-images-420k")
+    ap.add_argument("--work", default=os.path.join(ROOT, "build", "bench-codes"))
+    ap.add_argument("--nearline", default=os.path.join(ROOT, "build", "tools", "nearline"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "img"))
+    ap.add_argument("--sweep", default="10,20,30,50,75,100,150,200")
+    ap.add_argument("--faiss", action="store_true", help="FAISS PQ/OPQ code quality (slow: minutes a set)")
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "sets": {}}
+    want = a.sets.split(",")
+    sets = []
+    if "hard" in want:
+        h = os.path.join(a.work, f"hard-{a.hard_n}")
+        os.makedirs(h, exist_ok=True)
+        if not os.path.exists(os.path.join(h, "gt.ivecs")):
+            sh([a.nearline, "gen", "--hard", "--n", str(a.hard_n), "--dim", "128", "--out", os.path.join(h, "base.bvecs"),
+                "--queries", "1000", "--queries-out", os.path.join(h, "query.bvecs"), "--groundtruth-out",
+                os.path.join(h, "gt.ivecs"), "--gt-k", "10", "--seed", "17"])
+        sets.append((f"hard-{a.hard_n // 1000}k", os.path.join(h, "base.bvecs"), os.path.join(h, "query.bvecs"),
+                     os.path.join(h, "gt.ivecs"), "l2", 32))
+    for nm, bf, qf, metric, pqm in (("fashion-mnist-60k", "base.u8bin", "query.u8bin", "l2", 96),
+                                    ("sift-images-420k", "base.bvecs", "query.bvecs", "l2", 32)):
+        if nm in want and os.path.isdir(os.path.join(a.data, nm)):
+            f = os.path.join(a.data, nm)
+            sets.append((nm, os.path.join(f, bf), os.path.join(f, qf), os.path.join(f, "groundtruth.ivecs"), metric, pqm))
+    if a.glove and os.path.isdir(a.glove):
+        sets.append(("glove-100", os.path.join(a.glove, "base.fvecs"), os.path.join(a.glove, "query.fvecs"),
+                     os.path.join(a.glove, "groundtruth.ivecs"), "cosine", 32))
+    for s in sets:
+        report["sets"][s[0]] = run_set(a, *s)
+        json.dump(report, open(os.path.join(a.work, "report.json"), "w"), indent=1)
+    print_report(report, a)
+
+
+def print_report(report, a):
+    print(f"\nDate {report['date']}; R 64, build L 100; W 4; k 10; node cache 5 % of the index; "
+          f"searches in a cgroup-v1 memory cap.\n")
+    for name, r in report["sets"].items():
+        pq, dfl = r["runs"][next(k for k in r["runs"] if k != "default")], r["runs"]["default"]
+        print(f"### {name} ({r['metric']})\n")
+        print("| code | B/point | RAM at open MiB | cap MiB (index MiB) | reads @0.95 | L @0.95 | recall@10 at L=50 | "
+              "QPS 2t at L@0.95 | 1t p50/p99 us | fio QD64 before/after |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for label, x in r["runs"].items():
+            l50 = next((s for s in x["sweep"] if s["L"] == 50), {})
+            lq = next((s for s in x["sweep"] if s["L"] == x["L_at_095"]), {})
+            one = x.get("one_thread", {}).get("latency_us", {})
+            print(f"| {x['code']} | {x['code_bytes_per_point']} | {x['ram_at_open_bytes'] / 2**20:.1f} | "
+                  f"{x['cap_bytes'] / 2**20:.0f} ({x['index_bytes'] / 2**20:.0f}) | "
+                  f"{x['reads_at_095'] and round(x['reads_at_095'], 1)} | {x['L_at_095']} | "
+                  f"{l50.get('recall_at_k')} | {lq.get('qps')} | {one.get('p50')}/{one.get('p99')} | "
+                  f"{x['fio_before']:,.0f}/{x['fio_after']:,.0f} |")
+        if pq["reads_at_095"] and dfl["reads_at_095"]:
+            print(f"\nreads at recall 0.95, default / pq: {dfl['reads_at_095'] / pq['reads_at_095']:.2f}x")
+        elif dfl["reads_at_095"]:
+            print(f"\nPQ never reached 0.95 in the sweep (best {max(s['recall_at_k'] for s in pq['sweep'])})")
+        print("\ncode quality (share of the true 10 in a code's top 30 of the exact 240 nearest, 200 queries):")
+        for k, v in {**r["nearline_codes"], **r["faiss"]}.items():
+            print(f"- {k}: {v}")
+        print()
+    dat = os.path.join(a.work, "recall-reads.dat")
+    with open(dat, "w") as f:
+        for name, r in report["sets"].items():
+            for label, x in r["runs"].items():
+                f.write(f"# {name} {x['code']}\n")
+                for s in x["sweep"]:
+                    f.write(f"{s['mean_ios']} {s['recall_at_k']}\n")
+                f.write("\n\n")
+    plots, idx = [], 0
+    for name, r in report["sets"].items():
+        for label, x in r["runs"].items():
+            plots.append(f"'{dat}' index {idx} with linespoints title '{name} {x['code']}'")
+            idx += 1
+    png = os.path.join(a.out, "codes-recall-reads.png")
+    script = (f"set terminal pngcairo size 900,600 noenhanced; set output '{png}'; set grid; set logscale x;"
+              f"set yrange [0.5:1]; set xlabel 'mean reads per query (log)'; set ylabel 'recall@10'; set key bottom right;"
+              f"set title 'recall per disk read: default code vs PQ ({report['date']})'; plot {', '.join(plots)}")
+    try:
+        subprocess.run(["gnuplot", "-e", script], check=True)
+        print(f"plot: {os.path.relpath(png, ROOT)}")
+    except Exception as e:
+        print(f"plot skipped: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
