@@ -28,39 +28,28 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CG = "/sys/fs/cgroup/memory/nearline-bench-codes"
 
 
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_disk import sh, capped as capped_at, fio as fio_at  # noqa: E402  (one copy of the helpers)
 
 
 def capped(cmd, cap):
-    if not os.path.isdir("/sys/fs/cgroup/memory"):
-        print("bench_codes: no cgroup v1 memory controller; running uncapped", file=sys.stderr)
-        return sh(cmd)
-    os.makedirs(CG, exist_ok=True)
-    open(f"{CG}/memory.limit_in_bytes", "w").write(str(cap))
-    try:
-        open(f"{CG}/memory.force_empty", "w").write("0")
-    except OSError:
-        pass
-    return sh(["sh", "-c", f'echo $$ > {CG}/tasks && exec "$@"', "sh"] + cmd)
+    return capped_at(cmd, cap)[0]
 
 
 def peak_cgroup():
+    cg = "/sys/fs/cgroup/memory/nearline-bench"
     try:
-        v = int(open(f"{CG}/memory.max_usage_in_bytes").read())
-        open(f"{CG}/memory.max_usage_in_bytes", "w").write("0")
+        v = int(open(f"{cg}/memory.max_usage_in_bytes").read())
+        open(f"{cg}/memory.max_usage_in_bytes", "w").write("0")
         return v
     except OSError:
         return 0
 
 
 def fio(path):
-    out = sh(["fio", "--name=ceiling", f"--filename={path}", "--readonly", "--rw=randread", "--bs=4k", "--direct=1",
-              "--ioengine=io_uring", "--iodepth=64", "--runtime=8", "--time_based", "--output-format=json"])
-    return sum(j["read"]["iops"] for j in json.loads(out)["jobs"])
+    return fio_at(path, 64, 1)
 
 
 def read_vecs(path):
@@ -263,11 +252,9 @@ def print_report(report, a):
     script = (f"set terminal pngcairo size 900,600 noenhanced; set output '{png}'; set grid; set logscale x;"
               f"set yrange [0.5:1]; set xlabel 'mean reads per query (log)'; set ylabel 'recall@10'; set key bottom right;"
               f"set title 'recall per disk read: default code vs PQ ({report['date']})'; plot {', '.join(plots)}")
-    try:
-        subprocess.run(["gnuplot", "-e", script], check=True)
-        print(f"plot: {os.path.relpath(png, ROOT)}")
-    except Exception as e:
-        print(f"plot skipped: {e}", file=sys.stderr)
+    done = subprocess.run(["gnuplot", "-e", script], capture_output=True, text=True)
+    print(f"plot: {os.path.relpath(png, ROOT)}" if done.returncode == 0 else f"plot skipped: {done.stderr.strip()}",
+          file=sys.stdout if done.returncode == 0 else sys.stderr)
 
 
 if __name__ == "__main__":
