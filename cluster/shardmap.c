@@ -201,7 +201,7 @@ int nl_cluster_collection_match(const nl_cluster_collection *c, const nl_collect
     const char *what = g->dim != l->dim ? "dim" : g->metric != l->metric ? "metric" : g->dtype != l->dtype ? "dtype"
                      : g->shards != l->shards ? "shards" : g->R != l->R ? "R" : g->L != l->L ? "L"
                      : fabsf(g->alpha - l->alpha) > 1e-5f ? "alpha" : g->pq_bytes != l->pq_bytes ? "pq_bytes"
-                     : g->code != l->code ? "code" : NULL;
+                     : nl_collection_code_resolved(g) != nl_collection_code_resolved(l) ? "code" : NULL;
     return what ? nl_fail(NL_ECORRUPT, "the local copy of '%s' differs from the cluster's config in %s", c->name, what)
                 : 0;
 }

@@ -32,6 +32,7 @@
 
 #include "nearline.h"
 #include "nl_catalog.h"
+#include "nl_import.h"
 #include "nl_quant.h"
 #include "nl_shard.h"
 #include "nl_util.h"
@@ -185,12 +186,20 @@ int nl_collection_code_parse(const char *s, nl_collection_config *cfg)
     return 0;
 }
 
+uint32_t nl_collection_code_resolved(const nl_collection_config *cfg)
+{
+    if (cfg->code != NL_COLL_CODE_DEFAULT)
+        return cfg->code;
+    return cfg->pq_bytes ? NL_COLL_CODE_PQ : nl_import_default_code(cfg->dim);
+}
+
 const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len)
 {
-    if (NL_COLL_CODE_IS_RABITQ(cfg->code))
-        snprintf(buf, len, "rabitq:%u", NL_COLL_CODE_BITS(cfg->code));
+    uint32_t code = nl_collection_code_resolved(cfg);
+    if (NL_COLL_CODE_IS_RABITQ(code))
+        snprintf(buf, len, "rabitq:%u", NL_COLL_CODE_BITS(code));
     else
-        snprintf(buf, len, "pq:%u", cfg->pq_bytes);
+        snprintf(buf, len, "pq:%u", cfg->pq_bytes ? cfg->pq_bytes : nl_import_default_pq_m(cfg->dim));
     return buf;
 }
 

@@ -101,7 +101,10 @@ typedef struct {
 /* "pq:BYTES", "rabitq:BITS" or "auto" (NL_COLL_CODE_DEFAULT) into a config's code (and
  * pq_bytes for PQ). 0 or NL_EINVAL. */
 int nl_collection_code_parse(const char *s, nl_collection_config *cfg);
-/* The code of a config (defaults applied) as "pq:32" / "rabitq:2"; returns buf. */
+/* The code a config means: code, or for NL_COLL_CODE_DEFAULT what the defaults make of it
+ * (PQ when pq_bytes is set, else the dimension's default). */
+uint32_t nl_collection_code_resolved(const nl_collection_config *cfg);
+/* The config's code (resolved) as "pq:32" / "rabitq:2"; returns buf. */
 const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len);
 
 /* Fills in the defaults of cfg (shards 0 = 1, R, L, alpha, pq_bytes, fresh_capacity) as
