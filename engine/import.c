@@ -349,8 +349,11 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         if (p->progress)
             p->progress(p->progress_ctx, "choose code", 0, 1);
         if ((rc = nl_code_choose(ds, t.metric, &cp, &r->choice)) != 0) {
-            if (rc == NL_EBADVALUE)
-                rc = nl_fail(rc, "%s: %s", p->input, nl_errdetail());
+            if (rc == NL_EBADVALUE) { /* the detail is copied: nl_fail writes the same buffer */
+                char why[512];
+                snprintf(why, sizeof why, "%s", nl_errdetail());
+                rc = nl_fail(rc, "%s: %s", p->input, why);
+            }
             goto out;
         }
         if (p->progress)
