@@ -51,8 +51,12 @@ else bad "resumed segment differs"; fi
 "$NL" verify --db "$DB" >"$W/v" 2>&1 && ok "resumed collection passes verify" || bad "verify: $(cat "$W/v")"
 "$NL" search --db "$DB" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 >"$W/s1" 2>&1
 "$NL" search --db "$W/ref" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 >"$W/s2" 2>&1
+# The segments are byte-identical (checked above); two searches of one index may still
+# differ by a result or two: reads complete in the device's order, and which candidates
+# the error bound skips depends on what was read first. So: the same recall within 0.002.
 r1=$(field "$W/s1" recall_at_k); r2=$(field "$W/s2" recall_at_k)
-if [ -n "$r1" ] && [ "$r1" = "$r2" ] && ge "$r1" 0.9; then ok "resumed recall@10 $r1 = uninterrupted $r2"
+if [ -n "$r1" ] && [ -n "$r2" ] && ge "$r1" 0.9 && ge "$r1" "$(awk -v r="$r2" 'BEGIN { print r - 0.002 }')" \
+   && le "$r1" "$(awk -v r="$r2" 'BEGIN { print r + 0.002 }')"; then ok "resumed recall@10 $r1, uninterrupted $r2"
 else bad "recall resumed $r1 vs uninterrupted $r2"; fi
 
 # Checkpoints of another command are not reused.
