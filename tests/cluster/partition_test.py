@@ -144,7 +144,7 @@ def inner():
                                              rep["unreadable"][:3]))
         ok(not wl.read_problems, "partition: reads through either side returned no duplicate, unknown or "
            "stale-score result (%s)" % wl.read_problems[:3])
-        probs = rt.same_replicas(cl, "pt", list(range(0, 600, 3)), other)
+        probs = rt.settled_replicas(cl, "pt", list(range(0, 600, 3)), other)
         ok(not probs, "partition: nothing divergent: every replica holds the same points (%s)" % probs[:3])
         schedule(cl, ok)
     print("%d failure(s)" % len(failures))
@@ -204,7 +204,7 @@ def schedule(cl, ok):
                                                         rep["unreadable"][:3]))
     ok(not wl.read_problems, "random schedule with partitions: no duplicate, unknown or stale-score search result "
        "(%s)" % wl.read_problems[:3])
-    probs = rt.same_replicas(cl, "prnd", list(range(0, 900, 4)), a)
+    probs = rt.settled_replicas(cl, "prnd", list(range(0, 900, 4)), a)
     ok(not probs, "random schedule with partitions: every replica holds the same points (%s)" % probs[:3])
 
 
