@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Codes benchmark (issue 17): recall per disk read with the code the import chooses
-(RaBitQ, docs/decisions.md) against the PQ path of before, and the quality of the codes
-against FAISS's PQ and OPQ+PQ at equal bytes. Run with /usr/bin/python3 (Debian's
-numpy and faiss).
+"""Codes and layout benchmark (issue 17): recall per disk read with the code the import
+chooses (RaBitQ, docs/decisions.md) and the block layout against the PQ path of before,
+and the quality of the codes against FAISS's PQ and OPQ+PQ at equal bytes. Run with
+/usr/bin/python3 (Debian's numpy and faiss).
 
 Per set, in one run on the same machine and threads:
   - import twice with the same graph parameters (R 64, L 100, 2 threads): --code
-    pq:<default size> (the code before issue 17) and the default (chosen from the data);
+    pq:<default size> --layout rows (the path before issue 17) and the defaults (code
+    chosen from the data, block layout); the default's sweep is run twice, with the
+    search using whole sectors (the default) and with --sector off, which walks the same
+    graph with the same codes as a row-order layout would (only ordinals differ), so the
+    two separate what the code gives from what the layout gives;
+  - with --budget (hard set only): a third import of the defaults under
+    --memory-budget, the partitioned build, swept with --sector off against the in-memory
+    build's --sector off sweep (the partitioned build writes rows in order);
   - fio 4 KiB random reads on the index file before and after the searches;
   - searches from disk inside a cgroup-v1 memory cap below the index size (node cache
     5 % of the index for both), 2 threads x 16 queries in flight, a sweep of L: recall@10,
@@ -121,12 +128,15 @@ def run_set(a, name, base, query, gt, metric, pqm):
     db = os.path.join(a.work, "db")
     res = {"metric": metric, "runs": {}}
     seg = None
-    for label, code in ((f"pq:{pqm}", f"pq:{pqm}"), ("default", "auto")):
-        coll = (name + "_" + label).replace(":", "").replace("-", "_").replace(".", "_")
+    runs = [(f"pq:{pqm}", f"pq:{pqm}", ["--layout", "rows"]), ("default", "auto", [])]
+    if a.budget and name.startswith("hard"):
+        runs.append((f"default, budget {a.budget}", "auto", ["--memory-budget", a.budget]))
+    for label, code, extra in runs:
+        coll = (name + "_" + label).replace(":", "").replace("-", "_").replace(".", "_").replace(", ", "_").replace(" ", "_")
         subprocess.run(["rm", "-rf", os.path.join(db, coll)], check=True)
         t0 = time.time()
         imp = json.loads(sh([a.nearline, "import", "--db", db, "--collection", coll, "--input", base, "--metric", metric,
-                             "--R", "64", "--L", "100", "--threads", "2", "--code", code, "--quiet"]).splitlines()[-1])
+                             "--R", "64", "--L", "100", "--threads", "2", "--code", code, "--quiet"] + extra).splitlines()[-1])
         imp["wall_s"] = time.time() - t0
         insp = json.loads(sh([a.nearline, "inspect", "--db", db]))
         info = [c for c in insp["collections"] if c["name"] == coll][0]
@@ -138,13 +148,19 @@ def run_set(a, name, base, query, gt, metric, pqm):
                "ram_at_open_bytes": info["ram_at_open_bytes"], "points": info["points"], "index_bytes": size,
                "cap_bytes": cap, "cap_below_index": cap < size, "code_choice": info.get("code_choice")}
         run["fio_before"] = fio(seg)
-        out = capped([a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth", gt,
-                      "--k", "10", "--L", a.sweep, "--threads", "2", "--inflight", "16",
-                      "--cache-budget", str(cache)], cap)
+        sweep = [a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth", gt,
+                 "--k", "10", "--L", a.sweep, "--threads", "2", "--inflight", "16", "--cache-budget", str(cache)]
+        laid = imp.get("layout", {}).get("blocks")
+        budgeted = "--memory-budget" in extra
+        out = capped(sweep + (["--sector", "off"] if budgeted else []), cap)
         run["sweep"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
         run["peak_cgroup_bytes"] = peak_cgroup()
         reads, L95 = at_recall(run["sweep"])
         run["reads_at_095"], run["L_at_095"] = reads, L95
+        if laid:  # the same graph and codes, one record a read
+            out = capped(sweep + ["--sector", "off"], cap)
+            run["sweep_sector_off"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+            run["reads_at_095_sector_off"] = at_recall(run["sweep_sector_off"])[0]
         if L95:
             one = capped([a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth",
                           gt, "--k", "10", "--L", str(L95), "--threads", "1", "--inflight", "1",
@@ -152,8 +168,8 @@ def run_set(a, name, base, query, gt, metric, pqm):
             run["one_thread"] = json.loads(one.splitlines()[-1])
         run["fio_after"] = fio(seg)
         res["runs"][label] = run
-        print(f"{name} {label}: {run['code']} {run['code_bytes_per_point']} B/pt, reads@0.95 {reads}, L {L95}",
-              flush=True)
+        print(f"{name} {label}: {run['code']} {run['code_bytes_per_point']} B/pt, reads@0.95 {reads}, L {L95}, "
+              f"sector off {run.get('reads_at_095_sector_off')}", flush=True)
     # code quality: nearline's estimate and FAISS's, same queries, same measure
     ncodes = ",".join(sorted({f"pq:{pqm}", res["runs"]["default"]["code"], "rabitq:1", "rabitq:2", "rabitq:3",
                               "rabitq:4"}))
@@ -181,6 +197,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "img"))
     ap.add_argument("--sweep", default="10,20,30,50,75,100,150,200")
     ap.add_argument("--faiss", action="store_true", help="FAISS PQ/OPQ code quality (slow: minutes a set)")
+    ap.add_argument("--budget", default=None, help="also build the hard set under this --memory-budget (partitioned)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "sets": {}}
@@ -213,45 +230,68 @@ def print_report(report, a):
     print(f"\nDate {report['date']}; R 64, build L 100; W 4; k 10; node cache 5 % of the index; "
           f"searches in a cgroup-v1 memory cap.\n")
     for name, r in report["sets"].items():
-        pq, dfl = r["runs"][next(k for k in r["runs"] if k != "default")], r["runs"]["default"]
+        pq, dfl = r["runs"][next(k for k in r["runs"] if k.startswith("pq"))], r["runs"]["default"]
         print(f"### {name} ({r['metric']})\n")
-        print("| code | B/point | RAM at open MiB | cap MiB (index MiB) | reads @0.95 | L @0.95 | recall@10 at L=50 | "
-              "QPS 2t at L@0.95 | 1t p50/p99 us | fio QD64 before/after |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| run | code | B/point | layout (overlap) | RAM at open MiB | cap MiB (index MiB) | reads @0.95 | L @0.95 | "
+              "recall@10 at L=50 | QPS 2t at L@0.95 | 1t p50/p99 us | peak cgroup MiB | fio QD64 before/after |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label, x in r["runs"].items():
             l50 = next((s for s in x["sweep"] if s["L"] == 50), {})
             lq = next((s for s in x["sweep"] if s["L"] == x["L_at_095"]), {})
             one = x.get("one_thread", {}).get("latency_us", {})
-            print(f"| {x['code']} | {x['code_bytes_per_point']} | {x['ram_at_open_bytes'] / 2**20:.1f} | "
+            lay = x["import"].get("layout", {})
+            lays = f"{'blocks' if lay.get('blocks') else 'rows'} ({lay.get('overlap', 0):.2f})"
+            print(f"| {label} | {x['code']} | {x['code_bytes_per_point']} | {lays} | {x['ram_at_open_bytes'] / 2**20:.1f} | "
                   f"{x['cap_bytes'] / 2**20:.0f} ({x['index_bytes'] / 2**20:.0f}) | "
                   f"{x['reads_at_095'] and round(x['reads_at_095'], 1)} | {x['L_at_095']} | "
                   f"{l50.get('recall_at_k')} | {lq.get('qps')} | {one.get('p50')}/{one.get('p99')} | "
-                  f"{x['fio_before']:,.0f}/{x['fio_after']:,.0f} |")
+                  f"{x['peak_cgroup_bytes'] / 2**20:.0f} | {x['fio_before']:,.0f}/{x['fio_after']:,.0f} |")
+            if x.get("sweep_sector_off"):
+                off = x["reads_at_095_sector_off"]
+                print(f"| {label}, --sector off | {x['code']} | | same graph, one record a read | | | "
+                      f"{off and round(off, 1)} | | "
+                      f"{next((s['recall_at_k'] for s in x['sweep_sector_off'] if s['L'] == 50), None)} | | | | |")
         if pq["reads_at_095"] and dfl["reads_at_095"]:
-            print(f"\nreads at recall 0.95, default / pq: {dfl['reads_at_095'] / pq['reads_at_095']:.2f}x")
+            print(f"\nreads at recall 0.95, default / pq: {dfl['reads_at_095'] / pq['reads_at_095']:.2f}x", end="")
+            if dfl.get("reads_at_095_sector_off"):
+                print(f" (the code alone: {dfl['reads_at_095_sector_off'] / pq['reads_at_095']:.2f}x; the layout alone: "
+                      f"{dfl['reads_at_095'] / dfl['reads_at_095_sector_off']:.2f}x)", end="")
+            print()
         elif dfl["reads_at_095"]:
             print(f"\nPQ never reached 0.95 in the sweep (best {max(s['recall_at_k'] for s in pq['sweep'])})")
+        bud = next((x for k, x in r["runs"].items() if "budget" in k), None)
+        if bud and dfl.get("sweep_sector_off"):
+            print("\nbudgeted build (partitioned, rows in order) against the in-memory build, both --sector off:")
+            print("\n| L | in-memory recall | budgeted recall | in-memory reads | budgeted reads | reads ratio |")
+            print("|---|---|---|---|---|---|")
+            for s in dfl["sweep_sector_off"]:
+                b = next((t for t in bud["sweep"] if t["L"] == s["L"]), None)
+                if b:
+                    print(f"| {s['L']} | {s['recall_at_k']} | {b['recall_at_k']} | {s['mean_ios']} | {b['mean_ios']} | "
+                          f"{b['mean_ios'] / s['mean_ios']:.3f} |")
         print("\ncode quality (share of the true 10 in a code's top 30 of the exact 240 nearest, 200 queries):")
         for k, v in {**r["nearline_codes"], **r["faiss"]}.items():
             print(f"- {k}: {v}")
         print()
     dat = os.path.join(a.work, "recall-reads.dat")
+    plots, idx = [], 0
     with open(dat, "w") as f:
         for name, r in report["sets"].items():
             for label, x in r["runs"].items():
-                f.write(f"# {name} {x['code']}\n")
-                for s in x["sweep"]:
-                    f.write(f"{s['mean_ios']} {s['recall_at_k']}\n")
-                f.write("\n\n")
-    plots, idx = [], 0
-    for name, r in report["sets"].items():
-        for label, x in r["runs"].items():
-            plots.append(f"'{dat}' index {idx} with linespoints title '{name} {x['code']}'")
-            idx += 1
+                for title, sw in ((f"{name} {x['code']} {label}", x["sweep"]),
+                                  (f"{name} {x['code']} sector off", x.get("sweep_sector_off"))):
+                    if not sw or "budget" in label:
+                        continue
+                    f.write(f"# {title}\n")
+                    for s in sw:
+                        f.write(f"{s['mean_ios']} {s['recall_at_k']}\n")
+                    f.write("\n\n")
+                    plots.append(f"'{dat}' index {idx} with linespoints title '{title}'")
+                    idx += 1
     png = os.path.join(a.out, "codes-recall-reads.png")
     script = (f"set terminal pngcairo size 900,600 noenhanced; set output '{png}'; set grid; set logscale x;"
               f"set yrange [0.5:1]; set xlabel 'mean reads per query (log)'; set ylabel 'recall@10'; set key bottom right;"
-              f"set title 'recall per disk read: default code vs PQ ({report['date']})'; plot {', '.join(plots)}")
+              f"set title 'recall per disk read: default code and layout vs PQ ({report['date']})'; plot {', '.join(plots)}")
     done = subprocess.run(["gnuplot", "-e", script], capture_output=True, text=True)
     print(f"plot: {os.path.relpath(png, ROOT)}" if done.returncode == 0 else f"plot skipped: {done.stderr.strip()}",
           file=sys.stdout if done.returncode == 0 else sys.stderr)

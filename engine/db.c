@@ -796,6 +796,7 @@ static int search_shards(nl_collection *c, const uint32_t *which, uint32_t S, co
                 stats[q].ios += st[q].ios;
                 stats[q].cache_hits += st[q].cache_hits;
                 stats[q].bound_skips += st[q].bound_skips;
+                stats[q].sector_expands += st[q].sector_expands;
                 stats[q].hops += st[q].hops;
                 stats[q].filter_plan |= st[q].filter_plan;
                 stats[q].scanned += st[q].scanned;
@@ -932,6 +933,7 @@ static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int
     st->store_keys += x->store_keys;
     st->store_block_cache_bytes += x->store_block_cache_bytes;
     st->cached_nodes += x->cached_nodes;
+    st->block_layout_points += x->block_layout_points;
     st->direct_io = first ? x->direct_io : st->direct_io && x->direct_io;
     if (x->background_error)
         st->background_error = x->background_error;

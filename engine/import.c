@@ -24,6 +24,7 @@
 
 #include "import_internal.h"
 #include "nl_catalog.h"
+#include "nl_layout.h"
 #include "nl_quant.h"
 #include "nl_segment.h"
 #include "nl_shard.h"
@@ -173,7 +174,8 @@ uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint
 {
     uint64_t cap = R + (R * 3 + 9) / 10;
     uint64_t per_point = (uint64_t)dim * nl_dtype_size(dtype) /* vectors */ + 4 * cap + 4 /* lists */ +
-                         9 /* lock, order, ext */ + code_bytes + (has_ids ? 16 : 0) + 8 /* segment ids */;
+                         9 /* lock, order, ext */ + code_bytes + (has_ids ? 16 : 0) + 8 /* segment ids */ +
+                         16 /* block layout: order, inverse, scratch */;
     uint64_t sample = 2ull * 100000 * dim * sizeof(float); /* PQ training rows, widened */
     return NL_IMPORT_FIXED_BYTES + n * per_point + sample;
 }
@@ -261,7 +263,7 @@ static int open_work(const nl_import_params *p, const nl_import_target *t, uint6
 
 /* ---------------------------------------------------------------- entry */
 
-static int import_in_memory(const nl_import_params *p, const nl_import_target *t, nl_import_result *r);
+static int import_in_memory(const nl_import_params *p, nl_import_target *t, nl_import_result *r);
 
 int nl_import(const nl_import_params *p, nl_import_result *r)
 {
@@ -283,6 +285,8 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         return nl_fail(-errno, "database directory %s is not writable: %s", p->db, strerror(errno));
     nl_collection_config cc;
     memset(&cc, 0, sizeof cc);
+    nl_import_target t;
+    memset(&t, 0, sizeof t);
     if (!p->append && stat(final_dir, &st) == 0)
         return nl_fail(NL_EEXISTS, "collection '%s' already exists in %s (--append adds to it)", p->collection, p->db);
     if (p->append) {
@@ -310,8 +314,6 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         rc = nl_fail(NL_EUNSUPPORTED, "%s holds int32 rows (ivecs): not a vector type nearline stores", p->input);
         goto out;
     }
-    nl_import_target t;
-    memset(&t, 0, sizeof t);
     if (p->append) {
         if (dim != cc.dim || dtype != cc.dtype) {
             rc = nl_fail(NL_EDIM, "%s holds %u-dimensional %s rows; collection '%s' stores %u-dimensional %s", p->input,
@@ -436,6 +438,10 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, t.R, t.code_bytes, p->ids_path != NULL);
     if (need <= t.budget && !p->force_partitioned)
         rc = import_in_memory(p, &t, r);
+    else if (p->layout == NL_LAYOUT_BLOCKS)
+        rc = nl_fail(NL_EINVAL, "--layout blocks needs the in-memory build (%llu MiB; the budget is %llu MiB): the "
+                     "partitioned build writes its records in row order", (unsigned long long)(need >> 20),
+                     (unsigned long long)(t.budget >> 20));
     else
         rc = nl_import_partitioned(p, ds, &t, r);
     if (rc)
@@ -444,7 +450,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     /* The store entries, then (new collections) the directory rename that publishes. */
     uint64_t t0 = nl_now_ns();
     if (p->append) {
-        rc = nl_shard_import_commit(h, seg_number, n, ids, id_first, p->metadata_path);
+        rc = nl_shard_import_commit(h, seg_number, n, ids, id_first, t.row_ord, p->metadata_path);
     } else {
         nl_collection_config ncc = {dim, t.metric, dtype, 1, t.R, t.L, t.alpha, t.pq_m, 0, t.code};
         nl_shard_config sc = {dim, dtype, t.metric, t.R, t.L, t.alpha, t.pq_m, 0, t.code};
@@ -452,7 +458,7 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
             goto out;
         ncc.fresh_capacity = sc.fresh_capacity;
         if ((rc = nl_shard_import_begin(shard_dir, &sc, 1, &h)) != 0 ||
-            (rc = nl_shard_import_commit(h, 1, n, ids, 0, p->metadata_path)) != 0)
+            (rc = nl_shard_import_commit(h, 1, n, ids, 0, t.row_ord, p->metadata_path)) != 0)
             goto out;
         nl_shard_import_end(h);
         h = NULL;
@@ -495,12 +501,13 @@ out:
         close(lock_fd);
     nl_dataset_close(ds);
     free(ids);
+    free(t.row_ord);
     r->total_s = secs_since(t_all);
     return rc;
 }
 
 /* The whole build in memory: load, PQ, Vamana, one segment write. */
-static int import_in_memory(const nl_import_params *p, const nl_import_target *t, nl_import_result *r)
+static int import_in_memory(const nl_import_params *p, nl_import_target *t, nl_import_result *r)
 {
     uint64_t t0 = nl_now_ns();
     void *data = NULL;
@@ -509,6 +516,7 @@ static int import_in_memory(const nl_import_params *p, const nl_import_target *t
     nl_dtype dtype;
     uint8_t *codes = NULL;
     uint64_t *pids = NULL;
+    uint32_t *order = NULL;
     nl_quant *pq = NULL;
     nl_vamana *ix = NULL;
     int rc;
@@ -556,19 +564,40 @@ static int import_in_memory(const nl_import_params *p, const nl_import_target *t
         goto out; /* a bug, not bad input: never publish a graph that fails validation */
     r->build_s = secs_since(t0);
 
+    /* The block layout (index/nl_layout.h): file position u holds row order[u], so the
+     * rows' versions are assigned in file order and stay ascending (nl_segment_find);
+     * row r's version is pid_base + row_ord[r], which the commit writes to the id map. */
     t0 = nl_now_ns();
-    /* The segment holds versions (pids) pid_base.., the rows in order; for a new
-     * collection that is the identity and its id map costs nothing. The external ids go
+    const uint32_t per = nl_segment_records_per_sector(dim, dtype, nl_graph_max_degree(nl_vamana_graph(ix)));
+    int blocks = p->layout == NL_LAYOUT_BLOCKS || (p->layout == NL_LAYOUT_AUTO && per >= 2);
+    if (blocks && per >= 2 && n > per) {
+        if (!(order = malloc(sizeof(uint32_t) * n)) || !(t->row_ord = malloc(sizeof(uint32_t) * n))) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        if ((rc = nl_layout_blocks(nl_vamana_graph(ix), nl_vamana_medoid(ix), per, order)) != 0)
+            goto out;
+        for (size_t u = 0; u < n; u++)
+            t->row_ord[order[u]] = (uint32_t)u;
+        r->block_layout = 1;
+    }
+    r->block_records = per;
+    r->layout_overlap = nl_layout_overlap(nl_vamana_graph(ix), order, per);
+    r->layout_s = secs_since(t0);
+
+    t0 = nl_now_ns();
+    /* The segment holds versions (pids) pid_base.. in file order; for a new collection in
+     * row order that is the identity and its id map costs nothing. The external ids go
      * to the shard's id map. */
     if (t->pid_base) {
         if (!(pids = malloc(sizeof(uint64_t) * n))) {
             rc = -ENOMEM;
             goto out;
         }
-        for (size_t i = 0; i < n; i++)
-            pids[i] = t->pid_base + i;
+        for (size_t i = 0; i < n; i++) /* by index node (row), as the writer reads them */
+            pids[i] = t->pid_base + (t->row_ord ? t->row_ord[i] : i);
     }
-    nl_segment_source src = {ix, pq, codes, pids, vp.L, vp.alpha, 0, NULL};
+    nl_segment_source src = {ix, pq, codes, pids, vp.L, vp.alpha, 0, order, order != NULL};
     if ((rc = nl_segment_write(t->seg_path, &src)) != 0)
         goto out;
     r->write_s = secs_since(t0);
@@ -577,6 +606,7 @@ out:
     nl_quant_destroy(pq);
     free(codes);
     free(pids);
+    free(order);
     free(data);
     return rc;
 }

@@ -29,6 +29,9 @@ typedef struct {
     const char *work;
     const char *seg_path;
     uint64_t pid_base;
+    uint32_t *row_ord;    /* out, malloc'd by a build that laid the rows out in another order:
+                           * row r is the segment's ordinal row_ord[r] (version pid_base +
+                           * row_ord[r]); NULL = the rows in order */
 } nl_import_target;
 
 /* Bytes the in-memory build needs for n points (data, graph, codes, build scratch). */

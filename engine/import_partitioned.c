@@ -5,7 +5,9 @@
  * Phases, each reading the input in fixed-size chunks (never whole):
  *   sample     one pass: every row checked (NaN/Inf, named by row), a strided sample of
  *              up to 100,000 rows kept, the mean taken
- *   pq         PQ codebook trained on the sample; k-means on the sample gives P partition
+ *   pq         the code's quantizer (PQ or RaBitQ, told how many rows its codes serve, so
+ *              RaBitQ sizes its centroids by the data, not by the sample) trained on the
+ *              sample; k-means on the sample gives P partition
  *              centroids, P chosen so that one partition's in-memory build fits the budget
  *   partition  one pass: each row (number and vector) goes to its 2 nearest partitions
  *              that still have room (a hard cap per partition, so an unlucky clustering
@@ -291,7 +293,7 @@ static int phase_sample_pq(job *j)
     t0 = nl_now_ns();
     progress(j, "pq", 0, 2);
     nl_vecset vs = {c.sample, c.S, j->dim, j->dtype};
-    nl_quant_params qp = {.max_sample = (uint32_t)c.S, .seed = j->p->seed, .threads = j->threads};
+    nl_quant_params qp = {.max_sample = (uint32_t)c.S, .seed = j->p->seed, .threads = j->threads, .rows_hint = j->n};
     if ((rc = nl_quant_train(&vs, j->t->metric, j->t->spec, &qp, &j->pq)) != 0)
         goto out;
     progress(j, "pq", 1, 2);
@@ -920,7 +922,7 @@ static int phase_merge_write(job *j)
         if ((rc = reader_advance(j, pr)) != 0)
             goto out;
     }
-    nl_segment_writer_params wp = {j->n, j->dim, j->dtype, j->t->metric, R, j->L, j->alpha, j->pq};
+    nl_segment_writer_params wp = {j->n, j->dim, j->dtype, j->t->metric, R, j->L, j->alpha, j->pq, 0};
     if ((rc = nl_segment_writer_create(j->t->seg_path, &wp, &w)) != 0)
         goto out;
     for (uint64_t first = 0; first < j->n && !rc; first += MERGE_BLOCK) {
@@ -1097,6 +1099,12 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_im
     }
     if ((rc = phase_sample_pq(&j)) != 0 || (rc = phase_partition(&j)) != 0)
         goto out;
+    r->partition_fill_min = 1.0;
+    for (uint32_t k = 0; k < j.P; k++) {
+        double fill = (double)j.counts[k] / (double)j.cap;
+        r->partition_fill_min = fill < r->partition_fill_min ? fill : r->partition_fill_min;
+        r->partition_fill_max = fill > r->partition_fill_max ? fill : r->partition_fill_max;
+    }
     uint64_t t0 = nl_now_ns();
     for (uint32_t k = 0; k < j.P && !rc; k++)
         rc = build_partition(&j, k);

@@ -190,6 +190,9 @@ typedef struct {
     float bound;        /* segments with RaBitQ codes: skip reading candidates whose error
                          * bound (this many standard deviations) keeps them out of the top
                          * k; 0 = NL_SEARCH_BOUND_DEFAULT, negative = never skip */
+    int sector;         /* segments in block layout: 0 = expand the other records of each
+                         * sector read where they are near enough (the default), negative =
+                         * use only the record asked for */
 } nl_search_params;
 
 #define NL_SEARCH_BOUND_DEFAULT 1.9f
@@ -200,6 +203,7 @@ typedef struct {
     uint32_t ios;        /* sector reads */
     uint32_t cache_hits; /* nodes served by the node cache */
     uint32_t bound_skips; /* candidates not read: their error bound kept them out of the top k */
+    uint32_t sector_expands; /* nodes expanded from a sector read for another node (block layout) */
     uint32_t hops;       /* nodes expanded (all indexes) */
     uint32_t filter_plan; /* filtered queries: NL_PLAN_* bits of the plans used */
     uint32_t scanned;    /* points a scan plan scored */
@@ -384,6 +388,7 @@ typedef struct {
     uint64_t search_exhaustive; /* ... and then exhaustively (every live point scored) */
     int background_error;     /* last error of a background flush or compaction, or 0 */
     uint64_t cached_nodes;    /* segment nodes held by the node cache */
+    uint64_t block_layout_points; /* segment points whose records are in block layout */
     int direct_io;            /* 1 when every segment is read with O_DIRECT */
     /* the metadata store (RocksDB), summed over shards */
     uint64_t store_sst_bytes, store_memtable_bytes, store_pending_compaction_bytes;

@@ -44,6 +44,9 @@ typedef struct {
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
     int single_pass;      /* one build pass (alpha only): faster, slightly worse graph */
     int force_partitioned; /* testing: the partitioned path even when the data fits */
+    int layout;           /* node records on disk: NL_LAYOUT_AUTO (blocks for an in-memory build
+                           * whose records pack several to a sector), NL_LAYOUT_ID (row order)
+                           * or NL_LAYOUT_BLOCKS (index/nl_layout.h; in-memory builds only) */
     int append;           /* add the rows to an existing single-shard collection as a new
                            * segment (ids must be new; without ids_path, ids continue after
                            * the largest numeric id present) */
@@ -62,14 +65,23 @@ typedef struct {
     uint64_t budget;          /* the budget applied */
     uint32_t partitions;      /* 0: built in memory */
     uint32_t resumed_phases;  /* phases and partitions taken from checkpoints */
-    int exact_merge;
-    uint64_t repaired_edges;  /* partitioned: in-edges added to nodes the merge left unreachable */
+    int exact_merge;          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
+    int block_layout;         /* records laid out in blocks of graph neighbours */
+    uint32_t block_records;   /* ... of this many records a sector */
+    double layout_overlap;    /* the layout's overlap ratio (nl_layout_overlap); row order's
+                               * when not laid out */
+    double layout_s;
+    uint64_t repaired_edges;
+    double partition_fill_min, partition_fill_max; /* partitioned: rows / cap of the emptiest and
+                               * fullest partition (1 = full: rows went past their 2 nearest) */  /* partitioned: in-edges added to nodes the merge left unreachable */
     int appended;
     uint64_t first_id;        /* appended without ids: the first row's id */
     int code_chosen;          /* the code was chosen from the data: choice holds how */
-    nl_code_choice choice;          /* partitioned: 1 = RobustPrune over the union, 0 = capped union */
+    nl_code_choice choice;
     char segment_path[4400];
 } nl_import_result;
+
+enum { NL_LAYOUT_AUTO = 0, NL_LAYOUT_ID = 1, NL_LAYOUT_BLOCKS = 2 };
 
 /* The default PQ code size for a dimension. */
 uint32_t nl_import_default_pq_m(uint32_t dim);

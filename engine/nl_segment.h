@@ -33,12 +33,15 @@ typedef struct {
     const nl_vamana *index;  /* graph, medoid, vectors and metric */
     const nl_quant *quant;
     const uint8_t *codes;    /* n x code bytes */
-    const uint64_t *ids;     /* n external ids, or NULL for ids = ordinals */
+    const uint64_t *ids;     /* n external ids (by index node), or NULL: a point's id is its
+                              * file ordinal */
     uint32_t build_L;
     float build_alpha;
     uint32_t hot_max;        /* hot-list length cap; 0 = min(n, max(1024, n / 10)) */
     const uint32_t *order;   /* optional permutation: file ordinal u holds index node order[u]
                               * (codes and ids stay indexed by index node); NULL = identity */
+    int block_layout;        /* order is nl_layout_blocks' for this segment's records per
+                              * sector (nl_segment_records_per_sector): the header says so */
 } nl_segment_source;
 
 /* Writes path atomically: a temporary name in the same directory, fsync, rename, fsync of
@@ -57,7 +60,12 @@ typedef struct {
     uint32_t build_L;
     float build_alpha;
     const nl_quant *quant;   /* borrowed until finish/abort */
+    int block_layout;        /* the nodes come in nl_layout_blocks order (header flag) */
 } nl_segment_writer_params;
+
+/* Node records one sector holds for this shape (0 when a record spans sectors): the block
+ * size nl_layout_blocks is given. */
+uint32_t nl_segment_records_per_sector(uint32_t dim, nl_dtype dtype, uint32_t R);
 
 typedef struct nl_segment_writer nl_segment_writer;
 
@@ -109,6 +117,7 @@ typedef struct {
     uint64_t cached_nodes;
     int direct_io;           /* O_DIRECT in effect */
     int identity_ids;
+    int block_layout;        /* records in nl_layout_blocks order (the search uses whole sectors) */
 } nl_segment_info;
 
 void nl_segment_get_info(const nl_segment *seg, nl_segment_info *info);
@@ -138,6 +147,8 @@ typedef struct {
     uint32_t W;    /* beam width: sector reads in flight per query */
     float eps0;    /* RaBitQ's error bound in standard deviations: reads whose lower bound
                     * cannot enter the top k are skipped; 0 = no skipping */
+    int no_sector; /* block-layout segments: do not use the other records of a sector read
+                    * (benchmarks compare; the default uses them) */
 } nl_seg_query_params;
 
 /* nl_query_stats (nearline.h): per-query latency, sector reads, cache hits, hops. */
@@ -198,6 +209,7 @@ typedef struct {
     const uint32_t *subset;
     uint32_t subset_n;
     float eps0;          /* as in nl_seg_query_params */
+    int no_sector;       /* as in nl_seg_query_params */
 } nl_seg_job;
 
 int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,

@@ -56,8 +56,10 @@ int nl_shard_import_max_id(nl_shard_import *h, uint64_t *max, int *any);
 /* How many of the rows' ids the shard holds already, and the first such row. */
 int nl_shard_import_collisions(nl_shard_import *h, const uint64_t *ids, uint64_t id_first, uint64_t n,
                                uint64_t *count, uint64_t *first_row);
+/* Row r (id ids[r], or id_first + r) is the segment's ordinal row_ord[r] (NULL: r), so its
+ * version is the first pid taken + that ordinal. */
 int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, const uint64_t *ids,
-                           uint64_t id_first, const char *metadata_path);
+                           uint64_t id_first, const uint32_t *row_ord, const char *metadata_path);
 /* Opens and recovers: removes orphaned files, reopens the segments of the manifest,
  * rebuilds the fresh index and the tombstone set. */
 int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out);

@@ -29,6 +29,8 @@
 enum { SEC_NODES = 0, SEC_PQ_PIVOTS, SEC_PQ_CODES, SEC_IDMAP, SEC_HOT, SEC_COUNT };
 
 #define SEG_FLAG_IDENTITY_IDS 1u /* no id map: a point's id is its ordinal */
+#define SEG_FLAG_BLOCK_LAYOUT 2u /* records laid out by nl_layout_blocks: a sector's records are
+                                  * graph neighbours, and the search expands them with the one read */
 
 /* Header field offsets. */
 enum {

@@ -98,7 +98,7 @@ static int parse_header(nl_segment *s, const unsigned char *h)
     if (s->n == 0 || s->n >= UINT32_MAX || s->dim == 0 || s->dim > 65536 || dt > NL_DTYPE_I8 ||
         mt > NL_METRIC_COSINE || s->R == 0 || s->R > 1024 || s->medoid >= s->n || s->m == 0 ||
         (uint32_t)s->code.kind > NL_CODE_RABITQ || nl_code_spec_bytes(s->code, s->dim) != s->m ||
-        (s->flags & ~SEG_FLAG_IDENTITY_IDS))
+        (s->flags & ~(SEG_FLAG_IDENTITY_IDS | SEG_FLAG_BLOCK_LAYOUT)))
         return CORRUPT(s, "%s: header field out of range (n=%llu dim=%u type=%u metric=%u R=%u medoid=%u m=%u)",
                        s->path, (unsigned long long)s->n, s->dim, dt, mt, s->R, s->medoid, s->m);
     s->dtype = (nl_dtype)dt;
@@ -319,6 +319,7 @@ void nl_segment_get_info(const nl_segment *s, nl_segment_info *i)
     i->cached_nodes = s->cache_n;
     i->direct_io = s->direct;
     i->identity_ids = s->ids == NULL;
+    i->block_layout = (s->flags & SEG_FLAG_BLOCK_LAYOUT) != 0;
 }
 
 uint64_t nl_segment_id(const nl_segment *s, uint32_t u)

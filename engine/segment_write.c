@@ -63,6 +63,11 @@ struct nl_segment_writer {
     uint64_t nodes_off;
 };
 
+uint32_t nl_segment_records_per_sector(uint32_t dim, nl_dtype dtype, uint32_t R)
+{
+    return seg_geometry(1, (uint32_t)(dim * nl_dtype_size(dtype)), R).nps;
+}
+
 int nl_segment_writer_create(const char *path, const nl_segment_writer_params *p, nl_segment_writer **out)
 {
     *out = NULL;
@@ -501,6 +506,8 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
     seg_put32(h, H_PQ_M, m);
     seg_put32(h, H_CODE_KIND, (uint32_t)nl_quant_spec(w->p.quant).kind);
     seg_put32(h, H_CODE_PARAM, nl_quant_spec(w->p.quant).param);
+    if (w->p.block_layout)
+        flags |= SEG_FLAG_BLOCK_LAYOUT;
     seg_put32(h, H_FLAGS, flags);
     seg_put32(h, H_BUILD_L, w->p.build_L);
     memcpy(h + H_BUILD_ALPHA, &w->p.build_alpha, 4);
@@ -609,7 +616,7 @@ int nl_segment_write(const char *path, const nl_segment_source *src)
     uint64_t n = vs->n;
     uint32_t R = nl_graph_max_degree(g);
     nl_segment_writer_params wp = {n, vs->dim, vs->dtype, nl_vamana_metric(ix), R, src->build_L, src->build_alpha,
-                                   src->quant};
+                                   src->quant, src->block_layout && src->order};
     uint32_t hot_max = src->hot_max;
     if (!hot_max) {
         uint64_t h = n / 10 > 1024 ? n / 10 : 1024;

@@ -155,7 +155,7 @@ int nl_shard_import_collisions(nl_shard_import *h, const uint64_t *ids, uint64_t
 }
 
 int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, const uint64_t *ids,
-                           uint64_t id_first, const char *metadata_path)
+                           uint64_t id_first, const uint32_t *row_ord, const char *metadata_path)
 {
     uint64_t base = h->next_pid;
     nl_store_batch *b = nl_store_batch_create(h->st);
@@ -177,7 +177,8 @@ int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, 
         nl_id id = {0, ids ? ids[row] : id_first + row, NULL, 0};
         unsigned char ek[NL_EKEY_MAX], pk[8];
         size_t ekl = nl_ekey_encode(&id, ek);
-        sh_pid_key(base + row, pk);
+        uint64_t pid = base + (row_ord ? row_ord[row] : row);
+        sh_pid_key(pid, pk);
         nl_store_batch_put(b, NL_CF_IDMAP, ek, ekl, pk, 8);
         nl_store_batch_put(b, NL_CF_PIDS, pk, 8, ek, ekl);
         if (mf) {
@@ -190,7 +191,7 @@ int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, 
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 len--;
             nl_store_batch_put(b, NL_CF_META, ek, ekl, line, (size_t)len);
-            if ((rc = nl_postings_write(b, base + row, line, (size_t)len, 1)) != 0) {
+            if ((rc = nl_postings_write(b, pid, line, (size_t)len, 1)) != 0) {
                 rc = nl_fail(NL_EFORMAT, "metadata file %s line %llu: not a JSON object", metadata_path,
                              (unsigned long long)row + 1);
                 break;

@@ -39,6 +39,7 @@ typedef struct sh_segref {
     uint32_t number;
     nl_segment *seg;
     uint64_t count, file_bytes, ram_bytes, cached_nodes;
+    int block_layout;
     int direct_io;
     atomic_uint_fast64_t dead; /* deleted versions it holds */
     atomic_int obsolete;       /* unlink the file when the last reference goes */

@@ -145,7 +145,7 @@ static int write_and_open(nl_shard *sh, const nl_vamana *ix, const uint64_t *pid
     char path[4400];
     snprintf(path, sizeof path, "%s/seg-%06u.nls", sh->dir, number);
     if (!rc) {
-        nl_segment_source src = {ix, pq, given_codes ? given_codes : codes, pids, sh->cfg.L, sh->cfg.alpha, 0, order};
+        nl_segment_source src = {ix, pq, given_codes ? given_codes : codes, pids, sh->cfg.L, sh->cfg.alpha, 0, order, 0};
         rc = nl_segment_write(path, &src);
     }
     free(codes);

@@ -169,7 +169,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
         if (Li < p->k)
             Li = p->k;
-        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p)};
+        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p), p->sector < 0};
         segs[i] = v->segs[i]->seg;
     }
     /* Jobs in query-major order, so the segments of one query run side by side. Only a
@@ -187,6 +187,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         int has_dead = atomic_load(&v->segs[si]->dead) > 0;
         jobs[j] = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = (size_t)si * nq + qi, .k = sp[si].k,
                                .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L), .eps0 = sp[si].eps0,
+                               .no_sector = sp[si].no_sector,
                                .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
     }
     if (!rc)
@@ -205,6 +206,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
                 stats[qi].ios += qst[row].ios;
                 stats[qi].cache_hits += qst[row].cache_hits;
                 stats[qi].bound_skips += qst[row].bound_skips;
+                stats[qi].sector_expands += qst[row].sector_expands;
                 stats[qi].hops += qst[row].hops;
             }
         }
@@ -501,7 +503,7 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
                        (p->plan != NL_PLAN_GRAPH && g->bm && scan_cost <= graph_cost);
             nl_seg_job *jb = &jobs[nj];
             *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W,
-                               .eps0 = sh_bound_eps(p)};
+                               .eps0 = sh_bound_eps(p), .no_sector = p->sector < 0};
             if (scan) {
                 size_t gi = 2 + si;
                 if (!g->built[gi]) {
@@ -565,6 +567,7 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
             st->ios += qst[j].ios;
             st->cache_hits += qst[j].cache_hits;
             st->bound_skips += qst[j].bound_skips;
+            st->sector_expands += qst[j].sector_expands;
             st->hops += qst[j].hops;
         }
     }
@@ -829,6 +832,7 @@ static int complete_short(nl_shard *sh, const float *qs, size_t nq, const nl_sea
                 a->ios += sst[i].ios;
                 a->cache_hits += sst[i].cache_hits;
                 a->bound_skips += sst[i].bound_skips;
+                a->sector_expands += sst[i].sector_expands;
                 a->hops += sst[i].hops;
                 a->scanned += sst[i].scanned;
                 a->filter_plan |= sst[i].filter_plan | (exhaustive ? NL_PLAN_FALLBACK : NL_PLAN_RETRY);

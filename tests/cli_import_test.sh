@@ -49,11 +49,14 @@ if cmp -s "$W/ref/g/0/seg-000001.nls" "$DB/g/0/seg-000001.nls"; then ok "resumed
 else bad "resumed segment differs"; fi
 [ ! -e "$DB/.import-g" ] && ok "checkpoints removed after publishing" || bad "checkpoints left: $(ls -A "$DB")"
 "$NL" verify --db "$DB" >"$W/v" 2>&1 && ok "resumed collection passes verify" || bad "verify: $(cat "$W/v")"
-"$NL" search --db "$DB" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 >"$W/s1" 2>&1
-"$NL" search --db "$W/ref" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 >"$W/s2" 2>&1
+"$NL" search --db "$DB" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 \
+  --bound 0 >"$W/s1" 2>&1
+"$NL" search --db "$W/ref" --collection g --queries "$W/gq.u8bin" --groundtruth "$W/ggt.ivecs" --k 10 --L 64 \
+  --bound 0 >"$W/s2" 2>&1
 # The segments are byte-identical (checked above); two searches of one index may still
-# differ by a result or two: reads complete in the device's order, and which candidates
-# the error bound skips depends on what was read first. So: the same recall within 0.002.
+# differ by a result: reads complete in the device's order. Which candidates the error
+# bound skips depends most on that (measured: 0.9910 against 0.9860 with it), so these
+# searches run without it, and the recall must agree within 0.002.
 r1=$(field "$W/s1" recall_at_k); r2=$(field "$W/s2" recall_at_k)
 if [ -n "$r1" ] && [ -n "$r2" ] && ge "$r1" 0.9 && ge "$r1" "$(awk -v r="$r2" 'BEGIN { print r - 0.002 }')" \
    && le "$r1" "$(awk -v r="$r2" 'BEGIN { print r + 0.002 }')"; then ok "resumed recall@10 $r1, uninterrupted $r2"

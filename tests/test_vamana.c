@@ -7,6 +7,7 @@
 #include "graph_impl.h"
 #include "nl_dataset.h"
 #include "nl_eval.h"
+#include "nl_layout.h"
 #include "nl_vamana.h"
 #include "test_util.h"
 
@@ -430,4 +431,59 @@ Test(vamana, dynamic_search_runs_safely_during_inserts, .timeout = 600)
     dyn_graph_sound(&rep, p.R, n, 0);
     nl_vamana_destroy(ix);
     free(x);
+}
+
+/* The block layout (nl_layout.h): a permutation, deterministic, the identity for blocks of
+ * one, and on a built graph far more of a node's block mates are its neighbours than in
+ * row order. On a ring every block is a run of the ring. */
+Test(layout, blocks_are_a_permutation_of_linked_nodes)
+{
+    size_t n = 3000, nq = 1;
+    uint32_t d = 24;
+    float *x, *q;
+    clustered(5, 30, n, nq, d, &x, &q);
+    nl_vecset vs = {x, n, d, NL_DTYPE_F32};
+    nl_vamana_params p;
+    nl_vamana_params_default(&p);
+    p.R = 24;
+    p.L = 48;
+    p.threads = 2;
+    nl_vamana *ix;
+    cr_assert_eq(nl_vamana_build(&vs, NL_METRIC_L2, &p, NULL, NULL, &ix), 0);
+    const nl_graph *g = nl_vamana_graph(ix);
+    uint32_t *o1 = malloc(sizeof(uint32_t) * n), *o2 = malloc(sizeof(uint32_t) * n);
+    uint8_t *seen = calloc(n, 1);
+    cr_assert_eq(nl_layout_blocks(g, nl_vamana_medoid(ix), 10, o1), 0);
+    cr_assert_eq(nl_layout_blocks(g, nl_vamana_medoid(ix), 10, o2), 0);
+    cr_assert_arr_eq(o1, o2, sizeof(uint32_t) * n, "the layout is deterministic");
+    for (size_t u = 0; u < n; u++) {
+        cr_assert_lt(o1[u], n);
+        cr_assert_eq(seen[o1[u]], 0, "node %u placed twice", o1[u]);
+        seen[o1[u]] = 1;
+    }
+    cr_assert_eq(o1[0], nl_vamana_medoid(ix), "the first block starts at the entry point");
+    double rows = nl_layout_overlap(g, NULL, 10), blocks = nl_layout_overlap(g, o1, 10);
+    cr_assert_lt(rows, 0.1, "row order of shuffled clusters: %.3f", rows);
+    cr_assert_gt(blocks, 0.3, "block layout overlap %.3f", blocks);
+    cr_assert_gt(blocks, 4 * rows, "block layout %.3f against rows %.3f", blocks, rows);
+    cr_assert_eq(nl_layout_blocks(g, nl_vamana_medoid(ix), 1, o2), 0);
+    for (size_t u = 0; u < n; u++) cr_assert_eq(o2[u], u);
+    nl_vamana_destroy(ix);
+
+    /* A ring 0 -> 1 -> ... -> n-1 -> 0, entered at 5: blocks of 4 are runs 5..8, 9..12, ... */
+    nl_graph *ring;
+    cr_assert_eq(nl_graph_create(40, 1, 1, &ring), 0);
+    for (uint32_t u = 0; u < 40; u++) {
+        uint32_t v = (u + 1) % 40;
+        cr_assert_eq(nl_graph_set_neighbors(ring, u, &v, 1), 0);
+    }
+    cr_assert_eq(nl_layout_blocks(ring, 5, 4, o1), 0);
+    for (uint32_t u = 0; u < 40; u++) cr_assert_eq(o1[u], (5 + u) % 40);
+    cr_assert_float_eq(nl_layout_overlap(ring, o1, 4), 0.25, 1e-9); /* 3 of 4 link inside: 1/3 each, 0 for the last */
+    nl_graph_destroy(ring);
+    free(o1);
+    free(o2);
+    free(seen);
+    free(x);
+    free(q);
 }

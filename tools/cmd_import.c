@@ -85,7 +85,7 @@ static int help(FILE *f)
             "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
             "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--append] [--threads N] [--seed S]\n"
             "         [--code auto|pq:BYTES|rabitq:BITS] [--search-memory SIZE|BYTES/point]\n"
-            "         [--recall-target R] [--quiet]\n"
+            "         [--recall-target R] [--layout auto|blocks|rows] [--quiet]\n"
             "\n"
             "  --code          the compressed code searches navigate by (default auto: chosen from the\n"
             "                  data, the smallest that held-out sample queries estimate at recall@10\n"
@@ -98,6 +98,9 @@ static int help(FILE *f)
             "                        and merged; rerunning the same command after a crash resumes from\n"
             "                        the checkpoints in DIR/.import-NAME/.\n"
             "  --single-pass         one build pass instead of two (about twice as fast, lower recall per L)\n"
+            "  --layout              node records on disk: blocks of graph neighbours, so a search uses\n"
+            "                        every record of a sector it reads (auto: where several fit a sector\n"
+            "                        and the build is in memory), or rows (input order)\n"
             "  --append              add the input to an existing collection as a new segment, with the\n"
             "                        collection's R, L, alpha and PQ size; ids must be new (collisions are\n"
             "                        reported); without --ids, ids continue after the largest one present\n");
@@ -120,7 +123,7 @@ int cmd_import(int argc, char **argv)
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
         {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
         {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"code", 1, 0, 'Q'}, {"search-memory", 1, 0, 'S'},
-        {"recall-target", 1, 0, 'T'}, {"help", 0, 0, 'h'},
+        {"recall-target", 1, 0, 'T'}, {"layout", 1, 0, 'y'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int o;
     optind = 1;
@@ -144,6 +147,12 @@ int cmd_import(int argc, char **argv)
                   break;
         case '1': p.single_pass = 1; break;
         case 'P': p.force_partitioned = 1; break;
+        case 'y':
+            if (!strcmp(optarg, "auto")) p.layout = NL_LAYOUT_AUTO;
+            else if (!strcmp(optarg, "blocks")) p.layout = NL_LAYOUT_BLOCKS;
+            else if (!strcmp(optarg, "rows")) p.layout = NL_LAYOUT_ID;
+            else { cli_error(C, 0, "--layout must be auto, blocks or rows"); return 2; }
+            break;
         case 'A': p.append = 1; break;
         case 'M': p.metadata_path = optarg; break;
         case 'S': {
@@ -220,6 +229,10 @@ int cmd_import(int argc, char **argv)
            r.partitions ? (r.exact_merge ? "true" : "false") : "null", (unsigned long long)r.repaired_edges, r.resumed_phases, r.appended ? "true" : "false",
            (unsigned long long)r.first_id,
            (unsigned long long)nl_peak_rss_bytes());
+    if (r.partitions)
+        printf(",\"partition_fill\":{\"min\":%.3f,\"max\":%.3f}", r.partition_fill_min, r.partition_fill_max);
+    printf(",\"layout\":{\"blocks\":%s,\"records_per_sector\":%u,\"overlap\":%.4f,\"seconds\":%.2f}",
+           r.block_layout ? "true" : "false", r.block_records, r.layout_overlap, r.layout_s);
     if (r.code_chosen) {
         json_t *j = nl_code_choice_json(&r.choice);
         char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(6)) : NULL;

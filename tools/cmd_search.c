@@ -83,9 +83,12 @@ static int help(FILE *f)
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
             "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan] [--bound EPS]\n"
+            "         [--sector on|off]\n"
             "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n"
             "--bound: RaBitQ segments skip reading candidates whose error bound (EPS standard\n"
-            "deviations, default 1.9) keeps them out of the top k; 0 = never skip.\n");
+            "deviations, default 1.9) keeps them out of the top k; 0 = never skip.\n"
+            "--sector: segments in block layout expand the other records of each sector read\n"
+            "where they are near enough (on, the default); off uses only the record asked for.\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -101,10 +104,12 @@ int cmd_search(int argc, char **argv)
         {"db", 1, 0, 'd'}, {"collection", 1, 0, 'c'}, {"queries", 1, 0, 'q'}, {"k", 1, 0, 'k'}, {"L", 1, 0, 'L'},
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
-        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"bound", 1, 0, 'B'}, {"help", 0, 0, 'h'},
+        {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"bound", 1, 0, 'B'}, {"sector", 1, 0, 'S'},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     uint32_t plan = 0;
     float bound = 0.0f;
+    int sector = 0;
     const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
@@ -129,6 +134,11 @@ int cmd_search(int argc, char **argv)
             if (!strcmp(optarg, "graph")) plan = NL_PLAN_GRAPH;
             else if (!strcmp(optarg, "scan")) plan = NL_PLAN_SCAN;
             else if (strcmp(optarg, "auto")) { cli_error(C, 0, "--plan must be auto, graph or scan"); return 2; }
+            break;
+        case 'S':
+            if (!strcmp(optarg, "on")) sector = 0;
+            else if (!strcmp(optarg, "off")) sector = -1;
+            else { cli_error(C, 0, "--sector must be on or off"); return 2; }
             break;
         case 'B': {
             char *end;
@@ -269,14 +279,15 @@ int cmd_search(int argc, char **argv)
     /* Chunks small enough to balance the threads, large enough to keep `inflight` busy. */
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
-        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan, bound};
+        c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan, bound,
+                                 sector};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
             goto out;
         }
         double wall = (double)(nl_now_ns() - t0) / 1e9;
-        double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0, skips = 0;
+        double ios = 0, hits = 0, hops = 0, mean = 0, matches = 0, scanned = 0, skips = 0, sexp = 0;
         size_t plans[4] = {0, 0, 0, 0}, short_q = 0;
         for (size_t i = 0; i < nq; i++) {
             matches += (double)c.st[i].matches;
@@ -290,6 +301,7 @@ int cmd_search(int argc, char **argv)
             hits += c.st[i].cache_hits;
             hops += c.st[i].hops;
             skips += c.st[i].bound_skips;
+            sexp += c.st[i].sector_expands;
             mean += (double)lat[i];
         }
         qsort(lat, nq, sizeof *lat, cmp_u64);
@@ -302,7 +314,8 @@ int cmd_search(int argc, char **argv)
                hops > 0 ? hits / hops : 0.0);
         /* Queries whose first pass came back short of min(k, live) (deleted points crowding
          * them) and were searched again: with a wider list, and exhaustively. */
-        printf(",\"searched_again\":%zu,\"mean_bound_skips\":%.2f", plans[3], skips / (double)nq);
+        printf(",\"searched_again\":%zu,\"mean_bound_skips\":%.2f,\"mean_sector_expands\":%.2f", plans[3],
+               skips / (double)nq, sexp / (double)nq);
         if (!filter && !filters)
             printf(",\"exhaustive\":%zu", plans[2]);
         if (filter || filters)
