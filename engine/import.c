@@ -438,10 +438,6 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
     uint64_t need = nl_import_inmemory_bytes(n, dim, dtype, t.R, t.code_bytes, p->ids_path != NULL);
     if (need <= t.budget && !p->force_partitioned)
         rc = import_in_memory(p, &t, r);
-    else if (p->layout == NL_LAYOUT_BLOCKS)
-        rc = nl_fail(NL_EINVAL, "--layout blocks needs the in-memory build (%llu MiB; the budget is %llu MiB): the "
-                     "partitioned build writes its records in row order", (unsigned long long)(need >> 20),
-                     (unsigned long long)(t.budget >> 20));
     else
         rc = nl_import_partitioned(p, ds, &t, r);
     if (rc)

@@ -38,7 +38,7 @@ typedef struct {
 uint64_t nl_import_inmemory_bytes(uint64_t n, uint32_t dim, nl_dtype dtype, uint32_t R, uint32_t code_bytes, int has_ids);
 
 /* The partitioned path: writes t->seg_path, checkpointing in t->work. ds is borrowed. */
-int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_import_target *t, nl_import_result *r);
+int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, nl_import_target *t, nl_import_result *r);
 
 #define NL_IMPORT_FIXED_BYTES (96ull << 20) /* process, libraries, RocksDB, I/O buffers */
 

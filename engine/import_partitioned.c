@@ -24,6 +24,9 @@
  *              the segment writer; a reachability pass from the medoid gives any node
  *              the merge cut off an in-edge
  *   write      codes and hot list into the segment, the shard store, the collection
+ *   layout     the segment rewritten in block layout where records pack several to a
+ *              sector (nl_segment_relayout: the graph is read back from the file, never
+ *              held whole), so the partitioned build reads as little as the in-memory one
  *
  * Checkpoints: everything lives in <db>/.import-<collection>/. job.json fingerprints the
  * command (input path, size and mtime, every build parameter); a later run with the same
@@ -1035,9 +1038,45 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- layout */
+
+/* The block layout (index/nl_layout.h) for a merged graph, which was never whole in
+ * memory: the written segment is rewritten in that order (nl_segment_relayout), and row r
+ * becomes ordinal t->row_ord[r]. Skipped (layout auto) when records do not pack several
+ * to a sector or the pass would not fit the budget: codes, ids, the order and its
+ * inverse, the layout's scratch and the sector cache. */
+static int relayout(job *j, nl_import_target *t)
+{
+    uint32_t per = nl_segment_records_per_sector(j->dim, j->dtype, j->R);
+    j->r->block_records = per;
+    if (j->p->layout == NL_LAYOUT_ID || per < 2)
+        return 0;
+    uint64_t need = NL_IMPORT_FIXED_BYTES + j->n * (j->pq_m + (t->pid_base ? 8 : 0) + 16) + (16u << 20);
+    if (need > j->budget) {
+        if (j->p->layout == NL_LAYOUT_BLOCKS)
+            return nl_fail(NL_EINVAL, "--layout blocks: the layout pass needs %llu MiB, more than the %llu MiB budget",
+                           (unsigned long long)(need >> 20), (unsigned long long)(j->budget >> 20));
+        return 0;
+    }
+    uint64_t t0 = nl_now_ns();
+    progress(j, "layout", 0, 1);
+    if (!(t->row_ord = malloc(sizeof(uint32_t) * j->n)))
+        return -ENOMEM;
+    int rc = nl_segment_relayout(t->seg_path, t->row_ord, &j->r->layout_overlap);
+    if (rc) {
+        free(t->row_ord);
+        t->row_ord = NULL;
+        return rc;
+    }
+    j->r->block_layout = 1;
+    j->r->layout_s = secs_since(t0);
+    progress(j, "layout", 1, 1);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- entry */
 
-int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_import_target *t, nl_import_result *r)
+int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, nl_import_target *t, nl_import_result *r)
 {
     job j;
     memset(&j, 0, sizeof j);
@@ -1111,7 +1150,9 @@ int nl_import_partitioned(const nl_import_params *p, nl_dataset *ds, const nl_im
     r->build_s = secs_since(t0);
     if (rc)
         goto out;
-    rc = phase_merge_write(&j);
+    if ((rc = phase_merge_write(&j)) != 0)
+        goto out;
+    rc = relayout(&j, t);
 out:
     nl_quant_destroy(j.pq);
     free(j.centroids);

@@ -44,9 +44,10 @@ typedef struct {
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */
     int single_pass;      /* one build pass (alpha only): faster, slightly worse graph */
     int force_partitioned; /* testing: the partitioned path even when the data fits */
-    int layout;           /* node records on disk: NL_LAYOUT_AUTO (blocks for an in-memory build
-                           * whose records pack several to a sector), NL_LAYOUT_ID (row order)
-                           * or NL_LAYOUT_BLOCKS (index/nl_layout.h; in-memory builds only) */
+    int layout;           /* node records on disk: NL_LAYOUT_AUTO (blocks where records pack
+                           * several to a sector, and for a partitioned build where its layout
+                           * pass fits the budget), NL_LAYOUT_ID (row order) or
+                           * NL_LAYOUT_BLOCKS (index/nl_layout.h) */
     int append;           /* add the rows to an existing single-shard collection as a new
                            * segment (ids must be new; without ids_path, ids continue after
                            * the largest numeric id present) */

@@ -87,6 +87,13 @@ int nl_segment_writer_connect(nl_segment_writer *w, uint32_t medoid, uint64_t *a
 /* Drops an unfinished writer and its temporary file. */
 void nl_segment_writer_abort(nl_segment_writer *w);
 
+/* Rewrites the segment at path in block layout (segment_layout.c), atomically, reading its
+ * graph back from the file (memory O(n) words, never the graph). inv (n entries, the
+ * caller's) gets each old ordinal's new one; the id sequence is kept, so old ordinal u's
+ * id is now the id of ordinal inv[u]. *overlap (optional): the layout's overlap ratio.
+ * NL_EINVAL when records do not pack several to a sector or the layout is there already. */
+int nl_segment_relayout(const char *path, uint32_t *inv, double *overlap);
+
 /* ---- reading ---- */
 
 typedef struct nl_segment nl_segment;

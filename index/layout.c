@@ -22,10 +22,15 @@
 
 #include "nl_layout.h"
 
-/* Breadth-first order from entry, then every node the walk missed, by ordinal. */
-static void bfs_order(const nl_graph *g, uint32_t entry, uint8_t *seen, uint32_t *seq)
+static const uint32_t *graph_nbrs(void *ctx, uint32_t u, uint32_t *deg)
 {
-    size_t n = nl_graph_size(g), head = 0, tail = 0;
+    return nl_graph_neighbors(ctx, u, deg);
+}
+
+/* Breadth-first order from entry, then every node the walk missed, by ordinal. */
+static void bfs_order(size_t n, nl_layout_nbrs_fn nbrs, void *ctx, uint32_t entry, uint8_t *seen, uint32_t *seq)
+{
+    size_t head = 0, tail = 0;
     if (entry < n) {
         seq[tail++] = entry;
         seen[entry] = 1;
@@ -33,7 +38,7 @@ static void bfs_order(const nl_graph *g, uint32_t entry, uint8_t *seen, uint32_t
     for (size_t next = 0;;) {
         while (head < tail) {
             uint32_t deg;
-            const uint32_t *l = nl_graph_neighbors(g, seq[head++], &deg);
+            const uint32_t *l = nbrs(ctx, seq[head++], &deg);
             for (uint32_t i = 0; i < deg; i++)
                 if (l[i] < n && !seen[l[i]]) {
                     seen[l[i]] = 1;
@@ -51,13 +56,17 @@ static void bfs_order(const nl_graph *g, uint32_t entry, uint8_t *seen, uint32_t
 
 int nl_layout_blocks(const nl_graph *g, uint32_t entry, uint32_t per_block, uint32_t *order)
 {
-    size_t n = nl_graph_size(g);
+    return nl_layout_blocks_fn(nl_graph_size(g), nl_graph_max_degree(g), graph_nbrs, (void *)g, entry, per_block, order);
+}
+
+int nl_layout_blocks_fn(size_t n, uint32_t R, nl_layout_nbrs_fn nbrs, void *ctx, uint32_t entry, uint32_t per_block,
+                        uint32_t *order)
+{
     if (per_block <= 1 || n <= 1) {
         for (size_t u = 0; u < n; u++)
             order[u] = (uint32_t)u;
         return 0;
     }
-    uint32_t R = nl_graph_max_degree(g);
     uint8_t *placed = calloc(n, 1);
     uint32_t *seq = malloc(sizeof(uint32_t) * n);
     uint16_t *score = calloc(n, sizeof(uint16_t));
@@ -70,7 +79,7 @@ int nl_layout_blocks(const nl_graph *g, uint32_t entry, uint32_t per_block, uint
         free(touched);
         return -ENOMEM;
     }
-    bfs_order(g, entry, placed, seq); /* placed doubles as the walk's seen set */
+    bfs_order(n, nbrs, ctx, entry, placed, seq); /* placed doubles as the walk's seen set */
     memset(placed, 0, n);
     size_t pos = 0, seed = 0;
     while (pos < n) {
@@ -94,7 +103,7 @@ int nl_layout_blocks(const nl_graph *g, uint32_t entry, uint32_t per_block, uint
             placed[x] = 1;
             order[pos++] = x;
             uint32_t deg;
-            const uint32_t *l = nl_graph_neighbors(g, x, &deg);
+            const uint32_t *l = nbrs(ctx, x, &deg);
             for (uint32_t i = 0; i < deg; i++) {
                 uint32_t v = l[i];
                 if (v >= n || placed[v])
@@ -120,7 +129,11 @@ int nl_layout_blocks(const nl_graph *g, uint32_t entry, uint32_t per_block, uint
 
 double nl_layout_overlap(const nl_graph *g, const uint32_t *order, uint32_t per_block)
 {
-    size_t n = nl_graph_size(g);
+    return nl_layout_overlap_fn(nl_graph_size(g), graph_nbrs, (void *)g, order, per_block);
+}
+
+double nl_layout_overlap_fn(size_t n, nl_layout_nbrs_fn nbrs, void *ctx, const uint32_t *order, uint32_t per_block)
+{
     if (per_block <= 1 || n <= 1)
         return 0.0;
     uint32_t *pos = malloc(sizeof(uint32_t) * n);
@@ -135,7 +148,7 @@ double nl_layout_overlap(const nl_graph *g, const uint32_t *order, uint32_t per_
         if (last - first <= 1)
             continue;
         uint32_t deg, in = 0;
-        const uint32_t *l = nl_graph_neighbors(g, (uint32_t)u, &deg);
+        const uint32_t *l = nbrs(ctx, (uint32_t)u, &deg);
         for (uint32_t i = 0; i < deg; i++)
             in += l[i] < n && pos[l[i]] / per_block == b;
         sum += (double)in / (double)(last - first - 1);

@@ -28,6 +28,13 @@ int nl_layout_blocks(const nl_graph *g, uint32_t entry, uint32_t per_block, uint
  * when the inverse cannot be allocated. */
 double nl_layout_overlap(const nl_graph *g, const uint32_t *order, uint32_t per_block);
 
+/* The same over a graph read through a callback (a segment on disk): nbrs returns u's
+ * list (at most R entries, ids >= n ignored), valid until the next call. */
+typedef const uint32_t *(*nl_layout_nbrs_fn)(void *ctx, uint32_t u, uint32_t *degree);
+int nl_layout_blocks_fn(size_t n, uint32_t R, nl_layout_nbrs_fn nbrs, void *ctx, uint32_t entry, uint32_t per_block,
+                        uint32_t *order);
+double nl_layout_overlap_fn(size_t n, nl_layout_nbrs_fn nbrs, void *ctx, const uint32_t *order, uint32_t per_block);
+
 #ifdef __cplusplus
 }
 #endif

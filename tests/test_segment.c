@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "nl_crc32c.h"
 #include "nl_eval.h"
@@ -660,6 +662,74 @@ Test(segment, block_layout_search_uses_whole_sectors)
     free(ords);
     free(gt);
     free(order);
+    free(inv);
+    unbuild(&f);
+}
+
+/* nl_segment_relayout (the partitioned import's layout pass): the segment read back from
+ * its file and rewritten in block layout keeps every node (vector, neighbours renumbered,
+ * code), the id sequence and the medoid; it verifies; a second pass is refused; a damaged
+ * node sector fails the pass and leaves the file as it was. */
+Test(segment, relayout_rewrites_a_segment_in_block_layout)
+{
+    fixture f;
+    size_t n = 3000;
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 1);
+    char path[600], copy[600];
+    snprintf(path, sizeof path, "%s/rows.nls", dir);
+    snprintf(copy, sizeof copy, "%s/rows-ref.nls", dir);
+    write_seg(&f, path);
+    write_seg(&f, copy);
+    uint32_t *inv = malloc(sizeof(uint32_t) * n);
+    double ov = 0;
+    cr_assert_eq(nl_segment_relayout(path, inv, &ov), 0, "%s", nl_errdetail());
+    double rows = nl_layout_overlap(nl_vamana_graph(f.ix), NULL, 17); /* 228-byte records: 17 a sector */
+    cr_assert_gt(ov, 0.15, "overlap %.3f", ov);
+    cr_assert_gt(ov, 4 * rows, "overlap %.3f against row order's %.3f", ov, rows);
+    nl_segment_options o = {0, NL_IO_AUTO, 1};
+    nl_segment *a, *b;
+    cr_assert_eq(nl_segment_open(copy, &o, &a), 0);
+    cr_assert_eq(nl_segment_open(path, &o, &b), 0, "%s", nl_errdetail());
+    nl_segment_info ia, ib;
+    nl_segment_get_info(a, &ia);
+    nl_segment_get_info(b, &ib);
+    cr_assert(ib.block_layout && !ia.block_layout);
+    cr_assert_eq(ib.medoid, inv[ia.medoid]);
+    nl_segment_verify_report rep;
+    cr_assert_eq(nl_segment_verify(b, &rep), 0, "%s", nl_errdetail());
+    float *va = malloc(sizeof(float) * n * 32), *vb = malloc(sizeof(float) * n * 32);
+    uint32_t *adja = malloc(sizeof(uint32_t) * n * ia.R), *adjb = malloc(sizeof(uint32_t) * n * ib.R);
+    uint32_t *dega = malloc(sizeof(uint32_t) * n), *degb = malloc(sizeof(uint32_t) * n);
+    cr_assert_eq(nl_segment_read_nodes(a, 0, (uint32_t)n, va, adja, dega), 0);
+    cr_assert_eq(nl_segment_read_nodes(b, 0, (uint32_t)n, vb, adjb, degb), 0);
+    for (size_t u = 0; u < n; u++) {
+        uint32_t w = inv[u];
+        cr_assert_lt(w, n);
+        cr_assert_arr_eq(va + u * 32, vb + (size_t)w * 32, sizeof(float) * 32);
+        cr_assert_eq(dega[u], degb[w]);
+        for (uint32_t j = 0; j < dega[u]; j++) cr_assert_eq(inv[adja[u * ia.R + j]], adjb[(size_t)w * ib.R + j]);
+        cr_assert_eq(memcmp(nl_segment_codes(a) + u * ia.pq_m, nl_segment_codes(b) + (size_t)w * ib.pq_m, ia.pq_m), 0);
+        cr_assert_eq(nl_segment_id(a, (uint32_t)u), nl_segment_id(b, (uint32_t)u), "the id sequence is kept");
+    }
+    nl_segment_close(a);
+    nl_segment_close(b);
+    cr_assert_eq(nl_segment_relayout(path, inv, NULL), NL_EINVAL, "a second pass is refused");
+    /* a damaged node sector: the pass fails, the file is untouched */
+    flip(copy, 4096 * 7 + 100);
+    struct stat st0, st1;
+    cr_assert_eq(stat(copy, &st0), 0);
+    cr_assert_eq(nl_segment_relayout(copy, inv, NULL), NL_ECORRUPT);
+    cr_assert_eq(stat(copy, &st1), 0);
+    cr_assert_eq(st0.st_ino, st1.st_ino, "the damaged segment was replaced");
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s.layout", copy);
+    cr_assert_neq(access(tmp, F_OK), 0, "the pass left %s", tmp);
+    free(va);
+    free(vb);
+    free(adja);
+    free(adjb);
+    free(dega);
+    free(degb);
     free(inv);
     unbuild(&f);
 }

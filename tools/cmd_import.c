@@ -99,8 +99,8 @@ static int help(FILE *f)
             "                        the checkpoints in DIR/.import-NAME/.\n"
             "  --single-pass         one build pass instead of two (about twice as fast, lower recall per L)\n"
             "  --layout              node records on disk: blocks of graph neighbours, so a search uses\n"
-            "                        every record of a sector it reads (auto: where several fit a sector\n"
-            "                        and the build is in memory), or rows (input order)\n"
+            "                        every record of a sector it reads (auto: where several fit a\n"
+            "                        sector), or rows (input order)\n"
             "  --append              add the input to an existing collection as a new segment, with the\n"
             "                        collection's R, L, alpha and PQ size; ids must be new (collisions are\n"
             "                        reported); without --ids, ids continue after the largest one present\n");
