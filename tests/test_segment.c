@@ -418,6 +418,34 @@ Test(segment, crc32c_hardware_matches_portable_and_known_vector)
         cr_assert_eq(nl_crc32c(0, b, l), nl_crc32c_portable(0, b, l));
 }
 
+/* Segment b holds a's nodes (32-d f32) renumbered by inv: the same vector, neighbours and
+ * code at inv[u] as a has at u. */
+static void same_nodes_renumbered(nl_segment *a, nl_segment *b, const uint32_t *inv, size_t n)
+{
+    nl_segment_info ia, ib;
+    nl_segment_get_info(a, &ia);
+    nl_segment_get_info(b, &ib);
+    float *va = malloc(sizeof(float) * n * 32), *vb = malloc(sizeof(float) * n * 32);
+    uint32_t *adja = malloc(sizeof(uint32_t) * n * ia.R), *adjb = malloc(sizeof(uint32_t) * n * ib.R);
+    uint32_t *dega = malloc(sizeof(uint32_t) * n), *degb = malloc(sizeof(uint32_t) * n);
+    cr_assert_eq(nl_segment_read_nodes(a, 0, (uint32_t)n, va, adja, dega), 0);
+    cr_assert_eq(nl_segment_read_nodes(b, 0, (uint32_t)n, vb, adjb, degb), 0);
+    for (size_t u = 0; u < n; u++) {
+        uint32_t w = inv[u];
+        cr_assert_lt(w, n);
+        cr_assert_arr_eq(va + u * 32, vb + (size_t)w * 32, sizeof(float) * 32);
+        cr_assert_eq(dega[u], degb[w]);
+        for (uint32_t j = 0; j < dega[u]; j++) cr_assert_eq(inv[adja[u * ia.R + j]], adjb[(size_t)w * ib.R + j]);
+        cr_assert_eq(memcmp(nl_segment_codes(a) + u * ia.pq_m, nl_segment_codes(b) + (size_t)w * ib.pq_m, ia.pq_m), 0);
+    }
+    free(va);
+    free(vb);
+    free(adja);
+    free(adjb);
+    free(dega);
+    free(degb);
+}
+
 /* A segment written through a permutation (how compaction lays out a merged graph in
  * pid order) holds the same graph: node u of the index at file ordinal inv[u], with its
  * vector, neighbours renumbered, code and id; searches answer the same. Also
@@ -447,20 +475,11 @@ Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
     nl_segment_get_info(a, &ia);
     nl_segment_get_info(b, &ib);
     cr_assert_eq(ib.medoid, inv[ia.medoid]);
-    float *va = malloc(sizeof(float) * n * 32), *vb = malloc(sizeof(float) * n * 32);
-    uint32_t *adja = malloc(sizeof(uint32_t) * n * ia.R), *adjb = malloc(sizeof(uint32_t) * n * ib.R);
-    uint32_t *dega = malloc(sizeof(uint32_t) * n), *degb = malloc(sizeof(uint32_t) * n);
-    cr_assert_eq(nl_segment_read_nodes(a, 0, (uint32_t)n, va, adja, dega), 0);
-    cr_assert_eq(nl_segment_read_nodes(b, 0, (uint32_t)n, vb, adjb, degb), 0);
+    same_nodes_renumbered(a, b, inv, n);
     for (size_t u = 0; u < n; u++) {
-        uint32_t w = inv[u];
-        cr_assert_arr_eq(va + u * 32, vb + (size_t)w * 32, sizeof(float) * 32);
-        cr_assert_eq(dega[u], degb[w]);
-        for (uint32_t j = 0; j < dega[u]; j++) cr_assert_eq(inv[adja[u * ia.R + j]], adjb[(size_t)w * ib.R + j]);
-        cr_assert_eq(memcmp(nl_segment_codes(a) + u * ia.pq_m, nl_segment_codes(b) + (size_t)w * ib.pq_m, ia.pq_m), 0);
         uint32_t ord;
         cr_assert_eq(nl_segment_find(b, ids[u], &ord), 0);
-        cr_assert_eq(ord, w);
+        cr_assert_eq(ord, inv[u]);
     }
     uint32_t ord;
     cr_assert_eq(nl_segment_find(b, 11, &ord), NL_ENOTFOUND);
@@ -478,7 +497,7 @@ Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
     nl_seg_searcher_destroy(s);
     nl_segment_close(a);
     nl_segment_close(b);
-    free(order); free(inv); free(ids); free(va); free(vb); free(adja); free(adjb); free(dega); free(degb);
+    free(order); free(inv); free(ids);
     free(multi); free(alone);
     unbuild(&f);
 }
@@ -697,20 +716,9 @@ Test(segment, relayout_rewrites_a_segment_in_block_layout)
     cr_assert_eq(ib.medoid, inv[ia.medoid]);
     nl_segment_verify_report rep;
     cr_assert_eq(nl_segment_verify(b, &rep), 0, "%s", nl_errdetail());
-    float *va = malloc(sizeof(float) * n * 32), *vb = malloc(sizeof(float) * n * 32);
-    uint32_t *adja = malloc(sizeof(uint32_t) * n * ia.R), *adjb = malloc(sizeof(uint32_t) * n * ib.R);
-    uint32_t *dega = malloc(sizeof(uint32_t) * n), *degb = malloc(sizeof(uint32_t) * n);
-    cr_assert_eq(nl_segment_read_nodes(a, 0, (uint32_t)n, va, adja, dega), 0);
-    cr_assert_eq(nl_segment_read_nodes(b, 0, (uint32_t)n, vb, adjb, degb), 0);
-    for (size_t u = 0; u < n; u++) {
-        uint32_t w = inv[u];
-        cr_assert_lt(w, n);
-        cr_assert_arr_eq(va + u * 32, vb + (size_t)w * 32, sizeof(float) * 32);
-        cr_assert_eq(dega[u], degb[w]);
-        for (uint32_t j = 0; j < dega[u]; j++) cr_assert_eq(inv[adja[u * ia.R + j]], adjb[(size_t)w * ib.R + j]);
-        cr_assert_eq(memcmp(nl_segment_codes(a) + u * ia.pq_m, nl_segment_codes(b) + (size_t)w * ib.pq_m, ia.pq_m), 0);
+    same_nodes_renumbered(a, b, inv, n);
+    for (size_t u = 0; u < n; u++)
         cr_assert_eq(nl_segment_id(a, (uint32_t)u), nl_segment_id(b, (uint32_t)u), "the id sequence is kept");
-    }
     nl_segment_close(a);
     nl_segment_close(b);
     cr_assert_eq(nl_segment_relayout(path, inv, NULL), NL_EINVAL, "a second pass is refused");
@@ -724,12 +732,6 @@ Test(segment, relayout_rewrites_a_segment_in_block_layout)
     char tmp[700];
     snprintf(tmp, sizeof tmp, "%s.layout", copy);
     cr_assert_neq(access(tmp, F_OK), 0, "the pass left %s", tmp);
-    free(va);
-    free(vb);
-    free(adja);
-    free(adjb);
-    free(dega);
-    free(degb);
     free(inv);
     unbuild(&f);
 }
