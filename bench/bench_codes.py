@@ -12,8 +12,8 @@ Per set, in one run on the same machine and threads:
     graph with the same codes as a row-order layout would (only ordinals differ), so the
     two separate what the code gives from what the layout gives;
   - with --budget (hard set only): a third import of the defaults under
-    --memory-budget, the partitioned build, swept with --sector off against the in-memory
-    build's --sector off sweep (the partitioned build writes rows in order);
+    --memory-budget, the partitioned build (its merged segment rewritten in block layout),
+    swept both ways like the default, and compared with the in-memory build at equal L;
   - fio 4 KiB random reads on the index file before and after the searches;
   - searches from disk inside a cgroup-v1 memory cap below the index size (node cache
     5 % of the index for both), 2 threads x 16 queries in flight, a sweep of L: recall@10,
@@ -151,8 +151,7 @@ def run_set(a, name, base, query, gt, metric, pqm):
         sweep = [a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth", gt,
                  "--k", "10", "--L", a.sweep, "--threads", "2", "--inflight", "16", "--cache-budget", str(cache)]
         laid = imp.get("layout", {}).get("blocks")
-        budgeted = "--memory-budget" in extra
-        out = capped(sweep + (["--sector", "off"] if budgeted else []), cap)
+        out = capped(sweep, cap)
         run["sweep"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
         run["peak_cgroup_bytes"] = peak_cgroup()
         reads, L95 = at_recall(run["sweep"])
@@ -260,12 +259,14 @@ def print_report(report, a):
         elif dfl["reads_at_095"]:
             print(f"\nPQ never reached 0.95 in the sweep (best {max(s['recall_at_k'] for s in pq['sweep'])})")
         bud = next((x for k, x in r["runs"].items() if "budget" in k), None)
-        if bud and dfl.get("sweep_sector_off"):
-            print("\nbudgeted build (partitioned, rows in order) against the in-memory build, both --sector off:")
+        for key, what in (("sweep_sector_off", "both --sector off (the graphs alone)"), ("sweep", "both as searched")):
+            if not bud or not dfl.get(key) or not bud.get(key):
+                continue
+            print(f"\nbudgeted build (partitioned) against the in-memory build, {what}:")
             print("\n| L | in-memory recall | budgeted recall | in-memory reads | budgeted reads | reads ratio |")
             print("|---|---|---|---|---|---|")
-            for s in dfl["sweep_sector_off"]:
-                b = next((t for t in bud["sweep"] if t["L"] == s["L"]), None)
+            for s in dfl[key]:
+                b = next((t for t in bud[key] if t["L"] == s["L"]), None)
                 if b:
                     print(f"| {s['L']} | {s['recall_at_k']} | {b['recall_at_k']} | {s['mean_ios']} | {b['mean_ios']} | "
                           f"{b['mean_ios'] / s['mean_ios']:.3f} |")
