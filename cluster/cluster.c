@@ -26,6 +26,9 @@
  * client library retries, the worker logs what it waits for every 5 s) and the node is
  * not ready; connection lost later -> the node serves from its last snapshot; session
  * expired -> a new handle, a new session, the node re-registers and re-reads the maps.
+ * Every call goes through nl_zk.h (a deadline of one session timeout) under a read lock
+ * of the handle; the worker replaces the handle under the write lock (writers first), so
+ * it waits at most one deadline, never for a call the client library will not answer.
  * A shard's local copy that disagrees with the cluster's config is refused and reported;
  * a local shard the map does not give this node is kept, not deleted, and reported.
  */
@@ -202,7 +205,7 @@ static int zget(nl_cluster *cl, const char *path, int watch, char **out, int *le
         if (!buf)
             return -ENOMEM;
         int n = cap;
-        int zrc = zoo_get(cl->zh, path, watch, buf, &n, st);
+        int zrc = nl_zk_get(cl->zh, CL_ZK_MS(cl), path, watch, buf, &n, st);
         if (zrc != ZOK) {
             free(buf);
             return zerr(zrc);
@@ -224,8 +227,7 @@ static int zcreate(nl_cluster *cl, const char *path, const char *data, int flags
 {
     if (!cl->zh)
         return NL_EUNAVAILABLE;
-    int zrc = zoo_create(cl->zh, path, data, data ? (int)strlen(data) : -1, &ZOO_OPEN_ACL_UNSAFE, flags, made,
-                         madecap);
+    int zrc = nl_zk_create(cl->zh, CL_ZK_MS(cl), path, data, data ? (int)strlen(data) : -1, flags, made, madecap);
     return zerr(zrc);
 }
 
@@ -272,7 +274,7 @@ static int ensure_root(nl_cluster *cl)
 {
     char p[512];
     struct String_vector ch = {0, NULL};
-    int zrc = zoo_get_children(cl->zh, cl->root, 0, &ch);
+    int zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), cl->root, 0, &ch);
     if (zrc == ZOK) {
         int ours = 0, theirs = 0;
         for (int i = 0; i < ch.count; i++) {
@@ -336,7 +338,7 @@ static int do_register(nl_cluster *cl)
     free(data);
     if (rc == NL_EEXISTS) {
         struct Stat st;
-        int zrc = zoo_exists(cl->zh, p, 0, &st);
+        int zrc = nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 0, &st);
         const clientid_t *me_id = zoo_client_id(cl->zh);
         uint64_t now = nl_now_ns();
         if (zrc == ZOK && me_id && st.ephemeralOwner == me_id->client_id) {
@@ -406,7 +408,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         return -ENOMEM;
     struct String_vector ch = {0, NULL};
     path_of(cl, p, sizeof p, "nodes", NULL);
-    int zrc = zoo_get_children(cl->zh, p, 1, &ch);
+    int zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch);
     if (zrc != ZOK) {
         free(s);
         return zerr(zrc);
@@ -428,7 +430,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     qsort(s->nodes, s->nnodes, sizeof *s->nodes, cmp_node);
 
     path_of(cl, p, sizeof p, "collections", NULL);
-    if ((zrc = zoo_get_children(cl->zh, p, 1, &ch)) != ZOK) {
+    if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch)) != ZOK) {
         free(s);
         return zerr(zrc);
     }
@@ -463,7 +465,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
             }
             free(buf);
         } else {
-            zoo_exists(cl->zh, p, 1, NULL); /* a watch for its creation */
+            nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, NULL); /* a watch for its creation */
         }
         s->ncolls++;
     }
@@ -471,7 +473,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     qsort(s->colls, s->ncolls, sizeof *s->colls, cmp_coll);
 
     path_of(cl, p, sizeof p, "drain", NULL);
-    if (zoo_get_children(cl->zh, p, 1, &ch) == ZOK) {
+    if (nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch) == ZOK) {
         for (int i = 0; i < ch.count && s->ndrained < NL_MAX_NODES; i++)
             if (nl_node_id_check(ch.data[i]) == 0)
                 snprintf(s->drained[s->ndrained++], NL_NODE_ID_MAX, "%s", ch.data[i]);
@@ -480,9 +482,9 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     nl_clear_errdetail();
     path_of(cl, p, sizeof p, "rebalance", NULL);
     struct Stat rst;
-    s->rebalance = zoo_exists(cl->zh, p, 1, &rst) == ZOK;
+    s->rebalance = nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, &rst) == ZOK;
     path_of(cl, p, sizeof p, "election", NULL);
-    if ((zrc = zoo_get_children(cl->zh, p, 0, &ch)) != ZOK) {
+    if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch)) != ZOK) {
         snap_free(s);
         return zerr(zrc);
     }
@@ -558,7 +560,7 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
         zoo_check_op_init(&ops[0], cl->election_node, -1);
         zoo_check_op_init(&ops[1], cp, -1);
         zoo_create_op_init(&ops[2], mp, data, data ? (int)strlen(data) : 0, &ZOO_OPEN_ACL_UNSAFE, 0, NULL, 0);
-        int zrc = data ? zoo_multi(cl->zh, 3, ops, res) : ZSYSTEMERROR;
+        int zrc = data ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), 3, ops, res) : ZSYSTEMERROR;
         if (zrc == ZOK) {
             atomic_fetch_add(&cl->map_writes, 1);
             for (size_t n = 0; n < nn; n++)
@@ -592,7 +594,7 @@ int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fen
         zoo_check_op_init(&ops[n++], cl->election_node, -1);
     zoo_set_op_init(&ops[n++], mp, data, (int)strlen(data), version, &st);
     pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? zoo_multi(cl->zh, n, ops, res) : ZINVALIDSTATE;
+    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     free(data);
     if (zrc == ZOK) {
@@ -895,7 +897,7 @@ static void *worker(void *arg)
                 if (!strcmp(elect[i], mine)) {
                     char p[512];
                     path_of(cl, p, sizeof p, "election", elect[i - 1]);
-                    zoo_exists(cl->zh, p, 1, NULL);
+                    nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, NULL);
                     found = 1;
                 }
             if (!lead && !found && nelect > 0) /* our znode is gone: the session is ending */
@@ -929,7 +931,7 @@ static void *worker(void *arg)
                 char *data = nl_node_info_encode(&me), p[512];
                 path_of(cl, p, sizeof p, "nodes", cl->node_id);
                 if (data)
-                    zoo_set(cl->zh, p, data, (int)strlen(data), -1);
+                    nl_zk_set(cl->zh, CL_ZK_MS(cl), p, data, (int)strlen(data), -1, NULL);
                 free(data);
                 last_info = now;
             }
@@ -974,7 +976,14 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     cl->opt.zookeeper = NULL; /* copied below */
     char *hosts = strdup(opt->zookeeper);
     cl->opt.zookeeper = hosts;
-    pthread_rwlock_init(&cl->zh_lock, NULL);
+    /* writers first: the worker replacing an expired handle must not wait behind a stream
+     * of short calls (each bounded, nl_zk.h); only the worker nests read locks, and no
+     * writer but the worker runs while it does */
+    pthread_rwlockattr_t za;
+    pthread_rwlockattr_init(&za);
+    pthread_rwlockattr_setkind_np(&za, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&cl->zh_lock, &za);
+    pthread_rwlockattr_destroy(&za);
     pthread_mutex_init(&cl->mu, NULL);
     pthread_cond_init(&cl->cv, NULL);
     pthread_mutex_init(&cl->snap_mu, NULL);
@@ -1212,7 +1221,7 @@ int nl_cluster_list(nl_cluster *cl, json_t **out)
     struct String_vector ch = {0, NULL};
     pthread_rwlock_rdlock(&cl->zh_lock);
     path_of(cl, p, sizeof p, "collections", NULL);
-    int zrc = cl->zh ? zoo_get_children(cl->zh, p, 0, &ch) : ZINVALIDSTATE;
+    int zrc = cl->zh ? nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch) : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     json_t *a = json_array();
     if (zrc == ZOK) {
@@ -1315,7 +1324,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
         zoo_delete_op_init(&ops[n++], mp, -1);
     zoo_delete_op_init(&ops[n++], cp, -1);
     pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? zoo_multi(cl->zh, n, ops, res) : ZINVALIDSTATE;
+    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     if (zrc != ZOK) {
         *out = zrc == ZNONODE ? cl_error("not_found", "collection '%s' was dropped meanwhile", name)

@@ -9,6 +9,8 @@
 #define THREADED 1 /* the multi-threaded library: synchronous calls */
 #include <zookeeper/zookeeper.h>
 
+#include "nl_zk.h"
+
 #include "nl_cluster.h"
 #include "nl_router.h"
 #include "nl_shardmap.h"
@@ -24,6 +26,11 @@ typedef struct {
 #include <curl/curl.h>
 
 /* Replication (replication.c, transfer.c). */
+/* The deadline of one ZooKeeper call (nl_zk.h): a session timeout. Past it the session may
+ * be over, and a call that waits longer could hold the handle's lock against the worker
+ * that must replace an expired handle. */
+#define CL_ZK_MS(cl) ((uint32_t)(cl)->opt.session_ms)
+
 typedef struct repl_role repl_role;
 typedef struct cl_snapshot_out cl_snapshot_out;
 
@@ -192,6 +199,8 @@ void cl_repl_stop_all(nl_cluster *cl);
 json_t *cl_repl_status(nl_cluster *cl);
 void cl_repl_metrics(nl_cluster *cl, FILE *f);
 pthread_mutex_t *cl_follow_lock(nl_cluster *cl, const char *name, uint32_t s);
+/* 1 when peer is registered in this node's snapshot of the cluster (links reach only those). */
+int cl_peer_live(nl_cluster *cl, const char *peer);
 /* A call of a link (its own connection *ep): the HTTP status (0: nothing reached). */
 int cl_link_call(nl_cluster *cl, CURL **ep, const char *peer, const char *path, const void *body, size_t len,
                  const char *content_type, uint32_t timeout_ms, json_t **answer);

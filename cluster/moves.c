@@ -326,7 +326,7 @@ void cl_moves_coordinate(nl_cluster *cl, const cl_snapshot *s)
     if (np == 0 && moving == 0 && s->rebalance) { /* done: the request is answered */
         char p[512];
         cl_path(cl, p, sizeof p, "rebalance", NULL);
-        if (zoo_delete(cl->zh, p, -1) == ZOK)
+        if (nl_zk_delete(cl->zh, CL_ZK_MS(cl), p, -1) == ZOK)
             cl_log(cl, 1, "\"event\":\"rebalance_done\"");
     }
     /* one map write per collection with all its new moves */
@@ -415,7 +415,7 @@ int cl_compact_gate(void *ctx, const char *dir, int begin)
                 cl_path(cl, p, sizeof p, "compacting", lock);
                 pthread_rwlock_rdlock(&cl->zh_lock);
                 if (cl->zh)
-                    zoo_delete(cl->zh, p, -1);
+                    nl_zk_delete(cl->zh, CL_ZK_MS(cl), p, -1);
                 pthread_rwlock_unlock(&cl->zh_lock);
                 gate_held[i][0] = 0;
             }
@@ -439,8 +439,8 @@ int cl_compact_gate(void *ctx, const char *dir, int begin)
         return 0; /* nothing to stagger */
     cl_path(cl, p, sizeof p, "compacting", lock);
     pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? zoo_create(cl->zh, p, cl->node_id, (int)strlen(cl->node_id), &ZOO_OPEN_ACL_UNSAFE,
-                                  ZOO_EPHEMERAL, NULL, 0)
+    int zrc = cl->zh ? nl_zk_create(cl->zh, CL_ZK_MS(cl), p, cl->node_id, (int)strlen(cl->node_id), ZOO_EPHEMERAL,
+                                     NULL, 0)
                      : ZINVALIDSTATE;
     pthread_rwlock_unlock(&cl->zh_lock);
     if (zrc != ZOK) { /* another replica compacts (or no ZooKeeper to ask): later */

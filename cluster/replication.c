@@ -34,6 +34,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,6 +252,28 @@ static size_t on_body(char *d, size_t sz, size_t n, void *ctx)
     return add;
 }
 
+int cl_peer_live(nl_cluster *cl, const char *peer)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    int live = cl_snap_node(s, peer) != NULL;
+    cl_snap_put(cl, s);
+    return live;
+}
+
+/* Why the link's last exchange failed, for its status (written under role->mu, which the
+ * status report reads it under). */
+static void __attribute__((format(printf, 2, 3))) link_error(repl_link *l, const char *fmt, ...)
+{
+    char m[sizeof l->last_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&l->role->mu);
+    memcpy(l->last_error, m, sizeof m);
+    pthread_mutex_unlock(&l->role->mu);
+}
+
 /* One call of a link to its follower: POST (body) or GET (body NULL). *answer: the JSON
  * answer (new reference) when there was one. The HTTP status, or 0 with nothing reached. */
 int cl_link_call(nl_cluster *cl, CURL **ep, const char *peer, const char *path, const void *body, size_t len,
@@ -379,12 +402,21 @@ static int send_entries(repl_link *l, uint64_t prev, const nl_log_entry *e, size
     int st = cl_link_call(r->cl, &l->e, l->peer, path, body, len, NULL, tmo, &a);
     free(body);
     rp_read(st, a, ans);
+    if (st && ans->what && strcmp(ans->what, "ok") && strcmp(ans->what, "mismatch")) {
+        const char *m = json_string_value(json_object_get(a, "message"));
+        link_error(l, "HTTP %d %s: %s", st, ans->what, m ? m : "");
+    }
     if (keep)
         *keep = a;
     else
         json_decref(a);
     if (st == 0 || !ans->what) {
-        snprintf(l->last_error, sizeof l->last_error, "%s", st == 0 ? "unreachable" : "HTTP error");
+        if (st == 0 && !cl_peer_live(r->cl, l->peer))
+            link_error(l, "not registered in ZooKeeper (not a live node)");
+        else if (st == 0)
+            link_error(l, "unreachable");
+        else
+            link_error(l, "HTTP %d without an answer", st);
         return -EIO;
     }
     return 0;
@@ -404,8 +436,10 @@ static int hello(repl_link *l)
         deposed(r, "a follower is fenced at a later epoch");
         return -EIO;
     }
-    if (a.status != 200)
+    if (a.status != 200) {
+        link_error(l, "its position: HTTP %d", a.status);
         return -EIO;
+    }
     uint64_t pe = 0;
     int has = nl_collection_shard_log_epoch_at(r->h, r->s, a.last, &pe) == 0;
     nl_catchup how = nl_repl_catchup(a.last, a.last_epoch, has, pe, ps.last_seq);
@@ -424,7 +458,10 @@ static int hello(repl_link *l)
                "\"follower_seq\":%llu,\"follower_epoch\":%llu,\"primary_seq\":%llu,\"log_first\":%llu", r->coll, r->s,
                l->peer, (unsigned long long)a.last, (unsigned long long)a.last_epoch,
                (unsigned long long)ps.last_seq, (unsigned long long)ps.first_seq);
-        return cl_snapshot_send(l);
+        int sr = cl_snapshot_send(l);
+        if (sr)
+            link_error(l, "snapshot copy: %s", nl_strerror(sr));
+        return sr;
     }
     pthread_mutex_lock(&r->mu);
     l->acked = a.last;
@@ -545,7 +582,12 @@ static void *link_main(void *arg)
                 } else if (!rc && n) {
                     rp_answer a;
                     rc = send_entries(l, from - 1, e, n, &a, NULL);
-                    if (!rc && a.status == 409) {
+                    if (rc == NL_ENOTFOUND) {
+                        /* the entry the follower is at was trimmed, the next one not yet:
+                         * the request cannot name what it follows; the position decides */
+                        l->known = 0;
+                        rc = 0;
+                    } else if (!rc && a.status == 409) {
                         deposed(r, "a follower is fenced at a later epoch");
                     } else if (!rc && a.status == 200 && a.what && !strcmp(a.what, "ok")) {
                         pthread_mutex_lock(&r->mu);
@@ -563,7 +605,9 @@ static void *link_main(void *arg)
                 nl_log_entries_free(e, n);
             }
         }
+        pthread_mutex_lock(&r->mu);
         l->failing = rc != 0;
+        pthread_mutex_unlock(&r->mu);
         upkeep(l);
         if (rc) {
             sleep_ms(backoff);
@@ -1181,6 +1225,7 @@ json_t *cl_repl_status(nl_cluster *cl)
                                                 "snapshot_bytes", (json_int_t)l->snapshot_bytes));
             json_t *f = json_array_get(fs, json_array_size(fs) - 1);
             json_object_set_new(f, "copying", json_boolean(l->snap != NULL));
+            json_object_set_new(f, "last_error", json_string(l->failing ? l->last_error : ""));
             json_object_set_new(f, "copy_done", json_integer((json_int_t)l->snap_done));
             json_object_set_new(f, "copy_total", json_integer((json_int_t)l->snap_total));
         }

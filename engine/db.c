@@ -14,9 +14,12 @@
  * A collection can hold only some of its shards (cluster mode: a node holds the shards the
  * shard map gives it). Such a collection is marked PARTIAL on disk; its missing shards are
  * NULL in c->shards, whole-collection calls work on the shards held and per-shard calls
- * (nl_collection_shard_*) on one. A shard is attached under db->mu and published with a
- * release store; readers load the pointer with acquire (shard_at). Shards are detached
- * only when the collection closes.
+ * (nl_collection_shard_*) on one. A shard is attached under c->swap (written) and db->mu
+ * and published with a release store; readers load the pointer with acquire (shard_at).
+ * Per-shard calls hold swap for reading; the calls that take a shard out or replace it
+ * (detach, install of a copy) hold it for writing, so no call sees a shard closed under
+ * it and no attach opens a directory while it is being renamed. Lock order: swap, then
+ * db->mu.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -472,6 +475,11 @@ int nl_collection_shard_attach(nl_collection *c, uint32_t s)
     if (s >= c->cfg.shards)
         return nl_fail(NL_EINVAL, "shard %u of a collection of %u shards", s, c->cfg.shards);
     nl_db *db = c->db;
+    /* swap written, as install and detach hold it: a shard they have taken out for a moment
+     * (its slot NULL while its directory is renamed) is never opened here meanwhile, which
+     * would open the copy being replaced (or the new one under its lock) and leave two
+     * handles on one directory */
+    pthread_rwlock_wrlock(&c->swap);
     pthread_mutex_lock(&db->mu);
     int rc = c->dropped ? nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", c->name) : 0;
     if (!rc && !c->shards[s]) {
@@ -507,6 +515,7 @@ int nl_collection_shard_attach(nl_collection *c, uint32_t s)
             __atomic_store_n(&c->shards[s], sh, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&db->mu);
+    pthread_rwlock_unlock(&c->swap);
     return rc;
 }
 

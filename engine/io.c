@@ -96,7 +96,10 @@ void nl_io_destroy(nl_io *io)
                 io_uring_submit(&io->ring);
                 io->unsubmitted = 0;
             }
-            if (io_uring_wait_cqe(&io->ring, &cqe) != 0)
+            int wr = io_uring_wait_cqe(&io->ring, &cqe);
+            if (wr == -EINTR || wr == -EAGAIN)
+                continue; /* a stop and continue of the process (SIGSTOP) interrupts the wait */
+            if (wr != 0)
                 break;
             io_uring_cqe_seen(&io->ring, cqe);
             io->inflight--;

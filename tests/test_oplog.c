@@ -4,6 +4,7 @@
  * nothing applied; hostile bytes are refused, never applied and never crash; trimming
  * keeps what it must; the state survives a reopen; and a checkpoint installed on another
  * node is the same shard, from which the log carries on. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -406,6 +407,73 @@ Test(oplog, checkpoint_installs_and_the_log_carries_on)
     cr_assert_eq(fs.last_seq, 12);
     nl_collection_close(p);
     nl_collection_close(f);
+    nl_db_close(pdb);
+    nl_db_close(fdb);
+}
+
+typedef struct {
+    nl_collection *f;
+    const char *cp;
+    int installs, failed;
+    volatile int done;
+} install_loop;
+
+static void *installing(void *arg)
+{
+    install_loop *t = arg;
+    for (int i = 0; i < t->installs; i++) {
+        char stage[600], cmd[1400];
+        snprintf(stage, sizeof stage, "%s/f/c/.incoming-%d", dir, i);
+        snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", t->cp, stage);
+        if (system(cmd) != 0 || nl_collection_shard_install(t->f, 0, stage) != 0)
+            t->failed++;
+    }
+    t->done = 1;
+    return NULL;
+}
+
+/* The cluster attaches a shard it does not hold on any request for it, while a snapshot
+ * copy may be replacing that shard: an attach in the moment the install has the shard out
+ * (its slot empty, its directory being renamed) opened the copy being replaced, and the
+ * install then failed on RocksDB's lock and left the shard refused for good. */
+Test(oplog, installs_racing_attaches_keep_one_open_copy)
+{
+    nl_db *pdb = open_db("p"), *fdb = open_db("f");
+    nl_collection *p = make(pdb), *f = make(fdb);
+    uint64_t cur = 0, ids[50];
+    for (int i = 0; i < 50; i++) ids[i] = shard0_id(&cur);
+    log_upsert(p, 1, ids, 50, 1);
+    char cp[512];
+    snprintf(cp, sizeof cp, "%s/cp", dir);
+    nl_log_state at;
+    cr_assert_eq(nl_collection_shard_checkpoint(p, 0, cp, &at), 0, "%s", nl_errdetail());
+    install_loop t = {f, cp, 12, 0, 0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, installing, &t), 0);
+    long attaches = 0, bad = 0;
+    while (!t.done) {
+        if (!nl_collection_shard_held(f, 0)) {
+            attaches++;
+            bad += nl_collection_shard_attach(f, 0) != 0;
+        }
+    }
+    pthread_join(th, NULL);
+    cr_assert_eq(t.failed, 0, "every install succeeds (%d of %d failed)", t.failed, t.installs);
+    cr_assert_eq(bad, 0, "no attach fails (%ld of %ld)", bad, attaches);
+    nl_log_state fs;
+    cr_assert_eq(nl_collection_shard_log_state(f, 0, &fs), 0);
+    cr_assert_eq(fs.last_seq, at.last_seq);
+    cr_assert_eq(ship(p, f, 1 << 20), 0);
+    cr_assert_eq(assert_same(p, f, cur), 50);
+    /* one handle on the directory: the database closes and opens again */
+    nl_collection_close(f);
+    nl_db_close(fdb);
+    fdb = open_db("f");
+    cr_assert_eq(nl_collection_open(fdb, "c", &f), 0, "%s", nl_errdetail());
+    cr_assert_eq(nl_collection_shard_log_state(f, 0, &fs), 0);
+    cr_assert_eq(fs.last_seq, at.last_seq);
+    nl_collection_close(f);
+    nl_collection_close(p);
     nl_db_close(pdb);
     nl_db_close(fdb);
 }

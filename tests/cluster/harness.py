@@ -136,6 +136,31 @@ class Node:
         os.kill(self.proc.pid, signal.SIGCONT)
         self.paused = 0
 
+    def stacks(self, timeout=60):
+        """Every thread's stack, condensed (for a CI log that must say where a node is stuck):
+        threads with the same innermost frames are counted together. '' without gdb."""
+        if not self.proc or self.proc.poll() is not None or not shutil.which("gdb"):
+            return ""
+        try:
+            out = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex", "thread apply all bt 12"],
+                                 capture_output=True, text=True, timeout=timeout).stdout
+        except (subprocess.TimeoutExpired, OSError) as e:
+            return "gdb: %s" % e
+        groups, cur = {}, None
+        for line in out.splitlines():
+            if line.startswith("Thread "):
+                cur = []
+                groups.setdefault(id(cur), cur)
+            elif line.startswith("#") and cur is not None:
+                parts = line.split(" in ", 1)
+                fn = (parts[1] if len(parts) > 1 else line.split(" ", 2)[-1]).split(" (")[0]
+                cur.append(fn)
+        count = {}
+        for frames in groups.values():
+            key = " < ".join(frames[:9])
+            count[key] = count.get(key, 0) + 1
+        return "\n".join("%3d x %s" % (v, k) for k, v in sorted(count.items(), key=lambda kv: -kv[1]))
+
     def tail(self, n=20):
         try:
             with open(self.log, errors="replace") as f:

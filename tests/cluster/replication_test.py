@@ -350,6 +350,37 @@ def snapshot_pieces(cl, node, coll):
     check_that(st9 == 200 and all_in_sync(node, coll), "... and the replica is untouched and still in sync")
 
 
+def not_healed_report(cl, via, coll):
+    """What a CI log needs to tell why a shard stayed out of sync: the map, each primary's
+    view of its followers, and each node's last warnings."""
+    d = describe(via, coll) or {}
+    for s in d.get("shard_map", []):
+        print("    shard %d: primary %s epoch %s in_sync %s" % (s["shard"], s.get("primary"), s.get("epoch"),
+                                                           s["in_sync"]), flush=True)
+    for n in cl.nodes.values():
+        if not n.proc or n.proc.poll() is not None:
+            print("    %s: not running" % n.id)
+            continue
+        st, j = http("GET", n.url + "/internal/v1/node", headers=KEY_HDR)
+        if st != 200:
+            print("    %s: /internal/v1/node answered %s" % (n.id, st))
+            continue
+        print("    %s: registered %s, sees nodes %s, primary of %d shard(s)" % (
+            n.id, j.get("registered"), [x.get("id") for x in j.get("nodes", [])], len(j.get("primary_of", []))))
+        for p in j.get("primary_of", []):
+            for f in p["followers"]:
+                if not f["in_sync"] or f["lag_ops"]:
+                    print("      %s/%d -> %s: known %s acked %s lag %s failing %s copying %s: %s" % (
+                        p["collection"], p["shard"], f["node"], f["known"], f["acked_seq"], f["lag_ops"],
+                        f["failing"], f.get("copying"), f.get("last_error")))
+        warn = [x for x in n.tail(4000).splitlines() if '"level":"info"' not in x and '"event":"request"' not in x]
+        for x in warn[-12:]:
+            print("      | " + x[:300])
+        for x in n.stacks().splitlines():
+            print("      ! " + x[:400])
+    sys.stdout.flush()
+
+
 def random_schedule(cl, a, zk_restart):
     st, _ = create(a, "rnd", 4, 3)
     check_that(st == 201, "collection rnd (RF=3) created")
@@ -379,14 +410,7 @@ def random_schedule(cl, a, zk_restart):
                                            "NOT healed in 60 s"), flush=True)
         if not healed:
             check_that(False, "round %d (%s): the cluster healed" % (r + 1, kind))
-            if os.environ.get("NL_REPL_STACKS"):  # debugging a hang: every node's threads
-                import subprocess
-                for x in cl.nodes.values():
-                    if x.proc and x.proc.poll() is None:
-                        out = subprocess.run(["gdb", "-p", str(x.proc.pid), "-batch", "-ex", "thread apply all bt"],
-                                             capture_output=True, text=True, timeout=120).stdout
-                        with open(os.path.join(cl.dir, "stacks-" + x.id), "w") as f:
-                            f.write(out)
+            not_healed_report(cl, a, "rnd")
             break
     wl.stop()
     wait(lambda: all_in_sync(a, "rnd"), 30, 0.3)
