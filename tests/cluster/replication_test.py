@@ -352,7 +352,8 @@ def snapshot_pieces(cl, node, coll):
 
 def not_healed_report(cl, via, coll):
     """What a CI log needs to tell why a shard stayed out of sync: the map, each primary's
-    view of its followers, and each node's last warnings."""
+    view of its followers (with why its link fails), each node's last warnings and its
+    threads' stacks (gdb, grouped)."""
     d = describe(via, coll) or {}
     for s in d.get("shard_map", []):
         print("    shard %d: primary %s epoch %s in_sync %s" % (s["shard"], s.get("primary"), s.get("epoch"),
