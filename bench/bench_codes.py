@@ -9,8 +9,10 @@ Per set, in one run on the same machine and threads:
     pq:<default size> --layout rows (the path before issue 17) and the defaults (code
     chosen from the data, block layout); the default's sweep is run twice, with the
     search using whole sectors (the default) and with --sector off, which walks the same
-    graph with the same codes as a row-order layout would (only ordinals differ), so the
-    two separate what the code gives from what the layout gives;
+    graph with the same codes as a row-order layout would (only ordinals differ), with
+    --seeds off (every walk from the medoid alone, not also from the seed table's members
+    nearest the query) and with both off, so the sweeps separate what the code, the
+    layout and the seeds each give;
   - with --budget (hard set only): a third import of the defaults under
     --memory-budget, the partitioned build (its merged segment rewritten in block layout),
     swept both ways like the default, and compared with the in-memory build at equal L;
@@ -160,6 +162,13 @@ def run_set(a, name, base, query, gt, metric, pqm):
             out = capped(sweep + ["--sector", "off"], cap)
             run["sweep_sector_off"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
             run["reads_at_095_sector_off"] = at_recall(run["sweep_sector_off"])[0]
+        if not label.startswith("pq"):  # the same search starting from the medoid alone
+            out = capped(sweep + ["--seeds", "off"], cap)
+            run["sweep_seeds_off"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+            run["reads_at_095_seeds_off"] = at_recall(run["sweep_seeds_off"])[0]
+            out = capped(sweep + ["--seeds", "off", "--sector", "off"], cap)  # the code alone
+            run["sweep_plain"] = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+            run["reads_at_095_plain"] = at_recall(run["sweep_plain"])[0]
         if L95:
             one = capped([a.nearline, "search", "--db", db, "--collection", coll, "--queries", query, "--groundtruth",
                           gt, "--k", "10", "--L", str(L95), "--threads", "1", "--inflight", "1",
@@ -194,11 +203,12 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "bench-codes"))
     ap.add_argument("--nearline", default=os.path.join(ROOT, "build", "tools", "nearline"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "img"))
-    ap.add_argument("--sweep", default="10,20,30,50,75,100,150,200")
+    ap.add_argument("--sweep", default="10,15,20,30,50,75,100,150,200")
     ap.add_argument("--faiss", action="store_true", help="FAISS PQ/OPQ code quality (slow: minutes a set)")
     ap.add_argument("--budget", default=None, help="also build the hard set under this --memory-budget (partitioned)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
+    os.makedirs(a.out, exist_ok=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "sets": {}}
     want = a.sets.split(",")
     sets = []
@@ -250,11 +260,27 @@ def print_report(report, a):
                 print(f"| {label}, --sector off | {x['code']} | | same graph, one record a read | | | "
                       f"{off and round(off, 1)} | | "
                       f"{next((s['recall_at_k'] for s in x['sweep_sector_off'] if s['L'] == 50), None)} | | | | |")
+            if x.get("sweep_plain"):
+                off = x["reads_at_095_plain"]
+                print(f"| {label}, --sector off --seeds off | {x['code']} | | same index, one record a read, from the medoid | | | "
+                      f"{off and round(off, 1)} | | "
+                      f"{next((s['recall_at_k'] for s in x['sweep_plain'] if s['L'] == 50), None)} | | | | |")
+            if x.get("sweep_seeds_off"):
+                off = x["reads_at_095_seeds_off"]
+                print(f"| {label}, --seeds off | {x['code']} | | same index, walks from the medoid alone | | | "
+                      f"{off and round(off, 1)} | | "
+                      f"{next((s['recall_at_k'] for s in x['sweep_seeds_off'] if s['L'] == 50), None)} | | | | |")
         if pq["reads_at_095"] and dfl["reads_at_095"]:
             print(f"\nreads at recall 0.95, default / pq: {dfl['reads_at_095'] / pq['reads_at_095']:.2f}x", end="")
+            parts = []
+            if dfl.get("reads_at_095_plain"):
+                parts.append(f"the code alone (--sector off --seeds off): {dfl['reads_at_095_plain'] / pq['reads_at_095']:.2f}x")
             if dfl.get("reads_at_095_sector_off"):
-                print(f" (the code alone: {dfl['reads_at_095_sector_off'] / pq['reads_at_095']:.2f}x; the layout alone: "
-                      f"{dfl['reads_at_095'] / dfl['reads_at_095_sector_off']:.2f}x)", end="")
+                parts.append(f"whole sectors: {dfl['reads_at_095'] / dfl['reads_at_095_sector_off']:.2f}x")
+            if dfl.get("reads_at_095_seeds_off"):
+                parts.append(f"the seeds: {dfl['reads_at_095'] / dfl['reads_at_095_seeds_off']:.2f}x")
+            if parts:
+                print(f" ({'; '.join(parts)})", end="")
             print()
         elif dfl["reads_at_095"]:
             print(f"\nPQ never reached 0.95 in the sweep (best {max(s['recall_at_k'] for s in pq['sweep'])})")

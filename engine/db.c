@@ -942,6 +942,7 @@ static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int
     st->store_keys += x->store_keys;
     st->store_block_cache_bytes += x->store_block_cache_bytes;
     st->cached_nodes += x->cached_nodes;
+    st->seed_members += x->seed_members;
     st->block_layout_points += x->block_layout_points;
     st->direct_io = first ? x->direct_io : st->direct_io && x->direct_io;
     if (x->background_error)

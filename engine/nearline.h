@@ -53,7 +53,8 @@ typedef struct {
                                     * (a writer that finds the fresh index full flushes itself) */
     float compact_dead_ratio;      /* rewrite a segment whose deleted share reaches this; 0 = 0.2 */
     uint32_t compact_max_segments; /* merge the smallest when a shard has more; 0 = 8 */
-    uint64_t cache_budget;         /* node-cache bytes per shard for segments; 0 = 32 MiB */
+    uint64_t cache_budget;         /* bytes per shard for segments' seed tables and node
+                                    * caches; 0 = 32 MiB */
     unsigned threads;              /* threads of a flush, a compaction, or the graph links of
                                     * one upsert batch; 0 = all CPUs */
     uint32_t search_inflight;      /* queries of one batch whose reads overlap; 0 = 16 */
@@ -193,6 +194,9 @@ typedef struct {
     int sector;         /* segments in block layout: 0 = expand the other records of each
                          * sector read where they are near enough (the default), negative =
                          * use only the record asked for */
+    int seeds;          /* segments with a seed table: 0 = start each walk also from the
+                         * table's members nearest the query (the default), negative = from
+                         * the medoid alone */
 } nl_search_params;
 
 #define NL_SEARCH_BOUND_DEFAULT 1.9f
@@ -388,6 +392,7 @@ typedef struct {
     uint64_t search_exhaustive; /* ... and then exhaustively (every live point scored) */
     int background_error;     /* last error of a background flush or compaction, or 0 */
     uint64_t cached_nodes;    /* segment nodes held by the node cache */
+    uint64_t seed_members;    /* ordinals in the segments' seed tables (where walks start) */
     uint64_t block_layout_points; /* segment points whose records are in block layout */
     int direct_io;            /* 1 when every segment is read with O_DIRECT */
     /* the metadata store (RocksDB), summed over shards */

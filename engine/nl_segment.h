@@ -99,7 +99,8 @@ int nl_segment_relayout(const char *path, uint32_t *inv, double *overlap);
 typedef struct nl_segment nl_segment;
 
 typedef struct {
-    uint64_t cache_budget; /* bytes of node records to keep in RAM */
+    uint64_t cache_budget; /* bytes of RAM for the seed table (RaBitQ segments; first) and
+                            * the records of hot nodes (the rest) */
     nl_io_mode io;         /* AUTO: io_uring, else pread */
     int buffered;          /* 1: do not use O_DIRECT (tests of the fallback) */
 } nl_segment_options;
@@ -120,8 +121,10 @@ typedef struct {
     uint32_t build_L;
     float build_alpha;
     uint64_t file_bytes;
-    uint64_t ram_bytes;      /* codes + codebook + id map + cache + bookkeeping */
+    uint64_t ram_bytes;      /* codes + codebook + id map + seed table + cache + bookkeeping */
     uint64_t cached_nodes;
+    uint32_t seed_groups;    /* groups in the seed table (0: the search starts at the medoid) */
+    uint64_t seed_members;   /* ordinals it holds */
     int direct_io;           /* O_DIRECT in effect */
     int identity_ids;
     int block_layout;        /* records in nl_layout_blocks order (the search uses whole sectors) */
@@ -156,6 +159,8 @@ typedef struct {
                     * cannot enter the top k are skipped; 0 = no skipping */
     int no_sector; /* block-layout segments: do not use the other records of a sector read
                     * (benchmarks compare; the default uses them) */
+    int no_seeds;  /* start from the medoid alone, not also from the seed table's members
+                    * nearest the query (benchmarks compare; the default uses them) */
 } nl_seg_query_params;
 
 /* nl_query_stats (nearline.h): per-query latency, sector reads, cache hits, hops. */
@@ -217,6 +222,7 @@ typedef struct {
     uint32_t subset_n;
     float eps0;          /* as in nl_seg_query_params */
     int no_sector;       /* as in nl_seg_query_params */
+    int no_seeds;        /* as in nl_seg_query_params */
 } nl_seg_job;
 
 int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,

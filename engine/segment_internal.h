@@ -33,9 +33,28 @@ struct nl_segment {
     uint32_t *cache_keys; /* ordinal + 1; 0 = empty */
     uint32_t *cache_vals;
     uint32_t cache_mask;
+    /* seed table (segment_seeds.c): up to seed_M ordinals of each of seed_C groups */
+    uint32_t seed_C, seed_M;
+    uint32_t *seed_cnt; /* seed_C: members held per group */
+    uint32_t *seed_ids; /* seed_C x seed_M */
     nl_dist_fn dist;
     uint64_t ram_bytes;
 };
+
+/* ---- segment_seeds.c: the search's starting points near the query ---- */
+#define SEG_SEED_MEMBERS 256u    /* ordinals kept per group at most */
+#define SEG_SEED_MIN_MEMBERS 8u  /* fewer a group than the budget allows: no table */
+#define SEG_SEED_PROBES 8u       /* groups nearest the query whose members are estimated */
+#define SEG_SEED_TAKE 8u         /* best members that join the candidate list */
+/* Builds s's seed table within budget bytes; returns the bytes it holds (0: none) or
+ * -ENOMEM. Needs s->quant and checked s->codes. */
+int64_t seg_seeds_build(struct nl_segment *s, uint64_t budget);
+void seg_seeds_free(struct nl_segment *s);
+/* Up to SEG_SEED_TAKE members nearest the prepared query by their codes, nearest first:
+ * ordinals into ids, estimates into d, lower bounds (estimate minus error; -inf when
+ * eps0 is 0) into lb. Returns how many. */
+uint32_t seg_seeds_pick(const struct nl_segment *s, const nl_quant_query *qq, float eps0, uint32_t *ids, float *d,
+                        float *lb);
 
 /* Cached record of u, or NULL. */
 static inline const unsigned char *seg_cache_get(const struct nl_segment *s, uint32_t u)

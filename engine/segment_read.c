@@ -6,6 +6,7 @@
  * filled from the hot list, every cached sector checked like a search read would be.
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -260,13 +261,17 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
         rc = CORRUPT(s, "%s: hot list count disagrees with its length", path);
         goto fail;
     }
-    if ((rc = load_cache(s, hot + 1, hot[0], opt->cache_budget)) != 0)
+    /* The seed table is paid from the cache's budget first (segment_seeds.c says why). */
+    int64_t seeds = seg_seeds_build(s, opt->cache_budget);
+    if (seeds < 0) { rc = (int)seeds; goto fail; }
+    assert((uint64_t)seeds <= opt->cache_budget);
+    if ((rc = load_cache(s, hot + 1, hot[0], opt->cache_budget - (uint64_t)seeds)) != 0)
         goto fail;
     s->dist = nl_distance_fn(s->metric, s->dtype);
     s->ram_bytes = sizeof *s + s->n * s->m + pqlen + (s->code.kind == NL_CODE_PQ ? 2 * 256 * (uint64_t)s->dim * 4
                                                  : (uint64_t)nl_rabitq_centroids(nl_quant_rabitq(s->quant)) * s->dim * 4) +
                    (s->ids ? s->n * 8 : 0) + (uint64_t)s->cache_n * s->geo.node_bytes +
-                   (s->cache_n ? (uint64_t)(s->cache_mask + 1) * 8 : 0);
+                   (s->cache_n ? (uint64_t)(s->cache_mask + 1) * 8 : 0) + (uint64_t)seeds;
     /* The sections were read through the page cache once; do not let them linger. */
     posix_fadvise(s->fd_buf, 0, 0, POSIX_FADV_DONTNEED);
     free(h);
@@ -294,6 +299,7 @@ void nl_segment_close(nl_segment *s)
     free(s->cache_recs);
     free(s->cache_keys);
     free(s->cache_vals);
+    seg_seeds_free(s);
     free(s);
 }
 
@@ -317,6 +323,10 @@ void nl_segment_get_info(const nl_segment *s, nl_segment_info *i)
     i->file_bytes = s->file_bytes;
     i->ram_bytes = s->ram_bytes;
     i->cached_nodes = s->cache_n;
+    i->seed_groups = s->seed_C;
+    i->seed_members = 0;
+    for (uint32_t g = 0; g < s->seed_C; g++)
+        i->seed_members += s->seed_cnt[g];
     i->direct_io = s->direct;
     i->identity_ids = s->ids == NULL;
     i->block_layout = (s->flags & SEG_FLAG_BLOCK_LAYOUT) != 0;

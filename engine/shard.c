@@ -263,6 +263,7 @@ int sh_segref_open(nl_shard *sh, uint32_t number, uint64_t cache_budget, sh_segr
     r->file_bytes = info.file_bytes;
     r->ram_bytes = info.ram_bytes;
     r->cached_nodes = info.cached_nodes;
+    r->seed_members = info.seed_members;
     r->block_layout = info.block_layout;
     r->direct_io = info.direct_io;
     nl_objpool_init(&r->searchers, seg_searcher_free);
@@ -1431,6 +1432,7 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
     st->direct_io = 1;
     for (uint32_t i = 0; i < v->nseg; i++) {
         st->cached_nodes += v->segs[i]->cached_nodes;
+        st->seed_members += v->segs[i]->seed_members;
         st->block_layout_points += v->segs[i]->block_layout ? v->segs[i]->count : 0;
         st->direct_io &= v->segs[i]->direct_io;
         st->segment_points += v->segs[i]->count;

@@ -38,7 +38,7 @@ typedef struct sh_segref {
     atomic_int refs;
     uint32_t number;
     nl_segment *seg;
-    uint64_t count, file_bytes, ram_bytes, cached_nodes;
+    uint64_t count, file_bytes, ram_bytes, cached_nodes, seed_members;
     int block_layout;
     int direct_io;
     atomic_uint_fast64_t dead; /* deleted versions it holds */

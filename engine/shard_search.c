@@ -169,7 +169,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
         if (Li < p->k)
             Li = p->k;
-        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p), p->sector < 0};
+        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p), p->sector < 0, p->seeds < 0};
         segs[i] = v->segs[i]->seg;
     }
     /* Jobs in query-major order, so the segments of one query run side by side. Only a
@@ -187,7 +187,7 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
         int has_dead = atomic_load(&v->segs[si]->dead) > 0;
         jobs[j] = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = (size_t)si * nq + qi, .k = sp[si].k,
                                .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L), .eps0 = sp[si].eps0,
-                               .no_sector = sp[si].no_sector,
+                               .no_sector = sp[si].no_sector, .no_seeds = sp[si].no_seeds,
                                .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
     }
     if (!rc)
@@ -503,7 +503,8 @@ static int filtered_segments(nl_shard *sh, const sh_view *v, fgroup *groups, con
                        (p->plan != NL_PLAN_GRAPH && g->bm && scan_cost <= graph_cost);
             nl_seg_job *jb = &jobs[nj];
             *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = nj, .k = 0, .L = 0, .W = W,
-                               .eps0 = sh_bound_eps(p), .no_sector = p->sector < 0};
+                               .eps0 = sh_bound_eps(p), .no_sector = p->sector < 0,
+                               .no_seeds = p->seeds < 0};
             if (scan) {
                 size_t gi = 2 + si;
                 if (!g->built[gi]) {

@@ -90,6 +90,17 @@ static inline float nl_quant_estimate(const nl_quant_query *s, const uint8_t *co
     return nl_rabitq_estimate(&s->rq, code, err);
 }
 
+/* Groups: a partition of the points that a code names and a prepared query ranks, so a
+ * search can start among the points of the groups nearest the query (engine/
+ * segment_seeds.c). RaBitQ's groups are its centroids (each code names the one its
+ * residual is to); PQ has none (0 groups). */
+uint32_t nl_quant_groups(const nl_quant *q);
+/* The group a code names, < nl_quant_groups(q); the code must have passed
+ * nl_quant_check_codes. Not for PQ. */
+uint32_t nl_quant_group_of(const nl_quant *q, const uint8_t *code);
+/* How near a prepared query is to group g's centre, smaller nearer (l2 and cosine the
+ * squared distance, ip the negated inner product); g < nl_quant_groups. Not for PQ. */
+static inline float nl_quant_group_dist(const nl_quant_query *s, uint32_t g) { return s->rq.cq[g]; }
 /* The codebook's serialised form is the kind's own (a PQ segment of format 1 holds the
  * PQ bytes as they were); the kind travels beside it (the segment header). */
 size_t nl_quant_serialized_size(const nl_quant *q);

@@ -136,6 +136,17 @@ int nl_quant_check_codes(const nl_quant *q, const uint8_t *codes, size_t n)
     return q->pq ? 0 : nl_rabitq_check_codes(q->rbq, codes, n);
 }
 
+uint32_t nl_quant_groups(const nl_quant *q) { return q->pq ? 0 : nl_rabitq_centroids(q->rbq); }
+
+uint32_t nl_quant_group_of(const nl_quant *q, const uint8_t *code)
+{
+    const uint8_t *f = code + (size_t)nl_rabitq_bits(q->rbq) * ((nl_rabitq_dim(q->rbq) + 7) / 8);
+    uint32_t w, cid;
+    memcpy(&w, f, 4);
+    (void)nl_rabitq_unpack_f(w, &cid);
+    return cid;
+}
+
 size_t nl_quant_query_floats(const nl_quant *q)
 {
     return q->pq ? (size_t)NL_PQ_CENTROIDS * nl_pq_m(q->pq) : nl_rabitq_query_floats(q->rbq);

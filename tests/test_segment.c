@@ -15,6 +15,7 @@
 #include "nl_quant.h"
 #include "nl_segment.h"
 #include "nl_vamana.h"
+#include "segment_internal.h" /* the seed table's invariants */
 #include "test_util.h"
 
 static char dir[512];
@@ -43,6 +44,8 @@ typedef struct {
 
 /* The code the fixtures are built with: PQ (16 bytes, or d) unless a test sets RaBitQ. */
 static nl_code_spec g_code = {NL_CODE_PQ, 0};
+/* Gaussian clusters the fixtures' points and queries are drawn around. */
+static uint32_t g_centres = 16;
 
 static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric, int with_ids)
 {
@@ -54,13 +57,13 @@ static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric
     f->metric = metric;
     nl_rng r;
     nl_rng_seed(&r, 77);
-    float *cent = malloc(sizeof(float) * 16 * d);
-    tu_fill_f32(&r, cent, 16 * (size_t)d, 1.0f);
+    float *cent = malloc(sizeof(float) * g_centres * d);
+    tu_fill_f32(&r, cent, g_centres * (size_t)d, 1.0f);
     size_t esz = nl_dtype_size(t);
     f->x = malloc(n * d * esz);
     f->q = malloc(sizeof(float) * f->nq * d);
     for (size_t i = 0; i < n + f->nq; i++) {
-        const float *c = cent + nl_rng_below(&r, 16) * d;
+        const float *c = cent + nl_rng_below(&r, g_centres) * d;
         for (uint32_t j = 0; j < d; j++) {
             float v = c[j] + 0.25f * (float)nl_rng_normal(&r);
             if (t == NL_DTYPE_U8) v = fminf(255.0f, fmaxf(0.0f, roundf(v * 50 + 128)));
@@ -115,7 +118,7 @@ static double search_all(fixture *f, nl_segment *seg, nl_io_mode io, uint32_t *o
 {
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 3, io, &s), 0);
-    nl_seg_query_params p = {10, 64, 4, 0, 0};
+    nl_seg_query_params p = {10, 64, 4, 0, 0, 0};
     float *d = malloc(sizeof(float) * f->nq * 10);
     nl_query_stats *st = malloc(sizeof(nl_query_stats) * f->nq);
     int rc = nl_seg_search_batch(s, f->q, f->nq, &p, ords, d, st);
@@ -486,7 +489,7 @@ Test(segment, permuted_write_keeps_the_graph_and_multi_search_agrees)
     /* Both segments at once: each query's results on each are those of a lone search. */
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(a, 64, 4, 4, NL_IO_AUTO, &s), 0);
-    nl_seg_query_params p[2] = {{10, 48, 4, 0, 0}, {10, 48, 4, 0, 0}};
+    nl_seg_query_params p[2] = {{10, 48, 4, 0, 0, 0}, {10, 48, 4, 0, 0, 0}};
     nl_segment *both[2] = {a, b};
     uint32_t *multi = malloc(sizeof(uint32_t) * 2 * f.nq * 10), *alone = malloc(sizeof(uint32_t) * f.nq * 10);
     cr_assert_eq(nl_seg_search_multi(s, both, 2, f.q, f.nq, p, 10, multi, NULL, NULL), 0, "%s", nl_errdetail());
@@ -612,7 +615,7 @@ Test(segment, streaming_writer_repairs_reachability)
     /* A query equal to a cut-off point finds it. */
     nl_seg_searcher *s;
     cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 1, NL_IO_AUTO, &s), 0);
-    nl_seg_query_params qp = {1, 64, 4, 0, 0};
+    nl_seg_query_params qp = {1, 64, 4, 0, 0, 0};
     uint32_t ord;
     cr_assert_eq(nl_seg_search_batch(s, v, 1, &qp, &ord, NULL, NULL), 0);
     cr_assert_eq(ord, n - 1);
@@ -658,7 +661,7 @@ Test(segment, block_layout_search_uses_whole_sectors)
     nl_query_stats *st = malloc(sizeof(nl_query_stats) * f.nq);
     double rec[2], ios[2], sexp[2];
     for (int off = 0; off < 2; off++) {
-        nl_seg_query_params p = {10, 32, 4, 0, off};
+        nl_seg_query_params p = {10, 32, 4, 0, off, 0};
         cr_assert_eq(nl_seg_search_batch(s, f.q, f.nq, &p, ords, NULL, st), 0, "%s", nl_errdetail());
         rec[off] = nl_recall_at_k(ords, f.nq, 10, gt, 10, 10);
         ios[off] = sexp[off] = 0;
@@ -733,5 +736,174 @@ Test(segment, relayout_rewrites_a_segment_in_block_layout)
     snprintf(tmp, sizeof tmp, "%s.layout", copy);
     cr_assert_neq(access(tmp, F_OK), 0, "the pass left %s", tmp);
     free(inv);
+    unbuild(&f);
+}
+
+/* ---- the seed table (segment_seeds.c) ---- */
+
+static void open_budget(const char *path, uint64_t budget, nl_segment **seg)
+{
+    nl_segment_options o = {budget, NL_IO_AUTO, 1};
+    cr_assert_eq(nl_segment_open(path, &o, seg), 0, "%s", nl_errdetail());
+}
+
+/* Every table the open builds holds, per group, min(M, group size) distinct ordinals of
+ * that group; the same file gives the same table; its bytes come out of the cache budget;
+ * a budget too small for SEG_SEED_MIN_MEMBERS a group, or a PQ segment, gets none. */
+Test(segment, seed_table_samples_each_group_within_the_cache_budget)
+{
+    fixture f;
+    size_t n = 6000;
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 2};
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/seeds.nls", dir);
+    write_seg(&f, path);
+    nl_segment *a, *b;
+    open_budget(path, 64ull << 20, &a);
+    open_budget(path, 64ull << 20, &b);
+    uint32_t C = nl_quant_groups(a->quant);
+    cr_assert_gt(C, 1);
+    cr_assert_eq(a->seed_C, C);
+    cr_assert_eq(a->seed_M, SEG_SEED_MEMBERS);
+    uint32_t *size = calloc(C, sizeof *size);
+    for (size_t u = 0; u < n; u++) size[nl_quant_group_of(a->quant, a->codes + u * a->m)]++;
+    uint64_t held = 0;
+    int sampled = 0;
+    for (uint32_t g = 0; g < C; g++) {
+        uint32_t want = size[g] < a->seed_M ? size[g] : a->seed_M;
+        sampled |= size[g] > a->seed_M;
+        cr_assert_eq(a->seed_cnt[g], want, "group %u of %u points holds %u", g, size[g], a->seed_cnt[g]);
+        const uint32_t *m = a->seed_ids + (size_t)g * a->seed_M;
+        for (uint32_t j = 0; j < a->seed_cnt[g]; j++) {
+            cr_assert_lt(m[j], n);
+            cr_assert_eq(nl_quant_group_of(a->quant, a->codes + (size_t)m[j] * a->m), g);
+            for (uint32_t i = 0; i < j; i++) cr_assert_neq(m[i], m[j], "group %u names %u twice", g, m[j]);
+        }
+        held += a->seed_cnt[g];
+    }
+    cr_assert(sampled, "some group is larger than the table keeps (the reservoir ran)");
+    cr_assert_eq(memcmp(a->seed_cnt, b->seed_cnt, 4 * C), 0);
+    for (uint32_t g = 0; g < C; g++)
+        cr_assert_eq(memcmp(a->seed_ids + (size_t)g * a->seed_M, b->seed_ids + (size_t)g * b->seed_M, 4ull * a->seed_cnt[g]),
+                     0, "the same file gives the same table (group %u)", g);
+    nl_segment_info ia;
+    nl_segment_get_info(a, &ia);
+    cr_assert_eq(ia.seed_groups, C);
+    cr_assert_eq(ia.seed_members, held);
+    nl_segment_close(b);
+
+    /* the budget: the table first, the cache with what is left */
+    uint64_t table = 4ull * C * SEG_SEED_MEMBERS + 4ull * C;
+    uint64_t budget = table + 10ull * a->geo.node_bytes + 4 * C; /* ten records' worth after the table */
+    nl_segment_close(a);
+    open_budget(path, budget, &a);
+    cr_assert_eq(a->seed_M, SEG_SEED_MEMBERS);
+    cr_assert_leq(a->cache_n, 10, "cached %u records in %llu bytes left", a->cache_n,
+                  (unsigned long long)(budget - table));
+    nl_segment_close(a);
+    open_budget(path, 4ull * C * 21, &a); /* room for 20 a group and the counts */
+    cr_assert_eq(a->seed_M, 20);
+    cr_assert_eq(a->cache_n, 0);
+    nl_segment_close(a);
+    open_budget(path, 4ull * C * SEG_SEED_MIN_MEMBERS, &a); /* SEG_SEED_MIN_MEMBERS - 1 and the counts */
+    cr_assert_eq(a->seed_M, 0, "too small a budget: no table");
+    nl_segment_close(a);
+    open_budget(path, 0, &a);
+    cr_assert_eq(a->seed_M, 0);
+    nl_segment_close(a);
+    free(size);
+    unbuild(&f);
+
+    g_code = (nl_code_spec){NL_CODE_PQ, 0};
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    write_seg(&f, path);
+    open_budget(path, 64ull << 20, &a);
+    cr_assert_eq(a->seed_M, 0, "PQ codes have no groups");
+    cr_assert_gt(a->cache_n, 0);
+    nl_segment_close(a);
+    unbuild(&f);
+}
+
+/* The picks are the best members of the SEG_SEED_PROBES groups nearest the query (checked
+ * against a brute force over those groups), nearest first; and a walk that starts from
+ * them reads fewer sectors than one from the medoid alone, at no loss of recall. */
+Test(segment, seeds_start_the_walk_near_the_query)
+{
+    fixture f;
+    size_t n = 12000;
+    g_code = (nl_code_spec){NL_CODE_RABITQ, 2};
+    g_centres = 64; /* many neighbourhoods: the walk from the medoid has a way to go */
+    build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
+    g_centres = 16;
+    char path[600];
+    snprintf(path, sizeof path, "%s/seeds.nls", dir);
+    write_seg(&f, path);
+    nl_segment *seg;
+    open_budget(path, 4ull << 20, &seg);
+    cr_assert_gt(seg->seed_M, 0);
+    float *buf = malloc(sizeof(float) * nl_quant_query_floats(seg->quant));
+    const uint32_t C = seg->seed_C;
+    float *gd = malloc(sizeof(float) * C);
+    for (size_t qi = 0; qi < f.nq; qi++) {
+        nl_quant_query qq;
+        nl_quant_prepare(seg->quant, f.q + qi * f.d, 0.0f, buf, &qq);
+        uint32_t id[SEG_SEED_TAKE];
+        float d[SEG_SEED_TAKE], lb[SEG_SEED_TAKE];
+        uint32_t got = seg_seeds_pick(seg, &qq, 0.0f, id, d, lb);
+        /* brute force: the probed groups are the SEG_SEED_PROBES smallest group distances */
+        for (uint32_t g = 0; g < C; g++) gd[g] = nl_quant_group_dist(&qq, g);
+        float cut;
+        {
+            float *t = malloc(sizeof(float) * C);
+            memcpy(t, gd, sizeof(float) * C);
+            for (uint32_t i = 0; i < SEG_SEED_PROBES && i < C; i++)
+                for (uint32_t j = i + 1; j < C; j++)
+                    if (t[j] < t[i]) { float x = t[i]; t[i] = t[j]; t[j] = x; }
+            cut = t[(SEG_SEED_PROBES < C ? SEG_SEED_PROBES : C) - 1];
+            free(t);
+        }
+        uint32_t cand = 0;
+        float best[SEG_SEED_TAKE];
+        for (uint32_t g = 0; g < C; g++) {
+            if (gd[g] > cut) continue;
+            for (uint32_t j = 0; j < seg->seed_cnt[g]; j++) {
+                uint32_t u = seg->seed_ids[(size_t)g * seg->seed_M + j];
+                float e = nl_quant_estimate(&qq, seg->codes + (size_t)u * seg->m, NULL);
+                uint32_t k = cand < SEG_SEED_TAKE ? cand++ : SEG_SEED_TAKE;
+                while (k > 0 && best[k - 1] > e) { if (k < SEG_SEED_TAKE) best[k] = best[k - 1]; k--; }
+                if (k < SEG_SEED_TAKE) best[k] = e;
+            }
+        }
+        cr_assert_eq(got, cand < SEG_SEED_TAKE ? cand : SEG_SEED_TAKE);
+        for (uint32_t i = 0; i < got; i++) {
+            cr_assert_float_eq(d[i], best[i], 1e-4f * (1.0f + fabsf(best[i])), "query %zu pick %u", qi, i);
+            cr_assert(isinf(lb[i]) && lb[i] < 0, "no bound asked for");
+            if (i) cr_assert_leq(d[i - 1], d[i]);
+        }
+    }
+    free(gd);
+    free(buf);
+
+    nl_seg_searcher *s;
+    cr_assert_eq(nl_seg_searcher_create(seg, 64, 4, 2, NL_IO_AUTO, &s), 0);
+    uint32_t *ords = malloc(sizeof(uint32_t) * f.nq * 10);
+    nl_query_stats *st = malloc(sizeof(nl_query_stats) * f.nq);
+    double rec[2], ios[2];
+    for (int off = 0; off < 2; off++) {
+        nl_seg_query_params p = {10, 10, 2, 0, 0, off};
+        cr_assert_eq(nl_seg_search_batch(s, f.q, f.nq, &p, ords, NULL, st), 0, "%s", nl_errdetail());
+        rec[off] = nl_recall_at_k(ords, f.nq, 10, f.gt, 10, 10);
+        ios[off] = 0;
+        for (size_t i = 0; i < f.nq; i++) ios[off] += st[i].ios;
+    }
+    cr_assert_lt(ios[0], 0.92 * ios[1], "reads from the seeds %.0f, from the medoid %.0f", ios[0], ios[1]);
+    cr_assert_geq(rec[0], rec[1] - 0.02, "recall from the seeds %.3f, from the medoid %.3f", rec[0], rec[1]);
+    cr_assert_geq(rec[1], 0.6, "recall %.3f", rec[1]);
+    nl_seg_searcher_destroy(s);
+    nl_segment_close(seg);
+    free(st);
+    free(ords);
+    g_code = (nl_code_spec){NL_CODE_PQ, 0};
     unbuild(&f);
 }

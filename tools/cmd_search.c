@@ -83,12 +83,15 @@ static int help(FILE *f)
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
             "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan] [--bound EPS]\n"
-            "         [--sector on|off]\n"
+            "         [--sector on|off] [--seeds on|off]\n"
             "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n"
             "--bound: RaBitQ segments skip reading candidates whose error bound (EPS standard\n"
             "deviations, default 1.9) keeps them out of the top k; 0 = never skip.\n"
             "--sector: segments in block layout expand the other records of each sector read\n"
-            "where they are near enough (on, the default); off uses only the record asked for.\n");
+            "where they are near enough (on, the default); off uses only the record asked for.\n"
+            "--seeds: RaBitQ segments start each walk also from the members of the centroids\n"
+            "nearest the query (on, the default; their table is paid from --cache-budget\n"
+            "first); off starts from the medoid alone.\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -105,11 +108,11 @@ int cmd_search(int argc, char **argv)
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
         {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"bound", 1, 0, 'B'}, {"sector", 1, 0, 'S'},
-        {"help", 0, 0, 'h'},
+        {"seeds", 1, 0, 'E'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     uint32_t plan = 0;
     float bound = 0.0f;
-    int sector = 0;
+    int sector = 0, seeds = 0;
     const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
@@ -139,6 +142,11 @@ int cmd_search(int argc, char **argv)
             if (!strcmp(optarg, "on")) sector = 0;
             else if (!strcmp(optarg, "off")) sector = -1;
             else { cli_error(C, 0, "--sector must be on or off"); return 2; }
+            break;
+        case 'E':
+            if (!strcmp(optarg, "on")) seeds = 0;
+            else if (!strcmp(optarg, "off")) seeds = -1;
+            else { cli_error(C, 0, "--seeds must be on or off"); return 2; }
             break;
         case 'B': {
             char *end;
@@ -280,7 +288,7 @@ int cmd_search(int argc, char **argv)
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
         c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan, bound,
-                                 sector};
+                                 sector, seeds};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
@@ -338,11 +346,11 @@ int cmd_search(int argc, char **argv)
             }
             printf(",\"recall_at_k\":%.4f", want ? (double)hit / (double)want : 1.0);
         }
-        printf(",\"segments\":%llu,\"points\":%llu,\"fresh_points\":%llu,\"cached_nodes\":%llu,"
+        printf(",\"segments\":%llu,\"points\":%llu,\"fresh_points\":%llu,\"cached_nodes\":%llu,\"seed_members\":%llu,"
                "\"ram_at_open_bytes\":%llu,\"index_bytes\":%llu,\"io\":\"%s\",\"direct_io\":%s,\"peak_rss_bytes\":%llu}\n",
                (unsigned long long)cst.segments, (unsigned long long)cst.points,
                (unsigned long long)cst.fresh_points, (unsigned long long)cst.cached_nodes,
-               (unsigned long long)cst.ram_bytes, (unsigned long long)cst.disk_bytes,
+               (unsigned long long)cst.seed_members, (unsigned long long)cst.ram_bytes, (unsigned long long)cst.disk_bytes,
                iom == NL_IO_PREAD ? "pread" : "uring", cst.direct_io ? "true" : "false",
                (unsigned long long)nl_peak_rss_bytes());
         fflush(stdout);

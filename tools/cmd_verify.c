@@ -175,13 +175,13 @@ int cmd_inspect(int argc, char **argv)
         printf("%s{\"name\":\"%s\",\"dim\":%u,\"metric\":\"%s\",\"dtype\":\"%s\",\"shards\":%u,\"R\":%u,\"L\":%u,"
                "\"alpha\":%.2f,\"pq_bytes\":%u,\"fresh_capacity\":%u,\"points\":%llu,\"fresh_points\":%llu,"
                "\"segments\":%llu,\"segment_points\":%llu,\"tombstones\":%llu,\"bytes_on_disk\":%llu,"
-               "\"ram_at_open_bytes\":%llu,\"cached_nodes\":%llu,\"block_layout_points\":%llu",
+               "\"ram_at_open_bytes\":%llu,\"cached_nodes\":%llu,\"seed_members\":%llu,\"block_layout_points\":%llu",
                shown++ ? "," : "", names[i], g.dim, nl_metric_name(g.metric), nl_dtype_name(g.dtype), g.shards, g.R,
                g.L, (double)g.alpha, g.pq_bytes, g.fresh_capacity, (unsigned long long)s.points,
                (unsigned long long)s.fresh_points, (unsigned long long)s.segments,
                (unsigned long long)s.segment_points, (unsigned long long)s.tombstones,
                (unsigned long long)s.disk_bytes, (unsigned long long)s.ram_bytes, (unsigned long long)s.cached_nodes,
-               (unsigned long long)s.block_layout_points);
+               (unsigned long long)s.seed_members, (unsigned long long)s.block_layout_points);
         /* The code, and how the import chose it (code_choice.json, when it did). */
         if (NL_COLL_CODE_IS_RABITQ(g.code))
             printf(",\"code\":\"rabitq:%u\",\"code_bytes_per_point\":%u", NL_COLL_CODE_BITS(g.code),
