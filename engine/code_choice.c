@@ -274,6 +274,7 @@ int nl_code_choose(nl_dataset *ds, nl_metric metric, const nl_code_choice_params
     if (s.T > s.n / 4)
         s.T = (uint32_t)(s.n / 4);
     s.nq = out->queries = nq;
+    out->queries_given = p->sample_queries != NULL;
     int rc = setup(&s, p, out);
     const uint32_t d = s.d, budget = p->budget;
     int have = 0;
@@ -411,6 +412,8 @@ json_t *nl_code_choice_json(const nl_code_choice *c)
                           "target", c->target, "L", (json_int_t)c->L, "budget_bytes_per_point", (json_int_t)c->budget,
                           "sample_queries", (json_int_t)c->queries, "rows_scanned", (json_int_t)c->rows_scanned,
                           "seconds", (double)(int)(c->seconds * 100 + 0.5) / 100, "candidates", cands);
+    if (j)
+        json_object_set_new(j, "queries_from", json_string(c->queries_given ? "file" : "rows"));
     if (j && c->warning[0])
         json_object_set_new(j, "warning", json_string(c->warning));
     return j;

@@ -348,9 +348,19 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
             rc = nl_fail(NL_EINVAL, "--search-memory allows less than one byte a point for %zu points", n);
             goto out;
         }
+        nl_dataset *qs = NULL;
+        if (p->queries_path && (rc = nl_dataset_open(p->queries_path, NL_FORMAT_AUTO, &qs)) != 0) {
+            char why[512]; /* copied: nl_fail writes the buffer nl_errdetail reads */
+            snprintf(why, sizeof why, "%s", nl_errdetail());
+            rc = nl_fail(rc, "--queries %s: %s", p->queries_path, why);
+            goto out;
+        }
+        cp.sample_queries = qs;
         if (p->progress)
             p->progress(p->progress_ctx, "choose code", 0, 1);
-        if ((rc = nl_code_choose(ds, t.metric, &cp, &r->choice)) != 0) {
+        rc = nl_code_choose(ds, t.metric, &cp, &r->choice);
+        nl_dataset_close(qs);
+        if (rc != 0) {
             if (rc == NL_EBADVALUE) { /* the detail is copied: nl_fail writes the same buffer */
                 char why[512];
                 snprintf(why, sizeof why, "%s", nl_errdetail());

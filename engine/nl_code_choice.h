@@ -57,6 +57,7 @@ typedef struct {
     uint32_t ncand;             /* candidates evaluated, in the order tried */
     double target;
     uint32_t L, budget, queries;
+    int queries_given;          /* the queries were sample_queries, not held-out rows */
     uint64_t rows_scanned;
     double seconds;
     char warning[512];          /* "" when the target is met */

@@ -39,6 +39,8 @@ typedef struct {
     uint64_t search_memory; /* bytes the codes of the collection may take in RAM; 0 = per point */
     uint32_t search_memory_per_point; /* ... or bytes a point; both 0 = the default PQ size + 8 */
     double recall_target; /* what the chosen code should reach (recall@10 at L = 50); 0 = 0.95 */
+    const char *queries_path; /* optional: representative queries the code is chosen by,
+                               * instead of held-out rows of the input (same dimension) */
     unsigned threads;     /* 0 = all CPUs */
     uint64_t seed;
     uint64_t memory_budget; /* bytes the import may hold; 0 = half of physical RAM */

@@ -85,12 +85,15 @@ static int help(FILE *f)
             "         [--metric l2|ip|cosine] [--ids FILE] [--metadata FILE.jsonl] [--R N] [--L N] [--alpha X]\n"
             "         [--pq-bytes N] [--memory-budget SIZE] [--single-pass] [--append] [--threads N] [--seed S]\n"
             "         [--code auto|pq:BYTES|rabitq:BITS] [--search-memory SIZE|BYTES/point]\n"
-            "         [--recall-target R] [--layout auto|blocks|rows] [--quiet]\n"
+            "         [--recall-target R] [--queries FILE] [--layout auto|blocks|rows] [--quiet]\n"
             "\n"
             "  --code          the compressed code searches navigate by (default auto: chosen from the\n"
             "                  data, the smallest that held-out sample queries estimate at recall@10\n"
             "                  >= --recall-target (0.95) at L=50, within --search-memory; a warning\n"
             "                  says so when none in the memory allowed does)\n"
+            "  --queries FILE  representative queries (same dimension) to choose the code by, instead\n"
+            "                  of held-out rows of the input: real queries can sit farther from the\n"
+            "                  data than its own rows do\n"
             "  --search-memory RAM the collection's codes may take: a size (4G) or bytes a point\n"
             "                  (40/point); default: the default PQ size + 8 bytes a point\n"
             "  --memory-budget SIZE  peak memory the import may use (default: half of RAM). Data whose\n"
@@ -123,7 +126,7 @@ int cmd_import(int argc, char **argv)
         {"pq-bytes", 1, 0, 'p'}, {"threads", 1, 0, 't'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
         {"memory-budget", 1, 0, 'B'}, {"metadata", 1, 0, 'M'}, {"single-pass", 0, 0, '1'},
         {"partitioned", 0, 0, 'P'}, {"append", 0, 0, 'A'}, {"code", 1, 0, 'Q'}, {"search-memory", 1, 0, 'S'},
-        {"recall-target", 1, 0, 'T'}, {"layout", 1, 0, 'y'}, {"help", 0, 0, 'h'},
+        {"recall-target", 1, 0, 'T'}, {"layout", 1, 0, 'y'}, {"queries", 1, 0, 'u'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int o;
     optind = 1;
@@ -154,6 +157,7 @@ int cmd_import(int argc, char **argv)
             else { cli_error(C, 0, "--layout must be auto, blocks or rows"); return 2; }
             break;
         case 'A': p.append = 1; break;
+        case 'u': p.queries_path = optarg; break;
         case 'M': p.metadata_path = optarg; break;
         case 'S': {
             const char *slash = strchr(optarg, '/');
@@ -197,6 +201,10 @@ int cmd_import(int argc, char **argv)
     }
     if (!p.db || !p.collection || !p.input) {
         cli_error(C, 0, "--db, --collection and --input are required");
+        return 2;
+    }
+    if (p.queries_path && (p.code || p.pq_m || p.append)) {
+        cli_error(C, 0, "--queries is what the code is chosen by: not with --code, --pq-bytes or --append");
         return 2;
     }
     int rc;
