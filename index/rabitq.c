@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nl_distance.h"
 #include "nl_kmeans.h"
 #include "nl_rabitq.h"
 #include "nl_util.h"
@@ -29,6 +30,10 @@ struct nl_rabitq {
     float *scale; /* C: s_c, the typical A of the centroid's points */
     float *rot;   /* dim x dim, row-major: r_j = sum_i rot[j][i] x_i */
     float *rcent; /* C x dim: P c, derived */
+    /* Kernels resolved once (a lookup per query showed in profiles): the code's inner
+     * product, and the query-centroid distance (squared L2; negated inner product for ip). */
+    nl_rabitq_ip_fn ip;
+    nl_dist_fn cdist;
 };
 
 #define RBQ_MAGIC "NLRBQ02\0"
@@ -74,6 +79,8 @@ static nl_rabitq *rbq_alloc(uint32_t dim, uint32_t bits, uint32_t C, nl_metric m
     }
     for (uint32_t c = 0; c < C; c++)
         q->scale[c] = 1.0f;
+    q->ip = nl_rabitq_kernel(nl_isa_best());
+    q->cdist = nl_distance_fn(metric == NL_METRIC_IP ? NL_METRIC_IP : NL_METRIC_L2, NL_DTYPE_F32);
     return q;
 }
 
@@ -565,7 +572,7 @@ void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, float *b
     s->bits = rq->bits;
     s->C = C;
     s->metric = rq->metric;
-    s->ip = nl_rabitq_kernel(nl_isa_best());
+    s->ip = rq->ip;
     s->scale = rq->metric == NL_METRIC_COSINE ? 0.5f : 1.0f;
     memset(buf, 0, sizeof(float) * nl_rabitq_query_floats(rq));
     s->usum = 0.0f;
@@ -585,21 +592,17 @@ void nl_rabitq_prepare(const nl_rabitq *rq, const float *q, float eps0, float *b
      * l2 2 |q - c| eps0 kappa / sqrt(D - 1) (cosine halves it with the estimate), ip
      * |q| eps0 kappa / sqrt(D - 1). */
     double ek = eps0 * rq->kappa / sqrt(d > 1 ? (double)(d - 1) : 1.0);
+    /* The distance kernel (SIMD) per centroid: |q - c|^2 directly, with no cancellation of
+     * |q|^2 - 2 <q, c> + |c|^2; the scalar loop in double it replaced was a fifth of a
+     * sift search's CPU at 1,024 centroids. */
     for (uint32_t c = 0; c < C; c++) {
-        const float *cc = rq->cent + (size_t)c * d;
-        double dot = 0.0, cn = 0.0;
-        for (uint32_t j = 0; j < d; j++) {
-            dot += (double)x[j] * cc[j];
-            cn += (double)cc[j] * cc[j];
-        }
+        float dc = rq->cdist(x, rq->cent + (size_t)c * d, d);
         cs[c] = rq->scale[c];
         if (rq->metric == NL_METRIC_IP) {
-            cq[c] = (float)-dot;
+            cq[c] = dc; /* -<q, c> */
             ce[c] = (float)(sqrt(qq) * ek);
         } else {
-            double qc2 = qq - 2.0 * dot + cn;
-            if (qc2 < 0.0)
-                qc2 = 0.0;
+            double qc2 = dc > 0.0f ? (double)dc : 0.0;
             cq[c] = (float)qc2;
             ce[c] = (float)(2.0 * sqrt(qc2) * ek * s->scale);
         }
