@@ -255,21 +255,13 @@ def print_report(report, a):
                   f"{x['reads_at_095'] and round(x['reads_at_095'], 1)} | {x['L_at_095']} | "
                   f"{l50.get('recall_at_k')} | {lq.get('qps')} | {one.get('p50')}/{one.get('p99')} | "
                   f"{x['peak_cgroup_bytes'] / 2**20:.0f} | {x['fio_before']:,.0f}/{x['fio_after']:,.0f} |")
-            if x.get("sweep_sector_off"):
-                off = x["reads_at_095_sector_off"]
-                print(f"| {label}, --sector off | {x['code']} | | same graph, one record a read | | | "
-                      f"{off and round(off, 1)} | | "
-                      f"{next((s['recall_at_k'] for s in x['sweep_sector_off'] if s['L'] == 50), None)} | | | | |")
-            if x.get("sweep_plain"):
-                off = x["reads_at_095_plain"]
-                print(f"| {label}, --sector off --seeds off | {x['code']} | | same index, one record a read, from the medoid | | | "
-                      f"{off and round(off, 1)} | | "
-                      f"{next((s['recall_at_k'] for s in x['sweep_plain'] if s['L'] == 50), None)} | | | | |")
-            if x.get("sweep_seeds_off"):
-                off = x["reads_at_095_seeds_off"]
-                print(f"| {label}, --seeds off | {x['code']} | | same index, walks from the medoid alone | | | "
-                      f"{off and round(off, 1)} | | "
-                      f"{next((s['recall_at_k'] for s in x['sweep_seeds_off'] if s['L'] == 50), None)} | | | | |")
+            for key, flags, what in (("sector_off", "--sector off", "same graph, one record a read"),
+                                     ("plain", "--sector off --seeds off", "same index, one record a read, from the medoid"),
+                                     ("seeds_off", "--seeds off", "same index, walks from the medoid alone")):
+                if x.get("sweep_" + key):
+                    off = x["reads_at_095_" + key]
+                    print(f"| {label}, {flags} | {x['code']} | | {what} | | | {off and round(off, 1)} | | "
+                          f"{next((s['recall_at_k'] for s in x['sweep_' + key] if s['L'] == 50), None)} | | | | |")
         if pq["reads_at_095"] and dfl["reads_at_095"]:
             print(f"\nreads at recall 0.95, default / pq: {dfl['reads_at_095'] / pq['reads_at_095']:.2f}x", end="")
             parts = []
