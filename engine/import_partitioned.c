@@ -739,8 +739,9 @@ typedef struct {
     uint32_t *nout;
     nl_dist_fn dist;
     /* per-thread scratch */
-    float *qf;             /* threads x (R + 1) x dim */
+    float *qf;             /* threads x 2 x dim: p, then the prune's scratch */
     float *cd;             /* threads x 2R distances */
+    float *occl;           /* threads x 2R occlusion ratios */
     uint32_t *ord;         /* threads x 2R */
 } merge_ctx;
 
@@ -750,7 +751,7 @@ static int merge_task(void *vctx, size_t task, unsigned thread)
     const job *j = c->j;
     uint32_t R = j->R, w = 2 * R;
     uint64_t lo = (uint64_t)task * 256, hi = lo + 256 < c->count ? lo + 256 : c->count;
-    float *qf = c->qf + (size_t)thread * (R + 1) * j->dim;
+    float *qf = c->qf + (size_t)thread * 2 * j->dim;
     float *cd = c->cd + (size_t)thread * w;
     for (uint64_t i = lo; i < hi; i++) {
         uint32_t *cand = c->cand + i * w, nc = c->ncand[i];
@@ -797,17 +798,12 @@ static int merge_task(void *vctx, size_t task, unsigned thread)
             cd[b] = d;
             cand[b] = v;
         }
-        uint32_t k = 0;
-        for (uint32_t a = 0; a < m && k < R; a++) {
-            const void *x = c->vecs + (size_t)cand[a] * j->vb;
-            int occluded = 0;
-            for (uint32_t b = 0; b < k && !occluded; b++)
-                occluded = j->alpha * c->dist(qf + (size_t)(b + 1) * j->dim, x, j->dim) <= cd[a];
-            if (occluded)
-                continue;
-            nl_convert_to_f32(j->dtype, x, qf + (size_t)(k + 1) * j->dim, j->dim);
-            out[k++] = cand[a];
-        }
+        /* The build's own rule (nl_vamana_prune), alpha raised from 1: a single prune at
+         * alpha here filled lists with near, nearly occluded candidates, and the merged
+         * graph alone needed 9 % more reads than the in-memory build (hard-1M, L=30). */
+        nl_vecset vs = {c->vecs, j->n, j->dim, j->dtype};
+        uint32_t k = nl_vamana_prune(&vs, c->dist, NULL, cand, cd, m, j->alpha, R, c->occl + (size_t)thread * w,
+                                     qf + j->dim, out);
         c->nout[i] = k;
     }
     return 0;
@@ -852,7 +848,7 @@ static int load_chunk(job *j, void *vctx, uint64_t first, uint64_t count, const 
 /* Bytes the exact merge needs beyond the fixed part. */
 static uint64_t merge_bytes(const job *j, int exact)
 {
-    uint64_t blocks = (uint64_t)MERGE_BLOCK * (3ull * j->R + 2) * 4 + (uint64_t)j->threads * (j->R + 1) * j->dim * 4 +
+    uint64_t blocks = (uint64_t)MERGE_BLOCK * (3ull * j->R + 2) * 4 + (uint64_t)j->threads * (2ull * j->dim + 4ull * j->R) * 4 +
                       (uint64_t)j->P * (64 << 10) + (uint64_t)MERGE_BLOCK * j->vb;
     uint64_t reach = j->n / 2; /* reachability: four bitmaps */
     return blocks + reach + (exact ? j->n * j->vb : 0) + (j->p->ids_path ? j->n * 16 : 0);
@@ -879,10 +875,11 @@ static int phase_merge_write(job *j)
     c.ncand = malloc(sizeof(uint32_t) * MERGE_BLOCK);
     c.out = malloc(sizeof(uint32_t) * MERGE_BLOCK * R);
     c.nout = malloc(sizeof(uint32_t) * MERGE_BLOCK);
-    c.qf = malloc(sizeof(float) * j->threads * (R + 1) * j->dim);
+    c.qf = malloc(sizeof(float) * j->threads * 2 * j->dim);
     c.cd = malloc(sizeof(float) * j->threads * 2 * R);
+    c.occl = malloc(sizeof(float) * j->threads * 2 * R);
     blockvec = exact ? NULL : malloc((size_t)MERGE_BLOCK * j->vb);
-    if (!rd || !c.cand || !c.ncand || !c.out || !c.nout || !c.qf || !c.cd || (!exact && !blockvec)) {
+    if (!rd || !c.cand || !c.ncand || !c.out || !c.nout || !c.qf || !c.cd || !c.occl || (!exact && !blockvec)) {
         rc = -ENOMEM;
         goto out;
     }
@@ -1035,6 +1032,7 @@ out:
     free(c.nout);
     free(c.qf);
     free(c.cd);
+    free(c.occl);
     return rc;
 }
 

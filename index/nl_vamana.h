@@ -21,6 +21,7 @@
 #define NL_VAMANA_H
 
 #include "nl_common.h"
+#include "nl_distance.h"
 #include "nl_graph.h"
 
 #ifdef __cplusplus
@@ -50,6 +51,18 @@ int nl_vamana_build(const nl_vecset *vs, nl_metric metric, const nl_vamana_param
 /* Wraps an existing graph (ownership of g passes to the index, even on failure). */
 int nl_vamana_from_graph(const nl_vecset *vs, nl_metric metric, nl_graph *g, uint32_t medoid,
                          nl_vamana **out);
+
+/* RobustPrune(p, V, alpha, R) as the build runs it, for callers that prune lists outside
+ * a build (the partitioned import's merge). ids[0..nc) are the candidates sorted by d[]
+ * ascending (their distances to p by `dist`; p itself and duplicates removed). alpha is
+ * raised from 1 by factors of 1.2, so the nearest non-occluded candidates are taken
+ * before the ones only alpha lets through; a candidate is dropped once alpha times its
+ * distance to a taken one is at most its distance to p. Distances between candidates:
+ * dist(f32 copy of one, stored row of the other) over vs, plus (ext[a] - ext[b])^2 when
+ * ext (one value per row) is given. occl: nc floats, xbuf: vs->dim floats, both scratch.
+ * Writes at most R ids to out and returns how many. */
+uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext, const uint32_t *ids, const float *d,
+                         uint32_t nc, float alpha, uint32_t R, float *occl, float *xbuf, uint32_t *out);
 void nl_vamana_destroy(nl_vamana *ix);
 
 const nl_graph *nl_vamana_graph(const nl_vamana *ix);

@@ -129,9 +129,11 @@ int nl_vam_scratch_create(const nl_vamana *ix, uint32_t L, nl_vam_scratch **out)
     /* candidates, then room for a copy of one list */
     sc->cands = malloc(sizeof(nl_cand) * ccap + sizeof(uint32_t) * (cap + 1));
     sc->occl = malloc(sizeof(float) * ccap);
+    sc->pid = malloc(sizeof(uint32_t) * MAX_PRUNE_CANDIDATES);
+    sc->pdist = malloc(sizeof(float) * MAX_PRUNE_CANDIDATES);
     sc->qbuf = malloc(sizeof(float) * 2 * ix->vs.dim);
     sc->lbuf = malloc(sizeof(uint32_t) * (cap + 1));
-    if (rc || !sc->cands || !sc->occl || !sc->qbuf || !sc->lbuf) {
+    if (rc || !sc->cands || !sc->occl || !sc->pid || !sc->pdist || !sc->qbuf || !sc->lbuf) {
         nl_vam_scratch_destroy(sc);
         return rc ? rc : -ENOMEM;
     }
@@ -146,6 +148,8 @@ void nl_vam_scratch_destroy(nl_vam_scratch *sc)
     nl_vamana_searcher_destroy(sc->s);
     free(sc->cands);
     free(sc->occl);
+    free(sc->pid);
+    free(sc->pdist);
     free(sc->qbuf);
     free(sc->lbuf);
     free(sc);
@@ -221,7 +225,6 @@ static uint32_t robust_prune(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p, nl_c
                              float alpha, uint32_t *out)
 {
     nl_vamana *ix = b->ix;
-    uint32_t R = b->R;
     qsort(cands, nc, sizeof *cands, cand_cmp);
     uint32_t w = 0;
     for (uint32_t i = 0; i < nc; i++) {
@@ -232,8 +235,17 @@ static uint32_t robust_prune(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p, nl_c
         cands[w++] = cands[i];
     }
     nc = w < MAX_PRUNE_CANDIDATES ? w : MAX_PRUNE_CANDIDATES;
-    float *occl = sc->occl;
-    float *pstar = sc->qbuf + ix->vs.dim;
+    for (uint32_t i = 0; i < nc; i++) {
+        sc->pid[i] = cands[i].id;
+        sc->pdist[i] = cands[i].dist;
+    }
+    return nl_vamana_prune(&ix->vs, ix->build_dist, ix->ext, sc->pid, sc->pdist, nc, alpha, b->R, sc->occl,
+                           sc->qbuf + ix->vs.dim, out);
+}
+
+uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext, const uint32_t *ids, const float *d,
+                         uint32_t nc, float alpha, uint32_t R, float *occl, float *xbuf, uint32_t *out)
+{
     for (uint32_t i = 0; i < nc; i++)
         occl[i] = 0.0f;
     uint32_t nout = 0;
@@ -244,13 +256,17 @@ static uint32_t robust_prune(nl_vam_ins *b, nl_vam_scratch *sc, uint32_t p, nl_c
             if (occl[i] > cur)
                 continue;
             occl[i] = FLT_MAX; /* taken */
-            out[nout++] = cands[i].id;
-            nl_convert_to_f32(ix->vs.dtype, row_of(ix, cands[i].id), pstar, ix->vs.dim);
+            out[nout++] = ids[i];
+            nl_convert_to_f32(vs->dtype, nl_vecset_row(vs, ids[i]), xbuf, vs->dim);
             for (uint32_t j = i + 1; j < nc; j++) {
                 if (occl[j] > alpha)
                     continue;
-                float djk = bdist(ix, pstar, ix->ext ? ix->ext[cands[i].id] : 0.0f, cands[j].id);
-                float ratio = djk > 0.0f ? cands[j].dist / djk : FLT_MAX;
+                float djk = dist(xbuf, nl_vecset_row(vs, ids[j]), vs->dim);
+                if (ext) {
+                    float t = ext[ids[i]] - ext[ids[j]];
+                    djk += t * t;
+                }
+                float ratio = djk > 0.0f ? d[j] / djk : FLT_MAX;
                 if (ratio > occl[j])
                     occl[j] = ratio;
             }

@@ -129,6 +129,8 @@ typedef struct {
     nl_vamana_searcher *s;
     nl_cand *cands; /* MAX_PRUNE_CANDIDATES + cap candidates, then cap + 1 ids */
     float *occl;
+    uint32_t *pid;  /* MAX_PRUNE_CANDIDATES: the prune's candidates, by distance */
+    float *pdist;   /* their distances to the point pruned */
     float *qbuf;    /* 2 * dim */
     uint32_t *lbuf; /* cap + 1 */
 } nl_vam_scratch;

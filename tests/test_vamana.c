@@ -217,6 +217,37 @@ Test(vamana, search_rejects_bad_k_and_L)
     cr_assert_eq(nl_vamana_build(&vs, NL_METRIC_L2, &p, NULL, NULL, &ix), NL_EINVAL);
 }
 
+/* The prune rule the build and the partitioned merge share. p is the origin; a (1,0) and
+ * c (0,1.5) are not occluded; b (1.2,0.3) sits behind a; e (0.8,-1.9) is occluded by a at
+ * alpha 1 (d(p,e) / d(a,e) = 1.16) but not at 1.2; f (-2,-2) is far and not occluded. The
+ * build raises alpha from 1, so with room for three f is taken before e: a single prune
+ * at 1.2 would take e, the nearer, nearly occluded one, and leave f out. */
+Test(vamana, prune_takes_unoccluded_candidates_before_alpha_spread_ones)
+{
+    float x[5 * 2] = {1, 0, 1.2f, 0.3f, 0, 1.5f, 0.8f, -1.9f, -2, -2}; /* a b c e f */
+    nl_vecset vs = {x, 5, 2, NL_DTYPE_F32};
+    nl_dist_fn l2 = nl_distance_fn(NL_METRIC_L2, NL_DTYPE_F32);
+    uint32_t ids[5] = {0, 1, 2, 3, 4};
+    float d[5], occl[5], xbuf[2];
+    for (int i = 0; i < 5; i++)
+        d[i] = x[2 * i] * x[2 * i] + x[2 * i + 1] * x[2 * i + 1];
+    uint32_t out[5];
+    cr_assert_eq(nl_vamana_prune(&vs, l2, NULL, ids, d, 5, 1.2f, 3, occl, xbuf, out), 3);
+    cr_assert(out[0] == 0 && out[1] == 2 && out[2] == 4, "took %u %u %u", out[0], out[1], out[2]);
+    cr_assert_eq(nl_vamana_prune(&vs, l2, NULL, ids, d, 5, 1.2f, 5, occl, xbuf, out), 4);
+    cr_assert(out[3] == 3, "alpha 1.2 lets e in last, got %u", out[3]);
+    cr_assert_eq(nl_vamana_prune(&vs, l2, NULL, ids, d, 5, 1.0f, 5, occl, xbuf, out), 3);
+    /* The extension coordinate (the ip reduction) counts in distances between candidates:
+     * v (1.1,0) and u (1,0) are 0.01 apart in the plane but 9.01 with u lifted by 3, so u
+     * (10 from p, lift included) is occluded at 1.2 without the lift and not with it. */
+    float y[2 * 2] = {1.1f, 0, 1, 0}; /* v u */
+    nl_vecset vs2 = {y, 2, 2, NL_DTYPE_F32};
+    uint32_t ids2[2] = {0, 1};
+    float d2[2] = {1.21f, 10.0f}, ext[2] = {0, 3};
+    cr_assert_eq(nl_vamana_prune(&vs2, l2, NULL, ids2, d2, 2, 1.2f, 2, occl, xbuf, out), 1);
+    cr_assert_eq(nl_vamana_prune(&vs2, l2, ext, ids2, d2, 2, 1.2f, 2, occl, xbuf, out), 2);
+}
+
 Test(graph, validator_reports_each_fault)
 {
     nl_graph *g;
