@@ -46,6 +46,7 @@ typedef struct {
 static nl_code_spec g_code = {NL_CODE_PQ, 0};
 /* Gaussian clusters the fixtures' points and queries are drawn around. */
 static uint32_t g_centres = 16;
+static unsigned g_build_threads = 2; /* 1: the graph is the same on every run */
 
 static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric, int with_ids)
 {
@@ -81,7 +82,7 @@ static void build(fixture *f, size_t n, uint32_t d, nl_dtype t, nl_metric metric
     nl_vamana_params_default(&p);
     p.R = 24;
     p.L = 48;
-    p.threads = 2;
+    p.threads = g_build_threads;
     cr_assert_eq(nl_vamana_build(&vs, metric, &p, NULL, NULL, &f->ix), 0);
     nl_code_spec spec = g_code.kind == NL_CODE_PQ ? (nl_code_spec){NL_CODE_PQ, d < 16 ? d : 16} : g_code;
     nl_quant_params qp = {.seed = 1, .threads = 2};
@@ -834,8 +835,12 @@ Test(segment, seeds_start_the_walk_near_the_query)
     size_t n = 12000;
     g_code = (nl_code_spec){NL_CODE_RABITQ, 2};
     g_centres = 64; /* many neighbourhoods: the walk from the medoid has a way to go */
+    /* One build thread: with two, the graph (and the recall at L=10) varies by thread
+     * timing, and about one run in six fell below the bound (0.645 against 0.670). */
+    g_build_threads = 1;
     build(&f, n, 32, NL_DTYPE_F32, NL_METRIC_L2, 0);
     g_centres = 16;
+    g_build_threads = 2;
     char path[600];
     snprintf(path, sizeof path, "%s/seeds.nls", dir);
     write_seg(&f, path);
