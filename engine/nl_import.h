@@ -74,9 +74,11 @@ typedef struct {
     double layout_overlap;    /* the layout's overlap ratio (nl_layout_overlap); row order's
                                * when not laid out */
     double layout_s;
-    uint64_t repaired_edges;
+    uint64_t repaired_edges;  /* partitioned: in-edges added to nodes the merge left unreachable */
     double partition_fill_min, partition_fill_max; /* partitioned: rows / cap of the emptiest and
-                               * fullest partition (1 = full: rows went past their 2 nearest) */  /* partitioned: in-edges added to nodes the merge left unreachable */
+                               * fullest partition (1 = full: rows went past their 2 nearest) */
+    uint64_t navigation_points; /* partitioned: rows of the navigation graph (a strided sample
+                               * built whole, whose lists span every partition); 0 = none */
     int appended;
     uint64_t first_id;        /* appended without ids: the first row's id */
     int code_chosen;          /* the code was chosen from the data: choice holds how */

@@ -847,6 +847,7 @@ Test(engine, partitioned_import_then_append)
     cr_assert_eq(nl_import(&ip, &ir), 0, "%s", nl_errdetail());
     cr_assert_geq(ir.partitions, 3);
     cr_assert(ir.exact_merge);
+    cr_assert_eq(ir.navigation_points, n / 8, "navigation sample of %llu rows", (unsigned long long)ir.navigation_points);
     ip.input = v2;
     ip.metadata_path = mpath;
     ip.append = 1;

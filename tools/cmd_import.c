@@ -238,7 +238,8 @@ int cmd_import(int argc, char **argv)
            (unsigned long long)r.first_id,
            (unsigned long long)nl_peak_rss_bytes());
     if (r.partitions)
-        printf(",\"partition_fill\":{\"min\":%.3f,\"max\":%.3f}", r.partition_fill_min, r.partition_fill_max);
+        printf(",\"partition_fill\":{\"min\":%.3f,\"max\":%.3f},\"navigation_points\":%llu", r.partition_fill_min,
+               r.partition_fill_max, (unsigned long long)r.navigation_points);
     printf(",\"layout\":{\"blocks\":%s,\"records_per_sector\":%u,\"overlap\":%.4f,\"seconds\":%.2f}",
            r.block_layout ? "true" : "false", r.block_records, r.layout_overlap, r.layout_s);
     if (r.code_chosen) {
