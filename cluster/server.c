@@ -47,7 +47,7 @@ static const char *const ep_names[EP_COUNT] = {"healthz", "readyz", "metrics", "
                                                "create_collection", "describe_collection", "drop_collection",
                                                "upsert", "delete", "get", "search", "search_batch", "internal",
                                                "internal_search", "other"};
-static const int codes[NCODES] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 503};
+static const int codes[NCODES] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 503, 507};
 static const double buckets[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 /* ---------------------------------------------------------------- logging */
@@ -168,13 +168,46 @@ enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, 
     return nl_srv_send_json(c, r, status, e ? e : json_object());
 }
 
-/* An engine error as an HTTP status and code. */
+/* Copies msg into out with every absolute path replaced by "<path>": a client learns what
+ * failed, not where the server keeps its files (the log has the whole message). */
+static void redact_paths(const char *msg, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; msg[i] && o + 8 < cap;) {
+        int starts = msg[i] == '/' && (i == 0 || strchr(" (\"'=:,", msg[i - 1]) != NULL);
+        if (!starts) {
+            out[o++] = msg[i++];
+            continue;
+        }
+        while (msg[i] && !strchr(" :,)\"'", msg[i]))
+            i++;
+        memcpy(out + o, "<path>", 6);
+        o += 6;
+    }
+    out[o] = '\0';
+}
+
+/* An engine error as an HTTP status and code. The detail of a server-side failure (5xx)
+ * goes to the log whole and to the client without paths. */
 enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int rc, const char *what)
 {
     const char *detail = nl_errdetail();
-    char msg[900];
-    snprintf(msg, sizeof msg, "%s: %s", what, detail[0] ? detail : nl_strerror(rc));
+    char full[900], msg[900];
+    snprintf(full, sizeof full, "%s: %s", what, detail[0] ? detail : nl_strerror(rc));
+    int server_side = !(rc == NL_EDIM || rc == NL_EFILTER || rc == NL_EINVAL || rc == NL_EBADVALUE ||
+                        rc == NL_EFORMAT || rc == NL_EEMPTY || rc == NL_ENOTFOUND || rc == NL_EEXISTS);
+    if (server_side) {
+        snprintf(r->detail, sizeof r->detail, "%s", full);
+        redact_paths(full, msg, sizeof msg);
+    } else {
+        snprintf(msg, sizeof msg, "%s", full);
+    }
     switch (rc) {
+    case NL_EFAILED:
+        return nl_srv_send_error(c, r, 503, "shard_failed",
+                                 "%s (the write's outcome is unknown: it may or may not be applied; upserts and "
+                                 "deletes are safe to retry once the shard has reopened)", msg);
+    case NL_ENOSPACE: return nl_srv_send_error(c, r, 507, "insufficient_storage", "%s", msg);
     case NL_EDIM: return nl_srv_send_error(c, r, 400, "wrong_dimension", "%s", msg);
     case NL_EFILTER: return nl_srv_send_error(c, r, 400, "bad_filter", "%s", msg);
     case NL_EINVAL: case NL_EBADVALUE: case NL_EFORMAT: case NL_EEMPTY:
@@ -249,12 +282,15 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
             "# HELP nearline_body_too_large_total Requests refused with 413.\n"
             "# TYPE nearline_body_too_large_total counter\nnearline_body_too_large_total %llu\n"
             "# HELP nearline_inflight_requests Requests being served now.\n"
-            "# TYPE nearline_inflight_requests gauge\nnearline_inflight_requests %u\n",
+            "# TYPE nearline_inflight_requests gauge\nnearline_inflight_requests %u\n"
+            "# HELP nearline_failed_shards Shards refusing writes after a failed write to disk, until reopened.\n"
+            "# TYPE nearline_failed_shards gauge\nnearline_failed_shards %u\n",
             (unsigned long long)atomic_load(&m->queries), (unsigned long long)atomic_load(&m->filtered),
             (unsigned long long)atomic_load(&m->ios), (unsigned long long)hops, (unsigned long long)hits,
             hops ? (double)hits / (double)hops : 0.0, (unsigned long long)atomic_load(&m->points_upserted),
             (unsigned long long)atomic_load(&m->points_deleted), (unsigned long long)atomic_load(&m->overloaded),
-            (unsigned long long)atomic_load(&m->body_too_large), atomic_load(&s->inflight));
+            (unsigned long long)atomic_load(&m->body_too_large), atomic_load(&s->inflight),
+            nl_db_failed_shards(s->db, NULL, 0));
     /* Per collection: the engine's own counters. */
     char **names;
     size_t n;
@@ -265,7 +301,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                                         "compaction_seconds_total", "background_error", "store_sst_bytes",
                                         "store_memtable_bytes", "store_pending_compaction_bytes",
                                         "store_running_compactions", "store_keys", "store_block_cache_bytes",
-                                        "search_retries_total", "search_exhaustive_total"};
+                                        "search_retries_total", "search_exhaustive_total", "failed_shards",
+                                        "shard_reopens_total"};
         for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
             fprintf(f, "# HELP nearline_collection_%s The engine's %s of the collection (this node's shards).\n",
                     g[gi], g[gi]);
@@ -285,7 +322,8 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                               (double)st.store_memtable_bytes, (double)st.store_pending_compaction_bytes,
                               (double)st.store_running_compactions, (double)st.store_keys,
                               (double)st.store_block_cache_bytes, (double)st.search_retries,
-                              (double)st.search_exhaustive};
+                              (double)st.search_exhaustive, (double)st.failed_shards,
+                              (double)st.shard_reopens};
                 fprintf(f, "nearline_collection_%s{collection=\"%s\"} %.17g\n", g[gi], names[i], v[gi]);
             }
         }
@@ -527,6 +565,14 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
             return nl_srv_send_error(c, r, 503, "shutting_down", "the server is shutting down");
         if (s->opt.cluster && !nl_cluster_ready(s->opt.cluster, why, sizeof why))
             return nl_srv_send_error(c, r, 503, "not_ready", "%s", why);
+        char failed[400], clean[400];
+        uint32_t nf = nl_db_failed_shards(s->db, failed, sizeof failed);
+        if (nf) {
+            redact_paths(failed, clean, sizeof clean);
+            return nl_srv_send_error(c, r, 503, "shard_failed",
+                                     "%u shard(s) refuse writes after a failed write to disk and are being reopened; "
+                                     "%s", nf, clean);
+        }
         return nl_srv_send_json(c, r, 200, json_pack("{s:s}", "status", "ready"));
     }
     if (n == 1 && !strcmp(seg[0], "metrics") && get) {
@@ -705,11 +751,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     atomic_fetch_add(&s->m.sum_us[e], us);
     json_t *p = json_string(r->path);
     char *path = p ? json_dumps(p, JSON_ENCODE_ANY) : NULL;
+    json_t *dj = r->detail[0] ? json_string(r->detail) : NULL;
+    char *detail = dj ? json_dumps(dj, JSON_ENCODE_ANY) : NULL;
     logf_(s, r->status >= 500 ? NL_LOG_WARN : NL_LOG_INFO,
           "\"event\":\"request\",\"request_id\":\"%s\",\"method\":\"%s\",\"path\":%s,\"endpoint\":\"%s\","
-          "\"status\":%d,\"latency_us\":%llu,\"bytes_in\":%zu%s",
+          "\"status\":%d,\"latency_us\":%llu,\"bytes_in\":%zu%s%s%s",
           r->rid, r->method, path ? path : "\"?\"", ep_names[e], r->status, (unsigned long long)us, r->len,
-          toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true");
+          toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true", detail ? ",\"detail\":" : "",
+          detail ? detail : "");
+    free(detail);
+    json_decref(dj);
     free(path);
     json_decref(p);
     if (r->admitted)

@@ -15,7 +15,7 @@
 #include "nl_server.h"
 
 /* the status codes and latency buckets counted per endpoint (arrays in server.c) */
-#define NCODES 11
+#define NCODES 12
 #define NBUCKETS 13
 
 enum {
@@ -71,6 +71,7 @@ typedef struct {
     nl_collection_config ccfg;
     int shard;
     const char *traceparent;
+    char detail[900]; /* a 5xx's full engine detail (paths included): logged, never sent */
 } req;
 
 /* Responses: each queues the answer (taking over body) and returns MHD's result. */

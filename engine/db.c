@@ -40,28 +40,7 @@
 #include "nl_shard.h"
 #include "nl_util.h"
 
-struct nl_collection {
-    nl_db *db;
-    char name[72];
-    char dir[4200];
-    int refs;    /* under db->mu */
-    int dropped; /* under db->mu */
-    nl_collection_config cfg;
-    nl_shard **shards; /* cfg.shards entries; NULL = not held (partial collections only) */
-    int partial;
-    /* Held shared by every call that uses a shard, exclusively by an install (which
-     * replaces a shard): writers first, so a stream of searches cannot starve it. */
-    pthread_rwlock_t swap;
-    struct nl_collection *next;
-};
-
-struct nl_db {
-    char dir[4096];
-    nl_db_options opt;
-    pthread_mutex_t mu;
-    nl_collection *open;
-    unsigned long trash_seq;
-};
+#include "db_internal.h"
 
 /* ---------------------------------------------------------------- database */
 
@@ -85,6 +64,12 @@ int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
     if (opt)
         db->opt = *opt;
     pthread_mutex_init(&db->mu, NULL);
+    pthread_mutex_init(&db->rmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&db->rcv, &ca);
+    pthread_condattr_destroy(&ca);
     /* Leftovers of creates, imports and drops that a crash interrupted. */
     DIR *d = opendir(dir);
     struct dirent *e;
@@ -100,13 +85,12 @@ int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out)
     }
     if (d)
         closedir(d);
+    if (!db->opt.no_background && (mk = db_recovery_start(db)) != 0) {
+        nl_db_close(db);
+        return mk;
+    }
     *out = db;
     return 0;
-}
-
-static nl_shard *shard_at(const nl_collection *c, uint32_t s)
-{
-    return __atomic_load_n(&c->shards[s], __ATOMIC_ACQUIRE);
 }
 
 static void collection_free(nl_collection *c)
@@ -115,6 +99,7 @@ static void collection_free(nl_collection *c)
         if (c->shards[i])
             nl_shard_close(c->shards[i]);
     free(c->shards);
+    free(c->broken);
     pthread_rwlock_destroy(&c->swap);
     free(c);
 }
@@ -144,6 +129,7 @@ void nl_db_close(nl_db *db)
 {
     if (!db)
         return;
+    db_recovery_stop(db);
     pthread_mutex_lock(&db->mu);
     while (db->open) {
         nl_collection *c = db->open;
@@ -152,6 +138,8 @@ void nl_db_close(nl_db *db)
     }
     pthread_mutex_unlock(&db->mu);
     pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->rmu);
+    pthread_cond_destroy(&db->rcv);
     free(db);
 }
 
@@ -340,7 +328,8 @@ static int open_locked(nl_db *db, const char *name, nl_collection **out)
     int rc = nl_catalog_read_config(c->dir, &c->cfg);
     if (!rc) {
         c->shards = calloc(c->cfg.shards, sizeof *c->shards);
-        if (!c->shards)
+        c->broken = calloc(c->cfg.shards, sizeof *c->broken);
+        if (!c->shards || !c->broken)
             rc = -ENOMEM;
     }
     char mark[4400];
@@ -460,9 +449,28 @@ static uint32_t shard_of(const nl_collection *c, const nl_id *id) { return nl_sh
 static nl_shard *held_shard(const nl_collection *c, uint32_t s)
 {
     nl_shard *sh = s < c->cfg.shards ? shard_at(c, s) : NULL;
-    if (!sh)
+    if (!sh && s < c->cfg.shards && c->broken[s].code)
+        nl_fail(NL_EFAILED, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name, c->broken[s].msg);
+    else if (!sh)
         nl_fail(NL_ENOTFOUND, "shard %u of '%s' is not held here", s, c->name);
     return sh;
+}
+
+/* The code held_shard's failure means: NL_EFAILED for a failed shard, else NL_ENOTFOUND. */
+static int unheld_code(const nl_collection *c, uint32_t s)
+{
+    return s < c->cfg.shards && c->broken[s].code ? NL_EFAILED : NL_ENOTFOUND;
+}
+
+/* NL_EFAILED when a shard of the collection failed to reopen (a whole-collection read
+ * would silently miss its points). */
+static int any_broken(const nl_collection *c)
+{
+    for (uint32_t s = 0; s < c->cfg.shards; s++)
+        if (!shard_at(c, s) && c->broken[s].code)
+            return nl_fail(NL_EFAILED, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name,
+                           c->broken[s].msg);
+    return 0;
 }
 
 int nl_collection_shard_held(const nl_collection *c, uint32_t s)
@@ -555,7 +563,7 @@ static int collection_upsert_impl(nl_collection *c, const nl_point *pts, size_t 
         return rc;
     for (size_t i = 0; i < n; i++)
         if (!held_shard(c, shard_of(c, &pts[i].id)))
-            return NL_ENOTFOUND;
+            return unheld_code(c, shard_of(c, &pts[i].id));
     nl_point *part = malloc(sizeof *part * n);
     if (!part)
         return -ENOMEM;
@@ -586,7 +594,7 @@ static int live_shard(const nl_collection *c, uint32_t s, nl_shard **sh)
     if (rc)
         return rc;
     *sh = held_shard(c, s);
-    return *sh ? 0 : NL_ENOTFOUND;
+    return *sh ? 0 : unheld_code(c, s);
 }
 
 static int collection_shard_upsert_impl(nl_collection *c, uint32_t s, const nl_point *pts, size_t n)
@@ -666,7 +674,7 @@ static int collection_delete_impl(nl_collection *c, const nl_id *ids, size_t n, 
         return rc;
     for (size_t i = 0; i < n; i++)
         if (!held_shard(c, shard_of(c, &ids[i])))
-            return NL_ENOTFOUND;
+            return unheld_code(c, shard_of(c, &ids[i]));
     if (c->cfg.shards == 1)
         return nl_shard_delete(shard_at(c, 0), ids, n, deleted);
     nl_id *part = malloc(sizeof *part * n);
@@ -720,7 +728,7 @@ static int collection_get_impl(nl_collection *c, const nl_id *id, float *vec, ch
     if (rc)
         return rc;
     nl_shard *sh = held_shard(c, shard_of(c, id));
-    return sh ? nl_shard_get(sh, id, vec, meta, meta_len) : NL_ENOTFOUND;
+    return sh ? nl_shard_get(sh, id, vec, meta, meta_len) : unheld_code(c, shard_of(c, id));
 }
 
 int nl_collection_get(nl_collection *c, const nl_id *id, float *vec, char **meta, size_t *meta_len)
@@ -739,7 +747,7 @@ static int collection_get_metadata_impl(nl_collection *c, const nl_id *id, char 
     if (rc)
         return rc;
     nl_shard *sh = held_shard(c, shard_of(c, id));
-    return sh ? nl_shard_get_metadata(sh, id, meta, meta_len) : NL_ENOTFOUND;
+    return sh ? nl_shard_get_metadata(sh, id, meta, meta_len) : unheld_code(c, shard_of(c, id));
 }
 
 int nl_collection_get_metadata(nl_collection *c, const nl_id *id, char **meta, size_t *meta_len)
@@ -835,6 +843,9 @@ static int collection_search_batch_impl(nl_collection *c, const float *qs, size_
                                nl_hit *hits, uint32_t *counts, nl_query_stats *stats)
 {
     uint32_t which[NL_MAX_SHARDS], S = 0;
+    int rc = any_broken(c);
+    if (rc)
+        return rc;
     for (uint32_t s = 0; s < c->cfg.shards; s++)
         if (shard_at(c, s))
             which[S++] = s;
@@ -855,7 +866,7 @@ static int collection_shard_search_batch_impl(nl_collection *c, uint32_t s, cons
                                      nl_query_stats *stats)
 {
     if (!held_shard(c, s))
-        return NL_ENOTFOUND;
+        return unheld_code(c, s);
     return search_shards(c, &s, 1, qs, nq, p, hits, counts, stats);
 }
 
@@ -945,6 +956,7 @@ static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int
     st->seed_members += x->seed_members;
     st->block_layout_points += x->block_layout_points;
     st->direct_io = first ? x->direct_io : st->direct_io && x->direct_io;
+    st->failed_shards += x->failed_shards;
     if (x->background_error)
         st->background_error = x->background_error;
 }
@@ -953,9 +965,12 @@ static int collection_stats_get_impl(nl_collection *c, nl_collection_stats *st)
 {
     memset(st, 0, sizeof *st);
     int rc = live(c), first = 1;
+    st->shard_reopens = atomic_load(&c->reopens);
     for (uint32_t s = 0; s < c->cfg.shards && !rc; s++) {
-        if (!shard_at(c, s))
+        if (!shard_at(c, s)) {
+            st->failed_shards += c->broken[s].code != 0;
             continue;
+        }
         nl_collection_stats x;
         nl_shard_stats(shard_at(c, s), &x);
         stats_add(st, &x, first);

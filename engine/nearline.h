@@ -69,12 +69,27 @@ typedef struct {
      * maintenance threads; a cluster node uses it to stagger the replicas of a shard. */
     int (*compact_gate)(void *ctx, const char *shard_dir, int begin);
     void *compact_gate_ctx;
+    uint32_t recover_interval_ms;  /* how often a thread looks for failed shards to reopen
+                                    * (nl_db_recover); 0 = 1000; none with no_background */
 } nl_db_options;
 
 /* Opens (creating when missing) the database directory. Leftovers of interrupted
  * creates, drops and imports are removed. *out owned by the caller: nl_db_close. */
 int nl_db_open(const char *dir, const nl_db_options *opt, nl_db **out);
 void nl_db_close(nl_db *db);
+
+/* A shard whose durable step failed with an unknown outcome (a failed fsync of the WAL or
+ * of a manifest batch: docs/decisions.md, "Unknown outcomes") refuses writes with
+ * NL_EFAILED; reads go on. This call closes every such shard of the open collections and
+ * opens it again, which decides its state from what is on disk (RocksDB replays its WAL;
+ * every segment the manifest lists must be there). A shard whose reopen fails stays out
+ * (its calls fail with NL_EFAILED) and is tried again on the next call. A thread of the
+ * database calls it every recover_interval_ms unless no_background is set. *reopened and
+ * *still_failed (may be NULL) count the shards. Returns 0 or the first reopen's error. */
+int nl_db_recover(nl_db *db, uint32_t *reopened, uint32_t *still_failed);
+/* How many shards of the open collections refuse writes now (failed, or not reopened);
+ * the first one's collection, shard and cause in why (len bytes, may be NULL). */
+uint32_t nl_db_failed_shards(nl_db *db, char *why, size_t len);
 
 /* ---------------------------------------------------------------- collections */
 
@@ -391,6 +406,9 @@ typedef struct {
     uint64_t search_retries;  /* queries short of min(k, live) searched again, wider list */
     uint64_t search_exhaustive; /* ... and then exhaustively (every live point scored) */
     int background_error;     /* last error of a background flush or compaction, or 0 */
+    uint32_t failed_shards;   /* shards refusing writes after a failed durable step
+                               * (NL_EFAILED) until they are reopened */
+    uint64_t shard_reopens;   /* failed shards reopened (recovered) since the collection opened */
     uint64_t cached_nodes;    /* segment nodes held by the node cache */
     uint64_t seed_members;    /* ordinals in the segments' seed tables (where walks start) */
     uint64_t block_layout_points; /* segment points whose records are in block layout */

@@ -60,10 +60,14 @@ int nl_shard_import_collisions(nl_shard_import *h, const uint64_t *ids, uint64_t
  * version is the first pid taken + that ordinal. */
 int nl_shard_import_commit(nl_shard_import *h, uint32_t seg_number, uint64_t n, const uint64_t *ids,
                            uint64_t id_first, const uint32_t *row_ord, const char *metadata_path);
-/* Opens and recovers: removes orphaned files, reopens the segments of the manifest,
- * rebuilds the fresh index and the tombstone set. */
+/* Opens and recovers: opens every segment the manifest lists (any missing or unreadable
+ * one fails the open with nothing deleted), then removes orphaned files, rebuilds the
+ * fresh index and the tombstone set. */
 int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out);
 void nl_shard_close(nl_shard *sh);
+/* 0 while the shard takes writes; NL_EFAILED once a durable step failed with an unknown
+ * outcome (nl_store.h), with the cause in msg (may be NULL). Close and reopen to recover. */
+int nl_shard_failed(nl_shard *sh, char *msg, size_t len);
 
 void nl_shard_get_config(const nl_shard *sh, nl_shard_config *cfg);
 

@@ -35,6 +35,14 @@ typedef struct nl_store nl_store;
 typedef struct nl_store_batch nl_store_batch;
 typedef struct nl_store_iter nl_store_iter;
 
+/* Failure is sticky: once a write returned an error from RocksDB (the WAL append or its
+ * sync failed, or a background error stopped writes), the outcome of that write is
+ * unknown and the store takes no further write: every later nl_store_write returns
+ * NL_EFAILED at once, without calling RocksDB (a WAL append after a failed one aborts
+ * Debian's RocksDB 7.8 on an assertion, and a retried sync may report success for pages
+ * the kernel already dropped). Reads go on. Only closing and reopening clears it: the
+ * reopen replays the WAL and so decides the outcome from what is on disk. */
+
 /* Opens dir, creating the database and any missing column family when create is set.
  * NL_ENOTFOUND when it does not exist and create is not set. *out owned by the caller. */
 int nl_store_open(const char *dir, int create, nl_store **out);
@@ -52,6 +60,9 @@ void nl_store_batch_delete_range(nl_store_batch *b, nl_cf cf, const void *from, 
                                  size_t tlen);
 size_t nl_store_batch_count(const nl_store_batch *b);
 int nl_store_write(nl_store_batch *b, int sync);
+/* 0 while writes are taken; else the code of the write that failed (a negated errno such
+ * as -EIO or -ENOSPC), and its RocksDB message in msg (len bytes, may be NULL). */
+int nl_store_failed(const nl_store *st, char *msg, size_t len);
 
 /* *val is malloc'd and owned by the caller (free()); NL_ENOTFOUND when absent. */
 int nl_store_get(nl_store *st, nl_cf cf, const void *key, size_t klen, void **val, size_t *vlen);

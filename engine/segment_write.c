@@ -540,10 +540,16 @@ int nl_segment_writer_finish(nl_segment_writer *w, uint32_t medoid, nl_segment_f
     {
         char dirbuf[4096];
         snprintf(dirbuf, sizeof dirbuf, "%s", w->path);
+        /* The rename is durable only once its directory is: a failure here fails the write
+         * (the caller has not referenced the file yet, so it goes). */
         int dfd = open(dirname(dirbuf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
+        int derr = dfd < 0 ? errno : fsync(dfd) != 0 ? errno : 0;
+        if (dfd >= 0)
             close(dfd);
+        if (derr) {
+            rc = nl_fail(-derr, "%s: syncing its directory failed: %s", w->path, strerror(derr));
+            unlink(w->path);
+            goto fail;
         }
     }
 fail:

@@ -704,8 +704,6 @@ static int recover_segments(nl_shard *sh, sh_segref ***segs_out, uint32_t *nseg_
     if (!rc)
         rc = nl_store_iter_status(it);
     nl_store_iter_destroy(it);
-    if (!rc)
-        rc = remove_orphans(sh, nums, n);
     sh_segref **segs = NULL;
     if (!rc && n) {
         segs = calloc(n, sizeof *segs);
@@ -718,12 +716,23 @@ static int recover_segments(nl_shard *sh, sh_segref ***segs_out, uint32_t *nseg_
     for (size_t i = 0; i < n && !rc; i++) {
         /* The cache budget is shared in proportion to the points a segment holds. */
         uint64_t budget = total ? (uint64_t)((double)sh->opt.cache_budget * (double)recs[i][0] / (double)total) : 0;
-        if ((rc = sh_segref_open(sh, nums[i], budget, &segs[i])) != 0)
+        if ((rc = sh_segref_open(sh, nums[i], budget, &segs[i])) != 0) {
+            char why[400];
+            snprintf(why, sizeof why, "%s", nl_errdetail()[0] ? nl_errdetail() : nl_strerror(rc));
+            rc = nl_fail(rc == -ENOENT ? NL_ECORRUPT : rc,
+                         "the manifest lists segment %u, which cannot be opened (%s); the shard was left as it "
+                         "is, nothing deleted", nums[i], why);
             break;
+        }
         if (segs[i]->count != recs[i][0])
             rc = nl_fail(NL_ECORRUPT, "segment %u holds %llu points, the manifest says %llu", nums[i],
                          (unsigned long long)segs[i]->count, (unsigned long long)recs[i][0]);
     }
+    /* Orphans go only once every listed segment has opened: a manifest that names a file
+     * which is not there means the state on disk is not one this code wrote, and deleting
+     * anything then could only lose more (the open fails and leaves every file). */
+    if (!rc)
+        rc = remove_orphans(sh, nums, n);
     if (rc) {
         for (size_t i = 0; segs && i < n; i++)
             sh_segref_unref(segs[i]);
@@ -975,6 +984,7 @@ static void bg_failed(nl_shard *sh, int rc)
 static void *bg_flush_main(void *arg)
 {
     nl_shard *sh = arg;
+    pthread_setname_np(pthread_self(), "nl-flush"); /* ops and fault tests find it by name */
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 5) != 0) { /* best effort */ }
     while (bg_wait(sh)) {
         int rc = sh_flush_due(sh) ? nl_shard_flush(sh) : 0;
@@ -991,6 +1001,7 @@ static void *bg_flush_main(void *arg)
 static void *bg_compact_main(void *arg)
 {
     nl_shard *sh = arg;
+    pthread_setname_np(pthread_self(), "nl-compact");
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) { /* best effort */ }
     uint64_t deferred_until = 0;
     while (bg_wait(sh)) {
@@ -1067,6 +1078,22 @@ void nl_shard_close(nl_shard *sh)
 }
 
 void nl_shard_get_config(const nl_shard *sh, nl_shard_config *cfg) { *cfg = sh->cfg; }
+
+int nl_shard_failed(nl_shard *sh, char *msg, size_t len)
+{
+    int code = nl_store_failed(sh->st, msg, len);
+    return code ? NL_EFAILED : 0;
+}
+
+int sh_check_failed(nl_shard *sh)
+{
+    char msg[256];
+    int code = nl_store_failed(sh->st, msg, sizeof msg);
+    if (!code)
+        return 0;
+    return nl_fail(NL_EFAILED, "an earlier write to disk failed (%s), the shard takes no write until it is reopened: %s",
+                   nl_strerror(code), msg);
+}
 
 /* ---------------------------------------------------------------- writes */
 
@@ -1451,6 +1478,7 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
     st->search_retries = atomic_load(&sh->search_retries);
     st->search_exhaustive = atomic_load(&sh->search_exhaustive);
     st->background_error = atomic_load(&sh->bg_error);
+    st->failed_shards = nl_shard_failed(sh, NULL, 0) != 0;
     nl_store_stats ss;
     if (nl_store_stats_get(sh->st, &ss) == 0) {
         st->store_sst_bytes = ss.sst_bytes;

@@ -165,6 +165,9 @@ int sh_log_encode_delete(uint64_t epoch, const nl_id *ids, size_t n, void **out,
 /* Reads the log's state at open. */
 int sh_log_load(nl_shard *sh);
 
+/* NL_EFAILED (with the detail set) when the shard's store has failed a write, else 0. */
+int sh_check_failed(nl_shard *sh);
+
 /* maintenance (shard_maint.c) */
 int sh_flush_due(nl_shard *sh);
 int sh_compaction_due(nl_shard *sh);

@@ -187,6 +187,9 @@ static uint64_t count_dead(nl_shard *sh, const uint64_t *pids, size_t n)
 static int flush_locked(nl_shard *sh)
 {
     uint64_t t0 = nl_now_ns();
+    int failed = sh_check_failed(sh);
+    if (failed)
+        return failed; /* no new files until a reopen has decided the state */
     pthread_mutex_lock(&sh->wmu);
     sh_view *v = sh->view;
     sh_memidx *fz = v->frozen; /* a flush that failed before is retried */
@@ -248,8 +251,11 @@ static int flush_locked(nl_shard *sh)
         nl_store_batch_destroy(b);
     }
     if (rc) {
+        /* Unknown outcome (the batch may be in the WAL, only its sync failed): the file
+         * stays, since a reopen that replays the batch needs it, and one that does not
+         * removes it as an orphan. The store takes no more writes (nl_store.h), the frozen
+         * index keeps answering for these points until the shard is reopened. */
         pthread_mutex_unlock(&sh->wmu);
-        atomic_store(&r->obsolete, 1); /* never listed: its file goes with it */
         sh_segref_unref(r);
         sh_memidx_unref(fz);
         return rc;
@@ -403,6 +409,9 @@ static int merge_into(nl_shard *sh, sh_segref *base, const unsigned char *vecs, 
 static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
 {
     uint64_t t0 = nl_now_ns();
+    int failed = dry_run ? 0 : sh_check_failed(sh);
+    if (failed)
+        return failed;
     sh_view *v = sh_view_acquire(sh);
     sh_segref **pick = malloc(sizeof *pick * (v->nseg ? v->nseg : 1));
     if (!pick) {
@@ -563,9 +572,9 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         nl_store_batch_destroy(b);
     }
     if (rc) {
+        /* As in a flush: after a failed manifest batch neither the new file nor the ones
+         * it replaces may go; the reopen decides which the manifest lists. */
         pthread_mutex_unlock(&sh->wmu);
-        if (r)
-            atomic_store(&r->obsolete, 1);
         goto out;
     }
     if (r) {

@@ -6,7 +6,10 @@
 #include "nl_store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +25,9 @@ struct nl_store {
     rocksdb_column_family_handle_t *cf[NL_CF_COUNT + 1]; /* [0] is "default" */
     rocksdb_cache_t *cache;
     rocksdb_block_based_table_options_t *table;
+    atomic_int failed;     /* the first failed write's code (sticky, nl_store.h) */
+    pthread_mutex_t fmu;   /* guards failed_msg */
+    char failed_msg[256];
 };
 
 struct nl_store_batch {
@@ -57,6 +63,7 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     nl_store *st = calloc(1, sizeof *st);
     if (!st)
         return -ENOMEM;
+    pthread_mutex_init(&st->fmu, NULL);
     st->opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(st->opts, create ? 1 : 0);
     /* A store written by an older build lacks the newer families (postings): create them
@@ -89,8 +96,11 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     char *err = NULL;
     st->db = rocksdb_open_column_families(st->opts, dir, NL_CF_COUNT + 1, names, cf_opts, st->cf, &err);
     if (err) {
+        /* A missing database reads as not found; any other I/O error stays one (a disk that
+         * fails reads is not a collection that does not exist). */
+        int missing = strstr(err, "No such file or directory") != NULL;
         int rc = from_rocks(err, dir);
-        if (!create && rc == -EIO)
+        if (!create && rc == -EIO && missing)
             rc = NL_ENOTFOUND;
         st->db = NULL;
         nl_store_close(st);
@@ -128,6 +138,7 @@ void nl_store_close(nl_store *st)
     if (st->opts) rocksdb_options_destroy(st->opts);
     if (st->table) rocksdb_block_based_options_destroy(st->table);
     if (st->cache) rocksdb_cache_destroy(st->cache);
+    pthread_mutex_destroy(&st->fmu);
     free(st);
 }
 
@@ -170,9 +181,39 @@ void nl_store_batch_delete_range(nl_store_batch *b, nl_cf cf, const void *from, 
 
 int nl_store_write(nl_store_batch *b, int sync)
 {
+    nl_store *st = b->st;
+    int was = atomic_load(&st->failed);
+    if (was) {
+        pthread_mutex_lock(&st->fmu);
+        nl_fail(NL_EFAILED, "an earlier write to disk failed (%s): %s", nl_strerror(was), st->failed_msg);
+        pthread_mutex_unlock(&st->fmu);
+        return NL_EFAILED;
+    }
     char *err = NULL;
-    rocksdb_write(b->st->db, sync ? b->st->wsync : b->st->wnosync, b->wb, &err);
-    return err ? from_rocks(err, "write") : 0;
+    rocksdb_write(st->db, sync ? st->wsync : st->wnosync, b->wb, &err);
+    if (!err)
+        return 0;
+    /* The record may be in the WAL (only its sync failed) or not: unknown until reopened. */
+    int code = strstr(err, "No space left") ? -ENOSPC : -EIO;
+    pthread_mutex_lock(&st->fmu);
+    snprintf(st->failed_msg, sizeof st->failed_msg, "%s", err);
+    int expected = 0;
+    atomic_compare_exchange_strong(&st->failed, &expected, code);
+    pthread_mutex_unlock(&st->fmu);
+    nl_fail(NL_EFAILED, "a write to disk failed (%s), its outcome is unknown: %s", nl_strerror(code), err);
+    rocksdb_free(err);
+    return NL_EFAILED;
+}
+
+int nl_store_failed(const nl_store *st, char *msg, size_t len)
+{
+    int code = atomic_load(&((nl_store *)st)->failed);
+    if (msg && len) {
+        pthread_mutex_lock(&((nl_store *)st)->fmu);
+        snprintf(msg, len, "%s", code ? st->failed_msg : "");
+        pthread_mutex_unlock(&((nl_store *)st)->fmu);
+    }
+    return code;
 }
 
 int nl_store_get(nl_store *st, nl_cf cf, const void *key, size_t klen, void **val, size_t *vlen)

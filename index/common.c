@@ -29,6 +29,8 @@ const char *nl_strerror(int code)
     case NL_EFILTER: return "malformed filter";
     case NL_EUNAVAILABLE: return "unavailable";
     case NL_ESTALE: return "stale";
+    case NL_EFAILED: return "a durable write failed; refusing writes until reopened";
+    case NL_ENOSPACE: return "free disk space below the low watermark";
     default: break;
     }
     if (code < 0 && code >= -4095)

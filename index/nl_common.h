@@ -36,7 +36,10 @@ enum {
     NL_EFILTER = -30910,       /* a filter is malformed (the detail says where) */
     NL_EUNAVAILABLE = -30911,  /* a peer or shard cannot be reached now (cluster) */
     NL_ESTALE = -30912,        /* an operation from an older epoch, or out of order (replication) */
-    NL_ERR_LAST = -30912
+    NL_EFAILED = -30913,       /* a durable step failed and its outcome is unknown: the shard
+                                * takes no write until it has been reopened (docs/decisions.md) */
+    NL_ENOSPACE = -30914,      /* free disk space is below the low watermark: writes refused */
+    NL_ERR_LAST = -30914
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */
