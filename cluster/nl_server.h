@@ -39,6 +39,9 @@ typedef struct {
     uint32_t max_batch;        /* points per upsert / queries per batch search; 0 = 10000 */
     uint32_t max_k;            /* 0 = NL_MAX_K */
     uint32_t max_concurrent;   /* requests being served at once; 0 = 64 */
+    uint32_t max_connections;  /* open connections, idle and partial ones included; 0 = 4096 */
+    uint32_t max_connections_per_client; /* from one client address; 0 = 512 (peers of a
+                                          * cluster on one host share 127.0.0.1) */
     uint32_t threads;          /* pool size; 0 = 4 x CPUs, at least 16 (searches wait on disk) */
     int log_level;             /* NL_LOG_*; messages below it are dropped */
     FILE *log;                 /* NULL = stderr */

@@ -544,8 +544,35 @@ static enum MHD_Result route_cluster(nl_server *s, struct MHD_Connection *c, req
     return run_endpoint(s, NULL, c, r, nrest > 1 ? rest[1] : NULL);
 }
 
+/* What a URL or query argument holding a control byte is unescaped to (route refuses it
+ * with 400): libmicrohttpd hands the access handler a NUL-terminated string, so without
+ * this "prod%00-staging" would arrive as "prod" and name another collection. */
+#define BAD_ESCAPE "/\x7f"
+
+static size_t unescape_strict(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    size_t room = strlen(s) + 1, n = MHD_http_unescape(s);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] == 0x7f) {
+            if (room >= sizeof BAD_ESCAPE) {
+                memcpy(s, BAD_ESCAPE, sizeof BAD_ESCAPE);
+                return sizeof BAD_ESCAPE - 1;
+            }
+            s[0] = 0x7f; /* a one-byte raw control character: still refused */
+            s[1] = '\0';
+            return 1;
+        }
+    return n;
+}
+
 static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, const char *url, const char *method)
 {
+    if (strchr(url, 0x7f) || strlen(url) >= 2048)
+        return nl_srv_send_error(c, r, 400, "bad_request",
+                                 strlen(url) >= 2048 ? "the path is too long"
+                                                     : "the path holds a control character (NUL, %%00..%%1f or %%7f)");
     char buf[2048];
     char *seg[MAXSEG] = {0};
     int n = split_path(url, buf, sizeof buf, seg);
@@ -900,10 +927,18 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
     struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
     struct MHD_OptionItem pool[] = {{MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)s->opt.threads, NULL},
                                     {MHD_OPTION_END, 0, NULL}};
-    struct MHD_OptionItem conns[] = {{MHD_OPTION_CONNECTION_LIMIT, 4096, NULL}, {MHD_OPTION_END, 0, NULL}};
+    /* Connections: a bound in all, and per client address, so one client holding partial
+     * requests open cannot take every slot (a new client would time out even on /healthz). */
+    unsigned maxc = s->opt.max_connections ? s->opt.max_connections : 4096;
+    unsigned perc = s->opt.max_connections_per_client ? s->opt.max_connections_per_client : 512;
+    struct MHD_OptionItem conns[] = {{MHD_OPTION_CONNECTION_LIMIT, (intptr_t)maxc, NULL},
+                                     {MHD_OPTION_PER_IP_CONNECTION_LIMIT, (intptr_t)perc, NULL},
+                                     {MHD_OPTION_END, 0, NULL}};
     s->d = MHD_start_daemon(flags, s->opt.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
-                            MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_ARRAY, s->opt.cluster ? conns : pool,
+                            MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_ARRAY, conns, MHD_OPTION_ARRAY,
+                            s->opt.cluster ? none : pool,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+                            MHD_OPTION_UNESCAPE_CALLBACK, unescape_strict, NULL,
                             MHD_OPTION_ARRAY, s->tls_cert ? tls : none, MHD_OPTION_END);
     if (!s->d) {
         rc = nl_fail(-EADDRINUSE, "cannot listen on %s:%u (in use, not permitted, or a bad TLS certificate/key)",

@@ -21,10 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "db_internal.h"
 #include "nl_util.h"
+
+#define REOPEN_MIN_FREE (16ull << 20)
 
 /* Reopens shard s of c if it failed. 1 when it was reopened, 0 when there was nothing to
  * do, or the reopen's error. */
@@ -46,6 +49,21 @@ static int reopen_shard(nl_collection *c, uint32_t s)
     }
     char sdir[4400];
     snprintf(sdir, sizeof sdir, "%s/%u", c->dir, s);
+    /* An open writes (RocksDB's LOG header and a new WAL, an SST of the replayed one): on a
+     * full disk it would only fail again, and a failed append inside RocksDB's open is one
+     * its asserts do not survive. Wait for room. */
+    struct statvfs v;
+    uint64_t need = c->db->opt.disk_low_free > REOPEN_MIN_FREE ? c->db->opt.disk_low_free : REOPEN_MIN_FREE;
+    if (statvfs(c->dir, &v) == 0 && (uint64_t)v.f_bavail * v.f_frsize < need) {
+        char have[32], want[32];
+        if (!old) { /* already out: say why it stays out */
+            c->broken[s].code = NL_ENOSPACE;
+            snprintf(c->broken[s].msg, sizeof c->broken[s].msg, "waiting for free disk space to reopen (%s free, %s needed)",
+                     nl_fmt_bytes((uint64_t)v.f_bavail * v.f_frsize, have, sizeof have), nl_fmt_bytes(need, want, sizeof want));
+        }
+        pthread_rwlock_unlock(&c->swap);
+        return nl_fail(NL_ENOSPACE, "shard %u of '%s' waits for free disk space to reopen", s, c->name);
+    }
     if (old) {
         pthread_mutex_lock(&c->db->mu);
         __atomic_store_n(&c->shards[s], NULL, __ATOMIC_RELEASE);

@@ -69,6 +69,13 @@ typedef struct {
      * maintenance threads; a cluster node uses it to stagger the replicas of a shard. */
     int (*compact_gate)(void *ctx, const char *shard_dir, int begin);
     void *compact_gate_ctx;
+    /* Free-space watermarks of the file system a shard lives on (docs/decisions.md): below
+     * disk_low_free upserts fail with NL_ENOSPACE (reads and deletes go on); they are taken
+     * again once it has disk_high_free. 0 = min(2 % of the file system, 1 GiB) and twice
+     * the low one. A flush or compaction first checks that the file system has room for
+     * the file it writes. disk_watermarks_off: neither check. */
+    uint64_t disk_low_free, disk_high_free;
+    int disk_watermarks_off;
     uint32_t recover_interval_ms;  /* how often a thread looks for failed shards to reopen
                                     * (nl_db_recover); 0 = 1000; none with no_background */
 } nl_db_options;

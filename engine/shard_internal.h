@@ -88,6 +88,7 @@ struct nl_shard {
     atomic_uint_fast64_t flushes, compactions, flush_ns, compact_ns, write_waits, upserted, deleted;
     atomic_uint_fast64_t search_retries, search_exhaustive; /* short answers searched again */
     atomic_int bg_error;
+    atomic_int space_low;  /* below the low watermark, not yet back above the high one */
     uint64_t orphans_removed;
     /* the codebook flushes reuse (fmu held), and how many points trained it */
     struct nl_quant *flush_pq; /* the codebook flushes reuse (the shard's code kind) */
@@ -164,6 +165,10 @@ void sh_log_commit_locked(nl_shard *sh, const sh_logrec *lr);
 int sh_log_encode_delete(uint64_t epoch, const nl_id *ids, size_t n, void **out, size_t *len, uint64_t *time_ms);
 /* Reads the log's state at open. */
 int sh_log_load(nl_shard *sh);
+
+/* Free space (nl_db_options' watermarks): need 0 asks whether writes are taken (with the
+ * low/high hysteresis); need > 0 whether a file of need bytes fits. 0 or NL_ENOSPACE. */
+int sh_space_check(nl_shard *sh, uint64_t need);
 
 /* NL_EFAILED (with the detail set) when the shard's store has failed a write, else 0. */
 int sh_check_failed(nl_shard *sh);

@@ -222,6 +222,8 @@ static int flush_locked(nl_shard *sh)
     int rc = nl_vamana_seal(fz->ix);
     size_t n = nl_vamana_reserved(fz->ix);
     sh_segref *r = NULL;
+    if (!rc) /* the segment's size, roughly: vectors, adjacency lists, codes, sector padding */
+        rc = sh_space_check(sh, (uint64_t)n * (sh->row_bytes + 4u * sh->cfg.R + 64u) * 5 / 4 + (1u << 20));
     uint32_t number = atomic_fetch_add(&sh->seg_alloc, 1);
     if (!rc) {
         sh_view *cur = sh_view_acquire(sh);
@@ -433,6 +435,11 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
         rep->segments_in += np;
         rep->points_in += points_in;
         rep->bytes_in += bytes_in;
+    }
+    if (np && !dry_run && (failed = sh_space_check(sh, bytes_in + (1u << 20))) != 0) {
+        free(pick);
+        sh_view_release(v);
+        return failed; /* the merged file could be as large as its inputs */
     }
     if (np == 0 || dry_run) {
         if (rep && np) {

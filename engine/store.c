@@ -72,6 +72,11 @@ int nl_store_open(const char *dir, int create, nl_store **out)
     rocksdb_options_set_compression(st->opts, rocksdb_zstd_compression);
     rocksdb_options_set_max_open_files(st->opts, 256);
     rocksdb_options_set_keep_log_file_num(st->opts, 4);
+    /* RocksDB's own LOG file gets only the header an open writes: Debian's 7.8 aborts on an
+     * assertion when a line is appended after a failed append (ENOSPC), which its info
+     * logging does on a full disk (RocksDB PR 12448). nearline's log carries the errors:
+     * every RocksDB failure comes back as the detail of a nearline error. */
+    rocksdb_options_set_info_log_level(st->opts, 5 /* HEADER_LEVEL */);
     /* A small, bounded block cache: a shard's hot metadata is the id map and pid records
      * of search hits; the vectors' RAM budget belongs to the segments' node caches. */
     st->cache = rocksdb_cache_create_lru(NL_STORE_BLOCK_CACHE);

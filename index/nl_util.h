@@ -62,6 +62,9 @@ int nl_pread_full(int fd, void *buf, size_t len, uint64_t off);
 /* Peak resident set size of this process in bytes (from getrusage). */
 uint64_t nl_peak_rss_bytes(void);
 
+/* bytes as "512 B", "3.2 MiB", "1.0 GiB" into buf; returns buf. */
+const char *nl_fmt_bytes(uint64_t bytes, char *buf, size_t len);
+
 /* Fault injection for crash tests: when the environment names this point in
  * NEARLINE_KILL_AT, the process SIGKILLs itself here. A no-op otherwise. */
 void nl_kill_point(const char *point);

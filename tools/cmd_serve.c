@@ -22,6 +22,7 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -33,7 +34,8 @@ static int help(FILE *f)
     fprintf(f,
             "usage: nearline serve --db DIR [--listen ADDR:PORT] [--api-keys FILE] [--tls-cert PEM --tls-key PEM]\n"
             "         [--max-body SIZE] [--max-batch N] [--max-k N] [--max-concurrent N] [--threads N]\n"
-            "         [--log-level debug|info|warn|error]\n"
+            "         [--log-level debug|info|warn|error] [--max-connections N] [--max-connections-per-client N]\n"
+            "         [--disk-low-watermark SIZE|off] [--disk-high-watermark SIZE]\n"
             "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
             "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
             "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]\n"
@@ -42,7 +44,13 @@ static int help(FILE *f)
             "          [--replace-after-s S]\n"
             "          [--compactions-per-node N]]\n"
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
-            "--max-concurrent 64. --api-keys: one \"KEY ROLE\" per line (read, write, admin).\n"
+            "--max-concurrent 64, --max-connections 4096 (open connections, partial requests included),\n"
+            "--max-connections-per-client 512 (from one address). --api-keys: one \"KEY ROLE\" per line\n"
+            "(read, write, admin).\n"
+            "Disk: upserts are refused (507 insufficient_storage) while the file system has less free than\n"
+            "--disk-low-watermark (default: 2 %% of it, at most 1G) and taken again above --disk-high-watermark\n"
+            "(default: twice the low one); reads and deletes go on. A shard whose write to disk failed\n"
+            "refuses writes (503 shard_failed) until it has been reopened, which happens by itself.\n"
             "Background maintenance, per shard: a flush when the fresh index holds --flush-points points\n"
             "(default half its capacity) or its oldest is --flush-age-ms old (60000); a compaction of a\n"
             "segment whose deleted share reaches --compact-dead-ratio (0.2), and of the smallest when a\n"
@@ -143,7 +151,9 @@ int cmd_serve(int argc, char **argv)
         {"peer-connections", 1, 0, 'P'}, {"replica-timeout-ms", 1, 0, 'E'}, {"repl-log-bytes", 1, 0, 'G'},
         {"repl-log-age-s", 1, 0, 'H'}, {"move-rate-mb", 1, 0, 'M'}, {"moves-per-node", 1, 0, 'N'},
         {"move-drift", 1, 0, 'D'}, {"move-disk-drift", 1, 0, 'Q'}, {"replace-after-s", 1, 0, 'X'},
-        {"compactions-per-node", 1, 0, 'C'},
+        {"compactions-per-node", 1, 0, 'C'}, {"max-connections", 1, 0, 1001},
+        {"max-connections-per-client", 1, 0, 1002}, {"disk-low-watermark", 1, 0, 1003},
+        {"disk-high-watermark", 1, 0, 1004},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
@@ -191,6 +201,18 @@ int cmd_serve(int argc, char **argv)
             break;
         case 'X': if (cli_u32(C, "--replace-after-s", optarg, 1, 30 * 86400, &replace_s)) return 2; break;
         case 'C': if (cli_u32(C, "--compactions-per-node", optarg, 1, 64, &compactions)) return 2; break;
+        case 1001: if (cli_u32(C, "--max-connections", optarg, 16, 1000000, &so.max_connections)) return 2; break;
+        case 1002:
+            if (cli_u32(C, "--max-connections-per-client", optarg, 1, 1000000, &so.max_connections_per_client))
+                return 2;
+            break;
+        case 1003:
+            if (!strcmp(optarg, "off"))
+                dopt.disk_watermarks_off = 1;
+            else if (cli_size(C, "--disk-low-watermark", optarg, &dopt.disk_low_free))
+                return 2;
+            break;
+        case 1004: if (cli_size(C, "--disk-high-watermark", optarg, &dopt.disk_high_free)) return 2; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }
@@ -255,6 +277,13 @@ int cmd_serve(int argc, char **argv)
     if (zk) {
         dopt.compact_gate = compact_gate;
         dopt.compact_gate_ctx = NULL;
+    }
+    /* Every connection, segment file and RocksDB table is a descriptor: take the hard limit
+     * rather than the usual soft 1024, which --max-connections would otherwise never reach. */
+    struct rlimit nof;
+    if (getrlimit(RLIMIT_NOFILE, &nof) == 0 && nof.rlim_cur < nof.rlim_max) {
+        nof.rlim_cur = nof.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nof) != 0) { /* best effort: the soft limit stays */ }
     }
     int rc = nl_db_open(db, &dopt, &dbh);
     if (rc) {

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 
-NL = sys.argv[1]
+NL = sys.argv[1] if len(sys.argv) > 1 else "nearline"
 DIM = 8
 procs = []
 fails = 0
