@@ -10,12 +10,79 @@
  * 400 like any other malformed input.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api_proto.h"
 #include "nearline.pb-c.h"
+
+/* A varint at b[*off..len); -1 when it runs past the end or over 10 bytes. */
+static int wire_varint(const uint8_t *b, size_t len, size_t *off, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 70 && *off < len; shift += 7) {
+        uint8_t c = b[(*off)++];
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
+/* Walks the wire form of a message that protobuf-c has already unpacked (so the framing is
+ * known to be sound) and checks what protobuf-c does not: a string field must be UTF-8 and
+ * hold no NUL, since the unpacked C string ends at the first NUL ("ab\0cd" would become
+ * "ab", another point's id) and the JSON API refuses both. 0, or -1 with err set. */
+static int check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len, int depth, char *err,
+                         size_t errlen)
+{
+    size_t off = 0;
+    if (depth > 8)
+        return 0; /* nearline's messages nest three deep; the unpack bounded the rest */
+    while (off < len) {
+        uint64_t key, n;
+        if (wire_varint(b, len, &off, &key))
+            return -1;
+        switch (key & 7) {
+        case 0: if (wire_varint(b, len, &off, &n)) return -1; continue;
+        case 1: off += 8; continue;
+        case 5: off += 4; continue;
+        case 2: break;
+        default: snprintf(err, errlen, "the body uses protobuf groups"); return -1;
+        }
+        if (wire_varint(b, len, &off, &n) || n > len - off)
+            return -1;
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+        const char *s = (const char *)b + off;
+        if (f && f->type == PROTOBUF_C_TYPE_STRING) {
+            json_t *utf8 = json_stringn(s, (size_t)n); /* jansson checks UTF-8, and takes NULs */
+            int bad_utf8 = utf8 == NULL;
+            json_decref(utf8);
+            if (bad_utf8 || memchr(s, 0, (size_t)n)) {
+                snprintf(err, errlen, "the string field '%s' of %s %s", f->name, d->short_name,
+                         bad_utf8 ? "is not valid UTF-8" : "holds a NUL byte");
+                return -1;
+            }
+        } else if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                   check_strings(f->descriptor, b + off, (size_t)n, depth + 1, err, errlen)) {
+            return -1;
+        }
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/* The first value of v[0..n) that is NaN or infinite, or -1 (json_real refuses them, so
+ * they would vanish from the array and read as a wrong dimension). */
+static long first_nonfinite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return (long)i;
+    return -1;
+}
 
 static json_t *id_json(const Nearline__Id *id)
 {
@@ -73,15 +140,27 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
     const uint8_t *b = buf;
     json_t *out = NULL;
     int ok = 1;
+    char why[200] = "";
     switch (ep) {
     case NL_API_UPSERT: {
         Nearline__UpsertRequest *m = nearline__upsert_request__unpack(NULL, len, b);
         if (!m)
             break;
         json_t *pts = json_array();
-        for (size_t i = 0; i < m->n_points; i++) {
+        if (check_strings(&nearline__upsert_request__descriptor, b, len, 0, why, sizeof why) && !why[0])
+            snprintf(why, sizeof why, "the body's framing is unsound");
+        for (size_t i = 0; i < m->n_points && !why[0]; i++) {
             const Nearline__Vector *v = m->points[i];
+            long bad = first_nonfinite(v->values, v->n_values);
+            if (bad >= 0) {
+                snprintf(why, sizeof why, "point %zu: value %ld is NaN or Inf", i, bad);
+                break;
+            }
             json_t *p = json_pack("{s:o,s:o}", "id", id_json(v->id), "vector", floats_json(v->values, v->n_values));
+            if (!p) { /* never dropped silently: that point would go missing from the batch */
+                snprintf(why, sizeof why, "point %zu: its id or vector cannot be read", i);
+                break;
+            }
             json_t *meta = text_json(v->metadata, &ok);
             if (meta)
                 json_object_set_new(p, "metadata", meta);
@@ -96,6 +175,8 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
         if (!m)
             break;
         out = json_object();
+        if (check_strings(&nearline__delete_request__descriptor, b, len, 0, why, sizeof why) && !why[0])
+            snprintf(why, sizeof why, "the body's framing is unsound");
         if (m->n_ids) {
             json_t *ids = json_array();
             for (size_t i = 0; i < m->n_ids; i++)
@@ -112,6 +193,10 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
         Nearline__SearchRequest *m = nearline__search_request__unpack(NULL, len, b);
         if (!m)
             break;
+        if (check_strings(&nearline__search_request__descriptor, b, len, 0, why, sizeof why) && !why[0])
+            snprintf(why, sizeof why, "the body's framing is unsound");
+        if (!why[0] && first_nonfinite(m->query, m->n_query) >= 0)
+            snprintf(why, sizeof why, "query value %ld is NaN or Inf", first_nonfinite(m->query, m->n_query));
         out = search_json(m, &ok);
         nearline__search_request__free_unpacked(m, NULL);
         break;
@@ -123,8 +208,12 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
         out = json_object();
         json_t *vs = json_array(), *fs = json_array();
         int any_filter = 0;
+        if (check_strings(&nearline__batch_search_request__descriptor, b, len, 0, why, sizeof why) && !why[0])
+            snprintf(why, sizeof why, "the body's framing is unsound");
         for (size_t i = 0; i < m->n_queries; i++) {
             const Nearline__SearchRequest *q = m->queries[i];
+            if (!why[0] && first_nonfinite(q->query, q->n_query) >= 0)
+                snprintf(why, sizeof why, "query %zu: value %ld is NaN or Inf", i, first_nonfinite(q->query, q->n_query));
             json_array_append_new(vs, floats_json(q->query, q->n_query));
             json_t *f = text_json(q->filter, &ok);
             any_filter |= f != NULL;
@@ -149,6 +238,11 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
     }
     default:
         snprintf(err, errlen, "this endpoint speaks JSON only");
+        return NULL;
+    }
+    if (why[0]) {
+        json_decref(out);
+        snprintf(err, errlen, "%s", why);
         return NULL;
     }
     if (!out) {

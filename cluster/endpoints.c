@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nl_filter.h"
 #include "nl_util.h"
@@ -18,8 +19,42 @@
 
 /* ---------------------------------------------------------------- JSON helpers */
 
+/* Reserves the memory decoding r's body may take from the server's parse budget, waiting up
+ * to two seconds for bodies being decoded to finish: 0, or -1 with the answer queued. So
+ * concurrent large bodies cannot take more than max_parse_memory between them, whatever
+ * their count (each alone is bounded by max_body). */
+static int reserve_parse(struct MHD_Connection *c, req *r, enum MHD_Result *res)
+{
+    nl_server *s = r->srv;
+    uint64_t need = (uint64_t)r->len * NL_PARSE_AMPLIFICATION, cap = s->opt.max_parse_memory;
+    if (need > cap) {
+        *res = nl_srv_send_error(c, r, 413, "too_large",
+                                 "a %zu-byte body would take about %llu bytes to decode, over the server's parse "
+                                 "budget of %llu (--max-parse-memory)", r->len, (unsigned long long)need,
+                                 (unsigned long long)cap);
+        return -1;
+    }
+    for (int tries = 0; tries < 200; tries++) {
+        uint64_t used = atomic_load(&s->parse_used);
+        while (used + need <= cap) {
+            if (atomic_compare_exchange_weak(&s->parse_used, &used, used + need)) {
+                r->parse_reserved = need;
+                return 0;
+            }
+        }
+        struct timespec ten_ms = {0, 10 * 1000000L};
+        nanosleep(&ten_ms, NULL);
+    }
+    *res = nl_srv_send_error(c, r, 503, "overloaded",
+                             "bodies being decoded hold the server's parse budget (%llu bytes); retry later",
+                             (unsigned long long)cap);
+    return -1;
+}
+
 json_t *nl_srv_parse_body(struct MHD_Connection *c, req *r, enum MHD_Result *res)
 {
+    if (r->len && !r->parse_reserved && reserve_parse(c, r, res) != 0)
+        return NULL;
     if (r->proto_in) {
         char msg[200];
         json_t *j = nl_proto_request(nl_srv_api_ep(r->endpoint), r->body ? r->body : "", r->len, msg, sizeof msg);

@@ -40,6 +40,9 @@ typedef struct {
     uint32_t max_k;            /* 0 = NL_MAX_K */
     uint32_t max_concurrent;   /* requests being served at once; 0 = 64 */
     uint32_t max_connections;  /* open connections, idle and partial ones included; 0 = 4096 */
+    uint64_t max_parse_memory; /* bytes all bodies being decoded at once may take, counted as
+                                * 24 x their size; 0 = a quarter of RAM, at most 4 GiB. A body
+                                * that does not fit now waits briefly, then is refused (503) */
     uint32_t max_connections_per_client; /* from one client address; 0 = 512 (peers of a
                                           * cluster on one host share 127.0.0.1) */
     uint32_t threads;          /* pool size; 0 = 4 x CPUs, at least 16 (searches wait on disk) */

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <malloc.h>
 #include <microhttpd.h>
 
 #include "api_proto.h"
@@ -698,6 +699,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!r)
             return MHD_NO;
         *con_cls = r;
+        r->srv = s;
         r->t0 = nl_now_ns();
         r->endpoint = EP_OTHER;
         const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
@@ -792,6 +794,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     json_decref(p);
     if (r->admitted)
         atomic_fetch_sub(&s->inflight, 1);
+    if (r->parse_reserved) {
+        atomic_fetch_sub(&s->parse_used, r->parse_reserved);
+        if (r->len >= (1u << 20))
+            malloc_trim(0); /* a large decode's arenas go back to the system, not kept resident */
+    }
     free(r->body);
     free(r);
     *con_cls = NULL;
@@ -886,6 +893,11 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
     if (!s->opt.max_batch) s->opt.max_batch = 10000;
     if (!s->opt.max_k || s->opt.max_k > NL_MAX_K) s->opt.max_k = NL_MAX_K;
     if (!s->opt.max_concurrent) s->opt.max_concurrent = 64;
+    if (!s->opt.max_parse_memory) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 8ull << 30;
+        s->opt.max_parse_memory = ram / 4 < (4ull << 30) ? ram / 4 : 4ull << 30;
+    }
     /* A search blocks its thread on disk reads: more threads than CPUs keep the disk busy. */
     if (!s->opt.threads) s->opt.threads = 4 * nl_cpu_count() < 16 ? 16 : 4 * nl_cpu_count();
     if (!s->opt.log) s->opt.log = stderr;

@@ -35,7 +35,7 @@ static int help(FILE *f)
             "usage: nearline serve --db DIR [--listen ADDR:PORT] [--api-keys FILE] [--tls-cert PEM --tls-key PEM]\n"
             "         [--max-body SIZE] [--max-batch N] [--max-k N] [--max-concurrent N] [--threads N]\n"
             "         [--log-level debug|info|warn|error] [--max-connections N] [--max-connections-per-client N]\n"
-            "         [--disk-low-watermark SIZE|off] [--disk-high-watermark SIZE]\n"
+            "         [--disk-low-watermark SIZE|off] [--disk-high-watermark SIZE] [--max-parse-memory SIZE]\n"
             "         [--flush-points N] [--flush-age-ms MS] [--compact-dead-ratio X] [--compact-max-segments N]\n"
             "         [--zookeeper HOST:PORT[,...] --node-id ID [--advertise ADDR:PORT] [--cluster-root PATH]\n"
             "          [--cluster-key FILE] [--session-timeout-ms MS] [--peer-connections N]\n"
@@ -46,7 +46,9 @@ static int help(FILE *f)
             "Defaults: --listen 127.0.0.1:7700, --max-body 64M, --max-batch 10000, --max-k 1024,\n"
             "--max-concurrent 64, --max-connections 4096 (open connections, partial requests included),\n"
             "--max-connections-per-client 512 (from one address). --api-keys: one \"KEY ROLE\" per line\n"
-            "(read, write, admin).\n"
+            "(read, write, admin). --max-parse-memory (a quarter of RAM, at most 4G): what all bodies being\n"
+            "decoded at once may take, counted as 24x their size (a body over it alone is a 413; one that\n"
+            "does not fit for 2 s a 503).\n"
             "Disk: upserts are refused (507 insufficient_storage) while the file system has less free than\n"
             "--disk-low-watermark (default: 2 %% of it, at most 1G) and taken again above --disk-high-watermark\n"
             "(default: twice the low one); reads and deletes go on. A shard whose write to disk failed\n"
@@ -153,7 +155,7 @@ int cmd_serve(int argc, char **argv)
         {"move-drift", 1, 0, 'D'}, {"move-disk-drift", 1, 0, 'Q'}, {"replace-after-s", 1, 0, 'X'},
         {"compactions-per-node", 1, 0, 'C'}, {"max-connections", 1, 0, 1001},
         {"max-connections-per-client", 1, 0, 1002}, {"disk-low-watermark", 1, 0, 1003},
-        {"disk-high-watermark", 1, 0, 1004},
+        {"disk-high-watermark", 1, 0, 1004}, {"max-parse-memory", 1, 0, 1005},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     nl_db_options dopt;
@@ -213,6 +215,7 @@ int cmd_serve(int argc, char **argv)
                 return 2;
             break;
         case 1004: if (cli_size(C, "--disk-high-watermark", optarg, &dopt.disk_high_free)) return 2; break;
+        case 1005: if (cli_size(C, "--max-parse-memory", optarg, &so.max_parse_memory)) return 2; break;
         case 'h': return help(stdout);
         default: return help(stderr);
         }

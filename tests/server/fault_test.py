@@ -269,6 +269,49 @@ def case_wal(root):
         srv3.stop()
 
 
+def case_memory(root):
+    """Concurrent large bodies (issue 27: eight 64 MiB bodies of one huge vector took 6.9 GB):
+    decoding is bounded by --max-parse-memory, so the peak stays near the budget."""
+    import threading
+    db = os.path.join(root, "memory", "db")
+    os.makedirs(os.path.dirname(db))
+    srv = Server(db, ["--max-parse-memory", "512M", "--max-body", "32M"])
+    check(call(srv.port, "PUT", "/v1/collections/c", {"dim": DIM, "metric": "l2"})[0] == 201, "memory: created")
+    body = b'{"points":[{"id":1,"vector":[' + b"1," * (8 << 20) + b'1]}]}'  # 16 MiB, 8M numbers
+    answers = []
+
+    def send():
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/v1/collections/c/points", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                answers.append(r.status)
+        except urllib.error.HTTPError as e:
+            answers.append(e.code)
+        except OSError as e:
+            answers.append(str(e))
+    ts = [threading.Thread(target=send) for _ in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    with open(f"/proc/{srv.p.pid}/status") as f:
+        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    print(f"   answers {sorted(map(str, answers))}, VmHWM {hwm >> 20} MiB")
+    check(all(a in (400, 503) for a in answers), "memory: each huge body is refused (400 wrong dimension or 503)")
+    check(hwm < (512 + 400) << 20, f"memory: peak RSS {hwm >> 20} MiB stays near the 512 MiB parse budget")
+    check(call(srv.port, "GET", "/healthz")[0] == 200, "memory: the server answers afterwards")
+    big = b'{"points":[{"id":1,"vector":[' + b"1," * (13 << 20) + b'1]}]}'  # 26 MiB: 624 MiB to decode
+    req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/v1/collections/c/points", data=big, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=120)
+        st = 200
+    except urllib.error.HTTPError as e:
+        st = e.code
+    check(st == 413, f"memory: a body that alone would exceed the budget is a 413 ({st})")
+    srv.stop()
+
+
 def main():
     if not shutil.which("strace"):
         print("SKIP: strace is not installed")
@@ -279,7 +322,7 @@ def main():
         return 0
     root = tempfile.mkdtemp(prefix="nl-fault-")
     try:
-        for case in (case_flush, case_compaction, case_wal):
+        for case in (case_memory, case_flush, case_compaction, case_wal):
             print(f"# {case.__name__}", flush=True)
             case(root)
     finally:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, __import__('os').path.dirname(__file__))
-from pbwire import field, parse, search_req, vector  # noqa: E402
+from pbwire import field, floats, parse, search_req, vector  # noqa: E402
 
 url = sys.argv[1]
 fails = 0
@@ -66,5 +66,38 @@ st, ct, data = post("/v1/collections/pb/points", field(1, 2, vector(1, [1, 2, 3]
 check(st == 400, "metadata text that is not JSON is refused")
 st, ct, data = post("/v1/collections/pb/points/delete", field(2, 2, json.dumps({"field": "even", "eq": True}).encode()))
 check(st == 200 and parse(data)[1] == [10], "protobuf delete by filter")
+# One validation with the JSON API (issue 27): nothing dropped or truncated in silence.
+
+
+def raw_vector(id_bytes, values, meta_bytes=None):
+    m = field(1, 2, field(2, 2, id_bytes)) + field(2, 2, floats(values))
+    return m + (field(3, 2, meta_bytes) if meta_bytes is not None else b"")
+
+
+def count(path="/v1/collections/pb2"):
+    with urllib.request.urlopen(url + path) as r:
+        return json.loads(r.read())["stats"]["points"]
+
+
+put("/v1/collections/pb2", {"dim": 3})
+good = field(1, 2, raw_vector(b"a", [1, 2, 3])) + field(1, 2, raw_vector(b"c", [1, 2, 3]))
+st, ct, data = post("/v1/collections/pb2/points", good[:len(good) // 2] + field(1, 2, raw_vector(b"\xff\xfe", [1, 2, 3])) +
+                    good[len(good) // 2:])
+err = parse(data)
+check(st == 400 and b"UTF-8" in err.get(2, [b""])[0] and count() == 0,
+      f"an id that is not UTF-8 fails the whole batch ({st} {err.get(2)})")
+post("/v1/collections/pb2/points", field(1, 2, raw_vector(b"ab", [9, 9, 9])))
+st, ct, data = post("/v1/collections/pb2/points", field(1, 2, raw_vector(b"ab\0cd", [1, 2, 3])))
+with urllib.request.urlopen(url + "/v1/collections/pb2/points/ab") as r:
+    kept = json.loads(r.read())["vector"]
+check(st == 400 and b"NUL" in parse(data).get(2, [b""])[0] and kept == [9, 9, 9],
+      f"an id holding a NUL is refused, and does not overwrite 'ab' ({st}, ab = {kept})")
+st, ct, data = post("/v1/collections/pb2/points", field(1, 2, raw_vector(b"m", [1, 2, 3], b'{"a":"x\0y"}')))
+check(st == 400 and b"NUL" in parse(data).get(2, [b""])[0], f"metadata holding a NUL is refused ({st})")
+st, ct, data = post("/v1/collections/pb2/points", field(1, 2, raw_vector(b"n", [1, float("nan"), 3])))
+check(st == 400 and b"NaN" in parse(data).get(2, [b""])[0] and parse(data)[1] != [b"wrong_dimension"],
+      f"a NaN is named as such ({st} {parse(data).get(1)} {parse(data).get(2)})")
+st, ct, data = post("/v1/collections/pb2/search", search_req([1.0, float("inf"), 0.5], k=1))
+check(st == 400 and b"NaN or Inf" in parse(data).get(2, [b""])[0], f"an infinite query value is named ({st})")
 print("# protobuf: %d failed" % fails)
 sys.exit(1 if fails else 0)
