@@ -209,6 +209,9 @@ enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int r
                                  "%s (the write's outcome is unknown: it may or may not be applied; upserts and "
                                  "deletes are safe to retry once the shard has reopened)", msg);
     case NL_ENOSPACE: return nl_srv_send_error(c, r, 507, "insufficient_storage", "%s", msg);
+    case -EIO: case -ENOSPC: case -EROFS: case -EDQUOT: case -ENXIO:
+        return nl_srv_send_error(c, r, 500, "io_error", "%s", msg);
+    case NL_ECORRUPT: return nl_srv_send_error(c, r, 500, "corrupt", "%s", msg);
     case NL_EDIM: return nl_srv_send_error(c, r, 400, "wrong_dimension", "%s", msg);
     case NL_EFILTER: return nl_srv_send_error(c, r, 400, "bad_filter", "%s", msg);
     case NL_EINVAL: case NL_EBADVALUE: case NL_EFORMAT: case NL_EEMPTY:

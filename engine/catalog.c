@@ -156,14 +156,38 @@ int nl_catalog_read_config(const char *coll_dir, nl_collection_config *c)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/collection.json", coll_dir);
-    json_error_t err;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!j) {
-        struct stat st;
-        if (stat(path, &st) != 0)
-            return nl_fail(NL_ENOTFOUND, "%s: collection not found", coll_dir);
-        return nl_fail(NL_ECORRUPT, "%s: %s (line %d)", path, err.text, err.line);
+    /* Read by hand, not json_load_file: a read that fails (EIO) is an I/O error to report as
+     * one, not text that "does not parse". */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return e == ENOENT ? nl_fail(NL_ENOTFOUND, "%s: collection not found", coll_dir)
+                           : nl_fail(-e, "%s: %s", path, strerror(e));
     }
+    char text[65536];
+    size_t len = 0;
+    for (;;) {
+        ssize_t got = read(fd, text + len, sizeof text - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            close(fd);
+            return nl_fail(-e, "%s: cannot read it: %s", path, strerror(e));
+        }
+        if (got == 0)
+            break;
+        len += (size_t)got;
+        if (len == sizeof text) {
+            close(fd);
+            return nl_fail(NL_ECORRUPT, "%s: over %zu bytes", path, sizeof text - 1);
+        }
+    }
+    close(fd);
+    json_error_t err;
+    json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    if (!j)
+        return nl_fail(NL_ECORRUPT, "%s: %s (line %d)", path, err.text, err.line);
     memset(c, 0, sizeof *c);
     uint32_t version = 0;
     int rc = 0;

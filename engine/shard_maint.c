@@ -8,7 +8,10 @@
  * manifest (and drops what the new file makes redundant: fresh vectors, tombstones);
  * then a new view. A crash before the batch leaves an orphan file that the next open
  * deletes; after it, the files the manifest no longer lists are deleted at open too.
- * Either way the state is the old one or the new one, never a mix.
+ * Either way the state is the old one or the new one, never a mix. A manifest batch that
+ * fails is different: its outcome is unknown (the record may be in the WAL with only its
+ * sync failed), so neither the new file nor the ones it replaces are deleted, and the store
+ * takes no further write until the shard is reopened (nl_store.h, db_recover.c).
  *
  * Flush: the active fresh index is frozen (a new one takes writes at once), the flush
  * waits for inserts still linking into it, seals it (connectivity repair) and writes
