@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,7 +49,7 @@ static const char *const ep_names[EP_COUNT] = {"healthz", "readyz", "metrics", "
                                                "create_collection", "describe_collection", "drop_collection",
                                                "upsert", "delete", "get", "search", "search_batch", "internal",
                                                "internal_search", "other"};
-static const int codes[NCODES] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 503, 507};
+static const int codes[NCODES] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 501, 503, 507};
 static const double buckets[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 /* ---------------------------------------------------------------- logging */
@@ -691,6 +692,35 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
 
 /* ---------------------------------------------------------------- libmicrohttpd glue */
 
+/* Framing a request smuggler relies on, refused before the body is read (RFC 9112 6.3):
+ * Content-Length headers that disagree, and a transfer coding other than chunked, which
+ * libmicrohttpd would otherwise wait on until its timeout. */
+typedef struct {
+    const char *length;
+    int lengths_differ, unknown_coding;
+} framing;
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (f->length && strcmp(f->length, value ? value : ""))
+            f->lengths_differ = 1;
+        f->length = value ? value : "";
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        const char *v = value ? value : "";
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t n = strlen(v);
+        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (n != 7 || strncasecmp(v, "chunked", 7) != 0)
+            f->unknown_coding = 1;
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
@@ -722,9 +752,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->proto_in = ct && strncmp(ct, "application/x-protobuf", 22) == 0;
         r->proto_out = r->proto_in || (acc && strstr(acc, "application/x-protobuf"));
         snprintf(r->path, sizeof r->path, "%s", url);
+        framing f = {0};
+        MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+        if (f.lengths_differ)
+            return nl_srv_send_error(c, r, 400, "bad_request", "the request has Content-Length headers that disagree");
+        if (f.unknown_coding)
+            return nl_srv_send_error(c, r, 501, "not_implemented",
+                                     "Transfer-Encoding other than chunked is not supported");
         unsigned now = atomic_fetch_add(&s->inflight, 1) + 1;
         r->admitted = 1;
-        if (now > s->opt.max_concurrent)
+        /* Health checks are answered whatever the load: a load balancer must not take a
+         * live, busy server for a dead one. */
+        int health = !strcmp(url, "/healthz") || !strcmp(url, "/readyz");
+        if (now > s->opt.max_concurrent && !health)
             r->overloaded = 1;
         return MHD_YES;
     }

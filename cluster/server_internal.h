@@ -15,7 +15,7 @@
 #include "nl_server.h"
 
 /* the status codes and latency buckets counted per endpoint (arrays in server.c) */
-#define NCODES 12
+#define NCODES 13
 #define NBUCKETS 13
 
 enum {

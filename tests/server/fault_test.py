@@ -312,6 +312,48 @@ def case_memory(root):
     srv.stop()
 
 
+def case_connections(root):
+    """One client holding partial requests open cannot starve the others (issue 27: about
+    1,030 partial requests made /healthz time out for everyone)."""
+    db = os.path.join(root, "conns", "db")
+    os.makedirs(os.path.dirname(db))
+    srv = Server(db, ["--max-connections-per-client", "100", "--max-connections", "2000"])
+    held, refused = [], 0
+    for _ in range(300):  # three times the per-client limit, all from 127.0.0.1
+        try:
+            c = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+            c.sendall(b"POST /v1/collections/c/points HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            held.append(c)
+        except OSError:
+            refused += 1
+    time.sleep(0.5)
+    closed = 0
+    for c in held:  # the server closes the ones past the limit at once
+        c.settimeout(0.01)
+        try:
+            if c.recv(1) == b"":
+                closed += 1
+        except socket.timeout:
+            pass
+        except OSError:
+            closed += 1
+    check(refused + closed >= 190, f"conns: connections past the per-client limit are refused ({refused + closed} of 300)")
+    other = socket.socket()
+    other.bind(("127.0.0.2", 0))  # another client address
+    other.settimeout(5)
+    other.connect(("127.0.0.1", srv.port))
+    other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    try:
+        answer = other.recv(200)
+    except OSError:
+        answer = b""
+    other.close()
+    check(answer.startswith(b"HTTP/1.1 200"), f"conns: another client is served meanwhile ({answer[:20]!r})")
+    for c in held:
+        c.close()
+    srv.stop()
+
+
 def main():
     if not shutil.which("strace"):
         print("SKIP: strace is not installed")
@@ -322,7 +364,7 @@ def main():
         return 0
     root = tempfile.mkdtemp(prefix="nl-fault-")
     try:
-        for case in (case_memory, case_flush, case_compaction, case_wal):
+        for case in (case_connections, case_memory, case_flush, case_compaction, case_wal):
             print(f"# {case.__name__}", flush=True)
             case(root)
     finally:

@@ -169,6 +169,45 @@ for r in raw * 20:
         c.close()
     except OSError:
         pass
+# Framing and paths that must be refused exactly (issue 27), each answered with the JSON error.
+
+
+def raw_status(req):
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(req)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    c.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return (int(head.split()[1]) if head.startswith(b"HTTP/") else 0), body
+
+
+exact = [
+    (b"POST /v1/collections/f/search HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+     400, "conflicting Content-Length"),
+    (b"POST /v1/collections/f/points HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     501, "an unknown transfer coding"),
+    (b"DELETE /v1/collections/f%00-staging HTTP/1.1\r\nHost: x\r\n\r\n", 400, "%00 in a collection name"),
+    (b"PUT /v1/collections/a%00b HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"dim\":4}", 400, "%00 in a new name"),
+    (b"GET /v1/collections/f/points/%01 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "%01 in an id"),
+]
+for req, want, what in exact:
+    st, body = raw_status(req)
+    good_json = body.startswith(b'{"error"')
+    if st != want or not good_json:
+        bad += 1
+    print(f"{'ok  ' if st == want and good_json else 'FAIL'} - {what}: {st} {body[:120]!r}")
+st, _ = call("GET", "/v1/collections/f")
+if st != 200:
+    bad += 1
+    print("FAIL - collection f survived the %00 drop")
 alive = call("GET", "/healthz")[0] == 200
 srv.send_signal(signal.SIGTERM)
 try:
