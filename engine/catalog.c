@@ -234,8 +234,24 @@ int nl_mkdirs(const char *path)
             continue;
         char c = buf[i];
         buf[i] = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return -errno;
+        if (mkdir(buf, 0755) != 0) {
+            if (errno != EEXIST)
+                return -errno;
+        } else {
+            /* A new directory's name is durable once its parent is synced. */
+            char parent[4096];
+            memcpy(parent, buf, i + 1);
+            char *slash = strrchr(parent, '/');
+            if (slash == parent)
+                slash[1] = '\0';
+            else if (slash)
+                *slash = '\0';
+            else
+                snprintf(parent, sizeof parent, ".");
+            int rc = nl_fsync_dir(parent);
+            if (rc)
+                return rc;
+        }
         buf[i] = c;
     }
     return 0;

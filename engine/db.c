@@ -286,8 +286,8 @@ static int create_impl(nl_db *db, const char *name, const nl_collection_config *
                  : nl_fail(-errno, "cannot publish %s: %s", final_dir, strerror(errno));
     if (rc)
         nl_remove_tree(tmp);
-    else
-        nl_fsync_dir(db->dir);
+    else if ((rc = nl_fsync_dir(db->dir)) != 0) /* the rename's outcome is unknown: it stays */
+        nl_fail(rc, "cannot sync %s after creating '%s': %s", db->dir, name, strerror(-rc));
     pthread_mutex_unlock(&db->mu);
     return rc;
 }

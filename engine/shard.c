@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include "nl_postings.h"
+#include "nl_catalog.h"
 #include "shard_internal.h"
 
 #include <dirent.h>
@@ -600,6 +601,11 @@ int nl_shard_create(const char *dir, const nl_shard_config *cfg_in, const nl_db_
     snprintf(meta, sizeof meta, "%s/meta", dir);
     if ((rc = nl_store_open(meta, 1, &sh->st)) != 0)
         goto fail;
+    /* RocksDB syncs what it puts in meta/, not meta's own entry in the shard directory. */
+    if ((rc = nl_fsync_dir(dir)) != 0) {
+        nl_fail(rc, "cannot sync %s: %s", dir, strerror(-rc));
+        goto fail;
+    }
     sh->next_pid = 0;
     sh->next_seg = 1;
     sh->log_first = 1;

@@ -12,7 +12,7 @@ BUILD_PKGS=(
   zookeeper default-jre-headless prometheus
   curl openssl zstd iproute2
   chromium
-  libcriterion-dev
+  libcriterion-dev strace libfuse3-dev fuse3 e2fsprogs
   python3 python3-numpy
 )
 # Benchmark references (bench/ only; `make bench` installs them).

@@ -14,7 +14,12 @@
  *   - searches find live points, never return a deleted one, and answer min(k, live)
  *     results every time;
  *   - the live count matches and nearline's verify passes.
- * Usage: crash_harness DIR [--rounds N] [--seed S]. Exit 0 when every round passed.
+ * With --powercut CTL the kill is followed by a simulated power cut: "cut" written to CTL,
+ * the control file of tests/powercut/nlpowerfs (a FUSE file system that then drops every
+ * write not made durable by an fsync), so what is checked is what a machine that lost
+ * power would find. --log PATH puts the log of intents and acknowledgements outside it.
+ * Usage: crash_harness DIR [--rounds N] [--seed S] [--log PATH] [--powercut CTL]. Exit 0
+ * when every round passed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -339,15 +344,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: crash_harness DIR [--rounds N] [--seed S]\n");
         return 2;
     }
-    const char *dir = argv[1];
+    const char *dir = argv[1], *powercut = NULL, *logarg = NULL;
     int rounds = 30;
     uint64_t seed = (uint64_t)time(NULL);
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--powercut")) powercut = argv[i + 1];
+        else if (!strcmp(argv[i], "--log")) logarg = argv[i + 1];
     }
     char logpath[4200];
     snprintf(logpath, sizeof logpath, "%s.log", dir);
+    if (logarg)
+        snprintf(logpath, sizeof logpath, "%s", logarg);
     unlink(logpath);
     nl_remove_tree(dir); /* a fresh start: the model begins empty */
     printf("crash_harness: %d rounds, seed %llu, db %s\n", rounds, (unsigned long long)seed, dir);
@@ -375,6 +384,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "crash_harness: round %d: the child exited with %d before the kill\n", round,
                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
             return 1;
+        }
+        if (powercut) {
+            int cfd = open(powercut, O_WRONLY | O_CLOEXEC);
+            if (cfd < 0 || write(cfd, "cut", 3) != 3)
+                return fail(round, "cannot cut the power (the control file of nlpowerfs)");
+            close(cfd);
         }
         if (read_log(logpath, &off, &m, &version) != 0)
             return fail(round, "cannot read the log");
