@@ -1173,7 +1173,7 @@ int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_coll
     if (!rc && (!c || !c->has_map))
         rc = nl_fail(NL_ENOTFOUND, "collection '%s' has no shard map", name);
     else if (!rc && !nl_shard_map_holds(&c->map, s, cl->node_id))
-        rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s' is not assigned to node %s", s, name, cl->node_id);
+        rc = nl_fail(NL_EREFUSED, "shard %u of '%s' is not assigned to node %s", s, name, cl->node_id);
     if (!rc)
         rc = cl_attach(cl, &c->cc, s, out);
     cl_snap_put(cl, snap);

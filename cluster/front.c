@@ -70,6 +70,8 @@ static int begin(nl_cluster *cl, const char *name, routed *rt, json_t **out)
         cl_snap_put(cl, rt->s);
         *out = cl_error("not_ready", "node %s has not read the cluster's membership yet; try another node or again",
                         cl->node_id);
+        if (*out)
+            json_object_set_new(*out, "applied", json_false());
         return 503;
     }
     rt->tmp = malloc(sizeof *rt->tmp);
@@ -77,6 +79,8 @@ static int begin(nl_cluster *cl, const char *name, routed *rt, json_t **out)
     if (st) {
         if (!rt->tmp)
             *out = cl_error("internal", "out of memory");
+        if (st == 503 && *out) /* refused before routing: nothing was applied */
+            json_object_set_new(*out, "applied", json_false());
         free(rt->tmp);
         cl_snap_put(cl, rt->s);
     }
@@ -159,6 +163,38 @@ static int read_target(nl_cluster *cl, const cl_snapshot *s, const cl_coll *c, u
 static int request_fault(int status) { return status >= 400 && status < 500 && status != 401 && status != 403 && status != 404; }
 
 static uint32_t timeout_of(const nl_cluster_call *call) { return call->timeout_ms ? call->timeout_ms : DEFAULT_TIMEOUT_MS; }
+
+/* Error codes of a peer's 503 that applied nothing (server.c's refusals). */
+static int refusal_code(const char *code)
+{
+    return code && (!strcmp(code, "refused") || !strcmp(code, "overloaded") || !strcmp(code, "not_ready") ||
+                    !strcmp(code, "shutting_down"));
+}
+
+/* Whether a failed call certainly applied nothing: it was never sent (breaker open,
+ * connection refused) or the peer refused it before ordering it (a refusal code). A
+ * timeout or a dropped connection may have applied it. */
+static int call_refused(const nl_rcall *k)
+{
+    if (!k->status)
+        return k->err == NL_EUNAVAILABLE || k->err == -ECONNREFUSED;
+    if (k->status != 503 || !k->body_out_len)
+        return 0;
+    int refused = 0;
+    if (k->body_out[0] == '{') {
+        json_error_t je;
+        json_t *j = json_loadb(k->body_out, k->body_out_len, 0, &je);
+        const char *code = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+        refused = refusal_code(code);
+        json_decref(j);
+    } else {
+        Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
+        refused = e && refusal_code(e->code);
+        if (e)
+            nearline__error__free_unpacked(e, NULL);
+    }
+    return refused;
+}
 
 /* Why a call failed, in words. */
 static void call_error(const nl_rcall *k, char *buf, size_t cap)
@@ -245,13 +281,16 @@ static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call
             status4xx = k->status;
         else
             all4xx = 0;
-        json_array_append_new(failed, json_pack("{s:i,s:s,s:s}", "shard", (int)shard_of_call[i], "node", k->peer,
-                                                "error", why));
+        /* "applied": false when the part certainly applied nothing; absent when it may have */
+        json_t *f = json_pack("{s:i,s:s,s:s}", "shard", (int)shard_of_call[i], "node", k->peer, "error", why);
+        if (f && !request_fault(k->status) && call_refused(k))
+            json_object_set_new(f, "applied", json_false());
+        json_array_append_new(failed, f);
     }
     for (size_t i = 0; i < nunreach; i++) {
         all4xx = 0;
-        json_array_append_new(failed, json_pack("{s:i,s:s}", "shard", (int)unreach[i], "error",
-                                                "the shard's primary is not a live node"));
+        json_array_append_new(failed, json_pack("{s:i,s:s,s:b}", "shard", (int)unreach[i], "error",
+                                                "the shard's primary is not a live node", "applied", 0));
     }
     size_t nf = json_array_size(failed);
     atomic_fetch_add(&cl->write_part_failures, nf);

@@ -85,7 +85,8 @@ int nl_cluster_key_ok(nl_cluster *cl, const char *key);
 /* A handle on collection name with shard s attached, for an internal call: the map must
  * give s to this node (the map is re-read once when it does not, in case this node has not
  * seen the newest), and the local copy must match the cluster's config. NL_ENOTFOUND /
- * NL_EUNAVAILABLE / NL_ECORRUPT with a detail. *out: nl_collection_close. */
+ * NL_EREFUSED (not assigned here) / NL_EUNAVAILABLE / NL_ECORRUPT with a detail.
+ * *out: nl_collection_close. */
 int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_collection **out);
 /* Drops the local copy of a collection the cluster dropped (a call from the node that
  * dropped it). */
@@ -93,9 +94,10 @@ int nl_cluster_local_drop(nl_cluster *cl, const char *name);
 
 /* Writes to shard s on its primary (h holds it; replication.c): ordered in the shard's log
  * at this node's epoch, applied here, and returned once the write quorum of the in-sync
- * set has applied it. 0, an engine error, or NL_EUNAVAILABLE (not the primary, no
- * ZooKeeper session with a fresh map, deposed, or no quorum in time: then the write may
- * or may not survive; the detail says which). */
+ * set has applied it. 0, an engine error, NL_EREFUSED (not the primary, no ZooKeeper
+ * session with a fresh map, deposed, handing over, fenced: nothing was applied), or
+ * NL_EUNAVAILABLE (deposed after ordering it, or no quorum in time: the write may or may
+ * not survive). */
 int nl_cluster_shard_upsert(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const nl_point *pts,
                             size_t n);
 int nl_cluster_shard_delete(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const nl_id *ids, size_t n,

@@ -899,6 +899,10 @@ typedef struct {
     const nl_filter *f;
 } repl_write;
 
+/* A write through this node's primary role. Refusals before the entry is ordered (not the
+ * primary, no session, deposed, handing over, fenced) are NL_EREFUSED: certainly not
+ * applied, so a client and the history checker can tell them from the indeterminate
+ * NL_EUNAVAILABLE of a write that was ordered but not acknowledged by its quorum. */
 static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const repl_write *w,
                          size_t *count)
 {
@@ -923,7 +927,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     if (!r) {
         cl_snapshot *sn = cl_snap_get(cl);
         const cl_coll *c = cl_snap_coll(sn, name);
-        int rc = nl_fail(NL_EUNAVAILABLE, "node %s is not the primary of shard %u of '%s'%s%s", cl->node_id, s, name,
+        int rc = nl_fail(NL_EREFUSED, "node %s is not the primary of shard %u of '%s'%s%s", cl->node_id, s, name,
                          c && c->has_map && s < c->map.nshards ? "; the map says " : "",
                          c && c->has_map && s < c->map.nshards ? c->map.shard[s].primary : "");
         cl_snap_put(cl, sn);
@@ -935,7 +939,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     int alone = r->view.nreplicas == 1; /* nobody else can be promoted: nobody can depose it */
     pthread_mutex_unlock(&r->mu);
     if (!alone && !cl_session_ok(cl))
-        rc = nl_fail(NL_EUNAVAILABLE, "node %s is not connected to ZooKeeper with a fresh map: it acknowledges no "
+        rc = nl_fail(NL_EREFUSED, "node %s is not connected to ZooKeeper with a fresh map: it acknowledges no "
                      "write to a replicated shard until it is", cl->node_id);
     pthread_mutex_lock(&r->mu);
     /* a move handing the role over: nothing new is ordered until it lands (then this
@@ -947,10 +951,10 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     }
     if (!rc && r->deposed)
-        rc = nl_fail(NL_EUNAVAILABLE, "node %s is no longer the primary of shard %u of '%s' (a later epoch)",
+        rc = nl_fail(NL_EREFUSED, "node %s is no longer the primary of shard %u of '%s' (a later epoch)",
                      cl->node_id, s, name);
     if (!rc && r->handoff)
-        rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s' is handing its primary over", s, name);
+        rc = nl_fail(NL_EREFUSED, "shard %u of '%s' is handing its primary over", s, name);
     if (!rc)
         r->writing++;
     uint64_t epoch = r->epoch;
@@ -965,7 +969,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
                           : nl_collection_shard_log_delete_by_filter(r->h, s, &o, w->f, &done, &seq);
         if (rc == NL_ESTALE) {
             deposed(r, nl_errdetail());
-            rc = nl_fail(NL_EUNAVAILABLE, "node %s is fenced for shard %u of '%s'", cl->node_id, s, name);
+            rc = nl_fail(NL_EREFUSED, "node %s is fenced for shard %u of '%s'", cl->node_id, s, name);
         }
     }
     if (counted) {

@@ -159,6 +159,14 @@ enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, j
 
 enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* Error codes that certainly applied nothing although their status is a 5xx: the body says
+ * so ("applied": false), so a client can tell them from an indeterminate 503 and retry. */
+static int refusal(int status, const char *code)
+{
+    return status == 507 || (status == 503 && (!strcmp(code, "overloaded") || !strcmp(code, "refused") ||
+                                                !strcmp(code, "not_ready") || !strcmp(code, "shutting_down")));
+}
+
 enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
 {
     char msg[1024];
@@ -167,6 +175,8 @@ enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, 
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "request_id", r->rid);
+    if (e && refusal(status, code))
+        json_object_set_new(e, "applied", json_false());
     return nl_srv_send_json(c, r, status, e ? e : json_object());
 }
 
@@ -221,6 +231,7 @@ enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int r
     case NL_EEXISTS: return nl_srv_send_error(c, r, 409, "exists", "%s", msg);
     case -ETIMEDOUT: case -EAGAIN: case -EBUSY: return nl_srv_send_error(c, r, 503, "overloaded", "%s", msg);
     case NL_EUNAVAILABLE: case NL_ESTALE: return nl_srv_send_error(c, r, 503, "unavailable", "%s", msg);
+    case NL_EREFUSED: return nl_srv_send_error(c, r, 503, "refused", "%s (nothing was applied)", msg);
     default: return nl_srv_send_error(c, r, 500, "internal", "%s", msg);
     }
 }
@@ -452,6 +463,7 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
     int rc = nl_cluster_local_shard(cl, name, (uint32_t)sh, &h);
     if (rc)
         return rc == NL_EUNAVAILABLE ? nl_srv_send_error(c, r, 503, "unavailable", "%s", nl_errdetail())
+               : rc == NL_EREFUSED   ? nl_srv_send_error(c, r, 503, "refused", "%s (nothing was applied)", nl_errdetail())
                                      : nl_srv_send_engine_error(c, r, rc, "shard");
     enum MHD_Result res;
     r->cname = name;

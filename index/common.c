@@ -31,6 +31,7 @@ const char *nl_strerror(int code)
     case NL_ESTALE: return "stale";
     case NL_EFAILED: return "a durable write failed; refusing writes until reopened";
     case NL_ENOSPACE: return "free disk space below the low watermark";
+    case NL_EREFUSED: return "refused, nothing applied";
     default: break;
     }
     if (code < 0 && code >= -4095)

@@ -39,7 +39,9 @@ enum {
     NL_EFAILED = -30913,       /* a durable step failed and its outcome is unknown: the shard
                                 * takes no write until it has been reopened (docs/decisions.md) */
     NL_ENOSPACE = -30914,      /* free disk space is below the low watermark: writes refused */
-    NL_ERR_LAST = -30914
+    NL_EREFUSED = -30915,      /* refused before anything was applied (cluster: not the primary,
+                                * fenced, no ZooKeeper session, handing over): safe to retry */
+    NL_ERR_LAST = -30915
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */

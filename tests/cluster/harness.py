@@ -42,8 +42,9 @@ def wait(pred, timeout, step=0.1):
     return pred()
 
 
-def http(method, url, body=None, timeout=10, headers=None):
-    """(status, parsed JSON or text) of one request; status 0 when there was no answer."""
+def http(method, url, body=None, timeout=10, headers=None, refused_status=0):
+    """(status, parsed JSON or text) of one request; status 0 when there was no answer, or
+    refused_status when the connection was refused (the request was certainly not sent)."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Content-Type", "application/json")
@@ -57,8 +58,9 @@ def http(method, url, body=None, timeout=10, headers=None):
     except urllib.error.HTTPError as e:
         raw = e.read()
         st = e.code
-    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError):
-        return 0, None
+    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+        why = getattr(e, "reason", e)
+        return (refused_status if isinstance(why, ConnectionRefusedError) else 0), None
     try:
         return st, json.loads(raw)
     except ValueError:

@@ -51,7 +51,7 @@ class History:
         self.ops = {}  # id -> [(seq, kind, version, outcome)]
         self.issued = {}  # id -> set of versions ever issued
         self.seq = 0
-        self.counts = {"ok": 0, "info": 0}
+        self.counts = {"ok": 0, "info": 0, "fail": 0}
 
     def issue(self, ids, kind, versions):
         with self.lock:
@@ -97,6 +97,9 @@ class Workload:
         self.with_reader = reader
         self.seed = seed
         self.search_stats = {"ok": 0, "failed": 0, "partial": 0, "retried": 0}
+        self.timeline = []  # writes: (start, end, ids ok, ids indeterminate, ids failed)
+        self.failure_kinds = {}  # a failed write's status and reason -> count
+        self.search_timeline = []  # searches: (start, end, "complete" | "partial" | "failed")
         self.search_failures = []
         self.retries = retries  # a write not answered 200 is sent again (same versions), as a client would
         self.search_retries = search_retries  # the same for a search refused or cut off
@@ -142,9 +145,19 @@ class Workload:
                 body = {"ids": ids}
                 path = "/v1/collections/%s/points/delete" % self.coll
             self.h.issue(ids, kind, vs)
+            t0 = time.time()
+            # Per id, across attempts (the same versions each time): ok once any attempt
+            # applied it; else info if any attempt may have; else fail (every attempt was
+            # refused before anything was applied: "applied": false, or nothing sent).
+            maybe = [False] * len(ids)
+            done = [False] * len(ids)
             for attempt in range(self.retries + 1):
                 url = self._pick()
-                st, ans = http("POST", url + path, body, timeout=self.timeout) if url else (0, None)
+                st, ans = http("POST", url + path, body, timeout=self.timeout, refused_status=-1) if url else (-1, None)
+                for k, i in enumerate(ids):
+                    o = self._outcome(i, st, ans)
+                    done[k] = done[k] or o == "ok"
+                    maybe[k] = maybe[k] or o == "info"
                 if st == 200 or attempt == self.retries or self.stop_ev.is_set():
                     break
                 self.write_stats["retried"] += 1
@@ -152,15 +165,38 @@ class Workload:
             self.write_stats["ok" if st == 200 else "failed"] += 1
             if st != 200 and len(self.failures) < 20:
                 self.failures.append((st, ans))
-            if st == 200:
-                outcomes = ["ok"] * len(ids)
-            elif st == 503 and isinstance(ans, dict) and isinstance(ans.get("failed_shards"), list):
-                bad = {f.get("shard") for f in ans["failed_shards"]}
-                outcomes = ["info" if shard_of(i, self.shards) in bad else "ok" for i in ids]
-            else:
-                outcomes = ["info"] * len(ids)
+            if st != 200:  # why, in a few words, for the availability report
+                why = str(st)
+                if isinstance(ans, dict):
+                    fs = ans.get("failed_shards") or []
+                    err = fs[0].get("error", "") if fs else (ans.get("error") or {}).get("message", "")
+                    why += " " + (ans.get("error") or {}).get("code", "") + ": " + " ".join(err.split()[:9])
+                with self.h.lock:
+                    self.failure_kinds[why] = self.failure_kinds.get(why, 0) + 1
+            outcomes = ["ok" if d else "info" if m else "fail" for d, m in zip(done, maybe)]
             self.h.record(ids, kind, vs, outcomes)
+            self.timeline.append((t0, time.time(), outcomes.count("ok"), outcomes.count("info"),
+                                  outcomes.count("fail")))
             time.sleep(rng.random() * 0.01)
+
+    def _outcome(self, i, st, ans):
+        """One attempt's outcome for id i: ok, info (may or may not be applied) or fail (not
+        applied: the router named its shard with "applied": false, or a node refused the
+        whole request before routing it, or no node was there to send it to)."""
+        if st == 200:
+            return "ok"
+        if st == -1:  # no node to send it to, or the connection was refused: never sent
+            return "fail"
+        if st == 503 and isinstance(ans, dict) and ans.get("applied") is False:
+            return "fail"
+        if st == 503 and isinstance(ans, dict) and isinstance(ans.get("failed_shards"), list):
+            mine = [f for f in ans["failed_shards"] if f.get("shard") == shard_of(i, self.shards)]
+            if not mine:
+                return "ok"
+            return "fail" if all(f.get("applied") is False for f in mine) else "info"
+        if st == 503 and isinstance(ans, dict) and (ans.get("error") or {}).get("code") == "refused":
+            return "fail"
+        return "info"
 
     def _reader(self):
         rng = random.Random(self.seed)
@@ -172,6 +208,7 @@ class Workload:
                 continue
             # a search refused or cut off (its node killed under it, 503) is sent again to a
             # node picked afresh, as a client does, when the test allows retries
+            t0 = time.time()
             for attempt in range(self.search_retries + 1):
                 st, ans = http("POST", url + "/v1/collections/%s/search" % self.coll,
                                {"vector": [float(x) for x in q], "k": 10}, timeout=5)
@@ -180,6 +217,8 @@ class Workload:
                 self.search_stats["retried"] += 1
                 time.sleep(min(0.1 * 2 ** attempt, 1.0))
                 url = self._pick() or url
+            kind = "failed" if st != 200 or not isinstance(ans, dict) else "partial" if ans.get("partial") else "complete"
+            self.search_timeline.append((t0, time.time(), kind))
             if st != 200 or not isinstance(ans, dict):
                 self.search_stats["failed"] += 1
                 if len(self.search_failures) < 20:
@@ -242,11 +281,15 @@ def check(h, get_url, coll, ids=None):
                 continue
             state = max(match)
         if state not in cands:
-            if last_ok is not None and last_ok[1] == "delete" and state != ABSENT:
+            refused = {op[2] for op in h.ops.get(i, []) if op[3] == "fail" and op[1] == "upsert"}
+            if state != ABSENT and state in refused:
+                lost.append((i, "version %s, of a write answered as not applied" % state, sorted(cands, key=str)))
+            elif last_ok is not None and last_ok[1] == "delete" and state != ABSENT:
                 resurrected.append((i, state))
             else:
                 lost.append((i, state, sorted(cands, key=str)))
-    return {"ids": len(ids), "ok_ops": h.counts["ok"], "indeterminate_ops": h.counts["info"], "lost": lost,
+    return {"ids": len(ids), "ok_ops": h.counts["ok"], "indeterminate_ops": h.counts["info"],
+            "failed_ops": h.counts["fail"], "lost": lost,
             "resurrected": resurrected, "phantom": phantom, "unreadable": unreadable}
 
 

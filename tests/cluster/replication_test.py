@@ -158,9 +158,9 @@ def explain(cl, coll, h, ids, shards):
 
 
 def report(name, rep, wl, cl=None):
-    print("  %s: %d ids, %d ok ops, %d indeterminate; searches ok %d, failed %d, partial %d" % (
-        name, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], wl.search_stats["ok"], wl.search_stats["failed"],
-        wl.search_stats["partial"]), flush=True)
+    print("  %s: %d ids, %d ok ops, %d indeterminate, %d refused (not applied); searches ok %d, failed %d, "
+          "partial %d" % (name, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], rep.get("failed_ops", 0),
+                          wl.search_stats["ok"], wl.search_stats["failed"], wl.search_stats["partial"]), flush=True)
     good = not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"]
     check_that(good, "%s: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing never written "
                "(%s), every id readable (%s)" % (name, [x[:2] for x in rep["lost"][:3]], rep["resurrected"][:3],
@@ -382,17 +382,46 @@ def not_healed_report(cl, via, coll):
     sys.stdout.flush()
 
 
+def availability(wl, windows):
+    """Per kind of fault: of the writes (ids) issued between a fault's start and the
+    cluster's healing, the share acknowledged / indeterminate / refused; of the searches,
+    the share complete / partial / failed. Printed as a table; returned as a dict."""
+    out = {}
+    for kind in sorted({w[0] for w in windows}):
+        spans = [(w[1], w[2]) for w in windows if w[0] == kind]
+        inside = lambda t: any(a <= t <= b for a, b in spans)  # noqa: E731
+        ok = info = fail = 0
+        for t0, _, o, i, f in wl.timeline:
+            if inside(t0):
+                ok, info, fail = ok + o, info + i, fail + f
+        sc = {"complete": 0, "partial": 0, "failed": 0}
+        for t0, _, k in wl.search_timeline:
+            if inside(t0):
+                sc[k] += 1
+        w, q = max(ok + info + fail, 1), max(sum(sc.values()), 1)
+        out[kind] = (ok, info, fail, sc)
+        print("    %-9s %3d faults: writes %6d ids: %5.1f%% acknowledged, %5.1f%% indeterminate, %5.1f%% refused; "
+              "searches %5d: %5.1f%% complete, %5.1f%% partial, %5.1f%% failed" % (
+                  kind, len(spans), ok + info + fail, 100 * ok / w, 100 * info / w, 100 * fail / w, sum(sc.values()),
+                  100 * sc["complete"] / q, 100 * sc["partial"] / q, 100 * sc["failed"] / q), flush=True)
+    return out
+
+
 def random_schedule(cl, a, zk_restart):
     st, _ = create(a, "rnd", 4, 3)
     check_that(st == 201, "collection rnd (RF=3) created")
     urls = live_urls(cl)
-    wl = Workload(urls, "rnd", 4, seed=9, clients=3, ids=900).start()
+    # Clients as an application runs them: a write or search not answered 200 is sent again
+    # (the same versions, to a node picked afresh) twice, with a backoff.
+    wl = Workload(urls, "rnd", 4, seed=9, clients=3, ids=900, retries=2, search_retries=2).start()
     rng = random.Random(int(os.environ.get("NL_FAULT_SEED", "15")))
     faults = {}
+    windows = []  # (kind, start, healed)
     for r in range(ROUNDS):
         kind = rng.choice(["kill", "pause", "restart", "zookeeper"] if zk_restart else ["kill", "pause", "restart"])
         n = rng.choice(list(cl.nodes.values()))
         faults[kind] = faults.get(kind, 0) + 1
+        t_fault = time.time()
         if kind == "kill":
             n.kill()
             time.sleep(rng.uniform(0.5, 4))
@@ -407,6 +436,7 @@ def random_schedule(cl, a, zk_restart):
             time.sleep(rng.uniform(0.5, 2))
             cl.zk_start()
         healed = wait(lambda: all_in_sync(a, "rnd"), 60, 0.3)
+        windows.append((kind, t_fault, time.time()))
         print("  round %d: %s %s; %s" % (r + 1, kind, n.id if kind != "zookeeper" else "", "healed" if healed else
                                            "NOT healed in 60 s"), flush=True)
         if not healed:
@@ -417,6 +447,11 @@ def random_schedule(cl, a, zk_restart):
     wait(lambda: all_in_sync(a, "rnd"), 30, 0.3)
     rep = check(wl.h, lambda: random.choice(list(cl.nodes.values())).url, "rnd")
     report("random schedule (%d rounds: %s)" % (ROUNDS, faults), rep, wl, cl)
+    print("  availability during the faults (from each fault to the cluster's healing):")
+    availability(wl, windows)
+    print("  writes not acknowledged, by answer (the most frequent):")
+    for why, n in sorted(wl.failure_kinds.items(), key=lambda x: -x[1])[:6]:
+        print("    %6d  %s" % (n, why[:160]))
     probs = settled_replicas(cl, "rnd", list(range(0, 900, 4)), a) if describe(a, "rnd") else ["no description"]
     check_that(not probs, "random schedule: every replica holds the same points (%s)" % probs[:3])
 
