@@ -232,4 +232,19 @@ void cl_node_url(const nl_node_info *n, char *buf, size_t cap);
 /* An error answer {"error":{"code","message"}} (new reference). */
 json_t *cl_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A snapshot piece as it travels (transfer.c): 4 bytes of header length, a JSON header
+ * {id, file, offset, size, total, crc}, then the zstd-compressed bytes. Parsing checks the
+ * header (NL_EFORMAT); the payload call decompresses and checks the CRC-32C of the raw
+ * bytes (NL_ECORRUPT; *raw malloc'd on success). Pure: the fuzz target calls them. */
+typedef struct {
+    char id[24], file[112];
+    uint64_t off;
+    size_t n;
+    uint32_t crc;
+    const unsigned char *z;
+    size_t zlen;
+} cl_piece;
+int cl_piece_parse(const unsigned char *b, size_t len, cl_piece *pc);
+int cl_piece_payload(const cl_piece *pc, unsigned char **raw);
+
 #endif

@@ -396,13 +396,12 @@ static int begin(nl_cluster *cl, const char *name, uint32_t s, const char *id, j
     return 200;
 }
 
-static int chunk(nl_cluster *cl, const char *name, uint32_t s, const unsigned char *b, size_t len, json_t **out)
+int cl_piece_parse(const unsigned char *b, size_t len, cl_piece *pc)
 {
     uint32_t jl;
-    if (len < 4 || (memcpy(&jl, b, 4), jl > 1024) || len - 4 < jl) {
-        *out = cl_error("bad_request", "not a snapshot piece");
-        return 400;
-    }
+    memset(pc, 0, sizeof *pc);
+    if (len < 4 || (memcpy(&jl, b, 4), jl > 1024) || len - 4 < jl)
+        return nl_fail(NL_EFORMAT, "not a snapshot piece");
     json_error_t je;
     json_t *m = json_loadb((const char *)b + 4, jl, 0, &je);
     const char *id = json_string_value(json_object_get(m, "id")), *file = json_string_value(json_object_get(m, "file"));
@@ -412,17 +411,45 @@ static int chunk(nl_cluster *cl, const char *name, uint32_t s, const unsigned ch
         !json_is_integer(jc) || json_integer_value(jo) < 0 || json_integer_value(js) < 1 ||
         json_integer_value(js) > CHUNK || json_integer_value(jt) < json_integer_value(jo) + json_integer_value(js)) {
         json_decref(m);
-        *out = cl_error("bad_request", "a snapshot piece with bad fields");
+        return nl_fail(NL_EFORMAT, "a snapshot piece with bad fields");
+    }
+    snprintf(pc->id, sizeof pc->id, "%s", id);
+    snprintf(pc->file, sizeof pc->file, "%s", file);
+    pc->off = (uint64_t)json_integer_value(jo);
+    pc->n = (size_t)json_integer_value(js);
+    pc->crc = (uint32_t)json_integer_value(jc);
+    pc->z = b + 4 + jl;
+    pc->zlen = len - 4 - jl;
+    json_decref(m);
+    return 0;
+}
+
+int cl_piece_payload(const cl_piece *pc, unsigned char **raw)
+{
+    *raw = malloc(pc->n);
+    size_t got = *raw ? ZSTD_decompress(*raw, pc->n, pc->z, pc->zlen) : 0;
+    if (!*raw || ZSTD_isError(got) || got != pc->n || nl_crc32c(0, *raw, pc->n) != pc->crc) {
+        free(*raw);
+        *raw = NULL;
+        return nl_fail(NL_ECORRUPT, "the piece fails its checksum or does not decompress");
+    }
+    return 0;
+}
+
+static int chunk(nl_cluster *cl, const char *name, uint32_t s, const unsigned char *b, size_t len, json_t **out)
+{
+    cl_piece pc;
+    if (cl_piece_parse(b, len, &pc) != 0) {
+        *out = cl_error("bad_request", "%s", nl_errdetail());
         return 400;
     }
-    uint64_t off = (uint64_t)json_integer_value(jo);
-    size_t n = (size_t)json_integer_value(js);
-    uint32_t crc = (uint32_t)json_integer_value(jc);
+    const char *file = pc.file;
+    uint64_t off = pc.off;
+    size_t n = pc.n;
     char dir[4400], have[32] = {0}, p[4800];
     staging_dir(cl, name, s, dir, sizeof dir);
     snprintf(p, sizeof p, "%s/%s", dir, file);
-    int known = staging_id(dir, have, sizeof have) == 0 && !strcmp(have, id);
-    json_decref(m);
+    int known = staging_id(dir, have, sizeof have) == 0 && !strcmp(have, pc.id);
     if (!known) {
         *out = json_pack("{s:{s:s,s:s},s:i}", "error", "code", "unknown_snapshot", "message",
                          "no transfer of that copy is under way here", "have", 0);
@@ -434,10 +461,8 @@ static int chunk(nl_cluster *cl, const char *name, uint32_t s, const unsigned ch
         *out = json_pack("{s:I}", "have", (json_int_t)cur);
         return 409;
     }
-    unsigned char *raw = malloc(n);
-    size_t got = raw ? ZSTD_decompress(raw, n, b + 4 + jl, len - 4 - jl) : 0;
-    if (!raw || ZSTD_isError(got) || got != n || nl_crc32c(0, raw, n) != crc) {
-        free(raw);
+    unsigned char *raw;
+    if (cl_piece_payload(&pc, &raw) != 0) {
         *out = cl_error("bad_chunk", "the piece of %s at %llu fails its checksum (or does not decompress): send it "
                         "again", file, (unsigned long long)off);
         return 400;
@@ -488,8 +513,15 @@ static int install(nl_cluster *cl, nl_collection *h, const char *name, uint32_t 
     snprintf(p, sizeof p, "%s/.snapshot-id", dir);
     unlink(p);
     snprintf(meta, sizeof meta, "%s/meta", dir);
-    nl_fsync_dir(meta);
-    nl_fsync_dir(dir);
+    /* The copy's names must be durable before it is moved into place: a failure here
+     * leaves the old replica as it is (nothing installed yet). */
+    int src = nl_fsync_dir(meta);
+    if (!src)
+        src = nl_fsync_dir(dir);
+    if (src) {
+        *out = cl_error("internal", "cannot sync the staged copy's directories: %s", nl_strerror(src));
+        return 500;
+    }
     nl_log_state before;
     nl_collection_shard_log_state(h, s, &before);
     int rc = nl_collection_shard_install(h, s, dir);

@@ -1199,8 +1199,13 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
     } else if (rename(dir, sdir) != 0) {
         rc = nl_fail(-errno, "cannot move %s into place: %s", dir, strerror(errno));
         rename(trash, sdir);
+    } else if ((rc = nl_fsync_dir(c->dir)) != 0) {
+        /* Unknown which name the disk holds: keep both copies (the set-aside one is removed
+         * at the next open, when the names are settled) and serve the new one. */
+        nl_fail(rc, "cannot sync %s after moving shard %u's copy into place", c->dir, s);
+        if (nl_shard_open(sdir, &c->db->opt, &sh) != 0)
+            sh = NULL;
     } else {
-        nl_fsync_dir(c->dir);
         if ((rc = nl_shard_open(sdir, &c->db->opt, &sh)) == 0) {
             nl_shard_config got, want;
             nl_shard_get_config(sh, &got);
@@ -1223,7 +1228,7 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
         int orc = nl_shard_open(sdir, &c->db->opt, &sh); /* the old copy again */
         if (orc)
             sh = NULL;
-    } else {
+    } else if (!rc) {
         nl_remove_tree(trash);
     }
     __atomic_store_n(&c->shards[s], sh, __ATOMIC_RELEASE);

@@ -95,6 +95,9 @@ int nl_shard_log_delete(nl_shard *sh, const nl_log_order *o, const nl_id *ids, s
 int nl_shard_log_delete_by_filter(nl_shard *sh, const nl_log_order *o, const nl_filter *f, size_t *deleted,
                                   uint64_t *seq);
 int nl_shard_log_apply(nl_shard *sh, uint64_t by, uint64_t seq, const void *entry, size_t len);
+/* The checks apply makes of an entry's bytes before it touches a shard of dimension dim
+ * (header, checksum, counts, lengths, ids): 0, NL_ECORRUPT or NL_EDIM. For fuzzing. */
+int nl_shard_log_entry_check(const void *entry, size_t len, uint32_t dim);
 int nl_shard_log_state(nl_shard *sh, nl_log_state *st);
 int nl_shard_log_read(nl_shard *sh, uint64_t seq, size_t max_bytes, nl_log_entry **out, size_t *n);
 int nl_shard_log_epoch_at(nl_shard *sh, uint64_t seq, uint64_t *epoch);

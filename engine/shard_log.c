@@ -429,6 +429,15 @@ int sh_log_encode_delete(uint64_t epoch, const nl_id *ids, size_t n, void **out,
     return rc;
 }
 
+int nl_shard_log_entry_check(const void *entry, size_t len, uint32_t dim)
+{
+    logop o;
+    int rc = decode(entry, len, dim, &o);
+    if (!rc)
+        logop_free(&o);
+    return rc;
+}
+
 int nl_shard_log_apply(nl_shard *sh, uint64_t by, uint64_t seq, const void *entry, size_t len)
 {
     if (seq == 0)
