@@ -57,16 +57,19 @@ tsan: deps
 		--input build-tsan/data/x.fbin --queries build-tsan/data/q.fbin --db build-tsan/data/db --fresh 1000 --writers 2 >/dev/null
 	@echo "tsan: no data race in nearline's code"
 
-# libFuzzer over the network decoders (filters, protobuf bodies), FUZZ_SECONDS each (not
-# part of `make test`; the server fuzz test there covers the same decoders through HTTP).
+# libFuzzer (coverage-guided) over the network decoders (filters, protobuf bodies) and the
+# storage readers (op-log entries, segment files, snapshot pieces), FUZZ_SECONDS each. `make
+# test` runs the same targets for a short time without libFuzzer (tests/fuzz/replay_main.c).
 FUZZ_SECONDS ?= 60
 fuzz:
 	@bash scripts/install-deps.sh --fuzz
 	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNEARLINE_SANITIZE=ON \
 		-DNEARLINE_FUZZ=ON >/dev/null
-	@cmake --build build-fuzz -j$(JOBS) --target fuzz_decoders
-	@mkdir -p build-fuzz/corpus
+	@cmake --build build-fuzz -j$(JOBS) --target fuzz_decoders fuzz_storage
+	@mkdir -p build-fuzz/corpus build-fuzz/corpus_storage
 	build-fuzz/tests/fuzz_decoders -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus tests/fuzz/corpus
+	build-fuzz/tests/fuzz_storage -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build-fuzz/corpus_storage \
+		tests/fuzz/corpus_storage
 
 bench: build
 	@bash scripts/install-deps.sh --bench

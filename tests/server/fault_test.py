@@ -23,6 +23,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cluster"))
+from harness import free_port  # noqa: E402
+
 NL = sys.argv[1] if len(sys.argv) > 1 else "nearline"
 DIM = 8
 procs = []
@@ -33,14 +36,6 @@ def check(cond, what):
     global fails
     print(("ok   - " if cond else "FAIL - ") + what, flush=True)
     fails += 0 if cond else 1
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def call(port, method, path, body=None, timeout=30):
