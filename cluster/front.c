@@ -257,8 +257,8 @@ typedef struct {
 
 /* The answer of a write fanned out over parts: 200 when all parts succeeded; otherwise
  * 503 (or the parts' common 4xx) with "failed_shards". */
-static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call, size_t ncalls, const uint32_t *unreach,
-                        size_t nunreach, const char *count_key, int is_delete, json_t **out)
+static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call, const uint8_t *maybe, size_t ncalls,
+                        const uint32_t *unreach, size_t nunreach, const char *count_key, int is_delete, json_t **out)
 {
     uint64_t done = 0;
     json_t *failed = json_array();
@@ -283,7 +283,7 @@ static int write_answer(nl_cluster *cl, nl_rcall *calls, uint32_t *shard_of_call
             all4xx = 0;
         /* "applied": false when the part certainly applied nothing; absent when it may have */
         json_t *f = json_pack("{s:i,s:s,s:s}", "shard", (int)shard_of_call[i], "node", k->peer, "error", why);
-        if (f && !request_fault(k->status) && call_refused(k))
+        if (f && !request_fault(k->status) && call_refused(k) && !maybe[i])
             json_object_set_new(f, "applied", json_false());
         json_array_append_new(failed, f);
     }
@@ -319,6 +319,8 @@ typedef struct {
     size_t nun;
     char name[72];          /* the collection */
     char (*peer)[NL_NODE_ID_MAX]; /* the node each call went to last (a retry's own) */
+    uint8_t *maybe;   /* 1: an earlier try of this part may have applied it (a retry's
+                       * refusal then does not make the part "applied": false) */
 } parts;
 
 static int parts_init(parts *w, uint32_t S)
@@ -329,7 +331,8 @@ static int parts_init(parts *w, uint32_t S)
     w->sc = calloc(S, sizeof *w->sc);
     w->bodies = calloc(S, sizeof *w->bodies);
     w->peer = calloc(S, sizeof *w->peer);
-    return w->calls && w->url && w->sc && w->bodies && w->peer ? 0 : -ENOMEM;
+    w->maybe = calloc(S, 1);
+    return w->calls && w->url && w->sc && w->bodies && w->peer && w->maybe ? 0 : -ENOMEM;
 }
 
 /* Shard sh's call (to its primary), or 0 when it has no live primary (noted unreachable). */
@@ -399,6 +402,8 @@ static void parts_retry_moved(nl_cluster *cl, parts *w, const nl_cluster_call *c
         nl_router_run(cl->router, rc, nr, timeout_ms, call->request_id, call->traceparent);
         for (size_t j = 0; j < nr; j++) {
             nl_rcall *k = &w->calls[which[j]];
+            if (!call_refused(k)) /* the first try's 503 may have been applied */
+                w->maybe[which[j]] = 1;
             free(k->body_out);
             *k = rc[j];
             k->base_url = w->url[which[j]];
@@ -420,7 +425,7 @@ static int parts_send(nl_cluster *cl, parts *w, const nl_cluster_call *call, uin
     atomic_fetch_add(&cl->fanout_shards, w->nc);
     nl_router_run(cl->router, w->calls, w->nc, timeout_ms, call->request_id, call->traceparent);
     parts_retry_moved(cl, w, call, timeout_ms);
-    return write_answer(cl, w->calls, w->sc, w->nc, w->unreach, w->nun, count_key, is_delete, out);
+    return write_answer(cl, w->calls, w->sc, w->maybe, w->nc, w->unreach, w->nun, count_key, is_delete, out);
 }
 
 static void parts_free(parts *w)
@@ -431,6 +436,7 @@ static void parts_free(parts *w)
     }
     free(w->bodies);
     free(w->peer);
+    free(w->maybe);
     free(w->sc);
     free(w->url);
     free(w->calls);
