@@ -33,6 +33,14 @@
  * do, or the reopen's error. */
 static int reopen_shard(nl_collection *c, uint32_t s)
 {
+    /* The common case, nothing failed, under the shared lock: the exclusive one would stall
+     * every call on the collection once a second. */
+    pthread_rwlock_rdlock(&c->swap);
+    nl_shard *cur = shard_at(c, s);
+    int failed = cur ? nl_shard_failed(cur, NULL, 0) != 0 : c->broken[s].code != 0;
+    pthread_rwlock_unlock(&c->swap);
+    if (!failed)
+        return 0;
     pthread_rwlock_wrlock(&c->swap);
     nl_shard *old = shard_at(c, s);
     int rc = 0;
