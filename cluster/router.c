@@ -235,6 +235,18 @@ static int xfer_start(nl_router *r, job *j, size_t ci, int alt, size_t *probed, 
 
 /* A transfer ended: a usable answer ends its call; a failure tries the alternative if it
  * has not been tried, else waits for the other transfer, else ends the call. */
+/* Whether an answer shows the peer alive and able, for its breaker: anything below 500,
+ * and a 503 that refuses this request but not every request (no ZooKeeper session, not the
+ * primary, not in sync: the node is up and serves what it can). A 503 "overloaded" and
+ * other 5xx count against it. The code is found in the body as it travels (JSON or a
+ * protobuf Error: the string is in it verbatim either way). */
+static int answered_alive(int status, const char *body, size_t len)
+{
+    if (status > 0 && status < 500)
+        return 1;
+    return status == 503 && body && !memmem(body, len, "overloaded", 10);
+}
+
 static void xfer_done(nl_router *r, xfer *x, int status, int err)
 {
     job *j = x->j;
@@ -242,8 +254,9 @@ static void xfer_done(nl_router *r, xfer *x, int status, int err)
     cstate *cs = &j->cs[ci];
     nl_rcall *c = &j->calls[ci];
     int ok = err == 0 && status > 0 && status < 500;
+    int alive = err == 0 && answered_alive(status, x->buf, x->len);
     pthread_mutex_lock(&r->mu);
-    peer_result(r, x->alt ? c->alt_peer : c->peer, (nl_now_ns() - x->t0) / 1000, ok, x->probe);
+    peer_result(r, x->alt ? c->alt_peer : c->peer, (nl_now_ns() - x->t0) / 1000, alive, x->probe);
     pthread_mutex_unlock(&r->mu);
     cs->x[x->alt] = NULL;
     /* with an alternative, a peer that lacks the shard or refuses the key is worth
