@@ -452,6 +452,13 @@ def random_schedule(cl, a, zk_restart):
     print("  writes not acknowledged, by answer (the most frequent):")
     for why, n in sorted(wl.failure_kinds.items(), key=lambda x: -x[1])[:6]:
         print("    %6d  %s" % (n, why[:160]))
+    reasons = {}
+    for _, why in getattr(wl, "partial_why", []):
+        key = " ".join(str(why).split()[:12])
+        reasons[key] = reasons.get(key, 0) + 1
+    print("  partial searches, by reason (of the first 50):")
+    for why, n in sorted(reasons.items(), key=lambda x: -x[1])[:4]:
+        print("    %6d  %s" % (n, why[:160]))
     probs = settled_replicas(cl, "rnd", list(range(0, 900, 4)), a) if describe(a, "rnd") else ["no description"]
     check_that(not probs, "random schedule: every replica holds the same points (%s)" % probs[:3])
 
