@@ -990,7 +990,6 @@ static void bg_failed(nl_shard *sh, int rc)
 static void *bg_flush_main(void *arg)
 {
     nl_shard *sh = arg;
-    pthread_setname_np(pthread_self(), "nl-flush"); /* ops and fault tests find it by name */
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 5) != 0) { /* best effort */ }
     while (bg_wait(sh)) {
         int rc = sh_flush_due(sh) ? nl_shard_flush(sh) : 0;
@@ -1007,7 +1006,6 @@ static void *bg_flush_main(void *arg)
 static void *bg_compact_main(void *arg)
 {
     nl_shard *sh = arg;
-    pthread_setname_np(pthread_self(), "nl-compact");
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) { /* best effort */ }
     uint64_t deferred_until = 0;
     while (bg_wait(sh)) {
@@ -1043,6 +1041,8 @@ static int start_background(nl_shard *sh)
     int rc = pthread_create(&sh->bg_flush, NULL, bg_flush_main, sh);
     if (rc)
         return nl_fail(-rc, "cannot start the flush thread: %s", strerror(rc));
+    /* Named here, before the shard is handed out: ops and fault tests find them by name. */
+    pthread_setname_np(sh->bg_flush, "nl-flush");
     if ((rc = pthread_create(&sh->bg_compact, NULL, bg_compact_main, sh)) != 0) {
         pthread_mutex_lock(&sh->bgmu);
         sh->bg_stop = 1;
@@ -1051,6 +1051,7 @@ static int start_background(nl_shard *sh)
         pthread_join(sh->bg_flush, NULL);
         return nl_fail(-rc, "cannot start the compaction thread: %s", strerror(rc));
     }
+    pthread_setname_np(sh->bg_compact, "nl-compact");
     sh->bg_running = 1;
     return 0;
 }

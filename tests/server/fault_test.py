@@ -81,6 +81,14 @@ class Server:
         self.p.wait(timeout=60)
 
     def threads(self, name):
+        for _ in range(50):  # a shard's threads start with its collection
+            found = self._threads(name)
+            if found:
+                return found
+            time.sleep(0.1)
+        return []
+
+    def _threads(self, name):
         out = []
         for t in os.listdir(f"/proc/{self.p.pid}/task"):
             try:
@@ -208,7 +216,9 @@ def case_compaction(root):
     srv = Server(db, ["--flush-points", "100000", "--flush-age-ms", "500", "--compact-max-segments", "2"])
     check(call(srv.port, "PUT", "/v1/collections/c", {"dim": DIM, "metric": "l2"})[0] == 201, "compact: created")
     out = os.path.join(root, "compact", "strace.out")
-    tr = strace_attach(srv.threads("nl-compact"), out)
+    compact = srv.threads("nl-compact")
+    check(len(compact) == 1, f"compact: one nl-compact thread ({compact})")
+    tr = strace_attach(compact, out)
     acked = set()
     for b in range(3):
         ids = list(range(b * 500, b * 500 + 500))
