@@ -352,6 +352,7 @@ int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **ou
         if (!e.code) e.code = (char *)"";
         if (!e.message) e.message = (char *)"";
         if (!e.request_id) e.request_id = (char *)"";
+        e.not_applied = json_is_false(json_object_get(body, "applied"));
         msg = &e.base;
     } else if (ep == NL_API_UPSERT) {
         u.upserted = (uint64_t)json_integer_value(json_object_get(body, "upserted"));

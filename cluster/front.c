@@ -185,11 +185,11 @@ static int call_refused(const nl_rcall *k)
         json_error_t je;
         json_t *j = json_loadb(k->body_out, k->body_out_len, 0, &je);
         const char *code = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
-        refused = refusal_code(code);
+        refused = refusal_code(code) || json_is_false(json_object_get(j, "applied"));
         json_decref(j);
     } else {
         Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
-        refused = e && refusal_code(e->code);
+        refused = e && (refusal_code(e->code) || e->not_applied);
         if (e)
             nearline__error__free_unpacked(e, NULL);
     }

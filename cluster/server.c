@@ -167,17 +167,37 @@ static int refusal(int status, const char *code)
                                                 !strcmp(code, "not_ready") || !strcmp(code, "shutting_down")));
 }
 
-enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
+static enum MHD_Result send_error_v(struct MHD_Connection *c, req *r, int status, const char *code, int not_applied,
+                                    const char *fmt, va_list ap)
 {
     char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "request_id", r->rid);
-    if (e && refusal(status, code))
+    if (e && (not_applied || refusal(status, code)))
         json_object_set_new(e, "applied", json_false());
     return nl_srv_send_json(c, r, status, e ? e : json_object());
+}
+
+enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    enum MHD_Result res = send_error_v(c, r, status, code, 0, fmt, ap);
+    va_end(ap);
+    return res;
+}
+
+/* An error whose code does not say by itself that nothing was applied, for a call that
+ * certainly applied nothing. */
+static enum MHD_Result send_refusal(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static enum MHD_Result send_refusal(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    enum MHD_Result res = send_error_v(c, r, status, code, 1, fmt, ap);
+    va_end(ap);
+    return res;
 }
 
 /* Copies msg into out with every absolute path replaced by "<path>": a client learns what
@@ -219,6 +239,8 @@ enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int r
         return nl_srv_send_error(c, r, 503, "shard_failed",
                                  "%s (the write's outcome is unknown: it may or may not be applied; upserts and "
                                  "deletes are safe to retry once the shard has reopened)", msg);
+    case NL_EDOWN:
+        return send_refusal(c, r, 503, "shard_failed", "%s (nothing was applied; the shard reopens by itself)", msg);
     case NL_ENOSPACE: return nl_srv_send_error(c, r, 507, "insufficient_storage", "%s", msg);
     case -EIO: case -ENOSPC: case -EROFS: case -EDQUOT: case -ENXIO:
         return nl_srv_send_error(c, r, 500, "io_error", "%s", msg);
@@ -300,13 +322,15 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
             "# HELP nearline_inflight_requests Requests being served now.\n"
             "# TYPE nearline_inflight_requests gauge\nnearline_inflight_requests %u\n"
             "# HELP nearline_failed_shards Shards refusing writes after a failed write to disk, until reopened.\n"
-            "# TYPE nearline_failed_shards gauge\nnearline_failed_shards %u\n",
+            "# TYPE nearline_failed_shards gauge\nnearline_failed_shards %u\n"
+            "# HELP nearline_shard_reopens_total Failed shards reopened (recovered) since the server started.\n"
+            "# TYPE nearline_shard_reopens_total counter\nnearline_shard_reopens_total %llu\n",
             (unsigned long long)atomic_load(&m->queries), (unsigned long long)atomic_load(&m->filtered),
             (unsigned long long)atomic_load(&m->ios), (unsigned long long)hops, (unsigned long long)hits,
             hops ? (double)hits / (double)hops : 0.0, (unsigned long long)atomic_load(&m->points_upserted),
             (unsigned long long)atomic_load(&m->points_deleted), (unsigned long long)atomic_load(&m->overloaded),
             (unsigned long long)atomic_load(&m->body_too_large), atomic_load(&s->inflight),
-            nl_db_failed_shards(s->db, NULL, 0));
+            nl_db_failed_shards(s->db, NULL, 0), (unsigned long long)nl_db_shard_reopens(s->db));
     /* Per collection: the engine's own counters. */
     char **names;
     size_t n;

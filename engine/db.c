@@ -450,25 +450,25 @@ static nl_shard *held_shard(const nl_collection *c, uint32_t s)
 {
     nl_shard *sh = s < c->cfg.shards ? shard_at(c, s) : NULL;
     if (!sh && s < c->cfg.shards && c->broken[s].code)
-        nl_fail(NL_EFAILED, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name, c->broken[s].msg);
+        nl_fail(NL_EDOWN, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name, c->broken[s].msg);
     else if (!sh)
         nl_fail(NL_ENOTFOUND, "shard %u of '%s' is not held here", s, c->name);
     return sh;
 }
 
-/* The code held_shard's failure means: NL_EFAILED for a failed shard, else NL_ENOTFOUND. */
+/* The code held_shard's failure means: NL_EDOWN for a failed shard, else NL_ENOTFOUND. */
 static int unheld_code(const nl_collection *c, uint32_t s)
 {
-    return s < c->cfg.shards && c->broken[s].code ? NL_EFAILED : NL_ENOTFOUND;
+    return s < c->cfg.shards && c->broken[s].code ? NL_EDOWN : NL_ENOTFOUND;
 }
 
-/* NL_EFAILED when a shard of the collection failed to reopen (a whole-collection read
+/* NL_EDOWN when a shard of the collection failed to reopen (a whole-collection read
  * would silently miss its points). */
 static int any_broken(const nl_collection *c)
 {
     for (uint32_t s = 0; s < c->cfg.shards; s++)
         if (!shard_at(c, s) && c->broken[s].code)
-            return nl_fail(NL_EFAILED, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name,
+            return nl_fail(NL_EDOWN, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name,
                            c->broken[s].msg);
     return 0;
 }
@@ -490,14 +490,24 @@ int nl_collection_shard_attach(nl_collection *c, uint32_t s)
     pthread_rwlock_wrlock(&c->swap);
     pthread_mutex_lock(&db->mu);
     int rc = c->dropped ? nl_fail(NL_ENOTFOUND, "collection '%s' was dropped", c->name) : 0;
+    /* a shard left out after a failure is reopened by the recovery thread alone, which
+     * waits for disk space and counts it (db_recover.c) */
+    if (!rc && !c->shards[s] && c->broken[s].code)
+        rc = nl_fail(NL_EDOWN, "shard %u of '%s' failed and has not reopened yet: %s", s, c->name, c->broken[s].msg);
     if (!rc && !c->shards[s]) {
         char sdir[4400];
         struct stat st;
         snprintf(sdir, sizeof sdir, "%s/%u", c->dir, s);
         nl_shard *sh = NULL;
-        if (stat(sdir, &st) == 0) {
+        char trash[4400];
+        snprintf(trash, sizeof trash, "%s/.trash-shard-%u", c->dir, s);
+        /* a crash between an install's two renames leaves the old copy under its trash
+         * name and none under the shard's: that copy is the shard, not an empty new one */
+        if (stat(sdir, &st) != 0 && stat(trash, &st) == 0 && rename(trash, sdir) == 0)
+            rc = nl_fsync_dir(c->dir);
+        if (!rc && stat(sdir, &st) == 0) {
             rc = nl_shard_open(sdir, &db->opt, &sh);
-        } else {
+        } else if (!rc) {
             nl_shard_config sc;
             to_shard_config(&c->cfg, &sc);
             nl_shard *tmp;
@@ -1191,6 +1201,7 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
     nl_remove_tree(trash);
     /* The old copy is closed and set aside, the new one moved into place and opened; if it
      * does not open as a shard of this collection the old one comes back. */
+    int unknown = 0;
     nl_shard_close(old);
     __atomic_store_n(&c->shards[s], NULL, __ATOMIC_RELEASE);
     nl_shard *sh = NULL;
@@ -1200,11 +1211,15 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
         rc = nl_fail(-errno, "cannot move %s into place: %s", dir, strerror(errno));
         rename(trash, sdir);
     } else if ((rc = nl_fsync_dir(c->dir)) != 0) {
-        /* Unknown which name the disk holds: keep both copies (the set-aside one is removed
-         * at the next open, when the names are settled) and serve the new one. */
+        /* Unknown which names the disk holds (docs/decisions.md, "Unknown outcomes"): both
+         * copies are kept and the shard is left out as failed; the recovery thread reopens
+         * it once the directory syncs (db_recover.c), and only then is the set-aside copy
+         * removed. Until then it answers NL_EDOWN, so it acknowledges nothing. */
+        unknown = 1;
+        c->broken[s].code = NL_EFAILED;
+        snprintf(c->broken[s].msg, sizeof c->broken[s].msg,
+                 "the directory sync after installing a copy failed; it reopens once the directory syncs");
         nl_fail(rc, "cannot sync %s after moving shard %u's copy into place", c->dir, s);
-        if (nl_shard_open(sdir, &c->db->opt, &sh) != 0)
-            sh = NULL;
     } else {
         if ((rc = nl_shard_open(sdir, &c->db->opt, &sh)) == 0) {
             nl_shard_config got, want;
@@ -1224,10 +1239,22 @@ int nl_collection_shard_install(nl_collection *c, uint32_t s, const char *dir)
             nl_fail(rc, "%s", msg);
         }
     }
-    if (!sh) {
+    if (!sh && !unknown) {
+        struct stat st;
+        /* a rename back above can fail too: the old copy is under its trash name then */
+        if (stat(sdir, &st) != 0 && stat(trash, &st) == 0 && rename(trash, sdir) == 0)
+            nl_fsync_dir(c->dir);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", nl_errdetail());
         int orc = nl_shard_open(sdir, &c->db->opt, &sh); /* the old copy again */
-        if (orc)
+        if (orc) {
+            /* out until the recovery thread's reopen succeeds (db_recover.c), never left
+             * NULL unnoticed */
             sh = NULL;
+            c->broken[s].code = orc;
+            snprintf(c->broken[s].msg, sizeof c->broken[s].msg, "reopen after a failed install: %s", nl_errdetail());
+        }
+        nl_fail(rc, "%s", msg);
     } else if (!rc) {
         nl_remove_tree(trash);
     }

@@ -2,8 +2,9 @@
  * nearline.h) and db_recover.c (the reopening of failed shards). Invariants:
  *  - c->shards[s] is written under c->swap (held exclusively) and db->mu, read with an
  *    acquire load (shard_at); NULL means not held, or failed and not reopened yet;
- *  - c->broken[s].code is non-zero exactly while shard s failed (NL_EFAILED) and its
- *    reopen failed too, so c->shards[s] is NULL; written under swap held exclusively;
+ *  - c->broken[s].code is non-zero exactly while shard s failed and its reopen failed too
+ *    (or an install's directory sync did), so c->shards[s] is NULL; calls on it answer
+ *    NL_EDOWN; written under swap held exclusively;
  *  - db->open lists the open collections; each holds one reference for the list. */
 #ifndef NL_DB_INTERNAL_H
 #define NL_DB_INTERNAL_H

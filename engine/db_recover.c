@@ -12,7 +12,7 @@
  * A reopen takes the collection's swap lock exclusively (as a shard install does), so no
  * call runs against a shard while it is closed. If the open fails (the disk is still full,
  * a segment the manifest lists is missing) the shard is left out: c->shards[s] is NULL and
- * c->broken[s] says why; its calls fail with NL_EFAILED and the next round tries again.
+ * c->broken[s] says why; its calls fail with NL_EDOWN and the next round tries again.
  * Nothing here deletes anything: recovery at open removes only orphans, and only after
  * every listed segment has opened.
  */
@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "db_internal.h"
+#include "nl_catalog.h"
 #include "nl_util.h"
 
 #define REOPEN_MIN_FREE (16ull << 20)
@@ -79,7 +80,11 @@ static int reopen_shard(nl_collection *c, uint32_t s)
         nl_shard_close(old);
     }
     nl_shard *sh = NULL;
-    rc = nl_shard_open(sdir, &c->db->opt, &sh);
+    /* the directory's names first: an install whose directory sync failed left the shard
+     * out until they are known to be on disk */
+    rc = nl_fsync_dir(c->dir);
+    if (!rc)
+        rc = nl_shard_open(sdir, &c->db->opt, &sh);
     if (!rc) {
         nl_shard_config sc;
         nl_shard_get_config(sh, &sc);
@@ -98,6 +103,9 @@ static int reopen_shard(nl_collection *c, uint32_t s)
         pthread_mutex_unlock(&c->db->mu);
         atomic_fetch_add(&c->db->reopens, 1);
         atomic_fetch_add(&c->reopens, 1);
+        char trash[4400];
+        snprintf(trash, sizeof trash, "%s/.trash-shard-%u", c->dir, s);
+        nl_remove_tree(trash); /* an install's set-aside copy, of no use once its names synced */
     }
     pthread_rwlock_unlock(&c->swap);
     return rc ? rc : 1;
@@ -121,6 +129,8 @@ static int open_list(nl_db *db, nl_collection ***list, size_t *m)
     pthread_mutex_unlock(&db->mu);
     return n && !*list ? -ENOMEM : 0;
 }
+
+uint64_t nl_db_shard_reopens(nl_db *db) { return atomic_load(&db->reopens); }
 
 uint32_t nl_db_failed_shards(nl_db *db, char *why, size_t len)
 {

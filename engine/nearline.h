@@ -97,6 +97,9 @@ int nl_db_recover(nl_db *db, uint32_t *reopened, uint32_t *still_failed);
 /* How many shards of the open collections refuse writes now (failed, or not reopened);
  * the first one's collection, shard and cause in why (len bytes, may be NULL). */
 uint32_t nl_db_failed_shards(nl_db *db, char *why, size_t len);
+/* Failed shards this database reopened since it opened, all collections together (a
+ * collection's own count starts again when it is closed and opened). */
+uint64_t nl_db_shard_reopens(nl_db *db);
 
 /* ---------------------------------------------------------------- collections */
 

@@ -37,8 +37,8 @@ typedef struct nl_store_iter nl_store_iter;
 
 /* Failure is sticky: once a write returned an error from RocksDB (the WAL append or its
  * sync failed, or a background error stopped writes), the outcome of that write is
- * unknown and the store takes no further write: every later nl_store_write returns
- * NL_EFAILED at once, without calling RocksDB (a WAL append after a failed one aborts
+ * unknown (that write returns NL_EFAILED) and the store takes no further write: every
+ * later nl_store_write returns NL_EDOWN (nothing applied) at once, without calling RocksDB (a WAL append after a failed one aborts
  * Debian's RocksDB 7.8 on an assertion, and a retried sync may report success for pages
  * the kernel already dropped). Reads go on. Only closing and reopening clears it: the
  * reopen replays the WAL and so decides the outcome from what is on disk. */

@@ -53,6 +53,6 @@ int sh_check_failed(nl_shard *sh)
     int code = nl_store_failed(sh->st, msg, sizeof msg);
     if (!code)
         return 0;
-    return nl_fail(NL_EFAILED, "an earlier write to disk failed (%s), the shard takes no write until it is reopened: %s",
+    return nl_fail(NL_EDOWN, "an earlier write to disk failed (%s), the shard takes no write until it is reopened: %s",
                    nl_strerror(code), msg);
 }

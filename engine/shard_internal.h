@@ -170,7 +170,8 @@ int sh_log_load(nl_shard *sh);
  * low/high hysteresis); need > 0 whether a file of need bytes fits. 0 or NL_ENOSPACE. */
 int sh_space_check(nl_shard *sh, uint64_t need);
 
-/* NL_EFAILED (with the detail set) when the shard's store has failed a write, else 0. */
+/* NL_EDOWN (with the detail set) when the shard's store has failed a write, else 0: the
+ * refusal of a write that then applies nothing. */
 int sh_check_failed(nl_shard *sh);
 
 /* maintenance (shard_maint.c) */

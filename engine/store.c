@@ -190,9 +190,9 @@ int nl_store_write(nl_store_batch *b, int sync)
     int was = atomic_load(&st->failed);
     if (was) {
         pthread_mutex_lock(&st->fmu);
-        nl_fail(NL_EFAILED, "an earlier write to disk failed (%s): %s", nl_strerror(was), st->failed_msg);
+        nl_fail(NL_EDOWN, "an earlier write to disk failed (%s): %s", nl_strerror(was), st->failed_msg);
         pthread_mutex_unlock(&st->fmu);
-        return NL_EFAILED;
+        return NL_EDOWN;
     }
     char *err = NULL;
     rocksdb_write(st->db, sync ? st->wsync : st->wnosync, b->wb, &err);

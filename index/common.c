@@ -32,6 +32,7 @@ const char *nl_strerror(int code)
     case NL_EFAILED: return "a durable write failed; refusing writes until reopened";
     case NL_ENOSPACE: return "free disk space below the low watermark";
     case NL_EREFUSED: return "refused, nothing applied";
+    case NL_EDOWN: return "the shard failed earlier and takes no write until reopened";
     default: break;
     }
     if (code < 0 && code >= -4095)

@@ -41,7 +41,9 @@ enum {
     NL_ENOSPACE = -30914,      /* free disk space is below the low watermark: writes refused */
     NL_EREFUSED = -30915,      /* refused before anything was applied (cluster: not the primary,
                                 * fenced, no ZooKeeper session, handing over): safe to retry */
-    NL_ERR_LAST = -30915
+    NL_EDOWN = -30916,         /* the shard failed earlier (NL_EFAILED) and takes no write until it
+                                * has been reopened: nothing of this call was applied */
+    NL_ERR_LAST = -30916
 };
 
 /* Returns a static string naming code (nearline's own or a negated errno). */

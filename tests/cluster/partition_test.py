@@ -161,10 +161,13 @@ def schedule(cl, ok):
     st, _ = rt.create(a, "prnd", 4, 3)
     ok(st == 201, "collection prnd (4 shards, RF=3) created")
     live = lambda: [n.url for n in cl.nodes.values() if n.proc.poll() is None and not getattr(n, "paused", 0)]  # noqa
-    wl = Workload(live, "prnd", 4, seed=31, clients=3, ids=900).start()
+    # clients retry a write or search not answered 200 twice, as replication_test's schedule
+    wl = Workload(live, "prnd", 4, seed=31, clients=3, ids=900, retries=2, search_retries=2).start()
     rng = random.Random(int(os.environ.get("NL_FAULT_SEED", "16")))
     kinds = {}
+    windows = []  # (kind, start, healed): availability per kind of fault
     for r in range(ROUNDS):
+        t_fault = time.time()
         kind = rng.choice(["partition", "partition", "short-partition", "kill", "pause", "restart", "zookeeper"])
         n = rng.choice(list(cl.nodes.values()))
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -187,6 +190,7 @@ def schedule(cl, ok):
             time.sleep(rng.uniform(0.5, 2))
             cl.zk_start()
         healed = rt.wait(lambda: all(rt.all_in_sync(x, "prnd") for x in cl.nodes.values()), 60, 0.3)
+        windows.append((kind, t_fault, time.time()))
         print("  round %d: %s %s; %s" % (r + 1, kind, n.id if kind != "zookeeper" else "", "healed" if healed else
                                            "NOT healed in 60 s"), flush=True)
         if not healed:
@@ -195,9 +199,12 @@ def schedule(cl, ok):
     wl.stop()
     rt.wait(lambda: rt.all_in_sync(a, "prnd"), 30, 0.3)
     rep = check(wl.h, lambda: random.choice(live()), "prnd")
-    print("  schedule (%d rounds: %s): %d ids, %d ok ops, %d indeterminate; searches ok %d, failed %d, partial %d" % (
-        ROUNDS, kinds, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"], wl.search_stats["ok"],
+    print("  schedule (%d rounds: %s): %d ids, %d ok ops, %d indeterminate, %d refused (not applied); searches ok %d, "
+          "failed %d, partial %d" % (ROUNDS, kinds, rep["ids"], rep["ok_ops"], rep["indeterminate_ops"],
+                                     rep["failed_ops"], wl.search_stats["ok"],
         wl.search_stats["failed"], wl.search_stats["partial"]), flush=True)
+    print("  availability during the faults (from each fault to the cluster's healing):")
+    rt.availability(wl, windows)
     ok(not rep["lost"] and not rep["resurrected"] and not rep["phantom"] and not rep["unreadable"],
        "random schedule with partitions: no acknowledged write lost (%s), no acknowledged delete back (%s), nothing "
        "never written (%s), every id readable (%s)" % (rep["lost"][:3], rep["resurrected"][:3], rep["phantom"][:3],

@@ -9,7 +9,7 @@ compaction threads are named nl-flush and nl-compact), then:
   - `nearline verify` passes on the database after the server is stopped.
 Before the fix, the flush case lost all 1,100 acknowledged points at the restart.
 
-Usage: fault_test.py NEARLINE [--keep DIR]. Skips (exit 0, a message) without strace or
+Usage: fault_test.py NEARLINE (NL_FAULT_CASES="case_wal ..." runs only those). Skips (exit 0, a message) without strace or
 ptrace permission."""
 import json
 import os
@@ -55,11 +55,12 @@ def call(port, method, path, body=None, timeout=30):
 
 
 class Server:
-    def __init__(self, db, args):
+    def __init__(self, db, args, wrap=()):
+        """wrap: a command the server runs under (strace); self.p is then that command."""
         self.db, self.args, self.port = db, args, free_port()
         self.log = open(os.path.join(os.path.dirname(db), "server.log"), "ab")
-        self.p = subprocess.Popen([NL, "serve", "--db", db, "--listen", f"127.0.0.1:{self.port}",
-                                   "--log-level", "warn"] + args, stdout=self.log, stderr=self.log)
+        self.p = subprocess.Popen(list(wrap) + [NL, "serve", "--db", db, "--listen", f"127.0.0.1:{self.port}",
+                                                "--log-level", "warn"] + args, stdout=self.log, stderr=self.log)
         procs.append(self.p)
         for _ in range(200):
             try:
@@ -77,7 +78,14 @@ class Server:
         self.p.wait()
 
     def stop(self):
-        self.p.send_signal(signal.SIGTERM)
+        # under a wrapper the server is its child: signal it (strace then exits with it)
+        try:
+            with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = []
+        for pid in kids or [self.p.pid]:
+            os.kill(pid, signal.SIGTERM)
         self.p.wait(timeout=60)
 
     def threads(self, name):
@@ -255,8 +263,9 @@ def case_wal(root):
             acked |= set(ids)
             continue
         failed_batch = ids
-        check(st == 503 and body.get("error", {}).get("code") == "shard_failed",
-              f"wal: the write whose sync failed answers 503 shard_failed ({st} {str(body)[:160]})")
+        check(st == 503 and body.get("error", {}).get("code") == "shard_failed" and "applied" not in body,
+              f"wal: the write whose sync failed answers 503 shard_failed, not said to be unapplied "
+              f"({st} {str(body)[:160]})")
         msg = body.get("error", {}).get("message", "")
         check(db not in msg and "/" + os.path.basename(db) + "/" not in msg, "wal: the message names no server path")
         break
@@ -272,6 +281,75 @@ def case_wal(root):
         n = present(srv3, failed_batch)
         check(n in (0, len(failed_batch)), f"wal: the indeterminate batch is all or nothing after the restart ({n})")
         srv3.stop()
+
+
+def case_reopen_fails(root):
+    """Every fdatasync fails for a while: the write whose sync failed is indeterminate, the
+    ones after it are refused (503 shard_failed, "applied": false), the reopen fails too, so
+    /readyz answers 503 shard_failed and /metrics counts the failed shard; once syncs work
+    again the shard reopens by itself and nothing acknowledged is lost."""
+    db = os.path.join(root, "reopen", "db")
+    os.makedirs(os.path.dirname(db))
+    srv = Server(db, ["--threads", "2"])
+    check(call(srv.port, "PUT", "/v1/collections/c", {"dim": DIM, "metric": "l2"})[0] == 201, "reopen: created")
+    acked = set()
+    for b in range(5):
+        ids = list(range(b * 100, b * 100 + 100))
+        if upsert(srv, ids)[0] == 200:
+            acked |= set(ids)
+    out = os.path.join(root, "reopen", "strace.out")
+    tr = strace_attach([srv.p.pid], out, follow=True, when="1+")
+    first = None
+    for b in range(5, 40):
+        ids = list(range(b * 100, b * 100 + 100))
+        st, body = upsert(srv, ids)
+        if st == 200:
+            acked |= set(ids)
+        else:
+            first = (st, body)
+            break
+    check(first is not None and first[0] == 503, f"reopen: the write whose sync failed answers 503 ({first and first[0]})")
+    st, body = upsert(srv, list(range(800000, 800100)))
+    check(st == 503 and body.get("error", {}).get("code") == "shard_failed" and body.get("applied") is False,
+          f"reopen: a later write is refused: 503 shard_failed, applied false ({st} {str(body)[:200]})")
+    check(present(srv, list(range(800000, 800100))) == 0, "reopen: the refused write applied nothing")
+    time.sleep(2.5)  # the recovery thread tries (and fails) to reopen meanwhile
+    st, body = call(srv.port, "GET", "/readyz")
+    check(st == 503 and "shard_failed" in json.dumps(body), f"reopen: /readyz is 503 shard_failed ({st} {str(body)[:160]})")
+    check(metric(srv, "nearline_failed_shards") == 1, "reopen: /metrics counts one failed shard")
+    tr.send_signal(signal.SIGINT)
+    tr.wait(timeout=30)
+    check(len([x for x in open(out) if "INJECTED" in x]) >= 2, "reopen: the reopen's syncs failed as well")
+    after_fault(srv, db, acked, "reopen")
+
+
+def case_read_eio(root):
+    """A read error while a collection is opened is an I/O error (500 io_error), not a
+    missing collection (404) or a malformed file (400): collection.json, then the shard
+    store's CURRENT file, each failing every read (strace -P: that file only)."""
+    db = os.path.join(root, "readeio", "db")
+    os.makedirs(os.path.dirname(db))
+    srv = Server(db, [])
+    check(call(srv.port, "PUT", "/v1/collections/c", {"dim": DIM, "metric": "l2"})[0] == 201, "read eio: created")
+    check(upsert(srv, list(range(100)))[0] == 200, "read eio: 100 points written")
+    srv.stop()
+    shard_store = next(os.path.join(dp, "CURRENT") for dp, _, fs in os.walk(os.path.join(db, "c")) if "CURRENT" in fs)
+    for what, path, calls in (("collection.json", os.path.join(db, "c", "collection.json"), "read,pread64"),
+                              ("the shard store's CURRENT", shard_store, "read,pread64")):
+        out = os.path.join(root, "readeio", "strace.out")
+        wrap = ["strace", "-qq", "-f", "-o", out, "-P", path, "-e", "trace=" + calls,
+                "-e", "inject=%s:error=EIO" % calls.split(",")[0], "-e", "inject=%s:error=EIO" % calls.split(",")[1]]
+        srv = Server(db, [], wrap=wrap)
+        st, body = call(srv.port, "GET", "/v1/collections/c/points/7")
+        code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+        check(st == 500 and code == "io_error", f"read eio: a failed read of {what} answers 500 io_error ({st} {code})")
+        st, body = call(srv.port, "GET", "/v1/collections")
+        srv.stop()
+        check(injected(out), f"read eio: strace failed a read of {what}")
+    srv = Server(db, [])
+    st, body = call(srv.port, "GET", "/v1/collections/c/points/7")
+    check(st == 200, f"read eio: the collection reads again once the disk does ({st})")
+    srv.stop()
 
 
 def case_memory(root):
@@ -369,7 +447,11 @@ def main():
         return 0
     root = tempfile.mkdtemp(prefix="nl-fault-")
     try:
-        for case in (case_connections, case_memory, case_flush, case_compaction, case_wal):
+        only = os.environ.get("NL_FAULT_CASES", "").split()  # names of cases to run (debugging one)
+        for case in (case_connections, case_memory, case_flush, case_compaction, case_wal, case_reopen_fails,
+                     case_read_eio):
+            if only and case.__name__ not in only:
+                continue
             print(f"# {case.__name__}", flush=True)
             case(root)
     finally:

@@ -205,6 +205,24 @@ for req, want, what in exact:
     if st != want or not good_json:
         bad += 1
     print(f"{'ok  ' if st == want and good_json else 'FAIL'} - {what}: {st} {body[:120]!r}")
+# Requests that are not HTTP the library can parse never reach nearline: libmicrohttpd
+# answers them itself, with the right status and its own HTML body, and closes the
+# connection (docs/api.md, "Errors"). The statuses are the contract: pinned here.
+library = [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, "a header over 32 KiB"),
+    (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "a request line over 32 KiB"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, "a header line without a colon"),
+    (b"POST /v1/collections/f/points HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+     400, "a malformed chunk size"),
+    (b"POST /v1/collections/f/points HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+     "a Content-Length that is not a number"),
+    (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", 505, "an HTTP version other than 1.0 and 1.1"),
+]
+for req, want, what in library:
+    st, body = raw_status(req)
+    if st != want:
+        bad += 1
+    print(f"{'ok  ' if st == want else 'FAIL'} - {what}: {st} (the HTTP library's answer)")
 st, _ = call("GET", "/v1/collections/keep")
 if st != 200:
     bad += 1
