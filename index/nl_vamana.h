@@ -59,8 +59,10 @@ int nl_vamana_from_graph(const nl_vecset *vs, nl_metric metric, nl_graph *g, uin
  * before the ones only alpha lets through; a candidate is dropped once alpha times its
  * distance to a taken one is at most its distance to p. Distances between candidates:
  * dist(f32 copy of one, stored row of the other) over vs, plus (ext[a] - ext[b])^2 when
- * ext (one value per row) is given. occl: nc floats, xbuf: vs->dim floats, both scratch.
- * Writes at most R ids to out and returns how many. */
+ * ext (one value per row) is given. Exact copies of p (d 0) are never occluded, but at
+ * most R/2 of them are taken, so a group of identical vectors stays connected within
+ * itself. occl: nc floats, xbuf: vs->dim floats, both scratch. Writes at most R ids to
+ * out and returns how many. */
 uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext, const uint32_t *ids, const float *d,
                          uint32_t nc, float alpha, uint32_t R, float *occl, float *xbuf, uint32_t *out);
 void nl_vamana_destroy(nl_vamana *ix);

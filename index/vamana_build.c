@@ -248,15 +248,20 @@ uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext,
 {
     for (uint32_t i = 0; i < nc; i++)
         occl[i] = 0.0f;
-    uint32_t nout = 0;
+    uint32_t nout = 0, ndup = 0, max_dup = R > 1 ? R / 2 : 1;
     for (float cur = 1.0f; cur <= alpha * 1.0001f && nout < R; cur *= 1.2f) {
         if (cur > alpha)
             cur = alpha;
         for (uint32_t i = 0; i < nc && nout < R; i++) {
             if (occl[i] > cur)
                 continue;
+            if (d[i] == 0.0f && ndup >= max_dup) { /* enough exact copies of p: room for the rest */
+                occl[i] = FLT_MAX;
+                continue;
+            }
             occl[i] = FLT_MAX; /* taken */
             out[nout++] = ids[i];
+            ndup += d[i] == 0.0f;
             nl_convert_to_f32(vs->dtype, nl_vecset_row(vs, ids[i]), xbuf, vs->dim);
             for (uint32_t j = i + 1; j < nc; j++) {
                 if (occl[j] > alpha)
@@ -266,7 +271,12 @@ uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext,
                     float t = ext[ids[i]] - ext[ids[j]];
                     djk += t * t;
                 }
-                float ratio = djk > 0.0f ? d[j] / djk : FLT_MAX;
+                /* An exact copy of a taken candidate is occluded by it, unless it is also a
+                 * copy of p: a group of identical vectors (duplicate chunks, boilerplate)
+                 * would otherwise keep one link to one another each, so a search that
+                 * reaches the group finds a few of them and k results of distance 0 go
+                 * missing. Copies of p are linked to one another, up to R/2 of them. */
+                float ratio = djk > 0.0f ? d[j] / djk : d[j] > 0.0f ? FLT_MAX : 0.0f;
                 if (ratio > occl[j])
                     occl[j] = ratio;
             }
