@@ -362,6 +362,7 @@ int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **ou
         msg = &d.base;
     } else if (ep == NL_API_SEARCH) {
         s.took_us = (uint64_t)json_integer_value(json_object_get(body, "took_us"));
+        s.ios = (uint64_t)json_integer_value(json_object_get(body, "ios"));
         rc = results_from(json_object_get(body, "results"), &s, &texts, &ntexts);
         if (!rc)
             rc = partial_from(body, &s.partial, &s.n_missing_shards, &s.missing_shards, &texts, &ntexts);
@@ -378,6 +379,7 @@ int nl_proto_response(nl_api_endpoint ep, int status, json_t *body, uint8_t **ou
         for (size_t i = 0; !rc && i < n; i++) {
             nearline__search_response__init(&subs[i]);
             rc = results_from(json_array_get(all, i), &subs[i], &texts, &ntexts);
+            subs[i].ios = (uint64_t)json_integer_value(json_array_get(json_object_get(body, "ios"), i));
             bs.responses[i] = &subs[i];
         }
         if (!rc)

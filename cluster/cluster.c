@@ -1430,6 +1430,8 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
     C("nearline_router_fanouts_total", "Requests the router fanned out to shards.", atomic_load(&cl->fanout_calls));
     C("nearline_router_fanout_shards_total", "Shard calls of those fan-outs (their sum: the mean fan-out width).",
       atomic_load(&cl->fanout_shards));
+    C("nearline_router_search_requeries_total", "Shards of a search asked again for the whole k (their first, scaled "
+      "answer could hold more of it).", atomic_load(&cl->fanout_requeries));
     C("nearline_router_write_part_failures_total", "Per-shard parts of writes that failed.",
       atomic_load(&cl->write_part_failures));
     C("nearline_router_write_retries_total", "Write parts sent again to a shard's new primary (a move or a failover).",

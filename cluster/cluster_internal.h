@@ -168,7 +168,8 @@ struct nl_cluster {
 
     /* metrics */
     atomic_uint_fast64_t coordinator_changes, map_writes, map_conflicts, sessions, partial_answers,
-        complete_refusals, fanout_calls, fanout_shards, write_part_failures, write_retries;
+        complete_refusals, fanout_calls, fanout_shards, write_part_failures, write_retries,
+        fanout_requeries;
     atomic_int is_coordinator;
     atomic_int_fast64_t map_version_sum;
 };

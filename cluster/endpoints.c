@@ -160,6 +160,8 @@ static nl_cluster_call nl_srv_cluster_call(req *r, json_t *body, uint32_t def_ms
     if (json_is_integer(t) && json_integer_value(t) >= 1 && json_integer_value(t) <= 600000)
         k.timeout_ms = (uint32_t)json_integer_value(t);
     k.require_complete = json_is_true(rc);
+    const char *ps = json_string_value(json_object_get(body, "per_shard"));
+    k.per_shard_full = ps && !strcmp(ps, "full");
     return k;
 }
 
@@ -184,6 +186,11 @@ static int bad_call_fields(json_t *j, struct MHD_Connection *c, req *r, enum MHD
     }
     if (rc && !json_is_boolean(rc)) {
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"require_complete\" must be true or false");
+        return 1;
+    }
+    json_t *ps = json_object_get(j, "per_shard");
+    if (ps && (!json_is_string(ps) || (strcmp(json_string_value(ps), "scaled") && strcmp(json_string_value(ps), "full")))) {
+        *res = nl_srv_send_error(c, r, 400, "bad_request", "\"per_shard\" must be \"scaled\" or \"full\"");
         return 1;
     }
     return 0;
@@ -646,7 +653,7 @@ enum MHD_Result nl_srv_ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
     if (!j)
         return res;
     static const char *const top[] = {"vector", "k", "filter", "L", "beam", "with_metadata", "plan", "timeout_ms",
-                                      "require_complete", NULL};
+                                      "require_complete", "per_shard", NULL};
     const char *bad;
     search_opts o;
     nl_collection_config cfg = r->ccfg;
@@ -708,7 +715,7 @@ enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MH
     if (!j)
         return res;
     static const char *const top[] = {"vectors", "k", "filter", "filters", "L", "beam", "with_metadata", "plan",
-                                      "timeout_ms", "require_complete", NULL};
+                                      "timeout_ms", "require_complete", "per_shard", NULL};
     const char *bad;
     search_opts o;
     nl_collection_config cfg = r->ccfg;
@@ -802,10 +809,13 @@ enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MH
             goto out;
         }
         nl_srv_count_search(s, st, nq, counts, f || per);
-        json_t *all = json_array();
-        for (size_t i = 0; i < nq; i++)
+        json_t *all = json_array(), *ios = json_array();
+        for (size_t i = 0; i < nq; i++) {
             json_array_append_new(all, hits_json(h, hits + i * o.k, counts[i], o.with_meta));
-        res = nl_srv_send_json(c, r, 200, json_pack("{s:o,s:I}", "results", all, "took_us", (json_int_t)took));
+            json_array_append_new(ios, json_integer((json_int_t)st[i].ios));
+        }
+        res = nl_srv_send_json(c, r, 200,
+                               json_pack("{s:o,s:I,s:o}", "results", all, "took_us", (json_int_t)took, "ios", ios));
     }
 out:
     for (size_t i = 0; per && i < nq; i++)

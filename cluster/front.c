@@ -4,9 +4,11 @@
  * names, as protobuf over the router (nl_router.h).
  *
  * The rules (docs/cluster.md):
- *   - search: one call per shard, all in parallel, each asking for the full k; the answer
- *     is the k best by score, ties by id (numbers before strings, then by value), so every
- *     node merges the same answer from the same parts. A shard with no live primary, or
+ *   - search: one call per shard, all in parallel, each asking for its share of k and L
+ *     (nl_router_shard_budget: hash placement gives every shard a random sample); a shard
+ *     whose last result would still make the answer may hold more of it and is asked again
+ *     for the whole k. The answer is the k best by score, ties by id (numbers before
+ *     strings, then by value), so every node merges the same answer from the same parts. A shard with no live primary, or
  *     that does not answer by the deadline, is left out: the answer says "partial": true
  *     and lists "missing_shards", or is a 503 naming them when require_complete is set;
  *   - upsert and delete: the batch split by shard, one call per shard to its primary, in
@@ -171,13 +173,17 @@ static int refusal_code(const char *code)
                     !strcmp(code, "shutting_down"));
 }
 
-/* Whether a failed call certainly applied nothing: it was never sent (breaker open,
- * connection refused) or the peer refused it before ordering it (a refusal code). A
- * timeout or a dropped connection may have applied it. */
+/* Whether a failed call certainly applied nothing: it was never sent (the peer's breaker
+ * was open) or the peer refused it before ordering it (a refusal code, or "applied":
+ * false). A timeout or a dropped connection may have applied it, and so may a refused
+ * connection: libcurl sends a request on a kept-alive connection and, when that dies
+ * before any answer, connects again and reports only the second try's failure; the first
+ * may have been applied by a node killed right after (the 20-round schedule caught a write
+ * reported "applied": false that every replica held). */
 static int call_refused(const nl_rcall *k)
 {
     if (!k->status)
-        return k->err == NL_EUNAVAILABLE || k->err == -ECONNREFUSED;
+        return k->err == NL_EUNAVAILABLE;
     if (k->status != 503 || !k->body_out_len)
         return 0;
     int refused = 0;
@@ -620,6 +626,125 @@ static int cand_cmp(const void *a, const void *b)
     return strcmp(x->str, y->str);
 }
 
+/* The candidates of query qi from every part (each the answer of one shard, or NULL),
+ * sorted; returns how many. cs has room for nc x k. */
+static size_t gather(const Nearline__SearchResponse **part, size_t nc, size_t nq, size_t qi, uint32_t k, cand *cs)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < nc; i++) {
+        const Nearline__SearchResponse *r = part[i * nq + qi];
+        for (size_t h = 0; r && h < r->n_results && h < k; h++) {
+            const Nearline__SearchResult *x = r->results[h];
+            if (!x->id)
+                continue;
+            cand *y = &cs[n++];
+            y->is_str = x->id->kind_case == NEARLINE__ID__KIND_STR;
+            y->num = y->is_str ? 0 : x->id->num;
+            y->str = y->is_str ? x->id->str : NULL;
+            y->score = x->score;
+            y->meta = x->metadata;
+        }
+    }
+    qsort(cs, n, sizeof *cs, cand_cmp);
+    return n;
+}
+
+/* The second round of a scaled search: a shard that answered ks results of which the last
+ * still scores within the merged k best may hold more of them (more than ks of the k
+ * nearest fell in it, or its walk with the smaller list missed some): it is asked again,
+ * for those queries only, with the whole k and L, and its new answers replace its first
+ * ones in part (kept alive in again[], nc entries, freed by the caller). Adds the reads to
+ * ios. Returns how many shards were asked again. */
+static size_t requery(nl_cluster *cl, const nl_cluster_call *call, const routed *rt, const char *name,
+                      const Nearline__SearchRequest *rq, size_t nq, const uint32_t *sc, size_t nc, uint32_t ks,
+                      const nl_cluster_search_params *p, const Nearline__SearchResponse **part, uint64_t *ios, cand *cs,
+                      Nearline__BatchSearchResponse **again)
+{
+    uint8_t *need = calloc(nc * nq, 1);
+    size_t *count = calloc(nc, sizeof *count), asked = 0;
+    nl_rcall *calls = calloc(nc, sizeof *calls);
+    char (*url)[200] = calloc(2 * nc, 200);
+    uint8_t **body = calloc(nc, sizeof *body);
+    size_t *who = calloc(nc, sizeof *who), ncalls = 0;
+    Nearline__SearchRequest *sub = calloc(nq, sizeof *sub), **subp = calloc(nq, sizeof *subp);
+    if (!need || !count || !calls || !url || !body || !who || !sub || !subp)
+        goto done;
+    for (size_t qi = 0; qi < nq; qi++) {
+        size_t n = gather(part, nc, nq, qi, p->k, cs);
+        float tau = n >= p->k ? cs[p->k - 1].score : INFINITY;
+        for (size_t i = 0; i < nc; i++) {
+            const Nearline__SearchResponse *r = part[i * nq + qi];
+            if (r && r->n_results >= ks && r->results[ks - 1]->score <= tau) {
+                need[i * nq + qi] = 1;
+                count[i]++;
+            }
+        }
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (!count[i] || read_target(cl, rt->s, rt->c, sc[i], &calls[ncalls], url[2 * ncalls], url[2 * ncalls + 1],
+                                     200) != 0)
+            continue;
+        size_t m = 0;
+        for (size_t qi = 0; qi < nq; qi++)
+            if (need[i * nq + qi]) {
+                sub[m] = rq[qi];
+                sub[m].k = p->k;
+                sub[m].l = p->L;
+                subp[m] = &sub[m];
+                m++;
+            }
+        Nearline__BatchSearchRequest b = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
+        b.n_queries = m;
+        b.queries = subp;
+        size_t len = 0;
+        if (!(body[ncalls] = pack(&b.base, &len)))
+            continue;
+        calls[ncalls].method = "POST";
+        snprintf(calls[ncalls].path, sizeof calls[ncalls].path, "/internal/v1/collections/%s/shards/%u/search/batch",
+                 name, sc[i]);
+        calls[ncalls].body = body[ncalls];
+        calls[ncalls].body_len = len;
+        who[ncalls++] = i;
+    }
+    if (!ncalls)
+        goto done;
+    nl_router_run(cl->router, calls, ncalls, timeout_of(call), call->request_id, call->traceparent);
+    for (size_t c = 0; c < ncalls; c++) {
+        size_t i = who[c];
+        Nearline__BatchSearchResponse *r =
+            calls[c].status == 200
+                ? nearline__batch_search_response__unpack(NULL, calls[c].body_out_len, (uint8_t *)calls[c].body_out)
+                : NULL;
+        if (!r || r->n_responses != count[i]) { /* the first answer stands */
+            if (r)
+                nearline__batch_search_response__free_unpacked(r, NULL);
+            continue;
+        }
+        again[i] = r;
+        asked++;
+        for (size_t qi = 0, j = 0; qi < nq; qi++)
+            if (need[i * nq + qi]) {
+                part[i * nq + qi] = r->responses[j];
+                ios[qi] += r->responses[j++]->ios;
+            }
+    }
+    atomic_fetch_add(&cl->fanout_requeries, ncalls);
+done:
+    for (size_t c = 0; calls && c < ncalls; c++)
+        free(calls[c].body_out);
+    for (size_t c = 0; body && c < nc; c++)
+        free(body[c]);
+    free(need);
+    free(count);
+    free(calls);
+    free(url);
+    free(body);
+    free(who);
+    free(sub);
+    free(subp);
+    return asked;
+}
+
 static json_t *cand_json(const cand *c, int with_meta)
 {
     json_t *o = json_pack("{s:o,s:f}", "id", c->is_str ? json_string(c->str) : json_integer((json_int_t)c->num),
@@ -641,16 +766,22 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
     if (st)
         return st;
     uint32_t S = rt.c->map.nshards;
+    uint32_t ks = p->k, Ls = p->L;
+    int scaled = S > 1 && !call->per_shard_full;
+    if (scaled)
+        nl_router_shard_budget(p->k, p->L, S, &ks, &Ls);
     /* one request, the same for every shard */
     Nearline__BatchSearchRequest m = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
     Nearline__SearchRequest *rq = calloc(nq, sizeof *rq), **rp = calloc(nq, sizeof *rp);
     nl_rcall *calls = calloc(S, sizeof *calls);
     char (*url)[200] = calloc(2 * (size_t)S, 200);
     uint32_t *sc = calloc(S, sizeof *sc), missing[NL_MAX_SHARDS];
-    Nearline__BatchSearchResponse **resp = calloc(S, sizeof *resp);
+    Nearline__BatchSearchResponse **resp = calloc(S, sizeof *resp), **again = calloc(S, sizeof *again);
+    const Nearline__SearchResponse **part = calloc((size_t)S * (nq ? nq : 1), sizeof *part);
+    uint64_t *ios = calloc(nq ? nq : 1, sizeof *ios);
     uint8_t *body = NULL;
     size_t len = 0, nc = 0, nmiss = 0;
-    if (!rq || !rp || !calls || !url || !sc || !resp) {
+    if (!rq || !rp || !calls || !url || !sc || !resp || !again || !part || !ios) {
         *out = cl_error("internal", "out of memory");
         st = 500;
         goto done;
@@ -659,8 +790,8 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         nearline__search_request__init(&rq[i]);
         rq[i].n_query = dim;
         rq[i].query = (float *)(q + i * dim);
-        rq[i].k = p->k;
-        rq[i].l = p->L;
+        rq[i].k = ks;
+        rq[i].l = Ls;
         rq[i].beam = p->W;
         rq[i].plan = p->plan;
         rq[i].without_metadata = !p->with_meta;
@@ -738,40 +869,33 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         st = 500;
         goto done;
     }
-    for (size_t qi = 0; qi < nq; qi++) {
-        size_t nca = 0;
-        for (size_t i = 0; i < nc; i++) {
-            if (!resp[i])
-                continue;
-            const Nearline__SearchResponse *r = resp[i]->responses[qi];
-            for (size_t h = 0; h < r->n_results && h < p->k; h++) {
-                const Nearline__SearchResult *x = r->results[h];
-                if (!x->id)
-                    continue;
-                cand *y = &cs[nca++];
-                y->is_str = x->id->kind_case == NEARLINE__ID__KIND_STR;
-                y->num = y->is_str ? 0 : x->id->num;
-                y->str = y->is_str ? x->id->str : NULL;
-                y->score = x->score;
-                y->meta = x->metadata;
-            }
+    for (size_t i = 0; i < nc; i++)
+        for (size_t qi = 0; resp[i] && qi < nq; qi++) {
+            part[i * nq + qi] = resp[i]->responses[qi];
+            ios[qi] += resp[i]->responses[qi]->ios;
         }
-        qsort(cs, nca, sizeof *cs, cand_cmp);
+    if (scaled && ks < p->k)
+        requery(cl, call, &rt, name, rq, nq, sc, nc, ks, p, part, ios, cs, again);
+    json_t *ios_all = json_array();
+    for (size_t qi = 0; qi < nq; qi++) {
+        size_t nca = gather(part, nc, nq, qi, p->k, cs);
         json_t *a = json_array();
         for (size_t h = 0; h < nca && h < p->k; h++)
             json_array_append_new(a, cand_json(&cs[h], p->with_meta));
         json_array_append_new(all, a);
+        json_array_append_new(ios_all, json_integer((json_int_t)ios[qi]));
     }
     free(cs);
     json_int_t took = (json_int_t)((nl_now_ns() - t0) / 1000);
     if (batch) {
-        *out = json_pack("{s:o,s:I,s:b,s:o}", "results", all, "took_us", took, "partial", nmiss > 0, "missing_shards",
-                         miss);
+        *out = json_pack("{s:o,s:I,s:o,s:b,s:o}", "results", all, "took_us", took, "ios", ios_all, "partial", nmiss > 0,
+                         "missing_shards", miss);
     } else {
         json_t *one = json_incref(json_array_get(all, 0));
         json_decref(all);
-        *out = json_pack("{s:o,s:I,s:b,s:o}", "results", one ? one : json_array(), "took_us", took, "partial",
-                         nmiss > 0, "missing_shards", miss);
+        *out = json_pack("{s:o,s:I,s:I,s:b,s:o}", "results", one ? one : json_array(), "took_us", took, "ios",
+                         (json_int_t)ios[0], "partial", nmiss > 0, "missing_shards", miss);
+        json_decref(ios_all);
     }
     if (nmiss) /* why the first missing shard is missing: for the operator */
         json_object_set_new(*out, "missing_reason",
@@ -781,6 +905,12 @@ done:
     for (size_t i = 0; resp && i < nc; i++)
         if (resp[i])
             nearline__batch_search_response__free_unpacked(resp[i], NULL);
+    for (size_t i = 0; again && i < nc; i++)
+        if (again[i])
+            nearline__batch_search_response__free_unpacked(again[i], NULL);
+    free(again);
+    free(part);
+    free(ios);
     for (size_t i = 0; calls && i < nc; i++)
         free(calls[i].body_out);
     free(body);

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -25,6 +26,7 @@
 
 #include <curl/curl.h>
 
+#include "nearline.h" /* NL_MAX_K */
 #include "nl_router.h"
 #include "nl_util.h"
 
@@ -688,4 +690,39 @@ void nl_router_metrics(nl_router *r, FILE *f)
         fprintf(f, "nearline_peer_latency_seconds_count{peer=\"%s\"} %llu\n", p->id, (unsigned long long)cum);
     }
     pthread_mutex_unlock(&r->mu);
+}
+
+/* ---------------------------------------------------------------- search budget */
+
+void nl_router_shard_budget(uint32_t k, uint32_t L, uint32_t shards, uint32_t *ks, uint32_t *Ls)
+{
+    uint32_t base = L ? L : (k > 64 ? k : 64);
+    if (base < k)
+        base = k;
+    if (shards <= 1 || k == 0) {
+        *ks = k;
+        *Ls = base;
+        return;
+    }
+    /* the Binomial(k, p) probabilities from the log of each term, then the expected loss
+     * E[max(0, X - m)] = sum over x > m of (x - m) pmf(x) from suffix sums, for m from k
+     * down while it stays within the bound (it grows as m falls) */
+    if (k > NL_MAX_K)
+        k = NL_MAX_K;
+    double p = 1.0 / shards, lp = log(p), lq = log1p(-p), pmf[NL_MAX_K + 1];
+    for (uint32_t x = 0; x <= k; x++)
+        pmf[x] = exp(lgamma(k + 1.0) - lgamma(x + 1.0) - lgamma(k - x + 1.0) + x * lp + (k - x) * lq);
+    uint32_t least = (k + shards - 1) / shards, m = k;
+    double t0 = 0.0, t1 = 0.0; /* sums over x > m of pmf(x) and of x pmf(x) */
+    while (m > least) {
+        double n0 = t0 + pmf[m], n1 = t1 + m * pmf[m]; /* the sums for m - 1 */
+        if (shards * (n1 - (m - 1) * n0) > k / 1000.0)
+            break;
+        t0 = n0;
+        t1 = n1;
+        m--;
+    }
+    *ks = m;
+    uint32_t l = (uint32_t)ceil(base * sqrt(p));
+    *Ls = l < m ? m : l > base ? base : l;
 }

@@ -427,3 +427,43 @@ Test(cluster, zookeeper_calls_end_at_their_deadline)
     nanosleep(&pause, NULL);
     zookeeper_close(zh);
 }
+
+/* The router's per-shard budget against a simulation of hash placement: k items thrown
+ * uniformly into S shards; what a shard asked for ks keeps of them. The share lost must be
+ * at most about 1/1000 (the model's bound), and asking one fewer must lose more. */
+static double lost_share(uint32_t k, uint32_t S, uint32_t ks, nl_rng *r, int trials)
+{
+    uint32_t cnt[64];
+    double lost = 0;
+    for (int t = 0; t < trials; t++) {
+        memset(cnt, 0, sizeof cnt);
+        for (uint32_t i = 0; i < k; i++)
+            cnt[nl_rng_below(r, S)]++;
+        for (uint32_t s = 0; s < S; s++)
+            lost += cnt[s] > ks ? cnt[s] - ks : 0;
+    }
+    return lost / ((double)trials * k);
+}
+
+Test(cluster, shard_budget_matches_a_simulation_of_hash_placement)
+{
+    uint32_t ks, Ls;
+    nl_router_shard_budget(10, 0, 1, &ks, &Ls);
+    cr_assert(ks == 10 && Ls == 64, "one shard: the request itself (%u %u)", ks, Ls);
+    nl_router_shard_budget(10, 30, 8, &ks, &Ls);
+    cr_assert(ks == 5 && Ls == 11, "k 10, L 30, 8 shards: 5 and 11 (%u %u)", ks, Ls);
+    nl_rng r;
+    nl_rng_seed(&r, 28);
+    const uint32_t cases[][3] = {{10, 0, 2}, {10, 0, 8}, {10, 100, 16}, {100, 200, 8}, {50, 0, 32}, {1, 0, 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint32_t k = cases[c][0], L = cases[c][1], S = cases[c][2];
+        nl_router_shard_budget(k, L, S, &ks, &Ls);
+        uint32_t base = L ? L : (k > 64 ? k : 64);
+        cr_assert(ks >= (k + S - 1) / S && ks <= k, "k %u S %u: ks %u", k, S, ks);
+        cr_assert(Ls >= ks && Ls <= base, "k %u S %u: Ls %u outside [%u, %u]", k, S, Ls, ks, base);
+        double lost = lost_share(k, S, ks, &r, 20000);
+        cr_assert(lost <= 0.0015, "k %u S %u ks %u: %.5f of the k nearest lost", k, S, ks, lost);
+        if (ks > (k + S - 1) / S)
+            cr_assert(lost_share(k, S, ks - 1, &r, 20000) > 0.0008, "k %u S %u: ks %u is more than needed", k, S, ks);
+    }
+}

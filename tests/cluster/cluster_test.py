@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
 import nearline  # noqa: E402
 from harness import Cluster, Node, free_port, http, wait  # noqa: E402
+from history import shard_of  # noqa: E402
 
 NL = sys.argv[1]
 DIM, NPTS, NQ, K = 32, 20000, 200, 10
@@ -63,6 +64,14 @@ def data():
 def exact(x, q, live):
     d = ((q[:, None, :] - x[None, live, :]) ** 2).sum(-1)
     return np.asarray(live)[np.argsort(d, axis=1)[:, :K]]
+
+
+def metric(node, name):
+    st, text = http("GET", node.url + "/metrics")
+    for line in (text if isinstance(text, str) else "").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def upsert(node, name, ids, vecs, timeout=30):
@@ -166,6 +175,32 @@ def main():
         check(answers["a"] == answers["b"] == answers["c"], "A, B and C give identical answers (ids and scores)")
         gt = exact(x, q, np.arange(NPTS))
         rc_cluster = recall([[i for i, _ in row] for row in answers["a"]], gt)
+        # each shard asked for its share of k and L (the default) against the whole k and L
+        # (the points are still in the shards' fresh indexes: the cost is nodes expanded, not reads)
+        def expanded():
+            return sum(metric(n, "nearline_search_nodes_expanded_total") for n in (a, b, c))
+        e0 = expanded()
+        st, scaled = search_batch(a, "vec", q)
+        e1 = expanded()
+        st2, full = search_batch(a, "vec", q, per_shard="full")
+        e2 = expanded()
+        rc_full = recall(ids_of(full), gt)
+        x_scaled, x_full = (e1 - e0) / len(q), (e2 - e1) / len(q)
+        print("  6 shards: per-shard share recall@10 %.4f, %.0f nodes expanded a query; whole k and L %.4f, %.0f"
+              % (rc_cluster, x_scaled, rc_full, x_full))
+        check(st == st2 == 200 and len(scaled["ios"]) == len(q) and x_scaled < 0.8 * x_full and
+              rc_cluster >= rc_full - 0.01, "scaled per-shard budgets cost less (%.0f < %.0f nodes expanded) at the "
+              "same recall (%.4f vs %.4f)" % (x_scaled, x_full, rc_cluster, rc_full))
+        check(search_batch(a, "vec", q[:1], per_shard="most")[0] == 400, "per_shard other than scaled|full: 400")
+        # all k nearest in one shard, far from the rest: that shard's first answer (its
+        # share) is cut short, so it must be asked again for the whole k
+        far = np.full(DIM, 50.0, np.float32)
+        ids = [i for i in range(10 ** 6, 10 ** 6 + 400) if shard_of(i, 6) == 0][:K]
+        st, _ = upsert(a, "vec", ids, np.stack([far + 0.01 * j for j in range(K)]))
+        st2, one = search_batch(a, "vec", far[None, :])
+        got = sorted(h["id"] for h in one["results"][0]) if st2 == 200 else []
+        check(st == 200 and got == sorted(ids), "the %d nearest all in one shard: all %d found (%d)" % (K, K, len(got)))
+        st, _ = a.call("POST", "/v1/collections/vec/points/delete", {"ids": ids})
         # the reference: one node, no router, the same points and parameters
         single = subprocess.Popen([NL, "serve", "--db", os.path.join(cl.dir, "db-single"), "--listen",
                                    "127.0.0.1:%d" % (sp := free_port()), "--log-level", "warn"],

@@ -106,6 +106,7 @@ class Workload:
         self.write_stats = {"ok": 0, "retried": 0, "failed": 0}
         self.failures = []
         self.read_problems = []
+        self.refusals = {}  # id -> [(version, [(node url, status, answer) per try])] of writes recorded "fail"
 
     def start(self):
         for c in self.run:
@@ -151,9 +152,11 @@ class Workload:
             # refused before anything was applied: "applied": false, or nothing sent).
             maybe = [False] * len(ids)
             done = [False] * len(ids)
+            tries = []
             for attempt in range(self.retries + 1):
                 url = self._pick()
                 st, ans = http("POST", url + path, body, timeout=self.timeout, refused_status=-1) if url else (-1, None)
+                tries.append((url, st, str(ans)[:400]))
                 for k, i in enumerate(ids):
                     o = self._outcome(i, st, ans)
                     done[k] = done[k] or o == "ok"
@@ -174,6 +177,10 @@ class Workload:
                 with self.h.lock:
                     self.failure_kinds[why] = self.failure_kinds.get(why, 0) + 1
             outcomes = ["ok" if d else "info" if m else "fail" for d, m in zip(done, maybe)]
+            with self.h.lock:
+                for i, v, o in zip(ids, vs, outcomes):
+                    if o == "fail" and len(self.refusals.get(i, ())) < 4:
+                        self.refusals.setdefault(i, []).append((v, tries))
             self.h.record(ids, kind, vs, outcomes)
             self.timeline.append((t0, time.time(), outcomes.count("ok"), outcomes.count("info"),
                                   outcomes.count("fail")))

@@ -139,12 +139,14 @@ def settled_replicas(cl, coll, ids, via, timeout=30):
     return probs
 
 
-def explain(cl, coll, h, ids, shards):
+def explain(cl, coll, h, ids, shards, wl=None):
     """For a lost id: its history, and what each replica of its shard holds."""
     via = next(n for n in cl.nodes.values() if n.proc and n.proc.poll() is None)
     d = describe(via, coll)
     for i in ids[:3]:
         print("  id %d: shard %d; ops (seq, kind, version, outcome): %s" % (i, shard_of(i, shards), h.ops.get(i)[-12:]))
+        for v, tries in getattr(wl, "refusals", {}).get(i, [])[-2:]:
+            print("    version %s recorded as not applied; its tries (node, status, answer): %s" % (v, tries))
         if not d:
             continue
         s = d["shard_map"][shard_of(i, shards)]
@@ -166,7 +168,7 @@ def report(name, rep, wl, cl=None):
                "(%s), every id readable (%s)" % (name, [x[:2] for x in rep["lost"][:3]], rep["resurrected"][:3],
                                                  rep["phantom"][:3], rep["unreadable"][:3]))
     if not good and cl:
-        explain(cl, wl.coll, wl.h, [x[0] for x in rep["lost"] + rep["resurrected"]], wl.shards)
+        explain(cl, wl.coll, wl.h, [x[0] for x in rep["lost"] + rep["resurrected"]], wl.shards, wl)
     check_that(not wl.read_problems, "%s: searches during the faults returned no duplicate, unknown or stale-score "
                "result (%s)" % (name, wl.read_problems[:3]))
 
