@@ -11,7 +11,7 @@ shard and one of 8, flushed to segments (--flush-age-ms 2000), then 1,000 querie
 batches of 100 at list sizes 6..100: recall@10 against brute force on those n points,
 mean disk reads per query (the answer's "ios": every shard's reads, second rounds
 included), queries per second (one client), and the shards asked again. Reads at recall
-0.95 are interpolated on each curve; the table goes to stdout.
+0.95..0.999 are interpolated on each curve; the tables go to stdout.
 """
 import os
 import sys
@@ -74,13 +74,16 @@ def run(node, coll, q, gt, L, per_shard):
     return rec / len(q), ios / len(q), len(q) / took, metric(node, "nearline_router_search_requeries_total") - req0
 
 
-def at_recall(rows, target=0.95):
-    """Reads at the target recall, interpolated between the two list sizes around it."""
+def at_recall(rows, target):
+    """Reads at the target recall, interpolated between the two list sizes around it; a
+    curve already above it at its smallest list gives that point's reads, marked '<='."""
     pts = sorted((r[1], r[2]) for r in rows)
+    if pts and pts[0][0] >= target:
+        return pts[0][1], "<="
     for (r0, i0), (r1, i1) in zip(pts, pts[1:]):
         if r0 < target <= r1:
-            return i0 + (i1 - i0) * (target - r0) / (r1 - r0)
-    return None
+            return i0 + (i1 - i0) * (target - r0) / (r1 - r0), ""
+    return None, ""
 
 
 def main():
@@ -102,14 +105,14 @@ def main():
                 rows.append((L, rec, ios))
                 print("| %s | %s | %d | %.4f | %.1f | %.0f | %d |" % (coll, mode, L, rec, ios, qps, again), flush=True)
             curves[(coll, mode)] = rows
-        print()
-        base = at_recall(curves[("one", "full")])
-        for key, rows in curves.items():
-            r = at_recall(rows)
-            print("reads at recall@10 0.95, %s shard(s), %s: %s%s" % (
-                key[0], key[1], "%.1f" % r if r else "not reached",
-                " (%.2fx one shard)" % (r / base) if r and base else ""))
-
+        print("\n| recall@10 | 1 shard | 8 shards, full | 8 shards, scaled | scaled / 1 shard | scaled / full |\n"
+              "|---|---|---|---|---|---|")
+        for target in (0.95, 0.98, 0.99, 0.995, 0.999):
+            got = [at_recall(curves[key], target) for key in (("one", "full"), ("eight", "full"), ("eight", "scaled"))]
+            cell = ["%s%.1f" % (m, r) if r else "not reached" for r, m in got]
+            ratio = lambda a, b: "%.2fx" % (a[0] / b[0]) if a[0] and b[0] else "-"  # noqa: E731
+            print("| %.3f | %s | %s | %s | %s | %s |" % (target, cell[0], cell[1], cell[2], ratio(got[2], got[0]),
+                                                         ratio(got[2], got[1])))
 
 if __name__ == "__main__":
     main()
