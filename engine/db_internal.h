@@ -57,6 +57,12 @@ static inline nl_shard *shard_at(const nl_collection *c, uint32_t s)
     return __atomic_load_n(&c->shards[s], __ATOMIC_ACQUIRE);
 }
 
+/* The shard config of a collection config (db.c). */
+void db_shard_config(const nl_collection_config *c, nl_shard_config *s);
+/* Shard s of a live collection, for a per-shard call (db.c): 0, NL_ENOTFOUND, NL_EDOWN (a
+ * failed shard), or the collection's error. */
+int db_live_shard(const nl_collection *c, uint32_t s, nl_shard **sh);
+
 /* Starts and stops the thread that reopens failed shards (db_recover.c). */
 int db_recovery_start(nl_db *db);
 void db_recovery_stop(nl_db *db);
