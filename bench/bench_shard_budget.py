@@ -36,14 +36,6 @@ def bvecs(path, n):
     return raw.reshape(-1, 4 + d)[:n, 4:].astype(np.float32)
 
 
-def metric(node, name):
-    st, text = http("GET", node.url + "/metrics")
-    for line in (text if isinstance(text, str) else "").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def load(node, coll, shards, x):
     st, ans = node.call("PUT", "/v1/collections/" + coll, {"dim": x.shape[1], "metric": "l2", "shards": shards})
     assert st == 201, (st, ans)
@@ -61,7 +53,7 @@ def load(node, coll, shards, x):
 
 def run(node, coll, q, gt, L, per_shard):
     t0, rec, ios = time.time(), 0.0, 0
-    req0 = metric(node, "nearline_router_search_requeries_total")
+    req0 = node.metric("nearline_router_search_requeries_total")
     for s in range(0, len(q), 100):
         body = {"vectors": q[s:s + 100].tolist(), "k": K, "L": L, "with_metadata": False, "per_shard": per_shard,
                 "timeout_ms": 60000}
@@ -71,7 +63,7 @@ def run(node, coll, q, gt, L, per_shard):
             rec += len({r["id"] for r in res} & set(gt[s + qi].tolist())) / K
         ios += sum(ans["ios"])
     took = time.time() - t0
-    return rec / len(q), ios / len(q), len(q) / took, metric(node, "nearline_router_search_requeries_total") - req0
+    return rec / len(q), ios / len(q), len(q) / took, node.metric("nearline_router_search_requeries_total") - req0
 
 
 def at_recall(rows, target):

@@ -66,14 +66,6 @@ def exact(x, q, live):
     return np.asarray(live)[np.argsort(d, axis=1)[:, :K]]
 
 
-def metric(node, name):
-    st, text = http("GET", node.url + "/metrics")
-    for line in (text if isinstance(text, str) else "").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def upsert(node, name, ids, vecs, timeout=30):
     pts = [{"id": int(i), "vector": [float(v) for v in vec]} for i, vec in zip(ids, vecs)]
     return node.call("POST", "/v1/collections/%s/points" % name, {"points": pts}, timeout=timeout)
@@ -178,7 +170,7 @@ def main():
         # each shard asked for its share of k and L (the default) against the whole k and L
         # (the points are still in the shards' fresh indexes: the cost is nodes expanded, not reads)
         def expanded():
-            return sum(metric(n, "nearline_search_nodes_expanded_total") for n in (a, b, c))
+            return sum(n.metric("nearline_search_nodes_expanded_total") for n in (a, b, c))
         e0 = expanded()
         st, scaled = search_batch(a, "vec", q)
         e1 = expanded()

@@ -173,6 +173,14 @@ class Node:
     def call(self, method, path, body=None, timeout=10, headers=None):
         return http(method, self.url + path, body, timeout, headers)
 
+    def metric(self, name):
+        """An unlabelled value of the node's /metrics (0 when absent)."""
+        st, text = http("GET", self.url + "/metrics")
+        for line in (text if isinstance(text, str) else "").splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
 
 class Cluster:
     def __init__(self, nearline, session_ms=4000, key="test-cluster-key-0123456789", zk_host="127.0.0.1",
