@@ -273,7 +273,10 @@ def bulk(node, coll, first, n, batch=1000):
 
 
 def catchup(cl, a, coll, n, expect_snapshot):
-    st, _ = create(a, coll, 1, 2)
+    st, ans = create(a, coll, 1, 2)
+    check_that(st == 201, "%s: collection created (%s %s)" % (coll, st, str(ans)[:200]))
+    # the map can be a moment behind the create's answer on the node asked (a 503 meanwhile)
+    wait(lambda: describe(a, coll) and describe(a, coll)["shard_map"][0]["primary"], 20, 0.2)
     d = describe(a, coll)
     p = cl.nodes[d["shard_map"][0]["primary"]]
     f = cl.nodes[[r for r in d["shard_map"][0]["replicas"] if r != p.id][0]]
