@@ -129,6 +129,8 @@ static json_t *search_json(const Nearline__SearchRequest *q, int *ok)
         json_object_set_new(o, "beam", json_integer(q->beam));
     if (q->plan)
         json_object_set_new(o, "plan", json_string(q->plan == 1 ? "graph" : q->plan == 2 ? "scan" : "bad"));
+    if (q->segments)
+        json_object_set_new(o, "segments", json_string(q->segments == 1 ? "each" : "bad"));
     json_t *f = text_json(q->filter, ok);
     if (f)
         json_object_set_new(o, "filter", f);
@@ -232,6 +234,8 @@ json_t *nl_proto_request(nl_api_endpoint ep, const void *buf, size_t len, char *
             if (q0->beam) json_object_set_new(out, "beam", json_integer(q0->beam));
             if (q0->plan)
                 json_object_set_new(out, "plan", json_string(q0->plan == 1 ? "graph" : q0->plan == 2 ? "scan" : "bad"));
+            if (q0->segments)
+                json_object_set_new(out, "segments", json_string(q0->segments == 1 ? "each" : "bad"));
         }
         nearline__batch_search_request__free_unpacked(m, NULL);
         break;

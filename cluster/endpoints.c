@@ -582,13 +582,16 @@ typedef struct {
     uint32_t k, L, W;
     int with_meta;
     uint32_t plan;
+    int segments_each; /* "segments": "each" (nl_search_params.segments < 0) */
 } search_opts;
 
-/* k, L, beam, with_metadata, plan of a search body; an error response when out of range. */
+/* k, L, beam, with_metadata, plan, segments of a search body; an error response when out
+ * of range. */
 static int search_opts_from(nl_server *s, json_t *j, struct MHD_Connection *c, req *r, search_opts *o,
                             enum MHD_Result *res)
 {
     json_t *wm = json_object_get(j, "with_metadata"), *plan = json_object_get(j, "plan");
+    json_t *segs = json_object_get(j, "segments");
     if (u32_field(j, "k", 1, UINT32_MAX, 10, &o->k)) {
         *res = nl_srv_send_error(c, r, 400, "bad_request", "\"k\" must be a positive integer");
         return -1;
@@ -613,6 +616,15 @@ static int search_opts_from(nl_server *s, json_t *j, struct MHD_Connection *c, r
         else if (!strcmp(p, "scan")) o->plan = NL_PLAN_SCAN;
         else if (strcmp(p, "auto")) {
             *res = nl_srv_send_error(c, r, 400, "bad_request", "\"plan\" must be \"auto\", \"graph\" or \"scan\"");
+            return -1;
+        }
+    }
+    o->segments_each = 0;
+    if (segs) {
+        const char *v = json_is_string(segs) ? json_string_value(segs) : "";
+        if (!strcmp(v, "each")) o->segments_each = 1;
+        else if (strcmp(v, "joint")) {
+            *res = nl_srv_send_error(c, r, 400, "bad_request", "\"segments\" must be \"joint\" or \"each\"");
             return -1;
         }
     }
@@ -653,7 +665,7 @@ enum MHD_Result nl_srv_ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
     if (!j)
         return res;
     static const char *const top[] = {"vector", "k", "filter", "L", "beam", "with_metadata", "plan", "timeout_ms",
-                                      "require_complete", "per_shard", NULL};
+                                      "require_complete", "per_shard", "segments", NULL};
     const char *bad;
     search_opts o;
     nl_collection_config cfg = r->ccfg;
@@ -677,7 +689,7 @@ enum MHD_Result nl_srv_ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
             res = nl_srv_send_engine_error(c, r, rc, "filter");
         } else if (!h) {
             char *text = f ? json_dumps(fj, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-            nl_cluster_search_params sp = {o.k, o.L, o.W, o.plan, o.with_meta, text, NULL};
+            nl_cluster_search_params sp = {o.k, o.L, o.W, o.plan, o.with_meta, o.segments_each, text, NULL};
             nl_cluster_call k = nl_srv_cluster_call(r, j, 1000);
             json_t *out = NULL;
             int st = nl_cluster_search(s->opt.cluster, &k, r->cname, q, 1, cfg.dim, &sp, 0, &out);
@@ -685,7 +697,8 @@ enum MHD_Result nl_srv_ep_search(nl_server *s, nl_collection *h, struct MHD_Conn
             res = nl_srv_send_cluster(c, r, st, &out);
         } else {
             nl_hit *hits = calloc(o.k, sizeof *hits);
-            nl_search_params p = {.k = o.k, .L = o.L, .W = o.W, .filter = f, .plan = o.plan};
+            nl_search_params p = {.k = o.k, .L = o.L, .W = o.W, .filter = f, .plan = o.plan,
+                                  .segments = o.segments_each ? -1 : 0};
             nl_query_stats st;
             uint64_t t0 = nl_now_ns();
             int got = hits ? nl_collection_search(h, q, &p, hits, &st) : -ENOMEM;
@@ -715,7 +728,7 @@ enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MH
     if (!j)
         return res;
     static const char *const top[] = {"vectors", "k", "filter", "filters", "L", "beam", "with_metadata", "plan",
-                                      "timeout_ms", "require_complete", "per_shard", NULL};
+                                      "timeout_ms", "require_complete", "per_shard", "segments", NULL};
     const char *bad;
     search_opts o;
     nl_collection_config cfg = r->ccfg;
@@ -787,7 +800,8 @@ enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MH
         for (size_t i = 0; per && texts && i < nq; i++)
             if (per[i])
                 texts[i] = json_dumps(json_array_get(fs, i), JSON_COMPACT | JSON_ENCODE_ANY);
-        nl_cluster_search_params sp = {o.k, o.L, o.W, o.plan, o.with_meta, ftext, per ? (const char *const *)texts : NULL};
+        nl_cluster_search_params sp = {o.k,   o.L, o.W, o.plan, o.with_meta, o.segments_each,
+                                       ftext, per ? (const char *const *)texts : NULL};
         nl_cluster_call k = nl_srv_cluster_call(r, j, 1000);
         json_t *ans = NULL;
         int stc = texts ? nl_cluster_search(s->opt.cluster, &k, r->cname, q, nq, cfg.dim, &sp, 1, &ans) : 500;
@@ -799,7 +813,7 @@ enum MHD_Result nl_srv_ep_search_batch(nl_server *s, nl_collection *h, struct MH
                                                              "out of memory"), nl_srv_send_cluster(c, r, stc, &ans));
     } else {
         nl_search_params p = {.k = o.k, .L = o.L, .W = o.W, .filter = f, .filters = (const nl_filter *const *)per,
-                              .plan = o.plan};
+                              .plan = o.plan, .segments = o.segments_each ? -1 : 0};
         uint64_t t0 = nl_now_ns();
         int rc = r->shard >= 0 ? nl_collection_shard_search_batch(h, (uint32_t)r->shard, q, nq, &p, hits, counts, st)
                                : nl_collection_search_batch(h, q, nq, &p, hits, counts, st);

@@ -794,6 +794,7 @@ int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *n
         rq[i].l = Ls;
         rq[i].beam = p->W;
         rq[i].plan = p->plan;
+        rq[i].segments = p->segments_each ? 1 : 0;
         rq[i].without_metadata = !p->with_meta;
         const char *f = p->filters_json ? p->filters_json[i] : p->filter_json;
         rq[i].filter = f ? (char *)f : (char *)"";

@@ -150,6 +150,7 @@ int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name
 typedef struct {
     uint32_t k, L, W, plan;
     int with_meta;
+    int segments_each;                  /* each shard walks its segments one by one */
     const char *filter_json;            /* for all queries, or NULL */
     const char *const *filters_json;    /* one per query (entries may be NULL), or NULL */
 } nl_cluster_search_params;

@@ -222,6 +222,10 @@ typedef struct {
     int seeds;          /* segments with a seed table: 0 = start each walk also from the
                          * table's members nearest the query (the default), negative = from
                          * the medoid alone */
+    int segments;       /* a shard of several segments, unfiltered queries: 0 = one beam
+                         * with one list of L across them all (the default), negative = a
+                         * walk per segment, each with L x sqrt(its share of the largest),
+                         * at least k (the rule before; benchmarks compare) */
 } nl_search_params;
 
 #define NL_SEARCH_BOUND_DEFAULT 1.9f

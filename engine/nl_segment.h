@@ -207,7 +207,12 @@ int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg
  *    from the searching thread, once per expanded node.
  *  - subset (optional): the scan plan. The subset's ordinals are scored by PQ distance,
  *    the best L read from disk (W at a time) and re-ranked exactly; no graph walk. The
- *    subset must already be filtered (neither allow nor dead is consulted). */
+ *    subset must already be filtered (neither allow nor dead is consulted).
+ *  - nsegs (optional, > 1): a joint job. segs[seg .. seg + nsegs - 1] are walked as one
+ *    beam with one list of L (segment_search.c says how); their points together must
+ *    number fewer than 2^32. Its ordinals number the segments one after another: an
+ *    ordinal o of the results is ordinal o - (points of the segments before it) of the
+ *    segment it falls in (nl_seg_joint_locate). Not with subset. */
 typedef int (*nl_seg_dead_fn)(void *ctx, uint64_t version);
 typedef struct {
     uint32_t seg, query;
@@ -223,11 +228,16 @@ typedef struct {
     float eps0;          /* as in nl_seg_query_params */
     int no_sector;       /* as in nl_seg_query_params */
     int no_seeds;        /* as in nl_seg_query_params */
+    uint32_t nsegs;      /* 0 or 1: segs[seg] alone; more: a joint job */
 } nl_seg_job;
 
 int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,
                        const nl_seg_job *jobs, size_t njobs, uint32_t kstride, uint32_t *ords, float *dists,
                        nl_query_stats *stats);
+
+/* A joint job's result ordinal o over segs[0 .. nseg - 1]: the segment it falls in (its
+ * index) and, in *ord, its ordinal there. Returns nseg when o is past them all. */
+uint32_t nl_seg_joint_locate(nl_segment *const *segs, uint32_t nseg, uint32_t o, uint32_t *ord);
 
 /* ---- verification ---- */
 

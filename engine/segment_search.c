@@ -36,6 +36,30 @@
  * Where a walk starts: the medoid, and (segments with a seed table, segment_seeds.c) the
  * best members of the groups nearest the query, at most half the list so that one
  * neighbourhood cannot fill it. They are ordinary candidates from then on.
+ *
+ * One beam over several segments (a joint job, nl_seg_job.nsegs > 1). The segments of a
+ * shard each hold a random part of its points, and a walk per segment pays each one's
+ * list: at least k places even in a segment that holds none of the answer, and about
+ * sqrt(its share) of L where the rule scales it. A joint job keeps one list of L for all
+ * of them: every segment's entry points (medoid and seeds) join it, each candidate carries
+ * its segment, and the estimates (each segment's own code, prepared for the query once per
+ * segment) rank them together, since every estimate is of the same exact distance. Reads
+ * then go where the candidates are best, whichever graph they are in. This needs every
+ * graph entered near the query: from its medoid alone a segment's walk starts far away,
+ * its first candidates fall out of a list the others have filled with near ones, and it
+ * is never searched (measured: recall@10 0.155 of 8 segments with the seeds off). So a
+ * joint job is for segments with a seed table, and two rules keep a segment from being
+ * starved by one whose walk got near the query first (measured on 8 streamed segments,
+ * docs/benchmarks.md: without them recall stopped at 0.982 whatever L, the misses all in
+ * the smallest segment):
+ *  - each segment keeps places in the list by its share of the points (L x share / 4, at
+ *    least one): a full list gives up its worst entry of a segment holding more than
+ *    its places, so a walk still far from the query keeps its frontier;
+ *  - the bound skips a segment's candidates only once that segment has expanded k / 2
+ *    nodes: before that its candidates are all far (its walk has not started), and the
+ *    k-th distance the other segments reached would skip the stepping stones it needs.
+ * The visited set numbers the segments' ordinals one after another (base[i] + ordinal),
+ * so the job's ordinals must fit 32 bits; its results are numbered the same way.
  */
 #include <errno.h>
 #include <float.h>
@@ -48,22 +72,33 @@
 
 enum { C_NEW = 0, C_REQUESTED = 1 };
 
+/* Places in a joint job's list each segment keeps at most (see the top of the file). */
+#define SEG_JOINT_MIN 2u
+
 typedef struct {
-    uint32_t id;
-    uint32_t state;
+    uint32_t id;    /* ordinal in its segment */
+    uint16_t state;
+    uint16_t seg;   /* index among the job's segments */
     float dist;
     float lb; /* dist minus its error bound; -inf when there is none */
 } pcand;
 
 typedef struct {
     int active;
-    const nl_segment *seg; /* the segment this query runs on (one of the batch's) */
-    size_t out;            /* where its results go: (segment index * nq + query) */
+    nl_segment *const *segs; /* the job's segments: one, or a joint job's */
+    uint32_t nseg, seg_cap;  /* segs in the job; entries allocated in base and qqs */
+    uint32_t *base;          /* per segment: its first ordinal in the job's numbering */
+    uint32_t *seg_cnt;       /* per segment: its entries in the pool */
+    uint32_t *seg_exp;       /* per segment: its nodes expanded */
+    uint32_t *seg_min;       /* per segment: places in the pool it keeps (joint jobs) */
+    uint32_t bound_after;    /* a segment's candidates are skipped by their bound only once it
+                              * has expanded this many nodes */
+    nl_quant_query *qqs;     /* per segment: the query prepared for its code */
+    size_t out;              /* where its results go: the job's row */
     size_t qi;
     const float *q;
-    float *table;       /* the code's per-query scratch (nl_quant_query_floats) */
-    size_t table_cap;   /* floats; grows for a segment whose code needs more */
-    nl_quant_query qq;
+    float *table;       /* the codes' per-query scratch (nl_quant_query_floats each) */
+    size_t table_cap;   /* floats; grows for a job whose codes need more */
     float eps0;
     pcand *pool;
     uint32_t size, cursor, L, L_max, k, W;
@@ -71,11 +106,13 @@ typedef struct {
     uint32_t *vis_used; /* slots to clear */
     uint32_t vis_mask, vis_n, vis_cap_used;
     uint32_t *res_id;
+    uint16_t *res_seg;
     float *res_d;
     uint32_t res_n;
     uint32_t inflight;
     unsigned char *bufs; /* max_W x spn sectors */
     uint32_t *buf_node;
+    uint16_t *buf_seg;
     uint8_t *buf_busy;
     nl_query_stats st;
     uint64_t t0;
@@ -99,13 +136,20 @@ struct nl_seg_searcher {
 static void qstate_free(qstate *q)
 {
     free(q->table);
+    free(q->base);
+    free(q->seg_cnt);
+    free(q->seg_exp);
+    free(q->seg_min);
+    free(q->qqs);
     free(q->pool);
     free(q->vis);
     free(q->vis_used);
     free(q->res_id);
+    free(q->res_seg);
     free(q->res_d);
     free(q->bufs);
     free(q->buf_node);
+    free(q->buf_seg);
     free(q->buf_busy);
 }
 
@@ -190,12 +234,20 @@ int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint
         q->vis_used = malloc(sizeof(uint32_t) * vis_cap);
         q->vis_mask = vis_cap - 1;
         q->res_id = malloc(sizeof(uint32_t) * max_L);
+        q->res_seg = malloc(sizeof(uint16_t) * max_L);
         q->res_d = malloc(sizeof(float) * max_L);
         q->bufs = nl_aligned_alloc(SEG_SECTOR, sec_bytes * max_W);
         q->buf_node = malloc(sizeof(uint32_t) * max_W);
+        q->buf_seg = malloc(sizeof(uint16_t) * max_W);
         q->buf_busy = calloc(max_W, 1);
-        if (!q->table || !q->pool || !q->vis || !q->vis_used || !q->res_id || !q->res_d || !q->bufs ||
-            !q->buf_node || !q->buf_busy) {
+        q->seg_cap = 1;
+        q->base = malloc(sizeof(uint32_t));
+        q->seg_cnt = malloc(sizeof(uint32_t));
+        q->seg_exp = malloc(sizeof(uint32_t));
+        q->seg_min = malloc(sizeof(uint32_t));
+        q->qqs = malloc(sizeof(nl_quant_query));
+        if (!q->table || !q->pool || !q->vis || !q->vis_used || !q->res_id || !q->res_seg || !q->res_d ||
+            !q->bufs || !q->buf_node || !q->buf_seg || !q->buf_busy || !q->base || !q->seg_cnt || !q->seg_exp || !q->seg_min || !q->qqs) {
             rc = -ENOMEM;
             goto fail;
         }
@@ -209,90 +261,125 @@ fail:
     return rc;
 }
 
-/* The slot of u in the visited set, or the empty slot where it would go. */
-static inline uint32_t vis_probe(const qstate *q, uint32_t u)
+/* The slot of job ordinal g in the visited set, or the empty slot where it would go. */
+static inline uint32_t vis_probe(const qstate *q, uint32_t g)
 {
-    uint32_t h = (u * 2654435761u) & q->vis_mask;
-    while (q->vis[h] != 0 && q->vis[h] != u + 1)
+    uint32_t h = (g * 2654435761u) & q->vis_mask;
+    while (q->vis[h] != 0 && q->vis[h] != g + 1)
         h = (h + 1) & q->vis_mask;
     return h;
 }
 
-/* 1 when u is in the visited set. */
-static inline int vis_has(const qstate *q, uint32_t u) { return q->vis[vis_probe(q, u)] == u + 1; }
-
-/* Adds u to the visited set; 1 if it was new. When the set is more than half full the
- * query stops adding (it has looked at far more nodes than any sane L needs). */
-static inline int vis_add(qstate *q, uint32_t u)
+/* 1 when ordinal u of the job's segment si is in the visited set. */
+static inline int vis_has(const qstate *q, uint32_t si, uint32_t u)
 {
-    uint32_t h = vis_probe(q, u);
-    if (q->vis[h] == u + 1 || q->vis_n * 2 > q->vis_mask)
+    uint32_t g = q->base[si] + u;
+    return q->vis[vis_probe(q, g)] == g + 1;
+}
+
+/* Adds ordinal u of segment si to the visited set; 1 if it was new. When the set is more
+ * than half full the query stops adding (it has looked at far more nodes than any sane L
+ * needs). */
+static inline int vis_add(qstate *q, uint32_t si, uint32_t u)
+{
+    uint32_t g = q->base[si] + u;
+    uint32_t h = vis_probe(q, g);
+    if (q->vis[h] == g + 1 || q->vis_n * 2 > q->vis_mask)
         return 0;
-    q->vis[h] = u + 1;
+    q->vis[h] = g + 1;
     q->vis_used[q->vis_n++] = h;
     return 1;
 }
 
-static inline void pool_insert(qstate *q, uint32_t id, float d, float lb)
+/* Removes pool entry j. */
+static inline void pool_remove(qstate *q, uint32_t j)
 {
-    if (q->size == q->L && d >= q->pool[q->size - 1].dist)
-        return;
+    q->seg_cnt[q->pool[j].seg]--;
+    memmove(&q->pool[j], &q->pool[j + 1], sizeof(pcand) * (q->size - j - 1));
+    q->size--;
+    if (j < q->cursor)
+        q->cursor--;
+}
+
+/* Adds candidate (si, id) at estimate d to the list when it is among the L best. In a
+ * joint job the list keeps at least seg_min places for each segment: a full list gives up
+ * its worst entry of a segment holding more than seg_min, so a segment whose walk has not
+ * yet reached the query's neighbourhood is not crowded out by one that has (top of file). */
+static inline void pool_insert(qstate *q, uint32_t si, uint32_t id, float d, float lb)
+{
+    if (q->size == q->L) {
+        uint32_t j = q->size - 1;
+        if (q->nseg > 1)
+            while (j > 0 && q->pool[j].seg != si && q->seg_cnt[q->pool[j].seg] <= q->seg_min[q->pool[j].seg])
+                j--;
+        int keep = d < q->pool[j].dist ||
+                   (q->nseg > 1 && q->seg_cnt[si] < q->seg_min[si] && q->pool[j].seg != si &&
+                    q->seg_cnt[q->pool[j].seg] > q->seg_min[q->pool[j].seg]);
+        if (!keep)
+            return;
+        pool_remove(q, j);
+    }
     uint32_t lo = 0, hi = q->size;
     while (lo < hi) {
         uint32_t mid = (lo + hi) >> 1;
         if (q->pool[mid].dist <= d) lo = mid + 1;
         else hi = mid;
     }
-    uint32_t n = q->size < q->L ? q->size : q->L - 1;
-    if (lo < n)
-        memmove(&q->pool[lo + 1], &q->pool[lo], sizeof(pcand) * (n - lo));
-    q->pool[lo] = (pcand){id, C_NEW, d, lb};
-    if (q->size < q->L)
-        q->size++;
+    if (lo < q->size)
+        memmove(&q->pool[lo + 1], &q->pool[lo], sizeof(pcand) * (q->size - lo));
+    q->pool[lo] = (pcand){id, C_NEW, (uint16_t)si, d, lb};
+    q->size++;
+    q->seg_cnt[si]++;
     if (lo < q->cursor)
         q->cursor = lo;
 }
 
-static inline void result_insert(qstate *q, uint32_t id, float d)
+static inline void result_insert(qstate *q, uint32_t si, uint32_t id, float d)
 {
     if (q->res_n == q->k && d >= q->res_d[q->k - 1])
         return;
     for (uint32_t i = 0; i < q->res_n; i++)
-        if (q->res_id[i] == id)
+        if (q->res_id[i] == id && q->res_seg[i] == si)
             return; /* scored already (from another node's sector) */
     uint32_t i = q->res_n < q->k ? q->res_n++ : q->k - 1;
     while (i > 0 && q->res_d[i - 1] > d) {
         q->res_d[i] = q->res_d[i - 1];
         q->res_id[i] = q->res_id[i - 1];
+        q->res_seg[i] = q->res_seg[i - 1];
         i--;
     }
     q->res_d[i] = d;
     q->res_id[i] = id;
+    q->res_seg[i] = (uint16_t)si;
 }
 
-/* u as a result at exact distance d, if it is live and the filter allows it; 1 when it is
- * deleted. */
-static int score(const nl_segment *seg, qstate *q, uint32_t u, float d)
+/* u of segment si as a result at exact distance d, if it is live and the filter allows
+ * it; 1 when it is deleted. */
+static int score(qstate *q, uint32_t si, uint32_t u, float d)
 {
+    const nl_segment *seg = q->segs[si];
     uint64_t version = seg->ids ? seg->ids[u] : u;
     if (q->dead && q->dead(q->dead_ctx, version))
         return 1;
     if (!q->allow || nl_bitmap_contains(q->allow, version) != q->allow_neg)
-        result_insert(q, u, d);
+        result_insert(q, si, u, d);
     return 0;
 }
 
-/* Expands node u from its (validated) record; d is its exact distance, or NaN to compute. */
-static void expand_at(const nl_segment *seg, qstate *q, uint32_t u, const unsigned char *rec, float d)
+/* Expands node u of segment si from its (validated) record; d is its exact distance, or
+ * NaN to compute. */
+static void expand_at(qstate *q, uint32_t si, uint32_t u, const unsigned char *rec, float d)
 {
+    const nl_segment *seg = q->segs[si];
     q->st.hops++;
+    q->seg_exp[si]++;
     if (d != d)
         d = seg->dist(q->q, rec, seg->dim);
     if (q->scan) {
-        result_insert(q, u, d);
+        result_insert(q, si, u, d);
         return;
     }
-    if (score(seg, q, u, d)) {
+    if (score(q, si, u, d)) {
         /* A tombstone took a place in the list: the list grows by one (to L_max), so a
          * walk through a deleted neighbourhood still holds about L live candidates. */
         if (q->L < q->L_max)
@@ -302,6 +389,7 @@ static void expand_at(const nl_segment *seg, qstate *q, uint32_t u, const unsign
     memcpy(&deg, rec + seg->vec_bytes, 4);
     const unsigned char *nb = rec + seg->vec_bytes + 4;
     const uint32_t m = seg->m;
+    const nl_quant_query *qq = &q->qqs[si];
     for (uint32_t i = 0; i < deg; i++) {
         uint32_t v;
         memcpy(&v, nb + 4 * (size_t)i, 4);
@@ -310,17 +398,14 @@ static void expand_at(const nl_segment *seg, qstate *q, uint32_t u, const unsign
     for (uint32_t i = 0; i < deg; i++) {
         uint32_t v;
         memcpy(&v, nb + 4 * (size_t)i, 4);
-        if (!vis_add(q, v))
+        if (!vis_add(q, si, v))
             continue;
-        float err, e = nl_quant_estimate(&q->qq, seg->codes + (size_t)v * m, &err);
-        pool_insert(q, v, e, q->eps0 > 0 ? e - err : -INFINITY);
+        float err, e = nl_quant_estimate(qq, seg->codes + (size_t)v * m, &err);
+        pool_insert(q, si, v, e, q->eps0 > 0 ? e - err : -INFINITY);
     }
 }
 
-static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned char *rec)
-{
-    expand_at(seg, q, u, rec, NAN);
-}
+static void expand(qstate *q, uint32_t si, uint32_t u, const unsigned char *rec) { expand_at(q, si, u, rec, NAN); }
 
 /* The other records of the sector read for u (block layout; see the top of the file).
  * A record waiting in the pool, or one near enough to enter the L best, is used as if the
@@ -328,8 +413,9 @@ static void expand(const nl_segment *seg, qstate *q, uint32_t u, const unsigned 
  * filter nor tombstones: where those exclude points a walk can come back short of k, and
  * must say so to be searched again, which results it never came near would hide
  * (measured: a filtered graph walk on fashion-mnist fell from recall 0.997 to 0.929). */
-static void expand_sector(const nl_segment *seg, qstate *q, uint32_t u, const unsigned char *sec)
+static void expand_sector(qstate *q, uint32_t si, uint32_t u, const unsigned char *sec)
 {
+    const nl_segment *seg = q->segs[si];
     const uint32_t nps = seg->geo.nps;
     const uint64_t first = (uint64_t)(u / nps) * nps;
     const int any = !q->allow && !q->dead; /* every point is a result: score what comes */
@@ -339,28 +425,28 @@ static void expand_sector(const nl_segment *seg, qstate *q, uint32_t u, const un
         if (v == u || !seg_record_ok(seg, rec))
             continue; /* a bad record is reported when it is read for itself */
         float d = seg->dist(q->q, rec, seg->dim);
-        if (vis_has(q, v)) {
+        if (vis_has(q, si, v)) {
             /* seen: expanded now if it waits in the pool for its read (it is among the L
              * best by its estimate: the walk would read it) */
             pcand *c = NULL;
             for (uint32_t j = 0; j < q->size && !c; j++)
-                if (q->pool[j].id == v)
+                if (q->pool[j].id == v && q->pool[j].seg == si)
                     c = &q->pool[j];
             if (!c || c->state != C_NEW) {
                 if (any) /* expanded, in flight, skipped by its bound, or out of the list */
-                    result_insert(q, v, d);
+                    result_insert(q, si, v, d);
                 continue;
             }
             c->state = C_REQUESTED;
         } else if (q->size == q->L && !(d < q->pool[q->size - 1].dist)) {
             if (any)
-                result_insert(q, v, d);
+                result_insert(q, si, v, d);
             continue;
-        } else if (!vis_add(q, v)) {
+        } else if (!vis_add(q, si, v)) {
             continue; /* the visited set is full */
         }
         q->st.sector_expands++;
-        expand_at(seg, q, v, rec, d);
+        expand_at(q, si, v, rec, d);
     }
 }
 
@@ -368,7 +454,6 @@ static void expand_sector(const nl_segment *seg, qstate *q, uint32_t u, const un
  * is left among the L best. */
 static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
 {
-    const nl_segment *seg = q->seg;
     while (q->inflight < q->W) {
         while (q->cursor < q->size && q->pool[q->cursor].state != C_NEW)
             q->cursor++;
@@ -376,15 +461,16 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
             return 0;
         pcand *c = &q->pool[q->cursor];
         c->state = C_REQUESTED;
-        if (q->res_n == q->k && c->lb > q->res_d[q->k - 1]) {
+        if (q->res_n == q->k && c->lb > q->res_d[q->k - 1] && q->seg_exp[c->seg] >= q->bound_after) {
             q->st.bound_skips++; /* cannot enter the top k */
             continue;
         }
-        uint32_t u = c->id;
+        uint32_t u = c->id, si = c->seg;
+        const nl_segment *seg = q->segs[si];
         const unsigned char *rec = seg_cache_get(seg, u);
         if (rec) {
             q->st.cache_hits++;
-            expand(seg, q, u, rec);
+            expand(q, si, u, rec);
             continue;
         }
         uint32_t b = 0;
@@ -396,31 +482,84 @@ static int top_up(nl_seg_searcher *s, qstate *q, uint32_t slot)
             return rc;
         q->buf_busy[b] = 1;
         q->buf_node[b] = u;
+        q->buf_seg[b] = (uint16_t)si;
         q->inflight++;
         q->st.ios += seg->geo.spn;
     }
     return 0;
 }
 
-static int start_query(qstate *q, const nl_segment *seg, const float *qv, const nl_seg_job *p)
+/* *a grown to n entries; -ENOMEM leaves it as it was. */
+static int grow_u32(uint32_t **a, uint32_t n)
+{
+    uint32_t *x = realloc(*a, sizeof(uint32_t) * n);
+    if (!x)
+        return -ENOMEM;
+    *a = x;
+    return 0;
+}
+
+/* Room for a job of nseg segments whose codes need `floats` of scratch in all. */
+static int qstate_reserve(qstate *q, uint32_t nseg, size_t floats)
+{
+    if (nseg > q->seg_cap) {
+        if (grow_u32(&q->base, nseg) || grow_u32(&q->seg_cnt, nseg) || grow_u32(&q->seg_exp, nseg) ||
+            grow_u32(&q->seg_min, nseg))
+            return -ENOMEM;
+        nl_quant_query *x = realloc(q->qqs, sizeof(nl_quant_query) * nseg);
+        if (!x)
+            return -ENOMEM;
+        q->qqs = x;
+        q->seg_cap = nseg;
+    }
+    if (floats > q->table_cap) {
+        float *t = realloc(q->table, sizeof(float) * floats);
+        if (!t)
+            return -ENOMEM;
+        q->table = t;
+        q->table_cap = floats;
+    }
+    return 0;
+}
+
+/* A segment's entry points: its medoid and up to `take` members of its seed table. */
+static void add_entries(qstate *q, uint32_t si, uint32_t take)
+{
+    const nl_segment *seg = q->segs[si];
+    const nl_quant_query *qq = &q->qqs[si];
+    if (vis_add(q, si, seg->medoid)) {
+        float err, d = nl_quant_estimate(qq, seg->codes + (size_t)seg->medoid * seg->m, &err);
+        pool_insert(q, si, seg->medoid, d, q->eps0 > 0 ? d - err : -INFINITY);
+    }
+    if (take == 0)
+        return;
+    uint32_t sid[SEG_SEED_TAKE];
+    float sd[SEG_SEED_TAKE], slb[SEG_SEED_TAKE];
+    uint32_t ns = seg_seeds_pick(seg, qq, q->eps0, sid, sd, slb);
+    if (ns > take)
+        ns = take;
+    for (uint32_t i = 0; i < ns; i++)
+        if (vis_add(q, si, sid[i]))
+            pool_insert(q, si, sid[i], sd[i], slb[i]);
+}
+
+static int start_query(qstate *q, nl_segment *const *segs, uint32_t nseg, const float *qv, const nl_seg_job *p)
 {
     for (uint32_t i = 0; i < q->vis_n; i++)
         q->vis[q->vis_used[i]] = 0;
     q->vis_n = 0;
     uint32_t L_max = p->dead && p->L_max > p->L ? p->L_max : p->L;
-    int rc = vis_reserve(q, L_max, seg->R);
+    int rc = vis_reserve(q, L_max, segs[0]->R);
+    size_t need = 0;
+    for (uint32_t i = 0; i < nseg; i++)
+        need += nl_quant_query_floats(segs[i]->quant);
+    if (!rc)
+        rc = qstate_reserve(q, nseg, need);
     if (rc)
         return rc;
-    size_t need = nl_quant_query_floats(seg->quant);
-    if (need > q->table_cap) { /* a segment of another code kind in the same batch */
-        float *t = realloc(q->table, sizeof(float) * need);
-        if (!t)
-            return -ENOMEM;
-        q->table = t;
-        q->table_cap = need;
-    }
     q->active = 1;
-    q->seg = seg;
+    q->segs = segs;
+    q->nseg = nseg;
     q->out = p->out;
     q->q = qv;
     q->allow = p->allow;
@@ -428,7 +567,7 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     q->dead = p->dead;
     q->dead_ctx = p->dead_ctx;
     q->scan = p->subset != NULL;
-    q->sector = !q->scan && !p->no_sector && (seg->flags & SEG_FLAG_BLOCK_LAYOUT) && seg->geo.nps > 1;
+    q->sector = !q->scan && !p->no_sector;
     q->L = p->L;
     q->L_max = L_max;
     q->k = p->k;
@@ -439,10 +578,25 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
     memset(&q->st, 0, sizeof q->st);
     q->t0 = nl_now_ns();
     q->eps0 = p->eps0;
-    nl_quant_prepare(seg->quant, qv, p->eps0 > 0 ? p->eps0 : 0.0f, q->table, &q->qq);
+    uint64_t total = 0;
+    float *t = q->table;
+    q->bound_after = nseg > 1 ? (p->k / 2 > 0 ? p->k / 2 : 1) : 0;
+    for (uint32_t i = 0; i < nseg; i++) {
+        q->seg_cnt[i] = 0;
+        q->seg_exp[i] = 0;
+        q->base[i] = (uint32_t)total;
+        total += segs[i]->n;
+    }
+    for (uint32_t i = 0; i < nseg; i++) {
+        double want = (double)p->L * (double)segs[i]->n / (4.0 * (double)(total ? total : 1));
+        q->seg_min[i] = want < 1.0 ? 1 : (uint32_t)want;
+        nl_quant_prepare(segs[i]->quant, qv, p->eps0 > 0 ? p->eps0 : 0.0f, t, &q->qqs[i]);
+        t += nl_quant_query_floats(segs[i]->quant);
+    }
     if (q->scan) {
         /* The scan plan: PQ distances of the allowed ordinals, the best L kept in the
          * pool; the search then reads and re-ranks exactly those. */
+        const nl_segment *seg = segs[0];
         const uint32_t m = seg->m;
         for (uint32_t i = 0; i < p->subset_n; i++) {
             uint32_t u = p->subset[i];
@@ -450,28 +604,27 @@ static int start_query(qstate *q, const nl_segment *seg, const float *qv, const 
                 continue;
             if (i + 8 < p->subset_n && p->subset[i + 8] < seg->n)
                 __builtin_prefetch(seg->codes + (size_t)p->subset[i + 8] * m);
-            float err, d = nl_quant_estimate(&q->qq, seg->codes + (size_t)u * m, &err);
-            pool_insert(q, u, d, q->eps0 > 0 ? d - err : -INFINITY);
+            float err, d = nl_quant_estimate(&q->qqs[0], seg->codes + (size_t)u * m, &err);
+            pool_insert(q, 0, u, d, q->eps0 > 0 ? d - err : -INFINITY);
         }
         q->st.hops = 0;
         return 0;
     }
-    vis_add(q, seg->medoid);
-    float err, d = nl_quant_estimate(&q->qq, seg->codes + (size_t)seg->medoid * seg->m, &err);
-    pool_insert(q, seg->medoid, d, q->eps0 > 0 ? d - err : -INFINITY);
-    if (!p->no_seeds) {
-        /* The members of the groups nearest the query, beside the medoid (segment_seeds.c). */
-        uint32_t sid[SEG_SEED_TAKE];
-        float sd[SEG_SEED_TAKE], slb[SEG_SEED_TAKE];
-        uint32_t ns = seg_seeds_pick(seg, &q->qq, q->eps0, sid, sd, slb);
-        /* At most half the list: at L = 10 eight seeds of one neighbourhood crowd out the
-         * medoid's paths (the unit test's recall fell 0.66 -> 0.63; five keep it). */
-        uint32_t half = q->L / 2 > 0 ? q->L / 2 : 1;
-        if (ns > half)
-            ns = half;
-        for (uint32_t i = 0; i < ns; i++)
-            if (vis_add(q, sid[i]))
-                pool_insert(q, sid[i], sd[i], slb[i]);
+    /* Seeds (the members of the groups nearest the query, segment_seeds.c) beside each
+     * medoid: at most half the list in all, so that at L = 10 eight seeds of one
+     * neighbourhood do not crowd out the medoid's paths (the unit test's recall fell 0.66
+     * -> 0.63; five keep it). A joint job shares that half among its segments by their
+     * points, at least one each: the estimates then decide which survive in the list. */
+    uint32_t half = q->L / 2 > 0 ? q->L / 2 : 1;
+    for (uint32_t i = 0; i < nseg; i++) {
+        uint32_t take = 0;
+        if (!p->no_seeds) {
+            double share = total ? (double)segs[i]->n / (double)total : 1.0;
+            take = (uint32_t)((double)half * share + 0.5);
+            if (take < 1)
+                take = 1;
+        }
+        add_entries(q, i, take);
     }
     return 0;
 }
@@ -480,7 +633,7 @@ static void finish_query(qstate *q, uint32_t kstride, uint32_t *ords, float *dis
 {
     uint32_t *o = ords + q->out * kstride;
     for (uint32_t j = 0; j < q->k; j++) {
-        o[j] = j < q->res_n ? q->res_id[j] : UINT32_MAX;
+        o[j] = j < q->res_n ? q->base[q->res_seg[j]] + q->res_id[j] : UINT32_MAX;
         if (dists)
             dists[q->out * kstride + j] = j < q->res_n ? q->res_d[j] : FLT_MAX;
     }
@@ -491,6 +644,9 @@ static void finish_query(qstate *q, uint32_t kstride, uint32_t *ords, float *dis
     q->active = 0;
 }
 
+/* The segments of job p: one, or nsegs from p->seg. */
+static uint32_t job_nseg(const nl_seg_job *p) { return p->nsegs > 1 ? p->nsegs : 1; }
+
 int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries,
                        const nl_seg_job *jobs, size_t njobs, uint32_t kstride, uint32_t *ords, float *dists,
                        nl_query_stats *stats)
@@ -498,17 +654,28 @@ int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg,
     const nl_segment *own = s->seg;
     for (size_t i = 0; i < njobs; i++) {
         const nl_seg_job *p = &jobs[i];
-        if (p->seg >= nseg)
-            return nl_fail(NL_EINVAL, "search: job %zu names segment %u of %zu", i, p->seg, nseg);
-        const nl_segment *g = segs[p->seg];
+        uint32_t n = job_nseg(p);
+        if (p->seg >= nseg || n > nseg - p->seg || n > UINT16_MAX)
+            return nl_fail(NL_EINVAL, "search: job %zu names segments %u..%u of %zu", i, p->seg, p->seg + n - 1,
+                           nseg);
+        if (n > 1 && p->subset)
+            return nl_fail(NL_EINVAL, "search: job %zu: a scan runs on one segment", i);
         if (p->k == 0 || p->L < p->k || p->L > s->max_L || p->L_max > s->max_L || p->W == 0 || p->W > s->max_W ||
             p->k > kstride)
             return nl_fail(NL_EINVAL, "search: need 0 < k <= L <= %u, k <= %u and 0 < W <= %u (k=%u L=%u W=%u)",
                            s->max_L, kstride, s->max_W, p->k, p->L, p->W);
-        /* The searcher's buffers were sized for its own segment. */
-        if (g->dim != own->dim || g->geo.node_bytes != own->geo.node_bytes ||
-            g->geo.spn != own->geo.spn || g->R > own->R)
-            return nl_fail(NL_EINVAL, "search: segments of different geometry in one batch");
+        uint64_t total = 0;
+        for (uint32_t j = 0; j < n; j++) {
+            const nl_segment *g = segs[p->seg + j];
+            /* The searcher's buffers were sized for its own segment. */
+            if (g->dim != own->dim || g->geo.node_bytes != own->geo.node_bytes || g->geo.spn != own->geo.spn ||
+                g->R > own->R)
+                return nl_fail(NL_EINVAL, "search: segments of different geometry in one batch");
+            total += g->n;
+        }
+        if (total >= UINT32_MAX)
+            return nl_fail(NL_EINVAL, "search: job %zu spans %llu points, more than one beam can number", i,
+                           (unsigned long long)total);
     }
     size_t next = 0;
     uint32_t active = 0;
@@ -519,7 +686,7 @@ int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg,
             if (q->active)
                 continue;
             const nl_seg_job *jb = &jobs[next];
-            if ((rc = start_query(q, segs[jb->seg], queries + (size_t)jb->query * own->dim, jb)) != 0)
+            if ((rc = start_query(q, segs + jb->seg, job_nseg(jb), queries + (size_t)jb->query * own->dim, jb)) != 0)
                 goto fail;
             next++;
             active++;
@@ -540,21 +707,22 @@ int nl_seg_search_jobs(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg,
         for (int j = 0; j < got; j++) {
             uint32_t slot = (uint32_t)(s->done[j].user >> 16), b = (uint32_t)(s->done[j].user & 0xffff);
             qstate *q = &s->slots[slot];
-            const nl_segment *seg = q->seg;
+            uint32_t si = q->buf_seg[b], u = q->buf_node[b];
+            const nl_segment *seg = q->segs[si];
             q->buf_busy[b] = 0;
             q->inflight--;
             if (s->done[j].res < 0) {
-                rc = nl_fail(s->done[j].res, "%s: read of node %u failed: %s", seg->path, q->buf_node[b],
+                rc = nl_fail(s->done[j].res, "%s: read of node %u failed: %s", seg->path, u,
                              nl_strerror(s->done[j].res));
                 goto fail;
             }
             const unsigned char *rec;
             size_t sec_bytes = (size_t)SEG_SECTOR * seg->geo.spn;
-            if ((rc = seg_extract_record(seg, q->buf_node[b], q->bufs + b * sec_bytes, s->scratch, &rec)) != 0)
+            if ((rc = seg_extract_record(seg, u, q->bufs + b * sec_bytes, s->scratch, &rec)) != 0)
                 goto fail;
-            expand(seg, q, q->buf_node[b], rec);
-            if (q->sector)
-                expand_sector(seg, q, q->buf_node[b], q->bufs + b * sec_bytes);
+            expand(q, si, u, rec);
+            if (q->sector && (seg->flags & SEG_FLAG_BLOCK_LAYOUT) && seg->geo.nps > 1)
+                expand_sector(q, si, u, q->bufs + b * sec_bytes);
             if ((rc = top_up(s, q, slot)) != 0)
                 goto fail;
             if (q->inflight == 0) {
@@ -577,6 +745,19 @@ fail:
         memset(s->slots[i].buf_busy, 0, s->max_W);
     }
     return rc;
+}
+
+uint32_t nl_seg_joint_locate(nl_segment *const *segs, uint32_t nseg, uint32_t o, uint32_t *ord)
+{
+    uint64_t rest = o;
+    for (uint32_t i = 0; i < nseg; i++) {
+        if (rest < segs[i]->n) {
+            *ord = (uint32_t)rest;
+            return i;
+        }
+        rest -= segs[i]->n;
+    }
+    return nseg;
 }
 
 int nl_seg_search_multi(nl_seg_searcher *s, nl_segment *const *segs, size_t nseg, const float *queries, size_t nq,

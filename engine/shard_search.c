@@ -136,9 +136,21 @@ static int seg_searcher_take(nl_shard *sh, sh_segref *r, nl_seg_searcher **out)
     return rc;
 }
 
-/* Every segment of the view at once (nl_seg_search_multi): one searcher, borrowed from
- * the first segment's pool, runs all (query, segment) pairs with their reads in flight
- * together, so a query costs about its slowest segment, not the sum of them. */
+/* Every segment of the view at once: one searcher, borrowed from the first segment's
+ * pool, runs every query's segments with their reads in flight together on its ring.
+ *  - joint (the default, p->segments >= 0): the segments with a seed table (RaBitQ codes)
+ *    are walked as one beam with one list of L (segment_search.c), so the query pays for
+ *    the list once, and its reads go to whichever segment holds the best candidates.
+ *  - separate (p->segments < 0, the rule before, and segments without a seed table, whose
+ *    walks start at their medoids and cannot share a list): a job per (query, segment).
+ *    The list size L is the largest segment's; a smaller one gets L x sqrt(its share of
+ *    the largest), at least k: it holds fewer of the true neighbours and its graph is
+ *    shallower. Measured on 1M points in 4 segments (docs/benchmarks.md): the same recall
+ *    with half the reads of a full L everywhere. But each segment costs at least a walk
+ *    with k places, so many segments set a floor under the reads.
+ * Both measured side by side in docs/benchmarks.md ("One beam across a shard's segments").
+ * A query that comes back short of k is searched again with a wider list
+ * (nl_shard_search_batch). */
 static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size_t nq, const nl_search_params *p,
                            uint32_t L, cand *cands, uint32_t *nc, uint32_t stride, nl_query_stats *stats)
 {
@@ -153,77 +165,107 @@ static int search_segments(nl_shard *sh, const sh_view *v, const float *qs, size
     uint32_t W = p->W ? p->W : 4;
     if (W > SH_MAX_W)
         W = SH_MAX_W;
-    nl_seg_query_params *sp = malloc(sizeof *sp * ns);
+    /* segs: the joint ones (seeded) first, then the others; ref[i] is segs[i]'s segref */
     nl_segment **segs = malloc(sizeof *segs * ns);
+    const sh_segref **ref = malloc(sizeof *ref * ns);
     const uint32_t kstride = p->k;
-    uint64_t biggest = 0;
+    uint64_t biggest = 0, total = 0;
+    uint32_t nj = 0; /* segments in the joint job */
+    int joint_dead = 0;
     for (uint32_t i = 0; i < ns; i++)
         if (v->segs[i]->count > biggest)
             biggest = v->segs[i]->count;
-    for (uint32_t i = 0; sp && segs && i < ns; i++) {
-        /* The list size L is the largest segment's; a smaller one gets L x sqrt(its share
-         * of the largest), at least k: it holds fewer of the true neighbours and its graph
-         * is shallower. Measured on 1M points in 4 segments (docs/benchmarks.md): the same
-         * recall with half the reads of a full L everywhere. A query that comes back short
-         * of k is searched again with a wider list (nl_shard_search_batch). */
-        uint32_t Li = (uint32_t)((double)L * sqrt((double)v->segs[i]->count / (double)biggest) + 0.5);
+    for (int pass = 0; pass < 2 && segs && ref; pass++)
+        for (uint32_t i = 0, at = pass ? nj : 0; i < ns; i++) {
+            nl_segment_info info;
+            nl_segment_get_info(v->segs[i]->seg, &info);
+            int seeded = p->segments >= 0 && p->seeds >= 0 && info.seed_groups > 0;
+            if (seeded != !pass)
+                continue;
+            segs[at] = v->segs[i]->seg;
+            ref[at++] = v->segs[i];
+            if (!pass) {
+                nj++;
+                total += v->segs[i]->count;
+                joint_dead |= atomic_load(&v->segs[i]->dead) > 0;
+            }
+        }
+    if (nj < 2 || total >= UINT32_MAX || nj > UINT16_MAX)
+        nj = 0; /* one seeded segment is a job of its own */
+    uint32_t per_q = (nj ? 1 : 0) + (ns - nj); /* jobs per query */
+    size_t rows = (size_t)per_q * nq;
+    /* The default list of a joint walk grows with its segments, to at most twice: one list
+     * of 64 shared by 8 segments found less of the true 10 than one segment's (docs/
+     * benchmarks.md, "One beam across a shard's segments"). A list the request gives is
+     * taken as it is. */
+    uint32_t Lj = L;
+    if (nj && p->L == 0) {
+        double f = sqrt((double)nj);
+        uint32_t x = (uint32_t)((double)L * (f < 2.0 ? f : 2.0) + 0.5);
+        Lj = x > NL_MAX_K ? NL_MAX_K : x;
+    }
+    nl_seg_job *jobs = calloc(rows ? rows : 1, sizeof *jobs);
+    uint32_t *ords = malloc(sizeof(uint32_t) * kstride * (rows ? rows : 1));
+    float *d = malloc(sizeof(float) * kstride * (rows ? rows : 1));
+    nl_query_stats *qst = calloc(rows ? rows : 1, sizeof *qst);
+    if (!segs || !ref || !jobs || !ords || !d || !qst)
+        rc = -ENOMEM;
+    /* Jobs in query-major order, so the segments of one query run side by side. Only a
+     * segment (or joint job) holding deleted versions pays for the liveness check. */
+    for (size_t j = 0; j < rows && !rc; j++) {
+        nl_seg_job *jb = &jobs[j];
+        size_t qi = j / per_q;
+        uint32_t slot = (uint32_t)(j % per_q);
+        if (nj && slot == 0) {
+            *jb = (nl_seg_job){.seg = 0, .nsegs = nj, .query = (uint32_t)qi, .out = j, .k = p->k, .L = Lj, .W = W,
+                               .L_max = dead_list_max(Lj), .eps0 = sh_bound_eps(p), .no_sector = p->sector < 0,
+                               .no_seeds = 0, .dead = joint_dead ? version_dead : NULL, .dead_ctx = sh};
+            continue;
+        }
+        uint32_t si = nj + slot - (nj ? 1 : 0);
+        uint32_t Li = (uint32_t)((double)L * sqrt((double)ref[si]->count / (double)biggest) + 0.5);
         if (Li < p->k)
             Li = p->k;
-        sp[i] = (nl_seg_query_params){p->k, Li, W, sh_bound_eps(p), p->sector < 0, p->seeds < 0};
-        segs[i] = v->segs[i]->seg;
-    }
-    /* Jobs in query-major order, so the segments of one query run side by side. Only a
-     * segment holding deleted versions pays for the liveness check. */
-    size_t rows = (size_t)ns * nq;
-    nl_seg_job *jobs = calloc(rows ? rows : 1, sizeof *jobs);
-    uint32_t *ords = malloc(sizeof(uint32_t) * kstride * rows);
-    float *d = malloc(sizeof(float) * kstride * rows);
-    nl_query_stats *qst = calloc(rows, sizeof *qst);
-    if (!sp || !segs || !jobs || !ords || !d || !qst)
-        rc = -ENOMEM;
-    for (size_t j = 0; j < rows && !rc; j++) {
-        uint32_t si = (uint32_t)(j % ns);
-        size_t qi = j / ns;
-        int has_dead = atomic_load(&v->segs[si]->dead) > 0;
-        jobs[j] = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = (size_t)si * nq + qi, .k = sp[si].k,
-                               .L = sp[si].L, .W = sp[si].W, .L_max = dead_list_max(sp[si].L), .eps0 = sp[si].eps0,
-                               .no_sector = sp[si].no_sector, .no_seeds = sp[si].no_seeds,
-                               .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
+        int has_dead = atomic_load(&ref[si]->dead) > 0;
+        *jb = (nl_seg_job){.seg = si, .query = (uint32_t)qi, .out = j, .k = p->k, .L = Li, .W = W,
+                           .L_max = dead_list_max(Li), .eps0 = sh_bound_eps(p), .no_sector = p->sector < 0,
+                           .no_seeds = p->seeds < 0, .dead = has_dead ? version_dead : NULL, .dead_ctx = sh};
     }
     if (!rc)
         rc = nl_seg_search_jobs(s, segs, ns, qs, jobs, rows, kstride, ords, d, qst);
-    for (uint32_t si = 0; si < ns && !rc; si++)
-        for (size_t qi = 0; qi < nq; qi++) {
-            size_t row = (size_t)si * nq + qi;
-            cand *c = cands + qi * stride;
-            for (uint32_t i = 0; i < sp[si].k; i++) {
-                uint32_t o = ords[row * kstride + i];
-                if (o == UINT32_MAX)
-                    break;
-                c[nc[qi]++] = (cand){nl_segment_id(segs[si], o), d[row * kstride + i]};
-            }
-            if (stats) {
-                stats[qi].ios += qst[row].ios;
-                stats[qi].cache_hits += qst[row].cache_hits;
-                stats[qi].bound_skips += qst[row].bound_skips;
-                stats[qi].sector_expands += qst[row].sector_expands;
-                stats[qi].hops += qst[row].hops;
-            }
+    for (size_t j = 0; j < rows && !rc; j++) {
+        const nl_seg_job *jb = &jobs[j];
+        size_t qi = jb->query;
+        cand *c = cands + qi * stride;
+        for (uint32_t i = 0; i < p->k; i++) {
+            uint32_t o = ords[j * kstride + i], ord = o, si = jb->seg;
+            if (o == UINT32_MAX)
+                break;
+            if (jb->nsegs > 1 && (si = nl_seg_joint_locate(segs, jb->nsegs, o, &ord)) >= jb->nsegs)
+                break; /* cannot happen: the search numbered it */
+            c[nc[qi]++] = (cand){nl_segment_id(segs[si], ord), d[j * kstride + i]};
         }
-    /* The segments of a query ran side by side (or one after another when the batch
-     * has more jobs than slots): it took from its first start to its last finish. */
-    if (stats && !rc)
-        for (size_t qi = 0; qi < nq; qi++) {
-            uint64_t first = UINT64_MAX, last = 0;
-            for (uint32_t si = 0; si < ns; si++) {
-                const nl_query_stats *x = &qst[(size_t)si * nq + qi];
-                if (x->start_ns < first) first = x->start_ns;
-                if (x->start_ns + x->latency_ns > last) last = x->start_ns + x->latency_ns;
-            }
-            stats[qi].latency_ns += last - first;
+        if (stats) {
+            stats[qi].ios += qst[j].ios;
+            stats[qi].cache_hits += qst[j].cache_hits;
+            stats[qi].bound_skips += qst[j].bound_skips;
+            stats[qi].sector_expands += qst[j].sector_expands;
+            stats[qi].hops += qst[j].hops;
         }
-    free(sp);
+    }
+    /* The jobs of a query ran side by side (or one after another when the batch has more
+     * jobs than slots): it took from its first start to its last finish. Its jobs are
+     * rows [qi x per_q, (qi + 1) x per_q). */
+    for (size_t qi = 0; stats && !rc && qi < nq; qi++) {
+        uint64_t first = UINT64_MAX, last = 0;
+        for (size_t j = qi * per_q; j < (qi + 1) * per_q; j++) {
+            if (qst[j].start_ns < first) first = qst[j].start_ns;
+            if (qst[j].start_ns + qst[j].latency_ns > last) last = qst[j].start_ns + qst[j].latency_ns;
+        }
+        stats[qi].latency_ns += last - first;
+    }
     free(segs);
+    free(ref);
     free(jobs);
     free(ords);
     free(d);

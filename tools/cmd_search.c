@@ -83,7 +83,7 @@ static int help(FILE *f)
             "         [--beam W] [--threads N] [--inflight Q] [--cache-budget SIZE]\n"
             "         [--out FILE.ivecs] [--groundtruth FILE.ivecs] [--io auto|uring|pread] [--buffered]\n"
             "         [--filter JSON | --filters FILE.jsonl] [--plan auto|graph|scan] [--bound EPS]\n"
-            "         [--sector on|off] [--seeds on|off]\n"
+            "         [--sector on|off] [--seeds on|off] [--segments joint|each]\n"
             "--L may be repeated or a comma list to sweep: one JSON object per L, one per line.\n"
             "--bound: RaBitQ segments skip reading candidates whose error bound (EPS standard\n"
             "deviations, default 1.9) keeps them out of the top k; 0 = never skip.\n"
@@ -91,7 +91,9 @@ static int help(FILE *f)
             "where they are near enough (on, the default); off uses only the record asked for.\n"
             "--seeds: RaBitQ segments start each walk also from the members of the centroids\n"
             "nearest the query (on, the default; their table is paid from --cache-budget\n"
-            "first); off starts from the medoid alone.\n");
+            "first); off starts from the medoid alone.\n"
+            "--segments: a shard of several segments is walked as one beam with one list of L\n"
+            "(joint, the default), or each segment with its own list (each, the rule before).\n");
     return f == stdout ? 0 : 2;
 }
 
@@ -108,11 +110,11 @@ int cmd_search(int argc, char **argv)
         {"beam", 1, 0, 'W'}, {"threads", 1, 0, 't'}, {"inflight", 1, 0, 'i'}, {"cache-budget", 1, 0, 'C'},
         {"out", 1, 0, 'o'}, {"groundtruth", 1, 0, 'g'}, {"io", 1, 0, 'I'}, {"buffered", 0, 0, 'b'},
         {"filter", 1, 0, 'F'}, {"filters", 1, 0, 'G'}, {"plan", 1, 0, 'P'}, {"bound", 1, 0, 'B'}, {"sector", 1, 0, 'S'},
-        {"seeds", 1, 0, 'E'}, {"help", 0, 0, 'h'},
+        {"seeds", 1, 0, 'E'}, {"segments", 1, 0, 'M'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     uint32_t plan = 0;
     float bound = 0.0f;
-    int sector = 0, seeds = 0;
+    int sector = 0, seeds = 0, segments = 0;
     const char *filter_s = NULL, *filters_path = NULL;
     int o;
     optind = 1;
@@ -147,6 +149,11 @@ int cmd_search(int argc, char **argv)
             if (!strcmp(optarg, "on")) seeds = 0;
             else if (!strcmp(optarg, "off")) seeds = -1;
             else { cli_error(C, 0, "--seeds must be on or off"); return 2; }
+            break;
+        case 'M':
+            if (!strcmp(optarg, "joint")) segments = 0;
+            else if (!strcmp(optarg, "each")) segments = -1;
+            else { cli_error(C, 0, "--segments must be joint or each"); return 2; }
             break;
         case 'B': {
             char *end;
@@ -288,7 +295,7 @@ int cmd_search(int argc, char **argv)
     c.chunk = (size_t)inflight * 8;
     for (uint32_t li = 0; li < nL; li++) {
         c.p = (nl_search_params){k, Ls[li], W, NULL, NULL, filter, (const nl_filter *const *)filters, plan, bound,
-                                 sector, seeds};
+                                 sector, seeds, segments};
         uint64_t t0 = nl_now_ns();
         if ((rc = nl_parallel_for((nq + c.chunk - 1) / c.chunk, nthreads, run_chunk, &c)) != 0) {
             cli_error(C, rc, "search failed");
