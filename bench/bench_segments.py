@@ -30,32 +30,22 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "cluster"))
 from harness import free_port, http  # noqa: E402
-
-ARGS = sys.argv[1:]
-
-
-def opt(name, default):
-    return ARGS[ARGS.index(name) + 1] if name in ARGS else default
-
+from nlbench import ARGS, DATA_DEFAULT, bvecs, capped, fio, opt, truth, write_vecs  # noqa: E402
 
 NL = os.path.abspath(ARGS[0])
-DATA = opt("--data", os.path.join(HERE, "..", "..", "shared", "data"))
+DATA = opt("--data", DATA_DEFAULT)
 SET = opt("--set", "sift")
 N = int(opt("--n", "100000"))
 SEGS = int(opt("--segments", "8"))
 CAP = int(opt("--cap-mb", "0"))
 NQ, K = 1000, 10
 LS = "10,12,16,20,24,32,40,48,64,80,100,128"
-CG = "/sys/fs/cgroup/memory/nearline-segments"
 
 
 def load_set():
     if SET == "sift":
-        raw = np.fromfile(os.path.join(DATA, "sift-images-420k", "base.bvecs"), dtype=np.uint8)
-        d = int(raw[:4].view(np.int32)[0])
-        x = raw.reshape(-1, 4 + d)[:N, 4:].astype(np.float32)
-        qraw = np.fromfile(os.path.join(DATA, "sift-images-420k", "query.bvecs"), dtype=np.uint8)
-        q = qraw.reshape(-1, 4 + d)[:NQ, 4:].astype(np.float32)
+        x = bvecs(os.path.join(DATA, "sift-images-420k", "base.bvecs"), N)
+        q = bvecs(os.path.join(DATA, "sift-images-420k", "query.bvecs"), NQ)
     else:
         def u8bin(p):
             h = np.fromfile(p, dtype=np.int32, count=2)
@@ -63,35 +53,6 @@ def load_set():
         x = u8bin(os.path.join(DATA, "fashion-mnist-60k", "base.u8bin"))[:N].astype(np.float32)
         q = u8bin(os.path.join(DATA, "fashion-mnist-60k", "query.u8bin"))[:NQ].astype(np.float32)
     return x, q
-
-
-def write_fvecs(path, a):
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.int32)
-    out[:, 0] = a.shape[1]
-    out[:, 1:] = a.view(np.int32)
-    out.tofile(path)
-
-
-def write_ivecs(path, a):
-    out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.int32)
-    out[:, 0] = a.shape[1]
-    out[:, 1:] = a
-    out.tofile(path)
-
-
-def truth(x, q):
-    """Exact top k by squared l2 (numpy, 100 queries at a time; ties to the lower id)."""
-    xx = (x.astype(np.float64) ** 2).sum(1)
-    out = np.empty((len(q), K), dtype=np.int32)
-    for s in range(0, len(q), 100):
-        qb = q[s:s + 100].astype(np.float64)
-        d = xx[None, :] - 2.0 * qb @ x.T.astype(np.float64)
-        part = np.argpartition(d, K, axis=1)[:, :K + 1]
-        for i in range(len(qb)):
-            c = part[i][np.lexsort((part[i], d[i, part[i]]))]
-            out[s + i] = c[:K]
-    return out
 
 
 def call(port, method, path, body=None, timeout=120):
@@ -126,35 +87,13 @@ def stream(db, x):
         srv.wait(timeout=120)
 
 
-def capped():
-    if not CAP:
-        return []
-    if not os.path.isdir("/sys/fs/cgroup/memory"):
-        print("bench_segments: no cgroup v1 memory controller; runs uncapped", file=sys.stderr)
-        return []
-    os.makedirs(CG, exist_ok=True)
-    open(CG + "/memory.limit_in_bytes", "w").write(str(CAP << 20))
-    return ["sh", "-c", 'echo $$ > %s/tasks && exec "$@"' % CG, "sh"]
-
-
 def search(db, qpath, gtpath, mode):
-    cmd = capped() + ["/usr/bin/time", "-f", "RSS %M", NL, "search", "--db", db, "--collection", "c", "--queries",
+    cmd = capped(CAP, "nearline-segments") + ["/usr/bin/time", "-f", "RSS %M", NL, "search", "--db", db, "--collection", "c", "--queries",
                       qpath, "--k", str(K), "--L", LS, "--threads", "2", "--groundtruth", gtpath, "--segments", mode]
     p = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rss = [int(l.split()[1]) for l in p.stderr.splitlines() if l.startswith("RSS ")]
     rows = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     return rows, (rss[-1] // 1024 if rss else 0)
-
-
-def fio(path):
-    try:
-        out = subprocess.run(["fio", "--name=ceiling", "--filename=" + path, "--readonly", "--rw=randread", "--bs=4k",
-                              "--direct=1", "--ioengine=io_uring", "--iodepth=32", "--numjobs=2", "--runtime=5",
-                              "--time_based", "--group_reporting", "--output-format=json"],
-                             check=True, capture_output=True, text=True).stdout
-        return int(json.loads(out)["jobs"][0]["read"]["iops"])
-    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
-        return 0
 
 
 def at(rows, target, key):
@@ -172,11 +111,11 @@ def main():
     work = tempfile.mkdtemp(prefix="nl-segs-", dir=opt("--work", None))
     try:
         x, q = load_set()
-        gt = truth(x, q)
+        gt = truth(x, q, K)
         qpath, gtpath, xpath = (os.path.join(work, f) for f in ("q.fvecs", "gt.ivecs", "x.fvecs"))
-        write_fvecs(qpath, q)
-        write_ivecs(gtpath, gt)
-        write_fvecs(xpath, x)
+        write_vecs(qpath, q, np.float32)
+        write_vecs(gtpath, gt, np.int32)
+        write_vecs(xpath, x, np.float32)
         t0 = time.time()
         nseg = stream(os.path.join(work, "streamed"), x)
         print("streamed %d x %d (%s) in %.0f s: %d segments" % (len(x), x.shape[1], SET, time.time() - t0, nseg))

@@ -401,6 +401,7 @@ typedef struct {
     uint64_t purged;        /* deleted or replaced versions dropped */
     uint64_t bytes_in, bytes_out;
     double seconds;
+    uint64_t repaired;      /* insertion merges: lists rewritten by delete consolidation */
 } nl_compact_report;
 
 /* Compacts every shard; with dry_run, only reports what it would do. */

@@ -25,6 +25,7 @@ struct nl_segment {
     uint32_t vec_bytes;
     uint64_t file_bytes;
     nl_quant *quant;
+    uint64_t quant_fp; /* fingerprint of the codebook's bytes: equal ones share a prepared query */
     uint8_t *codes;
     uint64_t *ids;        /* NULL when ids are ordinals */
     /* node cache: records of the first cache_n hot nodes, and a hash ordinal -> slot */

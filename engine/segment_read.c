@@ -228,6 +228,11 @@ int nl_segment_open(const char *path, const nl_segment_options *opt, nl_segment 
         rc = CORRUPT(s, "%s: codebook: %s", path, nl_errdetail());
         goto fail;
     }
+    /* Segments flushed with the same codebook prepare a query once between them in a
+     * joint walk (segment_search.c): 64 bits of its bytes (two CRC-32Cs, of each half, and
+     * the kind) name it. */
+    s->quant_fp = ((uint64_t)nl_crc32c(0, pqbuf, pqlen / 2) << 32 |
+                   nl_crc32c((uint32_t)s->code.kind + 1, pqbuf + pqlen / 2, pqlen - pqlen / 2)) ^ pqlen;
     if (nl_quant_dim(s->quant) != s->dim || nl_quant_code_bytes(s->quant) != s->m ||
         nl_quant_metric(s->quant) != s->metric || nl_quant_spec(s->quant).param != s->code.param) {
         rc = CORRUPT(s, "%s: codebook disagrees with the header", path);

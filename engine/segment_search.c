@@ -590,6 +590,15 @@ static int start_query(qstate *q, nl_segment *const *segs, uint32_t nseg, const 
     for (uint32_t i = 0; i < nseg; i++) {
         double want = (double)p->L * (double)segs[i]->n / (4.0 * (double)(total ? total : 1));
         q->seg_min[i] = want < 1.0 ? 1 : (uint32_t)want;
+        /* a segment with the codebook of one before it (flushes reuse theirs) shares its
+         * prepared query: the rotation of a 512-d query is most of a preparation */
+        uint32_t j = 0;
+        while (j < i && segs[j]->quant_fp != segs[i]->quant_fp)
+            j++;
+        if (j < i) {
+            q->qqs[i] = q->qqs[j];
+            continue;
+        }
         nl_quant_prepare(segs[i]->quant, qv, p->eps0 > 0 ? p->eps0 : 0.0f, t, &q->qqs[i]);
         t += nl_quant_query_floats(segs[i]->quant);
     }

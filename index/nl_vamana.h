@@ -67,6 +67,18 @@ uint32_t nl_vamana_prune(const nl_vecset *vs, nl_dist_fn dist, const float *ext,
                          uint32_t nc, float alpha, uint32_t R, float *occl, float *xbuf, uint32_t *out);
 void nl_vamana_destroy(nl_vamana *ix);
 
+/* Delete consolidation (FreshDiskANN) over a graph in arrays, in place: vs->n nodes, the
+ * list of u at adj[u * stride], deg[u] entries (<= stride, ids < vs->n); dead[u] nonzero
+ * marks the deleted. Every live node that lists a deleted one gets a new list, by
+ * RobustPrune(u, alpha, R) over its live neighbours and those reached through deleted
+ * ones, with the geometry a dynamic index of this metric builds with; deleted nodes end
+ * with deg 0 and no live list names one. A deleted *medoid moves to a live node near it.
+ * *repaired (optional) counts the lists rewritten. Runs on `threads` (0: all CPUs).
+ * vamana_consolidate.c says how. */
+int nl_vamana_consolidate(const nl_vecset *vs, nl_metric metric, uint32_t *adj, uint32_t stride, uint32_t *deg,
+                          const uint8_t *dead, uint32_t R, float alpha, unsigned threads, uint32_t *medoid,
+                          size_t *repaired);
+
 const nl_graph *nl_vamana_graph(const nl_vamana *ix);
 uint32_t nl_vamana_medoid(const nl_vamana *ix);
 const nl_vecset *nl_vamana_vectors(const nl_vamana *ix);

@@ -564,3 +564,121 @@ Test(layout, blocks_are_a_permutation_of_linked_nodes)
     free(x);
     free(q);
 }
+
+/* A live-only static index over the nodes of (adj, deg) whose dead[u] is 0, renumbered in
+ * order; live_x gets their vectors. */
+static nl_vamana *live_index(const float *x, size_t n, uint32_t d, const uint32_t *adj, uint32_t stride,
+                             const uint32_t *deg, const uint8_t *dead, uint32_t medoid, uint32_t R, float **live_x,
+                             size_t *nlive)
+{
+    uint32_t *renum = malloc(sizeof(uint32_t) * n);
+    size_t m = 0;
+    for (size_t u = 0; u < n; u++) renum[u] = dead[u] ? UINT32_MAX : (uint32_t)m++;
+    *live_x = malloc(sizeof(float) * m * d);
+    nl_graph *g;
+    cr_assert_eq(nl_graph_create(m, R, R, &g), 0);
+    uint32_t *buf = malloc(sizeof(uint32_t) * stride);
+    for (size_t u = 0; u < n; u++) {
+        if (dead[u]) continue;
+        memcpy(*live_x + (size_t)renum[u] * d, x + u * d, sizeof(float) * d);
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < deg[u]; i++)
+            if (renum[adj[u * stride + i]] != UINT32_MAX) buf[k++] = renum[adj[u * stride + i]];
+        cr_assert_eq(nl_graph_set_neighbors(g, renum[u], buf, k), 0);
+    }
+    nl_vecset vs = {*live_x, m, d, NL_DTYPE_F32};
+    nl_vamana *ix;
+    cr_assert_eq(nl_vamana_from_graph(&vs, NL_METRIC_L2, g, renum[medoid], &ix), 0);
+    free(buf);
+    free(renum);
+    *nlive = m;
+    return ix;
+}
+
+/* Delete consolidation (nl_vamana_consolidate): after 30% of the points are deleted, the
+ * repaired graph names no deleted node, keeps lists within R, moves a deleted entry to a
+ * live node, stays connected, and finds the live points about as well as a graph rebuilt
+ * over them, and better than one that only dropped the deleted nodes' edges. */
+Test(vamana, delete_consolidation_repairs_what_deletes_cut, .timeout = 600)
+{
+    size_t n = 8000, nq = 100;
+    uint32_t d = 32, R = 24;
+    float *x, *q;
+    clustered(7, 40, n, nq, d, &x, &q);
+    nl_vecset vs = {x, n, d, NL_DTYPE_F32};
+    nl_vamana_params p;
+    nl_vamana_params_default(&p);
+    p.R = R;
+    p.L = 48;
+    p.threads = 2;
+    nl_vamana *full;
+    cr_assert_eq(nl_vamana_build(&vs, NL_METRIC_L2, &p, NULL, NULL, &full), 0);
+    uint32_t *adj = malloc(sizeof(uint32_t) * n * R), *deg = malloc(sizeof(uint32_t) * n);
+    uint32_t *adj0 = malloc(sizeof(uint32_t) * n * R), *deg0 = malloc(sizeof(uint32_t) * n);
+    for (size_t u = 0; u < n; u++) {
+        const uint32_t *l = nl_graph_neighbors(nl_vamana_graph(full), (uint32_t)u, &deg[u]);
+        memcpy(adj + u * R, l, sizeof(uint32_t) * deg[u]);
+    }
+    memcpy(adj0, adj, sizeof(uint32_t) * n * R);
+    memcpy(deg0, deg, sizeof(uint32_t) * n);
+    uint32_t medoid = nl_vamana_medoid(full), medoid0 = medoid;
+    /* deleted: 30% at random, and the entry point itself */
+    uint8_t *dead = calloc(n, 1);
+    nl_rng r;
+    nl_rng_seed(&r, 11);
+    for (size_t u = 0; u < n; u++) dead[u] = nl_rng_below(&r, 10) < 3;
+    dead[medoid] = 1;
+    size_t repaired = 0;
+    cr_assert_eq(nl_vamana_consolidate(&vs, NL_METRIC_L2, adj, R, deg, dead, R, 1.2f, 2, &medoid, &repaired), 0,
+                 "%s", nl_errdetail());
+    cr_assert_gt(repaired, n / 4, "%zu lists rewritten", repaired);
+    cr_assert(!dead[medoid], "the entry moved to a live node");
+    for (size_t u = 0; u < n; u++) {
+        if (dead[u]) { cr_assert_eq(deg[u], 0); continue; }
+        cr_assert_leq(deg[u], R);
+        for (uint32_t i = 0; i < deg[u]; i++) {
+            cr_assert(!dead[adj[u * R + i]], "node %zu still lists deleted %u", u, adj[u * R + i]);
+            cr_assert_neq(adj[u * R + i], u);
+            for (uint32_t j = 0; j < i; j++) cr_assert_neq(adj[u * R + i], adj[u * R + j]);
+        }
+    }
+    float *lx, *lx0;
+    size_t m, m0;
+    nl_vamana *cons = live_index(x, n, d, adj, R, deg, dead, medoid, R, &lx, &m);
+    /* the same deletes with the edges to deleted nodes only dropped (entry: its first live
+     * neighbour) */
+    uint32_t e0 = medoid0;
+    for (uint32_t i = 0; i < deg0[medoid0] && dead[e0]; i++) e0 = adj0[medoid0 * R + i];
+    cr_assert(!dead[e0]);
+    nl_vamana *cut = live_index(x, n, d, adj0, R, deg0, dead, e0, R, &lx0, &m0);
+    nl_graph_report rep;
+    nl_graph_validate(nl_vamana_graph(cons), nl_vamana_medoid(cons), &rep);
+    cr_assert(rep.out_of_range == 0 && rep.self_loops == 0 && rep.duplicate_edges == 0 && rep.over_degree == 0);
+    cr_assert_lt(rep.unreachable, m / 100, "%zu of %zu unreachable (an insertion merge's seal links them)",
+                 rep.unreachable, m);
+    nl_vecset lvs = {lx, m, d, NL_DTYPE_F32};
+    nl_vamana *rebuilt;
+    cr_assert_eq(nl_vamana_build(&lvs, NL_METRIC_L2, &p, NULL, NULL, &rebuilt), 0);
+    uint32_t *gt = malloc(sizeof(uint32_t) * nq * 10);
+    cr_assert_eq(nl_groundtruth_exact(&lvs, NL_METRIC_L2, q, nq, 10, 2, gt, NULL), 0);
+    double rc = run_recall(cons, q, nq, d, gt, 10, 10), rr = run_recall(rebuilt, q, nq, d, gt, 10, 10),
+           rx = run_recall(cut, q, nq, d, gt, 10, 10);
+    cr_log_info("recall@10 at L=10: consolidated %.3f, rebuilt %.3f, edges only dropped %.3f (%zu lists repaired, "
+                "%zu unreachable)", rc, rr, rx, repaired, rep.unreachable);
+    cr_assert_geq(rc, rr - 0.03, "consolidated %.3f, rebuilt %.3f", rc, rr);
+    cr_assert_gt(rc, rx, "consolidated %.3f, edges only dropped %.3f", rc, rx);
+    free(gt);
+    nl_vamana_destroy(cons);
+    nl_vamana_destroy(cut);
+    nl_vamana_destroy(rebuilt);
+    nl_vamana_destroy(full);
+    free(lx);
+    free(lx0);
+    free(adj);
+    free(deg);
+    free(adj0);
+    free(deg0);
+    free(dead);
+    free(x);
+    free(q);
+}

@@ -22,16 +22,21 @@
 typedef struct {
     const char *db, *coll;
     int dry_run, policy;
+    uint32_t max_segments; /* --max-segments: the policy's segment limit (0: the default) */
 } args;
 
 static int parse(const char *C, int argc, char **argv, args *a, int compact)
 {
     static const struct option opts[] = {{"db", 1, 0, 'd'},      {"collection", 1, 0, 'c'}, {"dry-run", 0, 0, 'n'},
-                                         {"policy", 0, 0, 'p'},  {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+                                         {"policy", 0, 0, 'p'},  {"max-segments", 1, 0, 'm'},
+                                         {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
     const char *usage = compact ? "usage: nearline compact --db DIR --collection NAME [--dry-run] [--policy]\n"
-                                  "  merges every segment of each shard into one and purges deleted points;\n"
-                                  "  --policy does only what the background policy would (segments over the\n"
-                                  "  deleted ratio, the smallest when there are too many)\n"
+                                  "         [--max-segments N]\n"
+                                  "  rebuilds every segment of each shard into one and purges deleted points;\n"
+                                  "  --policy does only what the background policy would: an insertion merge\n"
+                                  "  into the largest segment (its deletes removed by delete consolidation)\n"
+                                  "  when segments are over the deleted ratio or more than --max-segments\n"
+                                  "  (default 8; 1 folds every segment into the largest)\n"
                                 : "usage: nearline %s --db DIR [--collection NAME]\n";
     int o;
     optind = 1;
@@ -41,6 +46,9 @@ static int parse(const char *C, int argc, char **argv, args *a, int compact)
         case 'c': a->coll = optarg; break;
         case 'n': if (!compact) goto bad; a->dry_run = 1; break;
         case 'p': if (!compact) goto bad; a->policy = 1; break;
+        case 'm':
+            if (!compact || cli_u32(C, "--max-segments", optarg, 1, 1000000, &a->max_segments)) goto bad;
+            break;
         case 'h': fprintf(stdout, usage, C); return 1;
         default: goto bad;
         }
@@ -62,6 +70,7 @@ static int prepare(const char *C, const args *a, nl_db **db, char ***names, size
     nl_db_options o;
     memset(&o, 0, sizeof o);
     o.no_background = 1;
+    o.compact_max_segments = a->max_segments;
     int rc = nl_db_open(a->db, &o, db);
     if (rc) {
         cli_error(C, rc, "cannot open database %s", a->db);
@@ -245,12 +254,13 @@ int cmd_compact(int argc, char **argv)
                 (unsigned long long)r.purged);
     printf("{\"collection\":\"%s\",\"dry_run\":%s,\"mode\":\"%s\",\"segments_in\":%u,\"segments_out\":%u,"
            "\"points_in\":%llu,\"points_out\":%llu,\"purged\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-           "\"seconds\":%.3f,\"disk_bytes_before\":%llu,\"disk_bytes_after\":%llu,\"points\":%llu}\n",
+           "\"seconds\":%.3f,\"disk_bytes_before\":%llu,\"disk_bytes_after\":%llu,\"points\":%llu,"
+           "\"repaired\":%llu}\n",
            a.coll, a.dry_run ? "true" : "false", a.policy ? "policy" : "full", r.segments_in, r.segments_out,
            (unsigned long long)r.points_in, (unsigned long long)r.points_out, (unsigned long long)r.purged,
            (unsigned long long)r.bytes_in, (unsigned long long)r.bytes_out, r.seconds,
            (unsigned long long)before.disk_bytes, (unsigned long long)after.disk_bytes,
-           (unsigned long long)after.points);
+           (unsigned long long)after.points, (unsigned long long)r.repaired);
     nl_db_close(db);
     return 0;
 }
