@@ -83,7 +83,11 @@ def run_nearline(nl, work, X, Q, order, steps, cap, fresh):
     disk = st.get('disk_bytes', 0)
     return summary('nearline (disk' + (f', capped {cap >> 20} MiB)' if capped else ', uncapped)'), rp, res, rss,
                    extra={'flushes': st.get('flushes'), 'compactions': st.get('compactions'), 'index_mb': disk / 2**20,
-                          'retried': st.get('search_retries'), 'exhaustive': st.get('search_exhaustive')})
+                          'retried': st.get('search_retries'), 'exhaustive': st.get('search_exhaustive'),
+                          'segments': st.get('segments'),
+                          # segment bytes written over those the flushes wrote (None before the counters existed)
+                          'write_amp': ((st['flush_bytes'] + st['compaction_bytes']) / st['flush_bytes']
+                                        if st.get('flush_bytes') else None)})
 
 
 def hnsw_child(X, Q, order, steps, out):
@@ -175,6 +179,7 @@ def main():
                     help='the collection\'s fresh capacity: 5%% of the data, as 100K (the default) is of 2M '
                          'points; with the default the whole 1:100 runbook would live in RAM')
     ap.add_argument('--nearline', default=os.path.join(ROOT, 'build', 'tools', 'nearline'))
+    ap.add_argument('--baseline', help='an older nearline binary replayed the same way in the same run, for ratios')
     ap.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -225,6 +230,10 @@ def main():
             trial['system'] += ' trial'
             rows.append(trial)
         rows.append(run_nearline(a.nearline, a.work, X, Q, order, steps, cap, a.fresh_capacity))
+        if a.baseline:
+            b = run_nearline(a.baseline, a.work, X, Q, order, steps, cap, a.fresh_capacity)
+            b['system'] += ' baseline (' + a.baseline + ')'
+            rows.append(b)
         out = os.path.join(a.work, 'hnsw.json')
         subprocess.run([sys.executable, __file__, '--child', a.work, out], check=True)
         j = json.load(open(out))
@@ -241,12 +250,19 @@ def main():
             ios = f"{r['mean_ios']:.1f}" if r.get('mean_ios') is not None else '-'
             print(f"| {r['system']} | {r['mean']:.4f} | {r['worst']:.4f} | {r['short']} | {r['qps']:.0f} | {ios} | "
                   f"{r['insert_pps']:.0f} | {r['delete_ips']:.0f} | {r['rss_mb']:.0f} |")
-        nl = [r for r in rows if r['system'].startswith('nearline') and 'trial' not in r['system']][-1]
+        nl = [r for r in rows if r['system'].startswith('nearline') and 'trial' not in r['system']
+              and 'baseline' not in r['system']][-1]
+        base = [r for r in rows if 'baseline' in r['system']]
+        if base:
+            print(f"\nnearline / baseline: search QPS {nl['qps'] / base[0]['qps']:.2f}, mean reads "
+                  f"{nl['mean_ios'] / base[0]['mean_ios']:.2f}, mean recall {nl['mean']:.4f} against {base[0]['mean']:.4f}")
         h = rows[-1]
         print(f"\nratios nearline / hnswlib: recall {nl['mean'] / h['mean']:.3f}, QPS {nl['qps'] / h['qps']:.2f}, "
               f"insert {nl['insert_pps'] / h['insert_pps']:.2f}, RSS {nl['rss_mb'] / h['rss_mb']:.2f}; "
               f"nearline: {nl.get('flushes')} flushes, {nl.get('compactions')} compactions, "
-              f"{nl.get('retried')} queries searched again, {nl.get('exhaustive')} exhaustively, index {nl.get('index_mb', 0):.0f} MiB")
+              f"{nl.get('retried')} queries searched again, {nl.get('exhaustive')} exhaustively, index {nl.get('index_mb', 0):.0f} MiB, "
+              f"{nl.get('segments')} segments at the end, write amplification "
+              f"{'%.2f' % nl['write_amp'] if nl.get('write_amp') else '-'}")
     json.dump(report, open(os.path.join(a.work, 'report.json'), 'w'), indent=1)
 
 

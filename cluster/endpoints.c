@@ -213,9 +213,13 @@ json_t *nl_srv_describe_json(nl_collection *h)
                      (json_int_t)st.ram_bytes, "flushes", (json_int_t)st.flushes, "compactions",
                      (json_int_t)st.compactions, "cached_nodes", (json_int_t)st.cached_nodes, "search_retries",
                      (json_int_t)st.search_retries, "search_exhaustive", (json_int_t)st.search_exhaustive);
-    if (j)
+    if (j) {
         json_object_set_new(json_object_get(j, "index"), "code",
                             json_string(nl_collection_code_name(&cfg, code, sizeof code)));
+        json_t *sj = json_object_get(j, "stats");
+        json_object_set_new(sj, "flush_bytes", json_integer((json_int_t)st.flush_bytes));
+        json_object_set_new(sj, "compaction_bytes", json_integer((json_int_t)st.compaction_bytes));
+    }
     return j;
 }
 

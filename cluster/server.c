@@ -342,7 +342,7 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                                         "store_memtable_bytes", "store_pending_compaction_bytes",
                                         "store_running_compactions", "store_keys", "store_block_cache_bytes",
                                         "search_retries_total", "search_exhaustive_total", "failed_shards",
-                                        "shard_reopens_total"};
+                                        "shard_reopens_total", "flush_bytes_total", "compaction_bytes_total"};
         for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
             fprintf(f, "# HELP nearline_collection_%s The engine's %s of the collection (this node's shards).\n",
                     g[gi], g[gi]);
@@ -363,7 +363,7 @@ static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r
                               (double)st.store_running_compactions, (double)st.store_keys,
                               (double)st.store_block_cache_bytes, (double)st.search_retries,
                               (double)st.search_exhaustive, (double)st.failed_shards,
-                              (double)st.shard_reopens};
+                              (double)st.shard_reopens, (double)st.flush_bytes, (double)st.compaction_bytes};
                 fprintf(f, "nearline_collection_%s{collection=\"%s\"} %.17g\n", g[gi], names[i], v[gi]);
             }
         }

@@ -893,6 +893,8 @@ static void stats_add(nl_collection_stats *st, const nl_collection_stats *x, int
     st->compactions += x->compactions;
     st->flush_seconds += x->flush_seconds;
     st->compaction_seconds += x->compaction_seconds;
+    st->flush_bytes += x->flush_bytes;
+    st->compaction_bytes += x->compaction_bytes;
     st->write_waits += x->write_waits;
     st->search_retries += x->search_retries;
     st->search_exhaustive += x->search_exhaustive;

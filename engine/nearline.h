@@ -431,6 +431,9 @@ typedef struct {
     /* the metadata store (RocksDB), summed over shards */
     uint64_t store_sst_bytes, store_memtable_bytes, store_pending_compaction_bytes;
     uint64_t store_running_compactions, store_keys, store_block_cache_bytes;
+    /* segment bytes written since open by flushes and by compactions: their sum over the
+     * flushes' is the write amplification of keeping few segments */
+    uint64_t flush_bytes, compaction_bytes;
 } nl_collection_stats;
 
 int nl_collection_stats_get(nl_collection *c, nl_collection_stats *st);

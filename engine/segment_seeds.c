@@ -33,8 +33,10 @@
 #include "nl_util.h"
 #include "segment_internal.h"
 
-/* A segment smaller than this gains nothing a few hops would not give. */
-#define SEG_SEED_MIN_POINTS 4096u
+/* A segment smaller than this gains nothing a few hops would not give. Lowered from 4,096
+ * when a shard's segments came to be walked as one beam (segment_search.c), which starves a
+ * segment entered only at its medoid: flushes of 2,500 points are common. */
+#define SEG_SEED_MIN_POINTS 1024u
 
 int64_t seg_seeds_build(nl_segment *s, uint64_t budget)
 {

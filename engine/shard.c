@@ -1467,6 +1467,8 @@ void nl_shard_stats(nl_shard *sh, nl_collection_stats *st)
     st->compactions = atomic_load(&sh->compactions);
     st->flush_seconds = (double)atomic_load(&sh->flush_ns) / 1e9;
     st->compaction_seconds = (double)atomic_load(&sh->compact_ns) / 1e9;
+    st->flush_bytes = atomic_load(&sh->flush_bytes);
+    st->compaction_bytes = atomic_load(&sh->compact_bytes);
     st->write_waits = atomic_load(&sh->write_waits);
     st->search_retries = atomic_load(&sh->search_retries);
     st->search_exhaustive = atomic_load(&sh->search_exhaustive);

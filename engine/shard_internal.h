@@ -86,6 +86,7 @@ struct nl_shard {
     pthread_cond_t bgcv;
     /* counters */
     atomic_uint_fast64_t flushes, compactions, flush_ns, compact_ns, write_waits, upserted, deleted;
+    atomic_uint_fast64_t flush_bytes, compact_bytes; /* segment bytes each has written */
     atomic_uint_fast64_t search_retries, search_exhaustive; /* short answers searched again */
     atomic_int bg_error;
     atomic_int space_low;  /* below the low watermark, not yet back above the high one */

@@ -316,6 +316,7 @@ static int flush_locked(nl_shard *sh)
     if (number + 1 > sh->next_seg)
         sh->next_seg = number + 1;
     atomic_store(&r->dead, count_dead(sh, fz->slot_pid, n));
+    atomic_fetch_add(&sh->flush_bytes, r->file_bytes);
     v = sh->view;
     sh_segref **segs = malloc(sizeof *segs * (v->nseg + 1));
     sh_view *nv = NULL;
@@ -755,6 +756,7 @@ static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_co
     if (!rc) {
         atomic_fetch_add(&sh->compactions, 1);
         atomic_fetch_add(&sh->compact_ns, nl_now_ns() - t0);
+        atomic_fetch_add(&sh->compact_bytes, r ? r->file_bytes : 0);
         if (rep) {
             rep->segments_out += r != NULL;
             rep->points_out += nout - (r ? atomic_load(&r->dead) : 0);

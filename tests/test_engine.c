@@ -237,7 +237,7 @@ Test(engine, one_beam_across_segments_reads_less_for_the_same_answers)
     cr_assert_eq(nl_collection_create(db, "c", &cc), 0, "%s", nl_errdetail());
     nl_collection *c;
     cr_assert_eq(nl_collection_open(db, "c", &c), 0, "%s", nl_errdetail());
-    const uint64_t n = 23000; /* segments of 4,600: a seed table needs 4,096 points */
+    const uint64_t n = 23000; /* segments of 4,600 (a seed table needs 1,024 points) */
     upsert_range(c, 0, n);
     cr_assert_eq(nl_collection_flush(c), 0, "%s", nl_errdetail());
     nl_id del[100];
