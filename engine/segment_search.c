@@ -72,8 +72,6 @@
 
 enum { C_NEW = 0, C_REQUESTED = 1 };
 
-/* Places in a joint job's list each segment keeps at most (see the top of the file). */
-#define SEG_JOINT_MIN 2u
 
 typedef struct {
     uint32_t id;    /* ordinal in its segment */
@@ -247,7 +245,8 @@ int nl_seg_searcher_create(nl_segment *seg, uint32_t max_L, uint32_t max_W, uint
         q->seg_min = malloc(sizeof(uint32_t));
         q->qqs = malloc(sizeof(nl_quant_query));
         if (!q->table || !q->pool || !q->vis || !q->vis_used || !q->res_id || !q->res_seg || !q->res_d ||
-            !q->bufs || !q->buf_node || !q->buf_seg || !q->buf_busy || !q->base || !q->seg_cnt || !q->seg_exp || !q->seg_min || !q->qqs) {
+            !q->bufs || !q->buf_node || !q->buf_seg || !q->buf_busy || !q->base || !q->seg_cnt || !q->seg_exp ||
+            !q->seg_min || !q->qqs) {
             rc = -ENOMEM;
             goto fail;
         }
