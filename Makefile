@@ -47,7 +47,7 @@ test-streaming: build
 # Criterion cannot start under TSan, and RocksDB from Debian is uninstrumented
 # (tests/tsan.supp). Fails on any race reported in nearline's code.
 tsan: deps
-	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS="-fsanitize=thread -g" \
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNEARLINE_ASSERTS=ON -DCMAKE_C_FLAGS="-fsanitize=thread -g" \
 		-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null
 	@cmake --build build-tsan -j$(JOBS) --target nearline nl_bench_ingest
 	@mkdir -p build-tsan/data

@@ -120,6 +120,7 @@ cl_snapshot *cl_snap_get(nl_cluster *cl)
 {
     pthread_mutex_lock(&cl->snap_mu);
     cl_snapshot *s = cl->snap;
+    NL_ASSERT(s->refs >= 1); /* the published one holds its own */
     s->refs++;
     pthread_mutex_unlock(&cl->snap_mu);
     return s;
@@ -128,6 +129,7 @@ cl_snapshot *cl_snap_get(nl_cluster *cl)
 void cl_snap_put(nl_cluster *cl, cl_snapshot *s)
 {
     pthread_mutex_lock(&cl->snap_mu);
+    NL_ASSERT(s->refs >= 1);
     int last = --s->refs == 0;
     pthread_mutex_unlock(&cl->snap_mu);
     if (last)

@@ -248,4 +248,19 @@ typedef struct {
 int cl_piece_parse(const unsigned char *b, size_t len, cl_piece *pc);
 int cl_piece_payload(const cl_piece *pc, unsigned char **raw);
 
+/* The internal calls nl_cluster_internal_call dispatches (internal.c). */
+/* The follower's side of the stream: a replicate request (binary, replication.c) applied
+ * in order. Answers {status, last_seq, last_epoch, fence}: 200 ok or mismatch (the
+ * follower's position does not follow the entries), 409 stale (an older epoch than this
+ * replica knows), 4xx for bad bytes. *out a new reference. */
+int nl_cluster_replicate(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const void *body, size_t len,
+                         json_t **out);
+/* A failover's fence: refuse epochs below epoch from now on; answers the position. */
+int nl_cluster_fence_shard(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, uint64_t epoch, json_t **out);
+/* Snapshot transfer (transfer.c), all POST: op "snapshot" (what this node has received
+ * of a copy), "snapshot-chunk" (one checksummed, compressed piece of a file) or
+ * "snapshot-install" (install the copy received). */
+int nl_cluster_snapshot_call(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const char *op,
+                             const void *body, size_t len, json_t **out);
+
 #endif

@@ -104,18 +104,15 @@ int nl_cluster_shard_delete(nl_cluster *cl, nl_collection *h, const char *name, 
                             size_t *deleted);
 int nl_cluster_shard_delete_by_filter(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s,
                                       const nl_filter *f, size_t *deleted);
-/* The follower's side of the stream: a replicate request (binary, replication.c) applied
- * in order. Answers {status, last_seq, last_epoch, fence}: 200 ok or mismatch (the
- * follower's position does not follow the entries), 409 stale (an older epoch than this
- * replica knows), 4xx for bad bytes. *out a new reference. */
-int nl_cluster_replicate(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const void *body, size_t len,
-                         json_t **out);
-/* A failover's fence: refuse epochs below epoch from now on; answers the position. */
-int nl_cluster_fence_shard(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, uint64_t epoch, json_t **out);
-/* Snapshot transfer (transfer.c), all POST: op "snapshot" (what this node has received
- * of a copy), "snapshot-chunk" (one checksummed, compressed piece of a file) or
- * "snapshot-install" (install the copy received). */
-int nl_cluster_snapshot_call(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const char *op,
+/* The calls between nodes about one shard (POST /internal/v1/collections/{c}/shards/{s}/OP),
+ * decoded and answered here so that the server only routes them:
+ *   replicate         the follower's side of the replication stream (binary entries)
+ *   fence             a failover's fence: {"epoch": N}
+ *   snapshot, snapshot-chunk, snapshot-install   the snapshot transfer (transfer.c)
+ * nl_cluster_internal_op says whether op is one of them. The call returns the HTTP status;
+ * *out (a new reference) is the JSON answer. h holds shard s (borrowed). */
+int nl_cluster_internal_op(const char *op);
+int nl_cluster_internal_call(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const char *op,
                              const void *body, size_t len, json_t **out);
 /* 1 when this node's replica of shard s is in the in-sync set (it may serve reads). */
 int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s);

@@ -125,6 +125,7 @@ void cl_role_deposed(repl_role *r, const char *why) { deposed(r, why); }
 
 size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out)
 {
+    NL_ASSERT_HELD((pthread_mutex_t *)&r->mu);
     size_t n = 0;
     for (uint32_t i = 0; i < e->nin_sync && n < NL_MAX_REPLICAS; i++) {
         if (!strcmp(e->in_sync[i], r->cl->node_id) || (skip && !strcmp(e->in_sync[i], skip)))
@@ -141,6 +142,7 @@ size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const c
 /* The highest sequence a write quorum of the in-sync set holds (role->mu held). */
 static uint64_t committed_locked(const repl_role *r)
 {
+    NL_ASSERT_HELD((pthread_mutex_t *)&r->mu);
     uint64_t acked[NL_MAX_REPLICAS];
     size_t n = 0;
     for (uint32_t i = 0; i < r->view.nin_sync; i++) {

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nl_util.h"
 #include "nl_zk.h"
 
 typedef struct {
@@ -66,6 +67,7 @@ static zk_call *call_new(int nops)
 static void call_put(zk_call *k)
 {
     pthread_mutex_lock(&k->mu);
+    NL_ASSERT(k->refs >= 1);
     int last = --k->refs == 0;
     pthread_mutex_unlock(&k->mu);
     if (!last)
@@ -83,6 +85,7 @@ static void call_put(zk_call *k)
 /* The completion's last step (k->mu held, the answer copied). */
 static void finish_locked(zk_call *k, int rc)
 {
+    NL_ASSERT_HELD(&k->mu);
     k->rc = rc;
     k->done = 1;
     pthread_cond_broadcast(&k->cv);

@@ -108,6 +108,8 @@ static void collection_free(nl_collection *c)
  * collection's files. */
 static void collection_unref_locked(nl_collection *c)
 {
+    NL_ASSERT_HELD(&c->db->mu);
+    NL_ASSERT(c->refs >= 1);
     if (--c->refs > 0)
         return;
     nl_db *db = c->db;
@@ -147,6 +149,7 @@ void nl_db_close(nl_db *db)
 
 static nl_collection *find_locked(nl_db *db, const char *name)
 {
+    NL_ASSERT_HELD(&db->mu);
     for (nl_collection *c = db->open; c; c = c->next)
         if (!strcmp(c->name, name))
             return c;

@@ -101,6 +101,7 @@ static inline size_t tomb_hash(uint64_t pid, size_t cap) { return (size_t)(pid *
 
 int sh_tomb_has_locked(const nl_shard *sh, uint64_t pid)
 {
+    NL_ASSERT_HELD_RW((pthread_rwlock_t *)&sh->tmu);
     if (!sh->tomb_cap)
         return 0;
     size_t h = tomb_hash(pid, sh->tomb_cap);
@@ -154,6 +155,7 @@ static int tomb_rehash(nl_shard *sh, size_t nc, const uint64_t *drop, size_t ndr
 
 int sh_tomb_add_locked(nl_shard *sh, uint64_t pid)
 {
+    NL_ASSERT_HELD_RW(&sh->tmu);
     if ((sh->tomb_n + 1) * 2 > sh->tomb_cap) {
         int rc = tomb_rehash(sh, sh->tomb_cap ? sh->tomb_cap * 2 : 1024, NULL, 0);
         if (rc)
@@ -214,6 +216,7 @@ int sh_memidx_create(const nl_shard *sh, uint32_t capacity, sh_memidx **out)
 
 void sh_memidx_unref(sh_memidx *m)
 {
+    NL_ASSERT(!m || atomic_load(&m->refs) >= 1);
     if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
         return;
     nl_objpool_fini(&m->searchers);
@@ -274,6 +277,7 @@ int sh_segref_open(nl_shard *sh, uint32_t number, uint64_t cache_budget, sh_segr
 
 void sh_segref_unref(sh_segref *r)
 {
+    NL_ASSERT(!r || atomic_load(&r->refs) >= 1);
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
     nl_objpool_fini(&r->searchers);
@@ -293,6 +297,7 @@ sh_view *sh_view_acquire(nl_shard *sh)
 {
     pthread_mutex_lock(&sh->vmu);
     sh_view *v = sh->view;
+    NL_ASSERT(atomic_load(&v->refs) >= 1); /* the shard's own reference */
     atomic_fetch_add(&v->refs, 1);
     pthread_mutex_unlock(&sh->vmu);
     return v;
@@ -300,6 +305,7 @@ sh_view *sh_view_acquire(nl_shard *sh)
 
 void sh_view_release(sh_view *v)
 {
+    NL_ASSERT(!v || atomic_load(&v->refs) >= 1);
     if (!v || atomic_fetch_sub(&v->refs, 1) != 1)
         return;
     sh_memidx_unref(v->active);
@@ -789,6 +795,8 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
     /* Tombstones: the in-memory set, and each segment's count of deleted points. */
     if ((rc = nl_store_iter_create(sh->st, NL_CF_TOMBSTONES, &it)) != 0)
         goto fail;
+    /* Nothing else can reach the shard yet: the lock is for the set's invariant only. */
+    pthread_rwlock_wrlock(&sh->tmu);
     for (nl_store_iter_seek_first(it); nl_store_iter_valid(it); nl_store_iter_next(it)) {
         size_t kl;
         const unsigned char *k = nl_store_iter_key(it, &kl);
@@ -818,6 +826,7 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
             loose[nloose++] = pid;
         }
     }
+    pthread_rwlock_unlock(&sh->tmu);
     if (!rc)
         rc = nl_store_iter_status(it);
     nl_store_iter_destroy(it);
@@ -914,8 +923,10 @@ int nl_shard_open(const char *dir, const nl_db_options *opt, nl_shard **out)
     }
     /* Live points: fresh versions and segment versions, less the deleted. */
     uint64_t live = 0;
+    pthread_rwlock_rdlock(&sh->tmu);
     for (size_t i = 0; i < nf; i++)
         live += !sh_tomb_has_locked(sh, pids[i]);
+    pthread_rwlock_unlock(&sh->tmu);
     for (uint32_t i = 0; i < nseg; i++)
         live += segs[i]->count - atomic_load(&segs[i]->dead);
     __atomic_store_n(&sh->live, live, __ATOMIC_RELAXED);
@@ -1112,6 +1123,7 @@ int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *p
 /* Counts a newly deleted version against the segment that holds it (wmu held). */
 static void count_dead_locked(nl_shard *sh, uint64_t pid)
 {
+    NL_ASSERT_HELD(&sh->wmu);
     uint32_t ord;
     sh_view *v = sh->view; /* wmu held: flush and compaction install views under it */
     sh_segref *r = sh_view_find_segment(v, pid, &ord);
@@ -1121,6 +1133,7 @@ static void count_dead_locked(nl_shard *sh, uint64_t pid)
 
 int sh_add_tombstones_locked(nl_shard *sh, const uint64_t *pids, const unsigned char *valid, size_t n)
 {
+    NL_ASSERT_HELD(&sh->wmu);
     int rc = 0;
     pthread_rwlock_wrlock(&sh->tmu);
     for (size_t i = 0; i < n && !rc; i++)

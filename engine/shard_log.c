@@ -282,6 +282,7 @@ bad:
 
 int sh_log_stage_locked(nl_shard *sh, nl_store_batch *b, sh_logrec *lr)
 {
+    NL_ASSERT_HELD(&sh->wmu);
     uint64_t seq = lr->seq ? lr->seq : sh->log_last + 1;
     if (seq != sh->log_last + 1)
         return nl_fail(NL_ESTALE, "log entry %llu out of order: the log ends at %llu", (unsigned long long)seq,
@@ -307,6 +308,8 @@ int sh_log_stage_locked(nl_shard *sh, nl_store_batch *b, sh_logrec *lr)
 
 void sh_log_commit_locked(nl_shard *sh, const sh_logrec *lr)
 {
+    NL_ASSERT_HELD(&sh->wmu);
+    NL_ASSERT(lr->seq == sh->log_last + 1); /* staged under the same wmu */
     if (sh->log_entries == 0) {
         sh->log_first = lr->seq;
         sh->log_oldest_ms = lr->time_ms;

@@ -237,6 +237,7 @@ static uint64_t count_dead(nl_shard *sh, const uint64_t *pids, size_t n)
 
 static int flush_locked(nl_shard *sh)
 {
+    NL_ASSERT_HELD(&sh->fmu);
     uint64_t t0 = nl_now_ns();
     int failed = sh_check_failed(sh);
     if (failed)
@@ -523,6 +524,7 @@ static int merge_into(nl_shard *sh, sh_segref *base, const uint8_t *base_dead, c
 
 static int compact_locked(nl_shard *sh, nl_compact_mode mode, int dry_run, nl_compact_report *rep)
 {
+    NL_ASSERT_HELD(&sh->cmu);
     uint64_t t0 = nl_now_ns();
     int failed = dry_run ? 0 : sh_check_failed(sh);
     if (failed)

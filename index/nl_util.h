@@ -12,6 +12,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---------------------------------------------------------------- invariants
+ *
+ * NL_ASSERT(x): an invariant (SQLite's assert): checked in debug, sanitizer and
+ * thread-sanitizer builds (NL_ASSERTS, set by CMake), compiled out of release builds, where
+ * x is not evaluated (so it may be costly, but must have no effect). A failed one names
+ * the condition and its place on stderr and aborts: an invariant that does not hold means
+ * the process can no longer be trusted with data. Defensive checks of untrusted input
+ * are never assertions: they stay in release and return an error.
+ *
+ * NL_ASSERT_HELD(mu) / NL_ASSERT_HELD_RW(rw): a function whose name ends in _locked is
+ * called with its lock held. A mutex or rwlock does not say who holds it, so this checks
+ * that someone does (a try-lock fails): it catches the call made without the lock, which
+ * is the mistake a name cannot prevent. */
+#ifdef NL_ASSERTS
+void nl_assert_fail(const char *what, const char *file, int line, const char *func) __attribute__((noreturn));
+#define NL_ASSERT(x) ((x) ? (void)0 : nl_assert_fail(#x, __FILE__, __LINE__, __func__))
+int nl_mutex_held(pthread_mutex_t *mu);
+int nl_rwlock_held(pthread_rwlock_t *rw);
+#define NL_ASSERT_HELD(mu) NL_ASSERT(nl_mutex_held(mu))
+#define NL_ASSERT_HELD_RW(rw) NL_ASSERT(nl_rwlock_held(rw))
+#else
+#define NL_ASSERT(x) ((void)sizeof(!(x)))
+#define NL_ASSERT_HELD(mu) ((void)sizeof(mu))
+#define NL_ASSERT_HELD_RW(rw) ((void)sizeof(rw))
+#endif
+
 /* fn(ctx, task, thread_index) for every task in [0, ntasks); threads <= 1 runs inline.
  * Returns 0, or the first negative value any fn returned (remaining tasks are skipped). */
 typedef int (*nl_task_fn)(void *ctx, size_t task, unsigned thread_index);

@@ -272,3 +272,35 @@ const char *nl_fmt_bytes(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%.1f %s", v, unit[u]);
     return buf;
 }
+
+/* ---------------------------------------------------------------- invariants */
+
+#ifdef NL_ASSERTS
+void nl_assert_fail(const char *what, const char *file, int line, const char *func)
+{
+    /* The one place a library writes to stderr: the process is about to abort, and the
+     * failed invariant is what its operator needs to see. */
+    fprintf(stderr, "nearline: invariant failed: %s (%s:%d, %s)\n", what, file, line, func);
+    fflush(stderr);
+    abort();
+}
+
+int nl_mutex_held(pthread_mutex_t *mu)
+{
+    if (pthread_mutex_trylock(mu) == 0) {
+        pthread_mutex_unlock(mu);
+        return 0;
+    }
+    return 1;
+}
+
+int nl_rwlock_held(pthread_rwlock_t *rw)
+{
+    /* a write try-lock fails while anyone holds it, readers included */
+    if (pthread_rwlock_trywrlock(rw) == 0) {
+        pthread_rwlock_unlock(rw);
+        return 0;
+    }
+    return 1;
+}
+#endif

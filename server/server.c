@@ -43,41 +43,7 @@
 
 #include "server_internal.h"
 
-/* ---------------------------------------------------------------- metrics */
-
-static const char *const ep_names[EP_COUNT] = {"healthz", "readyz", "metrics", "list_collections",
-                                               "create_collection", "describe_collection", "drop_collection",
-                                               "upsert", "delete", "get", "search", "search_batch", "internal",
-                                               "internal_search", "other"};
-static const int codes[NCODES] = {200, 201, 400, 401, 403, 404, 405, 409, 413, 500, 501, 503, 507};
-static const double buckets[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
-
-/* ---------------------------------------------------------------- logging */
-
-static void logf_(nl_server *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void logf_(nl_server *s, int level, const char *fmt, ...)
-{
-    if (level < s->opt.log_level)
-        return;
-    static const char *names[] = {"debug", "info", "warn", "error"};
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    pthread_mutex_lock(&s->logmu);
-    fprintf(s->opt.log, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"level\":\"%s\",%s}\n", tm.tm_year + 1900,
-            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, names[level], msg);
-    fflush(s->opt.log);
-    pthread_mutex_unlock(&s->logmu);
-}
-
-void nl_server_log(void *server, int level, const char *fields) { logf_(server, level, "%s", fields); }
-
+/* libmicrohttpd's own messages, as log lines of ours. */
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     nl_server *s = cls;
@@ -88,331 +54,9 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
         msg[--n] = 0;
     json_t *j = json_string(msg);
     char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    logf_(s, NL_LOG_WARN, "\"event\":\"http\",\"message\":%s", q ? q : "\"?\"");
+    nl_srv_logf(s, NL_LOG_WARN, "\"event\":\"http\",\"message\":%s", q ? q : "\"?\"");
     free(q);
     json_decref(j);
-}
-
-/* ---------------------------------------------------------------- responses */
-
-nl_api_endpoint nl_srv_api_ep(int e)
-{
-    switch (e) {
-    case EP_UPSERT: return NL_API_UPSERT;
-    case EP_DELETE: return NL_API_DELETE;
-    case EP_SEARCH: return NL_API_SEARCH;
-    case EP_SEARCH_BATCH: return NL_API_SEARCH_BATCH;
-    default: return NL_API_OTHER;
-    }
-}
-
-/* Queues buf (malloc'd, taken over) as the answer, with the headers every answer carries. */
-static enum MHD_Result send_buffer(struct MHD_Connection *c, req *r, int status, void *buf, size_t len,
-                                   const char *ctype)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(buf);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", ctype);
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    if (status == 503)
-        MHD_add_response_header(resp, "Retry-After", "1");
-    r->status = status;
-    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, resp);
-    MHD_destroy_response(resp);
-    return ok;
-}
-
-enum MHD_Result nl_srv_send_text(struct MHD_Connection *c, req *r, int status, const char *ctype, const char *text,
-                                 size_t len)
-{
-    void *b = malloc(len ? len : 1);
-    if (!b)
-        return MHD_NO;
-    memcpy(b, text, len);
-    return send_buffer(c, r, status, b, len, ctype);
-}
-
-/* body (taken over) as the answer: protobuf for a request that wants it on an endpoint that
- * has it, JSON otherwise. */
-enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, json_t *body)
-{
-    uint8_t *pb;
-    size_t len;
-    if (r->proto_out && nl_srv_api_ep(r->endpoint) != NL_API_OTHER &&
-        nl_proto_response(nl_srv_api_ep(r->endpoint), status, body, &pb, &len) == 0) {
-        json_decref(body);
-        return send_buffer(c, r, status, pb, len, "application/x-protobuf");
-    }
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    if (!text) {
-        text = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
-        status = 500;
-        if (!text)
-            return MHD_NO;
-    }
-    return send_buffer(c, r, status, text, strlen(text), "application/json");
-}
-
-enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-/* Error codes that certainly applied nothing although their status is a 5xx: the body says
- * so ("applied": false), so a client can tell them from an indeterminate 503 and retry. */
-static int refusal(int status, const char *code)
-{
-    return status == 507 || (status == 503 && (!strcmp(code, "overloaded") || !strcmp(code, "refused") ||
-                                                !strcmp(code, "not_ready") || !strcmp(code, "shutting_down")));
-}
-
-static enum MHD_Result send_error_v(struct MHD_Connection *c, req *r, int status, const char *code, int not_applied,
-                                    const char *fmt, va_list ap)
-{
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    json_t *e = json_pack("{s:{s:s,s:s,s:s}}", "error", "code", code, "message", msg, "request_id", r->rid);
-    if (e && (not_applied || refusal(status, code)))
-        json_object_set_new(e, "applied", json_false());
-    return nl_srv_send_json(c, r, status, e ? e : json_object());
-}
-
-enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    enum MHD_Result res = send_error_v(c, r, status, code, 0, fmt, ap);
-    va_end(ap);
-    return res;
-}
-
-/* An error whose code does not say by itself that nothing was applied, for a call that
- * certainly applied nothing. */
-static enum MHD_Result send_refusal(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static enum MHD_Result send_refusal(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    enum MHD_Result res = send_error_v(c, r, status, code, 1, fmt, ap);
-    va_end(ap);
-    return res;
-}
-
-/* Copies msg into out with every absolute path replaced by "<path>": a client learns what
- * failed, not where the server keeps its files (the log has the whole message). */
-static void redact_paths(const char *msg, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; msg[i] && o + 8 < cap;) {
-        int starts = msg[i] == '/' && (i == 0 || strchr(" (\"'=:,", msg[i - 1]) != NULL);
-        if (!starts) {
-            out[o++] = msg[i++];
-            continue;
-        }
-        while (msg[i] && !strchr(" :,)\"'", msg[i]))
-            i++;
-        memcpy(out + o, "<path>", 6);
-        o += 6;
-    }
-    out[o] = '\0';
-}
-
-/* An engine error as an HTTP status and code. The detail of a server-side failure (5xx)
- * goes to the log whole and to the client without paths. */
-enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int rc, const char *what)
-{
-    const char *detail = nl_errdetail();
-    char full[900], msg[900];
-    snprintf(full, sizeof full, "%s: %s", what, detail[0] ? detail : nl_strerror(rc));
-    int server_side = !(rc == NL_EDIM || rc == NL_EFILTER || rc == NL_EINVAL || rc == NL_EBADVALUE ||
-                        rc == NL_EFORMAT || rc == NL_EEMPTY || rc == NL_ENOTFOUND || rc == NL_EEXISTS);
-    if (server_side) {
-        snprintf(r->detail, sizeof r->detail, "%s", full);
-        redact_paths(full, msg, sizeof msg);
-    } else {
-        snprintf(msg, sizeof msg, "%s", full);
-    }
-    switch (rc) {
-    case NL_EFAILED:
-        return nl_srv_send_error(c, r, 503, "shard_failed",
-                                 "%s (the write's outcome is unknown: it may or may not be applied; upserts and "
-                                 "deletes are safe to retry once the shard has reopened)", msg);
-    case NL_EDOWN:
-        return send_refusal(c, r, 503, "shard_failed", "%s (nothing was applied; the shard reopens by itself)", msg);
-    case NL_ENOSPACE: return nl_srv_send_error(c, r, 507, "insufficient_storage", "%s", msg);
-    case -EIO: case -ENOSPC: case -EROFS: case -EDQUOT: case -ENXIO:
-        return nl_srv_send_error(c, r, 500, "io_error", "%s", msg);
-    case NL_ECORRUPT: return nl_srv_send_error(c, r, 500, "corrupt", "%s", msg);
-    case NL_EDIM: return nl_srv_send_error(c, r, 400, "wrong_dimension", "%s", msg);
-    case NL_EFILTER: return nl_srv_send_error(c, r, 400, "bad_filter", "%s", msg);
-    case NL_EINVAL: case NL_EBADVALUE: case NL_EFORMAT: case NL_EEMPTY:
-        return nl_srv_send_error(c, r, 400, "bad_request", "%s", msg);
-    case NL_ENOTFOUND: return nl_srv_send_error(c, r, 404, "not_found", "%s", msg);
-    case NL_EEXISTS: return nl_srv_send_error(c, r, 409, "exists", "%s", msg);
-    case -ETIMEDOUT: case -EAGAIN: case -EBUSY: return nl_srv_send_error(c, r, 503, "overloaded", "%s", msg);
-    case NL_EUNAVAILABLE: case NL_ESTALE: return nl_srv_send_error(c, r, 503, "unavailable", "%s", msg);
-    case NL_EREFUSED: return nl_srv_send_error(c, r, 503, "refused", "%s (nothing was applied)", msg);
-    default: return nl_srv_send_error(c, r, 500, "internal", "%s", msg);
-    }
-}
-
-/* Prometheus text exposition. */
-static enum MHD_Result ep_metrics(nl_server *s, struct MHD_Connection *c, req *r)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f)
-        return nl_srv_send_error(c, r, 500, "internal", "out of memory");
-    metrics *m = &s->m;
-    fprintf(f, "# HELP nearline_requests_total HTTP requests by endpoint and status.\n"
-               "# TYPE nearline_requests_total counter\n");
-    for (int e = 0; e < EP_COUNT; e++)
-        for (int k = 0; k <= NCODES; k++) {
-            uint64_t v = atomic_load(&m->count[e][k]);
-            if (v)
-                fprintf(f, "nearline_requests_total{endpoint=\"%s\",code=\"%s%d\"} %llu\n", ep_names[e],
-                        k == NCODES ? "other" : "", k == NCODES ? 0 : codes[k], (unsigned long long)v);
-        }
-    fprintf(f, "# HELP nearline_request_duration_seconds Request latency by endpoint.\n"
-               "# TYPE nearline_request_duration_seconds histogram\n");
-    for (int e = 0; e < EP_COUNT; e++) {
-        uint64_t total = 0;
-        for (int b = 0; b <= NBUCKETS; b++)
-            total += atomic_load(&m->hist[e][b]);
-        if (!total)
-            continue;
-        uint64_t cum = 0;
-        for (int b = 0; b < NBUCKETS; b++) {
-            cum += atomic_load(&m->hist[e][b]);
-            fprintf(f, "nearline_request_duration_seconds_bucket{endpoint=\"%s\",le=\"%g\"} %llu\n", ep_names[e],
-                    buckets[b], (unsigned long long)cum);
-        }
-        fprintf(f, "nearline_request_duration_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"} %llu\n", ep_names[e],
-                (unsigned long long)total);
-        fprintf(f, "nearline_request_duration_seconds_sum{endpoint=\"%s\"} %.6f\n", ep_names[e],
-                (double)atomic_load(&m->sum_us[e]) / 1e6);
-        fprintf(f, "nearline_request_duration_seconds_count{endpoint=\"%s\"} %llu\n", ep_names[e],
-                (unsigned long long)total);
-    }
-    uint64_t hops = atomic_load(&m->hops), hits = atomic_load(&m->cache_hits);
-    fprintf(f,
-            "# HELP nearline_search_queries_total Queries searched on this node (a batch counts each).\n"
-            "# TYPE nearline_search_queries_total counter\nnearline_search_queries_total %llu\n"
-            "# HELP nearline_search_filtered_queries_total Queries with a metadata filter.\n"
-            "# TYPE nearline_search_filtered_queries_total counter\nnearline_search_filtered_queries_total %llu\n"
-            "# HELP nearline_search_ios_total Sector reads of searches.\n"
-            "# TYPE nearline_search_ios_total counter\nnearline_search_ios_total %llu\n"
-            "# HELP nearline_search_nodes_expanded_total Graph nodes expanded by searches.\n"
-            "# TYPE nearline_search_nodes_expanded_total counter\nnearline_search_nodes_expanded_total %llu\n"
-            "# HELP nearline_search_cache_hits_total Expanded nodes served by the node cache.\n"
-            "# TYPE nearline_search_cache_hits_total counter\nnearline_search_cache_hits_total %llu\n"
-            "# HELP nearline_search_cache_hit_ratio Expanded nodes served by the node cache.\n"
-            "# TYPE nearline_search_cache_hit_ratio gauge\nnearline_search_cache_hit_ratio %.4f\n"
-            "# HELP nearline_points_upserted_total Points upserted through this node.\n"
-            "# TYPE nearline_points_upserted_total counter\nnearline_points_upserted_total %llu\n"
-            "# HELP nearline_points_deleted_total Points deleted through this node.\n"
-            "# TYPE nearline_points_deleted_total counter\nnearline_points_deleted_total %llu\n"
-            "# HELP nearline_overloaded_total Requests refused with 503 because max_concurrent were being served.\n"
-            "# TYPE nearline_overloaded_total counter\nnearline_overloaded_total %llu\n"
-            "# HELP nearline_body_too_large_total Requests refused with 413.\n"
-            "# TYPE nearline_body_too_large_total counter\nnearline_body_too_large_total %llu\n"
-            "# HELP nearline_inflight_requests Requests being served now.\n"
-            "# TYPE nearline_inflight_requests gauge\nnearline_inflight_requests %u\n"
-            "# HELP nearline_failed_shards Shards refusing writes after a failed write to disk, until reopened.\n"
-            "# TYPE nearline_failed_shards gauge\nnearline_failed_shards %u\n"
-            "# HELP nearline_shard_reopens_total Failed shards reopened (recovered) since the server started.\n"
-            "# TYPE nearline_shard_reopens_total counter\nnearline_shard_reopens_total %llu\n",
-            (unsigned long long)atomic_load(&m->queries), (unsigned long long)atomic_load(&m->filtered),
-            (unsigned long long)atomic_load(&m->ios), (unsigned long long)hops, (unsigned long long)hits,
-            hops ? (double)hits / (double)hops : 0.0, (unsigned long long)atomic_load(&m->points_upserted),
-            (unsigned long long)atomic_load(&m->points_deleted), (unsigned long long)atomic_load(&m->overloaded),
-            (unsigned long long)atomic_load(&m->body_too_large), atomic_load(&s->inflight),
-            nl_db_failed_shards(s->db, NULL, 0), (unsigned long long)nl_db_shard_reopens(s->db));
-    /* Per collection: the engine's own counters. */
-    char **names;
-    size_t n;
-    if (nl_collection_list(s->db, &names, &n) == 0) {
-        static const char *const g[] = {"points", "fresh_points", "segments", "segment_points", "tombstones",
-                                        "disk_bytes", "ram_bytes", "cached_nodes", "flushes_total",
-                                        "compactions_total", "write_waits_total", "flush_seconds_total",
-                                        "compaction_seconds_total", "background_error", "store_sst_bytes",
-                                        "store_memtable_bytes", "store_pending_compaction_bytes",
-                                        "store_running_compactions", "store_keys", "store_block_cache_bytes",
-                                        "search_retries_total", "search_exhaustive_total", "failed_shards",
-                                        "shard_reopens_total", "flush_bytes_total", "compaction_bytes_total"};
-        for (size_t gi = 0; gi < sizeof g / sizeof g[0]; gi++) {
-            fprintf(f, "# HELP nearline_collection_%s The engine's %s of the collection (this node's shards).\n",
-                    g[gi], g[gi]);
-            fprintf(f, "# TYPE nearline_collection_%s %s\n", g[gi], strstr(g[gi], "_total") ? "counter" : "gauge");
-            for (size_t i = 0; i < n; i++) {
-                nl_collection *h;
-                if (nl_collection_open(s->db, names[i], &h) != 0)
-                    continue;
-                nl_collection_stats st;
-                nl_collection_stats_get(h, &st);
-                nl_collection_close(h);
-                double v[] = {(double)st.points, (double)st.fresh_points, (double)st.segments,
-                              (double)st.segment_points, (double)st.tombstones, (double)st.disk_bytes,
-                              (double)st.ram_bytes, (double)st.cached_nodes, (double)st.flushes,
-                              (double)st.compactions, (double)st.write_waits, st.flush_seconds, st.compaction_seconds,
-                              (double)st.background_error, (double)st.store_sst_bytes,
-                              (double)st.store_memtable_bytes, (double)st.store_pending_compaction_bytes,
-                              (double)st.store_running_compactions, (double)st.store_keys,
-                              (double)st.store_block_cache_bytes, (double)st.search_retries,
-                              (double)st.search_exhaustive, (double)st.failed_shards,
-                              (double)st.shard_reopens, (double)st.flush_bytes, (double)st.compaction_bytes};
-                fprintf(f, "nearline_collection_%s{collection=\"%s\"} %.17g\n", g[gi], names[i], v[gi]);
-            }
-        }
-        nl_names_free(names, n);
-    }
-    if (s->opt.cluster)
-        nl_cluster_metrics(s->opt.cluster, f);
-    fclose(f);
-    return send_buffer(c, r, 200, buf, len, "text/plain; version=0.0.4");
-}
-
-/* ---------------------------------------------------------------- auth */
-
-static int key_role(const nl_server *s, const char *key, size_t len)
-{
-    int role = ROLE_NONE;
-    for (size_t i = 0; i < s->nkeys; i++) {
-        if (s->keys[i].len != len)
-            continue;
-        unsigned char diff = 0; /* constant time over the key's bytes */
-        for (size_t b = 0; b < len; b++)
-            diff |= (unsigned char)(s->keys[i].key[b] ^ key[b]);
-        if (!diff)
-            role = s->keys[i].role;
-    }
-    return role;
-}
-
-/* 0 when allowed; otherwise the response is queued. */
-static int check_auth(nl_server *s, struct MHD_Connection *c, req *r, int need, enum MHD_Result *res)
-{
-    if (!s->nkeys || need == ROLE_NONE)
-        return 0;
-    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!h || strncmp(h, "Bearer ", 7) != 0 || !h[7]) {
-        *res = nl_srv_send_error(c, r, 401, "unauthorized", "this endpoint needs an API key: Authorization: Bearer KEY");
-        return -1;
-    }
-    int role = key_role(s, h + 7, strlen(h + 7));
-    if (role == ROLE_NONE) {
-        *res = nl_srv_send_error(c, r, 401, "unauthorized", "unknown API key");
-        return -1;
-    }
-    if (role < need) {
-        static const char *rn[] = {"none", "read", "write", "admin"};
-        *res = nl_srv_send_error(c, r, 403, "forbidden", "this request needs the %s role; the key has %s", rn[need], rn[role]);
-        return -1;
-    }
-    return 0;
 }
 
 /* ---------------------------------------------------------------- routing */
@@ -496,32 +140,12 @@ static enum MHD_Result route_internal(nl_server *s, struct MHD_Connection *c, re
     int need;
     json_t *out = NULL;
     const char *op = n == 7 ? seg[6] : NULL;
-    if (op && (!strcmp(op, "replicate") || !strcmp(op, "fence") || !strcmp(op, "snapshot") ||
-               !strcmp(op, "snapshot-chunk") || !strcmp(op, "snapshot-install"))) {
-        /* replication between nodes (replication.c, transfer.c) */
-        int st;
-        if (strcmp(method, "POST")) {
-            res = nl_srv_send_error(c, r, 405, "method_not_allowed", "use POST");
-        } else {
-            if (!strcmp(op, "replicate")) {
-                st = nl_cluster_replicate(cl, h, name, (uint32_t)sh, r->body, r->len, &out);
-            } else if (!strcmp(op, "fence")) {
-                json_error_t je;
-                json_t *j = r->len ? json_loadb(r->body, r->len, 0, &je) : NULL;
-                json_t *ep = json_object_get(j, "epoch");
-                if (!json_is_integer(ep) || json_integer_value(ep) < 1) {
-                    out = json_pack("{s:{s:s,s:s}}", "error", "code", "bad_request", "message",
-                                    "the body must be {\"epoch\": N}");
-                    st = 400;
-                } else {
-                    st = nl_cluster_fence_shard(cl, h, name, (uint32_t)sh, (uint64_t)json_integer_value(ep), &out);
-                }
-                json_decref(j);
-            } else {
-                st = nl_cluster_snapshot_call(cl, h, name, (uint32_t)sh, op, r->body, r->len, &out);
-            }
-            res = nl_srv_send_cluster(c, r, st, &out);
-        }
+    if (op && nl_cluster_internal_op(op)) {
+        /* replication between nodes: decoded and answered by the cluster */
+        res = strcmp(method, "POST") ? nl_srv_send_error(c, r, 405, "method_not_allowed", "use POST")
+                                     : nl_srv_send_cluster(c, r, nl_cluster_internal_call(cl, h, name, (uint32_t)sh,
+                                                                                          op, r->body, r->len, &out),
+                                                           &out);
         nl_collection_close(h);
         return res;
     }
@@ -636,7 +260,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
         char failed[400], clean[400];
         uint32_t nf = nl_db_failed_shards(s->db, failed, sizeof failed);
         if (nf) {
-            redact_paths(failed, clean, sizeof clean);
+            nl_srv_redact_paths(failed, clean, sizeof clean);
             return nl_srv_send_error(c, r, 503, "shard_failed",
                                      "%u shard(s) refuse writes after a failed write to disk and are being reopened; "
                                      "%s", nf, clean);
@@ -645,7 +269,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
     }
     if (n == 1 && !strcmp(seg[0], "metrics") && get) {
         r->endpoint = EP_METRICS;
-        return check_auth(s, c, r, ROLE_READ, &res) ? res : ep_metrics(s, c, r);
+        return nl_srv_check_auth(s, c, r, ROLE_READ, &res) ? res : nl_srv_ep_metrics(s, c, r);
     }
     if (n >= 1 && !strcmp(seg[0], "internal"))
         return route_internal(s, c, r, seg, n, method);
@@ -659,7 +283,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
     }
     if (n == 2 && !strcmp(seg[0], "v1") && !strcmp(seg[1], "cluster") && get) {
         r->endpoint = EP_OTHER;
-        if (check_auth(s, c, r, ROLE_READ, &res))
+        if (nl_srv_check_auth(s, c, r, ROLE_READ, &res))
             return res;
         if (!s->opt.cluster)
             return nl_srv_send_error(c, r, 404, "not_found", "this node runs alone (no --zookeeper)");
@@ -674,7 +298,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
         r->endpoint = EP_LIST;
         if (!get)
             return nl_srv_send_error(c, r, 405, "method_not_allowed", "%s /v1/collections: use GET", method);
-        if (check_auth(s, c, r, ROLE_READ, &res))
+        if (nl_srv_check_auth(s, c, r, ROLE_READ, &res))
             return res;
         if (s->opt.cluster) {
             json_t *out = NULL;
@@ -687,7 +311,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
         r->endpoint = put ? EP_CREATE : del ? EP_DROP : EP_DESCRIBE;
         if (!put && !del && !get)
             return nl_srv_send_error(c, r, 405, "method_not_allowed", "%s on a collection: use GET, PUT or DELETE", method);
-        if (check_auth(s, c, r, put || del ? ROLE_ADMIN : ROLE_READ, &res))
+        if (nl_srv_check_auth(s, c, r, put || del ? ROLE_ADMIN : ROLE_READ, &res))
             return res;
         if (strlen(name) > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
                                      strlen(name))
@@ -710,7 +334,7 @@ static enum MHD_Result route(nl_server *s, struct MHD_Connection *c, req *r, con
                     r->endpoint == EP_SEARCH_BATCH;
     if ((want_post && !post) || (!want_post && !get))
         return nl_srv_send_error(c, r, 405, "method_not_allowed", "%s %s: use %s", method, url, want_post ? "POST" : "GET");
-    if (check_auth(s, c, r, need, &res))
+    if (nl_srv_check_auth(s, c, r, need, &res))
         return res;
     if (s->opt.cluster)
         return route_cluster(s, c, r, name, seg + 3, n - 3, method);
@@ -849,22 +473,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     uint64_t us = (nl_now_ns() - r->t0) / 1000;
     int e = r->endpoint;
-    int k = NCODES;
-    for (int i = 0; i < NCODES; i++)
-        if (codes[i] == r->status) k = i;
-    atomic_fetch_add(&s->m.count[e][k], 1);
-    int b = 0;
-    while (b < NBUCKETS && (double)us / 1e6 > buckets[b]) b++;
-    atomic_fetch_add(&s->m.hist[e][b], 1);
-    atomic_fetch_add(&s->m.sum_us[e], us);
+    nl_srv_metrics_done(&s->m, e, r->status, us);
     json_t *p = json_string(r->path);
     char *path = p ? json_dumps(p, JSON_ENCODE_ANY) : NULL;
     json_t *dj = r->detail[0] ? json_string(r->detail) : NULL;
     char *detail = dj ? json_dumps(dj, JSON_ENCODE_ANY) : NULL;
-    logf_(s, r->status >= 500 ? NL_LOG_WARN : NL_LOG_INFO,
+    nl_srv_logf(s, r->status >= 500 ? NL_LOG_WARN : NL_LOG_INFO,
           "\"event\":\"request\",\"request_id\":\"%s\",\"method\":\"%s\",\"path\":%s,\"endpoint\":\"%s\","
           "\"status\":%d,\"latency_us\":%llu,\"bytes_in\":%zu%s%s%s",
-          r->rid, r->method, path ? path : "\"?\"", ep_names[e], r->status, (unsigned long long)us, r->len,
+          r->rid, r->method, path ? path : "\"?\"", nl_srv_endpoint_name(e), r->status, (unsigned long long)us, r->len,
           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : ",\"aborted\":true", detail ? ",\"detail\":" : "",
           detail ? detail : "");
     free(detail);
@@ -884,47 +501,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 }
 
 /* ---------------------------------------------------------------- lifecycle */
-
-static int load_keys(nl_server *s, const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return nl_fail(-errno, "api keys %s: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0, lineno = 0;
-    int rc = 0;
-    while (!rc && getline(&line, &cap, f) >= 0) {
-        lineno++;
-        char key[512], role[32], extra[8];
-        char *h = line + strspn(line, " \t");
-        if (*h == '#' || *h == '\n' || *h == 0)
-            continue;
-        int got = sscanf(h, "%511s %31s %7s", key, role, extra);
-        int rv = got == 2 ? (!strcmp(role, "read") ? ROLE_READ : !strcmp(role, "write") ? ROLE_WRITE
-                                                              : !strcmp(role, "admin") ? ROLE_ADMIN : 0)
-                          : 0;
-        if (!rv || strlen(key) < 8) {
-            rc = nl_fail(NL_EINVAL, "api keys %s line %zu: expected \"KEY ROLE\" (a key of 8+ characters, role "
-                         "read, write or admin)", path, lineno);
-            break;
-        }
-        api_key *nk = realloc(s->keys, (s->nkeys + 1) * sizeof *nk);
-        if (!nk || !(nk[s->nkeys].key = strdup(key))) {
-            if (nk) s->keys = nk;
-            rc = -ENOMEM;
-            break;
-        }
-        s->keys = nk;
-        s->keys[s->nkeys].len = strlen(key);
-        s->keys[s->nkeys].role = rv;
-        s->nkeys++;
-    }
-    free(line);
-    fclose(f);
-    if (!rc && s->nkeys == 0)
-        rc = nl_fail(NL_EINVAL, "api keys %s holds no key", path);
-    return rc;
-}
 
 static char *read_file(const char *path)
 {
@@ -946,11 +522,7 @@ static char *read_file(const char *path)
 
 static void server_free(nl_server *s)
 {
-    for (size_t i = 0; i < s->nkeys; i++) {
-        memset(s->keys[i].key, 0, s->keys[i].len);
-        free(s->keys[i].key);
-    }
-    free(s->keys);
+    nl_srv_keys_free(s);
     free(s->tls_cert);
     free(s->tls_key);
     pthread_mutex_destroy(&s->logmu);
@@ -989,7 +561,7 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
     if (inet_pton(AF_INET, s->opt.listen_addr, &sa.sin_addr) != 1)
         rc = nl_fail(NL_EINVAL, "listen address \"%s\" is not an IPv4 address", s->opt.listen_addr);
     if (!rc && s->opt.api_keys_path)
-        rc = load_keys(s, s->opt.api_keys_path);
+        rc = nl_srv_load_keys(s, s->opt.api_keys_path);
     if (!rc && (!!s->opt.tls_cert_path != !!s->opt.tls_key_path))
         rc = nl_fail(NL_EINVAL, "TLS needs both a certificate and a key");
     if (!rc && s->opt.tls_cert_path) {
@@ -1037,7 +609,7 @@ int nl_server_start(nl_db *db, const nl_server_options *opt, nl_server **out)
         server_free(s);
         return rc;
     }
-    logf_(s, NL_LOG_INFO, "\"event\":\"listening\",\"address\":\"%s:%u\",\"tls\":%s,\"auth\":%s,\"threads\":%u",
+    nl_srv_logf(s, NL_LOG_INFO, "\"event\":\"listening\",\"address\":\"%s:%u\",\"tls\":%s,\"auth\":%s,\"threads\":%u",
           s->opt.listen_addr, s->opt.port, s->tls_cert ? "true" : "false", s->nkeys ? "true" : "false",
           s->opt.threads);
     *out = s;
@@ -1065,6 +637,6 @@ void nl_server_stop(nl_server *s)
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(s->d);
-    logf_(s, NL_LOG_INFO, "\"event\":\"stopped\"");
+    nl_srv_logf(s, NL_LOG_INFO, "\"event\":\"stopped\"");
     server_free(s);
 }

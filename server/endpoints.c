@@ -165,17 +165,6 @@ static nl_cluster_call nl_srv_cluster_call(req *r, json_t *body, uint32_t def_ms
     return k;
 }
 
-/* A cluster answer: errors get the request id like every other error. */
-enum MHD_Result nl_srv_send_cluster(struct MHD_Connection *c, req *r, int status, json_t **outp)
-{
-    /* *outp is read here, after the call that fills it (an argument of this call) ran */
-    json_t *body = *outp;
-    json_t *e = json_object_get(body, "error");
-    if (json_is_object(e))
-        json_object_set_new(e, "request_id", json_string(r->rid));
-    return nl_srv_send_json(c, r, status, body ? body : json_object());
-}
-
 /* Bad "timeout_ms" / "require_complete" in a search body: 400 queued, returns 1. */
 static int bad_call_fields(json_t *j, struct MHD_Connection *c, req *r, enum MHD_Result *res)
 {

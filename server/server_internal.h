@@ -1,6 +1,11 @@
-/* server_internal.h — what the server's files share (server.c: the HTTP front, routing,
- * auth, metrics and lifecycle; endpoints.c: the endpoints and their JSON parsing). Not
- * installed: nl_server.h is the module's interface. */
+/* server_internal.h — what the server's files share. Not installed: nl_server.h is the
+ * module's interface. The files, from the top:
+ *   server.c      libmicrohttpd, admission, path routing, lifecycle
+ *   endpoints.c   the public endpoints and their JSON parsing
+ *   auth.c        API keys and the role check
+ *   metrics.c     counters and the Prometheus exposition
+ *   http_reply.c  the log line and every reply helper (calls nothing above it)
+ *   api_proto.c   the protobuf codec of the public API; ui.c the status page */
 #ifndef NL_SERVER_INTERNAL_H
 #define NL_SERVER_INTERNAL_H
 
@@ -82,8 +87,19 @@ typedef struct {
  * one-digit numbers). The parse budget is counted in these terms. */
 #define NL_PARSE_AMPLIFICATION 24u
 
+/* ---------------------------------------------------------------- http_reply.c */
+
+/* A log line in the server's format (fields: the inside of a JSON object), at level NL_LOG_*. */
+void nl_srv_logf(nl_server *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Copies msg into out with every absolute path replaced by "<path>": a client learns what
+ * failed, not where the server keeps its files (the log has the whole message). */
+void nl_srv_redact_paths(const char *msg, char *out, size_t cap);
+
 /* Responses: each queues the answer (taking over body) and returns MHD's result. */
 nl_api_endpoint nl_srv_api_ep(int e);
+/* buf (malloc'd, taken over) as the answer, with the headers every answer carries. */
+enum MHD_Result nl_srv_send_buffer(struct MHD_Connection *c, req *r, int status, void *buf, size_t len,
+                                   const char *ctype);
 enum MHD_Result nl_srv_send_json(struct MHD_Connection *c, req *r, int status, json_t *body);
 /* text (copied) as the answer with its content type. */
 enum MHD_Result nl_srv_send_text(struct MHD_Connection *c, req *r, int status, const char *ctype, const char *text,
@@ -93,11 +109,34 @@ extern const char nl_ui_page[];
 extern const size_t nl_ui_page_len;
 enum MHD_Result nl_srv_send_error(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* An error whose code does not say by itself that nothing was applied, for a call that
+ * certainly applied nothing ("applied": false). */
+enum MHD_Result nl_srv_send_refusal(struct MHD_Connection *c, req *r, int status, const char *code, const char *fmt,
+                                    ...) __attribute__((format(printf, 5, 6)));
+/* An engine error as an HTTP status and code. The detail of a server-side failure (5xx)
+ * goes to the log whole and to the client without paths. */
 enum MHD_Result nl_srv_send_engine_error(struct MHD_Connection *c, req *r, int rc, const char *what);
 /* A cluster answer (*outp, read after the call that fills it). */
 enum MHD_Result nl_srv_send_cluster(struct MHD_Connection *c, req *r, int status, json_t **outp);
 /* The body as JSON (protobuf bodies converted); NULL with the 400 queued in *res. */
 json_t *nl_srv_parse_body(struct MHD_Connection *c, req *r, enum MHD_Result *res);
+
+/* ---------------------------------------------------------------- auth.c, metrics.c */
+
+/* The key file into s->keys: 0 or NL_EINVAL naming the line. */
+int nl_srv_load_keys(nl_server *s, const char *path);
+/* Wipes and frees the keys. */
+void nl_srv_keys_free(nl_server *s);
+/* 0 when the request's key has at least role need; otherwise the 401/403 is queued in *res. */
+int nl_srv_check_auth(nl_server *s, struct MHD_Connection *c, req *r, int need, enum MHD_Result *res);
+
+/* /metrics: the Prometheus text exposition. */
+enum MHD_Result nl_srv_ep_metrics(nl_server *s, struct MHD_Connection *c, req *r);
+/* Counts a completed request (endpoint EP_*, its status, its latency). */
+void nl_srv_metrics_done(metrics *m, int e, int status, uint64_t us);
+const char *nl_srv_endpoint_name(int e);
+
+/* ---------------------------------------------------------------- endpoints.c */
 
 /* Endpoints (endpoints.c). h is the local collection, or NULL in cluster mode (then the
  * router answers, with r->cname and r->ccfg). */
