@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "nearline.h"
-#include "nl_catalog.h"
+#include "nl_files.h"
 #include "nl_dataset.h"
 #include "nl_util.h"
 

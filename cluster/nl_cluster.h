@@ -24,7 +24,7 @@
 
 #include <jansson.h>
 
-#include "nearline.h"
+#include "nearline_replica.h"
 #include "nl_filter.h"
 
 #ifdef __cplusplus

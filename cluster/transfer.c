@@ -31,7 +31,7 @@
 #include <zstd.h>
 
 #include "cluster_internal.h"
-#include "nl_catalog.h"
+#include "nl_files.h"
 #include "nl_crc32c.h"
 #include "nl_util.h"
 

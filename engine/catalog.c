@@ -96,21 +96,6 @@ int nl_catalog_list_collections(const char *db, char ***names, size_t *count)
     return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
-}
-
-int nl_remove_tree(const char *path)
-{
-    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT)
-        return -errno;
-    return 0;
-}
-
 /* ---------------------------------------------------------------- collection.json */
 
 int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *c)
@@ -219,50 +204,5 @@ int nl_catalog_read_config(const char *coll_dir, nl_collection_config *c)
             rc = nl_fail(NL_ECORRUPT, "%s: \"code\" must be pq:%u or rabitq:1..8", path, pqb);
     }
     json_decref(j);
-    return rc;
-}
-
-int nl_mkdirs(const char *path)
-{
-    char buf[4096];
-    size_t len = strlen(path);
-    if (len == 0 || len >= sizeof buf)
-        return -ENAMETOOLONG;
-    memcpy(buf, path, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (buf[i] != '/' && buf[i] != '\0')
-            continue;
-        char c = buf[i];
-        buf[i] = '\0';
-        if (mkdir(buf, 0755) != 0) {
-            if (errno != EEXIST)
-                return -errno;
-        } else {
-            /* A new directory's name is durable once its parent is synced. */
-            char parent[4096];
-            memcpy(parent, buf, i + 1);
-            char *slash = strrchr(parent, '/');
-            if (slash == parent)
-                slash[1] = '\0';
-            else if (slash)
-                *slash = '\0';
-            else
-                snprintf(parent, sizeof parent, ".");
-            int rc = nl_fsync_dir(parent);
-            if (rc)
-                return rc;
-        }
-        buf[i] = c;
-    }
-    return 0;
-}
-
-int nl_fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
     return rc;
 }

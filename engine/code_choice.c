@@ -7,6 +7,10 @@
  * lists), then random reads of the rows those lists name and of a strided training
  * sample. Memory: the lists (queries x 4L), one block, the named rows and the sample.
  * Everything is seeded, so the same input gives the same choice.
+ *
+ * Also here: the default code of a dimension (what a collection created without one, or
+ * an import told not to choose, navigates by) and the collection config's code as text
+ * ("pq:32", "rabitq:2", "auto"), so that every layer that names a code asks this file.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -16,12 +20,73 @@
 
 #include "nl_code_choice.h"
 #include "nl_eval.h"
-#include "nl_import.h"
+#include "nearline.h"
+#include "nl_rabitq.h"
 #include "nl_util.h"
 
 #define CC_BLOCK 65536u
 #define CC_CHUNK 4096u /* rows per chunk when the scan samples a larger input */
 #define CC_SAMPLE 65536u
+
+/* ---------------------------------------------------------------- defaults and names */
+
+uint32_t nl_code_default_pq_m(uint32_t dim)
+{
+    /* 32 bytes for the common 96..256-d embeddings (DiskANN's usual choice), more for
+     * wide vectors where 32 chunks would each span many dimensions. */
+    uint32_t m = dim <= 256 ? 32 : dim <= 512 ? 64 : 96;
+    return m < dim ? m : dim;
+}
+
+uint32_t nl_code_default(uint32_t dim)
+{
+    /* The most RaBitQ bits whose code fits in the default PQ size plus 8 bytes (the
+     * factors' room): 2 bits at 96..256-d, 1 bit at 512-d and 784-d; PQ where not even
+     * one bit fits (over ~800-d) or the rotation would be too big to keep. */
+    uint32_t room = nl_code_default_pq_m(dim) + 8;
+    for (uint32_t b = NL_RABITQ_MAX_BITS; b >= 1 && dim <= NL_RABITQ_MAX_DIM; b--)
+        if (nl_rabitq_code_bytes_for(dim, b) <= room)
+            return NL_COLL_CODE_RABITQ(b);
+    return NL_COLL_CODE_PQ;
+}
+
+int nl_collection_code_parse(const char *s, nl_collection_config *cfg)
+{
+    if (!strcmp(s, "auto")) {
+        cfg->code = NL_COLL_CODE_DEFAULT;
+        return 0;
+    }
+    nl_code_spec c;
+    int rc = nl_code_spec_parse(s, &c);
+    if (rc)
+        return rc;
+    if (c.kind == NL_CODE_PQ) {
+        cfg->code = NL_COLL_CODE_PQ;
+        cfg->pq_bytes = c.param;
+    } else {
+        cfg->code = NL_COLL_CODE_RABITQ(c.param);
+    }
+    return 0;
+}
+
+uint32_t nl_collection_code_resolved(const nl_collection_config *cfg)
+{
+    if (cfg->code != NL_COLL_CODE_DEFAULT)
+        return cfg->code;
+    return cfg->pq_bytes ? NL_COLL_CODE_PQ : nl_code_default(cfg->dim);
+}
+
+const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len)
+{
+    uint32_t code = nl_collection_code_resolved(cfg);
+    if (NL_COLL_CODE_IS_RABITQ(code))
+        snprintf(buf, len, "rabitq:%u", NL_COLL_CODE_BITS(code));
+    else
+        snprintf(buf, len, "pq:%u", cfg->pq_bytes ? cfg->pq_bytes : nl_code_default_pq_m(cfg->dim));
+    return buf;
+}
+
+/* ---------------------------------------------------------------- the estimate */
 
 typedef struct {
     float d;
@@ -332,7 +397,7 @@ int nl_code_choose(nl_dataset *ds, nl_metric metric, const nl_code_choice_params
         double rec;
         rc = estimate(&s, out, (nl_code_spec){NL_CODE_RABITQ, b}, p->seed, &rec);
     }
-    uint32_t pqs[2] = {nl_import_default_pq_m(d), budget && budget < d ? budget : 0};
+    uint32_t pqs[2] = {nl_code_default_pq_m(d), budget && budget < d ? budget : 0};
     for (int i = 0; !rc && p->evaluate_all && i < 2; i++) {
         double rec;
         if (pqs[i])
@@ -357,7 +422,7 @@ int nl_code_choose(nl_dataset *ds, nl_metric metric, const nl_code_choice_params
         }
     }
     if (!rc && !have) { /* a budget below every code: the smallest PQ that fits, said */
-        out->chosen = (nl_code_spec){NL_CODE_PQ, budget ? (budget < d ? budget : d) : nl_import_default_pq_m(d)};
+        out->chosen = (nl_code_spec){NL_CODE_PQ, budget ? (budget < d ? budget : d) : nl_code_default_pq_m(d)};
         best = 0.0;
     }
     if (!rc) {

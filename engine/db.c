@@ -161,42 +161,6 @@ void db_shard_config(const nl_collection_config *c, nl_shard_config *s)
     *s = (nl_shard_config){c->dim, c->dtype, c->metric, c->R, c->L, c->alpha, c->pq_bytes, c->fresh_capacity, c->code};
 }
 
-int nl_collection_code_parse(const char *s, nl_collection_config *cfg)
-{
-    if (!strcmp(s, "auto")) {
-        cfg->code = NL_COLL_CODE_DEFAULT;
-        return 0;
-    }
-    nl_code_spec c;
-    int rc = nl_code_spec_parse(s, &c);
-    if (rc)
-        return rc;
-    if (c.kind == NL_CODE_PQ) {
-        cfg->code = NL_COLL_CODE_PQ;
-        cfg->pq_bytes = c.param;
-    } else {
-        cfg->code = NL_COLL_CODE_RABITQ(c.param);
-    }
-    return 0;
-}
-
-uint32_t nl_collection_code_resolved(const nl_collection_config *cfg)
-{
-    if (cfg->code != NL_COLL_CODE_DEFAULT)
-        return cfg->code;
-    return cfg->pq_bytes ? NL_COLL_CODE_PQ : nl_import_default_code(cfg->dim);
-}
-
-const char *nl_collection_code_name(const nl_collection_config *cfg, char *buf, size_t len)
-{
-    uint32_t code = nl_collection_code_resolved(cfg);
-    if (NL_COLL_CODE_IS_RABITQ(code))
-        snprintf(buf, len, "rabitq:%u", NL_COLL_CODE_BITS(code));
-    else
-        snprintf(buf, len, "pq:%u", cfg->pq_bytes ? cfg->pq_bytes : nl_import_default_pq_m(cfg->dim));
-    return buf;
-}
-
 int nl_collection_config_defaults(nl_collection_config *cfg)
 {
     if (!cfg->shards)

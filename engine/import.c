@@ -30,26 +30,6 @@
 #include "nl_shard.h"
 #include "nl_util.h"
 
-uint32_t nl_import_default_pq_m(uint32_t dim)
-{
-    /* 32 bytes for the common 96..256-d embeddings (DiskANN's usual choice), more for
-     * wide vectors where 32 chunks would each span many dimensions. */
-    uint32_t m = dim <= 256 ? 32 : dim <= 512 ? 64 : 96;
-    return m < dim ? m : dim;
-}
-
-uint32_t nl_import_default_code(uint32_t dim)
-{
-    /* The most RaBitQ bits whose code fits in the default PQ size plus 8 bytes (the
-     * factors' room): 2 bits at 96..256-d, 1 bit at 512-d and 784-d; PQ where not even
-     * one bit fits (over ~800-d) or the rotation would be too big to keep. */
-    uint32_t room = nl_import_default_pq_m(dim) + 8;
-    for (uint32_t b = NL_RABITQ_MAX_BITS; b >= 1 && dim <= NL_RABITQ_MAX_DIM; b--)
-        if (nl_rabitq_code_bytes_for(dim, b) <= room)
-            return NL_COLL_CODE_RABITQ(b);
-    return NL_COLL_CODE_PQ;
-}
-
 /* <coll>/code_choice.json: how the import chose the code, for inspect. */
 static int write_choice(const char *coll_dir, const nl_code_choice *c)
 {
@@ -334,16 +314,16 @@ int nl_import(const nl_import_params *p, nl_import_result *r)
         t.R = p->R ? p->R : 64;
         t.L = p->L ? p->L : 100;
         t.alpha = p->alpha > 0 ? p->alpha : 1.2f;
-        t.pq_m = p->pq_m ? p->pq_m : nl_import_default_pq_m(dim);
+        t.pq_m = p->pq_m ? p->pq_m : nl_code_default_pq_m(dim);
         t.metric = p->metric;
-        t.code = p->code ? p->code : p->pq_m ? NL_COLL_CODE_PQ : nl_import_default_code(dim);
+        t.code = p->code ? p->code : p->pq_m ? NL_COLL_CODE_PQ : nl_code_default(dim);
     }
     if (!p->append && !p->code && !p->pq_m && n >= 1000) {
         /* The code is chosen from the data, within the memory allowed. */
         nl_code_choice_params cp = {.target = p->recall_target, .L = 50, .seed = p->seed, .threads = p->threads};
         cp.budget = p->search_memory_per_point ? p->search_memory_per_point
                     : p->search_memory ? (uint32_t)(p->search_memory / n < UINT32_MAX ? p->search_memory / n : UINT32_MAX)
-                                       : nl_import_default_pq_m(dim) + 8;
+                                       : nl_code_default_pq_m(dim) + 8;
         if (cp.budget == 0) {
             rc = nl_fail(NL_EINVAL, "--search-memory allows less than one byte a point for %zu points", n);
             goto out;

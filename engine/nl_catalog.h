@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "nearline.h"
+#include "nl_files.h"
 #include "nl_common.h"
 
 #ifdef __cplusplus
@@ -32,14 +33,6 @@ void nl_string_list_free(char **list, size_t count);
  * file, fsync, rename) and read as untrusted (NL_ECORRUPT naming the bad field). */
 int nl_catalog_write_config(const char *coll_dir, const nl_collection_config *cfg);
 int nl_catalog_read_config(const char *coll_dir, nl_collection_config *cfg);
-
-/* fsync of a directory (after creating, renaming or removing entries in it). */
-int nl_fsync_dir(const char *path);
-/* mkdir -p: creates path and any missing parent; 0 or a negated errno. */
-int nl_mkdirs(const char *path);
-
-/* Removes a directory tree (used to clean up failed imports). */
-int nl_remove_tree(const char *path);
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,7 @@
 #ifndef NL_SHARD_H
 #define NL_SHARD_H
 
-#include "nearline.h"
+#include "nearline_replica.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -111,6 +111,10 @@ int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *p
 
 /* shared by the write paths (shard.c, shard_delete.c) */
 int sh_check_id(const nl_id *id, size_t i);
+/* Point i checked whole (id, dimension, finite values that fit the stored type,
+ * metadata); converted (row_bytes, may be NULL) gets the vector in the stored type. 0 or
+ * NL_EINVAL / NL_EDIM / NL_EBADVALUE naming the point. */
+int sh_check_point(const nl_shard *sh, const nl_point *p, size_t i, void *converted);
 int sh_add_tombstones_locked(nl_shard *sh, const uint64_t *pids, const unsigned char *valid, size_t n);
 /* Adds to b the deletion of version pid's postings, from its stored metadata (if any). */
 int sh_drop_stored_postings(nl_shard *sh, nl_store_batch *b, const unsigned char *ek, size_t ekl, uint64_t pid);
@@ -179,6 +183,10 @@ int sh_check_failed(nl_shard *sh);
 int sh_flush_due(nl_shard *sh);
 int sh_compaction_due(nl_shard *sh);
 void sh_kick_background(nl_shard *sh);
+/* The flush and compaction threads (shard_maint.c): started by create and open unless
+ * opt.no_background; stopped (joined) by close. */
+int sh_start_background(nl_shard *sh);
+void sh_stop_background(nl_shard *sh);
 
 /* The shard's code as a quantizer spec (cfg.code resolved by nl_shard_config_check). */
 static inline nl_code_spec sh_code_spec(const nl_shard_config *c)

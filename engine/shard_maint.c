@@ -1,7 +1,8 @@
 /*
  * shard_maint.c — a shard's maintenance: flush (fresh index -> segment), compaction
  * (segments -> one segment without deleted versions), the policies that decide when
- * the maintenance thread runs them, and verification.
+ * they are due, the two threads that run them (flush at nice 5, compaction at nice 10;
+ * the end of this file), and verification.
  *
  * Both publish with the same three steps: write and fsync the new segment file under a
  * number the manifest does not list yet; one synced RocksDB batch that changes the
@@ -37,6 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nl_quant.h"
@@ -914,4 +918,120 @@ int nl_shard_verify(nl_shard *sh, nl_verify_report *out)
         out->problems += r.problems;
     }
     return rc;
+}
+
+/* ---------------------------------------------------------------- maintenance thread */
+
+/* Waits up to 200 ms for a kick or the stop flag; 0 when stopping. */
+static int bg_wait(nl_shard *sh)
+{
+    pthread_mutex_lock(&sh->bgmu);
+    if (!sh->bg_stop && !sh->bg_kick) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&sh->bgcv, &sh->bgmu, &ts);
+    }
+    sh->bg_kick = 0;
+    int go = !sh->bg_stop;
+    pthread_mutex_unlock(&sh->bgmu);
+    return go;
+}
+
+static void bg_failed(nl_shard *sh, int rc)
+{
+    atomic_store(&sh->bg_error, rc);
+    /* Do not spin on a persistent error (a full disk): back off. */
+    struct timespec pause = {1, 0};
+    nanosleep(&pause, NULL);
+}
+
+/* Flushes run on their own thread at nice 5: below the writers and searches, whose
+ * latency is what clients see (a flush's CPU otherwise lands in their p99; measured in
+ * docs/benchmarks.md), above compaction, since writers wait for a flush when the fresh
+ * index fills. */
+static void *bg_flush_main(void *arg)
+{
+    nl_shard *sh = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 5) != 0) { /* best effort */ }
+    while (bg_wait(sh)) {
+        int rc = sh_flush_due(sh) ? nl_shard_flush(sh) : 0;
+        if (rc)
+            bg_failed(sh, rc);
+    }
+    return NULL;
+}
+
+/* Compaction is deferrable work: it runs at a lower CPU priority (nice 10, inherited by
+ * its build threads), so under sustained ingest it takes the cycles writers and searches
+ * leave, and catches up when they pause (the LSM trade: reads pay for more segments
+ * meanwhile). */
+static void *bg_compact_main(void *arg)
+{
+    nl_shard *sh = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) { /* best effort */ }
+    uint64_t deferred_until = 0;
+    while (bg_wait(sh)) {
+        if (!sh_compaction_due(sh) || nl_now_ns() < deferred_until)
+            continue;
+        if (sh->opt.compact_gate && sh->opt.compact_gate(sh->opt.compact_gate_ctx, sh->dir, 1) != 0) {
+            deferred_until = nl_now_ns() + 1000000000ull; /* another replica or shard is compacting */
+            continue;
+        }
+        int rc = nl_shard_compact(sh, NL_COMPACT_POLICY, 0, NULL);
+        if (sh->opt.compact_gate)
+            sh->opt.compact_gate(sh->opt.compact_gate_ctx, sh->dir, 0);
+        if (rc)
+            bg_failed(sh, rc);
+    }
+    return NULL;
+}
+
+void sh_kick_background(nl_shard *sh)
+{
+    if (!sh->bg_running)
+        return;
+    pthread_mutex_lock(&sh->bgmu);
+    sh->bg_kick = 1;
+    pthread_cond_broadcast(&sh->bgcv);
+    pthread_mutex_unlock(&sh->bgmu);
+}
+
+int sh_start_background(nl_shard *sh)
+{
+    if (sh->opt.no_background)
+        return 0;
+    int rc = pthread_create(&sh->bg_flush, NULL, bg_flush_main, sh);
+    if (rc)
+        return nl_fail(-rc, "cannot start the flush thread: %s", strerror(rc));
+    /* Named here, before the shard is handed out: ops and fault tests find them by name. */
+    pthread_setname_np(sh->bg_flush, "nl-flush");
+    if ((rc = pthread_create(&sh->bg_compact, NULL, bg_compact_main, sh)) != 0) {
+        pthread_mutex_lock(&sh->bgmu);
+        sh->bg_stop = 1;
+        pthread_cond_broadcast(&sh->bgcv);
+        pthread_mutex_unlock(&sh->bgmu);
+        pthread_join(sh->bg_flush, NULL);
+        return nl_fail(-rc, "cannot start the compaction thread: %s", strerror(rc));
+    }
+    pthread_setname_np(sh->bg_compact, "nl-compact");
+    sh->bg_running = 1;
+    return 0;
+}
+
+void sh_stop_background(nl_shard *sh)
+{
+    if (!sh->bg_running)
+        return;
+    pthread_mutex_lock(&sh->bgmu);
+    sh->bg_stop = 1;
+    pthread_cond_broadcast(&sh->bgcv);
+    pthread_mutex_unlock(&sh->bgmu);
+    pthread_join(sh->bg_flush, NULL);
+    pthread_join(sh->bg_compact, NULL);
+    sh->bg_running = 0;
 }

@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <sys/wait.h>
 
-#include "nearline.h"
+#include "nearline_replica.h"
 #include "nl_dataset.h"
 #include "nl_eval.h"
 #include "nl_import.h"

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "nearline.h"
+#include "nearline_replica.h"
 #include "nl_filter.h"
 #include "test_util.h"
 

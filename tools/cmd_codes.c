@@ -13,7 +13,6 @@
 #include "cli.h"
 #include "nl_code_choice.h"
 #include "nl_dataset.h"
-#include "nl_import.h"
 
 static int help(FILE *f)
 {
@@ -100,7 +99,7 @@ int cmd_codes(int argc, char **argv)
         return 1;
     }
     if (!cp.budget)
-        cp.budget = nl_import_default_pq_m(nl_dataset_dim(ds)) + 8;
+        cp.budget = nl_code_default_pq_m(nl_dataset_dim(ds)) + 8;
     if (qpath && (rc = nl_dataset_open(qpath, NL_FORMAT_AUTO, &qs)) != 0) {
         cli_error(C, rc, "%s", qpath);
         nl_dataset_close(ds);

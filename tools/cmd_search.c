@@ -19,7 +19,6 @@
 #include "cli.h"
 #include "nearline.h"
 #include "nl_dataset.h"
-#include "nl_io.h"
 #include "nl_util.h"
 
 typedef struct {
@@ -185,10 +184,10 @@ int cmd_search(int argc, char **argv)
         nl_filter_destroy(filter);
         return 2;
     }
-    nl_io_mode iom = NL_IO_AUTO;
-    if (!strcmp(io_s, "uring")) iom = NL_IO_URING;
-    else if (!strcmp(io_s, "pread")) iom = NL_IO_PREAD;
-    else if (strcmp(io_s, "auto")) {
+    /* auto and uring both read through io_uring where the kernel has it (the engine's
+     * choice, nl_db_options.io_pread); pread forces plain reads */
+    int io_pread = !strcmp(io_s, "pread");
+    if (!io_pread && strcmp(io_s, "uring") && strcmp(io_s, "auto")) {
         cli_error(C, 0, "--io must be auto, uring or pread");
         return 2;
     }
@@ -208,7 +207,7 @@ int cmd_search(int argc, char **argv)
     /* Unset: the engine's default; 0: no cache (1 byte holds no node). */
     dopt.cache_budget = !have_cache ? 0 : cache ? cache : 1;
     dopt.search_inflight = inflight;
-    dopt.io_pread = iom == NL_IO_PREAD;
+    dopt.io_pread = io_pread;
     dopt.buffered_io = buffered;
     dopt.no_background = 1; /* a read-only run: nothing to flush or compact */
     if ((rc = nl_db_open(db, &dopt, &dbh)) != 0) {
@@ -358,7 +357,7 @@ int cmd_search(int argc, char **argv)
                (unsigned long long)cst.segments, (unsigned long long)cst.points,
                (unsigned long long)cst.fresh_points, (unsigned long long)cst.cached_nodes,
                (unsigned long long)cst.seed_members, (unsigned long long)cst.ram_bytes, (unsigned long long)cst.disk_bytes,
-               iom == NL_IO_PREAD ? "pread" : "uring", cst.direct_io ? "true" : "false",
+               io_pread ? "pread" : "uring", cst.direct_io ? "true" : "false",
                (unsigned long long)nl_peak_rss_bytes());
         fflush(stdout);
     }

@@ -25,6 +25,12 @@
 
 #define NL_CODE_CHOICE_MAX 16
 
+/* The default PQ code size for a dimension. */
+uint32_t nl_code_default_pq_m(uint32_t dim);
+/* The default code of a new collection (nl_collection_config.code, NL_COLL_CODE_*) for a
+ * dimension: the most RaBitQ bits that fit the default PQ size plus 8 bytes, else PQ. */
+uint32_t nl_code_default(uint32_t dim);
+
 typedef struct {
     double target;     /* recall@10 to reach; 0 = 0.95 */
     uint32_t L;        /* list size the estimate is for; 0 = 50 */

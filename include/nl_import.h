@@ -88,11 +88,6 @@ typedef struct {
 
 enum { NL_LAYOUT_AUTO = 0, NL_LAYOUT_ID = 1, NL_LAYOUT_BLOCKS = 2 };
 
-/* The default PQ code size for a dimension. */
-uint32_t nl_import_default_pq_m(uint32_t dim);
-/* The default code of a new collection (nl_collection_config.code) for a dimension. */
-uint32_t nl_import_default_code(uint32_t dim);
-
 int nl_import(const nl_import_params *p, nl_import_result *r);
 
 #ifdef __cplusplus
