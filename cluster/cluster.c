@@ -53,128 +53,7 @@
 
 #define NL_VERSION "0.14"
 
-/* ---------------------------------------------------------------- small helpers */
-
-void cl_log(nl_cluster *cl, int level, const char *fmt, ...)
-{
-    if (!cl->opt.log)
-        return;
-    char msg[1400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    cl->opt.log(cl->opt.log_ctx, level, msg);
-}
-
-json_t *cl_error(const char *code, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
-}
-
-void cl_node_url(const nl_node_info *n, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s://%s", n->tls ? "https" : "http", n->address);
-}
-
-void cl_path(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b);
-#define path_of cl_path
-void cl_path(nl_cluster *cl, char *buf, size_t cap, const char *a, const char *b)
-{
-    if (b)
-        snprintf(buf, cap, "%s/%s/%s", cl->root, a, b);
-    else if (a)
-        snprintf(buf, cap, "%s/%s", cl->root, a);
-    else
-        snprintf(buf, cap, "%s", cl->root);
-}
-
-static int zerr(int zrc)
-{
-    switch (zrc) {
-    case ZOK: return 0;
-    case ZNONODE: return NL_ENOTFOUND;
-    case ZNODEEXISTS: return NL_EEXISTS;
-    case ZBADVERSION: return -ESTALE;
-    case ZCONNECTIONLOSS: case ZOPERATIONTIMEOUT: case ZSESSIONEXPIRED: case ZINVALIDSTATE: return NL_EUNAVAILABLE;
-    default: return -EIO;
-    }
-}
-
-/* ---------------------------------------------------------------- snapshot */
-
-static void snap_free(cl_snapshot *s)
-{
-    if (s) {
-        free(s->colls);
-        free(s);
-    }
-}
-
-cl_snapshot *cl_snap_get(nl_cluster *cl)
-{
-    pthread_mutex_lock(&cl->snap_mu);
-    cl_snapshot *s = cl->snap;
-    NL_ASSERT(s->refs >= 1); /* the published one holds its own */
-    s->refs++;
-    pthread_mutex_unlock(&cl->snap_mu);
-    return s;
-}
-
-void cl_snap_put(nl_cluster *cl, cl_snapshot *s)
-{
-    pthread_mutex_lock(&cl->snap_mu);
-    NL_ASSERT(s->refs >= 1);
-    int last = --s->refs == 0;
-    pthread_mutex_unlock(&cl->snap_mu);
-    if (last)
-        snap_free(s);
-}
-
-static void snap_publish(nl_cluster *cl, cl_snapshot *n)
-{
-    n->refs = 1;
-    pthread_mutex_lock(&cl->snap_mu);
-    cl_snapshot *old = cl->snap;
-    cl->snap = n;
-    int last = old && --old->refs == 0;
-    pthread_mutex_unlock(&cl->snap_mu);
-    if (last)
-        snap_free(old);
-}
-
-const cl_coll *cl_snap_coll(const cl_snapshot *s, const char *name)
-{
-    for (size_t i = 0; i < s->ncolls; i++)
-        if (!strcmp(s->colls[i].cc.name, name))
-            return &s->colls[i];
-    return NULL;
-}
-
-const nl_node_info *cl_snap_node(const cl_snapshot *s, const char *id)
-{
-    for (size_t i = 0; i < s->nnodes; i++)
-        if (!strcmp(s->nodes[i].id, id))
-            return &s->nodes[i];
-    return NULL;
-}
-
 /* ---------------------------------------------------------------- the session */
-
-static void wake(nl_cluster *cl)
-{
-    pthread_mutex_lock(&cl->mu);
-    cl->dirty = 1;
-    pthread_cond_signal(&cl->cv);
-    pthread_mutex_unlock(&cl->mu);
-}
-
-void cl_wake(nl_cluster *cl) { wake(cl); }
 
 static void watcher(zhandle_t *zh, int type, int state, const char *path, void *ctx)
 {
@@ -188,49 +67,7 @@ static void watcher(zhandle_t *zh, int type, int state, const char *path, void *
         if (state == ZOO_EXPIRED_SESSION_STATE)
             atomic_store(&cl->expired, 1);
     }
-    wake(cl);
-}
-
-/* Reads a znode into a malloc'd NUL-terminated buffer; watch: leave a watch. */
-static int zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, struct Stat *st)
-{
-    if (!cl->zh)
-        return NL_EUNAVAILABLE; /* left the cluster (shutting down) */
-    struct Stat s;
-    if (!st)
-        st = &s;
-    /* 64 KiB holds any map of up to a few hundred shards; a larger znode is read again at
-     * its size (zoo_get truncates, and says the real length in the stat) */
-    int cap = 64 << 10;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        char *buf = malloc((size_t)cap + 1);
-        if (!buf)
-            return -ENOMEM;
-        int n = cap;
-        int zrc = nl_zk_get(cl->zh, CL_ZK_MS(cl), path, watch, buf, &n, st);
-        if (zrc != ZOK) {
-            free(buf);
-            return zerr(zrc);
-        }
-        if (st->dataLength <= cap) {
-            n = n < 0 ? 0 : n;
-            buf[n] = 0;
-            *out = buf;
-            *len = n;
-            return 0;
-        }
-        free(buf);
-        cap = st->dataLength;
-    }
-    return nl_fail(-EAGAIN, "znode %s kept growing while it was read", path);
-}
-
-static int zcreate(nl_cluster *cl, const char *path, const char *data, int flags, char *made, int madecap)
-{
-    if (!cl->zh)
-        return NL_EUNAVAILABLE;
-    int zrc = nl_zk_create(cl->zh, CL_ZK_MS(cl), path, data, data ? (int)strlen(data) : -1, flags, made, madecap);
-    return zerr(zrc);
+    cl_wake(cl);
 }
 
 static uint64_t du_total;
@@ -296,7 +133,7 @@ static int ensure_root(nl_cluster *cl)
         for (const char *q = cl->root + 1;; q++) {
             if (*q == '/' || *q == 0) {
                 snprintf(part, sizeof part, "%.*s", (int)(q - cl->root), cl->root);
-                int rc = zcreate(cl, part, NULL, 0, NULL, 0);
+                int rc = cl_zcreate(cl, part, NULL, 0, NULL, 0);
                 if (rc && rc != NL_EEXISTS)
                     return nl_fail(rc, "cannot create %s", part);
                 if (!*q)
@@ -305,14 +142,14 @@ static int ensure_root(nl_cluster *cl)
         }
         cl_log(cl, 1, "\"event\":\"cluster_root_created\",\"root\":\"%s\"", cl->root);
     } else {
-        return zerr(zrc);
+        return cl_zerr(zrc);
     }
     /* drain: the operator's drained nodes; compacting: locks staggering the compactions of
      * one shard's replicas (moves.c) */
     static const char *const kids[] = {"nodes", "collections", "maps", "election", "drain", "compacting"};
     for (int i = 0; i < 6; i++) {
-        path_of(cl, p, sizeof p, kids[i], NULL);
-        int rc = zcreate(cl, p, NULL, 0, NULL, 0);
+        cl_path(cl, p, sizeof p, kids[i], NULL);
+        int rc = cl_zcreate(cl, p, NULL, 0, NULL, 0);
         if (rc && rc != NL_EEXISTS)
             return nl_fail(rc, "cannot create %s", p);
     }
@@ -335,8 +172,8 @@ static int do_register(nl_cluster *cl)
     char *data = nl_node_info_encode(&me);
     if (!data)
         return -ENOMEM;
-    path_of(cl, p, sizeof p, "nodes", cl->node_id);
-    rc = zcreate(cl, p, data, ZOO_EPHEMERAL, NULL, 0);
+    cl_path(cl, p, sizeof p, "nodes", cl->node_id);
+    rc = cl_zcreate(cl, p, data, ZOO_EPHEMERAL, NULL, 0);
     free(data);
     if (rc == NL_EEXISTS) {
         struct Stat st;
@@ -364,15 +201,15 @@ static int do_register(nl_cluster *cl)
                    (unsigned long long)st.ephemeralOwner);
             return nl_fail(NL_EEXISTS, "node id %s is already registered by another live process", cl->node_id);
         } else {
-            return zerr(zrc);
+            return cl_zerr(zrc);
         }
     }
     if (rc)
         return rc;
     cl->dup_since_ns = 0;
     char made[300] = {0};
-    path_of(cl, p, sizeof p, "election", "n_");
-    if ((rc = zcreate(cl, p, cl->node_id, ZOO_EPHEMERAL | ZOO_SEQUENCE, made, sizeof made - 1)) != 0)
+    cl_path(cl, p, sizeof p, "election", "n_");
+    if ((rc = cl_zcreate(cl, p, cl->node_id, ZOO_EPHEMERAL | ZOO_SEQUENCE, made, sizeof made - 1)) != 0)
         return rc;
     snprintf(cl->election_node, sizeof cl->election_node, "%s", made);
     atomic_store(&cl->registered, 1);
@@ -397,6 +234,8 @@ static int session_open(nl_cluster *cl)
 
 /* ---------------------------------------------------------------- reading the cluster */
 
+#define DROP_GRACE_MS 10000
+
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 static int cmp_node(const void *a, const void *b) { return strcmp(((const nl_node_info *)a)->id, ((const nl_node_info *)b)->id); }
 static int cmp_coll(const void *a, const void *b) { return strcmp(((const cl_coll *)a)->cc.name, ((const cl_coll *)b)->cc.name); }
@@ -409,17 +248,17 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     if (!s)
         return -ENOMEM;
     struct String_vector ch = {0, NULL};
-    path_of(cl, p, sizeof p, "nodes", NULL);
+    cl_path(cl, p, sizeof p, "nodes", NULL);
     int zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch);
     if (zrc != ZOK) {
         free(s);
-        return zerr(zrc);
+        return cl_zerr(zrc);
     }
     for (int i = 0; i < ch.count && s->nnodes < NL_MAX_NODES; i++) {
         char *buf;
         int len;
-        path_of(cl, p, sizeof p, "nodes", ch.data[i]);
-        if (zget(cl, p, 0, &buf, &len, NULL) == 0) {
+        cl_path(cl, p, sizeof p, "nodes", ch.data[i]);
+        if (cl_zget(cl, p, 0, &buf, &len, NULL) == 0) {
             if (nl_node_info_decode(buf, (size_t)len, &s->nodes[s->nnodes]) == 0 &&
                 !strcmp(s->nodes[s->nnodes].id, ch.data[i]))
                 s->nnodes++;
@@ -431,10 +270,10 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     deallocate_String_vector(&ch);
     qsort(s->nodes, s->nnodes, sizeof *s->nodes, cmp_node);
 
-    path_of(cl, p, sizeof p, "collections", NULL);
+    cl_path(cl, p, sizeof p, "collections", NULL);
     if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch)) != ZOK) {
         free(s);
-        return zerr(zrc);
+        return cl_zerr(zrc);
     }
     s->colls = calloc(ch.count ? (size_t)ch.count : 1, sizeof *s->colls);
     if (!s->colls) { /* never publish a snapshot that silently lacks collections */
@@ -446,8 +285,8 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         cl_coll *c = &s->colls[s->ncolls];
         char *buf;
         int len;
-        path_of(cl, p, sizeof p, "collections", ch.data[i]);
-        if (zget(cl, p, 0, &buf, &len, NULL) != 0)
+        cl_path(cl, p, sizeof p, "collections", ch.data[i]);
+        if (cl_zget(cl, p, 0, &buf, &len, NULL) != 0)
             continue; /* dropped meanwhile */
         int ok = nl_cluster_collection_decode(buf, (size_t)len, &c->cc) == 0 && !strcmp(c->cc.name, ch.data[i]);
         free(buf);
@@ -456,8 +295,8 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
             continue;
         }
         struct Stat st;
-        path_of(cl, p, sizeof p, "maps", ch.data[i]);
-        if (zget(cl, p, 1, &buf, &len, &st) == 0) {
+        cl_path(cl, p, sizeof p, "maps", ch.data[i]);
+        if (cl_zget(cl, p, 1, &buf, &len, &st) == 0) {
             if (nl_shard_map_decode(buf, (size_t)len, &c->map) == 0 && c->map.nshards == c->cc.cfg.shards &&
                 !strcmp(c->map.uid, c->cc.uid)) {
                 c->map.version = st.version;
@@ -474,7 +313,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     deallocate_String_vector(&ch);
     qsort(s->colls, s->ncolls, sizeof *s->colls, cmp_coll);
 
-    path_of(cl, p, sizeof p, "drain", NULL);
+    cl_path(cl, p, sizeof p, "drain", NULL);
     if (nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch) == ZOK) {
         for (int i = 0; i < ch.count && s->ndrained < NL_MAX_NODES; i++)
             if (nl_node_id_check(ch.data[i]) == 0)
@@ -482,13 +321,13 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         deallocate_String_vector(&ch);
     }
     nl_clear_errdetail();
-    path_of(cl, p, sizeof p, "rebalance", NULL);
+    cl_path(cl, p, sizeof p, "rebalance", NULL);
     struct Stat rst;
     s->rebalance = nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, &rst) == ZOK;
-    path_of(cl, p, sizeof p, "election", NULL);
+    cl_path(cl, p, sizeof p, "election", NULL);
     if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch)) != ZOK) {
-        snap_free(s);
-        return zerr(zrc);
+        cl_snap_free(s);
+        return cl_zerr(zrc);
     }
     qsort(ch.data, (size_t)ch.count, sizeof *ch.data, cmp_str); /* n_<10-digit seq>: sorts by sequence */
     *nelect = 0;
@@ -497,8 +336,8 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     if (ch.count) {
         char *buf;
         int len;
-        path_of(cl, p, sizeof p, "election", ch.data[0]);
-        if (zget(cl, p, 0, &buf, &len, NULL) == 0) {
+        cl_path(cl, p, sizeof p, "election", ch.data[0]);
+        if (cl_zget(cl, p, 0, &buf, &len, NULL) == 0) {
             snprintf(s->coordinator, sizeof s->coordinator, "%.*s", len, buf);
             free(buf);
         }
@@ -553,8 +392,8 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
         }
         char *data = nl_shard_map_encode(m);
         char mp[512], cp[512];
-        path_of(cl, mp, sizeof mp, "maps", c->cc.name);
-        path_of(cl, cp, sizeof cp, "collections", c->cc.name);
+        cl_path(cl, mp, sizeof mp, "maps", c->cc.name);
+        cl_path(cl, cp, sizeof cp, "collections", c->cc.name);
         /* fenced: only while our election znode exists, and only while the collection
          * exists (a drop racing the placement wins) */
         zoo_op_t ops[3];
@@ -581,163 +420,6 @@ static void coordinate(nl_cluster *cl, const cl_snapshot *s)
     free(nodes);
 }
 
-int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fenced, int32_t *newv)
-{
-    char *data = nl_shard_map_encode(m), mp[512];
-    if (!data)
-        return -ENOMEM;
-    path_of(cl, mp, sizeof mp, "maps", m->collection);
-    zoo_op_t ops[2];
-    zoo_op_result_t res[2];
-    struct Stat st;
-    memset(&st, 0, sizeof st);
-    int n = 0;
-    if (fenced)
-        zoo_check_op_init(&ops[n++], cl->election_node, -1);
-    zoo_set_op_init(&ops[n++], mp, data, (int)strlen(data), version, &st);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
-    free(data);
-    if (zrc == ZOK) {
-        atomic_fetch_add(&cl->map_writes, 1);
-        if (newv)
-            *newv = st.version;
-        return 0;
-    }
-    atomic_fetch_add(&cl->map_conflicts, 1);
-    if (zrc == ZBADVERSION)
-        return -ESTALE;
-    return nl_fail(zerr(zrc) == -ESTALE ? NL_EUNAVAILABLE : zerr(zrc), "map write of '%s': %s", m->collection,
-                   zerror(zrc));
-}
-
-/* ---------------------------------------------------------------- local shards */
-
-static void uid_path(nl_cluster *cl, const char *name, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s/.cluster/%s.uid", cl->db_dir, name);
-}
-
-static int uid_read(nl_cluster *cl, const char *name, char *uid, size_t cap)
-{
-    char p[4400];
-    uid_path(cl, name, p, sizeof p);
-    FILE *f = fopen(p, "r");
-    if (!f)
-        return -1;
-    int ok = fgets(uid, (int)cap, f) != NULL;
-    fclose(f);
-    uid[strcspn(uid, "\n")] = 0;
-    return ok ? 0 : -1;
-}
-
-static int uid_write(nl_cluster *cl, const char *name, const char *uid)
-{
-    char d[4200], p[4400], t[4500];
-    snprintf(d, sizeof d, "%s/.cluster", cl->db_dir);
-    mkdir(d, 0755);
-    uid_path(cl, name, p, sizeof p);
-    snprintf(t, sizeof t, "%s.tmp", p);
-    FILE *f = fopen(t, "w");
-    if (!f)
-        return -errno;
-    fprintf(f, "%s\n", uid);
-    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
-    fclose(f);
-    if (bad || rename(t, p) != 0)
-        return -EIO;
-    return 0;
-}
-
-static void report_refused(nl_cluster *cl, const char *name, uint32_t s, const char *why)
-{
-    char line[200];
-    snprintf(line, sizeof line, "%s/%u: %s", name, s, why);
-    pthread_mutex_lock(&cl->rep_mu);
-    int known = 0;
-    for (size_t i = 0; i < cl->nrefused; i++)
-        known |= !strcmp(cl->refused[i], line);
-    if (!known && cl->nrefused < 64)
-        snprintf(cl->refused[cl->nrefused++], sizeof cl->refused[0], "%s", line);
-    pthread_mutex_unlock(&cl->rep_mu);
-    if (!known)
-        cl_log(cl, 3, "\"event\":\"shard_refused\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"%s\"", name, s, why);
-}
-
-/* Opens (creating when missing) shard s of c locally; checks an existing copy first. */
-static int verified(nl_cluster *cl, const nl_cluster_collection *cc, int add)
-{
-    char key[96];
-    snprintf(key, sizeof key, "%s %s", cc->name, cc->uid);
-    pthread_mutex_lock(&cl->rep_mu);
-    int found = 0;
-    for (size_t i = 0; i < cl->nverified && !found; i++)
-        found = !strcmp(cl->verified[i], key);
-    if (!found && add && cl->nverified < NL_MAX_COLLECTIONS)
-        snprintf(cl->verified[cl->nverified++], sizeof cl->verified[0], "%s", key);
-    pthread_mutex_unlock(&cl->rep_mu);
-    return found;
-}
-
-static void unverify(nl_cluster *cl, const char *name)
-{
-    size_t n = strlen(name);
-    pthread_mutex_lock(&cl->rep_mu);
-    for (size_t i = 0; i < cl->nverified;)
-        if (!strncmp(cl->verified[i], name, n) && cl->verified[i][n] == ' ')
-            memmove(cl->verified[i], cl->verified[--cl->nverified], sizeof cl->verified[0]);
-        else
-            i++;
-    pthread_mutex_unlock(&cl->rep_mu);
-}
-
-int cl_attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out)
-{
-    *out = NULL;
-    nl_collection *h = NULL;
-    int rc = nl_collection_open(cl->opt.db, cc->name, &h);
-    if (rc == 0 && nl_collection_shard_held(h, s) && verified(cl, cc, 0)) {
-        *out = h; /* the common case: an internal call on a shard already open and checked */
-        return 0;
-    }
-    if (rc == NL_ENOTFOUND) {
-        nl_clear_errdetail();
-        rc = nl_collection_create_shards(cl->opt.db, cc->name, &cc->cfg, &s, 1);
-        if (rc == 0 || rc == NL_EEXISTS)
-            rc = uid_write(cl, cc->name, cc->uid);
-        if (rc == 0 || rc == NL_EEXISTS)
-            rc = nl_collection_open(cl->opt.db, cc->name, &h);
-    }
-    if (rc)
-        return rc;
-    nl_collection_config local;
-    nl_collection_describe(h, &local);
-    char uid[64] = {0};
-    if ((rc = nl_cluster_collection_match(cc, &local)) != 0) {
-        report_refused(cl, cc->name, s, nl_errdetail());
-    } else if (uid_read(cl, cc->name, uid, sizeof uid) == 0 && strcmp(uid, cc->uid)) {
-        rc = nl_fail(NL_ECORRUPT, "the local copy of '%s' belongs to an earlier collection of that name (uid %s, "
-                     "the cluster's is %s)", cc->name, uid, cc->uid);
-        report_refused(cl, cc->name, s, nl_errdetail());
-    } else {
-        if (!uid[0])
-            uid_write(cl, cc->name, cc->uid);
-        if (!nl_collection_shard_held(h, s) && (rc = nl_collection_shard_attach(h, s)) != 0)
-            report_refused(cl, cc->name, s, nl_errdetail());
-        if (!rc)
-            verified(cl, cc, 1);
-    }
-    if (rc) {
-        nl_collection_close(h);
-        return rc;
-    }
-    *out = h;
-    return 0;
-}
-
-#define DROP_GRACE_MS 10000
-
 /* A local copy of shard sh the map no longer gives this node, of the same collection (its
  * uid), while the shard has its full in-sync set elsewhere (a move finished, or a replica
  * replaced): removed once that has been so for DROP_GRACE_MS (searches that started on it
@@ -746,7 +428,7 @@ static int drop_moved(nl_cluster *cl, const cl_coll *c, nl_collection *h, uint32
 {
     char uid[64] = {0}, key[100];
     const nl_shard_entry *e = sh < c->map.nshards ? &c->map.shard[sh] : NULL;
-    if (!e || uid_read(cl, c->cc.name, uid, sizeof uid) != 0 || strcmp(uid, c->cc.uid) || e->nin_sync < c->cc.replicas)
+    if (!e || cl_uid_read(cl, c->cc.name, uid, sizeof uid) != 0 || strcmp(uid, c->cc.uid) || e->nin_sync < c->cc.replicas)
         return 0;
     snprintf(key, sizeof key, "%s/%u", c->cc.name, sh);
     uint64_t t = nl_now_ns() / 1000000u;
@@ -898,7 +580,7 @@ static void *worker(void *arg)
             for (int i = 1; i < nelect && !lead; i++)
                 if (!strcmp(elect[i], mine)) {
                     char p[512];
-                    path_of(cl, p, sizeof p, "election", elect[i - 1]);
+                    cl_path(cl, p, sizeof p, "election", elect[i - 1]);
                     nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, NULL);
                     found = 1;
                 }
@@ -923,7 +605,7 @@ static void *worker(void *arg)
                 vs += s->colls[i].has_map ? s->colls[i].map.version + 1 : 0;
             atomic_store(&cl->map_version_sum, vs);
             uint32_t mine_n = reconcile(cl, s);
-            snap_publish(cl, s);
+            cl_snap_publish(cl, s);
             cl_snapshot *cur = cl_snap_get(cl);
             cl_repl_reconcile(cl, cur); /* the roles of shards this node is primary of */
             cl_snap_put(cl, cur);
@@ -931,7 +613,7 @@ static void *worker(void *arg)
                 nl_node_info me;
                 node_info_now(cl, &me, mine_n);
                 char *data = nl_node_info_encode(&me), p[512];
-                path_of(cl, p, sizeof p, "nodes", cl->node_id);
+                cl_path(cl, p, sizeof p, "nodes", cl->node_id);
                 if (data)
                     nl_zk_set(cl->zh, CL_ZK_MS(cl), p, data, (int)strlen(data), -1, NULL);
                 free(data);
@@ -1017,14 +699,14 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
         free(cl);
         return rc ? rc : -ENOMEM;
     }
-    snap_publish(cl, empty);
+    cl_snap_publish(cl, empty);
     zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
     zoo_set_log_stream(stderr);
     if ((rc = session_open(cl)) != 0 || pthread_create(&cl->th, NULL, worker, cl) != 0) {
         if (cl->zh)
             zookeeper_close(cl->zh);
         nl_router_destroy(cl->router);
-        snap_free(cl->snap);
+        cl_snap_free(cl->snap);
         free(hosts);
         free(cl->key);
         free(cl);
@@ -1101,7 +783,7 @@ void nl_cluster_stop(nl_cluster *cl)
         return;
     nl_cluster_leave(cl);
     nl_router_destroy(cl->router);
-    snap_free(cl->snap);
+    cl_snap_free(cl->snap);
     pthread_rwlock_destroy(&cl->zh_lock);
     pthread_mutex_destroy(&cl->mu);
     pthread_cond_destroy(&cl->cv);
@@ -1116,346 +798,4 @@ void nl_cluster_stop(nl_cluster *cl)
     }
     free((char *)cl->opt.zookeeper);
     free(cl);
-}
-
-/* ---------------------------------------------------------------- internal calls */
-
-int nl_cluster_key_ok(nl_cluster *cl, const char *key)
-{
-    if (!cl->key)
-        return 1;
-    if (!key)
-        return 0;
-    size_t n = strlen(key);
-    unsigned char d = (unsigned char)(n != cl->key_len);
-    for (size_t i = 0; i < cl->key_len; i++)
-        d |= (unsigned char)(cl->key[i] ^ (i < n ? key[i] : 0));
-    return d == 0;
-}
-
-/* Re-reads one collection's config and map (a request thread; the worker's snapshot may
- * lag a map that was just written). */
-int cl_fresh_coll(nl_cluster *cl, const char *name, cl_coll *out)
-{
-    char p[512], *buf;
-    int len, rc;
-    struct Stat st;
-    memset(out, 0, sizeof *out);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    path_of(cl, p, sizeof p, "collections", name);
-    if ((rc = zget(cl, p, 0, &buf, &len, NULL)) == 0) {
-        rc = nl_cluster_collection_decode(buf, (size_t)len, &out->cc);
-        free(buf);
-    }
-    path_of(cl, p, sizeof p, "maps", name);
-    if (!rc && zget(cl, p, 0, &buf, &len, &st) == 0) {
-        if (nl_shard_map_decode(buf, (size_t)len, &out->map) == 0 && !strcmp(out->map.uid, out->cc.uid)) {
-            out->map.version = st.version;
-            out->has_map = 1;
-        }
-        free(buf);
-    }
-    pthread_rwlock_unlock(&cl->zh_lock);
-    return rc;
-}
-
-int nl_cluster_local_shard(nl_cluster *cl, const char *name, uint32_t s, nl_collection **out)
-{
-    *out = NULL;
-    cl_snapshot *snap = cl_snap_get(cl);
-    const cl_coll *c = cl_snap_coll(snap, name);
-    cl_coll tmp;
-    int rc = 0;
-    if (!c || !c->has_map || !nl_shard_map_holds(&c->map, s, cl->node_id)) {
-        if ((rc = cl_fresh_coll(cl, name, &tmp)) == 0)
-            c = &tmp;
-        else if (rc != NL_ENOTFOUND && c)
-            rc = 0; /* ZooKeeper unreachable: serve from the snapshot */
-    }
-    if (!rc && (!c || !c->has_map))
-        rc = nl_fail(NL_ENOTFOUND, "collection '%s' has no shard map", name);
-    else if (!rc && !nl_shard_map_holds(&c->map, s, cl->node_id))
-        rc = nl_fail(NL_EREFUSED, "shard %u of '%s' is not assigned to node %s", s, name, cl->node_id);
-    if (!rc)
-        rc = cl_attach(cl, &c->cc, s, out);
-    cl_snap_put(cl, snap);
-    return rc;
-}
-
-int nl_cluster_local_drop(nl_cluster *cl, const char *name)
-{
-    unverify(cl, name);
-    int rc = nl_collection_drop(cl->opt.db, name);
-    char p[4400];
-    uid_path(cl, name, p, sizeof p);
-    unlink(p);
-    if (rc == 0)
-        cl_log(cl, 1, "\"event\":\"local_copy_dropped\",\"collection\":\"%s\"", name);
-    return rc == NL_ENOTFOUND ? 0 : rc;
-}
-
-/* ---------------------------------------------------------------- collections */
-
-int nl_cluster_config(nl_cluster *cl, const char *name, nl_collection_config *cfg, uint32_t *replicas)
-{
-    cl_snapshot *s = cl_snap_get(cl);
-    const cl_coll *c = cl_snap_coll(s, name);
-    cl_coll tmp;
-    int rc = 0;
-    if (!c) { /* maybe created a moment ago through another node */
-        if ((rc = cl_fresh_coll(cl, name, &tmp)) == 0)
-            c = &tmp;
-    }
-    if (c) {
-        *cfg = c->cc.cfg;
-        if (replicas)
-            *replicas = c->cc.replicas;
-    } else if (rc == NL_ENOTFOUND || rc == 0) {
-        rc = nl_fail(NL_ENOTFOUND, "no collection named \"%s\"", name);
-    }
-    cl_snap_put(cl, s);
-    return rc;
-}
-
-int nl_cluster_list(nl_cluster *cl, json_t **out)
-{
-    char p[512];
-    struct String_vector ch = {0, NULL};
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    path_of(cl, p, sizeof p, "collections", NULL);
-    int zrc = cl->zh ? nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
-    json_t *a = json_array();
-    if (zrc == ZOK) {
-        qsort(ch.data, (size_t)ch.count, sizeof *ch.data, cmp_str);
-        for (int i = 0; i < ch.count; i++)
-            json_array_append_new(a, json_string(ch.data[i]));
-        deallocate_String_vector(&ch);
-    } else { /* ZooKeeper unreachable: the last snapshot, said so */
-        cl_snapshot *s = cl_snap_get(cl);
-        for (size_t i = 0; i < s->ncolls; i++)
-            json_array_append_new(a, json_string(s->colls[i].cc.name));
-        cl_snap_put(cl, s);
-        *out = json_pack("{s:o,s:b}", "collections", a, "stale", 1);
-        return 200;
-    }
-    *out = json_pack("{s:o}", "collections", a);
-    return 200;
-}
-
-int nl_cluster_create(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_collection_config *cfg,
-                      uint32_t replicas, int quorum, json_t **out)
-{
-    nl_cluster_collection cc;
-    memset(&cc, 0, sizeof cc);
-    snprintf(cc.name, sizeof cc.name, "%s", name);
-    cc.cfg = *cfg;
-    cc.replicas = replicas;
-    cc.write_quorum = quorum;
-    /* the defaults filled in (the server did), so every node creates the same shard */
-    int rc0 = nl_collection_config_defaults(&cc.cfg);
-    if (rc0) {
-        *out = cl_error("bad_request", "%s", nl_errdetail());
-        return 400;
-    }
-    uint64_t r = nl_now_ns() * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)&cc;
-    snprintf(cc.uid, sizeof cc.uid, "%016llx", (unsigned long long)r);
-    cl_snapshot *s = cl_snap_get(cl);
-    size_t live = s->nnodes;
-    cl_snap_put(cl, s);
-    if (replicas > live) {
-        *out = cl_error("bad_request", "%u replicas need %u live nodes; %zu are live", replicas, replicas, live);
-        return 400;
-    }
-    char *data = nl_cluster_collection_encode(&cc), p[512];
-    path_of(cl, p, sizeof p, "collections", name);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int rc = data ? zcreate(cl, p, data, 0, NULL, 0) : -ENOMEM;
-    pthread_rwlock_unlock(&cl->zh_lock);
-    free(data);
-    if (rc == NL_EEXISTS) {
-        *out = cl_error("exists", "collection '%s' already exists", name);
-        return 409;
-    }
-    if (rc) {
-        *out = cl_error("unavailable", "cannot write the collection to ZooKeeper: %s", nl_strerror(rc));
-        return 503;
-    }
-    cl_log(cl, 1, "\"event\":\"collection_created\",\"collection\":\"%s\",\"shards\":%u,\"uid\":\"%s\"", name,
-           cc.cfg.shards, cc.uid);
-    /* The coordinator places the shards; the answer waits for the map (10 s at most). */
-    uint64_t end = nl_now_ns() + 10000000000ull;
-    cl_coll c;
-    while (nl_now_ns() < end) {
-        if (cl_fresh_coll(cl, name, &c) == 0 && c.has_map) {
-            wake(cl);
-            /* the describe opens every shard on its node (the first open creates it):
-             * given time, so the answer comes once the collection takes writes */
-            nl_cluster_call k = *call;
-            k.timeout_ms = 30000;
-            int st = nl_cluster_describe(cl, &k, name, out);
-            return st == 200 ? 201 : st;
-        }
-        struct timespec ts = {0, 20000000};
-        nanosleep(&ts, NULL);
-    }
-    *out = cl_error("unavailable", "collection '%s' was created but no coordinator has placed its shards yet; it "
-                    "will be usable once one has", name);
-    return 503;
-}
-
-int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out)
-{
-    cl_coll c;
-    int rc = cl_fresh_coll(cl, name, &c);
-    if (rc == NL_ENOTFOUND) {
-        *out = cl_error("not_found", "no collection named \"%s\"", name);
-        return 404;
-    }
-    if (rc) {
-        *out = cl_error("unavailable", "ZooKeeper: %s", nl_strerror(rc));
-        return 503;
-    }
-    char mp[512], cp[512];
-    path_of(cl, mp, sizeof mp, "maps", name);
-    path_of(cl, cp, sizeof cp, "collections", name);
-    zoo_op_t ops[2];
-    zoo_op_result_t res[2];
-    int n = 0;
-    if (c.has_map)
-        zoo_delete_op_init(&ops[n++], mp, -1);
-    zoo_delete_op_init(&ops[n++], cp, -1);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
-    if (zrc != ZOK) {
-        *out = zrc == ZNONODE ? cl_error("not_found", "collection '%s' was dropped meanwhile", name)
-                              : cl_error("unavailable", "ZooKeeper: %s", zerror(zrc));
-        return zrc == ZNONODE ? 404 : 503;
-    }
-    cl_log(cl, 1, "\"event\":\"collection_dropped\",\"collection\":\"%s\"", name);
-    /* every node holding a shard drops its copy now; one that is down keeps it (reported
-     * as unassigned when it returns) */
-    cl_snapshot *s = cl_snap_get(cl);
-    nl_rcall calls[NL_MAX_NODES];
-    size_t nc = 0;
-    for (size_t i = 0; c.has_map && i < s->nnodes; i++) {
-        int holds = 0;
-        for (uint32_t sh = 0; sh < c.map.nshards; sh++)
-            holds |= nl_shard_map_holds(&c.map, sh, s->nodes[i].id);
-        if (!holds)
-            continue;
-        nl_rcall *k = &calls[nc++];
-        memset(k, 0, sizeof *k);
-        k->peer = s->nodes[i].id;
-        k->method = "DELETE";
-        snprintf(k->path, sizeof k->path, "/internal/v1/collections/%s", name);
-    }
-    char url[NL_MAX_NODES][200];
-    for (size_t i = 0; i < nc; i++) {
-        const nl_node_info *nd = cl_snap_node(s, calls[i].peer);
-        cl_node_url(nd, url[i], sizeof url[i]);
-        calls[i].base_url = url[i];
-    }
-    nl_router_run(cl->router, calls, nc, call->timeout_ms ? call->timeout_ms : 5000, call->request_id,
-                  call->traceparent);
-    json_t *kept = json_array();
-    for (size_t i = 0; i < nc; i++) {
-        if (calls[i].status != 200)
-            json_array_append_new(kept, json_string(calls[i].peer));
-        free(calls[i].body_out);
-    }
-    cl_snap_put(cl, s);
-    wake(cl);
-    *out = json_pack("{s:s,s:o}", "dropped", name, "copies_kept_on", kept);
-    return 200;
-}
-
-int nl_cluster_node_status(nl_cluster *cl, json_t **out)
-{
-    cl_snapshot *s = cl_snap_get(cl);
-    json_t *nodes = json_array(), *colls = json_array(), *ref = json_array(), *un = json_array();
-    for (size_t i = 0; i < s->nnodes; i++) {
-        const nl_node_info *n = &s->nodes[i];
-        json_array_append_new(nodes, json_pack("{s:s,s:s,s:I,s:f,s:i,s:s,s:i}", "id", n->id, "address", n->address,
-                                               "disk_free", (json_int_t)n->disk_free, "load", n->load, "shards",
-                                               (int)n->shards, "version", n->version, "breaker",
-                                               nl_router_breaker(cl->router, n->id)));
-    }
-    for (size_t i = 0; i < s->ncolls; i++)
-        json_array_append_new(colls, json_pack("{s:s,s:b,s:i}", "name", s->colls[i].cc.name, "placed",
-                                               s->colls[i].has_map, "map_version",
-                                               s->colls[i].has_map ? s->colls[i].map.version : -1));
-    pthread_mutex_lock(&cl->rep_mu);
-    for (size_t i = 0; i < cl->nrefused; i++)
-        json_array_append_new(ref, json_string(cl->refused[i]));
-    for (size_t i = 0; i < cl->nunassigned; i++)
-        json_array_append_new(un, json_string(cl->unassigned[i]));
-    pthread_mutex_unlock(&cl->rep_mu);
-    *out = json_pack("{s:s,s:s,s:b,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "node_id", cl->node_id, "root", cl->root,
-                     "registered", atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
-                     atomic_load(&cl->is_coordinator), "nodes", nodes, "collections", colls, "refused_shards", ref,
-                     "unassigned_local_shards", un, "primary_of", cl_repl_status(cl));
-    json_object_set_new(*out, "compacting", json_integer(atomic_load(&cl->compacting)));
-    cl_snap_put(cl, s);
-    return 200;
-}
-
-void nl_cluster_metrics(nl_cluster *cl, FILE *f)
-{
-    cl_snapshot *s = cl_snap_get(cl);
-    size_t nn = s->nnodes, nc = s->ncolls;
-    cl_snap_put(cl, s);
-    pthread_mutex_lock(&cl->rep_mu);
-    size_t nref = cl->nrefused, nun = cl->nunassigned;
-    pthread_mutex_unlock(&cl->rep_mu);
-#define G(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " gauge\n" name " %lld\n", (long long)(v))
-#define C(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
-    G("nearline_cluster_registered", "1 when this node is registered in ZooKeeper.", atomic_load(&cl->registered));
-    G("nearline_cluster_is_coordinator", "1 when this node is the coordinator.", atomic_load(&cl->is_coordinator));
-    G("nearline_cluster_nodes", "Live nodes this node sees.", nn);
-    G("nearline_cluster_collections", "Collections in the cluster.", nc);
-    G("nearline_cluster_map_version", "Sum over collections of their shard map versions (changes when any map does).",
-      atomic_load(&cl->map_version_sum));
-    G("nearline_cluster_refused_shards", "Local shards refused because they differ from the cluster's config.", nref);
-    G("nearline_cluster_unassigned_local_shards", "Shards on this node's disk that the map does not give it.", nun);
-    C("nearline_cluster_coordinator_changes_total", "Times this node saw the coordinator change.",
-      atomic_load(&cl->coordinator_changes));
-    C("nearline_cluster_sessions_total", "ZooKeeper sessions this node registered with.", atomic_load(&cl->sessions));
-    C("nearline_cluster_map_writes_total", "Shard maps this node wrote as coordinator.", atomic_load(&cl->map_writes));
-    C("nearline_cluster_map_conflicts_total", "Map writes refused by ZooKeeper (lost a race, or fenced).",
-      atomic_load(&cl->map_conflicts));
-    C("nearline_router_partial_answers_total", "Searches answered without some shards (partial: true).",
-      atomic_load(&cl->partial_answers));
-    C("nearline_router_incomplete_refused_total", "Searches refused (503) because they required every shard.",
-      atomic_load(&cl->complete_refusals));
-    C("nearline_router_fanouts_total", "Requests the router fanned out to shards.", atomic_load(&cl->fanout_calls));
-    C("nearline_router_fanout_shards_total", "Shard calls of those fan-outs (their sum: the mean fan-out width).",
-      atomic_load(&cl->fanout_shards));
-    C("nearline_router_search_requeries_total", "Shards of a search asked again for the whole k (their first, scaled "
-      "answer could hold more of it).", atomic_load(&cl->fanout_requeries));
-    C("nearline_router_write_part_failures_total", "Per-shard parts of writes that failed.",
-      atomic_load(&cl->write_part_failures));
-    C("nearline_router_write_retries_total", "Write parts sent again to a shard's new primary (a move or a failover).",
-      atomic_load(&cl->write_retries));
-    C("nearline_moves_started_total", "Replica moves this node planned as coordinator.", atomic_load(&cl->moves_started));
-    C("nearline_moves_finished_total", "Replica moves this node finished as the shard's primary.",
-      atomic_load(&cl->moves_finished));
-    C("nearline_moves_rolled_back_total", "Replica moves abandoned by this node as coordinator (the target went).",
-      atomic_load(&cl->moves_rolled_back));
-    C("nearline_moves_handoffs_total", "Primary roles this node handed to a move's target.", atomic_load(&cl->handoffs));
-    C("nearline_moves_copies_dropped_total", "Local shard copies removed after the map moved them away.",
-      atomic_load(&cl->copies_dropped));
-    C("nearline_snapshot_pieces_sent_total", "Snapshot pieces this node sent.", atomic_load(&cl->pieces_sent));
-    C("nearline_snapshot_raw_bytes_total", "Bytes of shard files the snapshot copies this node installed elsewhere "
-      "carried (before compression).", atomic_load(&cl->snapshot_raw_bytes));
-    C("nearline_snapshot_pieces_resent_total", "Snapshot pieces sent again after the receiver refused their checksum.",
-      atomic_load(&cl->pieces_resent));
-    G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->compacting));
-    C("nearline_compactions_deferred_total", "Background compactions put off (the node's bound, or another replica of "
-      "the shard compacting).", atomic_load(&cl->compactions_deferred));
-#undef G
-#undef C
-    cl_repl_metrics(cl, f);
-    nl_router_metrics(cl->router, f);
 }

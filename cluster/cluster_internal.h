@@ -12,6 +12,7 @@
 #include "nl_zk.h"
 
 #include "nl_cluster.h"
+#include "nl_repl.h"
 #include "nl_router.h"
 #include "nl_shardmap.h"
 
@@ -23,7 +24,6 @@ typedef struct {
     nl_shard_map map; /* valid when has_map */
 } cl_coll;
 
-#include <curl/curl.h>
 
 /* Replication (replication.c, transfer.c). */
 /* The deadline of one ZooKeeper call (nl_zk.h): a session timeout. Past it the session may
@@ -41,13 +41,9 @@ typedef struct {
     int started;
     atomic_int stop;
     int retiring;          /* its follower left the replicas: the thread ends, the slot is freed */
-    CURL *e;               /* the link's connection (its thread's alone) */
-    /* under role->mu */
-    int known;             /* the follower's position is known */
-    int adding;            /* being added to the in-sync set: writes wait for it already */
-    uint64_t acked;        /* the follower's last applied sequence */
-    uint64_t progress_ms;  /* when it last applied something new, or was caught up */
-    int failing;
+    void *e;               /* the link's connection (its thread's alone; nl_router_stream_call) */
+    /* under role->mu; what the primary knows of the follower is role->sm.f[slot] */
+    int slot;              /* this link's index in role->links and role->sm.f */
     char last_error[160];
     uint64_t snapshots, snapshot_bytes;
     uint64_t snap_done, snap_total; /* raw bytes of the copy being sent: sent so far, all */
@@ -57,17 +53,13 @@ typedef struct {
 struct repl_role {
     char coll[72], uid[20];
     uint32_t s;
-    uint64_t epoch;
-    int quorum;
     nl_collection *h;
     struct nl_cluster *cl;
     pthread_mutex_t mu;
     pthread_cond_t cv;      /* acknowledgements, new entries, view changes */
-    nl_shard_entry view;    /* the shard's map entry as this primary knows it */
-    int32_t version;        /* the map version it is from */
-    uint64_t last;          /* the log's last sequence */
-    uint64_t high;          /* acknowledged up to (its last, when it took over) */
-    int deposed;
+    /* under mu: the primary's state (epoch, quorum, view of the map, last, high, deposed,
+     * and what it knows of each follower): changed only by nl_repl_step (nl_repl.h) */
+    nl_repl_primary sm;
     /* a move handing this primary's role over (moves.c): writers wait before ordering
      * anything new while handoff is set; writing counts those already past that point */
     int handoff;
@@ -203,7 +195,7 @@ pthread_mutex_t *cl_follow_lock(nl_cluster *cl, const char *name, uint32_t s);
 /* 1 when peer is registered in this node's snapshot of the cluster (links reach only those). */
 int cl_peer_live(nl_cluster *cl, const char *peer);
 /* A call of a link (its own connection *ep): the HTTP status (0: nothing reached). */
-int cl_link_call(nl_cluster *cl, CURL **ep, const char *peer, const char *path, const void *body, size_t len,
+int cl_link_call(nl_cluster *cl, void **conn, const char *peer, const char *path, const void *body, size_t len,
                  const char *content_type, uint32_t timeout_ms, json_t **answer);
 /* transfer.c: sends a snapshot of the link's shard to its follower and has it installed. */
 int cl_snapshot_send(repl_link *l);
@@ -220,6 +212,16 @@ int cl_role_fresh(repl_role *r, cl_coll *c);
 /* Acknowledged sequences of in-sync members of e other than this node and skip, into
  * out (at most NL_MAX_REPLICAS); role->mu held. */
 size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out);
+/* The role's view follows a map entry it read or wrote (a step of its state machine). */
+void cl_role_map(repl_role *r, const nl_shard_entry *e, int32_t version);
+/* The role of (name, s) with a reference (cl_role_put), or NULL when this node is not its
+ * primary. */
+repl_role *cl_role_get(nl_cluster *cl, const char *name, uint32_t s);
+void cl_role_put(repl_role *r);
+/* One event through the role's state machine under its lock (now_ms filled in when 0);
+ * the actions out. _locked: r->mu held. */
+void cl_role_step(repl_role *r, nl_repl_event *ev, nl_repl_actions *a);
+void cl_role_step_locked(repl_role *r, nl_repl_event *ev);
 /* moves.c: the primary's part of a move (after each exchange of the link to its target),
  * the coordinator's (each pass), and a node's removal of copies moved away. */
 void cl_move_step(repl_link *l);
@@ -262,5 +264,21 @@ int nl_cluster_fence_shard(nl_cluster *cl, nl_collection *h, const char *name, u
  * "snapshot-install" (install the copy received). */
 int nl_cluster_snapshot_call(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const char *op,
                              const void *body, size_t len, json_t **out);
+
+/* ---------------------------------------------------------------- the floor (floor.c) */
+
+/* A ZooKeeper return code as an engine code (NL_EUNAVAILABLE, NL_ENOTFOUND, ...). */
+int cl_zerr(int zrc);
+/* Reads a znode into a malloc'd NUL-terminated buffer (*out, *len); watch: leave a watch. */
+int cl_zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, struct Stat *st);
+int cl_zcreate(nl_cluster *cl, const char *path, const char *data, int flags, char *made, int madecap);
+/* Publishes n (refs set to 1) as the cluster's snapshot; frees one nobody holds. */
+void cl_snap_publish(nl_cluster *cl, cl_snapshot *n);
+void cl_snap_free(cl_snapshot *s);
+/* The uid of the local copy of a collection (a file beside its shards). */
+void cl_uid_path(nl_cluster *cl, const char *name, char *buf, size_t cap);
+int cl_uid_read(nl_cluster *cl, const char *name, char *uid, size_t cap);
+/* Forgets that a collection's local copy was checked against the cluster's config. */
+void cl_unverify(nl_cluster *cl, const char *name);
 
 #endif

@@ -83,12 +83,10 @@ static int finish(repl_role *r, uint64_t id, int handoff)
         memcpy(from, e->move.from, sizeof from);
         memcpy(to, e->move.to, sizeof to);
     }
-    if (!rc && !handoff && r->quorum == NL_QUORUM_MAJORITY) {
+    if (!rc && !handoff && r->sm.quorum == NL_QUORUM_MAJORITY) {
         /* under majority `from` may hold writes the rest lack (nl_repl_may_leave) */
-        uint64_t rest[NL_MAX_REPLICAS];
         pthread_mutex_lock(&r->mu);
-        size_t nr = cl_role_acked_locked(r, e, from, rest);
-        int may = !nl_shard_map_in_sync(&c->map, r->s, from) || nl_repl_may_leave(r->last, rest, nr, r->quorum, r->high);
+        int may = !nl_shard_map_in_sync(&c->map, r->s, from) || nl_repl_primary_may_leave(&r->sm, e, from);
         pthread_mutex_unlock(&r->mu);
         if (!may)
             rc = -EAGAIN;
@@ -99,13 +97,8 @@ static int finish(repl_role *r, uint64_t id, int handoff)
     if (!rc)
         rc = cl_map_write(cl, &c->map, c->map.version, 0, &nv);
     if (!rc) {
-        if (!handoff) {
-            pthread_mutex_lock(&r->mu);
-            r->view = c->map.shard[r->s];
-            r->version = nv;
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
-        }
+        if (!handoff) /* the role's view follows its own write */
+            cl_role_map(r, &c->map.shard[r->s], nv);
         atomic_fetch_add(&cl->moves_finished, 1);
         if (handoff)
             atomic_fetch_add(&cl->handoffs, 1);
@@ -127,7 +120,7 @@ static int handoff_landed(repl_role *r, repl_link *l)
     for (int i = 0; c && landed < 0 && !atomic_load(&l->stop) && i < 100; i++) {
         if (cl_fresh_coll(r->cl, r->coll, c) == 0 && c->has_map && r->s < c->map.nshards) {
             const nl_shard_entry *e = &c->map.shard[r->s];
-            landed = strcmp(c->cc.uid, r->uid) || e->epoch != r->epoch || strcmp(e->primary, r->cl->node_id);
+            landed = strcmp(c->cc.uid, r->uid) || e->epoch != r->sm.epoch || strcmp(e->primary, r->cl->node_id);
         } else {
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);
@@ -143,8 +136,8 @@ void cl_move_step(repl_link *l)
     nl_cluster *cl = r->cl;
     uint64_t t = mono_ms();
     pthread_mutex_lock(&r->mu);
-    const nl_shard_entry *e = &r->view;
-    int moving = e->state == NL_SHARD_MOVING && !r->deposed;
+    const nl_shard_entry *e = &r->sm.view;
+    int moving = e->state == NL_SHARD_MOVING && !r->sm.deposed;
     int ready = 0;
     for (uint32_t i = 0; moving && i < e->nin_sync; i++)
         ready |= !strcmp(e->in_sync[i], e->move.to);
@@ -183,14 +176,14 @@ void cl_move_step(repl_link *l)
         r->handoff_ms = t;
         pthread_mutex_unlock(&r->mu);
         cl_log(cl, 1, "\"event\":\"handoff_begun\",\"collection\":\"%s\",\"shard\":%u,\"to\":\"%s\",\"epoch\":%llu", r->coll,
-               r->s, e->move.to, (unsigned long long)r->epoch);
+               r->s, e->move.to, (unsigned long long)r->sm.epoch);
         return;
     }
     uint64_t acked[NL_MAX_REPLICAS];
     size_t na = cl_role_acked_locked(r, e, NULL, acked);
     int all = r->writing == 0;
     for (size_t i = 0; i < na; i++)
-        all &= acked[i] >= r->last;
+        all &= acked[i] >= r->sm.last;
     if (!all) {
         if (t - r->handoff_ms > HANDOFF_MS) {
             r->handoff = 0;

@@ -76,6 +76,17 @@ void nl_router_destroy(nl_router *r);
 int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
                   const char *traceparent);
 
+/* A stream's call: one blocking request on a connection the caller keeps (*conn: NULL
+ * at first, made here; free it with nl_router_stream_close), so that a stream of requests
+ * to one peer (a replication link) goes in order on one kept-alive connection. POST
+ * (body, len, content_type: NULL = application/octet-stream) or GET (body NULL); the
+ * cluster key and the CA as for nl_router_run; no breaker (a link keeps its own backoff).
+ * The HTTP status, or 0 when nothing was reached; *out (malloc'd, NUL-terminated; may be
+ * NULL) and *out_len the answer's body. */
+int nl_router_stream_call(nl_router *r, void **conn, const char *url, const void *body, size_t len,
+                          const char *content_type, uint32_t timeout_ms, char **out, size_t *out_len);
+void nl_router_stream_close(void *conn);
+
 /* The hedge delay for calls to a peer: the 95th percentile of its last 128 successful
  * latencies, in ms (at least 1; 50 until 20 are known). */
 uint32_t nl_router_hedge_ms(nl_router *r, const char *peer);

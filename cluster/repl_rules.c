@@ -116,3 +116,5 @@ int nl_shard_map_promote(nl_shard_map *m, uint32_t s, const char *primary, const
     e->epoch++;
     return 0;
 }
+
+int nl_repl_accepts(uint64_t epoch, uint64_t fence, uint64_t map_epoch) { return epoch >= fence && epoch >= map_epoch; }

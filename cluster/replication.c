@@ -27,6 +27,9 @@
  * cluster.c). A primary told 409, or whose ZooKeeper session is not connected with a
  * fresh read of the maps, acknowledges nothing (503) until the map says again what it is.
  *
+ * The follower's side (applying what a link sends, the fence, whether a replica serves
+ * reads) is repl_follower.c; the request's bytes are repl_wire.c.
+ *
  * Threads: the worker (cluster.c) creates and ends roles after each read of the maps
  * (cl_repl_reconcile); request threads write through roles; each link has its thread.
  * Lock order: cl->repl_mu (the role table) -> role->mu. No lock is held across a network
@@ -40,14 +43,10 @@
 #include <string.h>
 #include <time.h>
 
-#include <curl/curl.h>
-
 #include "cluster_internal.h"
 #include "nl_repl.h"
 #include "nl_util.h"
 
-#define RP_MAGIC 0x50524c4eu /* "NLRP" */
-#define RP_HDR 40u
 #define RP_MAX_BATCH (1u << 20) /* entry bytes per request */
 
 /* ---------------------------------------------------------------- small helpers */
@@ -71,114 +70,12 @@ static void abs_deadline(struct timespec *ts, uint32_t ms)
     }
 }
 
-int cl_session_ok(nl_cluster *cl)
-{
-    return atomic_load(&cl->zstate) == ZOO_CONNECTED_STATE && atomic_load(&cl->registered) &&
-           !atomic_load(&cl->expired) && atomic_load(&cl->map_fresh);
-}
-
-/* ---------------------------------------------------------------- roles */
-
-static void role_free(repl_role *r)
-{
-    if (r->h)
-        nl_collection_close(r->h);
-    pthread_mutex_destroy(&r->mu);
-    pthread_cond_destroy(&r->cv);
-    free(r);
-}
-
-static void role_put(repl_role *r)
-{
-    if (atomic_fetch_sub(&r->refs, 1) == 1)
-        role_free(r);
-}
-
-/* The role of (name, s) with a reference, or NULL when this node is not its primary. */
-static repl_role *role_get(nl_cluster *cl, const char *name, uint32_t s)
-{
-    pthread_mutex_lock(&cl->repl_mu);
-    repl_role *r = cl->roles;
-    while (r && (r->s != s || strcmp(r->coll, name)))
-        r = r->next;
-    if (r)
-        atomic_fetch_add(&r->refs, 1);
-    pthread_mutex_unlock(&cl->repl_mu);
-    return r;
-}
-
-static void deposed(repl_role *r, const char *why)
-{
-    pthread_mutex_lock(&r->mu);
-    int was = r->deposed;
-    r->deposed = 1;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    if (!was) {
-        cl_log(r->cl, 2, "\"event\":\"primary_deposed\",\"collection\":\"%s\",\"shard\":%u,\"epoch\":%llu,"
-               "\"message\":\"%s\"", r->coll, r->s, (unsigned long long)r->epoch, why);
-        cl_wake(r->cl); /* re-read the maps now */
-    }
-}
-
-void cl_role_deposed(repl_role *r, const char *why) { deposed(r, why); }
-
-size_t cl_role_acked_locked(const repl_role *r, const nl_shard_entry *e, const char *skip, uint64_t *out)
-{
-    NL_ASSERT_HELD((pthread_mutex_t *)&r->mu);
-    size_t n = 0;
-    for (uint32_t i = 0; i < e->nin_sync && n < NL_MAX_REPLICAS; i++) {
-        if (!strcmp(e->in_sync[i], r->cl->node_id) || (skip && !strcmp(e->in_sync[i], skip)))
-            continue;
-        uint64_t a = 0;
-        for (int k = 0; k < r->nlinks; k++)
-            if (!strcmp(r->links[k].peer, e->in_sync[i]) && r->links[k].known)
-                a = r->links[k].acked;
-        out[n++] = a;
-    }
-    return n;
-}
-
-/* The highest sequence a write quorum of the in-sync set holds (role->mu held). */
-static uint64_t committed_locked(const repl_role *r)
-{
-    NL_ASSERT_HELD((pthread_mutex_t *)&r->mu);
-    uint64_t acked[NL_MAX_REPLICAS];
-    size_t n = 0;
-    for (uint32_t i = 0; i < r->view.nin_sync; i++) {
-        const char *id = r->view.in_sync[i];
-        if (!strcmp(id, r->cl->node_id))
-            continue;
-        uint64_t a = 0;
-        for (int k = 0; k < r->nlinks; k++)
-            if (!strcmp(r->links[k].peer, id) && r->links[k].known)
-                a = r->links[k].acked;
-        acked[n++] = a;
-    }
-    uint64_t c = nl_repl_committed(r->last, acked, n, r->quorum);
-    uint64_t joining[NL_MAX_REPLICAS];
-    size_t nj = 0;
-    for (int k = 0; k < r->nlinks; k++)
-        if (r->links[k].adding)
-            joining[nj++] = r->links[k].known ? r->links[k].acked : 0;
-    return nl_repl_committed_joining(c, joining, nj);
-}
-
-/* ---------------------------------------------------------------- the map */
-
-/* The primary's versioned write of its shard's in-sync set: node in or out. 0 when the map
- * now says so; NL_ESTALE when this node is no longer the primary of that epoch. */
-int cl_role_fresh(repl_role *r, cl_coll *c)
-{
-    int rc = cl_fresh_coll(r->cl, r->coll, c);
-    if (!rc && (!c->has_map || strcmp(c->cc.uid, r->uid) || r->s >= c->map.nshards))
-        rc = NL_ESTALE;
-    if (!rc && (c->map.shard[r->s].epoch != r->epoch || strcmp(c->map.shard[r->s].primary, r->cl->node_id)))
-        rc = NL_ESTALE;
-    return rc;
-}
-
-static int change_in_sync(repl_role *r, const char *node, int in)
+/* The in-sync write the state machine asked for (link slot i: its follower in or out),
+ * as a compare-and-set on the map read fresh; a lost race is read again. When it lands
+ * (or the map already says so) the step learns it here (WRITTEN landed) and 0 is
+ * returned; otherwise the caller tells the step how it ended: -EAGAIN (may not leave),
+ * NL_ESTALE (a later epoch), or another error (the write's outcome may be unknown). */
+static int change_in_sync(repl_role *r, int i, const char *node, int in)
 {
     nl_cluster *cl = r->cl;
     for (int attempt = 0; attempt < 5; attempt++) {
@@ -189,10 +86,8 @@ static int change_in_sync(repl_role *r, const char *node, int in)
         nl_shard_entry *e = rc ? NULL : &c->map.shard[r->s];
         if (!rc && !in) {
             /* under majority, a member holding writes the rest lack must stay */
-            uint64_t rest[NL_MAX_REPLICAS];
             pthread_mutex_lock(&r->mu);
-            size_t nr = cl_role_acked_locked(r, e, node, rest);
-            int may = nl_repl_may_leave(r->last, rest, nr, r->quorum, r->high);
+            int may = nl_repl_primary_may_leave(&r->sm, e, node);
             pthread_mutex_unlock(&r->mu);
             if (!may)
                 rc = -EAGAIN;
@@ -207,16 +102,15 @@ static int change_in_sync(repl_role *r, const char *node, int in)
         if (!rc && !same)
             rc = cl_map_write(cl, &c->map, c->map.version, 0, &nv);
         if (!rc) {
-            pthread_mutex_lock(&r->mu);
-            r->view = c->map.shard[r->s];
-            r->version = nv;
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
+            nl_repl_event ev = {.kind = NL_REPL_WRITTEN, .i = i, .in = in, .result = NL_REPL_WRITE_LANDED,
+                                .entry = &c->map.shard[r->s], .version = nv};
+            nl_repl_actions a;
+            cl_role_step(r, &ev, &a);
             if (!same) {
                 atomic_fetch_add(in ? &cl->isr_adds : &cl->isr_removals, 1);
                 cl_log(cl, in ? 1 : 2, "\"event\":\"%s\",\"collection\":\"%s\",\"shard\":%u,\"node\":\"%s\","
                        "\"epoch\":%llu,\"in_sync\":%u", in ? "in_sync_added" : "in_sync_removed", r->coll, r->s,
-                       node, (unsigned long long)r->epoch, r->view.nin_sync);
+                       node, (unsigned long long)c->map.shard[r->s].epoch, c->map.shard[r->s].nin_sync);
                 cl_wake(cl);
             }
         }
@@ -229,38 +123,6 @@ static int change_in_sync(repl_role *r, const char *node, int in)
 
 /* ---------------------------------------------------------------- the link (primary side) */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} buf;
-
-static size_t on_body(char *d, size_t sz, size_t n, void *ctx)
-{
-    buf *b = ctx;
-    size_t add = sz * n;
-    if (b->len + add + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 4096;
-        while (nc < b->len + add + 1)
-            nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q)
-            return 0;
-        b->p = q;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, d, add);
-    b->len += add;
-    b->p[b->len] = 0;
-    return add;
-}
-
-int cl_peer_live(nl_cluster *cl, const char *peer)
-{
-    cl_snapshot *s = cl_snap_get(cl);
-    int live = cl_snap_node(s, peer) != NULL;
-    cl_snap_put(cl, s);
-    return live;
-}
 
 /* Why the link's last exchange failed, for its status (written under role->mu, which the
  * status report reads it under). */
@@ -276,97 +138,6 @@ static void __attribute__((format(printf, 2, 3))) link_error(repl_link *l, const
     pthread_mutex_unlock(&l->role->mu);
 }
 
-/* One call of a link to its follower: POST (body) or GET (body NULL). *answer: the JSON
- * answer (new reference) when there was one. The HTTP status, or 0 with nothing reached. */
-int cl_link_call(nl_cluster *cl, CURL **ep, const char *peer, const char *path, const void *body, size_t len,
-                 const char *content_type, uint32_t timeout_ms, json_t **answer)
-{
-    *answer = NULL;
-    cl_snapshot *s = cl_snap_get(cl);
-    const nl_node_info *n = cl_snap_node(s, peer);
-    char url[1200];
-    if (n) {
-        cl_node_url(n, url, 300);
-        snprintf(url + strlen(url), sizeof url - strlen(url), "%s", path);
-    }
-    cl_snap_put(cl, s);
-    if (!n)
-        return 0; /* not a live node */
-    if (!*ep && !(*ep = curl_easy_init()))
-        return 0;
-    CURL *e = *ep;
-    curl_easy_reset(e); /* keeps the connection: the stream stays on one */
-    buf b = {0};
-    struct curl_slist *h = NULL;
-    char ct[128], key[600];
-    snprintf(ct, sizeof ct, "Content-Type: %s", content_type ? content_type : "application/octet-stream");
-    h = curl_slist_append(h, ct);
-    h = curl_slist_append(h, "Expect:");
-    if (cl->key) {
-        snprintf(key, sizeof key, "X-Nearline-Cluster-Key: %s", cl->key);
-        h = curl_slist_append(h, key);
-    }
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 1000 ? timeout_ms : 1000));
-    if (body) {
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    }
-    if (cl->opt.tls && cl->opt.tls_ca) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, cl->opt.tls_ca);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
-    }
-    CURLcode cc = curl_easy_perform(e);
-    long code = 0;
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-    curl_slist_free_all(h);
-    if (cc == CURLE_OK && b.len) {
-        json_error_t je;
-        *answer = json_loadb(b.p, b.len, 0, &je);
-    }
-    free(b.p);
-    return cc == CURLE_OK ? (int)code : 0;
-}
-
-/* The replicate request: entries e[0..n) after (prev, prev_epoch). *out malloc'd. */
-static int rp_encode(const repl_role *r, uint64_t prev, uint64_t prev_epoch, const nl_log_entry *e, size_t n,
-                     void **out, size_t *len)
-{
-    size_t uid = strlen(r->uid), total = RP_HDR + uid;
-    for (size_t i = 0; i < n; i++)
-        total += 12 + e[i].len;
-    unsigned char *p = malloc(total);
-    if (!p)
-        return -ENOMEM;
-    uint32_t magic = RP_MAGIC, ver = 1, cnt = (uint32_t)n, ul = (uint32_t)uid;
-    memcpy(p, &magic, 4);
-    memcpy(p + 4, &ver, 4);
-    memcpy(p + 8, &r->epoch, 8);
-    memcpy(p + 16, &prev, 8);
-    memcpy(p + 24, &prev_epoch, 8);
-    memcpy(p + 32, &cnt, 4);
-    memcpy(p + 36, &ul, 4);
-    memcpy(p + RP_HDR, r->uid, uid);
-    size_t at = RP_HDR + uid;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t l = (uint32_t)e[i].len;
-        memcpy(p + at, &e[i].seq, 8);
-        memcpy(p + at + 8, &l, 4);
-        memcpy(p + at + 12, e[i].data, e[i].len);
-        at += 12 + e[i].len;
-    }
-    *out = p;
-    *len = total;
-    return 0;
-}
 
 typedef struct {
     int status; /* HTTP */
@@ -395,7 +166,10 @@ static int send_entries(repl_link *l, uint64_t prev, const nl_log_entry *e, size
         return rc;
     void *body;
     size_t len;
-    if ((rc = rp_encode(r, prev, pe, e, n, &body, &len)) != 0)
+    pthread_mutex_lock(&r->mu);
+    uint64_t epoch = r->sm.epoch;
+    pthread_mutex_unlock(&r->mu);
+    if ((rc = nl_repl_msg_encode(epoch, prev, pe, r->uid, e, n, &body, &len)) != 0)
         return rc;
     char path[400];
     snprintf(path, sizeof path, "/internal/v1/collections/%s/shards/%u/replicate", r->coll, r->s);
@@ -424,7 +198,7 @@ static int send_entries(repl_link *l, uint64_t prev, const nl_log_entry *e, size
     return 0;
 }
 
-/* Learns the follower's position and decides how it catches up. */
+/* Learns the follower's position; the step decides how it catches up. */
 static int hello(repl_link *l)
 {
     repl_role *r = l->role;
@@ -434,28 +208,19 @@ static int hello(repl_link *l)
     int rc = send_entries(l, ps.last_seq, NULL, 0, &a, NULL);
     if (rc)
         return rc;
-    if (a.status == 409) {
-        deposed(r, "a follower is fenced at a later epoch");
-        return -EIO;
-    }
-    if (a.status != 200) {
-        link_error(l, "its position: HTTP %d", a.status);
-        return -EIO;
-    }
     uint64_t pe = 0;
-    int has = nl_collection_shard_log_epoch_at(r->h, r->s, a.last, &pe) == 0;
-    nl_catchup how = nl_repl_catchup(a.last, a.last_epoch, has, pe, ps.last_seq);
-    /* a follower with nothing outside the in-sync set (a move's target, a replica
-     * re-created) gets the segments, not the whole history replayed and its graph rebuilt;
-     * a member of the set at 0 (a collection just created) streams, as it always did */
-    pthread_mutex_lock(&r->mu);
-    int member = 0;
-    for (uint32_t i = 0; i < r->view.nin_sync; i++)
-        member |= !strcmp(r->view.in_sync[i], l->peer);
-    pthread_mutex_unlock(&r->mu);
-    if (a.last == 0 && ps.last_seq > 0 && !member)
-        how = NL_CATCHUP_SNAPSHOT;
-    if (how == NL_CATCHUP_SNAPSHOT) {
+    nl_repl_event ev = {.kind = NL_REPL_POSITION, .i = l->slot, .status = a.status, .f_last = a.last,
+                        .f_epoch = a.last_epoch, .p_last = ps.last_seq};
+    ev.p_has = a.status == 200 && nl_collection_shard_log_epoch_at(r->h, r->s, a.last, &pe) == 0;
+    ev.p_epoch_at = pe;
+    nl_repl_actions act;
+    cl_role_step(r, &ev, &act);
+    if (a.status != 200) {
+        if (a.status != 409)
+            link_error(l, "its position: HTTP %d", a.status);
+        return -EIO;
+    }
+    if (act.act & NL_REPL_ACT_SNAPSHOT) {
         cl_log(r->cl, 1, "\"event\":\"snapshot_needed\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\","
                "\"follower_seq\":%llu,\"follower_epoch\":%llu,\"primary_seq\":%llu,\"log_first\":%llu", r->coll, r->s,
                l->peer, (unsigned long long)a.last, (unsigned long long)a.last_epoch,
@@ -465,92 +230,75 @@ static int hello(repl_link *l)
             link_error(l, "snapshot copy: %s", nl_strerror(sr));
         return sr;
     }
-    pthread_mutex_lock(&r->mu);
-    l->acked = a.last;
-    l->known = 1;
-    l->progress_ms = now_ms();
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
     return 0;
 }
 
 /* After a map write adding l's follower whose answer was lost (ZooKeeper's connection
  * dropped): it may have landed. Until a read of the map made after it says whether it
- * did, the follower stays required for every write (l->adding), so no write is
- * acknowledged without a member the map may already list. */
+ * did, the follower stays required for every write (the step keeps it adding), so no
+ * write is acknowledged without a member the map may already list. */
 static void settle_add(repl_role *r, repl_link *l)
 {
     cl_coll *c = malloc(sizeof *c);
+    int settled = 0;
     while (c && !atomic_load(&l->stop)) {
         pthread_mutex_lock(&r->mu);
-        int dep = r->deposed;
+        int dep = r->sm.deposed;
         pthread_mutex_unlock(&r->mu);
         if (dep)
             break;
         if (cl_fresh_coll(r->cl, r->coll, c) == 0 && c->has_map && r->s < c->map.nshards &&
             !strcmp(c->cc.uid, r->uid)) {
-            const nl_shard_entry *e = &c->map.shard[r->s];
-            if (e->epoch != r->epoch || strcmp(e->primary, r->cl->node_id)) {
-                deposed(r, "the map has a newer epoch for this shard");
-                break;
-            }
-            pthread_mutex_lock(&r->mu);
-            if (c->map.version >= r->version) {
-                r->view = *e;
-                r->version = c->map.version;
-            }
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
+            nl_repl_event ev = {.kind = NL_REPL_MAP, .i = l->slot, .entry = &c->map.shard[r->s],
+                                .version = c->map.version, .settled = 1};
+            nl_repl_actions a;
+            cl_role_step(r, &ev, &a);
+            settled = 1;
             break;
         }
         sleep_ms(200);
     }
     free(c);
+    if (!settled) { /* the role is ending: nothing waits on this follower any more */
+        nl_repl_event ev = {.kind = NL_REPL_WRITTEN, .i = l->slot, .in = 1, .result = NL_REPL_WRITE_REFUSED};
+        nl_repl_actions a;
+        cl_role_step(r, &ev, &a);
+    }
 }
 
-/* In-sync upkeep after each exchange: out after the timeout without progress, in once
- * caught up. */
-static void upkeep(repl_link *l)
+/* In-sync upkeep after each exchange (the step decides: out after the timeout without
+ * progress, in once caught up); then a move this link drives takes its next step. */
+static void upkeep(repl_link *l, int failed)
 {
     repl_role *r = l->role;
+    nl_repl_event ev = {.kind = NL_REPL_TICK, .i = l->slot, .timeout_ms = r->cl->replica_timeout_ms,
+                        .failed = failed, .retiring = l->retiring};
+    nl_repl_actions a;
+    cl_role_step(r, &ev, &a);
     pthread_mutex_lock(&r->mu);
-    uint64_t t = now_ms();
-    int in = 0, listed = 0;
-    for (uint32_t i = 0; i < r->view.nin_sync; i++)
-        in |= !strcmp(r->view.in_sync[i], l->peer);
-    for (uint32_t i = 0; i < r->view.nreplicas; i++)
-        listed |= !strcmp(r->view.replicas[i], l->peer);
-    int caught_up = l->known && l->acked >= r->last;
-    if (caught_up)
-        l->progress_ms = t;
-    int stalled = !caught_up && t - l->progress_ms > r->cl->replica_timeout_ms;
-    int dep = r->deposed;
+    int listed = 0;
+    for (uint32_t i = 0; i < r->sm.view.nreplicas; i++)
+        listed |= !strcmp(r->sm.view.replicas[i], l->peer);
+    int dep = r->sm.deposed;
     pthread_mutex_unlock(&r->mu);
     if (dep || !listed || l->retiring)
         return;
-    int rc = 0;
-    if (in && stalled) {
-        rc = change_in_sync(r, l->peer, 0);
-    } else if (!in && caught_up) {
-        /* from now until the map says so, writes wait for this follower too: none may be
-         * acknowledged without it while it joins (nl_repl_committed_joining) */
-        pthread_mutex_lock(&r->mu);
-        l->adding = 1;
-        int still = l->acked >= r->last;
-        pthread_mutex_unlock(&r->mu);
-        if (still)
-            rc = change_in_sync(r, l->peer, 1);
-        if (still && rc && rc != -EAGAIN && rc != -ESTALE && rc != NL_ESTALE)
-            settle_add(r, l); /* the map write may have landed (its answer was lost) */
-        pthread_mutex_lock(&r->mu);
-        l->adding = 0;
-        pthread_cond_broadcast(&r->cv);
-        pthread_mutex_unlock(&r->mu);
+    if (a.act & NL_REPL_ACT_IN_SYNC) {
+        int rc = change_in_sync(r, l->slot, l->peer, a.in);
+        if (rc) {
+            nl_repl_event w = {.kind = NL_REPL_WRITTEN, .i = l->slot, .in = a.in};
+            w.result = rc == NL_ESTALE                              ? NL_REPL_WRITE_DEPOSED
+                     : rc == -EAGAIN || rc == -ESTALE || rc == -ENOMEM ? NL_REPL_WRITE_REFUSED
+                                                                    : NL_REPL_WRITE_LOST;
+            nl_repl_actions wa;
+            cl_role_step(r, &w, &wa);
+            if (wa.act & NL_REPL_ACT_SETTLE)
+                settle_add(r, l); /* the map write may have landed (its answer was lost) */
+            if (rc == NL_ESTALE)
+                return;
+        }
     }
-    if (rc == NL_ESTALE)
-        deposed(r, "the map has a newer epoch for this shard");
-    else
-        cl_move_step(l);
+    cl_move_step(l);
 }
 
 static void *link_main(void *arg)
@@ -560,57 +308,60 @@ static void *link_main(void *arg)
     uint32_t backoff = 50;
     while (!atomic_load(&l->stop)) {
         int rc = 0;
-        if (!l->known) {
+        pthread_mutex_lock(&r->mu);
+        int known = r->sm.f[l->slot].known;
+        pthread_mutex_unlock(&r->mu);
+        if (!known) {
             rc = hello(l);
         } else {
             pthread_mutex_lock(&r->mu);
-            if (l->acked >= r->last && !atomic_load(&l->stop) && !r->deposed) {
+            uint64_t from = 0;
+            if (!nl_repl_primary_next(&r->sm, l->slot, &from) && !atomic_load(&l->stop) && !r->sm.deposed) {
                 struct timespec ts;
                 abs_deadline(&ts, 200);
                 pthread_cond_timedwait(&r->cv, &r->mu, &ts);
             }
-            uint64_t from = l->acked + 1, last = r->last;
-            int dep = r->deposed;
+            int more = nl_repl_primary_next(&r->sm, l->slot, &from);
+            int dep = r->sm.deposed;
             pthread_mutex_unlock(&r->mu);
             if (dep)
                 break;
-            if (from <= last) {
+            if (more) {
                 nl_log_entry *e = NULL;
                 size_t n = 0;
                 rc = nl_collection_shard_log_read(r->h, r->s, from, RP_MAX_BATCH, &e, &n);
+                nl_repl_event ev = {.i = l->slot};
+                nl_repl_actions a;
                 if (rc == NL_ENOTFOUND) {
-                    l->known = 0; /* trimmed past it: the position decides again */
+                    ev.kind = NL_REPL_UNKNOWN; /* trimmed past it: the position decides again */
+                    cl_role_step(r, &ev, &a);
                     rc = 0;
                 } else if (!rc && n) {
-                    rp_answer a;
-                    rc = send_entries(l, from - 1, e, n, &a, NULL);
+                    rp_answer ans;
+                    rc = send_entries(l, from - 1, e, n, &ans, NULL);
                     if (rc == NL_ENOTFOUND) {
                         /* the entry the follower is at was trimmed, the next one not yet:
                          * the request cannot name what it follows; the position decides */
-                        l->known = 0;
+                        ev.kind = NL_REPL_UNKNOWN;
+                        cl_role_step(r, &ev, &a);
                         rc = 0;
-                    } else if (!rc && a.status == 409) {
-                        deposed(r, "a follower is fenced at a later epoch");
-                    } else if (!rc && a.status == 200 && a.what && !strcmp(a.what, "ok")) {
-                        pthread_mutex_lock(&r->mu);
-                        if (a.last > l->acked)
-                            l->progress_ms = now_ms();
-                        l->acked = a.last;
-                        pthread_cond_broadcast(&r->cv);
-                        pthread_mutex_unlock(&r->mu);
-                    } else if (!rc && a.what && !strcmp(a.what, "mismatch")) {
-                        l->known = 0;
                     } else if (!rc) {
-                        rc = -EIO; /* refused an entry (its message is in the follower's log) */
+                        ev.kind = NL_REPL_ACK;
+                        ev.status = ans.status;
+                        ev.answer = ans.what && !strcmp(ans.what, "ok")         ? NL_REPL_ANSWER_OK
+                                  : ans.what && !strcmp(ans.what, "mismatch") ? NL_REPL_ANSWER_MISMATCH
+                                                                              : NL_REPL_ANSWER_OTHER;
+                        ev.f_last = ans.last;
+                        cl_role_step(r, &ev, &a);
+                        if (ans.status != 409 && !(ans.status == 200 && ev.answer == NL_REPL_ANSWER_OK) &&
+                            ev.answer != NL_REPL_ANSWER_MISMATCH)
+                            rc = -EIO; /* refused an entry (its message is in the follower's log) */
                     }
                 }
                 nl_log_entries_free(e, n);
             }
         }
-        pthread_mutex_lock(&r->mu);
-        l->failing = rc != 0;
-        pthread_mutex_unlock(&r->mu);
-        upkeep(l);
+        upkeep(l, rc != 0);
         if (rc) {
             sleep_ms(backoff);
             backoff = backoff < 1000 ? backoff * 2 : 1000;
@@ -623,10 +374,11 @@ static void *link_main(void *arg)
 
 /* ---------------------------------------------------------------- role lifecycle */
 
+
 static void role_stop(repl_role *r)
 {
     pthread_mutex_lock(&r->mu);
-    r->deposed = 1;
+    cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_STOP, .i = -1});
     for (int i = 0; i < r->nlinks; i++)
         atomic_store(&r->links[i].stop, 1);
     pthread_cond_broadcast(&r->cv);
@@ -635,7 +387,7 @@ static void role_stop(repl_role *r)
         if (r->links[i].started)
             pthread_join(r->links[i].th, NULL);
         if (r->links[i].e)
-            curl_easy_cleanup(r->links[i].e);
+            nl_router_stream_close(r->links[i].e);
         cl_snapshot_link_done(&r->links[i]);
     }
 }
@@ -655,10 +407,6 @@ static repl_role *role_start(nl_cluster *cl, const cl_coll *c, uint32_t s)
     r->s = s;
     r->cl = cl;
     r->h = h;
-    r->epoch = c->map.shard[s].epoch;
-    r->quorum = c->cc.write_quorum;
-    r->view = c->map.shard[s];
-    r->version = c->map.version;
     atomic_store(&r->refs, 1);
     pthread_mutex_init(&r->mu, NULL);
     pthread_condattr_t ca;
@@ -668,21 +416,20 @@ static repl_role *role_start(nl_cluster *cl, const cl_coll *c, uint32_t s)
     pthread_condattr_destroy(&ca);
     nl_log_state ls;
     nl_collection_shard_log_state(h, s, &ls);
-    r->last = ls.last_seq;
-    r->high = ls.last_seq; /* all of it may have been acknowledged before */
-    for (uint32_t i = 0; i < r->view.nreplicas; i++) {
-        if (!strcmp(r->view.replicas[i], cl->node_id))
-            continue;
+    /* all of its log may have been acknowledged before: high starts at its last */
+    nl_repl_primary_init(&r->sm, cl->node_id, c->map.shard[s].epoch, c->cc.write_quorum, &c->map.shard[s],
+                         c->map.version, ls.last_seq, now_ms());
+    for (int i = 0; i < r->sm.nf; i++) {
         repl_link *l = &r->links[r->nlinks++];
         l->role = r;
-        memcpy(l->peer, r->view.replicas[i], sizeof l->peer);
-        l->progress_ms = now_ms();
+        l->slot = i;
+        memcpy(l->peer, r->sm.f[i].peer, sizeof l->peer);
     }
     for (int i = 0; i < r->nlinks; i++)
         r->links[i].started = pthread_create(&r->links[i].th, NULL, link_main, &r->links[i]) == 0;
     cl_log(cl, 1, "\"event\":\"primary\",\"collection\":\"%s\",\"shard\":%u,\"epoch\":%llu,\"last_seq\":%llu,"
-           "\"in_sync\":%u,\"quorum\":\"%s\"", r->coll, s, (unsigned long long)r->epoch, (unsigned long long)r->last,
-           r->view.nin_sync, nl_quorum_name(r->quorum));
+           "\"in_sync\":%u,\"quorum\":\"%s\"", r->coll, s, (unsigned long long)r->sm.epoch,
+           (unsigned long long)r->sm.last, r->sm.view.nin_sync, nl_quorum_name(r->sm.quorum));
     return r;
 }
 
@@ -708,8 +455,8 @@ static void links_sync(repl_role *r)
         if (!l->peer[0])
             continue;
         int listed = 0;
-        for (uint32_t k = 0; k < r->view.nreplicas; k++)
-            listed |= !strcmp(r->view.replicas[k], l->peer);
+        for (uint32_t k = 0; k < r->sm.view.nreplicas; k++)
+            listed |= !strcmp(r->sm.view.replicas[k], l->peer);
         if (!listed && !l->retiring) {
             l->retiring = 1;
             atomic_store(&l->stop, 1);
@@ -722,16 +469,20 @@ static void links_sync(repl_role *r)
         if (!l->retiring || (l->started && pthread_tryjoin_np(l->th, NULL) != 0))
             continue;
         if (l->e)
-            curl_easy_cleanup(l->e);
+            nl_router_stream_close(l->e);
         cl_snapshot_link_done(l);
         pthread_mutex_lock(&r->mu);
         cl_log(cl, 1, "\"event\":\"link_ended\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\"", r->coll, r->s,
                l->peer);
+        nl_repl_primary_drop(&r->sm, i);
         memset(l, 0, sizeof *l);
         pthread_mutex_unlock(&r->mu);
     }
-    for (uint32_t k = 0; k < r->view.nreplicas; k++) {
-        const char *id = r->view.replicas[k];
+    pthread_mutex_lock(&r->mu);
+    nl_shard_entry view = r->sm.view;
+    pthread_mutex_unlock(&r->mu);
+    for (uint32_t k = 0; k < view.nreplicas; k++) {
+        const char *id = view.replicas[k];
         int have = !strcmp(id, cl->node_id);
         for (int i = 0; i < r->nlinks && !have; i++)
             have = !strcmp(r->links[i].peer, id) && !r->links[i].retiring;
@@ -749,8 +500,9 @@ static void links_sync(repl_role *r)
         repl_link *l = &r->links[slot];
         memset(l, 0, sizeof *l);
         l->role = r;
+        l->slot = slot;
         memcpy(l->peer, id, sizeof l->peer);
-        l->progress_ms = now_ms();
+        nl_repl_primary_set(&r->sm, slot, id, now_ms());
         if (slot == r->nlinks)
             r->nlinks++;
         pthread_mutex_unlock(&r->mu);
@@ -769,20 +521,17 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
             const nl_shard_entry *e = &c->map.shard[sh];
             if (strcmp(e->primary, cl->node_id) || e->state == NL_SHARD_OFFLINE)
                 continue;
-            repl_role *r = role_get(cl, c->cc.name, sh);
-            if (r && (r->epoch != e->epoch || strcmp(r->uid, c->cc.uid))) {
-                role_put(r);
+            repl_role *r = cl_role_get(cl, c->cc.name, sh);
+            if (r && (r->sm.epoch != e->epoch || strcmp(r->uid, c->cc.uid))) {
+                cl_role_put(r);
                 r = NULL; /* a new epoch: the old role ends below */
             } else if (r) {
-                pthread_mutex_lock(&r->mu);
-                if (c->map.version > r->version) { /* the in-sync set as the map has it now */
-                    r->view = *e;
-                    r->version = c->map.version;
-                    pthread_cond_broadcast(&r->cv);
-                }
-                pthread_mutex_unlock(&r->mu);
+                /* the in-sync set as the map has it now */
+                nl_repl_event ev = {.kind = NL_REPL_MAP, .i = -1, .entry = e, .version = c->map.version};
+                nl_repl_actions a;
+                cl_role_step(r, &ev, &a);
                 links_sync(r);
-                role_put(r);
+                cl_role_put(r);
                 continue;
             }
             /* end an older role of this shard first */
@@ -797,7 +546,7 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
             pthread_mutex_unlock(&cl->repl_mu);
             if (old) {
                 role_stop(old);
-                role_put(old);
+                cl_role_put(old);
             }
             repl_role *nr = role_start(cl, c, sh);
             if (nr) {
@@ -815,7 +564,7 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
         for (; *pp; pp = &(*pp)->next) {
             const cl_coll *c = cl_snap_coll(s, (*pp)->coll);
             const nl_shard_entry *e = c && c->has_map && (*pp)->s < c->map.nshards ? &c->map.shard[(*pp)->s] : NULL;
-            if (!e || strcmp(e->primary, cl->node_id) || e->epoch != (*pp)->epoch || strcmp(c->cc.uid, (*pp)->uid)) {
+            if (!e || strcmp(e->primary, cl->node_id) || e->epoch != (*pp)->sm.epoch || strcmp(c->cc.uid, (*pp)->uid)) {
                 gone = *pp;
                 *pp = gone->next;
                 break;
@@ -825,9 +574,9 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
         if (!gone)
             break;
         cl_log(cl, 1, "\"event\":\"primary_ended\",\"collection\":\"%s\",\"shard\":%u,\"epoch\":%llu", gone->coll,
-               gone->s, (unsigned long long)gone->epoch);
+               gone->s, (unsigned long long)gone->sm.epoch);
         role_stop(gone);
-        role_put(gone);
+        cl_role_put(gone);
     }
     /* log bounds */
     for (size_t i = 0; i < s->ncolls; i++) {
@@ -835,23 +584,13 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
         for (uint32_t sh = 0; c->has_map && sh < c->map.nshards; sh++) {
             if (!nl_shard_map_holds(&c->map, sh, cl->node_id))
                 continue;
-            repl_role *r = role_get(cl, c->cc.name, sh);
+            repl_role *r = cl_role_get(cl, c->cc.name, sh);
             if (r) {
-                uint64_t keep = UINT64_MAX;
                 pthread_mutex_lock(&r->mu);
-                for (uint32_t k = 0; k < r->view.nin_sync; k++) {
-                    if (!strcmp(r->view.in_sync[k], cl->node_id))
-                        continue;
-                    uint64_t a = 0;
-                    for (int q = 0; q < r->nlinks; q++)
-                        if (!strcmp(r->links[q].peer, r->view.in_sync[k]) && r->links[q].known)
-                            a = r->links[q].acked;
-                    if (a < keep)
-                        keep = a;
-                }
+                uint64_t keep = nl_repl_primary_keep(&r->sm);
                 pthread_mutex_unlock(&r->mu);
                 trim(cl, r->h, sh, keep);
-                role_put(r);
+                cl_role_put(r);
             } else {
                 nl_collection *h;
                 if (nl_collection_open(cl->opt.db, c->cc.name, &h) == 0) {
@@ -875,7 +614,7 @@ void cl_repl_stop_all(nl_cluster *cl)
         if (!r)
             break;
         role_stop(r);
-        role_put(r);
+        cl_role_put(r);
     }
 }
 
@@ -887,9 +626,7 @@ static void on_durable(void *ctx, uint64_t seq)
 {
     repl_role *r = ctx;
     pthread_mutex_lock(&r->mu);
-    if (seq > r->last)
-        r->last = seq;
-    pthread_cond_broadcast(&r->cv);
+    cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_DURABLE, .i = -1, .seq = seq});
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -910,7 +647,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
 {
     if (count)
         *count = 0;
-    repl_role *r = role_get(cl, name, s);
+    repl_role *r = cl_role_get(cl, name, s);
     if (!r) {
         /* a map that has just made this node primary (a new collection, a failover): the
          * worker starts the role on its next read; wait for it a moment */
@@ -923,7 +660,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
                 cl_wake(cl);
             struct timespec ts = {0, 10000000};
             nanosleep(&ts, NULL);
-            r = role_get(cl, name, s);
+            r = cl_role_get(cl, name, s);
         }
     }
     if (!r) {
@@ -938,7 +675,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     (void)h;
     int rc = 0;
     pthread_mutex_lock(&r->mu);
-    int alone = r->view.nreplicas == 1; /* nobody else can be promoted: nobody can depose it */
+    int alone = r->sm.view.nreplicas == 1; /* nobody else can be promoted: nobody can depose it */
     pthread_mutex_unlock(&r->mu);
     if (!alone && !cl_session_ok(cl))
         rc = nl_fail(NL_EREFUSED, "node %s is not connected to ZooKeeper with a fresh map: it acknowledges no "
@@ -947,19 +684,19 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     /* a move handing the role over: nothing new is ordered until it lands (then this
      * write goes to the new primary: the router retries there) or is given up */
     for (uint64_t until = nl_now_ns() + (uint64_t)cl->write_wait_ms * 1000000ull;
-         !rc && r->handoff && !r->deposed && nl_now_ns() < until;) {
+         !rc && r->handoff && !r->sm.deposed && nl_now_ns() < until;) {
         struct timespec ts;
         abs_deadline(&ts, 20);
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     }
-    if (!rc && r->deposed)
+    if (!rc && r->sm.deposed)
         rc = nl_fail(NL_EREFUSED, "node %s is no longer the primary of shard %u of '%s' (a later epoch)",
                      cl->node_id, s, name);
     if (!rc && r->handoff)
         rc = nl_fail(NL_EREFUSED, "shard %u of '%s' is handing its primary over", s, name);
     if (!rc)
         r->writing++;
-    uint64_t epoch = r->epoch;
+    uint64_t epoch = r->sm.epoch;
     pthread_mutex_unlock(&r->mu);
     int counted = !rc;
     uint64_t seq = 0;
@@ -970,14 +707,14 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
            : w->type == 2 ? nl_collection_shard_log_delete(r->h, s, &o, w->ids, w->n, &done, &seq)
                           : nl_collection_shard_log_delete_by_filter(r->h, s, &o, w->f, &done, &seq);
         if (rc == NL_ESTALE) {
-            deposed(r, nl_errdetail());
+            cl_role_deposed(r, nl_errdetail());
             rc = nl_fail(NL_EREFUSED, "node %s is fenced for shard %u of '%s'", cl->node_id, s, name);
         }
     }
     if (counted) {
         pthread_mutex_lock(&r->mu);
-        if (seq > r->last)
-            r->last = seq;
+        if (seq)
+            cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_DURABLE, .i = -1, .seq = seq});
         r->writing--;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
@@ -985,13 +722,12 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     if (!rc && seq) {
         uint64_t t0 = nl_now_ns(), deadline = t0 + (uint64_t)cl->write_wait_ms * 1000000ull;
         pthread_mutex_lock(&r->mu);
-        if (seq > r->last)
-            r->last = seq;
-        pthread_cond_broadcast(&r->cv); /* the links have something to send */
+        /* the links have something to send */
+        cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_DURABLE, .i = -1, .seq = seq});
         for (;;) {
-            if (committed_locked(r) >= seq)
+            if (nl_repl_primary_committed(&r->sm) >= seq)
                 break;
-            if (r->deposed) {
+            if (r->sm.deposed) {
                 rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s': deposed before the write quorum acknowledged (the "
                              "write may or may not survive)", s, name);
                 break;
@@ -1005,8 +741,8 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
             abs_deadline(&ts, 20);
             pthread_cond_timedwait(&r->cv, &r->mu, &ts);
         }
-        if (!rc && seq > r->high)
-            r->high = seq;
+        if (!rc)
+            cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_ANSWERED, .i = -1, .seq = seq});
         pthread_mutex_unlock(&r->mu);
         atomic_fetch_add(rc ? &cl->repl_write_failures : &cl->repl_writes, 1);
         if (!rc)
@@ -1014,7 +750,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     }
     if (count)
         *count = w->type == 1 ? w->n : done;
-    role_put(r);
+    cl_role_put(r);
     return rc;
 }
 
@@ -1039,173 +775,7 @@ int nl_cluster_shard_delete_by_filter(nl_cluster *cl, nl_collection *h, const ch
     return write_through(cl, h, name, s, &w, deleted);
 }
 
-/* ---------------------------------------------------------------- the follower's side */
-
-static pthread_mutex_t *follow_lock(nl_cluster *cl, const char *name, uint32_t s)
-{
-    uint64_t h = 1469598103934665603ull ^ s;
-    for (const char *p = name; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return &cl->follow_mu[h % CL_FOLLOW_LOCKS];
-}
-
-static json_t *position(const char *status, const nl_log_state *st, const char *msg)
-{
-    json_t *j = json_pack("{s:s,s:I,s:I,s:I}", "status", status, "last_seq", (json_int_t)st->last_seq, "last_epoch",
-                          (json_int_t)st->last_epoch, "fence", (json_int_t)st->fence);
-    if (msg)
-        json_object_set_new(j, "message", json_string(msg));
-    return j;
-}
-
-/* The epoch of shard s in this node's snapshot of the map (0 when unknown). */
-static uint64_t map_epoch(nl_cluster *cl, const char *name, uint32_t s, char *uid, size_t cap)
-{
-    cl_snapshot *sn = cl_snap_get(cl);
-    const cl_coll *c = cl_snap_coll(sn, name);
-    uint64_t e = c && c->has_map && s < c->map.nshards ? c->map.shard[s].epoch : 0;
-    if (uid)
-        snprintf(uid, cap, "%s", c ? c->cc.uid : "");
-    cl_snap_put(cl, sn);
-    return e;
-}
-
-int nl_cluster_replicate(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, const void *body, size_t len,
-                         json_t **out)
-{
-    const unsigned char *p = body;
-    uint32_t magic, ver, cnt, ul;
-    uint64_t epoch, prev, prev_epoch;
-    if (!p || len < RP_HDR) {
-        *out = cl_error("bad_request", "a replicate request of %zu bytes", len);
-        return 400;
-    }
-    memcpy(&magic, p, 4);
-    memcpy(&ver, p + 4, 4);
-    memcpy(&epoch, p + 8, 8);
-    memcpy(&prev, p + 16, 8);
-    memcpy(&prev_epoch, p + 24, 8);
-    memcpy(&cnt, p + 32, 4);
-    memcpy(&ul, p + 36, 4);
-    if (magic != RP_MAGIC || ver != 1 || ul == 0 || ul >= 20 || len - RP_HDR < ul || cnt > 1000000) {
-        *out = cl_error("bad_request", "not a replicate request");
-        return 400;
-    }
-    char uid[20], known_uid[32];
-    memcpy(uid, p + RP_HDR, ul);
-    uid[ul] = 0;
-    uint64_t me = map_epoch(cl, name, s, known_uid, sizeof known_uid);
-    if (known_uid[0] && strcmp(uid, known_uid)) {
-        *out = cl_error("not_found", "the request is for another collection of the name '%s'", name);
-        return 404;
-    }
-    pthread_mutex_t *mu = follow_lock(cl, name, s);
-    pthread_mutex_lock(mu);
-    nl_log_state st;
-    int rc = nl_collection_shard_log_state(h, s, &st);
-    int status = 200;
-    if (!rc && (epoch < st.fence || epoch < me)) {
-        *out = position("stale", &st, "an older epoch than this replica knows");
-        pthread_mutex_unlock(mu);
-        return 409;
-    }
-    if (!rc && epoch > st.fence)
-        rc = nl_collection_shard_fence(h, s, epoch, &st); /* nothing older from now on */
-    uint64_t have_epoch = 0;
-    if (!rc && (st.last_seq != prev || nl_collection_shard_log_epoch_at(h, s, prev, &have_epoch) != 0 ||
-                have_epoch != prev_epoch)) {
-        *out = position("mismatch", &st, NULL);
-        pthread_mutex_unlock(mu);
-        return 200;
-    }
-    size_t at = RP_HDR + ul;
-    const char *msg = NULL;
-    char err[300];
-    for (uint32_t i = 0; !rc && i < cnt; i++) {
-        uint64_t seq;
-        uint32_t el;
-        if (len - at < 12) {
-            msg = "the request ends inside an entry";
-            break;
-        }
-        memcpy(&seq, p + at, 8);
-        memcpy(&el, p + at + 8, 4);
-        if (len - at - 12 < el) {
-            msg = "the request ends inside an entry";
-            break;
-        }
-        int ar = nl_collection_shard_log_apply(h, s, epoch, seq, p + at + 12, el);
-        if (ar) {
-            snprintf(err, sizeof err, "entry %llu: %s", (unsigned long long)seq, nl_errdetail());
-            msg = err;
-            cl_log(cl, 3, "\"event\":\"replicate_refused\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"%s\"",
-                   name, s, err);
-            status = ar == NL_ESTALE ? 409 : 422;
-            break;
-        }
-        at += 12 + el;
-    }
-    nl_collection_shard_log_state(h, s, &st);
-    pthread_mutex_unlock(mu);
-    if (rc) {
-        *out = cl_error("internal", "%s", nl_errdetail());
-        return 500;
-    }
-    if (msg && status == 200)
-        status = 400;
-    *out = position(msg ? (status == 409 ? "stale" : "error") : "ok", &st, msg);
-    return status;
-}
-
-int nl_cluster_fence_shard(nl_cluster *cl, nl_collection *h, const char *name, uint32_t s, uint64_t epoch, json_t **out)
-{
-    pthread_mutex_t *mu = follow_lock(cl, name, s);
-    pthread_mutex_lock(mu);
-    nl_log_state st;
-    int rc = nl_collection_shard_fence(h, s, epoch, &st);
-    pthread_mutex_unlock(mu);
-    if (rc == NL_ESTALE) {
-        *out = position("stale", &st, nl_errdetail());
-        return 409;
-    }
-    if (rc) {
-        *out = cl_error("internal", "%s", nl_errdetail());
-        return 500;
-    }
-    cl_log(cl, 1, "\"event\":\"fenced\",\"collection\":\"%s\",\"shard\":%u,\"epoch\":%llu,\"last_seq\":%llu", name, s,
-           (unsigned long long)epoch, (unsigned long long)st.last_seq);
-    *out = position("ok", &st, NULL);
-    return 200;
-}
-
-pthread_mutex_t *cl_follow_lock(nl_cluster *cl, const char *name, uint32_t s) { return follow_lock(cl, name, s); }
-
-/* ---------------------------------------------------------------- reads and status */
-
-int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s)
-{
-    cl_snapshot *sn = cl_snap_get(cl);
-    const cl_coll *c = cl_snap_coll(sn, name);
-    int ok = c && c->has_map && nl_shard_map_in_sync(&c->map, s, cl->node_id);
-    /* A view of a replicated shard older than a session timeout (the process was paused,
-     * or cut off from ZooKeeper) may be one the cluster has moved past: its primary may have
-     * dropped this replica from the in-sync set and gone on acknowledging without it. Such
-     * a replica serves no reads until its map is read again (the router asks another one).
-     * A shard of one replica is always in sync: nobody can drop it. */
-    uint64_t age = nl_now_ns() - (uint64_t)atomic_load(&cl->last_read_ns);
-    if (ok && c->map.shard[s].nreplicas > 1 && age > (uint64_t)cl->opt.session_ms * 1000000ull)
-        ok = 0;
-    cl_snap_put(cl, sn);
-    if (!ok) {
-        /* this node's snapshot may lag the map the router read (a collection just made,
-         * a replica just added): ask ZooKeeper before refusing */
-        cl_coll *f = malloc(sizeof *f);
-        if (f && cl_fresh_coll(cl, name, f) == 0)
-            ok = f->has_map && nl_shard_map_in_sync(&f->map, s, cl->node_id);
-        free(f);
-    }
-    return ok;
-}
+/* ---------------------------------------------------------------- status */
 
 json_t *cl_repl_status(nl_cluster *cl)
 {
@@ -1219,26 +789,28 @@ json_t *cl_repl_status(nl_cluster *cl)
             const repl_link *l = &r->links[i];
             if (!l->peer[0])
                 continue;
+            const nl_repl_follower *fo = &r->sm.f[i];
             int in = 0;
-            for (uint32_t k = 0; k < r->view.nin_sync; k++)
-                in |= !strcmp(r->view.in_sync[k], l->peer);
-            uint64_t lag = l->known && r->last > l->acked ? r->last - l->acked : 0;
+            for (uint32_t k = 0; k < r->sm.view.nin_sync; k++)
+                in |= !strcmp(r->sm.view.in_sync[k], l->peer);
+            uint64_t lag = fo->known && r->sm.last > fo->acked ? r->sm.last - fo->acked : 0;
             json_array_append_new(fs, json_pack("{s:s,s:b,s:b,s:I,s:I,s:I,s:b,s:I,s:I}", "node", l->peer, "in_sync", in,
-                                                "known", l->known, "acked_seq", (json_int_t)l->acked, "lag_ops",
-                                                (json_int_t)(l->known ? lag : r->last), "lag_ms",
-                                                (json_int_t)(lag && t > l->progress_ms ? t - l->progress_ms : 0),
-                                                "failing", l->failing, "snapshots", (json_int_t)l->snapshots,
+                                                "known", fo->known, "acked_seq", (json_int_t)fo->acked, "lag_ops",
+                                                (json_int_t)(fo->known ? lag : r->sm.last), "lag_ms",
+                                                (json_int_t)(lag && t > fo->progress_ms ? t - fo->progress_ms : 0),
+                                                "failing", fo->failing, "snapshots", (json_int_t)l->snapshots,
                                                 "snapshot_bytes", (json_int_t)l->snapshot_bytes));
             json_t *f = json_array_get(fs, json_array_size(fs) - 1);
             json_object_set_new(f, "copying", json_boolean(l->snap != NULL));
-            json_object_set_new(f, "last_error", json_string(l->failing ? l->last_error : ""));
+            json_object_set_new(f, "last_error", json_string(fo->failing ? l->last_error : ""));
             json_object_set_new(f, "copy_done", json_integer((json_int_t)l->snap_done));
             json_object_set_new(f, "copy_total", json_integer((json_int_t)l->snap_total));
         }
         json_array_append_new(a, json_pack("{s:s,s:i,s:I,s:I,s:I,s:s,s:i,s:o}", "collection", r->coll, "shard", (int)r->s,
-                                           "epoch", (json_int_t)r->epoch, "last_seq", (json_int_t)r->last,
-                                           "committed_seq", (json_int_t)committed_locked(r), "quorum",
-                                           nl_quorum_name(r->quorum), "in_sync", (int)r->view.nin_sync, "followers", fs));
+                                           "epoch", (json_int_t)r->sm.epoch, "last_seq", (json_int_t)r->sm.last,
+                                           "committed_seq", (json_int_t)nl_repl_primary_committed(&r->sm), "quorum",
+                                           nl_quorum_name(r->sm.quorum), "in_sync", (int)r->sm.view.nin_sync, "followers",
+                                           fs));
         json_object_set_new(json_array_get(a, json_array_size(a) - 1), "handing_over", json_boolean(r->handoff));
         pthread_mutex_unlock(&r->mu);
     }
@@ -1257,8 +829,9 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
             if (r->links[i].peer[0])
             fprintf(f, "nearline_replication_lag_ops{collection=\"%s\",shard=\"%u\",follower=\"%s\"} %llu\n", r->coll,
                     r->s, r->links[i].peer,
-                    (unsigned long long)(r->links[i].known && r->last > r->links[i].acked ? r->last - r->links[i].acked
-                                         : r->links[i].known ? 0 : r->last));
+                    (unsigned long long)(r->sm.f[i].known && r->sm.last > r->sm.f[i].acked
+                                             ? r->sm.last - r->sm.f[i].acked
+                                         : r->sm.f[i].known ? 0 : r->sm.last));
         pthread_mutex_unlock(&r->mu);
     }
     fprintf(f, "# HELP nearline_replication_lag_ms Milliseconds since a lagging follower last made progress.\n"
@@ -1270,9 +843,10 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
             const repl_link *l = &r->links[i];
             if (!l->peer[0])
                 continue;
-            int lag = !l->known || l->acked < r->last;
+            const nl_repl_follower *fo = &r->sm.f[i];
+            int lag = !fo->known || fo->acked < r->sm.last;
             fprintf(f, "nearline_replication_lag_ms{collection=\"%s\",shard=\"%u\",follower=\"%s\"} %llu\n", r->coll,
-                    r->s, l->peer, (unsigned long long)(lag && t > l->progress_ms ? t - l->progress_ms : 0));
+                    r->s, l->peer, (unsigned long long)(lag && t > fo->progress_ms ? t - fo->progress_ms : 0));
         }
         pthread_mutex_unlock(&r->mu);
     }
@@ -1280,12 +854,12 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
                "node is primary of.\n# TYPE nearline_replication_in_sync gauge\n");
     for (repl_role *r = cl->roles; r; r = r->next)
         fprintf(f, "nearline_replication_in_sync{collection=\"%s\",shard=\"%u\"} %u\n", r->coll, r->s,
-                r->view.nin_sync);
+                r->sm.view.nin_sync);
     fprintf(f, "# HELP nearline_replication_epoch The epoch of each shard this node is primary of.\n"
                "# TYPE nearline_replication_epoch gauge\n");
     for (repl_role *r = cl->roles; r; r = r->next)
         fprintf(f, "nearline_replication_epoch{collection=\"%s\",shard=\"%u\"} %llu\n", r->coll, r->s,
-                (unsigned long long)r->epoch);
+                (unsigned long long)r->sm.epoch);
     pthread_mutex_unlock(&cl->repl_mu);
 #define C(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
     C("nearline_replication_writes_total", "Writes this node acknowledged as a primary, after the write quorum.",

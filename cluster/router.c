@@ -172,6 +172,63 @@ static size_t on_data(char *ptr, size_t sz, size_t nm, void *ud)
     return n;
 }
 
+int nl_router_stream_call(nl_router *r, void **conn, const char *url, const void *body, size_t len,
+                          const char *content_type, uint32_t timeout_ms, char **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (!*conn && !(*conn = curl_easy_init()))
+        return 0;
+    CURL *e = *conn;
+    curl_easy_reset(e); /* keeps the connection: the stream stays on one */
+    xfer x;
+    memset(&x, 0, sizeof x);
+    struct curl_slist *h = NULL;
+    char ct[128], key[600];
+    snprintf(ct, sizeof ct, "Content-Type: %s", content_type ? content_type : "application/octet-stream");
+    h = curl_slist_append(h, ct);
+    h = curl_slist_append(h, "Expect:");
+    if (r->opt.cluster_key) {
+        snprintf(key, sizeof key, "X-Nearline-Cluster-Key: %s", r->opt.cluster_key);
+        h = curl_slist_append(h, key);
+    }
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 1000 ? timeout_ms : 1000));
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    }
+    if (r->opt.ca_file) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
+    }
+    CURLcode cc = curl_easy_perform(e);
+    long code = 0;
+    if (cc == CURLE_OK)
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+    curl_slist_free_all(h);
+    if (cc == CURLE_OK && x.len) {
+        *out = x.buf;
+        *out_len = x.len;
+    } else {
+        free(x.buf);
+    }
+    return cc == CURLE_OK ? (int)code : 0;
+}
+
+void nl_router_stream_close(void *conn)
+{
+    if (conn)
+        curl_easy_cleanup(conn);
+}
+
 /* Counts a transfer's outcome against its peer (mu held). */
 static void peer_result(nl_router *r, const char *id, uint64_t lat_us, int ok, int probe)
 {

@@ -225,3 +225,94 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
     *out = self;
     return 200;
 }
+
+/* ---------------------------------------------------------------- this node */
+
+int nl_cluster_node_status(nl_cluster *cl, json_t **out)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    json_t *nodes = json_array(), *colls = json_array(), *ref = json_array(), *un = json_array();
+    for (size_t i = 0; i < s->nnodes; i++) {
+        const nl_node_info *n = &s->nodes[i];
+        json_array_append_new(nodes, json_pack("{s:s,s:s,s:I,s:f,s:i,s:s,s:i}", "id", n->id, "address", n->address,
+                                               "disk_free", (json_int_t)n->disk_free, "load", n->load, "shards",
+                                               (int)n->shards, "version", n->version, "breaker",
+                                               nl_router_breaker(cl->router, n->id)));
+    }
+    for (size_t i = 0; i < s->ncolls; i++)
+        json_array_append_new(colls, json_pack("{s:s,s:b,s:i}", "name", s->colls[i].cc.name, "placed",
+                                               s->colls[i].has_map, "map_version",
+                                               s->colls[i].has_map ? s->colls[i].map.version : -1));
+    pthread_mutex_lock(&cl->rep_mu);
+    for (size_t i = 0; i < cl->nrefused; i++)
+        json_array_append_new(ref, json_string(cl->refused[i]));
+    for (size_t i = 0; i < cl->nunassigned; i++)
+        json_array_append_new(un, json_string(cl->unassigned[i]));
+    pthread_mutex_unlock(&cl->rep_mu);
+    *out = json_pack("{s:s,s:s,s:b,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "node_id", cl->node_id, "root", cl->root,
+                     "registered", atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
+                     atomic_load(&cl->is_coordinator), "nodes", nodes, "collections", colls, "refused_shards", ref,
+                     "unassigned_local_shards", un, "primary_of", cl_repl_status(cl));
+    json_object_set_new(*out, "compacting", json_integer(atomic_load(&cl->compacting)));
+    cl_snap_put(cl, s);
+    return 200;
+}
+
+void nl_cluster_metrics(nl_cluster *cl, FILE *f)
+{
+    cl_snapshot *s = cl_snap_get(cl);
+    size_t nn = s->nnodes, nc = s->ncolls;
+    cl_snap_put(cl, s);
+    pthread_mutex_lock(&cl->rep_mu);
+    size_t nref = cl->nrefused, nun = cl->nunassigned;
+    pthread_mutex_unlock(&cl->rep_mu);
+#define G(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " gauge\n" name " %lld\n", (long long)(v))
+#define C(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
+    G("nearline_cluster_registered", "1 when this node is registered in ZooKeeper.", atomic_load(&cl->registered));
+    G("nearline_cluster_is_coordinator", "1 when this node is the coordinator.", atomic_load(&cl->is_coordinator));
+    G("nearline_cluster_nodes", "Live nodes this node sees.", nn);
+    G("nearline_cluster_collections", "Collections in the cluster.", nc);
+    G("nearline_cluster_map_version", "Sum over collections of their shard map versions (changes when any map does).",
+      atomic_load(&cl->map_version_sum));
+    G("nearline_cluster_refused_shards", "Local shards refused because they differ from the cluster's config.", nref);
+    G("nearline_cluster_unassigned_local_shards", "Shards on this node's disk that the map does not give it.", nun);
+    C("nearline_cluster_coordinator_changes_total", "Times this node saw the coordinator change.",
+      atomic_load(&cl->coordinator_changes));
+    C("nearline_cluster_sessions_total", "ZooKeeper sessions this node registered with.", atomic_load(&cl->sessions));
+    C("nearline_cluster_map_writes_total", "Shard maps this node wrote as coordinator.", atomic_load(&cl->map_writes));
+    C("nearline_cluster_map_conflicts_total", "Map writes refused by ZooKeeper (lost a race, or fenced).",
+      atomic_load(&cl->map_conflicts));
+    C("nearline_router_partial_answers_total", "Searches answered without some shards (partial: true).",
+      atomic_load(&cl->partial_answers));
+    C("nearline_router_incomplete_refused_total", "Searches refused (503) because they required every shard.",
+      atomic_load(&cl->complete_refusals));
+    C("nearline_router_fanouts_total", "Requests the router fanned out to shards.", atomic_load(&cl->fanout_calls));
+    C("nearline_router_fanout_shards_total", "Shard calls of those fan-outs (their sum: the mean fan-out width).",
+      atomic_load(&cl->fanout_shards));
+    C("nearline_router_search_requeries_total", "Shards of a search asked again for the whole k (their first, scaled "
+      "answer could hold more of it).", atomic_load(&cl->fanout_requeries));
+    C("nearline_router_write_part_failures_total", "Per-shard parts of writes that failed.",
+      atomic_load(&cl->write_part_failures));
+    C("nearline_router_write_retries_total", "Write parts sent again to a shard's new primary (a move or a failover).",
+      atomic_load(&cl->write_retries));
+    C("nearline_moves_started_total", "Replica moves this node planned as coordinator.", atomic_load(&cl->moves_started));
+    C("nearline_moves_finished_total", "Replica moves this node finished as the shard's primary.",
+      atomic_load(&cl->moves_finished));
+    C("nearline_moves_rolled_back_total", "Replica moves abandoned by this node as coordinator (the target went).",
+      atomic_load(&cl->moves_rolled_back));
+    C("nearline_moves_handoffs_total", "Primary roles this node handed to a move's target.", atomic_load(&cl->handoffs));
+    C("nearline_moves_copies_dropped_total", "Local shard copies removed after the map moved them away.",
+      atomic_load(&cl->copies_dropped));
+    C("nearline_snapshot_pieces_sent_total", "Snapshot pieces this node sent.", atomic_load(&cl->pieces_sent));
+    C("nearline_snapshot_raw_bytes_total", "Bytes of shard files the snapshot copies this node installed elsewhere "
+      "carried (before compression).", atomic_load(&cl->snapshot_raw_bytes));
+    C("nearline_snapshot_pieces_resent_total", "Snapshot pieces sent again after the receiver refused their checksum.",
+      atomic_load(&cl->pieces_resent));
+    G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->compacting));
+    C("nearline_compactions_deferred_total", "Background compactions put off (the node's bound, or another replica of "
+      "the shard compacting).", atomic_load(&cl->compactions_deferred));
+#undef G
+#undef C
+    cl_repl_metrics(cl, f);
+    nl_router_metrics(cl->router, f);
+}

@@ -66,6 +66,7 @@
 #include "import_internal.h"
 #include "nl_catalog.h"
 #include "nl_crc32c.h"
+#include "nl_files.h"
 #include "nl_distance.h"
 #include "nl_kmeans.h"
 #include "nl_quant.h"
@@ -121,68 +122,6 @@ static void progress(const job *j, const char *phase, uint64_t done, uint64_t to
 static void work_path(const job *j, char *out, size_t cap, const char *name)
 {
     snprintf(out, cap, "%s/%s", j->work, name);
-}
-
-/* ---------------------------------------------------------------- small files */
-
-/* magic, payload, CRC-32C of the payload; written atomically. */
-static int write_small(const char *path, const char magic[8], const void *a, size_t alen, const void *b, size_t blen)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return nl_fail(-errno, "%s: %s", tmp, strerror(errno));
-    uint32_t crc = nl_crc32c(0, a, alen);
-    crc = nl_crc32c(crc, b, blen);
-    uint64_t len = alen + blen;
-    int ok = fwrite(magic, 1, 8, f) == 8 && fwrite(&len, 8, 1, f) == 1 && fwrite(a, 1, alen, f) == alen &&
-             (blen == 0 || fwrite(b, 1, blen, f) == blen) && fwrite(&crc, 4, 1, f) == 1 && fflush(f) == 0 &&
-             fsync(fileno(f)) == 0;
-    int err = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        err = errno;
-    }
-    if (!ok || rename(tmp, path) != 0) {
-        err = ok ? errno : err;
-        unlink(tmp);
-        return nl_fail(-(err ? err : EIO), "%s: write failed: %s", path, strerror(err ? err : EIO));
-    }
-    return 0;
-}
-
-/* The payload of a small file, or NULL when absent or damaged (the phase is redone). */
-static void *read_small(const char *path, const char magic[8], size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char m[8];
-    uint64_t l;
-    void *buf = NULL;
-    uint32_t crc;
-    if (fread(m, 1, 8, f) == 8 && memcmp(m, magic, 8) == 0 && fread(&l, 8, 1, f) == 1 && l < (1ull << 34) &&
-        (buf = malloc(l ? l : 1)) && fread(buf, 1, l, f) == l && fread(&crc, 4, 1, f) == 1 &&
-        crc == nl_crc32c(0, buf, l)) {
-        fclose(f);
-        *len = l;
-        return buf;
-    }
-    free(buf);
-    fclose(f);
-    return NULL;
-}
-
-static int sync_close(FILE *f, const char *path)
-{
-    int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        err = errno;
-    }
-    return ok ? 0 : nl_fail(-(err ? err : EIO), "%s: write failed: %s", path, strerror(err ? err : EIO));
 }
 
 /* ---------------------------------------------------------------- the job */
@@ -264,8 +203,8 @@ static int phase_sample_pq(job *j)
     work_path(j, pq_path, sizeof pq_path, "pq.bin");
     work_path(j, parts_path, sizeof parts_path, "parts.bin");
     size_t l1 = 0, l2 = 0;
-    void *pqb = read_small(pq_path, PQ_MAGIC, &l1);
-    void *pb = read_small(parts_path, PARTS_MAGIC, &l2);
+    void *pqb = nl_file_read_small(pq_path, PQ_MAGIC, &l1);
+    void *pb = nl_file_read_small(parts_path, PARTS_MAGIC, &l2);
     size_t want = 8 + sizeof(float) * ((size_t)j->dim + (size_t)j->P * j->dim);
     if (pqb && pb && l2 == want && nl_quant_deserialize(j->t->spec.kind, pqb, l1, &j->pq) == 0) {
         uint32_t hdr[2];
@@ -343,8 +282,8 @@ static int phase_sample_pq(job *j)
     }
     memcpy(pbuf, j->mean, sizeof(float) * j->dim);
     memcpy(pbuf + sizeof(float) * j->dim, j->centroids, sizeof(float) * j->P * j->dim);
-    if ((rc = write_small(pq_path, PQ_MAGIC, ser, sl, NULL, 0)) == 0)
-        rc = write_small(parts_path, PARTS_MAGIC, hdr, 8, pbuf, body);
+    if ((rc = nl_file_write_small(pq_path, PQ_MAGIC, ser, sl, NULL, 0)) == 0)
+        rc = nl_file_write_small(parts_path, PARTS_MAGIC, hdr, 8, pbuf, body);
     free(pbuf);
     if (!rc)
         nl_kill_point("pq");
@@ -487,7 +426,7 @@ static int phase_partition(job *j)
     char done_path[4200];
     work_path(j, done_path, sizeof done_path, "partition.done");
     size_t len = 0;
-    void *d = read_small(done_path, DONE_MAGIC, &len);
+    void *d = nl_file_read_small(done_path, DONE_MAGIC, &len);
     if (d && len == 8 + 8 * (size_t)j->G) {
         uint32_t hdr[2];
         memcpy(hdr, d, 8);
@@ -537,17 +476,17 @@ static int phase_partition(job *j)
 out:
     if (c.codes) {
         work_path(j, path, sizeof path, "codes.bin");
-        int r2 = sync_close(c.codes, path);
+        int r2 = nl_file_sync_close(c.codes, path);
         rc = rc ? rc : r2;
     }
     for (uint32_t k = 0; c.parts && k < j->G; k++)
         if (c.parts[k]) {
-            int r2 = sync_close(c.parts[k], "partition list");
+            int r2 = nl_file_sync_close(c.parts[k], "partition list");
             rc = rc ? rc : r2;
         }
     for (uint32_t k = 0; c.pvecs && k < j->G; k++)
         if (c.pvecs[k]) {
-            int r2 = sync_close(c.pvecs[k], "partition rows");
+            int r2 = nl_file_sync_close(c.pvecs[k], "partition rows");
             rc = rc ? rc : r2;
         }
     free(c.pvecs);
@@ -559,7 +498,7 @@ out:
     if (!rc) {
         uint32_t hdr[2] = {j->P, j->medoid};
         nl_fsync_dir(j->work);
-        rc = write_small(done_path, DONE_MAGIC, hdr, 8, j->counts, 8 * (size_t)j->G);
+        rc = nl_file_write_small(done_path, DONE_MAGIC, hdr, 8, j->counts, 8 * (size_t)j->G);
     }
     j->r->partition_s = secs_since(t0);
     return rc;
@@ -701,7 +640,7 @@ static int build_partition(job *j, uint32_t k)
         f = NULL;
         goto out;
     }
-    rc = sync_close(f, tmp);
+    rc = nl_file_sync_close(f, tmp);
     f = NULL;
     if (!rc && rename(tmp, graph_path) != 0)
         rc = nl_fail(-errno, "%s: %s", graph_path, strerror(errno));

@@ -19,6 +19,9 @@
 #include "nl_quant.h"
 #include "nl_store.h"
 #include "nl_util.h"
+
+/* The version of a shard's encoded config (sh_config_encode; load refuses others). */
+#define CONFIG_VERSION 2u
 #include "nl_vamana.h"
 
 #define TOMB_EMPTY UINT64_MAX

@@ -23,6 +23,7 @@
 
 #include <jansson.h>
 
+#include "nl_postings.h"
 #include "shard_internal.h"
 
 /* ---------------------------------------------------------------- encodings */
@@ -447,3 +448,58 @@ int sh_add_tombstones_locked(nl_shard *sh, const uint64_t *pids, const unsigned 
 }
 
 /* Waits (wmu held) until the active fresh index has room for n more points. */
+
+/* ---------------------------------------------------------------- shared by the write, log, import and maintenance paths */
+
+/* The pid currently mapped to ekey; *found 0 when none. */
+int sh_lookup_pid(nl_shard *sh, const unsigned char *ek, size_t ekl, uint64_t *pid, int *found)
+{
+    void *v;
+    size_t vl;
+    *found = 0;
+    int rc = nl_store_get(sh->st, NL_CF_IDMAP, ek, ekl, &v, &vl);
+    if (rc == NL_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (vl != 8) {
+        free(v);
+        return nl_fail(NL_ECORRUPT, "id map entry of %zu bytes", vl);
+    }
+    *pid = sh_pid_from_key(v);
+    *found = 1;
+    free(v);
+    return 0;
+}
+
+/* Adds to b the deletion of version pid's postings, from its stored metadata (if any). */
+int sh_drop_stored_postings(nl_shard *sh, nl_store_batch *b, const unsigned char *ek, size_t ekl, uint64_t pid)
+{
+    void *meta;
+    size_t len;
+    int rc = nl_store_get(sh->st, NL_CF_META, ek, ekl, &meta, &len);
+    if (rc == NL_ENOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    rc = nl_postings_write(b, pid, meta, len, 0);
+    free(meta);
+    return rc;
+}
+
+void sh_config_encode(const nl_shard_config *c, uint32_t f[10])
+{
+    uint32_t a;
+    memcpy(&a, &c->alpha, 4);
+    /* The last word was 0 before codes had kinds: 0 still reads as PQ. */
+    uint32_t v[10] = {CONFIG_VERSION, c->dim, c->dtype, c->metric, c->R, c->L, a, c->pq_m, c->fresh_capacity,
+                      c->code == NL_COLL_CODE_PQ ? 0 : c->code};
+    memcpy(f, v, sizeof v);
+}
+
+int sh_fill_task(void *vctx, size_t i, unsigned th)
+{
+    (void)th;
+    sh_fill *c = vctx;
+    return nl_vamana_insert_at(c->ix, c->first + (uint32_t)i, c->vecs + i * c->row_bytes);
+}

@@ -16,6 +16,18 @@ int nl_mkdirs(const char *path);
 /* Removes a directory tree; a missing one is not an error. */
 int nl_remove_tree(const char *path);
 
+#include <stddef.h>
+#include <stdio.h>
+
+/* A small file: an 8-byte magic, the length, the payload a then b, and the CRC-32C of
+ * the payload; written to a temporary name, fsynced and renamed. 0 or an error (nl_fail). */
+int nl_file_write_small(const char *path, const char magic[8], const void *a, size_t alen, const void *b,
+                        size_t blen);
+/* Its payload (malloc'd, *len bytes), or NULL when absent, of another magic, or damaged. */
+void *nl_file_read_small(const char *path, const char magic[8], size_t *len);
+/* fflush, fsync and fclose of f (path for the error): 0 or an error (nl_fail). */
+int nl_file_sync_close(FILE *f, const char *path);
+
 #ifdef __cplusplus
 }
 #endif
