@@ -2,7 +2,7 @@
 """bench_shard_budget.py NEARLINE [--n 100000] [--data ../shared/data] — what a search costs
 across hash-placed shards (issue 28, part 3): the router asking every shard for the whole k
 and L (`"per_shard": "full"`, the rule before) against asking each for its share
-(`"scaled"`, nl_router_shard_budget, with the second round for a shard whose last result
+(`"scaled"`, nl_shard_map_budget, with the second round for a shard whose last result
 still makes the answer), and one shard as the reference.
 
 One node of a cluster (a real ZooKeeper on loopback, tests/cluster/harness.py), the first

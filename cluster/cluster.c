@@ -1,7 +1,7 @@
 /*
  * cluster.c — a node's life in the cluster (nl_cluster.h): its ZooKeeper session,
  * membership, the coordinator election and what the coordinator does, and the shards this
- * node opens because the map gives them to it. The router's side is front.c.
+ * node opens because the map gives them to it. The router's side is router.c.
  *
  * The znodes (docs/cluster.md), under the root:
  *   nodes/<id>          ephemeral; the node record (nl_node_info) — membership
@@ -49,6 +49,10 @@
 #include <unistd.h>
 
 #include "cluster_internal.h"
+#include "cl_coordinator.h"
+#include "cl_floor.h"
+#include "cl_repl.h"
+#include "cl_transfer.h"
 #include "nl_util.h"
 
 #define NL_VERSION "0.14"
@@ -347,79 +351,6 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     return 0;
 }
 
-/* ---------------------------------------------------------------- the coordinator */
-
-/* Places and writes the map of every collection that has none. */
-static void coordinate(nl_cluster *cl, const cl_snapshot *s)
-{
-    /* a draining node takes no new shards (unless too few others are left) */
-    nl_node_info *nodes = malloc(sizeof *nodes * NL_MAX_NODES);
-    if (!nodes)
-        return;
-    size_t nn = 0;
-    for (size_t n = 0; n < s->nnodes; n++) {
-        int dr = 0;
-        for (size_t k = 0; k < s->ndrained; k++)
-            dr |= !strcmp(s->drained[k], s->nodes[n].id);
-        if (!dr)
-            nodes[nn++] = s->nodes[n];
-    }
-    uint32_t need = 1;
-    for (size_t i = 0; i < s->ncolls; i++)
-        if (!s->colls[i].has_map && s->colls[i].cc.replicas > need)
-            need = s->colls[i].cc.replicas;
-    if (nn < need) {
-        memcpy(nodes, s->nodes, sizeof *nodes * s->nnodes);
-        nn = s->nnodes;
-    }
-    uint32_t held[NL_MAX_NODES] = {0};
-    for (size_t i = 0; i < s->ncolls; i++)
-        for (uint32_t sh = 0; s->colls[i].has_map && sh < s->colls[i].map.nshards; sh++)
-            for (size_t n = 0; n < nn; n++)
-                held[n] += (uint32_t)nl_shard_map_holds(&s->colls[i].map, sh, nodes[n].id);
-    for (size_t i = 0; i < s->ncolls; i++) {
-        const cl_coll *c = &s->colls[i];
-        if (c->has_map)
-            continue;
-        nl_shard_map *m = malloc(sizeof *m);
-        if (!m)
-            break;
-        if (nl_shard_map_place(nodes, nn, held, &c->cc, m) != 0) {
-            cl_log(cl, 2, "\"event\":\"placement_failed\",\"collection\":\"%s\",\"message\":\"%s\"", c->cc.name,
-                   nl_errdetail());
-            free(m);
-            continue;
-        }
-        char *data = nl_shard_map_encode(m);
-        char mp[512], cp[512];
-        cl_path(cl, mp, sizeof mp, "maps", c->cc.name);
-        cl_path(cl, cp, sizeof cp, "collections", c->cc.name);
-        /* fenced: only while our election znode exists, and only while the collection
-         * exists (a drop racing the placement wins) */
-        zoo_op_t ops[3];
-        zoo_op_result_t res[3];
-        zoo_check_op_init(&ops[0], cl->election_node, -1);
-        zoo_check_op_init(&ops[1], cp, -1);
-        zoo_create_op_init(&ops[2], mp, data, data ? (int)strlen(data) : 0, &ZOO_OPEN_ACL_UNSAFE, 0, NULL, 0);
-        int zrc = data ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), 3, ops, res) : ZSYSTEMERROR;
-        if (zrc == ZOK) {
-            atomic_fetch_add(&cl->map_writes, 1);
-            for (size_t n = 0; n < nn; n++)
-                for (uint32_t sh = 0; sh < m->nshards; sh++)
-                    held[n] += (uint32_t)nl_shard_map_holds(m, sh, nodes[n].id);
-            cl_log(cl, 1, "\"event\":\"map_written\",\"collection\":\"%s\",\"shards\":%u,\"map\":%s", c->cc.name,
-                   m->nshards, data);
-        } else {
-            atomic_fetch_add(&cl->map_conflicts, 1);
-            cl_log(cl, 2, "\"event\":\"map_write_refused\",\"collection\":\"%s\",\"zerror\":\"%s\"", c->cc.name,
-                   zerror(zrc));
-        }
-        free(data);
-        free(m);
-    }
-    free(nodes);
-}
-
 /* A local copy of shard sh the map no longer gives this node, of the same collection (its
  * uid), while the shard has its full in-sync set elsewhere (a move finished, or a replica
  * replaced): removed once that has been so for DROP_GRACE_MS (searches that started on it
@@ -596,9 +527,7 @@ static void *worker(void *arg)
             atomic_store(&cl->is_coordinator, lead);
             atomic_store(&cl->map_fresh, 1);
             if (lead) {
-                coordinate(cl, s);
-                cl_failover(cl, s);
-                cl_moves_coordinate(cl, s);
+                cl_coordinate(cl, s);
             }
             int64_t vs = 0;
             for (size_t i = 0; i < s->ncolls; i++)
@@ -690,9 +619,9 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     cl->fault_corrupt_every = fault ? (uint32_t)strtoul(fault, NULL, 10) : 0;
     cl_snapshot_cleanup(cl);
     cl_snapshot *empty = calloc(1, sizeof *empty);
-    nl_router_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
+    nl_peer_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
                             .max_per_peer = opt->peer_connections};
-    if (!hosts || !empty || (opt->cluster_key && !cl->key) || (rc = nl_router_create(&ro, &cl->router)) != 0) {
+    if (!hosts || !empty || (opt->cluster_key && !cl->key) || (rc = nl_peer_create(&ro, &cl->peers)) != 0) {
         free(empty);
         free(hosts);
         free(cl->key);
@@ -705,7 +634,7 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     if ((rc = session_open(cl)) != 0 || pthread_create(&cl->th, NULL, worker, cl) != 0) {
         if (cl->zh)
             zookeeper_close(cl->zh);
-        nl_router_destroy(cl->router);
+        nl_peer_destroy(cl->peers);
         cl_snap_free(cl->snap);
         free(hosts);
         free(cl->key);
@@ -782,7 +711,7 @@ void nl_cluster_stop(nl_cluster *cl)
     if (!cl)
         return;
     nl_cluster_leave(cl);
-    nl_router_destroy(cl->router);
+    nl_peer_destroy(cl->peers);
     cl_snap_free(cl->snap);
     pthread_rwlock_destroy(&cl->zh_lock);
     pthread_mutex_destroy(&cl->mu);

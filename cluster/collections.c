@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
 #include "nl_util.h"
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -152,7 +153,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
     /* every node holding a shard drops its copy now; one that is down keeps it (reported
      * as unassigned when it returns) */
     cl_snapshot *s = cl_snap_get(cl);
-    nl_rcall calls[NL_MAX_NODES];
+    nl_peer_call calls[NL_MAX_NODES];
     size_t nc = 0;
     for (size_t i = 0; c.has_map && i < s->nnodes; i++) {
         int holds = 0;
@@ -160,7 +161,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
             holds |= nl_shard_map_holds(&c.map, sh, s->nodes[i].id);
         if (!holds)
             continue;
-        nl_rcall *k = &calls[nc++];
+        nl_peer_call *k = &calls[nc++];
         memset(k, 0, sizeof *k);
         k->peer = s->nodes[i].id;
         k->method = "DELETE";
@@ -172,7 +173,7 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
         cl_node_url(nd, url[i], sizeof url[i]);
         calls[i].base_url = url[i];
     }
-    nl_router_run(cl->router, calls, nc, call->timeout_ms ? call->timeout_ms : 5000, call->request_id,
+    nl_peer_run(cl->peers, calls, nc, call->timeout_ms ? call->timeout_ms : 5000, call->request_id,
                   call->traceparent);
     json_t *kept = json_array();
     for (size_t i = 0; i < nc; i++) {

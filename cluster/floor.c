@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
 #include "nl_util.h"
 
 
@@ -423,7 +424,7 @@ int cl_link_call(nl_cluster *cl, void **conn, const char *peer, const char *path
         return 0; /* not a live node */
     char *b;
     size_t bl;
-    int st = nl_router_stream_call(cl->router, conn, url, body, len, content_type, timeout_ms, &b, &bl);
+    int st = nl_peer_stream_call(cl->peers, conn, url, body, len, content_type, timeout_ms, &b, &bl);
     if (st && bl) {
         json_error_t je;
         *answer = json_loadb(b, bl, 0, &je);

@@ -18,6 +18,9 @@
 #include <jansson.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_repl.h"
+#include "cl_transfer.h"
 
 static const char *const ops[] = {"replicate", "fence", "snapshot", "snapshot-chunk", "snapshot-install"};
 

@@ -26,10 +26,8 @@
  * quorum is never left on fewer members than the rules need. Because the whole state is
  * in the map, a new coordinator or a new primary (after a failover) carries on from it.
  *
- * The coordinator's side (cl_moves_coordinate, each pass of the elected coordinator):
- * track nodes missing from /nodes (replaced after --replace-after-s), read the drained
- * nodes and a rebalance request, roll back moves whose target is gone, and plan new moves
- * with nl_plan_moves (nl_rebalance.h), at most --moves-per-node per node at once.
+ * This file is the primary's side (cl_move_step, from its links' upkeep); the
+ * coordinator's side (planning, rollback, replacing nodes gone) is in coordinator.c.
  *
  * Compactions (cl_compact_gate, the engine's nl_db_options.compact_gate): at most
  * --compactions-per-node at once on a node, and for a shard of several replicas only one
@@ -45,22 +43,18 @@
 #include <time.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_moves.h"
+#include "cl_role.h"
 #include "nl_rebalance.h"
 #include "nl_repl.h"
 #include "nl_util.h"
 
 #define HANDOFF_MS 3000       /* a hand-over waits this long for the followers, then gives up */
 #define HANDOFF_RETRY_MS 5000
-#define MAX_PLAN 32
 
 static uint64_t mono_ms(void) { return nl_now_ns() / 1000000u; }
 
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---------------------------------------------------------------- the primary's part */
 
@@ -210,152 +204,6 @@ void cl_move_step(repl_link *l)
     r->move_retry_ms = mono_ms() + (rc == -ESTALE ? 100 : HANDOFF_RETRY_MS);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
-}
-
-/* ---------------------------------------------------------------- the coordinator's part */
-
-/* Nodes named by a map and not live: since when (coordinator memory; a new coordinator
- * starts the clock again, which only delays a replacement). */
-static void track_gone(nl_cluster *cl, const cl_snapshot *s, char (*gone)[NL_NODE_ID_MAX], size_t *ngone)
-{
-    uint64_t t = mono_ms();
-    char seen[NL_MAX_NODES][NL_NODE_ID_MAX];
-    size_t nseen = 0;
-    for (size_t i = 0; i < s->ncolls; i++)
-        for (uint32_t sh = 0; s->colls[i].has_map && sh < s->colls[i].map.nshards; sh++) {
-            const nl_shard_entry *e = &s->colls[i].map.shard[sh];
-            for (uint32_t r = 0; r < e->nreplicas; r++) {
-                if (cl_snap_node(s, e->replicas[r]))
-                    continue;
-                int dup = 0;
-                for (size_t k = 0; k < nseen && !dup; k++)
-                    dup = !strcmp(seen[k], e->replicas[r]);
-                if (!dup && nseen < NL_MAX_NODES)
-                    memcpy(seen[nseen++], e->replicas[r], NL_NODE_ID_MAX);
-            }
-        }
-    char ids[NL_MAX_NODES][NL_NODE_ID_MAX];
-    uint64_t since[NL_MAX_NODES];
-    size_t n = 0;
-    for (size_t k = 0; k < nseen; k++) {
-        uint64_t at = t;
-        for (size_t j = 0; j < cl->ngone; j++)
-            if (!strcmp(cl->gone_ids[j], seen[k]))
-                at = cl->gone_since[j];
-        memcpy(ids[n], seen[k], NL_NODE_ID_MAX);
-        since[n++] = at;
-    }
-    memcpy(cl->gone_ids, ids, sizeof ids[0] * n);
-    memcpy(cl->gone_since, since, sizeof since[0] * n);
-    cl->ngone = n;
-    *ngone = 0;
-    for (size_t k = 0; k < n; k++)
-        if (t - since[k] >= cl->replace_after_ms)
-            memcpy(gone[(*ngone)++], ids[k], NL_NODE_ID_MAX);
-}
-
-static int drained(const cl_snapshot *s, const char *id)
-{
-    for (size_t i = 0; i < s->ndrained; i++)
-        if (!strcmp(s->drained[i], id))
-            return 1;
-    return 0;
-}
-
-static uint64_t move_id(void)
-{
-    uint64_t x = nl_now_ns() ^ ((uint64_t)rand() << 20);
-    return (x ^ (x >> 31)) & (UINT64_MAX >> 1);
-}
-
-void cl_moves_coordinate(nl_cluster *cl, const cl_snapshot *s)
-{
-    char gone[NL_MAX_NODES][NL_NODE_ID_MAX];
-    size_t ngone = 0;
-    track_gone(cl, s, gone, &ngone);
-    nl_shard_map *m = malloc(sizeof *m);
-    const nl_shard_map **maps = calloc(s->ncolls ? s->ncolls : 1, sizeof *maps);
-    nl_move_plan *plan = calloc(MAX_PLAN, sizeof *plan);
-    if (!m || !maps || !plan)
-        goto out;
-    /* moves to abandon: the target is gone or drained, and the primary has taken it out
-     * of the in-sync set (or never put it in) */
-    size_t nmaps = 0, moving = 0;
-    for (size_t i = 0; i < s->ncolls; i++) {
-        const cl_coll *c = &s->colls[i];
-        if (!c->has_map)
-            continue;
-        maps[nmaps++] = &c->map;
-        *m = c->map;
-        uint32_t undo = 0;
-        for (uint32_t sh = 0; sh < m->nshards; sh++) {
-            nl_shard_entry *e = &m->shard[sh];
-            if (e->state != NL_SHARD_MOVING)
-                continue;
-            moving++;
-            int dead = !cl_snap_node(s, e->move.to), dr = drained(s, e->move.to);
-            if ((dead || dr) && !nl_shard_map_in_sync(m, sh, e->move.to)) {
-                char to[NL_NODE_ID_MAX];
-                memcpy(to, e->move.to, sizeof to);
-                if (nl_shard_map_move_rollback(m, sh) == 0) {
-                    undo++;
-                    cl_log(cl, 2, "\"event\":\"move_rolled_back\",\"collection\":\"%s\",\"shard\":%u,\"to\":\"%s\","
-                           "\"message\":\"the target is %s\"", m->collection, sh, to, dead ? "gone" : "drained");
-                }
-            }
-        }
-        if (undo && cl_map_write(cl, m, c->map.version, 1, NULL) == 0) {
-            atomic_fetch_add(&cl->moves_rolled_back, undo);
-            cl_wake(cl);
-            goto out; /* plan on the next pass, from the map as it is now */
-        }
-    }
-    nl_plan_input in = {.nodes = s->nodes, .nnodes = s->nnodes, .drained = s->drained, .ndrained = s->ndrained,
-                        .gone = gone, .ngone = ngone, .maps = maps, .nmaps = nmaps,
-                        .max_moves_per_node = cl->moves_per_node, .drift = s->rebalance ? 1 : cl->move_drift,
-                        .disk_drift = cl->move_disk_drift};
-    size_t np = 0;
-    nl_plan_moves(&in, plan, MAX_PLAN, &np);
-    if (np == 0 && moving == 0 && s->rebalance) { /* done: the request is answered */
-        char p[512];
-        cl_path(cl, p, sizeof p, "rebalance", NULL);
-        if (nl_zk_delete(cl->zh, CL_ZK_MS(cl), p, -1) == ZOK)
-            cl_log(cl, 1, "\"event\":\"rebalance_done\"");
-    }
-    /* one map write per collection with all its new moves */
-    for (size_t i = 0; i < s->ncolls && np; i++) {
-        const cl_coll *c = &s->colls[i];
-        if (!c->has_map)
-            continue;
-        *m = c->map;
-        uint32_t added = 0;
-        for (size_t k = 0; k < np; k++) {
-            if (strcmp(plan[k].collection, c->cc.name))
-                continue;
-            if (nl_shard_map_move_begin(m, plan[k].shard, plan[k].from, plan[k].to, move_id(), wall_ms(),
-                                        plan[k].reason) == 0)
-                added++;
-        }
-        if (!added)
-            continue;
-        int rc = cl_map_write(cl, m, c->map.version, 1, NULL);
-        for (size_t k = 0; k < np; k++)
-            if (!strcmp(plan[k].collection, c->cc.name) && rc == 0)
-                cl_log(cl, 1, "\"event\":\"move_started\",\"collection\":\"%s\",\"shard\":%u,\"from\":\"%s\",\"to\":\"%s\","
-                       "\"reason\":\"%s\",\"id\":%llu", plan[k].collection, plan[k].shard, plan[k].from, plan[k].to,
-                       plan[k].reason, (unsigned long long)m->shard[plan[k].shard].move.id);
-        if (rc == 0) {
-            atomic_fetch_add(&cl->moves_started, added);
-            cl_wake(cl);
-        } else {
-            cl_log(cl, 2, "\"event\":\"move_map_refused\",\"collection\":\"%s\",\"message\":\"%s\"", c->cc.name,
-                   rc == -ESTALE ? "the map changed meanwhile; planning again" : nl_errdetail());
-        }
-    }
-out:
-    free(plan);
-    free(maps);
-    free(m);
 }
 
 /* ---------------------------------------------------------------- compactions */

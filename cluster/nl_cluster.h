@@ -124,7 +124,7 @@ typedef struct {
     const char *traceparent;
     uint32_t timeout_ms;      /* 0 = 1000 */
     int require_complete;     /* searches: 503 instead of a partial answer */
-    int per_shard_full;       /* searches: ask every shard for the whole k and L (nl_router_shard_budget) */
+    int per_shard_full;       /* searches: ask every shard for the whole k and L (nl_shard_map_budget) */
 } nl_cluster_call;
 
 /* The cluster's config of a collection; NL_ENOTFOUND when there is none. */

@@ -141,6 +141,16 @@ int nl_shard_map_move_rollback(nl_shard_map *m, uint32_t s);
  * NL_EINVAL otherwise. */
 int nl_shard_map_move_finish(nl_shard_map *m, uint32_t s);
 
+/* What a search asks each of `shards` hash-placed shards for (docs/decisions.md, "What a
+ * search asks each shard"). Every shard holds a uniform random 1/shards of the points, so
+ * of the query's k nearest a shard holds X ~ Binomial(k, 1/shards): *ks is the smallest
+ * count, at least ceil(k / shards), that loses in expectation at most 1/1000 of the k over
+ * all shards (shards x E[max(0, X - ks)] <= k / 1000); the router asks again, for the
+ * whole k, a shard whose ks-th result would still make the answer. *Ls is the list size
+ * for a 1/shards share, the rule the engine uses for a segment: L x sqrt(1/shards), at
+ * least *ks and at most L. L is the request's list size (0: max(k, 64)). One shard: k and L. */
+void nl_shard_map_budget(uint32_t k, uint32_t L, uint32_t shards, uint32_t *ks, uint32_t *Ls);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,6 +19,8 @@
 #include <string.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_repl.h"
 #include "nl_repl.h"
 #include "nl_util.h"
 

@@ -16,6 +16,8 @@
 #include <time.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_role.h"
 #include "nl_repl.h"
 #include "nl_util.h"
 

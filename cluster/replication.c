@@ -44,6 +44,11 @@
 #include <time.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_moves.h"
+#include "cl_repl.h"
+#include "cl_role.h"
+#include "cl_transfer.h"
 #include "nl_repl.h"
 #include "nl_util.h"
 
@@ -387,7 +392,7 @@ static void role_stop(repl_role *r)
         if (r->links[i].started)
             pthread_join(r->links[i].th, NULL);
         if (r->links[i].e)
-            nl_router_stream_close(r->links[i].e);
+            nl_peer_stream_close(r->links[i].e);
         cl_snapshot_link_done(&r->links[i]);
     }
 }
@@ -469,7 +474,7 @@ static void links_sync(repl_role *r)
         if (!l->retiring || (l->started && pthread_tryjoin_np(l->th, NULL) != 0))
             continue;
         if (l->e)
-            nl_router_stream_close(l->e);
+            nl_peer_stream_close(l->e);
         cl_snapshot_link_done(l);
         pthread_mutex_lock(&r->mu);
         cl_log(cl, 1, "\"event\":\"link_ended\",\"collection\":\"%s\",\"shard\":%u,\"follower\":\"%s\"", r->coll, r->s,

@@ -1,785 +1,1000 @@
 /*
- * router.c — node-to-node calls over libcurl's multi interface (nl_router.h).
+ * router.c — the router's side of the public API in cluster mode (nl_cluster.h): every
+ * call that names points goes to the shards that own them, on the nodes the shard map
+ * names, as protobuf over the node-to-node transport (peer.c, nl_peer.h).
  *
- * One thread owns the CURLM handle: callers queue a job (a set of calls and a deadline)
- * and wake it with curl_multi_wakeup; it adds one easy handle per call, drives every
- * transfer in parallel with curl_multi_poll, and signals the job when its last call ends
- * or its deadline passes. The multi handle keeps its connections alive between jobs
- * (HTTP/1.1 keep-alive, up to max_per_peer per host), so a steady stream of requests to a
- * peer reuses the same few connections: the pool per peer is libcurl's connection cache.
+ * The rules (docs/cluster.md):
+ *   - search: one call per shard, all in parallel, each asking for its share of k and L
+ *     (nl_shard_map_budget: hash placement gives every shard a random sample); a shard
+ *     whose last result would still make the answer may hold more of it and is asked again
+ *     for the whole k. The answer is the k best by score, ties by id (numbers before
+ *     strings, then by value), so every node merges the same answer from the same parts. A shard with no live primary, or
+ *     that does not answer by the deadline, is left out: the answer says "partial": true
+ *     and lists "missing_shards", or is a 503 naming them when require_complete is set;
+ *   - upsert and delete: the batch split by shard, one call per shard to its primary, in
+ *     parallel; each part is applied all or nothing by its node; the answer says which
+ *     shards failed (a retry with the same ids is safe: upserts replace, deletes of a
+ *     missing id are no-ops);
+ *   - get: to the primary of the id's shard.
+ * The point-to-shard function is the engine's nl_shard_of, so router and engine agree.
  *
- * Invariants: a job is owned by its caller, who waits on its condition variable until
- * job->pending reaches 0; the router thread only touches a job while it has calls in
- * flight, and never after signalling that pending is 0. Peers are found by node id in a
- * small array under mu (a cluster has tens of nodes, not thousands).
+ * Input reaching this file was validated whole by the server (ids, vectors, k, filters);
+ * what comes back from peers is untrusted and decoded with protobuf-c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stddef.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
-#include "nearline.h" /* NL_MAX_K */
-#include "nl_router.h"
+#include "cluster_internal.h"
+#include "cl_floor.h"
+#include "nearline.pb-c.h"
 #include "nl_util.h"
 
-static const double lat_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
-#define NLB ((int)(sizeof lat_buckets / sizeof lat_buckets[0]))
+#define DEFAULT_TIMEOUT_MS 1000
 
-#define RECENT 128 /* latencies kept per peer for its p95 */
+/* The collection and its map from the snapshot (re-read once when absent). 0, or an HTTP
+ * status with *out set. */
+static int coll_of(nl_cluster *cl, cl_snapshot *s, const char *name, const cl_coll **c, cl_coll *tmp, json_t **out)
+{
+    *c = cl_snap_coll(s, name);
+    if (!*c || !(*c)->has_map) {
+        nl_collection_config cfg;
+        if (nl_cluster_config(cl, name, &cfg, NULL) == NL_ENOTFOUND) {
+            *out = cl_error("not_found", "no collection named \"%s\"", name);
+            return 404;
+        }
+        if (cl_fresh_coll(cl, name, tmp) == 0 && tmp->has_map) {
+            *c = tmp;
+        } else {
+            *out = cl_error("unavailable", "collection '%s' has no shard map yet", name);
+            return 503;
+        }
+    }
+    return 0;
+}
 
+/* The start of every routed call: the snapshot (a reference), and the collection with its
+ * map (c, pointing into the snapshot or into tmp). 0, or an HTTP status with *out set and
+ * nothing held; end() releases what begin() took. */
 typedef struct {
-    char id[64];
-    int state; /* 0 closed, 1 open, 2 half-open */
-    uint32_t fails;
-    uint64_t open_until_ns;
-    int probing;
-    uint64_t requests, errors, breaker_rejects, opened, hedges;
-    uint64_t hist[NLB + 1];
-    uint64_t sum_us;
-    uint32_t recent[RECENT]; /* latencies of the last calls (us), a ring */
-    uint32_t nrecent, at;
-    uint32_t inflight;
-} peer;
+    cl_snapshot *s;
+    const cl_coll *c;
+    cl_coll *tmp;
+} routed;
 
-struct xfer;
-
-typedef struct {
-    struct xfer *x[2]; /* live transfers: [0] to the call's peer, [1] to its alternative */
-    int done, alt_started;
-    uint64_t t0;
-} cstate;
-
-typedef struct job {
-    nl_rcall *calls;
-    cstate *cs;     /* one per call (router thread only) */
-    size_t n;
-    uint64_t deadline_ns;
-    size_t pending; /* calls not done, under router mu */
-    int added;
-    char rid[64], trace_id[33];
-    pthread_cond_t cv;
-    struct job *next;  /* the queue */
-    struct job *anext; /* jobs with calls in flight (router thread only) */
-} job;
-
-typedef struct xfer {
-    job *j;
-    size_t ci;
-    int alt;
-    nl_rcall *c;
-    CURL *e;
-    struct curl_slist *hdrs;
-    char *buf;
-    size_t len, cap;
-    int probe;
-    uint64_t t0;
-} xfer;
-
-struct nl_router {
-    nl_router_options opt;
-    char *key_header;
-    CURLM *m;
-    pthread_t th;
-    pthread_mutex_t mu;
-    job *queue;
-    int stop;
-    peer *peers;
-    size_t npeers;
-    job *active;
-    atomic_uint_fast64_t span_seq;
-};
-
-/* ---------------------------------------------------------------- peers (under mu) */
-
-static peer *peer_get(nl_router *r, const char *id)
+static int begin(nl_cluster *cl, const char *name, routed *rt, json_t **out)
 {
-    for (size_t i = 0; i < r->npeers; i++)
-        if (!strcmp(r->peers[i].id, id))
-            return &r->peers[i];
-    peer *np = realloc(r->peers, (r->npeers + 1) * sizeof *np);
-    if (!np)
-        return NULL;
-    r->peers = np;
-    peer *p = &np[r->npeers++];
-    memset(p, 0, sizeof *p);
-    snprintf(p->id, sizeof p->id, "%s", id);
-    return p;
-}
-
-/* May a call to p start now? Sets *probe when it is the half-open probe. */
-static int breaker_admit(nl_router *r, peer *p, int *probe)
-{
-    *probe = 0;
-    if (p->state == 0)
-        return 1;
-    if (p->state == 1 && nl_now_ns() >= p->open_until_ns)
-        p->state = 2, p->probing = 0;
-    if (p->state == 2 && !p->probing) {
-        p->probing = 1;
-        *probe = 1;
-        return 1;
+    rt->s = cl_snap_get(cl);
+    if (rt->s->nnodes == 0) { /* starting: membership not read yet (a registered node sees itself) */
+        cl_snap_put(cl, rt->s);
+        *out = cl_error("not_ready", "node %s has not read the cluster's membership yet; try another node or again",
+                        cl->node_id);
+        if (*out)
+            json_object_set_new(*out, "applied", json_false());
+        return 503;
     }
-    (void)r;
-    return 0; /* open, or half-open with its probe out */
-}
-
-/* A call's outcome: success closes a half-open breaker; failures count towards opening
- * it, and a failed probe re-opens it at once. */
-static void breaker_result(nl_router *r, peer *p, int ok, int probe)
-{
-    if (ok) {
-        p->fails = 0;
-        if (p->state != 0 && (probe || p->state == 2))
-            p->state = 0;
-        p->probing = 0;
-        return;
+    rt->tmp = malloc(sizeof *rt->tmp);
+    int st = rt->tmp ? coll_of(cl, rt->s, name, &rt->c, rt->tmp, out) : 500;
+    if (st) {
+        if (!rt->tmp)
+            *out = cl_error("internal", "out of memory");
+        if (st == 503 && *out) /* refused before routing: nothing was applied */
+            json_object_set_new(*out, "applied", json_false());
+        free(rt->tmp);
+        cl_snap_put(cl, rt->s);
     }
-    p->fails++;
-    if (probe || (p->state == 0 && p->fails >= r->opt.breaker_failures)) {
-        p->state = 1;
-        p->opened++;
-        p->probing = 0;
-        p->open_until_ns = nl_now_ns() + (uint64_t)r->opt.breaker_open_ms * 1000000ull;
-    }
-}
-
-/* ---------------------------------------------------------------- transfers */
-
-static size_t on_data(char *ptr, size_t sz, size_t nm, void *ud)
-{
-    xfer *x = ud;
-    size_t n = sz * nm;
-    if (x->len + n + 1 > x->cap) {
-        size_t nc = x->cap ? x->cap * 2 : 4096;
-        while (nc < x->len + n + 1) nc *= 2;
-        char *nb = realloc(x->buf, nc);
-        if (!nb)
-            return 0;
-        x->buf = nb;
-        x->cap = nc;
-    }
-    memcpy(x->buf + x->len, ptr, n);
-    x->len += n;
-    x->buf[x->len] = 0;
-    return n;
-}
-
-int nl_router_stream_call(nl_router *r, void **conn, const char *url, const void *body, size_t len,
-                          const char *content_type, uint32_t timeout_ms, char **out, size_t *out_len)
-{
-    *out = NULL;
-    *out_len = 0;
-    if (!*conn && !(*conn = curl_easy_init()))
-        return 0;
-    CURL *e = *conn;
-    curl_easy_reset(e); /* keeps the connection: the stream stays on one */
-    xfer x;
-    memset(&x, 0, sizeof x);
-    struct curl_slist *h = NULL;
-    char ct[128], key[600];
-    snprintf(ct, sizeof ct, "Content-Type: %s", content_type ? content_type : "application/octet-stream");
-    h = curl_slist_append(h, ct);
-    h = curl_slist_append(h, "Expect:");
-    if (r->opt.cluster_key) {
-        snprintf(key, sizeof key, "X-Nearline-Cluster-Key: %s", r->opt.cluster_key);
-        h = curl_slist_append(h, key);
-    }
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 1000 ? timeout_ms : 1000));
-    if (body) {
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)body);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    }
-    if (r->opt.ca_file) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
-    }
-    CURLcode cc = curl_easy_perform(e);
-    long code = 0;
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-    curl_slist_free_all(h);
-    if (cc == CURLE_OK && x.len) {
-        *out = x.buf;
-        *out_len = x.len;
-    } else {
-        free(x.buf);
-    }
-    return cc == CURLE_OK ? (int)code : 0;
-}
-
-void nl_router_stream_close(void *conn)
-{
-    if (conn)
-        curl_easy_cleanup(conn);
-}
-
-/* Counts a transfer's outcome against its peer (mu held). */
-static void peer_result(nl_router *r, const char *id, uint64_t lat_us, int ok, int probe)
-{
-    peer *p = peer_get(r, id);
-    if (!p)
-        return;
-    p->requests++;
-    if (!ok) p->errors++;
-    int b = 0;
-    while (b < NLB && (double)lat_us / 1e6 > lat_buckets[b]) b++;
-    p->hist[b]++;
-    p->sum_us += lat_us;
-    if (ok) {
-        p->recent[p->at] = lat_us > UINT32_MAX ? UINT32_MAX : (uint32_t)lat_us;
-        p->at = (p->at + 1) % RECENT;
-        if (p->nrecent < RECENT) p->nrecent++;
-    }
-    if (p->inflight) p->inflight--;
-    breaker_result(r, p, ok, probe);
-}
-
-static void xfer_free(nl_router *r, xfer *x);
-
-/* Ends call ci of j with x's outcome (x NULL: err, no answer). The last call of the job
- * takes the job off the active list and wakes its caller, after which j is not touched. */
-static void call_finish(nl_router *r, job *j, size_t ci, xfer *x, int status, int err)
-{
-    nl_rcall *c = &j->calls[ci];
-    cstate *cs = &j->cs[ci];
-    c->status = status;
-    c->err = err;
-    c->body_out = x ? x->buf : NULL;
-    c->body_out_len = x ? x->len : 0;
-    c->latency_us = (nl_now_ns() - cs->t0) / 1000;
-    c->served_by_alt = x ? x->alt : 0;
-    c->hedged = cs->alt_started;
-    if (x)
-        x->buf = NULL;
-    cs->done = 1;
-    for (int k = 0; k < 2; k++) /* the other transfer, if still out, is cancelled */
-        if (cs->x[k] && cs->x[k] != x) {
-            pthread_mutex_lock(&r->mu);
-            peer *p = peer_get(r, k ? c->alt_peer : c->peer);
-            if (p && p->inflight) p->inflight--;
-            if (p && cs->x[k]->probe) p->probing = 0;
-            pthread_mutex_unlock(&r->mu);
-            xfer_free(r, cs->x[k]);
-            cs->x[k] = NULL;
-        }
-    pthread_mutex_lock(&r->mu);
-    if (j->pending == 1) /* last: off the active list while the job is still ours */
-        for (job **pp = &r->active; *pp; pp = &(*pp)->anext)
-            if (*pp == j) {
-                *pp = j->anext;
-                break;
-            }
-    if (--j->pending == 0)
-        pthread_cond_signal(&j->cv);
-    pthread_mutex_unlock(&r->mu);
-}
-
-static int xfer_start(nl_router *r, job *j, size_t ci, int alt, size_t *probed, size_t *nprobed);
-
-/* A transfer ended: a usable answer ends its call; a failure tries the alternative if it
- * has not been tried, else waits for the other transfer, else ends the call. */
-/* Whether an answer shows the peer alive and able, for its breaker: anything below 500,
- * and a 503 that refuses this request but not every request (no ZooKeeper session, not the
- * primary, not in sync: the node is up and serves what it can). A 503 "overloaded" and
- * other 5xx count against it. The code is found in the body as it travels (JSON or a
- * protobuf Error: the string is in it verbatim either way). */
-static int answered_alive(int status, const char *body, size_t len)
-{
-    if (status > 0 && status < 500)
-        return 1;
-    return status == 503 && body && !memmem(body, len, "overloaded", 10);
-}
-
-static void xfer_done(nl_router *r, xfer *x, int status, int err)
-{
-    job *j = x->j;
-    size_t ci = x->ci;
-    cstate *cs = &j->cs[ci];
-    nl_rcall *c = &j->calls[ci];
-    int ok = err == 0 && status > 0 && status < 500;
-    int alive = err == 0 && answered_alive(status, x->buf, x->len);
-    pthread_mutex_lock(&r->mu);
-    peer_result(r, x->alt ? c->alt_peer : c->peer, (nl_now_ns() - x->t0) / 1000, alive, x->probe);
-    pthread_mutex_unlock(&r->mu);
-    cs->x[x->alt] = NULL;
-    /* with an alternative, a peer that lacks the shard or refuses the key is worth
-     * replacing too (the breaker does not count those against it) */
-    if (ok && !(c->alt_peer && (status == 401 || status == 403 || status == 404))) {
-        call_finish(r, j, ci, x, status, err);
-        xfer_free(r, x);
-        return;
-    }
-    if (c->alt_peer && !cs->alt_started && !x->alt) {
-        cs->alt_started = 1;
-        if (xfer_start(r, j, ci, 1, NULL, NULL) == 0) {
-            xfer_free(r, x);
-            return;
-        }
-    }
-    if (cs->x[0] || cs->x[1]) { /* the other is still out: its answer decides */
-        xfer_free(r, x);
-        return;
-    }
-    call_finish(r, j, ci, x, status, err);
-    xfer_free(r, x);
-}
-
-static int curl_err(CURLcode cc)
-{
-    switch (cc) {
-    case CURLE_OPERATION_TIMEDOUT: return -ETIMEDOUT;
-    case CURLE_COULDNT_CONNECT: return -ECONNREFUSED;
-    case CURLE_COULDNT_RESOLVE_HOST: return -EHOSTUNREACH;
-    default: return -EIO;
-    }
-}
-
-static void xfer_free(nl_router *r, xfer *x)
-{
-    curl_multi_remove_handle(r->m, x->e);
-    curl_easy_cleanup(x->e);
-    curl_slist_free_all(x->hdrs);
-    free(x->buf);
-    free(x);
-}
-
-/* Starts the transfer of call ci to its peer (alt 0) or its alternative (alt 1). 0, or
- * why it could not (the breaker, memory). probed: peers whose half-open probe this job
- * holds (a node holds several shards: every call of the job to it is the probe). */
-static int xfer_start(nl_router *r, job *j, size_t ci, int alt, size_t *probed, size_t *nprobed)
-{
-    nl_rcall *c = &j->calls[ci];
-    const char *pid = alt ? c->alt_peer : c->peer, *base = alt ? c->alt_base_url : c->base_url;
-    uint64_t now = nl_now_ns();
-    int probe = 0, admit;
-    pthread_mutex_lock(&r->mu);
-    peer *p = peer_get(r, pid);
-    int same = 0;
-    for (size_t k = 0; p && probed && k < *nprobed; k++)
-        same |= probed[k] == (size_t)(p - r->peers);
-    admit = same ? 1 : p ? breaker_admit(r, p, &probe) : 1;
-    if (probe && probed && *nprobed < 64)
-        probed[(*nprobed)++] = (size_t)(p - r->peers);
-    if (!admit && p)
-        p->breaker_rejects++;
-    if (admit && p) {
-        p->inflight++;
-        if (alt)
-            p->hedges++;
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (!admit)
-        return NL_EUNAVAILABLE;
-    xfer *x = calloc(1, sizeof *x);
-    CURL *e = x ? curl_easy_init() : NULL;
-    if (!e) {
-        free(x);
-        pthread_mutex_lock(&r->mu);
-        if (p && p->inflight) p->inflight--;
-        pthread_mutex_unlock(&r->mu);
-        return -ENOMEM;
-    }
-    x->j = j;
-    x->ci = ci;
-    x->alt = alt;
-    x->c = c;
-    x->e = e;
-    x->probe = probe;
-    x->t0 = now;
-    char url[1024], h[256];
-    snprintf(url, sizeof url, "%s%s", base, c->path);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    long left = j->deadline_ns > now ? (long)((j->deadline_ns - now) / 1000000) : 1;
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, left < 1 ? 1L : left);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, left < 1 ? 1L : left);
-    if (!strcmp(c->method, "POST")) {
-        curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body ? c->body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
-    } else if (strcmp(c->method, "GET")) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
-    }
-    if (r->opt.ca_file) {
-        curl_easy_setopt(e, CURLOPT_CAINFO, r->opt.ca_file);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L); /* peers share one certificate */
-    }
-    x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/x-protobuf");
-    x->hdrs = curl_slist_append(x->hdrs, "Accept: application/x-protobuf");
-    x->hdrs = curl_slist_append(x->hdrs, "Expect:");
-    snprintf(h, sizeof h, "X-Request-Id: %s", j->rid);
-    x->hdrs = curl_slist_append(x->hdrs, h);
-    uint64_t span = atomic_fetch_add(&r->span_seq, 1) * 0x9e3779b97f4a7c15ull ^ now;
-    snprintf(h, sizeof h, "traceparent: 00-%s-%016llx-01", j->trace_id, (unsigned long long)(span | 1));
-    x->hdrs = curl_slist_append(x->hdrs, h);
-    if (r->key_header)
-        x->hdrs = curl_slist_append(x->hdrs, r->key_header);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
-    curl_multi_add_handle(r->m, e);
-    j->cs[ci].x[alt] = x;
-    return 0;
-}
-
-/* Starts every call of j (router thread). A call whose peer's breaker is open goes to its
- * alternative at once, if it has one; with neither it ends at once. */
-static void job_start(nl_router *r, job *j)
-{
-    size_t probed[64], nprobed = 0;
-    uint64_t now = nl_now_ns();
-    pthread_mutex_lock(&r->mu);
-    j->anext = r->active;
-    r->active = j;
-    pthread_mutex_unlock(&r->mu);
-    size_t n = j->n; /* j is the caller's again once its last call ends: read nothing after */
-    for (size_t i = 0; i < n; i++)
-        j->cs[i].t0 = now;
-    for (size_t i = 0; i < n; i++) {
-        int rc = xfer_start(r, j, i, 0, probed, &nprobed);
-        if (rc && j->calls[i].alt_peer) {
-            j->cs[i].alt_started = 1;
-            rc = xfer_start(r, j, i, 1, probed, &nprobed);
-        }
-        if (rc)
-            call_finish(r, j, i, NULL, 0, rc);
-    }
-}
-
-/* Hedges: a call still waiting on its peer after its hedge delay goes to its alternative
- * too (the first answer wins). Returns the ms until the next hedge is due (or 100). */
-static long hedge_due(nl_router *r)
-{
-    uint64_t now = nl_now_ns();
-    long next = 100;
-    pthread_mutex_lock(&r->mu);
-    job *list = r->active;
-    pthread_mutex_unlock(&r->mu);
-    for (job *j = list; j; j = j->anext) /* only this thread changes the list's links */
-        for (size_t i = 0; i < j->n; i++) {
-            nl_rcall *c = &j->calls[i];
-            cstate *cs = &j->cs[i];
-            if (cs->done || cs->alt_started || !c->alt_peer || !c->hedge_ms)
-                continue;
-            uint64_t due = cs->t0 + (uint64_t)c->hedge_ms * 1000000ull;
-            if (now >= due) {
-                cs->alt_started = 1;
-                xfer_start(r, j, i, 1, NULL, NULL);
-            } else if ((long)((due - now) / 1000000) < next) {
-                next = (long)((due - now) / 1000000);
-            }
-        }
-    return next < 1 ? 1 : next;
-}
-
-static void *loop(void *arg)
-{
-    nl_router *r = arg;
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        job *q = r->queue;
-        r->queue = NULL;
-        int stop = r->stop;
-        pthread_mutex_unlock(&r->mu);
-        for (job *j = q, *nx; j; j = nx) {
-            nx = j->next;
-            job_start(r, j);
-        }
-        int running = 0;
-        curl_multi_perform(r->m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(r->m, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            xfer *x = NULL;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            long code = 0;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-            CURLcode cc = msg->data.result;
-            xfer_done(r, x, cc == CURLE_OK ? (int)code : 0, cc == CURLE_OK ? 0 : curl_err(cc));
-        }
-        if (stop && running == 0)
-            break;
-        long wait = hedge_due(r);
-        curl_multi_poll(r->m, NULL, 0, (int)wait, NULL);
-    }
-    return NULL;
-}
-
-static void global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-int nl_router_create(const nl_router_options *opt, nl_router **out)
-{
-    *out = NULL;
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, global_init);
-    nl_router *r = calloc(1, sizeof *r);
-    if (!r)
-        return -ENOMEM;
-    if (opt)
-        r->opt = *opt;
-    if (!r->opt.breaker_failures) r->opt.breaker_failures = 3;
-    if (!r->opt.breaker_open_ms) r->opt.breaker_open_ms = 2000;
-    if (!r->opt.max_per_peer) r->opt.max_per_peer = 32;
-    if (r->opt.cluster_key) {
-        size_t n = strlen(r->opt.cluster_key) + 32;
-        r->key_header = malloc(n);
-        if (!r->key_header) {
-            free(r);
-            return -ENOMEM;
-        }
-        snprintf(r->key_header, n, "X-Nearline-Cluster-Key: %s", r->opt.cluster_key);
-        r->opt.cluster_key = NULL; /* the header holds it */
-    }
-    r->m = curl_multi_init();
-    if (!r->m) {
-        free(r->key_header);
-        free(r);
-        return -ENOMEM;
-    }
-    curl_multi_setopt(r->m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)r->opt.max_per_peer);
-    curl_multi_setopt(r->m, CURLMOPT_MAXCONNECTS, (long)r->opt.max_per_peer * 16);
-    pthread_mutex_init(&r->mu, NULL);
-    if (pthread_create(&r->th, NULL, loop, r) != 0) {
-        curl_multi_cleanup(r->m);
-        pthread_mutex_destroy(&r->mu);
-        free(r->key_header);
-        free(r);
-        return -EAGAIN;
-    }
-    *out = r;
-    return 0;
-}
-
-void nl_router_destroy(nl_router *r)
-{
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->mu);
-    r->stop = 1;
-    pthread_mutex_unlock(&r->mu);
-    curl_multi_wakeup(r->m);
-    pthread_join(r->th, NULL);
-    curl_multi_cleanup(r->m);
-    pthread_mutex_destroy(&r->mu);
-    if (r->key_header) {
-        memset(r->key_header, 0, strlen(r->key_header));
-        free(r->key_header);
-    }
-    free(r->peers);
-    free(r);
-}
-
-/* A trace id: the incoming traceparent's, else a fresh one. */
-static void trace_of(const char *tp, char out[33])
-{
-    /* version "00-" + 32 hex trace id + "-" + 16 hex parent + "-" + 2 hex flags */
-    int ok = tp && strlen(tp) >= 55 && tp[2] == '-' && tp[35] == '-';
-    for (int i = 3; ok && i < 35; i++)
-        ok = (tp[i] >= '0' && tp[i] <= '9') || (tp[i] >= 'a' && tp[i] <= 'f');
-    if (ok) {
-        memcpy(out, tp + 3, 32);
-    } else {
-        uint64_t a = nl_now_ns() * 0x9e3779b97f4a7c15ull, b = (uint64_t)(uintptr_t)out ^ (a >> 17) ^ 0x5bd1e995u;
-        snprintf(out, 33, "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
-    }
-    out[32] = 0;
-}
-
-int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
-                  const char *traceparent)
-{
-    if (n == 0)
-        return 0;
-    job j;
-    memset(&j, 0, sizeof j);
-    j.cs = calloc(n, sizeof *j.cs);
-    if (!j.cs)
-        return -ENOMEM;
-    j.calls = calls;
-    j.n = n;
-    j.pending = n;
-    j.deadline_ns = nl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    snprintf(j.rid, sizeof j.rid, "%s", request_id && *request_id ? request_id : "-");
-    trace_of(traceparent, j.trace_id);
-    for (size_t i = 0; i < n; i++) {
-        calls[i].status = 0;
-        calls[i].err = -ETIMEDOUT;
-        calls[i].body_out = NULL;
-        calls[i].body_out_len = 0;
-        calls[i].served_by_alt = 0;
-        calls[i].hedged = 0;
-    }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&j.cv, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_mutex_lock(&r->mu);
-    j.next = r->queue;
-    r->queue = &j;
-    pthread_mutex_unlock(&r->mu);
-    curl_multi_wakeup(r->m);
-    pthread_mutex_lock(&r->mu);
-    /* libcurl's per-transfer timeout ends every call by the deadline; the wait below has a
-     * margin for the loop to notice, and never returns before pending is 0, because the
-     * router thread still points at the job until then. */
-    while (j.pending > 0)
-        pthread_cond_wait(&j.cv, &r->mu);
-    pthread_mutex_unlock(&r->mu);
-    pthread_cond_destroy(&j.cv);
-    free(j.cs);
-    return 0;
-}
-
-uint32_t nl_router_hedge_ms(nl_router *r, const char *id)
-{
-    uint32_t v[RECENT], n = 0, ms = 50; /* until it has a history: 50 ms */
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->npeers; i++)
-        if (!strcmp(r->peers[i].id, id)) {
-            n = r->peers[i].nrecent;
-            memcpy(v, r->peers[i].recent, sizeof(uint32_t) * n);
-        }
-    pthread_mutex_unlock(&r->mu);
-    if (n >= 20) {
-        /* the 95th percentile by selection: n is at most 128 */
-        uint32_t k = (n * 95) / 100;
-        for (uint32_t i = 0; i <= k; i++) {
-            uint32_t m = i;
-            for (uint32_t q = i + 1; q < n; q++)
-                if (v[q] < v[m])
-                    m = q;
-            uint32_t t = v[i];
-            v[i] = v[m];
-            v[m] = t;
-        }
-        ms = (v[k] + 999) / 1000;
-    }
-    return ms < 1 ? 1 : ms;
-}
-
-uint32_t nl_router_inflight(nl_router *r, const char *id)
-{
-    uint32_t n = 0;
-    pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->npeers; i++)
-        if (!strcmp(r->peers[i].id, id))
-            n = r->peers[i].inflight;
-    pthread_mutex_unlock(&r->mu);
-    return n;
-}
-
-int nl_router_breaker(nl_router *r, const char *id)
-{
-    pthread_mutex_lock(&r->mu);
-    int st = 0;
-    for (size_t i = 0; i < r->npeers; i++)
-        if (!strcmp(r->peers[i].id, id)) {
-            peer *p = &r->peers[i];
-            st = p->state == 1 && nl_now_ns() >= p->open_until_ns ? 2 : p->state;
-        }
-    pthread_mutex_unlock(&r->mu);
     return st;
 }
 
-void nl_router_metrics(nl_router *r, FILE *f)
+static void end(nl_cluster *cl, routed *rt)
 {
-    pthread_mutex_lock(&r->mu);
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
-        {"requests_total", "Calls to another node, by peer.", offsetof(peer, requests)},
-        {"errors_total", "Calls to another node that got no answer or a 5xx, by peer.", offsetof(peer, errors)},
-        {"breaker_rejected_total", "Calls failed fast because the peer's breaker was open.",
-         offsetof(peer, breaker_rejects)},
-        {"breaker_opened_total", "Times the peer's breaker opened.", offsetof(peer, opened)},
-        {"hedges_total", "Calls sent to this peer as the alternative of a slow or failed one.", offsetof(peer, hedges)},
-    };
-    for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
-        fprintf(f, "# HELP nearline_peer_%s %s\n# TYPE nearline_peer_%s counter\n", counters[c].name, counters[c].help,
-                counters[c].name);
-        for (size_t i = 0; i < r->npeers; i++)
-            fprintf(f, "nearline_peer_%s{peer=\"%s\"} %llu\n", counters[c].name, r->peers[i].id,
-                    (unsigned long long)*(const uint64_t *)((const char *)&r->peers[i] + counters[c].off));
-    }
-    fprintf(f, "# HELP nearline_peer_breaker_state Breaker of the peer: 0 closed, 1 open, 2 half-open.\n"
-               "# TYPE nearline_peer_breaker_state gauge\n");
-    for (size_t i = 0; i < r->npeers; i++) {
-        peer *p = &r->peers[i];
-        int st = p->state == 1 && nl_now_ns() >= p->open_until_ns ? 2 : p->state;
-        fprintf(f, "nearline_peer_breaker_state{peer=\"%s\"} %d\n", p->id, st);
-    }
-    fprintf(f, "# HELP nearline_peer_latency_seconds Latency of calls to another node, by peer.\n"
-               "# TYPE nearline_peer_latency_seconds histogram\n");
-    for (size_t i = 0; i < r->npeers; i++) {
-        peer *p = &r->peers[i];
-        uint64_t cum = 0;
-        for (int b = 0; b < NLB; b++) {
-            cum += p->hist[b];
-            fprintf(f, "nearline_peer_latency_seconds_bucket{peer=\"%s\",le=\"%g\"} %llu\n", p->id, lat_buckets[b],
-                    (unsigned long long)cum);
-        }
-        cum += p->hist[NLB];
-        fprintf(f, "nearline_peer_latency_seconds_bucket{peer=\"%s\",le=\"+Inf\"} %llu\n", p->id,
-                (unsigned long long)cum);
-        fprintf(f, "nearline_peer_latency_seconds_sum{peer=\"%s\"} %.6f\n", p->id, (double)p->sum_us / 1e6);
-        fprintf(f, "nearline_peer_latency_seconds_count{peer=\"%s\"} %llu\n", p->id, (unsigned long long)cum);
-    }
-    pthread_mutex_unlock(&r->mu);
+    free(rt->tmp);
+    cl_snap_put(cl, rt->s);
 }
 
-/* ---------------------------------------------------------------- search budget */
-
-void nl_router_shard_budget(uint32_t k, uint32_t L, uint32_t shards, uint32_t *ks, uint32_t *Ls)
+/* Fills call k for shard s of c: its primary's URL, or returns -1 when the primary is not
+ * a live node (no call is made: the shard is missing at once). */
+static int target(const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_peer_call *k, char *url, size_t cap)
 {
-    uint32_t base = L ? L : (k > 64 ? k : 64);
-    if (base < k)
-        base = k;
-    if (shards <= 1 || k == 0) {
-        *ks = k;
-        *Ls = base;
+    const nl_node_info *n = cl_snap_node(s, c->map.shard[sh].primary);
+    if (!n || c->map.shard[sh].state == NL_SHARD_OFFLINE)
+        return -1;
+    memset(k, 0, sizeof *k);
+    k->peer = n->id;
+    cl_node_url(n, url, cap);
+    k->base_url = url;
+    return 0;
+}
+
+/* A read's call for shard sh of c: to an in-sync replica on a live node whose breaker is
+ * not open, the one with the fewest calls in flight (ties broken by a rotating start, so
+ * equal replicas share the load), with the next best as the alternative the router
+ * hedges to after the chosen peer's p95 latency, or fails over to. -1 when no in-sync
+ * replica is live. url and alt_url: cap bytes each. */
+static int read_target(nl_cluster *cl, const cl_snapshot *s, const cl_coll *c, uint32_t sh, nl_peer_call *k, char *url,
+                       char *alt_url, size_t cap)
+{
+    const nl_shard_entry *e = &c->map.shard[sh];
+    if (e->state == NL_SHARD_OFFLINE)
+        return -1;
+    static atomic_uint spin;
+    unsigned start = atomic_fetch_add(&spin, 1);
+    const nl_node_info *best[2] = {NULL, NULL};
+    uint64_t score[2] = {UINT64_MAX, UINT64_MAX};
+    for (uint32_t i = 0; i < e->nin_sync; i++) {
+        const char *id = e->in_sync[(start + i) % e->nin_sync];
+        const nl_node_info *n = cl_snap_node(s, id);
+        if (!n)
+            continue;
+        /* an open breaker ranks last but still counts: better than nothing */
+        uint64_t sc = (uint64_t)nl_peer_inflight(cl->peers, id) + (nl_peer_breaker(cl->peers, id) == 1 ? 1000000 : 0);
+        if (sc < score[0]) {
+            best[1] = best[0];
+            score[1] = score[0];
+            best[0] = n;
+            score[0] = sc;
+        } else if (sc < score[1]) {
+            best[1] = n;
+            score[1] = sc;
+        }
+    }
+    if (!best[0])
+        return -1;
+    memset(k, 0, sizeof *k);
+    k->peer = best[0]->id;
+    cl_node_url(best[0], url, cap);
+    k->base_url = url;
+    if (best[1]) {
+        k->alt_peer = best[1]->id;
+        cl_node_url(best[1], alt_url, cap);
+        k->alt_base_url = alt_url;
+        /* the hedge waits the p95 of the faster of the two: a replica that has become
+         * slow is not waited for as long as its own slowness */
+        uint32_t h0 = nl_peer_hedge_ms(cl->peers, best[0]->id), h1 = nl_peer_hedge_ms(cl->peers, best[1]->id);
+        k->hedge_ms = h0 < h1 ? h0 : h1;
+    }
+    return 0;
+}
+
+/* A peer's 4xx that blames the request (every shard would say the same), as opposed to
+ * the peer: 401/403 mean the nodes disagree on the cluster key, 404 that a shard is not
+ * there; those are the shard's failure, reported as missing. */
+static int request_fault(int status) { return status >= 400 && status < 500 && status != 401 && status != 403 && status != 404; }
+
+static uint32_t timeout_of(const nl_cluster_call *call) { return call->timeout_ms ? call->timeout_ms : DEFAULT_TIMEOUT_MS; }
+
+/* Error codes of a peer's 503 that applied nothing (server.c's refusals). */
+static int refusal_code(const char *code)
+{
+    return code && (!strcmp(code, "refused") || !strcmp(code, "overloaded") || !strcmp(code, "not_ready") ||
+                    !strcmp(code, "shutting_down"));
+}
+
+/* Whether a failed call certainly applied nothing: it was never sent (the peer's breaker
+ * was open) or the peer refused it before ordering it (a refusal code, or "applied":
+ * false). A timeout or a dropped connection may have applied it, and so may a refused
+ * connection: libcurl sends a request on a kept-alive connection and, when that dies
+ * before any answer, connects again and reports only the second try's failure; the first
+ * may have been applied by a node killed right after (the 20-round schedule caught a write
+ * reported "applied": false that every replica held). */
+static int call_refused(const nl_peer_call *k)
+{
+    if (!k->status)
+        return k->err == NL_EUNAVAILABLE;
+    if (k->status != 503 || !k->body_out_len)
+        return 0;
+    int refused = 0;
+    if (k->body_out[0] == '{') {
+        json_error_t je;
+        json_t *j = json_loadb(k->body_out, k->body_out_len, 0, &je);
+        const char *code = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+        refused = refusal_code(code) || json_is_false(json_object_get(j, "applied"));
+        json_decref(j);
+    } else {
+        Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
+        refused = e && (refusal_code(e->code) || e->not_applied);
+        if (e)
+            nearline__error__free_unpacked(e, NULL);
+    }
+    return refused;
+}
+
+/* Why a call failed, in words. */
+static void call_error(const nl_peer_call *k, char *buf, size_t cap)
+{
+    if (k->status == 401 || k->status == 403) {
+        snprintf(buf, cap, "HTTP %d: the node refused this node's cluster key (check --cluster-key on both)", k->status);
+    } else if (k->status && k->body_out_len && k->body_out[0] == '{') { /* a JSON error (before routing) */
+        json_error_t je;
+        json_t *j = json_loadb(k->body_out, k->body_out_len, 0, &je);
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        snprintf(buf, cap, "HTTP %d%s%s", k->status, m ? ": " : "", m ? m : "");
+        json_decref(j);
+    } else if (k->status) {
+        Nearline__Error *e = nearline__error__unpack(NULL, k->body_out_len, (const uint8_t *)k->body_out);
+        snprintf(buf, cap, "HTTP %d%s%s", k->status, e && e->message ? ": " : "", e && e->message ? e->message : "");
+        if (e)
+            nearline__error__free_unpacked(e, NULL);
+    } else {
+        snprintf(buf, cap, "%s", k->err == -ETIMEDOUT ? "no answer within the deadline"
+                                 : k->err == NL_EUNAVAILABLE ? "circuit breaker open (the node failed recently)"
+                                 : k->err == -ECONNREFUSED ? "connection refused" : "node unreachable");
+    }
+}
+
+static void id_pb(const nl_id *id, Nearline__Id *p)
+{
+    nearline__id__init(p);
+    if (id->is_str) {
+        p->kind_case = NEARLINE__ID__KIND_STR;
+        /* protobuf strings are C strings here: ids with NUL bytes cannot travel (the JSON
+         * API cannot carry them either) */
+        p->str = strndup(id->str, id->len);
+    } else {
+        p->kind_case = NEARLINE__ID__KIND_NUM;
+        p->num = id->num;
+    }
+}
+
+static void id_pb_free(Nearline__Id *p)
+{
+    if (p->kind_case == NEARLINE__ID__KIND_STR)
+        free(p->str);
+}
+
+static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    uint8_t *b = malloc(*len ? *len : 1);
+    if (b)
+        protobuf_c_message_pack(m, b);
+    return b;
+}
+
+/* ---------------------------------------------------------------- writes */
+
+typedef struct {
+    size_t *idx; /* the batch's entries for this shard */
+    size_t n;
+} part;
+
+/* The answer of a write fanned out over parts: 200 when all parts succeeded; otherwise
+ * 503 (or the parts' common 4xx) with "failed_shards". */
+static int write_answer(nl_cluster *cl, nl_peer_call *calls, uint32_t *shard_of_call, const uint8_t *maybe, size_t ncalls,
+                        const uint32_t *unreach, size_t nunreach, const char *count_key, int is_delete, json_t **out)
+{
+    uint64_t done = 0;
+    json_t *failed = json_array();
+    int status4xx = 0, all4xx = 1;
+    for (size_t i = 0; i < ncalls; i++) {
+        nl_peer_call *k = &calls[i];
+        if (k->status == 200) {
+            if (is_delete) {
+                Nearline__DeleteResponse *d = nearline__delete_response__unpack(NULL, k->body_out_len, (uint8_t *)k->body_out);
+                if (d) done += d->deleted, nearline__delete_response__free_unpacked(d, NULL);
+            } else {
+                Nearline__UpsertResponse *u = nearline__upsert_response__unpack(NULL, k->body_out_len, (uint8_t *)k->body_out);
+                if (u) done += u->upserted, nearline__upsert_response__free_unpacked(u, NULL);
+            }
+            continue;
+        }
+        char why[600];
+        call_error(k, why, sizeof why);
+        if (request_fault(k->status))
+            status4xx = k->status;
+        else
+            all4xx = 0;
+        /* "applied": false when the part certainly applied nothing; absent when it may have */
+        json_t *f = json_pack("{s:i,s:s,s:s}", "shard", (int)shard_of_call[i], "node", k->peer, "error", why);
+        if (f && !request_fault(k->status) && call_refused(k) && !maybe[i])
+            json_object_set_new(f, "applied", json_false());
+        json_array_append_new(failed, f);
+    }
+    for (size_t i = 0; i < nunreach; i++) {
+        all4xx = 0;
+        json_array_append_new(failed, json_pack("{s:i,s:s,s:b}", "shard", (int)unreach[i], "error",
+                                                "the shard's primary is not a live node", "applied", 0));
+    }
+    size_t nf = json_array_size(failed);
+    atomic_fetch_add(&cl->write_part_failures, nf);
+    if (nf == 0) {
+        json_decref(failed);
+        *out = json_pack("{s:I}", count_key, (json_int_t)done);
+        return 200;
+    }
+    int st = all4xx && status4xx ? status4xx : 503;
+    *out = json_pack("{s:{s:s,s:s},s:I,s:o}", "error", "code", st == 503 ? "shards_unavailable" : "bad_request",
+                     "message", st == 503 ? "some shards did not apply their part; retrying the same request is safe"
+                                          : "a shard refused its part",
+                     count_key, (json_int_t)done, "failed_shards", failed);
+    return st;
+}
+
+/* The per-shard parts of one write: a call (and its body) per shard that has a part and a
+ * live primary, the shards that have none. */
+typedef struct {
+    nl_peer_call *calls;
+    char (*url)[200];
+    uint32_t *sc;     /* the shard of each call */
+    uint8_t **bodies;
+    size_t nc;
+    uint32_t unreach[NL_MAX_SHARDS];
+    size_t nun;
+    char name[72];          /* the collection */
+    char (*peer)[NL_NODE_ID_MAX]; /* the node each call went to last (a retry's own) */
+    uint8_t *maybe;   /* 1: an earlier try of this part may have applied it (a retry's
+                       * refusal then does not make the part "applied": false) */
+} parts;
+
+static int parts_init(parts *w, uint32_t S)
+{
+    memset(w, 0, sizeof *w);
+    w->calls = calloc(S, sizeof *w->calls);
+    w->url = calloc(S, 200);
+    w->sc = calloc(S, sizeof *w->sc);
+    w->bodies = calloc(S, sizeof *w->bodies);
+    w->peer = calloc(S, sizeof *w->peer);
+    w->maybe = calloc(S, 1);
+    return w->calls && w->url && w->sc && w->bodies && w->peer && w->maybe ? 0 : -ENOMEM;
+}
+
+/* Shard sh's call (to its primary), or 0 when it has no live primary (noted unreachable). */
+static nl_peer_call *parts_add(parts *w, const cl_snapshot *s, const cl_coll *c, uint32_t sh)
+{
+    if (target(s, c, sh, &w->calls[w->nc], w->url[w->nc], 200) != 0) {
+        w->unreach[w->nun++] = sh;
+        return NULL;
+    }
+    w->sc[w->nc] = sh;
+    return &w->calls[w->nc];
+}
+
+/* Sets the body and path of the call parts_add returned, and counts it. */
+static void parts_commit(parts *w, uint8_t *body, size_t len, const char *name, const char *what)
+{
+    nl_peer_call *k = &w->calls[w->nc];
+    snprintf(w->name, sizeof w->name, "%s", name);
+    k->method = "POST";
+    snprintf(k->path, sizeof k->path, "/internal/v1/collections/%s/shards/%u/%s", name, w->sc[w->nc], what);
+    w->bodies[w->nc] = body;
+    k->body = body;
+    k->body_len = len;
+    w->nc++;
+}
+
+/* Parts refused (503) by a node the map, read again now, no longer names as the shard's
+ * primary (a move handed the role over, or a failover) are sent once more to the primary it
+ * names: upserts replace and deletes of ids are idempotent, so a part applied twice is the
+ * same as once. A 503 from the node that still is primary (no quorum in time) is left as
+ * it is: the client decides. */
+static void parts_retry_moved(nl_cluster *cl, parts *w, const nl_cluster_call *call, uint32_t timeout_ms)
+{
+    size_t idx[NL_MAX_SHARDS], n = 0;
+    for (size_t i = 0; i < w->nc && n < NL_MAX_SHARDS; i++)
+        if (w->calls[i].status == 503)
+            idx[n++] = i;
+    if (!n || !w->name[0])
+        return;
+    cl_coll *f = malloc(sizeof *f);
+    nl_peer_call *rc = calloc(n, sizeof *rc);
+    size_t which[NL_MAX_SHARDS], nr = 0;
+    if (!f || !rc || cl_fresh_coll(cl, w->name, f) != 0 || !f->has_map) {
+        free(rc);
+        free(f);
         return;
     }
-    /* the Binomial(k, p) probabilities from the log of each term, then the expected loss
-     * E[max(0, X - m)] = sum over x > m of (x - m) pmf(x) from suffix sums, for m from k
-     * down while it stays within the bound (it grows as m falls) */
-    if (k > NL_MAX_K)
-        k = NL_MAX_K;
-    double p = 1.0 / shards, lp = log(p), lq = log1p(-p), pmf[NL_MAX_K + 1];
-    for (uint32_t x = 0; x <= k; x++)
-        pmf[x] = exp(lgamma(k + 1.0) - lgamma(x + 1.0) - lgamma(k - x + 1.0) + x * lp + (k - x) * lq);
-    uint32_t least = (k + shards - 1) / shards, m = k;
-    double t0 = 0.0, t1 = 0.0; /* sums over x > m of pmf(x) and of x pmf(x) */
-    while (m > least) {
-        double n0 = t0 + pmf[m], n1 = t1 + m * pmf[m]; /* the sums for m - 1 */
-        if (shards * (n1 - (m - 1) * n0) > k / 1000.0)
-            break;
-        t0 = n0;
-        t1 = n1;
-        m--;
+    cl_snapshot *sn = cl_snap_get(cl);
+    for (size_t j = 0; j < n; j++) {
+        size_t i = idx[j];
+        uint32_t sh = w->sc[i];
+        if (sh >= f->map.nshards || !w->calls[i].peer || !strcmp(f->map.shard[sh].primary, w->calls[i].peer))
+            continue;
+        if (target(sn, f, sh, &rc[nr], w->url[i], 200) != 0)
+            continue;
+        memcpy(w->peer[i], rc[nr].peer, NL_NODE_ID_MAX);
+        rc[nr].peer = w->peer[i];
+        rc[nr].method = w->calls[i].method;
+        memcpy(rc[nr].path, w->calls[i].path, sizeof rc[nr].path);
+        rc[nr].body = w->calls[i].body;
+        rc[nr].body_len = w->calls[i].body_len;
+        which[nr++] = i;
     }
-    *ks = m;
-    uint32_t l = (uint32_t)ceil(base * sqrt(p));
-    *Ls = l < m ? m : l > base ? base : l;
+    cl_snap_put(cl, sn);
+    if (nr) {
+        atomic_fetch_add(&cl->write_retries, nr);
+        nl_peer_run(cl->peers, rc, nr, timeout_ms, call->request_id, call->traceparent);
+        for (size_t j = 0; j < nr; j++) {
+            nl_peer_call *k = &w->calls[which[j]];
+            if (!call_refused(k)) /* the first try's 503 may have been applied */
+                w->maybe[which[j]] = 1;
+            free(k->body_out);
+            *k = rc[j];
+            k->base_url = w->url[which[j]];
+        }
+    }
+    free(rc);
+    free(f);
+}
+
+/* Sends every part in parallel and makes the answer (write_answer). */
+static int parts_send(nl_cluster *cl, parts *w, const nl_cluster_call *call, uint32_t timeout_ms, int oom,
+                      const char *count_key, int is_delete, json_t **out)
+{
+    if (oom) {
+        *out = cl_error("internal", "out of memory");
+        return 500;
+    }
+    atomic_fetch_add(&cl->fanout_calls, 1);
+    atomic_fetch_add(&cl->fanout_shards, w->nc);
+    nl_peer_run(cl->peers, w->calls, w->nc, timeout_ms, call->request_id, call->traceparent);
+    parts_retry_moved(cl, w, call, timeout_ms);
+    return write_answer(cl, w->calls, w->sc, w->maybe, w->nc, w->unreach, w->nun, count_key, is_delete, out);
+}
+
+static void parts_free(parts *w)
+{
+    for (size_t i = 0; w->calls && w->bodies && i < w->nc; i++) {
+        free(w->bodies[i]);
+        free(w->calls[i].body_out);
+    }
+    free(w->bodies);
+    free(w->peer);
+    free(w->maybe);
+    free(w->sc);
+    free(w->url);
+    free(w->calls);
+}
+
+/* The UpsertRequest of the points of pts[] whose shard (of[]) is sh; NULL when out of memory. */
+static uint8_t *upsert_body(const nl_point *pts, const uint32_t *of, size_t n, size_t cnt, uint32_t sh, size_t *len)
+{
+    Nearline__UpsertRequest m = NEARLINE__UPSERT_REQUEST__INIT;
+    Nearline__Vector *vs = calloc(cnt, sizeof *vs), **vp = calloc(cnt, sizeof *vp);
+    Nearline__Id *ids = calloc(cnt, sizeof *ids);
+    size_t m_n = 0;
+    for (size_t i = 0; vs && vp && ids && i < n; i++) {
+        if (of[i] != sh)
+            continue;
+        Nearline__Vector *v = &vs[m_n];
+        nearline__vector__init(v);
+        id_pb(&pts[i].id, &ids[m_n]);
+        v->id = &ids[m_n];
+        v->n_values = pts[i].dim;
+        v->values = (float *)pts[i].vector;
+        v->metadata = pts[i].metadata ? strndup(pts[i].metadata, pts[i].metadata_len) : (char *)"";
+        vp[m_n++] = v;
+    }
+    m.n_points = m_n;
+    m.points = vp;
+    uint8_t *body = vs && vp && ids ? pack(&m.base, len) : NULL;
+    for (size_t i = 0; vs && ids && i < m_n; i++) {
+        id_pb_free(&ids[i]);
+        if (vs[i].metadata && *vs[i].metadata)
+            free(vs[i].metadata);
+    }
+    free(vs);
+    free(vp);
+    free(ids);
+    return body;
+}
+
+int nl_cluster_upsert(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_point *pts, size_t n,
+                      json_t **out)
+{
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
+        return st;
+    uint32_t S = rt.c->map.nshards;
+    uint32_t *of = malloc(sizeof *of * (n ? n : 1));
+    size_t cnt[NL_MAX_SHARDS] = {0};
+    for (size_t i = 0; of && i < n; i++)
+        cnt[of[i] = nl_shard_of(&pts[i].id, S)]++;
+    parts w;
+    int oom = parts_init(&w, S) != 0 || !of;
+    for (uint32_t sh = 0; !oom && sh < S; sh++) {
+        if (!cnt[sh] || !parts_add(&w, rt.s, rt.c, sh))
+            continue;
+        size_t len = 0;
+        uint8_t *body = upsert_body(pts, of, n, cnt[sh], sh, &len);
+        oom = !body;
+        parts_commit(&w, body, len, name, "points");
+    }
+    st = parts_send(cl, &w, call, timeout_of(call), oom, "upserted", 0, out);
+    parts_free(&w);
+    free(of);
+    end(cl, &rt);
+    return st;
+}
+
+int nl_cluster_delete(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *ids, size_t n,
+                      const char *filter_json, json_t **out)
+{
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
+        return st;
+    uint32_t S = rt.c->map.nshards;
+    size_t cnt[NL_MAX_SHARDS] = {0};
+    for (size_t i = 0; ids && i < n; i++)
+        cnt[nl_shard_of(&ids[i], S)]++;
+    parts w;
+    int oom = parts_init(&w, S) != 0;
+    for (uint32_t sh = 0; !oom && sh < S; sh++) {
+        if ((ids && !cnt[sh]) || !parts_add(&w, rt.s, rt.c, sh))
+            continue;
+        Nearline__DeleteRequest m = NEARLINE__DELETE_REQUEST__INIT;
+        Nearline__Id *pid = ids ? calloc(cnt[sh], sizeof *pid) : NULL, **pp = ids ? calloc(cnt[sh], sizeof *pp) : NULL;
+        size_t k = 0;
+        for (size_t i = 0; ids && pid && pp && i < n; i++)
+            if (nl_shard_of(&ids[i], S) == sh) {
+                id_pb(&ids[i], &pid[k]);
+                pp[k] = &pid[k];
+                k++;
+            }
+        m.n_ids = k;
+        m.ids = pp;
+        m.filter = filter_json && !ids ? (char *)filter_json : (char *)"";
+        size_t len = 0;
+        uint8_t *body = !ids || (pid && pp) ? pack(&m.base, &len) : NULL;
+        oom = !body;
+        for (size_t i = 0; pid && i < k; i++)
+            id_pb_free(&pid[i]);
+        free(pid);
+        free(pp);
+        parts_commit(&w, body, len, name, "points/delete");
+    }
+    /* a delete by filter scans every shard: it gets longer */
+    st = parts_send(cl, &w, call, filter_json ? 10 * timeout_of(call) : timeout_of(call), oom, "deleted", 1, out);
+    parts_free(&w);
+    end(cl, &rt);
+    return st;
+}
+
+/* ---------------------------------------------------------------- get */
+
+int nl_cluster_get(nl_cluster *cl, const nl_cluster_call *call, const char *name, const nl_id *id, json_t **out)
+{
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
+        return st;
+    uint32_t sh = nl_shard_of(id, rt.c->map.nshards);
+    nl_peer_call k;
+    char url[200], alt_url[200];
+    if (read_target(cl, rt.s, rt.c, sh, &k, url, alt_url, sizeof url) != 0) {
+        *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message",
+                         "no in-sync replica of the point's shard is a live node", "missing_shards", (int)sh);
+        end(cl, &rt);
+        return 503;
+    }
+    char *esc = NULL;
+    if (id->is_str) {
+        CURL *e = curl_easy_init();
+        esc = e ? curl_easy_escape(e, id->str, (int)id->len) : NULL;
+        if (e)
+            curl_easy_cleanup(e);
+        snprintf(k.path, sizeof k.path, "/internal/v1/collections/%s/shards/%u/points/%s?id_type=string", name, sh,
+                 esc ? esc : "");
+        curl_free(esc);
+    } else {
+        snprintf(k.path, sizeof k.path, "/internal/v1/collections/%s/shards/%u/points/%llu", name, sh,
+                 (unsigned long long)id->num);
+    }
+    k.method = "GET";
+    nl_peer_run(cl->peers, &k, 1, timeout_of(call), call->request_id, call->traceparent);
+    json_error_t je;
+    json_t *j = k.status ? json_loadb(k.body_out ? k.body_out : "", k.body_out_len, 0, &je) : NULL;
+    if (k.status && j) {
+        *out = j;
+        st = k.status;
+    } else {
+        char why[600];
+        call_error(&k, why, sizeof why);
+        *out = json_pack("{s:{s:s,s:s},s:[i]}", "error", "code", "shards_unavailable", "message", why,
+                         "missing_shards", (int)sh);
+        json_decref(j);
+        st = 503;
+    }
+    free(k.body_out);
+    end(cl, &rt);
+    return st;
+}
+
+/* ---------------------------------------------------------------- search */
+
+typedef struct {
+    int is_str;
+    uint64_t num;
+    const char *str; /* into the decoded message */
+    float score;
+    const char *meta;
+} cand;
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? -1 : 1;
+    if (x->is_str != y->is_str)
+        return x->is_str ? 1 : -1;
+    if (!x->is_str)
+        return x->num < y->num ? -1 : x->num > y->num;
+    return strcmp(x->str, y->str);
+}
+
+/* The candidates of query qi from every part (each the answer of one shard, or NULL),
+ * sorted; returns how many. cs has room for nc x k. */
+static size_t gather(const Nearline__SearchResponse **part, size_t nc, size_t nq, size_t qi, uint32_t k, cand *cs)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < nc; i++) {
+        const Nearline__SearchResponse *r = part[i * nq + qi];
+        for (size_t h = 0; r && h < r->n_results && h < k; h++) {
+            const Nearline__SearchResult *x = r->results[h];
+            if (!x->id)
+                continue;
+            cand *y = &cs[n++];
+            y->is_str = x->id->kind_case == NEARLINE__ID__KIND_STR;
+            y->num = y->is_str ? 0 : x->id->num;
+            y->str = y->is_str ? x->id->str : NULL;
+            y->score = x->score;
+            y->meta = x->metadata;
+        }
+    }
+    qsort(cs, n, sizeof *cs, cand_cmp);
+    return n;
+}
+
+/* The second round of a scaled search: a shard that answered ks results of which the last
+ * still scores within the merged k best may hold more of them (more than ks of the k
+ * nearest fell in it, or its walk with the smaller list missed some): it is asked again,
+ * for those queries only, with the whole k and L, and its new answers replace its first
+ * ones in part (kept alive in again[], nc entries, freed by the caller). Adds the reads to
+ * ios. Returns how many shards were asked again. */
+static size_t requery(nl_cluster *cl, const nl_cluster_call *call, const routed *rt, const char *name,
+                      const Nearline__SearchRequest *rq, size_t nq, const uint32_t *sc, size_t nc, uint32_t ks,
+                      const nl_cluster_search_params *p, const Nearline__SearchResponse **part, uint64_t *ios, cand *cs,
+                      Nearline__BatchSearchResponse **again)
+{
+    uint8_t *need = calloc(nc * nq, 1);
+    size_t *count = calloc(nc, sizeof *count), asked = 0;
+    nl_peer_call *calls = calloc(nc, sizeof *calls);
+    char (*url)[200] = calloc(2 * nc, 200);
+    uint8_t **body = calloc(nc, sizeof *body);
+    size_t *who = calloc(nc, sizeof *who), ncalls = 0;
+    Nearline__SearchRequest *sub = calloc(nq, sizeof *sub), **subp = calloc(nq, sizeof *subp);
+    if (!need || !count || !calls || !url || !body || !who || !sub || !subp)
+        goto done;
+    for (size_t qi = 0; qi < nq; qi++) {
+        size_t n = gather(part, nc, nq, qi, p->k, cs);
+        float tau = n >= p->k ? cs[p->k - 1].score : INFINITY;
+        for (size_t i = 0; i < nc; i++) {
+            const Nearline__SearchResponse *r = part[i * nq + qi];
+            if (r && r->n_results >= ks && r->results[ks - 1]->score <= tau) {
+                need[i * nq + qi] = 1;
+                count[i]++;
+            }
+        }
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (!count[i] || read_target(cl, rt->s, rt->c, sc[i], &calls[ncalls], url[2 * ncalls], url[2 * ncalls + 1],
+                                     200) != 0)
+            continue;
+        size_t m = 0;
+        for (size_t qi = 0; qi < nq; qi++)
+            if (need[i * nq + qi]) {
+                sub[m] = rq[qi];
+                sub[m].k = p->k;
+                sub[m].l = p->L;
+                subp[m] = &sub[m];
+                m++;
+            }
+        Nearline__BatchSearchRequest b = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
+        b.n_queries = m;
+        b.queries = subp;
+        size_t len = 0;
+        if (!(body[ncalls] = pack(&b.base, &len)))
+            continue;
+        calls[ncalls].method = "POST";
+        snprintf(calls[ncalls].path, sizeof calls[ncalls].path, "/internal/v1/collections/%s/shards/%u/search/batch",
+                 name, sc[i]);
+        calls[ncalls].body = body[ncalls];
+        calls[ncalls].body_len = len;
+        who[ncalls++] = i;
+    }
+    if (!ncalls)
+        goto done;
+    nl_peer_run(cl->peers, calls, ncalls, timeout_of(call), call->request_id, call->traceparent);
+    for (size_t c = 0; c < ncalls; c++) {
+        size_t i = who[c];
+        Nearline__BatchSearchResponse *r =
+            calls[c].status == 200
+                ? nearline__batch_search_response__unpack(NULL, calls[c].body_out_len, (uint8_t *)calls[c].body_out)
+                : NULL;
+        if (!r || r->n_responses != count[i]) { /* the first answer stands */
+            if (r)
+                nearline__batch_search_response__free_unpacked(r, NULL);
+            continue;
+        }
+        again[i] = r;
+        asked++;
+        for (size_t qi = 0, j = 0; qi < nq; qi++)
+            if (need[i * nq + qi]) {
+                part[i * nq + qi] = r->responses[j];
+                ios[qi] += r->responses[j++]->ios;
+            }
+    }
+    atomic_fetch_add(&cl->fanout_requeries, ncalls);
+done:
+    for (size_t c = 0; calls && c < ncalls; c++)
+        free(calls[c].body_out);
+    for (size_t c = 0; body && c < nc; c++)
+        free(body[c]);
+    free(need);
+    free(count);
+    free(calls);
+    free(url);
+    free(body);
+    free(who);
+    free(sub);
+    free(subp);
+    return asked;
+}
+
+static json_t *cand_json(const cand *c, int with_meta)
+{
+    json_t *o = json_pack("{s:o,s:f}", "id", c->is_str ? json_string(c->str) : json_integer((json_int_t)c->num),
+                          "score", (double)c->score);
+    if (with_meta) {
+        json_error_t e;
+        json_t *m = c->meta && *c->meta ? json_loads(c->meta, 0, &e) : NULL;
+        json_object_set_new(o, "metadata", m ? m : json_null());
+    }
+    return o;
+}
+
+int nl_cluster_search(nl_cluster *cl, const nl_cluster_call *call, const char *name, const float *q, size_t nq,
+                      uint32_t dim, const nl_cluster_search_params *p, int batch, json_t **out)
+{
+    uint64_t t0 = nl_now_ns();
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
+        return st;
+    uint32_t S = rt.c->map.nshards;
+    uint32_t ks = p->k, Ls = p->L;
+    int scaled = S > 1 && !call->per_shard_full;
+    if (scaled)
+        nl_shard_map_budget(p->k, p->L, S, &ks, &Ls);
+    /* one request, the same for every shard */
+    Nearline__BatchSearchRequest m = NEARLINE__BATCH_SEARCH_REQUEST__INIT;
+    Nearline__SearchRequest *rq = calloc(nq, sizeof *rq), **rp = calloc(nq, sizeof *rp);
+    nl_peer_call *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(2 * (size_t)S, 200);
+    uint32_t *sc = calloc(S, sizeof *sc), missing[NL_MAX_SHARDS];
+    Nearline__BatchSearchResponse **resp = calloc(S, sizeof *resp), **again = calloc(S, sizeof *again);
+    const Nearline__SearchResponse **part = calloc((size_t)S * (nq ? nq : 1), sizeof *part);
+    uint64_t *ios = calloc(nq ? nq : 1, sizeof *ios);
+    uint8_t *body = NULL;
+    size_t len = 0, nc = 0, nmiss = 0;
+    if (!rq || !rp || !calls || !url || !sc || !resp || !again || !part || !ios) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (size_t i = 0; i < nq; i++) {
+        nearline__search_request__init(&rq[i]);
+        rq[i].n_query = dim;
+        rq[i].query = (float *)(q + i * dim);
+        rq[i].k = ks;
+        rq[i].l = Ls;
+        rq[i].beam = p->W;
+        rq[i].plan = p->plan;
+        rq[i].segments = p->segments_each ? 1 : 0;
+        rq[i].without_metadata = !p->with_meta;
+        const char *f = p->filters_json ? p->filters_json[i] : p->filter_json;
+        rq[i].filter = f ? (char *)f : (char *)"";
+        rp[i] = &rq[i];
+    }
+    m.n_queries = nq;
+    m.queries = rp;
+    body = pack(&m.base, &len);
+    if (!body) {
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (uint32_t sh = 0; sh < S; sh++) {
+        if (read_target(cl, rt.s, rt.c, sh, &calls[nc], url[2 * nc], url[2 * nc + 1], 200) != 0) {
+            missing[nmiss++] = sh;
+            continue;
+        }
+        calls[nc].method = "POST";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u/search/batch", name, sh);
+        calls[nc].body = body;
+        calls[nc].body_len = len;
+        sc[nc++] = sh;
+    }
+    atomic_fetch_add(&cl->fanout_calls, 1);
+    atomic_fetch_add(&cl->fanout_shards, nc);
+    nl_peer_run(cl->peers, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+    for (size_t i = 0; i < nc; i++)
+        if (calls[i].hedged)
+            atomic_fetch_add(&cl->hedged, 1);
+    char firstwhy[600] = {0};
+    int client_err = 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (calls[i].status == 200)
+            resp[i] = nearline__batch_search_response__unpack(NULL, calls[i].body_out_len, (uint8_t *)calls[i].body_out);
+        if (request_fault(calls[i].status) && !client_err) {
+            client_err = calls[i].status;
+            call_error(&calls[i], firstwhy, sizeof firstwhy);
+        }
+        if (!resp[i] || resp[i]->n_responses != nq) {
+            if (resp[i]) {
+                nearline__batch_search_response__free_unpacked(resp[i], NULL);
+                resp[i] = NULL;
+            }
+            missing[nmiss++] = sc[i];
+            if (!firstwhy[0])
+                call_error(&calls[i], firstwhy, sizeof firstwhy);
+        }
+    }
+    if (client_err) { /* the request itself is bad (every shard says the same): a 4xx */
+        *out = cl_error("bad_request", "%s", firstwhy);
+        st = client_err;
+        goto done;
+    }
+    json_t *miss = json_array();
+    for (size_t i = 0; i < nmiss; i++)
+        json_array_append_new(miss, json_integer(missing[i]));
+    if (nmiss && call->require_complete) {
+        atomic_fetch_add(&cl->complete_refusals, 1);
+        *out = json_pack("{s:{s:s,s:s},s:o}", "error", "code", "shards_unavailable", "message",
+                         "some shards did not answer and the request requires every shard", "missing_shards", miss);
+        st = 503;
+        goto done;
+    }
+    if (nmiss)
+        atomic_fetch_add(&cl->partial_answers, 1);
+    json_t *all = json_array();
+    cand *cs = malloc(sizeof *cs * (S * (size_t)p->k + 1));
+    if (!cs) {
+        json_decref(all);
+        json_decref(miss);
+        *out = cl_error("internal", "out of memory");
+        st = 500;
+        goto done;
+    }
+    for (size_t i = 0; i < nc; i++)
+        for (size_t qi = 0; resp[i] && qi < nq; qi++) {
+            part[i * nq + qi] = resp[i]->responses[qi];
+            ios[qi] += resp[i]->responses[qi]->ios;
+        }
+    if (scaled && ks < p->k)
+        requery(cl, call, &rt, name, rq, nq, sc, nc, ks, p, part, ios, cs, again);
+    json_t *ios_all = json_array();
+    for (size_t qi = 0; qi < nq; qi++) {
+        size_t nca = gather(part, nc, nq, qi, p->k, cs);
+        json_t *a = json_array();
+        for (size_t h = 0; h < nca && h < p->k; h++)
+            json_array_append_new(a, cand_json(&cs[h], p->with_meta));
+        json_array_append_new(all, a);
+        json_array_append_new(ios_all, json_integer((json_int_t)ios[qi]));
+    }
+    free(cs);
+    json_int_t took = (json_int_t)((nl_now_ns() - t0) / 1000);
+    if (batch) {
+        *out = json_pack("{s:o,s:I,s:o,s:b,s:o}", "results", all, "took_us", took, "ios", ios_all, "partial", nmiss > 0,
+                         "missing_shards", miss);
+    } else {
+        json_t *one = json_incref(json_array_get(all, 0));
+        json_decref(all);
+        *out = json_pack("{s:o,s:I,s:I,s:b,s:o}", "results", one ? one : json_array(), "took_us", took, "ios",
+                         (json_int_t)ios[0], "partial", nmiss > 0, "missing_shards", miss);
+        json_decref(ios_all);
+    }
+    if (nmiss) /* why the first missing shard is missing: for the operator */
+        json_object_set_new(*out, "missing_reason",
+                            json_string(firstwhy[0] ? firstwhy : "no in-sync replica of the shard is a live node"));
+    st = 200;
+done:
+    for (size_t i = 0; resp && i < nc; i++)
+        if (resp[i])
+            nearline__batch_search_response__free_unpacked(resp[i], NULL);
+    for (size_t i = 0; again && i < nc; i++)
+        if (again[i])
+            nearline__batch_search_response__free_unpacked(again[i], NULL);
+    free(again);
+    free(part);
+    free(ios);
+    for (size_t i = 0; calls && i < nc; i++)
+        free(calls[i].body_out);
+    free(body);
+    free(resp);
+    free(sc);
+    free(url);
+    free(calls);
+    free(rp);
+    free(rq);
+    end(cl, &rt);
+    return st;
+}
+
+/* ---------------------------------------------------------------- describe */
+
+int nl_cluster_describe(nl_cluster *cl, const nl_cluster_call *call, const char *name, json_t **out)
+{
+    routed rt;
+    int st = begin(cl, name, &rt, out);
+    if (st)
+        return st;
+    uint32_t S = rt.c->map.nshards;
+    nl_peer_call *calls = calloc(S, sizeof *calls);
+    char (*url)[200] = calloc(2 * (size_t)S, 200);
+    int *callof = calloc(S, sizeof *callof);
+    size_t nc = 0;
+    for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
+        callof[sh] = -1;
+        if (target(rt.s, rt.c, sh, &calls[nc], url[nc], 200) != 0)
+            continue;
+        calls[nc].method = "GET";
+        snprintf(calls[nc].path, sizeof calls[nc].path, "/internal/v1/collections/%s/shards/%u", name, sh);
+        callof[sh] = (int)nc++;
+    }
+    if (calls && url && callof)
+        nl_peer_run(cl->peers, calls, nc, timeout_of(call), call->request_id, call->traceparent);
+    const nl_collection_config *g = &rt.c->cc.cfg;
+    json_t *shards = json_array(), *miss = json_array();
+    json_int_t points = 0, segments = 0, disk = 0, fresh = 0;
+    for (uint32_t sh = 0; calls && url && callof && sh < S; sh++) {
+        const nl_shard_entry *e = &rt.c->map.shard[sh];
+        json_t *reps = json_array(), *ins = json_array();
+        for (uint32_t r = 0; r < e->nreplicas; r++)
+            json_array_append_new(reps, json_string(e->replicas[r]));
+        for (uint32_t r = 0; r < e->nin_sync; r++)
+            json_array_append_new(ins, json_string(e->in_sync[r]));
+        json_t *o = json_pack("{s:i,s:I,s:s,s:o,s:o,s:s}", "shard", (int)sh, "epoch", (json_int_t)e->epoch, "primary",
+                              e->primary, "replicas", reps, "in_sync", ins, "state", nl_shard_state_name(e->state));
+        json_error_t je;
+        json_t *stj = callof[sh] >= 0 && calls[callof[sh]].status == 200
+                          ? json_loadb(calls[callof[sh]].body_out, calls[callof[sh]].body_out_len, 0, &je) : NULL;
+        if (stj && json_is_object(json_object_get(stj, "stats"))) {
+            json_t *x = json_object_get(stj, "stats");
+            points += json_integer_value(json_object_get(x, "points"));
+            segments += json_integer_value(json_object_get(x, "segments"));
+            disk += json_integer_value(json_object_get(x, "disk_bytes"));
+            fresh += json_integer_value(json_object_get(x, "fresh_points"));
+            json_object_set(o, "stats", x);
+            json_object_set_new(o, "available", json_true());
+        } else {
+            json_object_set_new(o, "available", json_false());
+            json_array_append_new(miss, json_integer(sh));
+        }
+        json_decref(stj);
+        json_array_append_new(shards, o);
+    }
+    for (size_t i = 0; calls && i < nc; i++)
+        free(calls[i].body_out);
+    *out = json_pack("{s:s,s:i,s:s,s:s,s:i,s:i,s:s,s:{s:i,s:i,s:f,s:i,s:i},s:i,s:{s:I,s:I,s:I,s:I},s:o,s:b,s:o}",
+                     "name", name, "dim", (int)g->dim, "metric", nl_metric_name(g->metric), "dtype",
+                     nl_dtype_name(g->dtype), "shards", (int)S, "replicas", (int)rt.c->cc.replicas, "write_quorum",
+                     nl_quorum_name(rt.c->cc.write_quorum), "index", "R", (int)g->R, "L", (int)g->L,
+                     "alpha", round((double)g->alpha * 1e6) / 1e6, "pq_bytes", (int)g->pq_bytes, "fresh_capacity", (int)g->fresh_capacity,
+                     "map_version", (int)rt.c->map.version, "stats", "points", points, "fresh_points", fresh, "segments",
+                     segments, "disk_bytes", disk, "shard_map", shards, "partial", json_array_size(miss) > 0,
+                     "missing_shards", miss);
+    char code[32];
+    if (*out)
+        json_object_set_new(json_object_get(*out, "index"), "code", json_string(nl_collection_code_name(g, code, sizeof code)));
+    free(callof);
+    free(url);
+    free(calls);
+    end(cl, &rt);
+    return 200;
 }

@@ -491,3 +491,38 @@ int nl_shard_map_move_finish(nl_shard_map *m, uint32_t s)
     memset(&e->move, 0, sizeof e->move);
     return 0;
 }
+
+/* ---------------------------------------------------------------- search budget */
+
+void nl_shard_map_budget(uint32_t k, uint32_t L, uint32_t shards, uint32_t *ks, uint32_t *Ls)
+{
+    uint32_t base = L ? L : (k > 64 ? k : 64);
+    if (base < k)
+        base = k;
+    if (shards <= 1 || k == 0) {
+        *ks = k;
+        *Ls = base;
+        return;
+    }
+    /* the Binomial(k, p) probabilities from the log of each term, then the expected loss
+     * E[max(0, X - m)] = sum over x > m of (x - m) pmf(x) from suffix sums, for m from k
+     * down while it stays within the bound (it grows as m falls) */
+    if (k > NL_MAX_K)
+        k = NL_MAX_K;
+    double p = 1.0 / shards, lp = log(p), lq = log1p(-p), pmf[NL_MAX_K + 1];
+    for (uint32_t x = 0; x <= k; x++)
+        pmf[x] = exp(lgamma(k + 1.0) - lgamma(x + 1.0) - lgamma(k - x + 1.0) + x * lp + (k - x) * lq);
+    uint32_t least = (k + shards - 1) / shards, m = k;
+    double t0 = 0.0, t1 = 0.0; /* sums over x > m of pmf(x) and of x pmf(x) */
+    while (m > least) {
+        double n0 = t0 + pmf[m], n1 = t1 + m * pmf[m]; /* the sums for m - 1 */
+        if (shards * (n1 - (m - 1) * n0) > k / 1000.0)
+            break;
+        t0 = n0;
+        t1 = n1;
+        m--;
+    }
+    *ks = m;
+    uint32_t l = (uint32_t)ceil(base * sqrt(p));
+    *Ls = l < m ? m : l > base ? base : l;
+}

@@ -15,6 +15,8 @@
 #include <time.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_repl.h"
 
 #define REPORT_TIMEOUT_MS 1000
 
@@ -71,11 +73,11 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
     nl_cluster_node_status(cl, &self);
     cl_snapshot *s = cl_snap_get(cl);
     size_t n = s->nnodes;
-    nl_rcall *calls = calloc(n ? n : 1, sizeof *calls);
+    nl_peer_call *calls = calloc(n ? n : 1, sizeof *calls);
     char (*url)[200] = calloc(n ? n : 1, 200);
     json_t *reports = json_object(), *unreachable = json_array();
     for (size_t i = 0; calls && url && i < n; i++) {
-        nl_rcall *k = &calls[i];
+        nl_peer_call *k = &calls[i];
         k->peer = s->nodes[i].id;
         cl_node_url(&s->nodes[i], url[i], sizeof url[0]);
         k->base_url = url[i];
@@ -83,7 +85,7 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
         snprintf(k->path, sizeof k->path, "/internal/v1/node");
     }
     if (calls && url)
-        nl_router_run(cl->router, calls, n, REPORT_TIMEOUT_MS, "status", NULL);
+        nl_peer_run(cl->peers, calls, n, REPORT_TIMEOUT_MS, "status", NULL);
     for (size_t i = 0; calls && url && i < n; i++) {
         json_error_t je;
         json_t *a = calls[i].status == 200 && calls[i].body_out
@@ -133,7 +135,7 @@ int nl_cluster_status(nl_cluster *cl, json_t **out)
             json_object_set_new(o, "load", json_real(ni->load));
             json_object_set_new(o, "shards", json_integer((json_int_t)ni->shards));
             json_object_set_new(o, "version", json_string(ni->version));
-            json_object_set_new(o, "breaker", json_integer(nl_router_breaker(cl->router, ni->id)));
+            json_object_set_new(o, "breaker", json_integer(nl_peer_breaker(cl->peers, ni->id)));
             json_object_set_new(o, "reachable", json_boolean(json_object_get(reports, ids[k]) != NULL));
             json_t *rep = json_object_get(reports, ids[k]);
             if (json_is_integer(json_object_get(rep, "compacting")))
@@ -237,7 +239,7 @@ int nl_cluster_node_status(nl_cluster *cl, json_t **out)
         json_array_append_new(nodes, json_pack("{s:s,s:s,s:I,s:f,s:i,s:s,s:i}", "id", n->id, "address", n->address,
                                                "disk_free", (json_int_t)n->disk_free, "load", n->load, "shards",
                                                (int)n->shards, "version", n->version, "breaker",
-                                               nl_router_breaker(cl->router, n->id)));
+                                               nl_peer_breaker(cl->peers, n->id)));
     }
     for (size_t i = 0; i < s->ncolls; i++)
         json_array_append_new(colls, json_pack("{s:s,s:b,s:i}", "name", s->colls[i].cc.name, "placed",
@@ -314,5 +316,5 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
 #undef G
 #undef C
     cl_repl_metrics(cl, f);
-    nl_router_metrics(cl->router, f);
+    nl_peer_metrics(cl->peers, f);
 }

@@ -31,6 +31,9 @@
 #include <zstd.h>
 
 #include "cluster_internal.h"
+#include "cl_floor.h"
+#include "cl_repl.h"
+#include "cl_transfer.h"
 #include "nl_files.h"
 #include "nl_crc32c.h"
 #include "nl_util.h"

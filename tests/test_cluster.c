@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "nl_router.h"
+#include "nl_peer.h"
 #include "nl_shardmap.h"
 #include "nl_zk.h"
 #include "test_util.h"
@@ -281,7 +281,7 @@ static struct MHD_Daemon *serve(int port)
                             (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_END);
 }
 
-static void one(nl_router *r, const char *url, uint32_t timeout_ms, nl_rcall *k)
+static void one(nl_peer *r, const char *url, uint32_t timeout_ms, nl_peer_call *k)
 {
     memset(k, 0, sizeof *k);
     k->peer = "p1";
@@ -290,7 +290,7 @@ static void one(nl_router *r, const char *url, uint32_t timeout_ms, nl_rcall *k)
     snprintf(k->path, sizeof k->path, "/internal/v1/x");
     k->body = "abc";
     k->body_len = 3;
-    cr_assert_eq(nl_router_run(r, k, 1, timeout_ms, "req-7",
+    cr_assert_eq(nl_peer_run(r, k, 1, timeout_ms, "req-7",
                                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), 0);
 }
 
@@ -299,26 +299,26 @@ Test(cluster, router_headers_deadline_and_breaker)
     int port = free_port();
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
-    nl_router_options o = {.cluster_key = "k-0123456789abcdef", .breaker_failures = 3, .breaker_open_ms = 200};
-    nl_router *r;
-    cr_assert_eq(nl_router_create(&o, &r), 0);
-    nl_rcall k;
+    nl_peer_options o = {.cluster_key = "k-0123456789abcdef", .breaker_failures = 3, .breaker_open_ms = 200};
+    nl_peer *r;
+    cr_assert_eq(nl_peer_create(&o, &r), 0);
+    nl_peer_call k;
     /* nothing listens: refused, three times, then the breaker fails calls fast */
     for (int i = 0; i < 3; i++) {
         one(r, url, 500, &k);
         cr_assert_eq(k.status, 0);
         cr_assert_eq(k.err, -ECONNREFUSED, "err %d", k.err);
     }
-    cr_assert_eq(nl_router_breaker(r, "p1"), 1);
+    cr_assert_eq(nl_peer_breaker(r, "p1"), 1);
     one(r, url, 500, &k);
     cr_assert_eq(k.err, NL_EUNAVAILABLE);
     /* after the open time, one probe goes through; it fails, so it is open again */
     struct timespec ts = {0, 250000000};
     nanosleep(&ts, NULL);
-    cr_assert_eq(nl_router_breaker(r, "p1"), 2);
+    cr_assert_eq(nl_peer_breaker(r, "p1"), 2);
     one(r, url, 500, &k);
     cr_assert_eq(k.err, -ECONNREFUSED);
-    cr_assert_eq(nl_router_breaker(r, "p1"), 1);
+    cr_assert_eq(nl_peer_breaker(r, "p1"), 1);
     /* the peer comes up: the next probe closes the breaker */
     struct MHD_Daemon *d = serve(port);
     cr_assert_not_null(d);
@@ -328,7 +328,7 @@ Test(cluster, router_headers_deadline_and_breaker)
     cr_assert_eq(k.body_out_len, 4);
     cr_assert_eq(memcmp(k.body_out, "pong", 4), 0);
     free(k.body_out);
-    cr_assert_eq(nl_router_breaker(r, "p1"), 0);
+    cr_assert_eq(nl_peer_breaker(r, "p1"), 0);
     pthread_mutex_lock(&hdr_mu);
     cr_assert_str_eq(last_rid, "req-7");
     cr_assert_str_eq(last_key, "k-0123456789abcdef");
@@ -346,7 +346,7 @@ Test(cluster, router_headers_deadline_and_breaker)
     free(k.body_out);
     /* many calls at once run in parallel: 8 x 300 ms in well under 8 x 300 ms */
     atomic_store(&srv_sleep_ms, 300);
-    nl_rcall many[8];
+    nl_peer_call many[8];
     memset(many, 0, sizeof many);
     for (int i = 0; i < 8; i++) {
         many[i].peer = "p2";
@@ -355,7 +355,7 @@ Test(cluster, router_headers_deadline_and_breaker)
         snprintf(many[i].path, sizeof many[i].path, "/x/%d", i);
     }
     t0 = nl_now_ns();
-    cr_assert_eq(nl_router_run(r, many, 8, 2000, "req-8", NULL), 0);
+    cr_assert_eq(nl_peer_run(r, many, 8, 2000, "req-8", NULL), 0);
     took = (double)(nl_now_ns() - t0) / 1e6;
     for (int i = 0; i < 8; i++) {
         cr_assert_eq(many[i].status, 200);
@@ -364,7 +364,7 @@ Test(cluster, router_headers_deadline_and_breaker)
     cr_assert(took < 1200, "8 parallel 300 ms calls took %.0f ms", took);
     atomic_store(&srv_sleep_ms, 0);
     MHD_stop_daemon(d);
-    nl_router_destroy(r);
+    nl_peer_destroy(r);
 }
 
 static double now_s(void)
@@ -448,16 +448,16 @@ static double lost_share(uint32_t k, uint32_t S, uint32_t ks, nl_rng *r, int tri
 Test(cluster, shard_budget_matches_a_simulation_of_hash_placement)
 {
     uint32_t ks, Ls;
-    nl_router_shard_budget(10, 0, 1, &ks, &Ls);
+    nl_shard_map_budget(10, 0, 1, &ks, &Ls);
     cr_assert(ks == 10 && Ls == 64, "one shard: the request itself (%u %u)", ks, Ls);
-    nl_router_shard_budget(10, 30, 8, &ks, &Ls);
+    nl_shard_map_budget(10, 30, 8, &ks, &Ls);
     cr_assert(ks == 5 && Ls == 11, "k 10, L 30, 8 shards: 5 and 11 (%u %u)", ks, Ls);
     nl_rng r;
     nl_rng_seed(&r, 28);
     const uint32_t cases[][3] = {{10, 0, 2}, {10, 0, 8}, {10, 100, 16}, {100, 200, 8}, {50, 0, 32}, {1, 0, 8}};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         uint32_t k = cases[c][0], L = cases[c][1], S = cases[c][2];
-        nl_router_shard_budget(k, L, S, &ks, &Ls);
+        nl_shard_map_budget(k, L, S, &ks, &Ls);
         uint32_t base = L ? L : (k > 64 ? k : 64);
         cr_assert(ks >= (k + S - 1) / S && ks <= k, "k %u S %u: ks %u", k, S, ks);
         cr_assert(Ls >= ks && Ls <= base, "k %u S %u: Ls %u outside [%u, %u]", k, S, Ls, ks, base);

@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "cluster_internal.h"
+#include "cl_transfer.h"
 #include "nl_crc32c.h"
 #include "nl_segment.h"
 #include "nl_shard.h"

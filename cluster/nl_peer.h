@@ -1,5 +1,5 @@
 /*
- * nl_router.h — node-to-node calls: HTTP/1.1 keep-alive over libcurl's multi interface,
+ * nl_peer.h — node-to-node calls: HTTP/1.1 keep-alive over libcurl's multi interface,
  * driven by one thread that fans every request out in parallel, with a circuit breaker
  * and metrics per peer.
  *
@@ -20,8 +20,8 @@
  * Ownership: calls[] and their inputs stay the caller's; each call's `body_out` is
  * malloc'd for the caller to free.
  */
-#ifndef NL_ROUTER_H
-#define NL_ROUTER_H
+#ifndef NL_PEER_H
+#define NL_PEER_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-typedef struct nl_router nl_router;
+typedef struct nl_peer nl_peer;
 
 typedef struct {
     const char *cluster_key;    /* sent on every call; NULL = none */
@@ -41,7 +41,7 @@ typedef struct {
     uint32_t breaker_failures;  /* 0 = 3 */
     uint32_t breaker_open_ms;   /* 0 = 2000 */
     uint32_t max_per_peer;      /* connections kept per peer; 0 = 32 */
-} nl_router_options;
+} nl_peer_options;
 
 typedef struct {
     /* in */
@@ -65,48 +65,38 @@ typedef struct {
     uint64_t latency_us;
     int served_by_alt;          /* the answer is the alternative's */
     int hedged;                 /* the alternative was called */
-} nl_rcall;
+} nl_peer_call;
 
-int nl_router_create(const nl_router_options *opt, nl_router **out);
-void nl_router_destroy(nl_router *r);
+int nl_peer_create(const nl_peer_options *opt, nl_peer **out);
+void nl_peer_destroy(nl_peer *r);
 
 /* Runs calls[0..n) in parallel; returns when all are done or timeout_ms has passed
  * (those still running are cancelled with err -ETIMEDOUT). request_id and traceparent
  * (the incoming one, or NULL to start a trace) go on every call. 0, or -ENOMEM. */
-int nl_router_run(nl_router *r, nl_rcall *calls, size_t n, uint32_t timeout_ms, const char *request_id,
+int nl_peer_run(nl_peer *r, nl_peer_call *calls, size_t n, uint32_t timeout_ms, const char *request_id,
                   const char *traceparent);
 
 /* A stream's call: one blocking request on a connection the caller keeps (*conn: NULL
- * at first, made here; free it with nl_router_stream_close), so that a stream of requests
+ * at first, made here; free it with nl_peer_stream_close), so that a stream of requests
  * to one peer (a replication link) goes in order on one kept-alive connection. POST
  * (body, len, content_type: NULL = application/octet-stream) or GET (body NULL); the
- * cluster key and the CA as for nl_router_run; no breaker (a link keeps its own backoff).
+ * cluster key and the CA as for nl_peer_run; no breaker (a link keeps its own backoff).
  * The HTTP status, or 0 when nothing was reached; *out (malloc'd, NUL-terminated; may be
  * NULL) and *out_len the answer's body. */
-int nl_router_stream_call(nl_router *r, void **conn, const char *url, const void *body, size_t len,
+int nl_peer_stream_call(nl_peer *r, void **conn, const char *url, const void *body, size_t len,
                           const char *content_type, uint32_t timeout_ms, char **out, size_t *out_len);
-void nl_router_stream_close(void *conn);
+void nl_peer_stream_close(void *conn);
 
 /* The hedge delay for calls to a peer: the 95th percentile of its last 128 successful
  * latencies, in ms (at least 1; 50 until 20 are known). */
-uint32_t nl_router_hedge_ms(nl_router *r, const char *peer);
+uint32_t nl_peer_hedge_ms(nl_peer *r, const char *peer);
 /* Calls to a peer in flight now. */
-uint32_t nl_router_inflight(nl_router *r, const char *peer);
+uint32_t nl_peer_inflight(nl_peer *r, const char *peer);
 /* Breaker state of a peer: 0 closed, 1 open, 2 half-open (unknown peers: closed). */
-int nl_router_breaker(nl_router *r, const char *peer);
-
-/* What a search asks each of `shards` hash-placed shards for (docs/decisions.md, "What a
- * search asks each shard"). Every shard holds a uniform random 1/shards of the points, so
- * of the query's k nearest a shard holds X ~ Binomial(k, 1/shards): *ks is the smallest
- * count, at least ceil(k / shards), that loses in expectation at most 1/1000 of the k over
- * all shards (shards x E[max(0, X - ks)] <= k / 1000); the router asks again, for the
- * whole k, a shard whose ks-th result would still make the answer. *Ls is the list size
- * for a 1/shards share, the rule the engine uses for a segment: L x sqrt(1/shards), at
- * least *ks and at most L. L is the request's list size (0: max(k, 64)). One shard: k and L. */
-void nl_router_shard_budget(uint32_t k, uint32_t L, uint32_t shards, uint32_t *ks, uint32_t *Ls);
+int nl_peer_breaker(nl_peer *r, const char *peer);
 
 /* Prometheus text (HELP and TYPE on every family) of the per-peer metrics. */
-void nl_router_metrics(nl_router *r, FILE *out);
+void nl_peer_metrics(nl_peer *r, FILE *out);
 
 #ifdef __cplusplus
 }
