@@ -65,11 +65,11 @@ static void watcher(zhandle_t *zh, int type, int state, const char *path, void *
     (void)path;
     nl_cluster *cl = ctx;
     if (type == ZOO_SESSION_EVENT) {
-        atomic_store(&cl->zstate, state);
+        atomic_store(&cl->zk.state, state);
         if (state != ZOO_CONNECTED_STATE)
-            atomic_store(&cl->map_fresh, 0); /* acknowledge no write until the maps are read again */
+            atomic_store(&cl->zk.map_fresh, 0); /* acknowledge no write until the maps are read again */
         if (state == ZOO_EXPIRED_SESSION_STATE)
-            atomic_store(&cl->expired, 1);
+            atomic_store(&cl->zk.expired, 1);
     }
     cl_wake(cl);
 }
@@ -117,7 +117,7 @@ static int ensure_root(nl_cluster *cl)
 {
     char p[512];
     struct String_vector ch = {0, NULL};
-    int zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), cl->root, 0, &ch);
+    int zrc = nl_zk_children(cl->zk.h, CL_ZK_MS(cl), cl->root, 0, &ch);
     if (zrc == ZOK) {
         int ours = 0, theirs = 0;
         for (int i = 0; i < ch.count; i++) {
@@ -165,7 +165,7 @@ static int do_register(nl_cluster *cl)
     int rc = ensure_root(cl);
     if (rc) {
         if (rc == NL_EINVAL) {
-            atomic_store(&cl->fatal, NL_EINVAL);
+            atomic_store(&cl->zk.fatal, NL_EINVAL);
             cl_log(cl, 3, "\"event\":\"bad_cluster_root\",\"root\":\"%s\",\"message\":\"not a nearline root\"", cl->root);
         }
         return rc;
@@ -181,25 +181,25 @@ static int do_register(nl_cluster *cl)
     free(data);
     if (rc == NL_EEXISTS) {
         struct Stat st;
-        int zrc = nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 0, &st);
-        const clientid_t *me_id = zoo_client_id(cl->zh);
+        int zrc = nl_zk_exists(cl->zk.h, CL_ZK_MS(cl), p, 0, &st);
+        const clientid_t *me_id = zoo_client_id(cl->zk.h);
         uint64_t now = nl_now_ns();
         if (zrc == ZOK && me_id && st.ephemeralOwner == me_id->client_id) {
             rc = 0; /* ours: registered before a reconnect */
-        } else if (zrc == ZOK && (!cl->dup_since_ns || now - cl->dup_since_ns <
+        } else if (zrc == ZOK && (!cl->zk.dup_since_ns || now - cl->zk.dup_since_ns <
                                                           ((uint64_t)cl->opt.session_ms * 3 / 2 + 1000) * 1000000ull)) {
             /* the znode of this id's previous process (killed a moment ago) goes when its
              * session expires: a node restarted at once waits for that, and only a znode
              * that outlives a session timeout is another live process */
-            if (!cl->dup_since_ns) {
-                cl->dup_since_ns = now;
+            if (!cl->zk.dup_since_ns) {
+                cl->zk.dup_since_ns = now;
                 cl_log(cl, 2, "\"event\":\"previous_session_pending\",\"node_id\":\"%s\",\"message\":\"node id %s is "
                        "registered by session 0x%llx (this node's previous run, if it was killed: waiting for it to "
                        "expire)\"", cl->node_id, cl->node_id, (unsigned long long)st.ephemeralOwner);
             }
             return nl_fail(NL_EUNAVAILABLE, "waiting for the previous session of node id %s to expire", cl->node_id);
         } else if (zrc == ZOK) {
-            atomic_store(&cl->fatal, NL_EEXISTS);
+            atomic_store(&cl->zk.fatal, NL_EEXISTS);
             cl_log(cl, 3, "\"event\":\"duplicate_node_id\",\"node_id\":\"%s\",\"message\":\"node id %s is held by "
                    "another live process (session 0x%llx)\"", cl->node_id, cl->node_id,
                    (unsigned long long)st.ephemeralOwner);
@@ -210,30 +210,30 @@ static int do_register(nl_cluster *cl)
     }
     if (rc)
         return rc;
-    cl->dup_since_ns = 0;
+    cl->zk.dup_since_ns = 0;
     char made[300] = {0};
     cl_path(cl, p, sizeof p, "election", "n_");
     if ((rc = cl_zcreate(cl, p, cl->node_id, ZOO_EPHEMERAL | ZOO_SEQUENCE, made, sizeof made - 1)) != 0)
         return rc;
-    snprintf(cl->election_node, sizeof cl->election_node, "%s", made);
-    atomic_store(&cl->registered, 1);
+    snprintf(cl->zk.election_node, sizeof cl->zk.election_node, "%s", made);
+    atomic_store(&cl->zk.registered, 1);
     atomic_fetch_add(&cl->sessions, 1);
     cl_log(cl, 1, "\"event\":\"registered\",\"node_id\":\"%s\",\"address\":\"%s\",\"election\":\"%s\"", cl->node_id,
            cl->advertise, made);
     return 0;
 }
 
-/* (Re)creates the handle after an expiry or at start (zh_lock held for writing). */
+/* (Re)creates the handle after an expiry or at start (zk.lock held for writing). */
 static int session_open(nl_cluster *cl)
 {
-    if (cl->zh)
-        zookeeper_close(cl->zh);
-    atomic_store(&cl->expired, 0);
-    atomic_store(&cl->registered, 0);
-    atomic_store(&cl->zstate, 0);
-    cl->election_node[0] = 0;
-    cl->zh = zookeeper_init(cl->opt.zookeeper, watcher, (int)cl->opt.session_ms, NULL, cl, 0);
-    return cl->zh ? 0 : -errno;
+    if (cl->zk.h)
+        zookeeper_close(cl->zk.h);
+    atomic_store(&cl->zk.expired, 0);
+    atomic_store(&cl->zk.registered, 0);
+    atomic_store(&cl->zk.state, 0);
+    cl->zk.election_node[0] = 0;
+    cl->zk.h = zookeeper_init(cl->opt.zookeeper, watcher, (int)cl->opt.session_ms, NULL, cl, 0);
+    return cl->zk.h ? 0 : -errno;
 }
 
 /* ---------------------------------------------------------------- reading the cluster */
@@ -253,7 +253,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
         return -ENOMEM;
     struct String_vector ch = {0, NULL};
     cl_path(cl, p, sizeof p, "nodes", NULL);
-    int zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch);
+    int zrc = nl_zk_children(cl->zk.h, CL_ZK_MS(cl), p, 1, &ch);
     if (zrc != ZOK) {
         free(s);
         return cl_zerr(zrc);
@@ -275,7 +275,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     qsort(s->nodes, s->nnodes, sizeof *s->nodes, cmp_node);
 
     cl_path(cl, p, sizeof p, "collections", NULL);
-    if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch)) != ZOK) {
+    if ((zrc = nl_zk_children(cl->zk.h, CL_ZK_MS(cl), p, 1, &ch)) != ZOK) {
         free(s);
         return cl_zerr(zrc);
     }
@@ -310,7 +310,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
             }
             free(buf);
         } else {
-            nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, NULL); /* a watch for its creation */
+            nl_zk_exists(cl->zk.h, CL_ZK_MS(cl), p, 1, NULL); /* a watch for its creation */
         }
         s->ncolls++;
     }
@@ -318,7 +318,7 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     qsort(s->colls, s->ncolls, sizeof *s->colls, cmp_coll);
 
     cl_path(cl, p, sizeof p, "drain", NULL);
-    if (nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 1, &ch) == ZOK) {
+    if (nl_zk_children(cl->zk.h, CL_ZK_MS(cl), p, 1, &ch) == ZOK) {
         for (int i = 0; i < ch.count && s->ndrained < NL_MAX_NODES; i++)
             if (nl_node_id_check(ch.data[i]) == 0)
                 snprintf(s->drained[s->ndrained++], NL_NODE_ID_MAX, "%s", ch.data[i]);
@@ -327,9 +327,9 @@ static int read_cluster(nl_cluster *cl, cl_snapshot **out, char sorted_election[
     nl_clear_errdetail();
     cl_path(cl, p, sizeof p, "rebalance", NULL);
     struct Stat rst;
-    s->rebalance = nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, &rst) == ZOK;
+    s->rebalance = nl_zk_exists(cl->zk.h, CL_ZK_MS(cl), p, 1, &rst) == ZOK;
     cl_path(cl, p, sizeof p, "election", NULL);
-    if ((zrc = nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch)) != ZOK) {
+    if ((zrc = nl_zk_children(cl->zk.h, CL_ZK_MS(cl), p, 0, &ch)) != ZOK) {
         cl_snap_free(s);
         return cl_zerr(zrc);
     }
@@ -364,21 +364,21 @@ static int drop_moved(nl_cluster *cl, const cl_coll *c, nl_collection *h, uint32
     snprintf(key, sizeof key, "%s/%u", c->cc.name, sh);
     uint64_t t = nl_now_ns() / 1000000u;
     size_t i = 0;
-    while (i < cl->ndropping && strcmp(cl->dropping[i], key))
+    while (i < cl->moves.ndropping && strcmp(cl->moves.dropping[i], key))
         i++;
-    if (i == cl->ndropping) {
-        if (cl->ndropping == 64)
+    if (i == cl->moves.ndropping) {
+        if (cl->moves.ndropping == 64)
             return 0;
-        snprintf(cl->dropping[cl->ndropping], sizeof cl->dropping[0], "%s", key);
-        cl->dropping_since[cl->ndropping++] = t;
+        snprintf(cl->moves.dropping[cl->moves.ndropping], sizeof cl->moves.dropping[0], "%s", key);
+        cl->moves.dropping_since[cl->moves.ndropping++] = t;
         return 0;
     }
-    if (t - cl->dropping_since[i] < DROP_GRACE_MS)
+    if (t - cl->moves.dropping_since[i] < DROP_GRACE_MS)
         return 0;
     int rc = nl_collection_shard_detach(h, sh);
-    memmove(cl->dropping[i], cl->dropping[i + 1], (cl->ndropping - i - 1) * sizeof cl->dropping[0]);
-    memmove(&cl->dropping_since[i], &cl->dropping_since[i + 1], (cl->ndropping - i - 1) * sizeof cl->dropping_since[0]);
-    cl->ndropping--;
+    memmove(cl->moves.dropping[i], cl->moves.dropping[i + 1], (cl->moves.ndropping - i - 1) * sizeof cl->moves.dropping[0]);
+    memmove(&cl->moves.dropping_since[i], &cl->moves.dropping_since[i + 1], (cl->moves.ndropping - i - 1) * sizeof cl->moves.dropping_since[0]);
+    cl->moves.ndropping--;
     if (rc == 0) {
         atomic_fetch_add(&cl->copies_dropped, 1);
         cl_log(cl, 1, "\"event\":\"copy_dropped\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"the shard map moved "
@@ -428,18 +428,18 @@ static uint32_t reconcile(nl_cluster *cl, const cl_snapshot *s)
         }
         nl_names_free(names, n);
     }
-    pthread_mutex_lock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
     for (size_t i = 0; i < nun; i++) {
         int known = 0;
-        for (size_t k = 0; k < cl->nunassigned; k++)
-            known |= !strcmp(cl->unassigned[k], un[i]);
+        for (size_t k = 0; k < cl->report.nunassigned; k++)
+            known |= !strcmp(cl->report.unassigned[k], un[i]);
         if (!known)
             cl_log(cl, 2, "\"event\":\"unassigned_local_shard\",\"shard\":\"%s\",\"message\":\"kept on disk, not "
                    "served: the shard map does not give it to this node\"", un[i]);
     }
-    memcpy(cl->unassigned, un, sizeof un[0] * nun);
-    cl->nunassigned = nun;
-    pthread_mutex_unlock(&cl->rep_mu);
+    memcpy(cl->report.unassigned, un, sizeof un[0] * nun);
+    cl->report.nunassigned = nun;
+    pthread_mutex_unlock(&cl->report.mu);
     return mine;
 }
 
@@ -451,51 +451,51 @@ static void *worker(void *arg)
     uint64_t last_wait_log = 0, last_info = 0, last_read = 0;
     char prev_coord[NL_NODE_ID_MAX] = {0};
     for (;;) {
-        pthread_mutex_lock(&cl->mu);
-        if (!cl->stop && !cl->dirty) {
+        pthread_mutex_lock(&cl->worker.mu);
+        if (!cl->worker.stop && !cl->worker.dirty) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 500000000;
             if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-            pthread_cond_timedwait(&cl->cv, &cl->mu, &ts);
+            pthread_cond_timedwait(&cl->worker.cv, &cl->worker.mu, &ts);
         }
-        int stop = cl->stop, dirty = cl->dirty;
-        cl->dirty = 0;
-        pthread_mutex_unlock(&cl->mu);
+        int stop = cl->worker.stop, dirty = cl->worker.dirty;
+        cl->worker.dirty = 0;
+        pthread_mutex_unlock(&cl->worker.mu);
         if (stop)
             break;
-        if (atomic_load(&cl->fatal))
+        if (atomic_load(&cl->zk.fatal))
             continue;
         uint64_t now = nl_now_ns();
-        if (atomic_load(&cl->expired)) {
+        if (atomic_load(&cl->zk.expired)) {
             cl_log(cl, 2, "\"event\":\"session_expired\",\"message\":\"opening a new ZooKeeper session and "
                    "registering again\"");
-            pthread_rwlock_wrlock(&cl->zh_lock);
+            pthread_rwlock_wrlock(&cl->zk.lock);
             session_open(cl);
-            pthread_rwlock_unlock(&cl->zh_lock);
+            pthread_rwlock_unlock(&cl->zk.lock);
             atomic_store(&cl->is_coordinator, 0);
         }
-        if (atomic_load(&cl->zstate) != ZOO_CONNECTED_STATE) {
+        if (atomic_load(&cl->zk.state) != ZOO_CONNECTED_STATE) {
             if (now - last_wait_log > 5000000000ull) {
                 cl_log(cl, 2, "\"event\":\"waiting_for_zookeeper\",\"zookeeper\":\"%s\",\"registered\":%s",
-                       cl->opt.zookeeper, atomic_load(&cl->registered) ? "true" : "false");
+                       cl->opt.zookeeper, atomic_load(&cl->zk.registered) ? "true" : "false");
                 last_wait_log = now;
             }
             continue;
         }
-        pthread_rwlock_rdlock(&cl->zh_lock);
-        int fresh = !atomic_load(&cl->registered);
+        pthread_rwlock_rdlock(&cl->zk.lock);
+        int fresh = !atomic_load(&cl->zk.registered);
         if (fresh && do_register(cl) != 0) {
-            if (!atomic_load(&cl->fatal) && now - last_wait_log > 5000000000ull) {
+            if (!atomic_load(&cl->zk.fatal) && now - last_wait_log > 5000000000ull) {
                 cl_log(cl, 2, "\"event\":\"register_failed\",\"message\":\"%s\"", nl_errdetail());
                 last_wait_log = now;
             }
-            pthread_rwlock_unlock(&cl->zh_lock);
+            pthread_rwlock_unlock(&cl->zk.lock);
             continue;
         }
         /* a watch fired, or the node just registered, or 2 s passed: read everything */
         if (!dirty && !fresh && now - last_read < 2000000000ull) {
-            pthread_rwlock_unlock(&cl->zh_lock);
+            pthread_rwlock_unlock(&cl->zk.lock);
             continue;
         }
         cl_snapshot *s = NULL;
@@ -503,20 +503,20 @@ static void *worker(void *arg)
         int nelect = 0;
         if (read_cluster(cl, &s, elect, &nelect) == 0) {
             last_read = now;
-            atomic_store(&cl->last_read_ns, nl_now_ns());
+            atomic_store(&cl->worker.last_read_ns, nl_now_ns());
             /* election: lead when ours is the lowest, else watch the one just below */
-            const char *mine = strrchr(cl->election_node, '/');
-            mine = mine ? mine + 1 : cl->election_node;
+            const char *mine = strrchr(cl->zk.election_node, '/');
+            mine = mine ? mine + 1 : cl->zk.election_node;
             int lead = nelect > 0 && !strcmp(elect[0], mine), found = 0;
             for (int i = 1; i < nelect && !lead; i++)
                 if (!strcmp(elect[i], mine)) {
                     char p[512];
                     cl_path(cl, p, sizeof p, "election", elect[i - 1]);
-                    nl_zk_exists(cl->zh, CL_ZK_MS(cl), p, 1, NULL);
+                    nl_zk_exists(cl->zk.h, CL_ZK_MS(cl), p, 1, NULL);
                     found = 1;
                 }
             if (!lead && !found && nelect > 0) /* our znode is gone: the session is ending */
-                atomic_store(&cl->registered, 0);
+                atomic_store(&cl->zk.registered, 0);
             if (strcmp(prev_coord, s->coordinator)) {
                 if (prev_coord[0] || s->coordinator[0])
                     atomic_fetch_add(&cl->coordinator_changes, 1);
@@ -525,7 +525,7 @@ static void *worker(void *arg)
                 snprintf(prev_coord, sizeof prev_coord, "%s", s->coordinator);
             }
             atomic_store(&cl->is_coordinator, lead);
-            atomic_store(&cl->map_fresh, 1);
+            atomic_store(&cl->zk.map_fresh, 1);
             if (lead) {
                 cl_coordinate(cl, s);
             }
@@ -544,12 +544,12 @@ static void *worker(void *arg)
                 char *data = nl_node_info_encode(&me), p[512];
                 cl_path(cl, p, sizeof p, "nodes", cl->node_id);
                 if (data)
-                    nl_zk_set(cl->zh, CL_ZK_MS(cl), p, data, (int)strlen(data), -1, NULL);
+                    nl_zk_set(cl->zk.h, CL_ZK_MS(cl), p, data, (int)strlen(data), -1, NULL);
                 free(data);
                 last_info = now;
             }
         }
-        pthread_rwlock_unlock(&cl->zh_lock);
+        pthread_rwlock_unlock(&cl->zk.lock);
     }
     return NULL;
 }
@@ -595,28 +595,28 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     pthread_rwlockattr_t za;
     pthread_rwlockattr_init(&za);
     pthread_rwlockattr_setkind_np(&za, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&cl->zh_lock, &za);
+    pthread_rwlock_init(&cl->zk.lock, &za);
     pthread_rwlockattr_destroy(&za);
-    pthread_mutex_init(&cl->mu, NULL);
-    pthread_cond_init(&cl->cv, NULL);
+    pthread_mutex_init(&cl->worker.mu, NULL);
+    pthread_cond_init(&cl->worker.cv, NULL);
     pthread_mutex_init(&cl->snap_mu, NULL);
-    pthread_mutex_init(&cl->rep_mu, NULL);
-    pthread_mutex_init(&cl->repl_mu, NULL);
+    pthread_mutex_init(&cl->report.mu, NULL);
+    pthread_mutex_init(&cl->repl.mu, NULL);
     for (int i = 0; i < CL_FOLLOW_LOCKS; i++)
-        pthread_mutex_init(&cl->follow_mu[i], NULL);
-    cl->replica_timeout_ms = opt->replica_timeout_ms ? opt->replica_timeout_ms : 3000;
-    cl->write_wait_ms = cl->replica_timeout_ms * 2 + 2000; /* a follower's removal fits in it */
-    cl->log_max_bytes = opt->log_max_bytes ? opt->log_max_bytes : 256ull << 20;
-    cl->log_max_age_ms = opt->log_max_age_ms ? opt->log_max_age_ms : 3600000ull;
-    cl->move_rate_bps = opt->move_rate_bps;
-    cl->moves_per_node = opt->moves_per_node ? opt->moves_per_node : 1;
-    cl->move_drift = opt->move_drift ? opt->move_drift : 1;
-    cl->move_disk_drift = opt->move_disk_drift_pct < 0 ? -1.0 : opt->move_disk_drift_pct ? opt->move_disk_drift_pct / 100.0 : 0.5;
-    cl->replace_after_ms = opt->replace_after_ms ? opt->replace_after_ms : 300000ull;
-    cl->compactions_per_node = opt->compactions_per_node ? opt->compactions_per_node : 1;
-    pthread_mutex_init(&cl->pace_mu, NULL);
+        pthread_mutex_init(&cl->repl.follow_mu[i], NULL);
+    cl->repl.replica_timeout_ms = opt->replica_timeout_ms ? opt->replica_timeout_ms : 3000;
+    cl->repl.write_wait_ms = cl->repl.replica_timeout_ms * 2 + 2000; /* a follower's removal fits in it */
+    cl->repl.log_max_bytes = opt->log_max_bytes ? opt->log_max_bytes : 256ull << 20;
+    cl->repl.log_max_age_ms = opt->log_max_age_ms ? opt->log_max_age_ms : 3600000ull;
+    cl->moves.rate_bps = opt->move_rate_bps;
+    cl->moves.per_node = opt->moves_per_node ? opt->moves_per_node : 1;
+    cl->moves.drift = opt->move_drift ? opt->move_drift : 1;
+    cl->moves.disk_drift = opt->move_disk_drift_pct < 0 ? -1.0 : opt->move_disk_drift_pct ? opt->move_disk_drift_pct / 100.0 : 0.5;
+    cl->moves.replace_after_ms = opt->replace_after_ms ? opt->replace_after_ms : 300000ull;
+    cl->moves.compactions_per_node = opt->compactions_per_node ? opt->compactions_per_node : 1;
+    pthread_mutex_init(&cl->moves.pace_mu, NULL);
     const char *fault = getenv("NEARLINE_FAULT_CORRUPT_PIECE"); /* tests only: docs/cluster.md */
-    cl->fault_corrupt_every = fault ? (uint32_t)strtoul(fault, NULL, 10) : 0;
+    cl->moves.fault_corrupt_every = fault ? (uint32_t)strtoul(fault, NULL, 10) : 0;
     cl_snapshot_cleanup(cl);
     cl_snapshot *empty = calloc(1, sizeof *empty);
     nl_peer_options ro = {.cluster_key = opt->cluster_key, .ca_file = opt->tls ? opt->tls_ca : NULL,
@@ -631,9 +631,9 @@ int nl_cluster_start(const nl_cluster_options *opt, nl_cluster **out)
     cl_snap_publish(cl, empty);
     zoo_set_debug_level(ZOO_LOG_LEVEL_ERROR);
     zoo_set_log_stream(stderr);
-    if ((rc = session_open(cl)) != 0 || pthread_create(&cl->th, NULL, worker, cl) != 0) {
-        if (cl->zh)
-            zookeeper_close(cl->zh);
+    if ((rc = session_open(cl)) != 0 || pthread_create(&cl->worker.th, NULL, worker, cl) != 0) {
+        if (cl->zk.h)
+            zookeeper_close(cl->zk.h);
         nl_peer_destroy(cl->peers);
         cl_snap_free(cl->snap);
         free(hosts);
@@ -649,12 +649,12 @@ int nl_cluster_wait_registered(nl_cluster *cl, uint32_t timeout_ms)
 {
     uint64_t end = nl_now_ns() + (uint64_t)timeout_ms * 1000000ull;
     for (;;) {
-        int f = atomic_load(&cl->fatal);
+        int f = atomic_load(&cl->zk.fatal);
         if (f == NL_EEXISTS)
             return nl_fail(f, "node id %s is already registered by another live process", cl->node_id);
         if (f)
             return nl_fail(f, "znode %s is not a nearline cluster root (check --cluster-root)", cl->root);
-        if (atomic_load(&cl->registered)) {
+        if (atomic_load(&cl->zk.registered)) {
             /* the first snapshot too, so the node answers from a map at once */
             cl_snapshot *s = cl_snap_get(cl);
             int have = s->nnodes > 0;
@@ -671,39 +671,39 @@ int nl_cluster_wait_registered(nl_cluster *cl, uint32_t timeout_ms)
 
 int nl_cluster_ready(nl_cluster *cl, char *why, size_t cap)
 {
-    if (atomic_load(&cl->registered)) { /* and has read the cluster once */
+    if (atomic_load(&cl->zk.registered)) { /* and has read the cluster once */
         cl_snapshot *s = cl_snap_get(cl);
         int have = s->nnodes > 0;
         cl_snap_put(cl, s);
         if (have)
             return 1;
     }
-    snprintf(why, cap, "%s", atomic_load(&cl->fatal) ? "refused by the cluster (see the log)"
-                           : atomic_load(&cl->zstate) == ZOO_CONNECTED_STATE ? "registering with ZooKeeper"
+    snprintf(why, cap, "%s", atomic_load(&cl->zk.fatal) ? "refused by the cluster (see the log)"
+                           : atomic_load(&cl->zk.state) == ZOO_CONNECTED_STATE ? "registering with ZooKeeper"
                                                                              : "waiting for ZooKeeper");
     return 0;
 }
 
-int nl_cluster_fatal(nl_cluster *cl) { return atomic_load(&cl->fatal); }
+int nl_cluster_fatal(nl_cluster *cl) { return atomic_load(&cl->zk.fatal); }
 
 void nl_cluster_leave(nl_cluster *cl)
 {
     if (!cl)
         return;
-    pthread_mutex_lock(&cl->mu);
-    int joined = cl->stop;
-    cl->stop = 1;
-    pthread_cond_signal(&cl->cv);
-    pthread_mutex_unlock(&cl->mu);
+    pthread_mutex_lock(&cl->worker.mu);
+    int joined = cl->worker.stop;
+    cl->worker.stop = 1;
+    pthread_cond_signal(&cl->worker.cv);
+    pthread_mutex_unlock(&cl->worker.mu);
     if (!joined)
-        pthread_join(cl->th, NULL);
+        pthread_join(cl->worker.th, NULL);
     cl_repl_stop_all(cl);
-    pthread_rwlock_wrlock(&cl->zh_lock);
-    if (cl->zh)
-        zookeeper_close(cl->zh); /* ends the session: the ephemerals go at once */
-    cl->zh = NULL;
-    atomic_store(&cl->registered, 0);
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_wrlock(&cl->zk.lock);
+    if (cl->zk.h)
+        zookeeper_close(cl->zk.h); /* ends the session: the ephemerals go at once */
+    cl->zk.h = NULL;
+    atomic_store(&cl->zk.registered, 0);
+    pthread_rwlock_unlock(&cl->zk.lock);
 }
 
 void nl_cluster_stop(nl_cluster *cl)
@@ -713,14 +713,14 @@ void nl_cluster_stop(nl_cluster *cl)
     nl_cluster_leave(cl);
     nl_peer_destroy(cl->peers);
     cl_snap_free(cl->snap);
-    pthread_rwlock_destroy(&cl->zh_lock);
-    pthread_mutex_destroy(&cl->mu);
-    pthread_cond_destroy(&cl->cv);
+    pthread_rwlock_destroy(&cl->zk.lock);
+    pthread_mutex_destroy(&cl->worker.mu);
+    pthread_cond_destroy(&cl->worker.cv);
     pthread_mutex_destroy(&cl->snap_mu);
-    pthread_mutex_destroy(&cl->rep_mu);
-    pthread_mutex_destroy(&cl->repl_mu);
+    pthread_mutex_destroy(&cl->report.mu);
+    pthread_mutex_destroy(&cl->repl.mu);
     for (int i = 0; i < CL_FOLLOW_LOCKS; i++)
-        pthread_mutex_destroy(&cl->follow_mu[i]);
+        pthread_mutex_destroy(&cl->repl.follow_mu[i]);
     if (cl->key) {
         memset(cl->key, 0, cl->key_len);
         free(cl->key);

@@ -98,63 +98,82 @@ struct nl_cluster {
     char *key;
     size_t key_len;
 
-    /* ZooKeeper: the handle is replaced after a session expiry (zh_lock write side). */
-    pthread_rwlock_t zh_lock;
-    zhandle_t *zh;
-    atomic_int zstate;      /* last session state seen by the watcher */
-    atomic_int expired;
-    atomic_int registered;
-    atomic_int fatal;       /* NL_EEXISTS (duplicate id) / NL_EINVAL (bad root) */
-    char election_node[300];
-    uint64_t dup_since_ns;  /* when registration first found this id's znode held by another session */
+    /* ZooKeeper: the handle is replaced after a session expiry (lock's write side). */
+    struct {
+        pthread_rwlock_t lock;
+        zhandle_t *h;
+        atomic_int state;      /* last session state seen by the watcher */
+        atomic_int expired;
+        atomic_int registered;
+        atomic_int fatal;      /* NL_EEXISTS (duplicate id) / NL_EINVAL (bad root) */
+        atomic_int map_fresh;  /* the maps were read since the session was last connected */
+        char election_node[300];
+        uint64_t dup_since_ns; /* when registration first found this id's znode held by another session */
+    } zk;
 
-    /* the worker */
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int stop, dirty;
+    /* the worker (cluster.c): every ZooKeeper call of the node's own life */
+    struct {
+        pthread_t th;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        int stop, dirty;
+        atomic_uint_fast64_t last_read_ns; /* when it last read the cluster from ZooKeeper */
+    } worker;
 
+    /* the published snapshot (floor.c) */
     pthread_mutex_t snap_mu;
     cl_snapshot *snap;
 
-    /* local shards refused (config differs) and held but not assigned, for status */
-    pthread_mutex_t rep_mu;
-    char refused[64][200];
-    size_t nrefused;
-    char unassigned[64][100];
-    size_t nunassigned;
-    /* local collections already checked against the cluster's config ("name uid"), so an
-     * internal call on a shard held does not re-read the uid file */
-    char verified[NL_MAX_COLLECTIONS][96];
-    size_t nverified;
+    /* what status reports (under mu): local shards refused (config differs) and held
+     * but not assigned; local collections already checked against the cluster's config
+     * ("name uid"), so an internal call on a shard held does not re-read the uid file;
+     * blocked failovers already logged */
+    struct {
+        pthread_mutex_t mu;
+        char refused[64][200];
+        size_t nrefused;
+        char unassigned[64][100];
+        size_t nunassigned;
+        char verified[NL_MAX_COLLECTIONS][96];
+        size_t nverified;
+        char blocked[CL_BLOCKED_KEEP][128];
+        size_t nblocked;
+    } report;
 
     nl_peer *peers;        /* the transport of every node-to-node call (peer.c) */
 
-    /* replication */
-    pthread_mutex_t repl_mu;
-    repl_role *roles;
-    pthread_mutex_t follow_mu[CL_FOLLOW_LOCKS]; /* a follower's shard: one stream or install at a time */
-    atomic_int map_fresh;  /* the maps were read since the session was last connected */
-    atomic_uint_fast64_t last_read_ns; /* when the worker last read the cluster from ZooKeeper */
-    uint32_t replica_timeout_ms, write_wait_ms;
-    uint64_t log_max_bytes, log_max_age_ms;
-    char blocked[CL_BLOCKED_KEEP][128]; /* blocked failovers already logged (rep_mu) */
-    size_t nblocked;
-    /* moves (moves.c, transfer.c) */
-    uint64_t move_rate_bps;     /* snapshot bytes per second this node sends, all copies together; 0 = no limit */
-    pthread_mutex_t pace_mu;
-    uint64_t pace_next_ns;
-    uint32_t fault_corrupt_every; /* test hook NEARLINE_FAULT_CORRUPT_PIECE: spoil every n-th piece once */
-    uint32_t moves_per_node, move_drift, compactions_per_node;
-    double move_disk_drift;     /* nl_plan_input.disk_drift */
-    uint64_t replace_after_ms;  /* a node gone this long has its replicas re-created elsewhere */
-    char gone_ids[NL_MAX_NODES][NL_NODE_ID_MAX]; /* coordinator: nodes missing, since when */
-    uint64_t gone_since[NL_MAX_NODES];
-    size_t ngone;
-    char dropping[64][100];     /* local copies moved away, since when (worker) */
-    uint64_t dropping_since[64];
-    size_t ndropping;
-    atomic_int compacting;      /* compactions running here */
+    /* replication (repl_role.c, replication.c, repl_follower.c) */
+    struct {
+        pthread_mutex_t mu;    /* the role table */
+        repl_role *roles;
+        pthread_mutex_t follow_mu[CL_FOLLOW_LOCKS]; /* a follower's shard: one stream or install at a time */
+        uint32_t replica_timeout_ms, write_wait_ms;
+        uint64_t log_max_bytes, log_max_age_ms;
+    } repl;
+
+    /* moves, copies and compactions (moves.c, transfer.c) */
+    struct {
+        uint64_t rate_bps;     /* snapshot bytes per second this node sends, all copies together; 0 = no limit */
+        pthread_mutex_t pace_mu;
+        uint64_t pace_next_ns;
+        uint32_t fault_corrupt_every; /* test hook NEARLINE_FAULT_CORRUPT_PIECE: spoil every n-th piece once */
+        uint32_t per_node, drift, compactions_per_node;
+        double disk_drift;     /* nl_plan_input.disk_drift */
+        uint64_t replace_after_ms; /* a node gone this long has its replicas re-created elsewhere */
+        char dropping[64][100]; /* local copies moved away, since when (worker) */
+        uint64_t dropping_since[64];
+        size_t ndropping;
+        atomic_int compacting; /* compactions running here */
+    } moves;
+
+    /* the coordinator's memory (coordinator.c): nodes missing, since when */
+    struct {
+        char gone_ids[NL_MAX_NODES][NL_NODE_ID_MAX];
+        uint64_t gone_since[NL_MAX_NODES];
+        size_t ngone;
+    } coord;
+
+    /* counters (metrics and status) */
     atomic_uint_fast64_t snapshot_raw_bytes, pieces_sent, pieces_resent, moves_started, moves_finished, moves_rolled_back, handoffs,
         copies_dropped, compactions_deferred;
     atomic_uint_fast64_t repl_writes, repl_write_failures, repl_wait_us, isr_adds, isr_removals, failovers,

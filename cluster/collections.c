@@ -37,10 +37,10 @@ int nl_cluster_list(nl_cluster *cl, json_t **out)
 {
     char p[512];
     struct String_vector ch = {0, NULL};
-    pthread_rwlock_rdlock(&cl->zh_lock);
+    pthread_rwlock_rdlock(&cl->zk.lock);
     cl_path(cl, p, sizeof p, "collections", NULL);
-    int zrc = cl->zh ? nl_zk_children(cl->zh, CL_ZK_MS(cl), p, 0, &ch) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
+    int zrc = cl->zk.h ? nl_zk_children(cl->zk.h, CL_ZK_MS(cl), p, 0, &ch) : ZINVALIDSTATE;
+    pthread_rwlock_unlock(&cl->zk.lock);
     json_t *a = json_array();
     if (zrc == ZOK) {
         qsort(ch.data, (size_t)ch.count, sizeof *ch.data, cmp_str);
@@ -85,9 +85,9 @@ int nl_cluster_create(nl_cluster *cl, const nl_cluster_call *call, const char *n
     }
     char *data = nl_cluster_collection_encode(&cc), p[512];
     cl_path(cl, p, sizeof p, "collections", name);
-    pthread_rwlock_rdlock(&cl->zh_lock);
+    pthread_rwlock_rdlock(&cl->zk.lock);
     int rc = data ? cl_zcreate(cl, p, data, 0, NULL, 0) : -ENOMEM;
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_unlock(&cl->zk.lock);
     free(data);
     if (rc == NL_EEXISTS) {
         *out = cl_error("exists", "collection '%s' already exists", name);
@@ -141,9 +141,9 @@ int nl_cluster_drop(nl_cluster *cl, const nl_cluster_call *call, const char *nam
     if (c.has_map)
         zoo_delete_op_init(&ops[n++], mp, -1);
     zoo_delete_op_init(&ops[n++], cp, -1);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_rdlock(&cl->zk.lock);
+    int zrc = cl->zk.h ? nl_zk_multi(cl->zk.h, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
+    pthread_rwlock_unlock(&cl->zk.lock);
     if (zrc != ZOK) {
         *out = zrc == ZNONODE ? cl_error("not_found", "collection '%s' was dropped meanwhile", name)
                               : cl_error("unavailable", "ZooKeeper: %s", zerror(zrc));

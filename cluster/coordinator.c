@@ -103,10 +103,10 @@ static void place_new(nl_cluster *cl, const cl_snapshot *s)
          * exists (a drop racing the placement wins) */
         zoo_op_t ops[3];
         zoo_op_result_t res[3];
-        zoo_check_op_init(&ops[0], cl->election_node, -1);
+        zoo_check_op_init(&ops[0], cl->zk.election_node, -1);
         zoo_check_op_init(&ops[1], cp, -1);
         zoo_create_op_init(&ops[2], mp, data, data ? (int)strlen(data) : 0, &ZOO_OPEN_ACL_UNSAFE, 0, NULL, 0);
-        int zrc = data ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), 3, ops, res) : ZSYSTEMERROR;
+        int zrc = data ? nl_zk_multi(cl->zk.h, CL_ZK_MS(cl), 3, ops, res) : ZSYSTEMERROR;
         if (zrc == ZOK) {
             atomic_fetch_add(&cl->map_writes, 1);
             for (size_t n = 0; n < nn; n++)
@@ -140,13 +140,13 @@ static int blocked_once(nl_cluster *cl, const char *coll, uint32_t sh, uint64_t 
 {
     char key[128];
     snprintf(key, sizeof key, "%s/%u/%llu", coll, sh, (unsigned long long)epoch);
-    pthread_mutex_lock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
     int seen = 0;
     for (size_t i = 0; i < CL_BLOCKED_KEEP && !seen; i++)
-        seen = !strcmp(cl->blocked[i], key);
+        seen = !strcmp(cl->report.blocked[i], key);
     if (!seen)
-        snprintf(cl->blocked[cl->nblocked++ % CL_BLOCKED_KEEP], sizeof cl->blocked[0], "%s", key);
-    pthread_mutex_unlock(&cl->rep_mu);
+        snprintf(cl->report.blocked[cl->report.nblocked++ % CL_BLOCKED_KEEP], sizeof cl->report.blocked[0], "%s", key);
+    pthread_mutex_unlock(&cl->report.mu);
     return !seen;
 }
 
@@ -298,18 +298,18 @@ static void track_gone(nl_cluster *cl, const cl_snapshot *s, char (*gone)[NL_NOD
     size_t n = 0;
     for (size_t k = 0; k < nseen; k++) {
         uint64_t at = t;
-        for (size_t j = 0; j < cl->ngone; j++)
-            if (!strcmp(cl->gone_ids[j], seen[k]))
-                at = cl->gone_since[j];
+        for (size_t j = 0; j < cl->coord.ngone; j++)
+            if (!strcmp(cl->coord.gone_ids[j], seen[k]))
+                at = cl->coord.gone_since[j];
         memcpy(ids[n], seen[k], NL_NODE_ID_MAX);
         since[n++] = at;
     }
-    memcpy(cl->gone_ids, ids, sizeof ids[0] * n);
-    memcpy(cl->gone_since, since, sizeof since[0] * n);
-    cl->ngone = n;
+    memcpy(cl->coord.gone_ids, ids, sizeof ids[0] * n);
+    memcpy(cl->coord.gone_since, since, sizeof since[0] * n);
+    cl->coord.ngone = n;
     *ngone = 0;
     for (size_t k = 0; k < n; k++)
-        if (t - since[k] >= cl->replace_after_ms)
+        if (t - since[k] >= cl->moves.replace_after_ms)
             memcpy(gone[(*ngone)++], ids[k], NL_NODE_ID_MAX);
 }
 
@@ -371,14 +371,14 @@ static void plan_moves(nl_cluster *cl, const cl_snapshot *s)
     }
     nl_plan_input in = {.nodes = s->nodes, .nnodes = s->nnodes, .drained = s->drained, .ndrained = s->ndrained,
                         .gone = gone, .ngone = ngone, .maps = maps, .nmaps = nmaps,
-                        .max_moves_per_node = cl->moves_per_node, .drift = s->rebalance ? 1 : cl->move_drift,
-                        .disk_drift = cl->move_disk_drift};
+                        .max_moves_per_node = cl->moves.per_node, .drift = s->rebalance ? 1 : cl->moves.drift,
+                        .disk_drift = cl->moves.disk_drift};
     size_t np = 0;
     nl_plan_moves(&in, plan, MAX_PLAN, &np);
     if (np == 0 && moving == 0 && s->rebalance) { /* done: the request is answered */
         char p[512];
         cl_path(cl, p, sizeof p, "rebalance", NULL);
-        if (nl_zk_delete(cl->zh, CL_ZK_MS(cl), p, -1) == ZOK)
+        if (nl_zk_delete(cl->zk.h, CL_ZK_MS(cl), p, -1) == ZOK)
             cl_log(cl, 1, "\"event\":\"rebalance_done\"");
     }
     /* one map write per collection with all its new moves */

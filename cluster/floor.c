@@ -146,16 +146,16 @@ const nl_node_info *cl_snap_node(const cl_snapshot *s, const char *id)
 
 void cl_wake(nl_cluster *cl)
 {
-    pthread_mutex_lock(&cl->mu);
-    cl->dirty = 1;
-    pthread_cond_signal(&cl->cv);
-    pthread_mutex_unlock(&cl->mu);
+    pthread_mutex_lock(&cl->worker.mu);
+    cl->worker.dirty = 1;
+    pthread_cond_signal(&cl->worker.cv);
+    pthread_mutex_unlock(&cl->worker.mu);
 }
 
 /* Reads a znode into a malloc'd NUL-terminated buffer; watch: leave a watch. */
 int cl_zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, struct Stat *st)
 {
-    if (!cl->zh)
+    if (!cl->zk.h)
         return NL_EUNAVAILABLE; /* left the cluster (shutting down) */
     struct Stat s;
     if (!st)
@@ -168,7 +168,7 @@ int cl_zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, s
         if (!buf)
             return -ENOMEM;
         int n = cap;
-        int zrc = nl_zk_get(cl->zh, CL_ZK_MS(cl), path, watch, buf, &n, st);
+        int zrc = nl_zk_get(cl->zk.h, CL_ZK_MS(cl), path, watch, buf, &n, st);
         if (zrc != ZOK) {
             free(buf);
             return cl_zerr(zrc);
@@ -188,9 +188,9 @@ int cl_zget(nl_cluster *cl, const char *path, int watch, char **out, int *len, s
 
 int cl_zcreate(nl_cluster *cl, const char *path, const char *data, int flags, char *made, int madecap)
 {
-    if (!cl->zh)
+    if (!cl->zk.h)
         return NL_EUNAVAILABLE;
-    int zrc = nl_zk_create(cl->zh, CL_ZK_MS(cl), path, data, data ? (int)strlen(data) : -1, flags, made, madecap);
+    int zrc = nl_zk_create(cl->zk.h, CL_ZK_MS(cl), path, data, data ? (int)strlen(data) : -1, flags, made, madecap);
     return cl_zerr(zrc);
 }
 
@@ -206,11 +206,11 @@ int cl_map_write(nl_cluster *cl, const nl_shard_map *m, int32_t version, int fen
     memset(&st, 0, sizeof st);
     int n = 0;
     if (fenced)
-        zoo_check_op_init(&ops[n++], cl->election_node, -1);
+        zoo_check_op_init(&ops[n++], cl->zk.election_node, -1);
     zoo_set_op_init(&ops[n++], mp, data, (int)strlen(data), version, &st);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? nl_zk_multi(cl->zh, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_rdlock(&cl->zk.lock);
+    int zrc = cl->zk.h ? nl_zk_multi(cl->zk.h, CL_ZK_MS(cl), n, ops, res) : ZINVALIDSTATE;
+    pthread_rwlock_unlock(&cl->zk.lock);
     free(data);
     if (zrc == ZOK) {
         atomic_fetch_add(&cl->map_writes, 1);
@@ -267,13 +267,13 @@ static void report_refused(nl_cluster *cl, const char *name, uint32_t s, const c
 {
     char line[200];
     snprintf(line, sizeof line, "%s/%u: %s", name, s, why);
-    pthread_mutex_lock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
     int known = 0;
-    for (size_t i = 0; i < cl->nrefused; i++)
-        known |= !strcmp(cl->refused[i], line);
-    if (!known && cl->nrefused < 64)
-        snprintf(cl->refused[cl->nrefused++], sizeof cl->refused[0], "%s", line);
-    pthread_mutex_unlock(&cl->rep_mu);
+    for (size_t i = 0; i < cl->report.nrefused; i++)
+        known |= !strcmp(cl->report.refused[i], line);
+    if (!known && cl->report.nrefused < 64)
+        snprintf(cl->report.refused[cl->report.nrefused++], sizeof cl->report.refused[0], "%s", line);
+    pthread_mutex_unlock(&cl->report.mu);
     if (!known)
         cl_log(cl, 3, "\"event\":\"shard_refused\",\"collection\":\"%s\",\"shard\":%u,\"message\":\"%s\"", name, s, why);
 }
@@ -283,26 +283,26 @@ static int verified(nl_cluster *cl, const nl_cluster_collection *cc, int add)
 {
     char key[96];
     snprintf(key, sizeof key, "%s %s", cc->name, cc->uid);
-    pthread_mutex_lock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
     int found = 0;
-    for (size_t i = 0; i < cl->nverified && !found; i++)
-        found = !strcmp(cl->verified[i], key);
-    if (!found && add && cl->nverified < NL_MAX_COLLECTIONS)
-        snprintf(cl->verified[cl->nverified++], sizeof cl->verified[0], "%s", key);
-    pthread_mutex_unlock(&cl->rep_mu);
+    for (size_t i = 0; i < cl->report.nverified && !found; i++)
+        found = !strcmp(cl->report.verified[i], key);
+    if (!found && add && cl->report.nverified < NL_MAX_COLLECTIONS)
+        snprintf(cl->report.verified[cl->report.nverified++], sizeof cl->report.verified[0], "%s", key);
+    pthread_mutex_unlock(&cl->report.mu);
     return found;
 }
 
 void cl_unverify(nl_cluster *cl, const char *name)
 {
     size_t n = strlen(name);
-    pthread_mutex_lock(&cl->rep_mu);
-    for (size_t i = 0; i < cl->nverified;)
-        if (!strncmp(cl->verified[i], name, n) && cl->verified[i][n] == ' ')
-            memmove(cl->verified[i], cl->verified[--cl->nverified], sizeof cl->verified[0]);
+    pthread_mutex_lock(&cl->report.mu);
+    for (size_t i = 0; i < cl->report.nverified;)
+        if (!strncmp(cl->report.verified[i], name, n) && cl->report.verified[i][n] == ' ')
+            memmove(cl->report.verified[i], cl->report.verified[--cl->report.nverified], sizeof cl->report.verified[0]);
         else
             i++;
-    pthread_mutex_unlock(&cl->rep_mu);
+    pthread_mutex_unlock(&cl->report.mu);
 }
 
 int cl_attach(nl_cluster *cl, const nl_cluster_collection *cc, uint32_t s, nl_collection **out)
@@ -359,7 +359,7 @@ int cl_fresh_coll(nl_cluster *cl, const char *name, cl_coll *out)
     int len, rc;
     struct Stat st;
     memset(out, 0, sizeof *out);
-    pthread_rwlock_rdlock(&cl->zh_lock);
+    pthread_rwlock_rdlock(&cl->zk.lock);
     cl_path(cl, p, sizeof p, "collections", name);
     if ((rc = cl_zget(cl, p, 0, &buf, &len, NULL)) == 0) {
         rc = nl_cluster_collection_decode(buf, (size_t)len, &out->cc);
@@ -373,7 +373,7 @@ int cl_fresh_coll(nl_cluster *cl, const char *name, cl_coll *out)
         }
         free(buf);
     }
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_unlock(&cl->zk.lock);
     return rc;
 }
 

@@ -249,22 +249,22 @@ int cl_compact_gate(void *ctx, const char *dir, int begin)
     if (known)
         snprintf(lock, sizeof lock, "%s.%u", coll, s);
     if (!begin) {
-        atomic_fetch_sub(&cl->compacting, 1);
+        atomic_fetch_sub(&cl->moves.compacting, 1);
         pthread_mutex_lock(&gate_mu);
         for (int i = 0; known && i < GATE_KEEP; i++)
             if (!strcmp(gate_held[i], lock)) {
                 cl_path(cl, p, sizeof p, "compacting", lock);
-                pthread_rwlock_rdlock(&cl->zh_lock);
-                if (cl->zh)
-                    nl_zk_delete(cl->zh, CL_ZK_MS(cl), p, -1);
-                pthread_rwlock_unlock(&cl->zh_lock);
+                pthread_rwlock_rdlock(&cl->zk.lock);
+                if (cl->zk.h)
+                    nl_zk_delete(cl->zk.h, CL_ZK_MS(cl), p, -1);
+                pthread_rwlock_unlock(&cl->zk.lock);
                 gate_held[i][0] = 0;
             }
         pthread_mutex_unlock(&gate_mu);
         return 0;
     }
-    if (atomic_fetch_add(&cl->compacting, 1) >= (int)cl->compactions_per_node) {
-        atomic_fetch_sub(&cl->compacting, 1);
+    if (atomic_fetch_add(&cl->moves.compacting, 1) >= (int)cl->moves.compactions_per_node) {
+        atomic_fetch_sub(&cl->moves.compacting, 1);
         atomic_fetch_add(&cl->compactions_deferred, 1);
         return -EAGAIN;
     }
@@ -279,13 +279,13 @@ int cl_compact_gate(void *ctx, const char *dir, int begin)
     if (replicas < 2)
         return 0; /* nothing to stagger */
     cl_path(cl, p, sizeof p, "compacting", lock);
-    pthread_rwlock_rdlock(&cl->zh_lock);
-    int zrc = cl->zh ? nl_zk_create(cl->zh, CL_ZK_MS(cl), p, cl->node_id, (int)strlen(cl->node_id), ZOO_EPHEMERAL,
+    pthread_rwlock_rdlock(&cl->zk.lock);
+    int zrc = cl->zk.h ? nl_zk_create(cl->zk.h, CL_ZK_MS(cl), p, cl->node_id, (int)strlen(cl->node_id), ZOO_EPHEMERAL,
                                      NULL, 0)
                      : ZINVALIDSTATE;
-    pthread_rwlock_unlock(&cl->zh_lock);
+    pthread_rwlock_unlock(&cl->zk.lock);
     if (zrc != ZOK) { /* another replica compacts (or no ZooKeeper to ask): later */
-        atomic_fetch_sub(&cl->compacting, 1);
+        atomic_fetch_sub(&cl->moves.compacting, 1);
         atomic_fetch_add(&cl->compactions_deferred, 1);
         return -EAGAIN;
     }

@@ -29,7 +29,7 @@ static pthread_mutex_t *follow_lock(nl_cluster *cl, const char *name, uint32_t s
     uint64_t h = 1469598103934665603ull ^ s;
     for (const char *p = name; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return &cl->follow_mu[h % CL_FOLLOW_LOCKS];
+    return &cl->repl.follow_mu[h % CL_FOLLOW_LOCKS];
 }
 
 static json_t *position(const char *status, const nl_log_state *st, const char *msg)
@@ -154,7 +154,7 @@ int nl_cluster_serves_reads(nl_cluster *cl, const char *name, uint32_t s)
      * dropped this replica from the in-sync set and gone on acknowledging without it. Such
      * a replica serves no reads until its map is read again (the router asks another one).
      * A shard of one replica is always in sync: nobody can drop it. */
-    uint64_t age = nl_now_ns() - (uint64_t)atomic_load(&cl->last_read_ns);
+    uint64_t age = nl_now_ns() - (uint64_t)atomic_load(&cl->worker.last_read_ns);
     if (ok && c->map.shard[s].nreplicas > 1 && age > (uint64_t)cl->opt.session_ms * 1000000ull)
         ok = 0;
     cl_snap_put(cl, sn);

@@ -25,8 +25,8 @@ static uint64_t now_ms(void) { return nl_now_ns() / 1000000u; }
 
 int cl_session_ok(nl_cluster *cl)
 {
-    return atomic_load(&cl->zstate) == ZOO_CONNECTED_STATE && atomic_load(&cl->registered) &&
-           !atomic_load(&cl->expired) && atomic_load(&cl->map_fresh);
+    return atomic_load(&cl->zk.state) == ZOO_CONNECTED_STATE && atomic_load(&cl->zk.registered) &&
+           !atomic_load(&cl->zk.expired) && atomic_load(&cl->zk.map_fresh);
 }
 
 /* ---------------------------------------------------------------- roles */
@@ -50,13 +50,13 @@ void cl_role_put(repl_role *r)
 /* The role of (name, s) with a reference, or NULL when this node is not its primary. */
 repl_role *cl_role_get(nl_cluster *cl, const char *name, uint32_t s)
 {
-    pthread_mutex_lock(&cl->repl_mu);
-    repl_role *r = cl->roles;
+    pthread_mutex_lock(&cl->repl.mu);
+    repl_role *r = cl->repl.roles;
     while (r && (r->s != s || strcmp(r->coll, name)))
         r = r->next;
     if (r)
         atomic_fetch_add(&r->refs, 1);
-    pthread_mutex_unlock(&cl->repl_mu);
+    pthread_mutex_unlock(&cl->repl.mu);
     return r;
 }
 

@@ -32,7 +32,7 @@
  *
  * Threads: the worker (cluster.c) creates and ends roles after each read of the maps
  * (cl_repl_reconcile); request threads write through roles; each link has its thread.
- * Lock order: cl->repl_mu (the role table) -> role->mu. No lock is held across a network
+ * Lock order: cl->repl.mu (the role table) -> role->mu. No lock is held across a network
  * call or an engine write.
  */
 #define _GNU_SOURCE
@@ -179,7 +179,7 @@ static int send_entries(repl_link *l, uint64_t prev, const nl_log_entry *e, size
     char path[400];
     snprintf(path, sizeof path, "/internal/v1/collections/%s/shards/%u/replicate", r->coll, r->s);
     json_t *a = NULL;
-    uint32_t tmo = r->cl->replica_timeout_ms + 2000;
+    uint32_t tmo = r->cl->repl.replica_timeout_ms + 2000;
     int st = cl_link_call(r->cl, &l->e, l->peer, path, body, len, NULL, tmo, &a);
     free(body);
     rp_read(st, a, ans);
@@ -276,7 +276,7 @@ static void settle_add(repl_role *r, repl_link *l)
 static void upkeep(repl_link *l, int failed)
 {
     repl_role *r = l->role;
-    nl_repl_event ev = {.kind = NL_REPL_TICK, .i = l->slot, .timeout_ms = r->cl->replica_timeout_ms,
+    nl_repl_event ev = {.kind = NL_REPL_TICK, .i = l->slot, .timeout_ms = r->cl->repl.replica_timeout_ms,
                         .failed = failed, .retiring = l->retiring};
     nl_repl_actions a;
     cl_role_step(r, &ev, &a);
@@ -443,7 +443,7 @@ static repl_role *role_start(nl_cluster *cl, const cl_coll *c, uint32_t s)
 static void trim(nl_cluster *cl, nl_collection *h, uint32_t s, uint64_t keep_from)
 {
     uint64_t n = 0;
-    if (nl_collection_shard_log_trim(h, s, keep_from, cl->log_max_bytes, cl->log_max_age_ms, &n) == 0 && n)
+    if (nl_collection_shard_log_trim(h, s, keep_from, cl->repl.log_max_bytes, cl->repl.log_max_age_ms, &n) == 0 && n)
         atomic_fetch_add(&cl->log_trimmed, n);
 }
 
@@ -540,32 +540,32 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
                 continue;
             }
             /* end an older role of this shard first */
-            pthread_mutex_lock(&cl->repl_mu);
-            repl_role **pp = &cl->roles, *old = NULL;
+            pthread_mutex_lock(&cl->repl.mu);
+            repl_role **pp = &cl->repl.roles, *old = NULL;
             for (; *pp; pp = &(*pp)->next)
                 if ((*pp)->s == sh && !strcmp((*pp)->coll, c->cc.name)) {
                     old = *pp;
                     *pp = old->next;
                     break;
                 }
-            pthread_mutex_unlock(&cl->repl_mu);
+            pthread_mutex_unlock(&cl->repl.mu);
             if (old) {
                 role_stop(old);
                 cl_role_put(old);
             }
             repl_role *nr = role_start(cl, c, sh);
             if (nr) {
-                pthread_mutex_lock(&cl->repl_mu);
-                nr->next = cl->roles;
-                cl->roles = nr;
-                pthread_mutex_unlock(&cl->repl_mu);
+                pthread_mutex_lock(&cl->repl.mu);
+                nr->next = cl->repl.roles;
+                cl->repl.roles = nr;
+                pthread_mutex_unlock(&cl->repl.mu);
             }
         }
     }
     /* roles this node no longer has: deposed by the map */
     for (;;) {
-        pthread_mutex_lock(&cl->repl_mu);
-        repl_role **pp = &cl->roles, *gone = NULL;
+        pthread_mutex_lock(&cl->repl.mu);
+        repl_role **pp = &cl->repl.roles, *gone = NULL;
         for (; *pp; pp = &(*pp)->next) {
             const cl_coll *c = cl_snap_coll(s, (*pp)->coll);
             const nl_shard_entry *e = c && c->has_map && (*pp)->s < c->map.nshards ? &c->map.shard[(*pp)->s] : NULL;
@@ -575,7 +575,7 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
                 break;
             }
         }
-        pthread_mutex_unlock(&cl->repl_mu);
+        pthread_mutex_unlock(&cl->repl.mu);
         if (!gone)
             break;
         cl_log(cl, 1, "\"event\":\"primary_ended\",\"collection\":\"%s\",\"shard\":%u,\"epoch\":%llu", gone->coll,
@@ -611,11 +611,11 @@ void cl_repl_reconcile(nl_cluster *cl, const cl_snapshot *s)
 void cl_repl_stop_all(nl_cluster *cl)
 {
     for (;;) {
-        pthread_mutex_lock(&cl->repl_mu);
-        repl_role *r = cl->roles;
+        pthread_mutex_lock(&cl->repl.mu);
+        repl_role *r = cl->repl.roles;
         if (r)
-            cl->roles = r->next;
-        pthread_mutex_unlock(&cl->repl_mu);
+            cl->repl.roles = r->next;
+        pthread_mutex_unlock(&cl->repl.mu);
         if (!r)
             break;
         role_stop(r);
@@ -688,7 +688,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
     pthread_mutex_lock(&r->mu);
     /* a move handing the role over: nothing new is ordered until it lands (then this
      * write goes to the new primary: the router retries there) or is given up */
-    for (uint64_t until = nl_now_ns() + (uint64_t)cl->write_wait_ms * 1000000ull;
+    for (uint64_t until = nl_now_ns() + (uint64_t)cl->repl.write_wait_ms * 1000000ull;
          !rc && r->handoff && !r->sm.deposed && nl_now_ns() < until;) {
         struct timespec ts;
         abs_deadline(&ts, 20);
@@ -725,7 +725,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
         pthread_mutex_unlock(&r->mu);
     }
     if (!rc && seq) {
-        uint64_t t0 = nl_now_ns(), deadline = t0 + (uint64_t)cl->write_wait_ms * 1000000ull;
+        uint64_t t0 = nl_now_ns(), deadline = t0 + (uint64_t)cl->repl.write_wait_ms * 1000000ull;
         pthread_mutex_lock(&r->mu);
         /* the links have something to send */
         cl_role_step_locked(r, &(nl_repl_event){.kind = NL_REPL_DURABLE, .i = -1, .seq = seq});
@@ -739,7 +739,7 @@ static int write_through(nl_cluster *cl, nl_collection *h, const char *name, uin
             }
             if (nl_now_ns() >= deadline) {
                 rc = nl_fail(NL_EUNAVAILABLE, "shard %u of '%s': the write quorum did not acknowledge within %u ms "
-                             "(the write may or may not survive)", s, name, cl->write_wait_ms);
+                             "(the write may or may not survive)", s, name, cl->repl.write_wait_ms);
                 break;
             }
             struct timespec ts;
@@ -785,8 +785,8 @@ int nl_cluster_shard_delete_by_filter(nl_cluster *cl, nl_collection *h, const ch
 json_t *cl_repl_status(nl_cluster *cl)
 {
     json_t *a = json_array();
-    pthread_mutex_lock(&cl->repl_mu);
-    for (repl_role *r = cl->roles; r; r = r->next) {
+    pthread_mutex_lock(&cl->repl.mu);
+    for (repl_role *r = cl->repl.roles; r; r = r->next) {
         json_t *fs = json_array();
         pthread_mutex_lock(&r->mu);
         uint64_t t = now_ms();
@@ -819,7 +819,7 @@ json_t *cl_repl_status(nl_cluster *cl)
         json_object_set_new(json_array_get(a, json_array_size(a) - 1), "handing_over", json_boolean(r->handoff));
         pthread_mutex_unlock(&r->mu);
     }
-    pthread_mutex_unlock(&cl->repl_mu);
+    pthread_mutex_unlock(&cl->repl.mu);
     return a;
 }
 
@@ -827,8 +827,8 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
 {
     fprintf(f, "# HELP nearline_replication_lag_ops Log entries a follower has not applied, per shard this node is "
                "primary of.\n# TYPE nearline_replication_lag_ops gauge\n");
-    pthread_mutex_lock(&cl->repl_mu);
-    for (repl_role *r = cl->roles; r; r = r->next) {
+    pthread_mutex_lock(&cl->repl.mu);
+    for (repl_role *r = cl->repl.roles; r; r = r->next) {
         pthread_mutex_lock(&r->mu);
         for (int i = 0; i < r->nlinks; i++)
             if (r->links[i].peer[0])
@@ -842,7 +842,7 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
     fprintf(f, "# HELP nearline_replication_lag_ms Milliseconds since a lagging follower last made progress.\n"
                "# TYPE nearline_replication_lag_ms gauge\n");
     uint64_t t = now_ms();
-    for (repl_role *r = cl->roles; r; r = r->next) {
+    for (repl_role *r = cl->repl.roles; r; r = r->next) {
         pthread_mutex_lock(&r->mu);
         for (int i = 0; i < r->nlinks; i++) {
             const repl_link *l = &r->links[i];
@@ -857,15 +857,15 @@ void cl_repl_metrics(nl_cluster *cl, FILE *f)
     }
     fprintf(f, "# HELP nearline_replication_in_sync Replicas in the in-sync set (primary included), per shard this "
                "node is primary of.\n# TYPE nearline_replication_in_sync gauge\n");
-    for (repl_role *r = cl->roles; r; r = r->next)
+    for (repl_role *r = cl->repl.roles; r; r = r->next)
         fprintf(f, "nearline_replication_in_sync{collection=\"%s\",shard=\"%u\"} %u\n", r->coll, r->s,
                 r->sm.view.nin_sync);
     fprintf(f, "# HELP nearline_replication_epoch The epoch of each shard this node is primary of.\n"
                "# TYPE nearline_replication_epoch gauge\n");
-    for (repl_role *r = cl->roles; r; r = r->next)
+    for (repl_role *r = cl->repl.roles; r; r = r->next)
         fprintf(f, "nearline_replication_epoch{collection=\"%s\",shard=\"%u\"} %llu\n", r->coll, r->s,
                 (unsigned long long)r->sm.epoch);
-    pthread_mutex_unlock(&cl->repl_mu);
+    pthread_mutex_unlock(&cl->repl.mu);
 #define C(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
     C("nearline_replication_writes_total", "Writes this node acknowledged as a primary, after the write quorum.",
       atomic_load(&cl->repl_writes));

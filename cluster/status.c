@@ -245,17 +245,17 @@ int nl_cluster_node_status(nl_cluster *cl, json_t **out)
         json_array_append_new(colls, json_pack("{s:s,s:b,s:i}", "name", s->colls[i].cc.name, "placed",
                                                s->colls[i].has_map, "map_version",
                                                s->colls[i].has_map ? s->colls[i].map.version : -1));
-    pthread_mutex_lock(&cl->rep_mu);
-    for (size_t i = 0; i < cl->nrefused; i++)
-        json_array_append_new(ref, json_string(cl->refused[i]));
-    for (size_t i = 0; i < cl->nunassigned; i++)
-        json_array_append_new(un, json_string(cl->unassigned[i]));
-    pthread_mutex_unlock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
+    for (size_t i = 0; i < cl->report.nrefused; i++)
+        json_array_append_new(ref, json_string(cl->report.refused[i]));
+    for (size_t i = 0; i < cl->report.nunassigned; i++)
+        json_array_append_new(un, json_string(cl->report.unassigned[i]));
+    pthread_mutex_unlock(&cl->report.mu);
     *out = json_pack("{s:s,s:s,s:b,s:s,s:b,s:o,s:o,s:o,s:o,s:o}", "node_id", cl->node_id, "root", cl->root,
-                     "registered", atomic_load(&cl->registered), "coordinator", s->coordinator, "is_coordinator",
+                     "registered", atomic_load(&cl->zk.registered), "coordinator", s->coordinator, "is_coordinator",
                      atomic_load(&cl->is_coordinator), "nodes", nodes, "collections", colls, "refused_shards", ref,
                      "unassigned_local_shards", un, "primary_of", cl_repl_status(cl));
-    json_object_set_new(*out, "compacting", json_integer(atomic_load(&cl->compacting)));
+    json_object_set_new(*out, "compacting", json_integer(atomic_load(&cl->moves.compacting)));
     cl_snap_put(cl, s);
     return 200;
 }
@@ -265,12 +265,12 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
     cl_snapshot *s = cl_snap_get(cl);
     size_t nn = s->nnodes, nc = s->ncolls;
     cl_snap_put(cl, s);
-    pthread_mutex_lock(&cl->rep_mu);
-    size_t nref = cl->nrefused, nun = cl->nunassigned;
-    pthread_mutex_unlock(&cl->rep_mu);
+    pthread_mutex_lock(&cl->report.mu);
+    size_t nref = cl->report.nrefused, nun = cl->report.nunassigned;
+    pthread_mutex_unlock(&cl->report.mu);
 #define G(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " gauge\n" name " %lld\n", (long long)(v))
 #define C(name, help, v) fprintf(f, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", (unsigned long long)(v))
-    G("nearline_cluster_registered", "1 when this node is registered in ZooKeeper.", atomic_load(&cl->registered));
+    G("nearline_cluster_registered", "1 when this node is registered in ZooKeeper.", atomic_load(&cl->zk.registered));
     G("nearline_cluster_is_coordinator", "1 when this node is the coordinator.", atomic_load(&cl->is_coordinator));
     G("nearline_cluster_nodes", "Live nodes this node sees.", nn);
     G("nearline_cluster_collections", "Collections in the cluster.", nc);
@@ -310,7 +310,7 @@ void nl_cluster_metrics(nl_cluster *cl, FILE *f)
       "carried (before compression).", atomic_load(&cl->snapshot_raw_bytes));
     C("nearline_snapshot_pieces_resent_total", "Snapshot pieces sent again after the receiver refused their checksum.",
       atomic_load(&cl->pieces_resent));
-    G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->compacting));
+    G("nearline_compactions_running", "Background compactions running on this node.", atomic_load(&cl->moves.compacting));
     C("nearline_compactions_deferred_total", "Background compactions put off (the node's bound, or another replica of "
       "the shard compacting).", atomic_load(&cl->compactions_deferred));
 #undef G

@@ -180,11 +180,11 @@ static int send_piece(repl_link *l, const snap_file *f, uint64_t off, int fd, un
     /* the rate limit: pieces of all copies this node sends share it (a move must leave the
      * disk and the network to searches) */
     nl_cluster *cl = r->cl;
-    if (cl->move_rate_bps) {
-        pthread_mutex_lock(&cl->pace_mu);
-        uint64_t t = nl_now_ns(), at = cl->pace_next_ns > t ? cl->pace_next_ns : t;
-        cl->pace_next_ns = at + (uint64_t)n * 1000000000ull / cl->move_rate_bps;
-        pthread_mutex_unlock(&cl->pace_mu);
+    if (cl->moves.rate_bps) {
+        pthread_mutex_lock(&cl->moves.pace_mu);
+        uint64_t t = nl_now_ns(), at = cl->moves.pace_next_ns > t ? cl->moves.pace_next_ns : t;
+        cl->moves.pace_next_ns = at + (uint64_t)n * 1000000000ull / cl->moves.rate_bps;
+        pthread_mutex_unlock(&cl->moves.pace_mu);
         while (at > nl_now_ns() && !atomic_load(&l->stop)) {
             uint64_t w = at - nl_now_ns();
             struct timespec ts = {0, (long)(w > 50000000 ? 50000000 : w)};
@@ -192,7 +192,7 @@ static int send_piece(repl_link *l, const snap_file *f, uint64_t off, int fd, un
         }
     }
     uint64_t nth = atomic_fetch_add(&cl->pieces_sent, 1) + 1;
-    int spoil = cl->fault_corrupt_every && nth % cl->fault_corrupt_every == 0;
+    int spoil = cl->moves.fault_corrupt_every && nth % cl->moves.fault_corrupt_every == 0;
     char meta[512];
     int jl = snprintf(meta, sizeof meta, "{\"id\":\"%s\",\"file\":\"%s\",\"offset\":%llu,\"size\":%zu,\"total\":%llu,"
                       "\"crc\":%u}", l->snap->id, f->name, (unsigned long long)off, n, (unsigned long long)f->size, crc);
@@ -204,7 +204,7 @@ static int send_piece(repl_link *l, const snap_file *f, uint64_t off, int fd, un
     char path[400];
     snprintf(path, sizeof path, "/internal/v1/collections/%s/shards/%u/snapshot-chunk", r->coll, r->s);
     if (spoil) { /* the test hook: one byte flipped, or the piece cut short (every other time) */
-        if ((nth / cl->fault_corrupt_every) % 2)
+        if ((nth / cl->moves.fault_corrupt_every) % 2)
             zn = zn > 8 ? zn / 2 : zn;
         else
             z[4 + 512 + zn / 2] ^= 0x5a;
