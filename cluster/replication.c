@@ -23,8 +23,8 @@
  * against the smaller set; one that cannot (ZooKeeper unreachable) times out with 503.
  *
  * Fencing: every request carries the epoch; a follower raises its durable fence to it and
- * refuses anything older (409), as it does after a failover's fence call (coordinator,
- * cluster.c). A primary told 409, or whose ZooKeeper session is not connected with a
+ * refuses anything older (409), as it does after a failover's fence call
+ * (coordinator.c). A primary told 409, or whose ZooKeeper session is not connected with a
  * fresh read of the maps, acknowledges nothing (503) until the map says again what it is.
  *
  * The follower's side (applying what a link sends, the fence, whether a replica serves
